@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need on a fresh Debian machine, then runs
+# every test (unit tests beside the code, mount-based tests under tests/) with cargo test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
+command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing ${need[*]}" >&2
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "test.sh: missing ${need[*]}; mount tests that need them will be skipped (install them as root to run everything)" >&2
+  fi
+fi
+
+exec cargo test "$@"

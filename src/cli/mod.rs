@@ -1,0 +1,1 @@
+//! The `snarf` command line: parses arguments and calls the layers below.

@@ -1,0 +1,16 @@
+//! snarf: a FUSE filesystem that shows live, frozen snapshots of a block store while it is
+//! being written, and backs them up into a deduplicated, crash-safe repository.
+//!
+//! The layers depend on each other in one direction only, top to bottom (see DESIGN.md):
+//! `cli` → `fuse` → `control` → `jobs` → `pids` → `repo` → `snapshot` → `store`.
+//! Everything below `fuse` is plain Rust that tests drive without a kernel mount.
+
+pub mod cli;
+pub mod control;
+pub mod fuse;
+pub mod jobs;
+pub mod pids;
+pub mod repo;
+pub mod snapshot;
+pub mod store;
+pub mod units;

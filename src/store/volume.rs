@@ -1,0 +1,362 @@
+//! One volume: a sparse backing file split into snarfs, its logical size, and the epoch of
+//! the last write to each snarf (the stamp), which drives both copy-on-write and
+//! changed-snarf tracking.
+//!
+//! Stamps cost 8 bytes per snarf and are the only per-snarf memory a volume holds, so a
+//! 1 TiB volume of 64 KiB snarfs costs 128 MiB of bookkeeping.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::{Error, Result};
+
+/// A volume's identity inside its store; stays the same across renames, so incremental
+/// backups and snapshots follow the data, not the name.
+pub type VolumeId = u64;
+
+/// A live volume. Shared (`Arc`) by the store's name table, snapshots that froze it and
+/// open file handles; its backing file is removed when the last of them lets go of a
+/// deleted volume.
+#[derive(Debug)]
+pub struct Volume {
+    id: VolumeId,
+    snarf_shift: u32,
+    file: File,
+    /// Epoch from which this volume's stamps are trustworthy: its creation, or the open of
+    /// the store if tracking was lost.
+    tracked_since: u64,
+    state: RwLock<VolumeState>,
+    mtime_ns: AtomicI64,
+    ctime_ns: AtomicI64,
+    /// Set once the volume's name is gone; the backing file then lives at this path and is
+    /// unlinked on drop.
+    retired: Mutex<Option<PathBuf>>,
+    deleted: AtomicBool,
+}
+
+/// The part of a volume that changes with resizes, guarded by the volume's lock: writers
+/// hold it shared (the size cannot move under them), resizes hold it exclusively.
+#[derive(Debug)]
+pub struct VolumeState {
+    size: u64,
+    /// Length of the backing file; larger than `size` while a snapshot still needs data
+    /// past a shrink.
+    phys_len: u64,
+    stamps: Vec<AtomicU64>,
+}
+
+/// A volume's attributes, for stat and for snapshots that freeze them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeAttr {
+    /// Logical size in bytes.
+    pub size: u64,
+    /// Last data modification, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Last status change, nanoseconds since the Unix epoch.
+    pub ctime_ns: i64,
+    /// Bytes allocated on disk by the backing file.
+    pub allocated: u64,
+}
+
+/// Current time in nanoseconds since the Unix epoch.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn snarfs_for(len: u64, shift: u32) -> usize {
+    len.div_ceil(1u64 << shift) as usize
+}
+
+impl Volume {
+    /// Wraps an opened backing file. `stamps` are the saved stamps, if any.
+    pub(super) fn new(
+        id: VolumeId,
+        snarf_shift: u32,
+        file: File,
+        tracked_since: u64,
+        stamps: Option<Vec<u64>>,
+    ) -> Result<Volume> {
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading attributes of volume {id:016x}"), e))?;
+        let len = meta.len();
+        let count = snarfs_for(len, snarf_shift);
+        let stamps: Vec<AtomicU64> = match stamps {
+            Some(saved) if saved.len() == count => saved.into_iter().map(AtomicU64::new).collect(),
+            _ => (0..count).map(|_| AtomicU64::new(0)).collect(),
+        };
+        let mtime = meta_time(meta.modified());
+        Ok(Volume {
+            id,
+            snarf_shift,
+            file,
+            tracked_since,
+            state: RwLock::new(VolumeState {
+                size: len,
+                phys_len: len,
+                stamps,
+            }),
+            mtime_ns: AtomicI64::new(mtime),
+            ctime_ns: AtomicI64::new(mtime),
+            retired: Mutex::new(None),
+            deleted: AtomicBool::new(false),
+        })
+    }
+
+    /// The volume's identity.
+    pub fn id(&self) -> VolumeId {
+        self.id
+    }
+
+    /// Size of one snarf in bytes.
+    pub fn snarf_size(&self) -> u64 {
+        1 << self.snarf_shift
+    }
+
+    /// log2 of the snarf size.
+    pub fn snarf_shift(&self) -> u32 {
+        self.snarf_shift
+    }
+
+    /// The epoch from which stamps are trustworthy for changed-snarf queries.
+    pub fn tracked_since(&self) -> u64 {
+        self.tracked_since
+    }
+
+    /// Shared access for reads and writes: the size cannot change while it is held.
+    pub fn read_state(&self) -> RwLockReadGuard<'_, VolumeState> {
+        self.state.read()
+    }
+
+    /// Exclusive access for resizes.
+    pub fn write_state(&self) -> RwLockWriteGuard<'_, VolumeState> {
+        self.state.write()
+    }
+
+    /// Current logical size.
+    pub fn size(&self) -> u64 {
+        self.state.read().size
+    }
+
+    /// Attributes as stat shows them.
+    pub fn attr(&self) -> VolumeAttr {
+        let size = self.size();
+        let allocated = self
+            .file
+            .metadata()
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .unwrap_or(0);
+        VolumeAttr {
+            size,
+            mtime_ns: self.mtime_ns.load(Ordering::Relaxed),
+            ctime_ns: self.ctime_ns.load(Ordering::Relaxed),
+            allocated,
+        }
+    }
+
+    /// Records a data change now (mtime and ctime).
+    pub fn touch_data(&self) {
+        let now = now_ns();
+        self.mtime_ns.store(now, Ordering::Relaxed);
+        self.ctime_ns.store(now, Ordering::Relaxed);
+    }
+
+    /// Records a status change now (ctime only), as a rename does.
+    pub fn touch_status(&self) {
+        self.ctime_ns.store(now_ns(), Ordering::Relaxed);
+    }
+
+    /// Sets the modification time, as `touch -m` or `cp -p` would.
+    pub fn set_mtime(&self, mtime_ns: i64) {
+        self.mtime_ns.store(mtime_ns, Ordering::Relaxed);
+        self.touch_status();
+    }
+
+    /// Reads raw bytes of the backing file at `offset`, up to the physical length; a read
+    /// past it comes back short. Callers decide what is visible.
+    pub fn pread(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(format!("reading volume {:016x}", self.id), e)),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Writes raw bytes to the backing file at `offset`.
+    pub fn pwrite(&self, data: &[u8], offset: u64) -> Result<()> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| Error::io(format!("writing volume {:016x}", self.id), e))
+    }
+
+    /// Reads a whole snarf (short at the end of the backing file) into `buf`, zero-filling
+    /// what lies past the physical end.
+    pub fn read_snarf(&self, index: u64, buf: &mut [u8]) -> Result<()> {
+        let n = self.pread(buf, index << self.snarf_shift)?;
+        buf[n..].fill(0);
+        Ok(())
+    }
+
+    /// Flushes written data to stable storage.
+    pub fn sync_data(&self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io(format!("syncing volume {:016x}", self.id), e))
+    }
+
+    /// Next offset at or after `offset` holding data (`SEEK_DATA`) or a hole (`SEEK_HOLE`)
+    /// in the backing file; `None` when there is none before the end.
+    pub fn seek(&self, offset: u64, data: bool) -> Result<Option<u64>> {
+        let whence = if data { libc::SEEK_DATA } else { libc::SEEK_HOLE };
+        // SAFETY: lseek on a file descriptor we own; the shared file position it moves is
+        // never used, because all I/O goes through pread/pwrite.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, whence) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                return Ok(None);
+            }
+            return Err(Error::io(format!("seeking in volume {:016x}", self.id), e));
+        }
+        Ok(Some(r as u64))
+    }
+
+    /// Zeroes `len` bytes at `offset` in the backing file, freeing whole blocks.
+    pub fn zero_range(&self, offset: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: fallocate on a file descriptor we own, with plain integer arguments.
+        let r = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        // Filesystems without hole punching get explicit zeros.
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(zeros.len() as u64) as usize;
+            self.pwrite(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Marks the volume deleted; its backing file now lives at `path` and goes when the
+    /// last reference does.
+    pub(super) fn retire(&self, path: PathBuf) {
+        *self.retired.lock() = Some(path);
+        self.deleted.store(true, Ordering::Release);
+        self.touch_status();
+    }
+
+    /// Whether the volume has been deleted from the live namespace.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Sets the backing file's length. Snarfs that come into existence get stamp `epoch`:
+    /// their content (zeros) is new as far as changed-snarf tracking is concerned.
+    pub fn set_len(&self, state: &mut VolumeState, len: u64, epoch: u64) -> Result<()> {
+        self.file
+            .set_len(len)
+            .map_err(|e| Error::io(format!("resizing volume {:016x}", self.id), e))?;
+        state.phys_len = len;
+        let count = snarfs_for(len, self.snarf_shift);
+        if count < state.stamps.len() {
+            state.stamps.truncate(count);
+            state.stamps.shrink_to_fit();
+        } else {
+            state.stamps.reserve_exact(count - state.stamps.len());
+            state.stamps.resize_with(count, || AtomicU64::new(epoch));
+        }
+        Ok(())
+    }
+
+    /// The stamps as plain numbers, for saving on clean close.
+    pub(super) fn stamps_snapshot(&self) -> Vec<u64> {
+        let st = self.state.read();
+        st.stamps.iter().map(|s| s.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Bytes of memory the volume's bookkeeping uses.
+    pub fn metadata_bytes(&self) -> usize {
+        std::mem::size_of::<Volume>()
+            + self.state.read().stamps.capacity() * std::mem::size_of::<AtomicU64>()
+    }
+}
+
+impl VolumeState {
+    /// Logical size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Length of the backing file.
+    pub fn phys_len(&self) -> u64 {
+        self.phys_len
+    }
+
+    /// Number of snarfs with a stamp (covering the backing file).
+    pub fn snarf_count(&self) -> u64 {
+        self.stamps.len() as u64
+    }
+
+    /// Epoch of the last write to snarf `index`; 0 if never written since tracking began.
+    pub fn stamp(&self, index: u64) -> u64 {
+        self.stamps
+            .get(index as usize)
+            .map(|s| s.load(Ordering::Acquire))
+            .unwrap_or(0)
+    }
+
+    /// Records that snarf `index` was written in `epoch`.
+    pub fn set_stamp(&self, index: u64, epoch: u64) {
+        if let Some(s) = self.stamps.get(index as usize) {
+            s.store(epoch, Ordering::Release);
+        }
+    }
+
+    /// Sets the logical size; the caller keeps the backing file at least this long.
+    pub fn set_size(&mut self, size: u64) {
+        self.size = size;
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        if let Some(path) = self.retired.get_mut().take() {
+            if let Err(e) = std::fs::remove_file(&path) {
+                log::warn!("could not remove deleted volume file {}: {e}", path.display());
+            }
+        }
+    }
+}
+
+fn meta_time(t: std::io::Result<SystemTime>) -> i64 {
+    t.ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_else(now_ns)
+}
