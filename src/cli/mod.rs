@@ -1,1 +1,75 @@
-//! The `snarf` command line: parses arguments and calls the layers below.
+//! The `snarf` command line: parses arguments with clap, calls the layers below and prints.
+//! Each group of commands lives in its own file; this one only dispatches.
+
+mod store_cmds;
+
+use clap::{Parser, Subcommand};
+
+/// Errors the command line reports: a message for a tired administrator, and an exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    /// What went wrong and what to do about it.
+    pub message: String,
+    /// Process exit code.
+    pub code: i32,
+}
+
+impl CliError {
+    /// A failure with exit code 1.
+    pub fn new(message: impl std::fmt::Display) -> CliError {
+        CliError {
+            message: message.to_string(),
+            code: 1,
+        }
+    }
+}
+
+/// Converts any layer's error into a command-line failure.
+macro_rules! impl_from_layer_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CliError {
+            fn from(e: $t) -> CliError {
+                CliError::new(e)
+            }
+        }
+    )*};
+}
+impl_from_layer_error!(
+    crate::store::Error,
+    crate::units::SizeParseError,
+    std::io::Error
+);
+
+/// Result of a command.
+pub type CliResult = Result<(), CliError>;
+
+/// snarf: live frozen snapshots of a block store over FUSE, backed up into a
+/// deduplicated, crash-safe repository.
+#[derive(Debug, Parser)]
+#[command(name = "snarf", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new store: a directory for volumes, pre-image spill space and run state.
+    Init(store_cmds::InitArgs),
+}
+
+/// Parses the command line, runs the command and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(args) => store_cmds::init(args),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("snarf: {}", e.message);
+            e.code
+        }
+    }
+}

@@ -42,7 +42,9 @@ pub use volume::{Volume, VolumeAttr, VolumeId, VolumeState};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The directory has no settings file.
-    #[error("{path} is not a snarf store (it has no snarf.toml); create one with `snarf init {path}`")]
+    #[error(
+        "{path} is not a snarf store (it has no snarf.toml); create one with `snarf init {path}`"
+    )]
     NotAStore {
         /// The directory that was opened.
         path: PathBuf,
@@ -96,7 +98,9 @@ pub enum Error {
         holder: String,
     },
     /// The directory already holds something.
-    #[error("{path} already exists and is not empty; choose a new or empty directory for the store")]
+    #[error(
+        "{path} already exists and is not empty; choose a new or empty directory for the store"
+    )]
     NotEmpty {
         /// The directory.
         path: PathBuf,
@@ -198,15 +202,23 @@ impl Store {
     pub fn init(root: &Path, opts: &InitOptions) -> Result<()> {
         settings::check_snarf_size(opts.snarf_size)?;
         if root.exists() {
-            let mut entries =
-                std::fs::read_dir(root).map_err(|e| Error::io(format!("reading {}", root.display()), e))?;
+            let mut entries = std::fs::read_dir(root)
+                .map_err(|e| Error::io(format!("reading {}", root.display()), e))?;
             if entries.next().is_some() {
                 return Err(Error::NotEmpty {
                     path: root.to_path_buf(),
                 });
             }
         }
-        for sub in ["", "volumes", "retired", "spill", "state", "state/stamps", "run"] {
+        for sub in [
+            "",
+            "volumes",
+            "retired",
+            "spill",
+            "state",
+            "state/stamps",
+            "run",
+        ] {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
@@ -244,7 +256,8 @@ impl Store {
         for entry in std::fs::read_dir(&vol_dir)
             .map_err(|e| Error::io(format!("reading {}", vol_dir.display()), e))?
         {
-            let entry = entry.map_err(|e| Error::io(format!("reading {}", vol_dir.display()), e))?;
+            let entry =
+                entry.map_err(|e| Error::io(format!("reading {}", vol_dir.display()), e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if entry.file_type().map(|t| t.is_file()).unwrap_or(false)
                 && validate_name("volume", &name).is_ok()
@@ -258,14 +271,20 @@ impl Store {
             .filter(|r| {
                 let keep = present.contains_key(&r.name);
                 if !keep {
-                    log::warn!("volume \"{}\" is in the catalogue but its file is gone; dropping it", r.name);
+                    log::warn!(
+                        "volume \"{}\" is in the catalogue but its file is gone; dropping it",
+                        r.name
+                    );
                 }
                 keep
             })
             .collect();
         for name in present.keys() {
             if !records.iter().any(|r| &r.name == name) {
-                log::info!("adopting volume file \"{name}\" found in {}", vol_dir.display());
+                log::info!(
+                    "adopting volume file \"{name}\" found in {}",
+                    vol_dir.display()
+                );
                 records.push(VolumeRecord {
                     name: name.clone(),
                     id: random_u64(),
@@ -559,7 +578,8 @@ fn load_stamps(path: &Path) -> Option<Vec<u64>> {
 
 fn load_meta(root: &Path) -> Result<StoreMeta> {
     let path = root.join(META_FILE);
-    let text = std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let text =
+        std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     serde_json::from_slice(&text).map_err(|e| Error::BadSettings {
         path,
         why: e.to_string(),
@@ -620,7 +640,8 @@ fn clear_dir(dir: &Path) -> Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))
+            return std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))
         }
         Err(e) => return Err(Error::io(format!("reading {}", dir.display()), e)),
     };

@@ -27,13 +27,17 @@ pub fn validate_name(kind: &'static str, name: &str) -> Result<(), Error> {
         return Err(bad("a name must not contain a NUL byte"));
     }
     if name.chars().any(|c| c.is_control()) {
-        return Err(bad("a name must not contain control characters such as newlines"));
+        return Err(bad(
+            "a name must not contain control characters such as newlines",
+        ));
     }
     if name.len() > MAX_NAME_BYTES {
         return Err(bad("a name must be at most 255 bytes long"));
     }
     if name.starts_with(".snarf") {
-        return Err(bad("names starting with '.snarf' are reserved for snarf's own files"));
+        return Err(bad(
+            "names starting with '.snarf' are reserved for snarf's own files",
+        ));
     }
     Ok(())
 }
@@ -44,7 +48,14 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for ok in ["vm1.img", "db", "a b", "ünïcode", ".hidden", &"x".repeat(255)] {
+        for ok in [
+            "vm1.img",
+            "db",
+            "a b",
+            "ünïcode",
+            ".hidden",
+            &"x".repeat(255),
+        ] {
             validate_name("volume", ok).unwrap();
         }
     }

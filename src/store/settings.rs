@@ -133,8 +133,12 @@ impl Settings {
             path: store.join(SETTINGS_FILE),
             why: e.to_string(),
         })?;
-        let header = "# snarf store settings. Sizes are in bytes; edit while the store is not mounted.\n";
-        super::files::write_atomic(&store.join(SETTINGS_FILE), format!("{header}{text}").as_bytes())
+        let header =
+            "# snarf store settings. Sizes are in bytes; edit while the store is not mounted.\n";
+        super::files::write_atomic(
+            &store.join(SETTINGS_FILE),
+            format!("{header}{text}").as_bytes(),
+        )
     }
 }
 
@@ -183,7 +187,10 @@ mod tests {
     fn not_a_store_says_how_to_make_one() {
         let dir = tempfile::tempdir().unwrap();
         let e = Settings::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("not a snarf store") && e.contains("snarf init"), "{e}");
+        assert!(
+            e.contains("not a snarf store") && e.contains("snarf init"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -221,7 +221,11 @@ impl Volume {
     /// Next offset at or after `offset` holding data (`SEEK_DATA`) or a hole (`SEEK_HOLE`)
     /// in the backing file; `None` when there is none before the end.
     pub fn seek(&self, offset: u64, data: bool) -> Result<Option<u64>> {
-        let whence = if data { libc::SEEK_DATA } else { libc::SEEK_HOLE };
+        let whence = if data {
+            libc::SEEK_DATA
+        } else {
+            libc::SEEK_HOLE
+        };
         // SAFETY: lseek on a file descriptor we own; the shared file position it moves is
         // never used, because all I/O goes through pread/pwrite.
         let r = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, whence) };
@@ -297,7 +301,10 @@ impl Volume {
     /// The stamps as plain numbers, for saving on clean close.
     pub(super) fn stamps_snapshot(&self) -> Vec<u64> {
         let st = self.state.read();
-        st.stamps.iter().map(|s| s.load(Ordering::Relaxed)).collect()
+        st.stamps
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Bytes of memory the volume's bookkeeping uses.
@@ -348,7 +355,10 @@ impl Drop for Volume {
     fn drop(&mut self) {
         if let Some(path) = self.retired.get_mut().take() {
             if let Err(e) = std::fs::remove_file(&path) {
-                log::warn!("could not remove deleted volume file {}: {e}", path.display());
+                log::warn!(
+                    "could not remove deleted volume file {}: {e}",
+                    path.display()
+                );
             }
         }
     }

@@ -1,0 +1,53 @@
+//! Commands that create and inspect a store.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::CliResult;
+use crate::store::{settings, Budgets, InitOptions, Store};
+use crate::units::{parse_size, Bytes};
+
+/// Arguments of `snarf init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Directory for the new store (created if missing; must be empty).
+    pub store: PathBuf,
+    /// Size of one snarf, the unit of copy-on-write and backup: a power of two from 4K to 1M.
+    #[arg(long, default_value = "64K", value_parser = parse_size)]
+    pub snarf_size: u64,
+    /// Memory for pre-images (old contents kept for snapshots) before they spill to disk.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub preimage_mem: u64,
+    /// Disk space for spilled pre-images before writers are slowed down.
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    pub preimage_disk: u64,
+    /// Seconds a writer may be held up by full budgets before the snapshot holding the most
+    /// pre-images is broken so live writes go on.
+    #[arg(long, default_value_t = settings::DEFAULT_BREAK_AFTER_SECS)]
+    pub break_after: f64,
+    /// Default backup repository for jobs and the mount's backups/ folder.
+    #[arg(long)]
+    pub repo: Option<String>,
+}
+
+/// `snarf init`: creates a store.
+pub fn init(args: InitArgs) -> CliResult {
+    let opts = InitOptions {
+        snarf_size: args.snarf_size,
+        budgets: Budgets {
+            memory: args.preimage_mem,
+            disk: args.preimage_disk,
+            break_after_secs: args.break_after,
+        },
+        repository: args.repo,
+    };
+    Store::init(&args.store, &opts)?;
+    println!(
+        "created store {} (snarf size {}, pre-images: {})",
+        args.store.display(),
+        Bytes(opts.snarf_size),
+        opts.budgets
+    );
+    Ok(())
+}
