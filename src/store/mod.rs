@@ -155,6 +155,10 @@ struct StoreMeta {
     store_id: String,
     session: u64,
     volumes: Vec<VolumeRecord>,
+    /// Logical sizes of volumes whose backing file is longer (data past the end kept for
+    /// a snapshot); applied on open so a crash never exposes those bytes.
+    #[serde(default)]
+    logical_sizes: BTreeMap<VolumeId, u64>,
     /// Named checkpoints: epochs that incremental work measures changes from.
     #[serde(default)]
     checkpoints: BTreeMap<String, u64>,
@@ -308,10 +312,16 @@ impl Store {
             let _ = std::fs::remove_file(&stamps_path);
             let path = vol_dir.join(&rec.name);
             let file = open_backing(&path, false)?;
+            if let Some(&size) = meta.logical_sizes.get(&rec.id) {
+                file.set_len(size).map_err(|e| {
+                    Error::io(format!("trimming volume file {}", path.display()), e)
+                })?;
+            }
             let vol = Volume::new(rec.id, shift, file, rec.tracked_since, stamps)?;
             volumes.insert(rec.name.clone(), Arc::new(vol));
         }
         meta.volumes = records;
+        meta.logical_sizes.clear();
         if recovered_unclean {
             log::warn!(
                 "store {} was not closed cleanly last time; changed-snarf tracking is lost, the next backup of each volume reads it in full",
@@ -462,6 +472,7 @@ impl Store {
         let mut meta = self.meta.lock();
         if let Some(old) = &replaced {
             meta.volumes.retain(|r| r.id != old.id());
+            meta.logical_sizes.remove(&old.id());
         }
         if let Some(rec) = meta.volumes.iter_mut().find(|r| r.id == vol.id()) {
             rec.name = to.to_string();
@@ -482,6 +493,7 @@ impl Store {
         map.remove(name);
         let mut meta = self.meta.lock();
         meta.volumes.retain(|r| r.id != vol.id());
+        meta.logical_sizes.remove(&vol.id());
         save_meta(&self.root, &meta)?;
         Ok(vol)
     }
@@ -491,6 +503,20 @@ impl Store {
         std::fs::rename(self.root.join("volumes").join(name), &to)
             .map_err(|e| Error::io(format!("deleting volume \"{name}\""), e))?;
         vol.retire(to);
+        Ok(())
+    }
+
+    /// Records (or clears, with `None`) a volume's logical size while its backing file is
+    /// longer, durably, before the caller goes on.
+    pub fn set_logical_size(&self, id: VolumeId, size: Option<u64>) -> Result<()> {
+        let mut meta = self.meta.lock();
+        let changed = match size {
+            Some(size) => meta.logical_sizes.insert(id, size) != Some(size),
+            None => meta.logical_sizes.remove(&id).is_some(),
+        };
+        if changed {
+            save_meta(&self.root, &meta)?;
+        }
         Ok(())
     }
 

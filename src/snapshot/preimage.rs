@@ -1,0 +1,345 @@
+//! The pre-image cache: the old contents of snarfs, captured at their first write after a
+//! snapshot, kept until no snapshot needs them.
+//!
+//! Each pre-image covers a range of epochs `[first, last]`: `first` is the epoch of the write
+//! that produced the contents, `last` the epoch before the write that replaced them. Every
+//! snapshot taken in that range sees this one copy. Contents live in memory up to the memory
+//! budget, then in the spill file up to the disk budget; all-zero contents cost nothing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use parking_lot::{Condvar, Mutex};
+
+use super::spill::SpillFile;
+use super::Result;
+use crate::store::VolumeId;
+
+/// Where a pre-image's bytes are.
+#[derive(Debug)]
+pub enum Stored {
+    /// The snarf was all zeros.
+    Zero,
+    /// In memory.
+    Mem(Box<[u8]>),
+    /// In a slot of the spill file.
+    Spill(u32),
+}
+
+/// One captured pre-image.
+#[derive(Debug)]
+pub struct Preimage {
+    /// Epoch of the write that produced these contents (0: never written).
+    pub first: u64,
+    /// Last epoch whose snapshots see these contents.
+    pub last: u64,
+    /// The contents.
+    pub data: Stored,
+}
+
+impl Preimage {
+    /// Whether the snapshot of `epoch` sees this pre-image.
+    pub fn covers(&self, epoch: u64) -> bool {
+        (self.first..=self.last).contains(&epoch)
+    }
+}
+
+/// Room taken in a budget before the contents are read, so a capture never overshoots.
+#[derive(Debug)]
+pub enum Reservation {
+    /// One snarf of the memory budget.
+    Mem,
+    /// A spill slot.
+    Spill(u32),
+}
+
+/// Where the held pre-images are, for status and for a backup's fetch order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    /// Pre-images held, of every kind.
+    pub held: u64,
+    /// Of which all-zero (no storage).
+    pub zero: u64,
+    /// Bytes of memory used by pre-image contents.
+    pub mem_used: u64,
+    /// Memory budget in bytes.
+    pub mem_budget: u64,
+    /// Bytes of spill slots in use.
+    pub disk_used: u64,
+    /// Disk budget in bytes.
+    pub disk_budget: u64,
+}
+
+/// The cache.
+#[derive(Debug)]
+pub struct PreimageCache {
+    map: DashMap<(VolumeId, u64), Vec<Preimage>>,
+    snarf_size: u64,
+    mem_budget: u64,
+    mem_used: AtomicU64,
+    held: AtomicU64,
+    zero: AtomicU64,
+    spill: SpillFile,
+    space: Mutex<()>,
+    space_freed: Condvar,
+}
+
+impl PreimageCache {
+    /// A cache for snarfs of `snarf_size` bytes with the given budgets and spill file.
+    pub fn new(snarf_size: u64, mem_budget: u64, spill: SpillFile) -> PreimageCache {
+        PreimageCache {
+            map: DashMap::new(),
+            snarf_size,
+            mem_budget,
+            mem_used: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            zero: AtomicU64::new(0),
+            spill,
+            space: Mutex::new(()),
+            space_freed: Condvar::new(),
+        }
+    }
+
+    /// Takes room for one snarf: memory first, then a spill slot; `None` when both are full.
+    pub fn reserve(&self) -> Option<Reservation> {
+        let size = self.snarf_size;
+        let mem = self
+            .mem_used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + size <= self.mem_budget).then_some(used + size)
+            });
+        if mem.is_ok() {
+            return Some(Reservation::Mem);
+        }
+        self.spill.alloc().map(Reservation::Spill)
+    }
+
+    /// Gives back room that was not used.
+    pub fn unreserve(&self, r: Reservation) {
+        match r {
+            Reservation::Mem => {
+                self.mem_used.fetch_sub(self.snarf_size, Ordering::AcqRel);
+            }
+            Reservation::Spill(slot) => self.spill.free(slot),
+        }
+        self.notify_space();
+    }
+
+    /// Whether a reservation could succeed now.
+    pub fn has_room(&self) -> bool {
+        self.mem_used.load(Ordering::Acquire) + self.snarf_size <= self.mem_budget
+            || self.spill.has_room()
+    }
+
+    /// How full the disk budget is, from 0 to 1 (1 when there is no disk budget and memory
+    /// is full).
+    pub fn disk_fill(&self) -> f64 {
+        let budget = self.spill.budget_bytes();
+        if budget == 0 {
+            return if self.has_room() { 0.0 } else { 1.0 };
+        }
+        self.spill.used_bytes() as f64 / budget as f64
+    }
+
+    /// Whether memory is used up (new pre-images go to the spill file).
+    pub fn memory_full(&self) -> bool {
+        self.mem_used.load(Ordering::Acquire) + self.snarf_size > self.mem_budget
+    }
+
+    /// Turns a reservation and the snarf's contents into stored form.
+    pub fn store(&self, r: Reservation, contents: Box<[u8]>) -> Result<Stored> {
+        match r {
+            Reservation::Mem => Ok(Stored::Mem(contents)),
+            Reservation::Spill(slot) => match self.spill.write(slot, &contents) {
+                Ok(()) => Ok(Stored::Spill(slot)),
+                Err(e) => {
+                    self.spill.free(slot);
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    /// Adds a pre-image for a snarf. The caller holds the snarf's stripe exclusively.
+    pub fn insert(&self, vol: VolumeId, snarf: u64, p: Preimage) {
+        self.held.fetch_add(1, Ordering::Relaxed);
+        if matches!(p.data, Stored::Zero) {
+            self.zero.fetch_add(1, Ordering::Relaxed);
+        }
+        self.map.entry((vol, snarf)).or_default().push(p);
+    }
+
+    /// Copies bytes of the pre-image that the snapshot of `epoch` sees, if there is one.
+    /// `offset` is within the snarf. The caller holds the snarf's stripe.
+    pub fn read(
+        &self,
+        vol: VolumeId,
+        snarf: u64,
+        epoch: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Option<Result<()>> {
+        let entry = self.map.get(&(vol, snarf))?;
+        let p = entry.iter().find(|p| p.covers(epoch))?;
+        Some(match &p.data {
+            Stored::Zero => {
+                buf.fill(0);
+                Ok(())
+            }
+            Stored::Mem(bytes) => {
+                let start = offset as usize;
+                buf.copy_from_slice(&bytes[start..start + buf.len()]);
+                Ok(())
+            }
+            Stored::Spill(slot) => self.spill.read(*slot, offset, buf),
+        })
+    }
+
+    /// The `first` epoch of the pre-image covering `epoch`, if there is one: the epoch of the
+    /// last write the snapshot of `epoch` saw.
+    pub fn first_epoch_for(&self, vol: VolumeId, snarf: u64, epoch: u64) -> Option<u64> {
+        let entry = self.map.get(&(vol, snarf))?;
+        entry.iter().find(|p| p.covers(epoch)).map(|p| p.first)
+    }
+
+    /// Whether the pre-image covering `epoch` is all zeros (`None`: there is none).
+    pub fn is_zero(&self, vol: VolumeId, snarf: u64, epoch: u64) -> Option<bool> {
+        let entry = self.map.get(&(vol, snarf))?;
+        entry
+            .iter()
+            .find(|p| p.covers(epoch))
+            .map(|p| matches!(p.data, Stored::Zero))
+    }
+
+    /// Drops the pre-images of a snarf for which `unneeded` says yes, freeing their room.
+    /// The caller holds the snarf's stripe exclusively. Returns how many were dropped.
+    pub fn remove_where(
+        &self,
+        vol: VolumeId,
+        snarf: u64,
+        mut unneeded: impl FnMut(&Preimage) -> bool,
+    ) -> usize {
+        let mut dropped = Vec::new();
+        if let dashmap::Entry::Occupied(mut entry) = self.map.entry((vol, snarf)) {
+            let list = entry.get_mut();
+            let mut i = 0;
+            while i < list.len() {
+                if unneeded(&list[i]) {
+                    dropped.push(list.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            if list.is_empty() {
+                entry.remove();
+            }
+        }
+        let n = dropped.len();
+        for p in dropped {
+            self.release_storage(p.data);
+        }
+        if n > 0 {
+            self.held.fetch_sub(n as u64, Ordering::Relaxed);
+            self.notify_space();
+        }
+        n
+    }
+
+    /// Frees the storage of contents that turned out not to be needed.
+    pub fn discard(&self, data: Stored) {
+        if matches!(data, Stored::Zero) {
+            return;
+        }
+        self.release_storage_counted(data);
+        self.notify_space();
+    }
+
+    fn release_storage_counted(&self, data: Stored) {
+        match data {
+            Stored::Zero => {}
+            Stored::Mem(bytes) => {
+                self.mem_used
+                    .fetch_sub(bytes.len() as u64, Ordering::AcqRel);
+            }
+            Stored::Spill(slot) => self.spill.free(slot),
+        }
+    }
+
+    fn release_storage(&self, data: Stored) {
+        match data {
+            Stored::Zero => {
+                self.zero.fetch_sub(1, Ordering::Relaxed);
+            }
+            Stored::Mem(bytes) => {
+                self.mem_used
+                    .fetch_sub(bytes.len() as u64, Ordering::AcqRel);
+            }
+            Stored::Spill(slot) => self.spill.free(slot),
+        }
+    }
+
+    /// Keys of all snarfs holding pre-images (a copy, so no map lock is held afterwards).
+    pub fn keys(&self) -> Vec<(VolumeId, u64)> {
+        self.map.iter().map(|e| *e.key()).collect()
+    }
+
+    /// Epoch ranges of a snarf's pre-images.
+    pub fn ranges(&self, vol: VolumeId, snarf: u64) -> Vec<(u64, u64)> {
+        self.map
+            .get(&(vol, snarf))
+            .map(|e| e.iter().map(|p| (p.first, p.last)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Where the contents of the pre-image covering `epoch` are held: memory, spill or
+    /// zero (for a backup's fetch order).
+    pub fn location(&self, vol: VolumeId, snarf: u64, epoch: u64) -> Option<Location> {
+        let entry = self.map.get(&(vol, snarf))?;
+        entry
+            .iter()
+            .find(|p| p.covers(epoch))
+            .map(|p| match p.data {
+                Stored::Zero => Location::Zero,
+                Stored::Mem(_) => Location::Memory,
+                Stored::Spill(_) => Location::Spill,
+            })
+    }
+
+    /// Figures for status.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            held: self.held.load(Ordering::Relaxed),
+            zero: self.zero.load(Ordering::Relaxed),
+            mem_used: self.mem_used.load(Ordering::Relaxed),
+            mem_budget: self.mem_budget,
+            disk_used: self.spill.used_bytes(),
+            disk_budget: self.spill.budget_bytes(),
+        }
+    }
+
+    fn notify_space(&self) {
+        let _g = self.space.lock();
+        self.space_freed.notify_all();
+    }
+
+    /// Waits until room may have been freed, or `timeout` passes.
+    pub fn wait_for_room(&self, timeout: Duration) {
+        let mut g = self.space.lock();
+        if self.has_room() {
+            return;
+        }
+        self.space_freed.wait_for(&mut g, timeout);
+    }
+}
+
+/// Where a pre-image's contents are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Location {
+    /// All zeros, no storage.
+    Zero,
+    /// In memory.
+    Memory,
+    /// In the spill file.
+    Spill,
+}

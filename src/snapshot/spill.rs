@@ -1,0 +1,133 @@
+//! The spill file: pre-images that did not fit the memory budget, one snarf-sized slot each,
+//! in a single file under `STORE/spill/`. Freed slots are reused and their blocks returned
+//! to the filesystem, so the file's real size follows what is held.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use parking_lot::Mutex;
+
+use super::{Error, Result};
+
+/// Slot allocator and I/O over the spill file.
+#[derive(Debug)]
+pub struct SpillFile {
+    file: File,
+    slot_size: u64,
+    max_slots: u32,
+    slots: Mutex<Slots>,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    free: Vec<u32>,
+    next: u32,
+    used: u32,
+}
+
+impl SpillFile {
+    /// Creates (or empties) the spill file in `dir`, allowing `budget` bytes of slots.
+    pub fn create(dir: &Path, slot_size: u64, budget: u64) -> Result<SpillFile> {
+        let path = dir.join("preimages.spill");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io(format!("creating spill file {}", path.display()), e))?;
+        let max_slots = (budget / slot_size).min(u32::MAX as u64) as u32;
+        Ok(SpillFile {
+            file,
+            slot_size,
+            max_slots,
+            slots: Mutex::new(Slots::default()),
+        })
+    }
+
+    /// Takes a free slot, or `None` when the disk budget is used up.
+    pub fn alloc(&self) -> Option<u32> {
+        let mut s = self.slots.lock();
+        let slot = match s.free.pop() {
+            Some(slot) => slot,
+            None if s.next < self.max_slots => {
+                s.next += 1;
+                s.next - 1
+            }
+            None => return None,
+        };
+        s.used += 1;
+        Some(slot)
+    }
+
+    /// Returns a slot to the free list and its blocks to the filesystem.
+    pub fn free(&self, slot: u32) {
+        // SAFETY: fallocate on a descriptor we own; failure only means the blocks stay
+        // allocated until the slot is reused.
+        unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                (slot as u64 * self.slot_size) as libc::off_t,
+                self.slot_size as libc::off_t,
+            );
+        }
+        let mut s = self.slots.lock();
+        s.free.push(slot);
+        s.used -= 1;
+    }
+
+    /// Writes a pre-image into its slot.
+    pub fn write(&self, slot: u32, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(data, slot as u64 * self.slot_size)
+            .map_err(|e| Error::io("writing a pre-image to the spill file", e))
+    }
+
+    /// Reads `buf.len()` bytes at `offset` within a slot.
+    pub fn read(&self, slot: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.file
+            .read_exact_at(buf, slot as u64 * self.slot_size + offset)
+            .map_err(|e| Error::io("reading a pre-image from the spill file", e))
+    }
+
+    /// Bytes of slots in use.
+    pub fn used_bytes(&self) -> u64 {
+        self.slots.lock().used as u64 * self.slot_size
+    }
+
+    /// Bytes of slots allowed.
+    pub fn budget_bytes(&self) -> u64 {
+        self.max_slots as u64 * self.slot_size
+    }
+
+    /// Whether a slot could be taken now.
+    pub fn has_room(&self) -> bool {
+        let s = self.slots.lock();
+        !s.free.is_empty() || s.next < self.max_slots
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_reused_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = SpillFile::create(dir.path(), 4096, 2 * 4096).unwrap();
+        let a = spill.alloc().unwrap();
+        let b = spill.alloc().unwrap();
+        assert!(spill.alloc().is_none());
+        spill.write(b, &[7u8; 4096]).unwrap();
+        let mut buf = [0u8; 10];
+        spill.read(b, 100, &mut buf).unwrap();
+        assert_eq!(buf, [7u8; 10]);
+        spill.free(a);
+        assert_eq!(spill.used_bytes(), 4096);
+        assert_eq!(spill.alloc(), Some(a));
+    }
+}
