@@ -32,6 +32,12 @@ pub mod view;
 #[cfg(test)]
 mod model_tests;
 
+#[cfg(test)]
+mod concurrency_tests;
+
+#[cfg(test)]
+mod lifecycle_tests;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

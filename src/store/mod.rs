@@ -696,3 +696,6 @@ pub fn random_u64() -> u64 {
     }
     u64::from_le_bytes(buf)
 }
+
+#[cfg(test)]
+mod tests;

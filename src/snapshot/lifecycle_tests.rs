@@ -1,0 +1,203 @@
+//! Lifecycle tests of the engine over a real store: the catalogue across reopen,
+//! changed-snarf tracking after clean and unclean stops, shrink and delete under a
+//! snapshot, and the per-snarf memory bound.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::store::{Error as StoreError, InitOptions, Store};
+
+fn new_store(dir: &Path) -> PathBuf {
+    let root = dir.join("s");
+    Store::init(&root, &InitOptions::default()).unwrap();
+    root
+}
+
+fn engine(root: &Path) -> Engine {
+    let store = Store::open(root, "test").unwrap();
+    let opts = EngineOptions::from_store(&store);
+    Engine::new(store, opts).unwrap()
+}
+
+#[test]
+fn volumes_survive_reopen_with_ids_and_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_store(dir.path());
+    let (id_a, id_c);
+    {
+        let e = engine(&root);
+        let a = e.create_volume("a", 100_000).unwrap();
+        e.write(&a, 5, b"hello").unwrap();
+        id_a = a.id();
+        e.create_volume("b", 10).unwrap();
+        id_c = e.create_volume("c", 0).unwrap().id();
+        e.rename_volume("c", "d").unwrap();
+        e.delete_volume("b").unwrap();
+        assert!(matches!(
+            e.create_volume("a", 1),
+            Err(Error::Store(StoreError::VolumeExists(_)))
+        ));
+        e.close().unwrap();
+    }
+    let e = engine(&root);
+    assert_eq!(e.store().volume_names(), vec!["a", "d"]);
+    let a = e.volume("a").unwrap();
+    assert_eq!(a.id(), id_a);
+    assert_eq!(e.volume("d").unwrap().id(), id_c);
+    assert_eq!(a.size(), 100_000);
+    let mut buf = [0u8; 5];
+    e.read(&a, 5, &mut buf).unwrap();
+    assert_eq!(&buf, b"hello");
+    assert!(std::fs::read_dir(root.join("retired"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[test]
+fn bad_names_say_which_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_store(dir.path());
+    let e = engine(&root);
+    let err = e.create_volume("a/b", 1).unwrap_err().to_string();
+    assert!(err.contains("'/'"), "{err}");
+    let err = e.take("..").unwrap_err().to_string();
+    assert!(
+        err.contains("snapshot name") && err.contains("reserved"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tracking_survives_a_clean_close_and_is_lost_after_an_unclean_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_store(dir.path());
+    let snarf = 64 * 1024;
+    let checkpoint;
+    {
+        let e = engine(&root);
+        let v = e.create_volume("v", 16 * snarf).unwrap();
+        e.write(&v, 0, &vec![1u8; 16 * snarf as usize]).unwrap();
+        let s = e.take("base").unwrap();
+        checkpoint = s.epoch();
+        e.store().set_checkpoint("repo-x", checkpoint).unwrap();
+        e.write(&v, 3 * snarf + 10, b"x").unwrap();
+        e.close().unwrap();
+    }
+    {
+        // Clean close: tracking is trusted in the next session.
+        let e = engine(&root);
+        assert_eq!(e.store().checkpoint("repo-x"), Some(checkpoint));
+        let v = e.volume("v").unwrap();
+        e.write(&v, 9 * snarf, b"y").unwrap();
+        let s = e.take("now").unwrap();
+        match e.changed_snarfs(&s, "v", checkpoint).unwrap() {
+            Changed::Snarfs(set) => assert_eq!(set.iter().collect::<Vec<_>>(), vec![3, 9]),
+            Changed::Lost { reason } => panic!("lost after a clean close: {reason}"),
+        }
+        // Dropped without close: an unclean stop.
+    }
+    let e = engine(&root);
+    assert!(e.store().recovered_unclean());
+    let s = e.take("after-crash").unwrap();
+    match e.changed_snarfs(&s, "v", checkpoint).unwrap() {
+        Changed::Lost { reason } => assert!(reason.contains("not closed cleanly"), "{reason}"),
+        Changed::Snarfs(set) => panic!("tracking trusted after an unclean stop: {set:?}"),
+    }
+    // A checkpoint taken in this session works again.
+    let since = s.epoch();
+    let v = e.volume("v").unwrap();
+    e.write(&v, 0, b"z").unwrap();
+    let s2 = e.take("later").unwrap();
+    assert!(
+        matches!(e.changed_snarfs(&s2, "v", since).unwrap(), Changed::Snarfs(set) if set.iter().eq([0]))
+    );
+}
+
+#[test]
+fn data_kept_past_a_shrink_is_trimmed_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_store(dir.path());
+    {
+        let e = engine(&root);
+        let v = e.create_volume("v", 300_000).unwrap();
+        e.write(&v, 0, &vec![9u8; 300_000]).unwrap();
+        e.take("s").unwrap();
+        e.resize(&v, 1000).unwrap();
+        // The backing file keeps the snapshot's data...
+        assert_eq!(
+            std::fs::metadata(root.join("volumes/v")).unwrap().len(),
+            300_000
+        );
+        // ...and the process dies here.
+    }
+    let e = engine(&root);
+    assert_eq!(e.volume("v").unwrap().size(), 1000);
+    assert_eq!(
+        std::fs::metadata(root.join("volumes/v")).unwrap().len(),
+        1000
+    );
+}
+
+#[test]
+fn a_shrunk_volume_is_trimmed_when_its_snapshot_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_store(dir.path());
+    let e = engine(&root);
+    let v = e.create_volume("v", 300_000).unwrap();
+    e.write(&v, 0, &vec![9u8; 300_000]).unwrap();
+    let s = e.take("s").unwrap();
+    e.resize(&v, 1000).unwrap();
+    e.resize(&v, 200_000).unwrap();
+    let mut buf = vec![1u8; 300_000];
+    assert_eq!(e.read(&v, 0, &mut buf).unwrap(), 200_000);
+    assert!(buf[..1000].iter().all(|&b| b == 9) && buf[1000..200_000].iter().all(|&b| b == 0));
+    assert_eq!(e.read_snapshot(&s, "v", 0, &mut buf).unwrap(), 300_000);
+    assert!(buf.iter().all(|&b| b == 9));
+    e.resize(&v, 1000).unwrap();
+    e.release("s").unwrap();
+    assert_eq!(
+        std::fs::metadata(root.join("volumes/v")).unwrap().len(),
+        1000
+    );
+    e.close().unwrap();
+}
+
+#[test]
+fn deleted_volume_stays_readable_through_its_snapshot_then_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_store(dir.path());
+    let e = engine(&root);
+    let v = e.create_volume("v", 0).unwrap();
+    e.write(&v, 0, b"keep me").unwrap();
+    drop(v);
+    let s = e.take("s").unwrap();
+    e.delete_volume("v").unwrap();
+    e.create_volume("v", 3).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(e.read_snapshot(&s, "v", 0, &mut buf).unwrap(), 7);
+    assert_eq!(&buf[..7], b"keep me");
+    assert_eq!(std::fs::read_dir(root.join("retired")).unwrap().count(), 1);
+    drop(s);
+    e.release("s").unwrap();
+    assert_eq!(std::fs::read_dir(root.join("retired")).unwrap().count(), 0);
+}
+
+#[test]
+fn bookkeeping_is_at_most_16_bytes_per_snarf() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_store(dir.path());
+    let e = engine(&root);
+    let tib = 1u64 << 40;
+    let v = e.create_volume("big", tib).unwrap();
+    let snarfs = tib / e.store().snarf_size();
+    let bytes = v.metadata_bytes() as u64;
+    assert!(
+        bytes <= 16 * snarfs,
+        "{bytes} bytes of bookkeeping for {snarfs} snarfs"
+    );
+    e.write(&v, tib - 10, b"end").unwrap();
+    let mut buf = [0u8; 3];
+    e.read(&v, tib - 10, &mut buf).unwrap();
+    assert_eq!(&buf, b"end");
+}
