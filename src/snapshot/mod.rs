@@ -48,7 +48,7 @@ use parking_lot::RwLock;
 use crate::store::{self, validate_name, Budgets, Store, Tracking, Volume, VolumeId, VolumeState};
 pub use bitset::SnarfSet;
 pub use preimage::{CacheStats, Location};
-use preimage::{Preimage, PreimageCache, Stored};
+use preimage::{Preimage, PreimageCache, Reservation, Stored};
 use spill::SpillFile;
 use stripes::Stripes;
 pub use view::{SnapState, SnapVolume, Snapshot};
@@ -508,16 +508,33 @@ impl Engine {
         let Some(room) = self.cache.reserve() else {
             return Ok(Step::NeedRoom);
         };
-        let mut contents = vec![0u8; vol.snarf_size() as usize].into_boxed_slice();
-        if let Err(e) = vol.read_snarf(index, &mut contents) {
-            self.cache.unreserve(room);
-            return Err(e.into());
-        }
-        let data = if is_zero(&contents) {
-            self.cache.unreserve(room);
-            Stored::Zero
-        } else {
-            self.cache.store(room, contents)?
+        let data = match room {
+            // A hole (never written) costs no copy and no budget; checked only on the
+            // spill path, where contents are never seen, since memory captures are
+            // checked for zeros as they are read.
+            Reservation::Spill(_) if vol.snarf_is_hole(index) => {
+                self.cache.unreserve(room);
+                Stored::Zero
+            }
+            Reservation::Spill(slot) => {
+                self.cache
+                    .spill_from(slot, vol.file(), index << vol.snarf_shift())?
+            }
+            Reservation::Mem => {
+                let mut contents = self.cache.buffer();
+                if let Err(e) = vol.read_snarf(index, &mut contents) {
+                    self.cache.recycle(contents);
+                    self.cache.unreserve(room);
+                    return Err(e.into());
+                }
+                if is_zero(&contents) {
+                    self.cache.recycle(contents);
+                    self.cache.unreserve(room);
+                    Stored::Zero
+                } else {
+                    self.cache.store(room, contents)?
+                }
+            }
         };
         let p = Preimage {
             first: w,
@@ -847,20 +864,12 @@ impl Engine {
     /// "not known to be zero".
     pub fn snapshot_snarf_is_hole(&self, snap: &Snapshot, sv: &SnapVolume, index: u64) -> bool {
         let vol = &sv.volume;
+        let st = vol.read_state();
         let _stripe = self.stripes.read(vol.id(), index);
         if let Some(zero) = self.cache.is_zero(vol.id(), index, snap.epoch()) {
             return zero;
         }
-        let st = vol.read_state();
-        if st.stamp(index) > snap.epoch() {
-            return false;
-        }
-        let start = index << vol.snarf_shift();
-        match vol.seek(start, true) {
-            Ok(Some(data)) => data >= start + vol.snarf_size(),
-            Ok(None) => true,
-            Err(_) => false,
-        }
+        st.stamp(index) <= snap.epoch() && vol.snarf_is_hole(index)
     }
 
     /// Records that a backup has stored snarf `index` of a snapshot's volume: the snapshot

@@ -81,6 +81,9 @@ pub struct PreimageCache {
     held: AtomicU64,
     zero: AtomicU64,
     spill: SpillFile,
+    /// Snarf buffers of freed memory pre-images, reused so a capture neither allocates nor
+    /// zeroes memory; together with the held ones they never exceed the memory budget.
+    pool: Mutex<Vec<Box<[u8]>>>,
     space: Mutex<()>,
     space_freed: Condvar,
 }
@@ -96,6 +99,7 @@ impl PreimageCache {
             held: AtomicU64::new(0),
             zero: AtomicU64::new(0),
             spill,
+            pool: Mutex::new(Vec::new()),
             space: Mutex::new(()),
             space_freed: Condvar::new(),
         }
@@ -147,17 +151,50 @@ impl PreimageCache {
         self.mem_used.load(Ordering::Acquire) + self.snarf_size > self.mem_budget
     }
 
+    /// A snarf-sized buffer to capture into: a reused one when there is one.
+    pub fn buffer(&self) -> Box<[u8]> {
+        self.pool
+            .lock()
+            .pop()
+            .unwrap_or_else(|| vec![0u8; self.snarf_size as usize].into_boxed_slice())
+    }
+
+    /// Hands back a capture buffer that was not kept.
+    pub fn recycle(&self, buf: Box<[u8]>) {
+        let mut pool = self.pool.lock();
+        let pooled = (pool.len() as u64 + 1) * self.snarf_size;
+        if pooled + self.mem_used.load(Ordering::Acquire) <= self.mem_budget {
+            pool.push(buf);
+        }
+    }
+
+    /// Stores a snarf straight from a volume's file into a spill slot.
+    pub fn spill_from(&self, slot: u32, src: &std::fs::File, offset: u64) -> Result<Stored> {
+        match self.spill.copy_in(slot, src, offset, self.snarf_size) {
+            Ok(()) => Ok(Stored::Spill(slot)),
+            Err(e) => {
+                self.spill.free(slot);
+                self.notify_space();
+                Err(e)
+            }
+        }
+    }
+
     /// Turns a reservation and the snarf's contents into stored form.
     pub fn store(&self, r: Reservation, contents: Box<[u8]>) -> Result<Stored> {
         match r {
             Reservation::Mem => Ok(Stored::Mem(contents)),
-            Reservation::Spill(slot) => match self.spill.write(slot, &contents) {
-                Ok(()) => Ok(Stored::Spill(slot)),
-                Err(e) => {
-                    self.spill.free(slot);
-                    Err(e)
+            Reservation::Spill(slot) => {
+                let written = self.spill.write(slot, &contents);
+                self.recycle(contents);
+                match written {
+                    Ok(()) => Ok(Stored::Spill(slot)),
+                    Err(e) => {
+                        self.spill.free(slot);
+                        Err(e)
+                    }
                 }
-            },
+            }
         }
     }
 

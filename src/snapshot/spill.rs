@@ -1,6 +1,6 @@
 //! The spill file: pre-images that did not fit the memory budget, one snarf-sized slot each,
-//! in a single file under `STORE/spill/`. Freed slots are reused and their blocks returned
-//! to the filesystem, so the file's real size follows what is held.
+//! in a single file under `STORE/spill/`. Freed slots are reused; the file shrinks to
+//! nothing whenever no pre-image is spilled.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -63,21 +63,20 @@ impl SpillFile {
         Some(slot)
     }
 
-    /// Returns a slot to the free list and its blocks to the filesystem.
+    /// Returns a slot to the free list. Its blocks stay allocated, because overwriting
+    /// allocated blocks is much cheaper than allocating them again; they go back to the
+    /// filesystem when the last slot is freed.
     pub fn free(&self, slot: u32) {
-        // SAFETY: fallocate on a descriptor we own; failure only means the blocks stay
-        // allocated until the slot is reused.
-        unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                (slot as u64 * self.slot_size) as libc::off_t,
-                self.slot_size as libc::off_t,
-            );
-        }
         let mut s = self.slots.lock();
         s.free.push(slot);
         s.used -= 1;
+        if s.used == 0 {
+            s.free.clear();
+            s.next = 0;
+            if let Err(e) = self.file.set_len(0) {
+                log::warn!("could not give back the spill file's space: {e}");
+            }
+        }
     }
 
     /// Writes a pre-image into its slot.
@@ -85,6 +84,46 @@ impl SpillFile {
         self.file
             .write_all_at(data, slot as u64 * self.slot_size)
             .map_err(|e| Error::io("writing a pre-image to the spill file", e))
+    }
+
+    /// Copies `len` bytes at `offset` of `src` into a slot inside the kernel (one copy
+    /// through the page cache instead of two through a buffer). A short source is
+    /// zero-filled to `len`.
+    pub fn copy_in(&self, slot: u32, src: &File, offset: u64, len: u64) -> Result<()> {
+        let mut src_off = offset as libc::loff_t;
+        let mut dst_off = (slot as u64 * self.slot_size) as libc::loff_t;
+        let mut left = len as usize;
+        while left > 0 {
+            // SAFETY: both descriptors are owned and open; the offsets are plain integers
+            // the kernel updates.
+            let n = unsafe {
+                libc::copy_file_range(
+                    src.as_raw_fd(),
+                    &mut src_off,
+                    self.file.as_raw_fd(),
+                    &mut dst_off,
+                    left,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Error::io("copying a pre-image into the spill file", e));
+            }
+            if n == 0 {
+                // Past the end of the source: the rest of the snarf reads as zeros.
+                let zeros = vec![0u8; left];
+                return self
+                    .file
+                    .write_all_at(&zeros, dst_off as u64)
+                    .map_err(|e| Error::io("writing a pre-image to the spill file", e));
+            }
+            left -= n as usize;
+        }
+        Ok(())
     }
 
     /// Reads `buf.len()` bytes at `offset` within a slot.

@@ -211,6 +211,22 @@ impl Volume {
         Ok(())
     }
 
+    /// The backing file, for in-kernel copies of its snarfs.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Whether snarf `index` is entirely a hole in the backing file (reads as zeros
+    /// without having been written).
+    pub fn snarf_is_hole(&self, index: u64) -> bool {
+        let start = index << self.snarf_shift;
+        match self.seek(start, true) {
+            Ok(Some(next_data)) => next_data >= start + self.snarf_size(),
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+
     /// Flushes written data to stable storage.
     pub fn sync_data(&self) -> Result<()> {
         self.file
