@@ -81,7 +81,7 @@ fn run_role(role: &str) -> std::result::Result<(), String> {
         "newjob" => {
             let r = reg.register(new()).map_err(|e| e.to_string())?;
             let opts = StopOptions {
-                grace: Duration::from_millis(500),
+                grace: Duration::from_secs(2),
                 protect: vec![],
             };
             let stopped = reg
