@@ -805,6 +805,39 @@ mod tests {
     }
 
     #[test]
+    fn every_reject_kind_is_reachable() {
+        use RejectKind::*;
+        let cases: [(ControlFile, &[u8], RejectKind); 16] = [
+            (ControlFile::Status, b"x", ReadOnly),
+            (Jobs, b"  ", Empty),
+            (Jobs, &[b'x'; MAX_COMMAND_BYTES + 1], TooLong),
+            (Jobs, b"\xc3\x28", NotUtf8),
+            (Jobs, b"\0", Nul),
+            (Jobs, b"\x07", ControlCharacter),
+            (Jobs, b"a\nb", MultipleLines),
+            (Jobs, b"'", UnclosedQuote),
+            (Jobs, b"x", UnknownVerb),
+            (Jobs, b"cancel", MissingArgument),
+            (Jobs, b"cancel a b", ExtraArgument),
+            (Jobs, b"backup .", BadName),
+            (Jobs, b"backup s k=v", UnknownKey),
+            (Jobs, b"backup s mode=full mode=auto", DuplicateKey),
+            (Jobs, b"backup s repo=r", RelativeRepo),
+            (Jobs, b"backup s mode=x", BadValue),
+        ];
+        for (file, input, kind) in cases {
+            // The match makes a new kind fail to compile until it is added above.
+            match kind {
+                ReadOnly | Empty | TooLong | NotUtf8 | Nul | ControlCharacter | MultipleLines
+                | UnclosedQuote | UnknownVerb | MissingArgument | ExtraArgument | BadName
+                | UnknownKey | DuplicateKey | RelativeRepo | BadValue => {}
+            }
+            let r = rejected(file, input, kind, &[]);
+            assert!(!r.reason.is_empty());
+        }
+    }
+
+    #[test]
     fn exactly_the_limit_is_accepted() {
         let name_len = MAX_COMMAND_BYTES - "create \n".len();
         // Names are capped at 255 bytes, so pad with spaces to reach the limit.

@@ -99,12 +99,15 @@ impl Registry {
         let boot = procfs::boot_id().map_err(|e| Error::proc("reading the boot id", e))?;
         let mut entries = Vec::with_capacity(on_disk.len());
         for e in &on_disk {
-            let stat = procfs::read_stat(e.pid)
-                .map_err(|err| Error::proc(format!("reading process {}", e.pid), err))?;
-            if is_alive(e, &boot, stat) {
-                entries.push(e.clone());
-            } else {
-                log::debug!("removing dead registry entry for pid {}", e.pid);
+            match procfs::read_stat(e.pid) {
+                Ok(stat) if is_alive(e, &boot, stat) => entries.push(e.clone()),
+                Ok(_) => log::debug!("removing dead registry entry for pid {}", e.pid),
+                // Unreadable but present (say /proc mounted with hidepid=1): we cannot
+                // tell, so the entry stays rather than a live job losing its registration.
+                Err(err) => {
+                    log::warn!("cannot check process {}: {err}; keeping its entry", e.pid);
+                    entries.push(e.clone());
+                }
             }
         }
         let dead = on_disk.len() - entries.len();
