@@ -1,2 +1,32 @@
 //! Command grammar and table renderers for the files under `MOUNTPOINT/control/`: pure
 //! text in, text out, so the mount, the CLI and tests share one contract.
+//!
+//! Writes: `control/snapshot` and `control/jobs` are transaction files. One write carries
+//! one command; [`parse`] returns the [`Command`] or a [`Rejection`] whose
+//! [`message`](Rejection::message) the FUSE layer hands back on the same descriptor after
+//! failing the write with EINVAL. Every other control file is a read-only table and
+//! rejects every write.
+//!
+//! Reads: the layers above fill [`JobRow`], [`PidRow`], [`FinishingRow`] and
+//! [`StatusReport`]; `render_*` turns them into aligned text tables (see [`table`] for the
+//! escaping that keeps `awk` field counts stable) and `render_*_json` into the `.json`
+//! twins.
+
+pub mod file;
+pub mod grammar;
+pub mod rows;
+pub mod table;
+pub mod words;
+
+#[cfg(test)]
+mod fuzz_tests;
+
+pub use file::ControlFile;
+pub use grammar::{
+    parse, BackupMode, BackupRequest, Command, RejectKind, Rejection, MAX_COMMAND_BYTES,
+};
+pub use rows::{
+    render_finishing, render_finishing_json, render_jobs, render_jobs_json, render_pids,
+    render_pids_json, render_status, render_status_json, FinishingRow, FinishingState, JobRow,
+    JobState, PidRow, SnapshotState, SnapshotStatus, StatusReport, Usage, VolumeStatus,
+};

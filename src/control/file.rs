@@ -1,0 +1,113 @@
+//! The files under `MOUNTPOINT/control/`: their names, which of them take commands, and the
+//! usage text a rejected write reads back.
+
+use std::fmt;
+
+/// One file under `control/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ControlFile {
+    /// `control/snapshot`: create and release snapshots.
+    Snapshot,
+    /// `control/jobs`: start and cancel backups; reads as the job table.
+    Jobs,
+    /// `control/pids`: the process registry (read-only).
+    Pids,
+    /// `control/finishing`: each repository's finishing state (read-only).
+    Finishing,
+    /// `control/status`: volumes, snapshots, pre-image budgets, throttling (read-only).
+    Status,
+    /// `control/jobs.json`: the job table as JSON (read-only).
+    JobsJson,
+    /// `control/pids.json`: the process registry as JSON (read-only).
+    PidsJson,
+    /// `control/finishing.json`: finishing states as JSON (read-only).
+    FinishingJson,
+    /// `control/status.json`: the status report as JSON (read-only).
+    StatusJson,
+}
+
+/// Usage of `control/snapshot`.
+const SNAPSHOT_USAGE: &str = "create NAME\nrelease NAME";
+/// Usage of `control/jobs`.
+const JOBS_USAGE: &str = "backup SNAPSHOT [repo=/ABSOLUTE/PATH] [volumes=NAME,NAME...] [mode=full|incremental|auto]\ncancel JOB-ID";
+
+impl ControlFile {
+    /// Every control file, in directory-listing order.
+    pub const ALL: [ControlFile; 9] = [
+        ControlFile::Snapshot,
+        ControlFile::Jobs,
+        ControlFile::Pids,
+        ControlFile::Finishing,
+        ControlFile::Status,
+        ControlFile::JobsJson,
+        ControlFile::PidsJson,
+        ControlFile::FinishingJson,
+        ControlFile::StatusJson,
+    ];
+
+    /// The file name under `control/`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ControlFile::Snapshot => "snapshot",
+            ControlFile::Jobs => "jobs",
+            ControlFile::Pids => "pids",
+            ControlFile::Finishing => "finishing",
+            ControlFile::Status => "status",
+            ControlFile::JobsJson => "jobs.json",
+            ControlFile::PidsJson => "pids.json",
+            ControlFile::FinishingJson => "finishing.json",
+            ControlFile::StatusJson => "status.json",
+        }
+    }
+
+    /// The control file called `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<ControlFile> {
+        ControlFile::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// Whether writes to this file carry commands (otherwise it is a read-only table).
+    pub fn takes_commands(self) -> bool {
+        matches!(self, ControlFile::Snapshot | ControlFile::Jobs)
+    }
+
+    /// Whether this is the JSON twin of a table.
+    pub fn is_json(self) -> bool {
+        self.name().ends_with(".json")
+    }
+
+    /// The accepted form of a write to this file, one command per line.
+    pub fn usage(self) -> &'static str {
+        match self {
+            ControlFile::Snapshot => SNAPSHOT_USAGE,
+            ControlFile::Jobs => JOBS_USAGE,
+            _ => "(none: this file is read-only; read it with cat, and write commands to control/snapshot or control/jobs)",
+        }
+    }
+}
+
+impl fmt::Display for ControlFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "control/{}", self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_only_two_files_take_commands() {
+        for f in ControlFile::ALL {
+            assert_eq!(ControlFile::from_name(f.name()), Some(f));
+            assert_eq!(f.takes_commands(), !f.usage().contains("read-only"));
+        }
+        assert_eq!(ControlFile::from_name("nope"), None);
+        let writable: Vec<_> = ControlFile::ALL
+            .into_iter()
+            .filter(|f| f.takes_commands())
+            .collect();
+        assert_eq!(writable, [ControlFile::Snapshot, ControlFile::Jobs]);
+        assert_eq!(ControlFile::PidsJson.to_string(), "control/pids.json");
+        assert!(ControlFile::StatusJson.is_json() && !ControlFile::Status.is_json());
+    }
+}

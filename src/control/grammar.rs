@@ -1,0 +1,896 @@
+//! The command grammar of the writable control files. A write carries exactly one command
+//! on one line; [`parse`] turns it into a [`Command`] or a [`Rejection`] that says what was
+//! wrong and shows the accepted form, so `echo bad > control/jobs` fails with EINVAL and a
+//! reader of the same descriptor learns why.
+//!
+//! ```text
+//! control/snapshot   create NAME | release NAME
+//! control/jobs       backup SNAPSHOT [repo=/ABSOLUTE/PATH] [volumes=A,B] [mode=full|incremental|auto]
+//!                    cancel JOB-ID
+//! ```
+//!
+//! Words are separated by spaces or tabs; a name with spaces is quoted (`create "my snap"`,
+//! see [`super::words`]). Verbs and option keys are lowercase.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::file::ControlFile;
+use super::words::{quote_word, split_words};
+use crate::store::validate_name;
+
+/// Longest command accepted, in bytes, newline included.
+pub const MAX_COMMAND_BYTES: usize = 4096;
+/// Longest job id accepted, in bytes.
+pub const MAX_JOB_ID_BYTES: usize = 64;
+
+/// A command accepted from a control file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `create NAME` on control/snapshot.
+    CreateSnapshot {
+        /// Snapshot name.
+        name: String,
+    },
+    /// `release NAME` on control/snapshot.
+    ReleaseSnapshot {
+        /// Snapshot name.
+        name: String,
+    },
+    /// `backup SNAPSHOT ...` on control/jobs.
+    Backup(BackupRequest),
+    /// `cancel ID` on control/jobs.
+    Cancel {
+        /// Job id.
+        job: String,
+    },
+}
+
+/// What `backup` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRequest {
+    /// The snapshot to back up.
+    pub snapshot: String,
+    /// Repository (absolute path); `None` means the store's default repository.
+    pub repo: Option<PathBuf>,
+    /// Volumes to include; `None` means every volume of the snapshot.
+    pub volumes: Option<Vec<String>>,
+    /// Full, incremental, or let snarf choose.
+    pub mode: BackupMode,
+}
+
+/// How much a backup reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BackupMode {
+    /// Read every snarf.
+    Full,
+    /// Read only snarfs changed since the last backup; fails if tracking was lost.
+    Incremental,
+    /// Incremental when tracking allows, full otherwise.
+    #[default]
+    Auto,
+}
+
+impl BackupMode {
+    /// The word used in commands.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupMode::Full => "full",
+            BackupMode::Incremental => "incremental",
+            BackupMode::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for Command {
+    /// The command in the grammar's own form: parsing it gives the same command back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::CreateSnapshot { name } => write!(f, "create {}", quote_word(name)),
+            Command::ReleaseSnapshot { name } => write!(f, "release {}", quote_word(name)),
+            Command::Cancel { job } => write!(f, "cancel {}", quote_word(job)),
+            Command::Backup(b) => {
+                write!(f, "backup {}", quote_word(&b.snapshot))?;
+                if let Some(repo) = &b.repo {
+                    let word = format!("repo={}", repo.display());
+                    write!(f, " {}", quote_word(&word))?;
+                }
+                if let Some(vols) = &b.volumes {
+                    write!(f, " {}", quote_word(&format!("volumes={}", vols.join(","))))?;
+                }
+                if b.mode != BackupMode::Auto {
+                    write!(f, " mode={}", b.mode.as_str())?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The kind of mistake a rejected write made; tests and the FUSE layer match on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectKind {
+    /// The file is a read-only table.
+    ReadOnly,
+    /// Nothing but whitespace.
+    Empty,
+    /// Longer than [`MAX_COMMAND_BYTES`].
+    TooLong,
+    /// Not valid UTF-8.
+    NotUtf8,
+    /// A NUL byte.
+    Nul,
+    /// Another control character.
+    ControlCharacter,
+    /// More than one line in one write.
+    MultipleLines,
+    /// A quote opened and not closed.
+    UnclosedQuote,
+    /// The first word is not a command of this file.
+    UnknownVerb,
+    /// A required argument is missing.
+    MissingArgument,
+    /// A word the command does not take.
+    ExtraArgument,
+    /// A volume or snapshot name breaks a naming rule.
+    BadName,
+    /// An option key the command does not know.
+    UnknownKey,
+    /// An option given twice.
+    DuplicateKey,
+    /// The repository path is not absolute.
+    RelativeRepo,
+    /// An option value or job id of the wrong form.
+    BadValue,
+}
+
+/// A write that was not accepted: which file, what kind of mistake, why in words, and
+/// (through [`ControlFile::usage`]) the accepted form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
+pub struct Rejection {
+    /// The file written to.
+    pub file: ControlFile,
+    /// What kind of mistake.
+    pub kind: RejectKind,
+    /// What was wrong and how to fix it, in one sentence.
+    pub reason: String,
+}
+
+impl Rejection {
+    fn new(file: ControlFile, kind: RejectKind, reason: impl Into<String>) -> Rejection {
+        Rejection {
+            file,
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    /// The accepted form of a write to the file.
+    pub fn usage(&self) -> &'static str {
+        self.file.usage()
+    }
+
+    /// The message read back after a rejected write: the reason, then the accepted form,
+    /// ending in a newline.
+    pub fn message(&self) -> String {
+        let mut out = format!("{}: command rejected: {}\n", self.file, self.reason);
+        if self.file.takes_commands() {
+            out.push_str("accepted commands (one per write):\n");
+            for line in self.usage().lines() {
+                out.push_str("  ");
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// Parses one write to `file` (see the module comment for the grammar).
+pub fn parse(file: ControlFile, input: &[u8]) -> Result<Command, Rejection> {
+    let reject = |kind, reason: String| Err(Rejection::new(file, kind, reason));
+    if !file.takes_commands() {
+        return reject(
+            RejectKind::ReadOnly,
+            format!(
+                "{file} is read-only: read it with `cat {file}`; commands go to control/snapshot and control/jobs"
+            ),
+        );
+    }
+    if input.len() > MAX_COMMAND_BYTES {
+        return reject(
+            RejectKind::TooLong,
+            format!(
+                "the write is {} bytes long; a command is one line of at most {MAX_COMMAND_BYTES} bytes",
+                input.len()
+            ),
+        );
+    }
+    let line = input.strip_suffix(b"\n").unwrap_or(input);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if let Some(at) = line.iter().position(|b| *b == b'\n') {
+        return reject(
+            RejectKind::MultipleLines,
+            format!(
+                "the write holds more than one line (a newline at byte {at}); write one command per write, e.g. one echo per command"
+            ),
+        );
+    }
+    if let Some(at) = line.iter().position(|b| *b == 0) {
+        return reject(
+            RejectKind::Nul,
+            format!("the write contains a NUL byte at byte {at}; commands are plain text"),
+        );
+    }
+    let text = match std::str::from_utf8(line) {
+        Ok(t) => t,
+        Err(e) => {
+            let at = e.valid_up_to();
+            return reject(
+                RejectKind::NotUtf8,
+                format!(
+                    "the write is not UTF-8 text (byte {at} is 0x{:02x}); commands are plain UTF-8 text",
+                    line[at]
+                ),
+            );
+        }
+    };
+    if let Some((at, c)) = text
+        .char_indices()
+        .find(|(_, c)| c.is_control() && *c != '\t')
+    {
+        return reject(
+            RejectKind::ControlCharacter,
+            format!(
+                "the write contains the control character U+{:04X} at byte {at}; commands are plain text on one line",
+                c as u32
+            ),
+        );
+    }
+    let words = match split_words(text.trim_matches([' ', '\t'])) {
+        Ok(w) => w,
+        Err(q) => {
+            return reject(
+                RejectKind::UnclosedQuote,
+                format!(
+                    "the quote {} opened at byte {} is never closed; close it, as in create \"my snap\"",
+                    q.quote, q.at
+                ),
+            )
+        }
+    };
+    let Some((verb, args)) = words.split_first() else {
+        return reject(
+            RejectKind::Empty,
+            "the write is empty; write one command".to_string(),
+        );
+    };
+    let p = Parser { file, args };
+    match (file, verb.as_str()) {
+        (ControlFile::Snapshot, "create") => Ok(Command::CreateSnapshot {
+            name: p.only_name("create", "snapshot")?,
+        }),
+        (ControlFile::Snapshot, "release") => Ok(Command::ReleaseSnapshot {
+            name: p.only_name("release", "snapshot")?,
+        }),
+        (ControlFile::Jobs, "backup") => p.backup().map(Command::Backup),
+        (ControlFile::Jobs, "cancel") => Ok(Command::Cancel { job: p.job_id()? }),
+        _ => Err(unknown_verb(file, verb)),
+    }
+}
+
+fn unknown_verb(file: ControlFile, verb: &str) -> Rejection {
+    let known: &[&str] = match file {
+        ControlFile::Snapshot => &["create", "release"],
+        _ => &["backup", "cancel"],
+    };
+    let lower = verb.to_lowercase();
+    let hint = if known.contains(&lower.as_str()) {
+        format!("; commands are lowercase: {lower}")
+    } else if ["create", "release"].contains(&lower.as_str()) {
+        "; snapshot commands go to control/snapshot".to_string()
+    } else if ["backup", "cancel"].contains(&lower.as_str()) {
+        "; job commands go to control/jobs".to_string()
+    } else {
+        String::new()
+    };
+    Rejection::new(
+        file,
+        RejectKind::UnknownVerb,
+        format!(
+            "\"{}\" is not a command of {file}, which accepts {}{hint}",
+            shown(verb),
+            known.join(" and ")
+        ),
+    )
+}
+
+/// A word as shown inside a message: escaped, and cut short if long.
+fn shown(word: &str) -> String {
+    const MAX: usize = 60;
+    let escaped = word.escape_debug().to_string();
+    if escaped.chars().count() <= MAX {
+        escaped
+    } else {
+        let cut: String = escaped.chars().take(MAX).collect();
+        format!("{cut}...")
+    }
+}
+
+/// The arguments after the verb, and the file (for rejections).
+struct Parser<'a> {
+    file: ControlFile,
+    args: &'a [String],
+}
+
+impl Parser<'_> {
+    fn reject(&self, kind: RejectKind, reason: String) -> Rejection {
+        Rejection::new(self.file, kind, reason)
+    }
+
+    /// Exactly one argument, a valid `kind` name, for `verb`.
+    fn only_name(&self, verb: &str, kind: &'static str) -> Result<String, Rejection> {
+        match self.args {
+            [] => Err(self.reject(
+                RejectKind::MissingArgument,
+                format!("{verb} needs a {kind} name: {verb} NAME"),
+            )),
+            [name] => self.name(kind, name),
+            [_, extra, ..] => Err(self.reject(
+                RejectKind::ExtraArgument,
+                format!(
+                    "{verb} takes one {kind} name, but \"{}\" follows it; quote a name with spaces: {verb} \"my {kind}\"",
+                    shown(extra)
+                ),
+            )),
+        }
+    }
+
+    fn name(&self, kind: &'static str, name: &str) -> Result<String, Rejection> {
+        validate_name(kind, name)
+            .map(|()| name.to_string())
+            .map_err(|e| self.reject(RejectKind::BadName, e.to_string()))
+    }
+
+    fn job_id(&self) -> Result<String, Rejection> {
+        let id = match self.args {
+            [] => {
+                return Err(self.reject(
+                    RejectKind::MissingArgument,
+                    "cancel needs a job id, as listed by `cat control/jobs`: cancel JOB-ID"
+                        .to_string(),
+                ))
+            }
+            [id] => id,
+            [_, extra, ..] => {
+                return Err(self.reject(
+                    RejectKind::ExtraArgument,
+                    format!(
+                        "cancel takes one job id, but \"{}\" follows it; cancel one job per write",
+                        shown(extra)
+                    ),
+                ))
+            }
+        };
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
+        if id.is_empty() || id.len() > MAX_JOB_ID_BYTES || !id.chars().all(ok_char) {
+            return Err(self.reject(
+                RejectKind::BadValue,
+                format!(
+                    "\"{}\" is not a job id: ids are 1 to {MAX_JOB_ID_BYTES} letters, digits, '-', '_', '.' or ':', as listed by `cat control/jobs`",
+                    shown(id)
+                ),
+            ));
+        }
+        Ok(id.clone())
+    }
+
+    fn backup(&self) -> Result<BackupRequest, Rejection> {
+        let Some((snapshot, options)) = self.args.split_first() else {
+            return Err(self.reject(
+                RejectKind::MissingArgument,
+                "backup needs the name of a snapshot: backup SNAPSHOT [repo=...] [volumes=...] [mode=...]"
+                    .to_string(),
+            ));
+        };
+        let mut req = BackupRequest {
+            snapshot: self.name("snapshot", snapshot)?,
+            repo: None,
+            volumes: None,
+            mode: BackupMode::Auto,
+        };
+        let mut seen = BTreeSet::new();
+        for word in options {
+            let Some((key, value)) = word.split_once('=') else {
+                return Err(self.reject(
+                    RejectKind::ExtraArgument,
+                    format!(
+                        "\"{}\" follows the snapshot name but is not an option; options are written key=value (repo=, volumes=, mode=), and a snapshot name with spaces is quoted",
+                        shown(word)
+                    ),
+                ));
+            };
+            if !["repo", "volumes", "mode"].contains(&key) {
+                return Err(self.reject(
+                    RejectKind::UnknownKey,
+                    format!(
+                        "backup has no option \"{}\"; it accepts repo=, volumes= and mode=",
+                        shown(key)
+                    ),
+                ));
+            }
+            if !seen.insert(key) {
+                return Err(self.reject(
+                    RejectKind::DuplicateKey,
+                    format!("the option {key}= is given twice; give each option once"),
+                ));
+            }
+            match key {
+                "repo" => req.repo = Some(self.repo(value)?),
+                "volumes" => req.volumes = Some(self.volumes(value)?),
+                _ => req.mode = self.mode(value)?,
+            }
+        }
+        Ok(req)
+    }
+
+    fn repo(&self, value: &str) -> Result<PathBuf, Rejection> {
+        if value.is_empty() {
+            return Err(self.reject(
+                RejectKind::BadValue,
+                "repo= is empty; give the repository's absolute path, as in repo=/srv/backups"
+                    .to_string(),
+            ));
+        }
+        let path = Path::new(value);
+        if !path.is_absolute() {
+            return Err(self.reject(
+                RejectKind::RelativeRepo,
+                format!(
+                    "the repository path \"{}\" is relative, but the mount has no working directory; give an absolute path, as in repo=/srv/backups",
+                    shown(value)
+                ),
+            ));
+        }
+        Ok(path.to_path_buf())
+    }
+
+    fn volumes(&self, value: &str) -> Result<Vec<String>, Rejection> {
+        let mut out: Vec<String> = Vec::new();
+        for (i, name) in value.split(',').enumerate() {
+            if name.is_empty() {
+                return Err(self.reject(
+                    RejectKind::BadValue,
+                    format!(
+                        "volume {} in volumes= is empty; list names separated by single commas, as in volumes=vm1.img,db.img",
+                        i + 1
+                    ),
+                ));
+            }
+            let name = self.name("volume", name)?;
+            if out.contains(&name) {
+                return Err(self.reject(
+                    RejectKind::BadValue,
+                    format!(
+                        "volume \"{}\" is listed twice in volumes=; list each volume once",
+                        shown(&name)
+                    ),
+                ));
+            }
+            out.push(name);
+        }
+        Ok(out)
+    }
+
+    fn mode(&self, value: &str) -> Result<BackupMode, Rejection> {
+        [BackupMode::Full, BackupMode::Incremental, BackupMode::Auto]
+            .into_iter()
+            .find(|m| m.as_str() == value)
+            .ok_or_else(|| {
+                self.reject(
+                    RejectKind::BadValue,
+                    format!(
+                        "mode=\"{}\" is not a backup mode; write mode=full, mode=incremental or mode=auto",
+                        shown(value)
+                    ),
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ControlFile::{Jobs, Snapshot};
+
+    fn ok(file: ControlFile, input: &str) -> Command {
+        parse(file, input.as_bytes()).unwrap_or_else(|r| panic!("{input:?}: {r}"))
+    }
+
+    /// Asserts a rejection of `kind` whose reason mentions every word in `says`.
+    fn rejected(file: ControlFile, input: &[u8], kind: RejectKind, says: &[&str]) -> Rejection {
+        let r = parse(file, input).expect_err(&format!("{input:?} was accepted"));
+        assert_eq!(r.kind, kind, "{input:?}: {}", r.reason);
+        for s in says {
+            assert!(
+                r.reason.contains(s),
+                "{input:?}: {:?} lacks {s:?}",
+                r.reason
+            );
+        }
+        r
+    }
+
+    fn backup(snapshot: &str) -> BackupRequest {
+        BackupRequest {
+            snapshot: snapshot.into(),
+            repo: None,
+            volumes: None,
+            mode: BackupMode::Auto,
+        }
+    }
+
+    #[test]
+    fn create_and_release() {
+        assert_eq!(
+            ok(Snapshot, "create nightly\n"),
+            Command::CreateSnapshot {
+                name: "nightly".into()
+            }
+        );
+        assert_eq!(
+            ok(Snapshot, "  release\tnightly  \r\n"),
+            Command::ReleaseSnapshot {
+                name: "nightly".into()
+            }
+        );
+        assert_eq!(
+            ok(Snapshot, "create \"my snap\""),
+            Command::CreateSnapshot {
+                name: "my snap".into()
+            }
+        );
+    }
+
+    #[test]
+    fn backup_with_and_without_options() {
+        assert_eq!(
+            ok(Jobs, "backup nightly"),
+            Command::Backup(backup("nightly"))
+        );
+        let full = ok(
+            Jobs,
+            "backup nightly repo=/srv/backups volumes=vm1.img,db mode=incremental\n",
+        );
+        assert_eq!(
+            full,
+            Command::Backup(BackupRequest {
+                repo: Some("/srv/backups".into()),
+                volumes: Some(vec!["vm1.img".into(), "db".into()]),
+                mode: BackupMode::Incremental,
+                ..backup("nightly")
+            })
+        );
+        // Options in any order; a snapshot name may contain '='.
+        let Command::Backup(b) = ok(Jobs, "backup a=b mode=full repo=/r") else {
+            panic!()
+        };
+        assert_eq!(b.snapshot, "a=b");
+        assert_eq!(b.mode, BackupMode::Full);
+        assert_eq!(
+            ok(Jobs, "backup s \"repo=/with space\""),
+            Command::Backup(BackupRequest {
+                repo: Some("/with space".into()),
+                ..backup("s")
+            })
+        );
+    }
+
+    #[test]
+    fn cancel() {
+        assert_eq!(
+            ok(Jobs, "cancel 20240501-0007\n"),
+            Command::Cancel {
+                job: "20240501-0007".into()
+            }
+        );
+    }
+
+    #[test]
+    fn read_only_tables_reject_every_write() {
+        for f in ControlFile::ALL.into_iter().filter(|f| !f.takes_commands()) {
+            for input in [&b"create x\n"[..], b"", b"\xff"] {
+                let r = rejected(f, input, RejectKind::ReadOnly, &["read-only", f.name()]);
+                assert!(r.message().contains("read-only"));
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_verb_names_the_accepted_ones() {
+        rejected(
+            Snapshot,
+            b"destroy x",
+            RejectKind::UnknownVerb,
+            &["destroy", "create and release"],
+        );
+        rejected(Jobs, b"Backup x", RejectKind::UnknownVerb, &["lowercase"]);
+        rejected(
+            Jobs,
+            b"create x",
+            RejectKind::UnknownVerb,
+            &["control/snapshot"],
+        );
+        rejected(
+            Snapshot,
+            b"backup x",
+            RejectKind::UnknownVerb,
+            &["control/jobs"],
+        );
+    }
+
+    #[test]
+    fn missing_arguments() {
+        rejected(
+            Snapshot,
+            b"create",
+            RejectKind::MissingArgument,
+            &["create NAME"],
+        );
+        rejected(
+            Snapshot,
+            b"release\n",
+            RejectKind::MissingArgument,
+            &["release NAME"],
+        );
+        rejected(Jobs, b"backup", RejectKind::MissingArgument, &["SNAPSHOT"]);
+        rejected(Jobs, b"cancel", RejectKind::MissingArgument, &["JOB-ID"]);
+    }
+
+    #[test]
+    fn extra_arguments() {
+        rejected(
+            Snapshot,
+            b"create my snap",
+            RejectKind::ExtraArgument,
+            &["\"snap\"", "quote"],
+        );
+        rejected(Jobs, b"cancel 1 2", RejectKind::ExtraArgument, &["\"2\""]);
+        rejected(
+            Jobs,
+            b"backup s full",
+            RejectKind::ExtraArgument,
+            &["key=value"],
+        );
+    }
+
+    #[test]
+    fn bad_names() {
+        rejected(Snapshot, b"create ..", RejectKind::BadName, &["reserved"]);
+        rejected(Snapshot, b"create a/b", RejectKind::BadName, &["'/'"]);
+        let long = format!("create {}", "x".repeat(256));
+        rejected(
+            Snapshot,
+            long.as_bytes(),
+            RejectKind::BadName,
+            &["255 bytes"],
+        );
+        rejected(Snapshot, b"create \"\"", RejectKind::BadName, &["empty"]);
+        rejected(Jobs, b"backup .snarf-x", RejectKind::BadName, &["reserved"]);
+        rejected(
+            Jobs,
+            b"backup s volumes=a,../b",
+            RejectKind::BadName,
+            &["volume name", "'/'"],
+        );
+        rejected(Jobs, b"cancel a/b", RejectKind::BadValue, &["not a job id"]);
+        let long_id = format!("cancel {}", "7".repeat(65));
+        rejected(Jobs, long_id.as_bytes(), RejectKind::BadValue, &["1 to 64"]);
+    }
+
+    #[test]
+    fn bad_and_duplicate_keys() {
+        rejected(
+            Jobs,
+            b"backup s rep=/x",
+            RejectKind::UnknownKey,
+            &["\"rep\"", "repo="],
+        );
+        rejected(Jobs, b"backup s =x", RejectKind::UnknownKey, &["repo="]);
+        rejected(
+            Jobs,
+            b"backup s repo=/a repo=/b",
+            RejectKind::DuplicateKey,
+            &["repo=", "twice"],
+        );
+        rejected(
+            Jobs,
+            b"backup s mode=full mode=full",
+            RejectKind::DuplicateKey,
+            &["mode="],
+        );
+    }
+
+    #[test]
+    fn bad_values() {
+        rejected(
+            Jobs,
+            b"backup s repo=backups",
+            RejectKind::RelativeRepo,
+            &["\"backups\"", "absolute"],
+        );
+        rejected(
+            Jobs,
+            b"backup s repo=./r",
+            RejectKind::RelativeRepo,
+            &["absolute"],
+        );
+        rejected(Jobs, b"backup s repo=", RejectKind::BadValue, &["empty"]);
+        rejected(
+            Jobs,
+            b"backup s volumes=",
+            RejectKind::BadValue,
+            &["volume 1", "empty"],
+        );
+        rejected(
+            Jobs,
+            b"backup s volumes=a,,b",
+            RejectKind::BadValue,
+            &["volume 2"],
+        );
+        rejected(
+            Jobs,
+            b"backup s volumes=a,a",
+            RejectKind::BadValue,
+            &["twice"],
+        );
+        rejected(
+            Jobs,
+            b"backup s mode=fast",
+            RejectKind::BadValue,
+            &["\"fast\"", "mode=full"],
+        );
+    }
+
+    #[test]
+    fn line_level_rejections() {
+        let long = format!("create {}\n", "x".repeat(MAX_COMMAND_BYTES));
+        rejected(Snapshot, long.as_bytes(), RejectKind::TooLong, &["4096"]);
+        rejected(
+            Snapshot,
+            b"create \xff\xfe",
+            RejectKind::NotUtf8,
+            &["byte 7", "0xff"],
+        );
+        rejected(
+            Snapshot,
+            b"create a\0b",
+            RejectKind::Nul,
+            &["NUL", "byte 8"],
+        );
+        rejected(
+            Snapshot,
+            b"create a\n\n",
+            RejectKind::MultipleLines,
+            &["one command per write"],
+        );
+        rejected(
+            Snapshot,
+            b"create a\ncreate b\n",
+            RejectKind::MultipleLines,
+            &["byte 8"],
+        );
+        rejected(
+            Snapshot,
+            b"create a\x1b[1m",
+            RejectKind::ControlCharacter,
+            &["U+001B"],
+        );
+        rejected(
+            Snapshot,
+            b"create a\rb",
+            RejectKind::ControlCharacter,
+            &["U+000D"],
+        );
+        rejected(Snapshot, b"", RejectKind::Empty, &["empty"]);
+        rejected(Jobs, b" \t \r\n", RejectKind::Empty, &["empty"]);
+        rejected(
+            Snapshot,
+            b"create \"oops",
+            RejectKind::UnclosedQuote,
+            &["never closed"],
+        );
+    }
+
+    #[test]
+    fn every_reject_kind_is_reachable() {
+        use RejectKind::*;
+        let cases: [(ControlFile, &[u8], RejectKind); 16] = [
+            (ControlFile::Status, b"x", ReadOnly),
+            (Jobs, b"  ", Empty),
+            (Jobs, &[b'x'; MAX_COMMAND_BYTES + 1], TooLong),
+            (Jobs, b"\xc3\x28", NotUtf8),
+            (Jobs, b"\0", Nul),
+            (Jobs, b"\x07", ControlCharacter),
+            (Jobs, b"a\nb", MultipleLines),
+            (Jobs, b"'", UnclosedQuote),
+            (Jobs, b"x", UnknownVerb),
+            (Jobs, b"cancel", MissingArgument),
+            (Jobs, b"cancel a b", ExtraArgument),
+            (Jobs, b"backup .", BadName),
+            (Jobs, b"backup s k=v", UnknownKey),
+            (Jobs, b"backup s mode=full mode=auto", DuplicateKey),
+            (Jobs, b"backup s repo=r", RelativeRepo),
+            (Jobs, b"backup s mode=x", BadValue),
+        ];
+        for (file, input, kind) in cases {
+            // The match makes a new kind fail to compile until it is added above.
+            match kind {
+                ReadOnly | Empty | TooLong | NotUtf8 | Nul | ControlCharacter | MultipleLines
+                | UnclosedQuote | UnknownVerb | MissingArgument | ExtraArgument | BadName
+                | UnknownKey | DuplicateKey | RelativeRepo | BadValue => {}
+            }
+            let r = rejected(file, input, kind, &[]);
+            assert!(!r.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn exactly_the_limit_is_accepted() {
+        let name_len = MAX_COMMAND_BYTES - "create \n".len();
+        // Names are capped at 255 bytes, so pad with spaces to reach the limit.
+        let input = format!("create x{}\n", " ".repeat(name_len - 1));
+        assert_eq!(input.len(), MAX_COMMAND_BYTES);
+        ok(Snapshot, &input);
+    }
+
+    #[test]
+    fn message_shows_reason_and_usage_on_separate_lines() {
+        let r = parse(Jobs, b"backup s repo=rel").unwrap_err();
+        let m = r.message();
+        let lines: Vec<&str> = m.lines().collect();
+        assert!(
+            lines[0].starts_with("control/jobs: command rejected: "),
+            "{m}"
+        );
+        assert!(lines[1].starts_with("accepted commands"), "{m}");
+        assert!(lines[2].trim_start().starts_with("backup SNAPSHOT"), "{m}");
+        assert!(lines[3].trim_start().starts_with("cancel JOB-ID"), "{m}");
+        assert!(m.ends_with('\n'));
+        assert_eq!(r.to_string(), m);
+    }
+
+    #[test]
+    fn long_bad_words_are_cut_in_messages() {
+        let input = format!("{} x", "v".repeat(1000));
+        let r = parse(Snapshot, input.as_bytes()).unwrap_err();
+        assert!(r.reason.len() < 200, "{}", r.reason);
+        assert!(r.reason.contains("..."));
+    }
+
+    #[test]
+    fn display_is_parseable() {
+        let cmds = [
+            Command::CreateSnapshot {
+                name: "my \"odd\" snap".into(),
+            },
+            Command::Cancel { job: "j-1".into() },
+            Command::Backup(BackupRequest {
+                repo: Some("/a b".into()),
+                volumes: Some(vec!["v 1".into(), "v2".into()]),
+                mode: BackupMode::Full,
+                ..backup("s")
+            }),
+        ];
+        for c in cmds {
+            let file = if matches!(c, Command::CreateSnapshot { .. }) {
+                Snapshot
+            } else {
+                Jobs
+            };
+            assert_eq!(ok(file, &c.to_string()), c, "{c}");
+        }
+    }
+}

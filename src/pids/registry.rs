@@ -1,0 +1,381 @@
+//! The registry file itself: `run/pids`, read and rewritten only while holding an flock on
+//! `run/pids.lock`, replaced atomically, cleaned of dead entries at every change, and
+//! deleted (with its lock file) when it becomes empty.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::entry::{format_registry, parse_registry, Entry};
+use super::procfs::{self, Stat};
+use super::{Error, Result};
+
+/// File name of the registry inside the run folder.
+pub const REGISTRY_FILE: &str = "pids";
+/// File name of the lock that serialises changes to the registry.
+pub const LOCK_FILE: &str = "pids.lock";
+/// Temporary file a new registry is written to before it is renamed into place. One fixed
+/// name is enough because only the lock holder writes it; a copy left by a killed writer is
+/// simply overwritten.
+const TEMP_FILE: &str = "pids.tmp";
+
+/// Whether `entry` describes a live process: same boot, a process with that pid exists and
+/// has not exited, and its start time matches (so a reused pid does not count).
+pub fn is_alive(entry: &Entry, boot_id: &str, stat: Option<Stat>) -> bool {
+    entry.boot_id == boot_id
+        && stat.is_some_and(|s| !s.exited() && s.start_time == entry.start_time)
+}
+
+/// The process registry of one store, living in its `run/` folder.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    run_dir: PathBuf,
+}
+
+/// Held while the registry is being changed; dropping it releases the flock.
+struct Locked {
+    file: File,
+}
+
+impl Registry {
+    /// A registry in `run_dir` (the store's `run/` folder, which must exist).
+    pub fn new(run_dir: impl Into<PathBuf>) -> Registry {
+        Registry {
+            run_dir: run_dir.into(),
+        }
+    }
+
+    /// The run folder.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// Path of the registry file.
+    pub fn path(&self) -> PathBuf {
+        self.run_dir.join(REGISTRY_FILE)
+    }
+
+    /// Path of the lock file.
+    pub fn lock_path(&self) -> PathBuf {
+        self.run_dir.join(LOCK_FILE)
+    }
+
+    /// The live entries, in registration order, after removing dead ones from the file.
+    pub fn list(&self) -> Result<Vec<Entry>> {
+        self.update(|entries| entries.clone())
+    }
+
+    /// Removes entries whose process is gone; returns how many were removed.
+    pub fn cleanup(&self) -> Result<usize> {
+        Ok(self.transact(|_| ())?.1)
+    }
+
+    /// Reads the file as it is, dead entries included, without the lock. For inspection
+    /// and tests; decisions must use [`Registry::list`].
+    pub fn read_unlocked(&self) -> Result<Vec<Entry>> {
+        Ok(self.load()?.0)
+    }
+
+    /// Runs `change` on the live entries under the lock, then writes the result back if
+    /// anything differs from the file (removing the file when nothing is left).
+    pub(crate) fn update<R>(&self, change: impl FnOnce(&mut Vec<Entry>) -> R) -> Result<R> {
+        Ok(self.transact(change)?.0)
+    }
+
+    /// [`Registry::update`], also saying how many dead entries were removed.
+    fn transact<R>(&self, change: impl FnOnce(&mut Vec<Entry>) -> R) -> Result<(R, usize)> {
+        let lock = self.lock()?;
+        let (on_disk, bad) = self.load()?;
+        for b in &bad {
+            log::warn!(
+                "{} line {} is not a registry entry and will be dropped: {}",
+                self.path().display(),
+                b.line,
+                b.why
+            );
+        }
+        let boot = procfs::boot_id().map_err(|e| Error::proc("reading the boot id", e))?;
+        let mut entries = Vec::with_capacity(on_disk.len());
+        for e in &on_disk {
+            match procfs::read_stat(e.pid) {
+                Ok(stat) if is_alive(e, &boot, stat) => entries.push(e.clone()),
+                Ok(_) => log::debug!("removing dead registry entry for pid {}", e.pid),
+                // Unreadable but present (say /proc mounted with hidepid=1): we cannot
+                // tell, so the entry stays rather than a live job losing its registration.
+                Err(err) => {
+                    log::warn!("cannot check process {}: {err}; keeping its entry", e.pid);
+                    entries.push(e.clone());
+                }
+            }
+        }
+        let dead = on_disk.len() - entries.len();
+        let result = change(&mut entries);
+        if entries != on_disk || !bad.is_empty() {
+            self.store(&entries)?;
+        }
+        if entries.is_empty() {
+            self.remove_lock_file(&lock)?;
+        }
+        drop(lock);
+        Ok((result, dead))
+    }
+
+    /// Takes the registry lock. The lock file may be deleted by whoever empties the
+    /// registry, so after locking we check that the file we hold is still the one at the
+    /// path, and start over if it is not.
+    fn lock(&self) -> Result<Locked> {
+        let path = self.lock_path();
+        loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| {
+                    if e.kind() == io::ErrorKind::NotFound {
+                        Error::NoRunDir {
+                            path: self.run_dir.clone(),
+                        }
+                    } else {
+                        Error::io(format!("opening {}", path.display()), e)
+                    }
+                })?;
+            loop {
+                // SAFETY: flock on a descriptor this function owns.
+                let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+                if r == 0 {
+                    break;
+                }
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(Error::io(format!("locking {}", path.display()), e));
+                }
+            }
+            let held = file
+                .metadata()
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            match std::fs::metadata(&path) {
+                Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
+                    return Ok(Locked { file })
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+            }
+        }
+    }
+
+    /// Deletes the lock file while holding it, so an empty registry leaves no files.
+    /// Waiters on the old file notice it is gone (see [`Registry::lock`]).
+    fn remove_lock_file(&self, lock: &Locked) -> Result<()> {
+        let _ = &lock.file;
+        let path = self.lock_path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => self.sync_run_dir(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+        }
+    }
+
+    fn load(&self) -> Result<(Vec<Entry>, Vec<super::entry::BadLine>)> {
+        let path = self.path();
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(parse_registry(&String::from_utf8_lossy(&bytes))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((Vec::new(), Vec::new())),
+            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    /// Replaces the registry file atomically (temporary file, fsync, rename, directory
+    /// fsync), or deletes it when `entries` is empty.
+    fn store(&self, entries: &[Entry]) -> Result<()> {
+        let path = self.path();
+        let tmp = self.run_dir.join(TEMP_FILE);
+        if entries.is_empty() {
+            let _ = std::fs::remove_file(&tmp);
+            return match std::fs::remove_file(&path) {
+                Ok(()) => self.sync_run_dir(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+            };
+        }
+        let text = format_registry(entries);
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            // A temporary file left by someone with a laxer umask must not leak its mode.
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(format!("writing {}", path.display()), e));
+        }
+        self.sync_run_dir()
+    }
+
+    fn sync_run_dir(&self) -> Result<()> {
+        File::open(&self.run_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(format!("syncing {}", self.run_dir.display()), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pids::entry::tests::sample;
+    use crate::pids::entry::ProcState;
+
+    /// An entry for this very process, which is certainly alive.
+    fn me() -> Entry {
+        let (pid, start_time) = procfs::self_identity().unwrap();
+        Entry {
+            pid,
+            start_time,
+            boot_id: procfs::boot_id().unwrap(),
+            ..sample(pid)
+        }
+    }
+
+    #[test]
+    fn liveness_needs_pid_start_time_and_boot() {
+        let e = me();
+        let stat = procfs::read_stat(e.pid).unwrap();
+        assert!(is_alive(&e, &e.boot_id, stat));
+        assert!(!is_alive(&e, "another-boot", stat));
+        assert!(!is_alive(&e, &e.boot_id, None));
+        let reused = Entry {
+            start_time: e.start_time + 1,
+            ..e.clone()
+        };
+        assert!(!is_alive(&reused, &e.boot_id, stat));
+        let zombie = stat.map(|s| Stat { state: 'Z', ..s });
+        assert!(!is_alive(&e, &e.boot_id, zombie));
+    }
+
+    #[test]
+    fn live_entries_survive_and_dead_ones_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new(dir.path());
+        let alive = me();
+        let wrong_start = Entry {
+            start_time: alive.start_time + 7,
+            ..alive.clone()
+        };
+        let old_boot = Entry {
+            boot_id: "not-this-boot".into(),
+            ..alive.clone()
+        };
+        let no_process = Entry {
+            pid: u32::MAX - 1,
+            ..alive.clone()
+        };
+        reg.store(&[wrong_start, alive.clone(), old_boot, no_process])
+            .unwrap();
+        assert_eq!(reg.read_unlocked().unwrap().len(), 4);
+        assert_eq!(reg.list().unwrap(), vec![alive.clone()]);
+        assert_eq!(reg.read_unlocked().unwrap(), vec![alive]);
+        assert_eq!(reg.cleanup().unwrap(), 0);
+    }
+
+    #[test]
+    fn registry_of_only_dead_entries_leaves_no_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new(dir.path());
+        let dead = Entry {
+            start_time: me().start_time + 1,
+            ..me()
+        };
+        reg.store(&[dead]).unwrap();
+        assert!(reg.path().exists());
+        assert_eq!(reg.cleanup().unwrap(), 1);
+        assert!(!reg.path().exists());
+        assert!(!reg.lock_path().exists());
+        // Listing an absent registry creates nothing either.
+        assert!(reg.list().unwrap().is_empty());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn file_is_private_and_damaged_lines_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new(dir.path());
+        let mut text = format_registry(&[me()]);
+        text.push_str("garbage line\n");
+        std::fs::write(reg.path(), text).unwrap();
+        std::fs::write(dir.path().join(TEMP_FILE), "left by a killed writer").unwrap();
+        reg.update(|e| e[0].state = ProcState::Running).unwrap();
+        let back = std::fs::read_to_string(reg.path()).unwrap();
+        assert_eq!(back.lines().count(), 1);
+        assert!(back.contains("\"running\""));
+        let mode = std::fs::metadata(reg.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!dir.path().join(TEMP_FILE).exists());
+    }
+
+    #[test]
+    fn missing_run_dir_names_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new(dir.path().join("no-such-run"));
+        let e = reg.list().unwrap_err().to_string();
+        assert!(
+            e.contains("no-such-run") && e.contains("does not exist"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn concurrent_updates_in_threads_lose_nothing() {
+        // Threads contend for the flock through separate open file descriptions, exactly
+        // as processes do, while the lock file keeps being deleted and recreated.
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new(dir.path());
+        let base = me();
+        std::thread::scope(|s| {
+            for t in 0..8u32 {
+                let reg = reg.clone();
+                let base = base.clone();
+                s.spawn(move || {
+                    for i in 0..10u32 {
+                        let job = format!("{t}-{i}");
+                        reg.update(|e| {
+                            e.push(Entry {
+                                job: job.clone(),
+                                ..base.clone()
+                            })
+                        })
+                        .unwrap();
+                        reg.update(|e| e.retain(|x| x.job != job)).unwrap();
+                        reg.update(|e| {
+                            e.push(Entry {
+                                job: job.clone(),
+                                ..base.clone()
+                            })
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+        });
+        let mut jobs: Vec<String> = reg.list().unwrap().into_iter().map(|e| e.job).collect();
+        jobs.sort();
+        let mut want: Vec<String> = (0..8)
+            .flat_map(|t| (0..10).map(move |i| format!("{t}-{i}")))
+            .collect();
+        want.sort();
+        assert_eq!(jobs, want);
+        reg.update(|e| e.clear()).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
