@@ -230,6 +230,9 @@ pub struct Engine {
     cache: PreimageCache,
     stripes: Stripes,
     throttle: ThrottleCounters,
+    /// Held while deciding to break a snapshot, so writers that time out together break
+    /// one snapshot, not one each.
+    breaking: parking_lot::Mutex<()>,
 }
 
 /// Whether a buffer is all zeros (checked 16 bytes at a time).
@@ -258,6 +261,7 @@ impl Engine {
             cache,
             stripes: Stripes::default(),
             throttle: ThrottleCounters::default(),
+            breaking: parking_lot::Mutex::new(()),
         })
     }
 
@@ -580,6 +584,11 @@ impl Engine {
             }
             let so_far = *waited + start.elapsed();
             if so_far >= limit {
+                let _one_at_a_time = self.breaking.lock();
+                if self.cache.has_room() {
+                    // Another writer's break made room.
+                    break;
+                }
                 let stats = self.cache.stats();
                 let reason = format!(
                     "a writer waited {:.1} s for pre-image room (memory {} of {}, disk {} of {} in use); back up or release snapshots sooner, or raise --preimage-mem/--preimage-disk",
