@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod daemon;
 pub mod fuse;
 pub mod jobs;
 pub mod pids;

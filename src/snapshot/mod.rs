@@ -977,8 +977,8 @@ impl Engine {
             .count() as u64
     }
 
-    /// Releases every snapshot and closes the store cleanly.
-    pub fn close(self) -> Result<()> {
+    /// Releases every snapshot and closes the store cleanly (see [`Store::close`]).
+    pub fn close(&self) -> Result<()> {
         let names: Vec<String> = self.named.read().keys().cloned().collect();
         for name in names {
             self.release(&name)?;

@@ -195,6 +195,7 @@ pub struct Store {
     recovered_unclean: bool,
     volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
     meta: Mutex<StoreMeta>,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 const META_FILE: &str = "state/store.json";
@@ -343,6 +344,7 @@ impl Store {
             recovered_unclean,
             volumes: RwLock::new(volumes),
             meta: Mutex::new(meta),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -563,8 +565,12 @@ impl Store {
     }
 
     /// Closes the store cleanly: data synced, stamps saved, then the open marker removed,
-    /// so the next open trusts the tracking.
-    pub fn close(self) -> Result<()> {
+    /// so the next open trusts the tracking. Nothing may be written after this; a second
+    /// call does nothing. The lock is held until the store is dropped.
+    pub fn close(&self) -> Result<()> {
+        if self.closed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(());
+        }
         self.sync_all()?;
         let map = self.volumes.read();
         for vol in map.values() {

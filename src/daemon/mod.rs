@@ -1,0 +1,191 @@
+//! The mount daemon's services beside FUSE: it carries out commands written to the
+//! control files and builds the tables read from them. The FUSE adapter calls in here and
+//! only translates; this is where "create NAME" becomes a snapshot.
+//!
+//! This layer sits between `fuse` (above) and `control`, `jobs` and `snapshot` (below).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use crate::control::{
+    self, render_finishing, render_finishing_json, render_jobs, render_jobs_json, render_pids,
+    render_pids_json, render_status, render_status_json, Command, ControlFile, SnapshotState,
+    SnapshotStatus, StatusReport, Usage, VolumeStatus,
+};
+use crate::pids::Registry;
+use crate::snapshot::{Engine, SnapState};
+
+/// Something the kernel must forget because it changed behind its back (a snapshot
+/// released or created through a control file rather than rmdir or mkdir).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// The snapshot directory of this name appeared or went away.
+    Snapshot(String),
+}
+
+type Notify = Box<dyn Fn(Changed) + Send + Sync>;
+
+/// The daemon: the engine plus what the control files need.
+pub struct Daemon {
+    engine: Arc<Engine>,
+    registry: Registry,
+    notify: Mutex<Option<Notify>>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon").finish_non_exhaustive()
+    }
+}
+
+/// Seconds since the Unix epoch for a nanosecond timestamp.
+fn secs(ns: i64) -> u64 {
+    (ns.max(0) / 1_000_000_000) as u64
+}
+
+impl Daemon {
+    /// A daemon over a running engine.
+    pub fn new(engine: Arc<Engine>) -> Daemon {
+        let registry = Registry::new(engine.store().run_dir());
+        Daemon {
+            engine,
+            registry,
+            notify: Mutex::new(None),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Sets who to tell when something changes behind the kernel's back.
+    pub fn on_change(&self, notify: Notify) {
+        *self.notify.lock() = Some(notify);
+    }
+
+    fn changed(&self, what: Changed) {
+        if let Some(n) = self.notify.lock().as_ref() {
+            n(what);
+        }
+    }
+
+    /// Carries out one write to a control file. `Ok` holds the answer read back on the same
+    /// descriptor; `Err` the reason the write failed, with the accepted form.
+    pub fn control_write(&self, file: ControlFile, input: &[u8]) -> Result<String, String> {
+        let command = control::parse(file, input).map_err(|r| r.message())?;
+        let refused = |what: String| {
+            format!(
+                "{file}: {what}\naccepted commands (one per write):\n{}",
+                file.usage()
+            )
+        };
+        match command {
+            Command::CreateSnapshot { name } => {
+                self.engine.take(&name).map_err(|e| refused(e.to_string()))?;
+                self.changed(Changed::Snapshot(name.clone()));
+                Ok(format!("created snapshot {name}\n"))
+            }
+            Command::ReleaseSnapshot { name } => {
+                self.engine.release(&name).map_err(|e| refused(e.to_string()))?;
+                self.changed(Changed::Snapshot(name.clone()));
+                Ok(format!("released snapshot {name}\n"))
+            }
+            Command::Backup(_) | Command::Cancel { .. } => Err(refused(
+                "backup jobs are not available yet: this mount has no job runner; use `snarf backup` once it exists".into(),
+            )),
+        }
+    }
+
+    /// The text (or JSON) a read of a control file shows.
+    pub fn control_read(&self, file: ControlFile) -> String {
+        match file {
+            ControlFile::Status => render_status(&self.status()),
+            ControlFile::StatusJson => render_status_json(&self.status()),
+            ControlFile::Jobs | ControlFile::Snapshot => render_jobs(&[]),
+            ControlFile::JobsJson => render_jobs_json(&[]),
+            ControlFile::Pids | ControlFile::PidsJson => {
+                let rows: Vec<control::PidRow> = match self.registry.list() {
+                    Ok(entries) => entries.iter().map(Into::into).collect(),
+                    Err(e) => {
+                        log::warn!("reading the process registry: {e}");
+                        Vec::new()
+                    }
+                };
+                if file.is_json() {
+                    render_pids_json(&rows)
+                } else {
+                    render_pids(&rows)
+                }
+            }
+            ControlFile::Finishing => render_finishing(&[]),
+            ControlFile::FinishingJson => render_finishing_json(&[]),
+        }
+    }
+
+    /// What `control/status` shows.
+    pub fn status(&self) -> StatusReport {
+        let engine = &self.engine;
+        let stats = engine.stats();
+        let volumes = engine
+            .store()
+            .volumes()
+            .into_iter()
+            .map(|(name, v)| {
+                let attr = v.attr();
+                VolumeStatus {
+                    name,
+                    size: attr.size,
+                    allocated: attr.allocated,
+                }
+            })
+            .collect();
+        let snapshots = engine
+            .list()
+            .into_iter()
+            .map(|info| {
+                let held = engine
+                    .snapshot(&info.name)
+                    .map(|s| engine.preimages_needed_by(&s))
+                    .unwrap_or(0);
+                let (state, broken_reason) = match info.state {
+                    SnapState::Broken(reason) => (SnapshotState::Broken, reason),
+                    _ => (SnapshotState::Ok, String::new()),
+                };
+                SnapshotStatus {
+                    name: info.name,
+                    created: secs(info.created_ns),
+                    state,
+                    broken_reason,
+                    preimages_held: held,
+                }
+            })
+            .collect();
+        StatusReport {
+            volumes,
+            snapshots,
+            preimage_memory: Usage {
+                used: stats.cache.mem_used,
+                budget: stats.cache.mem_budget,
+            },
+            preimage_disk: Usage {
+                used: stats.cache.disk_used,
+                budget: stats.cache.disk_budget,
+            },
+            throttled_writers: stats.throttled_now,
+            throttle_events: stats.throttle_events,
+            snapshots_broken: stats.broken,
+            running_jobs: 0,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch now.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,132 @@
+//! Errors of the mount and the errno each one becomes. Every match is exhaustive, with a
+//! comment wherever the errno is not the obvious one, so a new error cannot slip through
+//! as a silent EIO.
+
+use crate::snapshot;
+use crate::store;
+
+/// An error answered to the kernel: the errno, and words for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsError {
+    /// The errno returned to the caller.
+    pub errno: i32,
+    /// What went wrong, for the daemon's log.
+    pub message: String,
+}
+
+impl FsError {
+    /// An error with an errno and a message.
+    pub fn new(errno: i32, message: impl Into<String>) -> FsError {
+        FsError {
+            errno,
+            message: message.into(),
+        }
+    }
+
+    /// No such file or directory.
+    pub fn not_found(what: impl Into<String>) -> FsError {
+        FsError::new(libc::ENOENT, what)
+    }
+
+    /// A write under a read-only part of the mount.
+    pub fn read_only(what: impl Into<String>) -> FsError {
+        FsError::new(libc::EROFS, what)
+    }
+
+    /// Not allowed by the layout of the mount.
+    pub fn not_permitted(what: impl Into<String>) -> FsError {
+        FsError::new(libc::EPERM, what)
+    }
+}
+
+impl std::fmt::Display for FsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (errno {})", self.message, self.errno)
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> i32 {
+    // Pass the OS's own errno through (ENOSPC, EDQUOT, EIO from the disk...), so a full
+    // disk reads as "No space left on device", not a vague I/O error.
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// The errno for a store error.
+fn store_errno(e: &store::Error) -> i32 {
+    match e {
+        store::Error::NoSuchVolume(_) => libc::ENOENT,
+        store::Error::VolumeExists(_) => libc::EEXIST,
+        store::Error::BadName { name, .. } if name.len() > store::name::MAX_NAME_BYTES => {
+            libc::ENAMETOOLONG
+        }
+        store::Error::BadName { .. } => libc::EINVAL,
+        store::Error::Io { source, .. } => io_errno(source),
+        // These concern opening a store, which never happens through the mount; if one
+        // does surface, the store itself is unusable.
+        store::Error::NotAStore { .. }
+        | store::Error::UnknownFormat { .. }
+        | store::Error::BadSettings { .. }
+        | store::Error::BadSnarfSize { .. }
+        | store::Error::NotEmpty { .. } => libc::EIO,
+        store::Error::Busy { .. } => libc::EBUSY,
+    }
+}
+
+impl From<store::Error> for FsError {
+    fn from(e: store::Error) -> FsError {
+        FsError::new(store_errno(&e), e.to_string())
+    }
+}
+
+impl From<snapshot::Error> for FsError {
+    fn from(e: snapshot::Error) -> FsError {
+        let errno = match &e {
+            snapshot::Error::Store(inner) => store_errno(inner),
+            snapshot::Error::NoSuchSnapshot(_) | snapshot::Error::NoSuchVolume { .. } => {
+                libc::ENOENT
+            }
+            snapshot::Error::SnapshotExists(_) => libc::EEXIST,
+            // A broken snapshot can no longer give the data it promised: an I/O error,
+            // as a failed disk would give, with the reason in the log and status.
+            snapshot::Error::Broken { .. } => libc::EIO,
+            // Released under an open file: the file is gone, like an NFS stale handle.
+            snapshot::Error::Released { .. } => libc::ESTALE,
+            // Only reaches here when the repository could not serve the snarf either.
+            snapshot::Error::StoredInBackup { .. } => libc::EIO,
+            snapshot::Error::TooLarge { .. } => libc::EFBIG,
+            snapshot::Error::Io { source, .. } => io_errno(source),
+            snapshot::Error::Internal(_) => libc::EIO,
+        };
+        FsError::new(errno, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_the_expected_errno() {
+        let e: FsError = snapshot::Error::Store(store::Error::NoSuchVolume("v".into())).into();
+        assert_eq!(e.errno, libc::ENOENT);
+        let e: FsError = snapshot::Error::SnapshotExists("s".into()).into();
+        assert_eq!(e.errno, libc::EEXIST);
+        let e: FsError = snapshot::Error::Broken {
+            name: "s".into(),
+            reason: "r".into(),
+        }
+        .into();
+        assert_eq!(e.errno, libc::EIO);
+        assert!(e.message.contains("broken"));
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e: FsError = snapshot::Error::io("writing", full).into();
+        assert_eq!(e.errno, libc::ENOSPC);
+        let e: FsError = store::Error::BadName {
+            kind: "volume",
+            name: "x".repeat(300),
+            rule: "too long",
+        }
+        .into();
+        assert_eq!(e.errno, libc::ENAMETOOLONG);
+    }
+}
