@@ -123,10 +123,14 @@ pub(crate) fn check(
     progress: &mut dyn FnMut(&CheckProgress),
 ) -> Result<CheckReport> {
     let mut rep = CheckReport::default();
-    if let super::FinishingStatus::Active { .. } = finishing::status(repo)? {
+    // A live writer's transfer or finishing shows transient states (a backup folder whose
+    // manifest is not written yet, a pending record); those are not damage.
+    let busy = super::lock::current_holder(repo.path()).is_some();
+    let status = finishing::status(repo)?;
+    if matches!(status, super::FinishingStatus::Active { .. }) && !busy {
         rep.problem(format!(
-            "a finishing is pending ({}); it completes when the repository is next opened by a writer",
-            finishing::status(repo)?.describe()
+            "a finishing is pending ({}) and could not be completed; open the repository with a writer (e.g. `snarf prune`) to see why",
+            status.describe()
         ));
     }
 
@@ -248,6 +252,9 @@ pub(crate) fn check(
         });
         let mpath = repo.manifest_path(id);
         if !mpath.exists() {
+            if busy {
+                continue;
+            }
             rep.problem(format!(
                 "backups/{id} has no manifest (an unfinished or half-deleted backup); the next finishing removes or completes it"
             ));
