@@ -44,6 +44,16 @@ const PRUNE_POINTS: &[&str] = &[
     "record.removed",
 ];
 
+/// Points reached while a new process recovers: (where the first process was killed, the
+/// recovery point the second process is killed at).
+const RECOVERY_POINTS: &[(&str, &str)] = &[
+    ("commit.tables-synced", "adopt.written"),
+    ("commit.tables-synced", "adopt.renamed"),
+    ("commit.tables-synced", "adopt.tmp-removed"),
+    ("finish.index", "record.resumed.written"),
+    ("finish.index", "record.resumed.renamed"),
+];
+
 /// The child roles. Does nothing when run as an ordinary test.
 #[test]
 fn child_role() {
@@ -71,6 +81,9 @@ fn child_role() {
     match role.as_str() {
         "backup" => {
             write_backup(&repo, seed, own, policy);
+        }
+        "open" => {
+            // Opening alone completes finishing and recovers transfers.
         }
         "prune" => {
             repo.prune(&policy.expect("keep"), false).expect("prune");
@@ -199,7 +212,7 @@ fn backup_killed_at_every_fault_point_completes_forward() {
         .expect("commit point");
     let mut covered = 0;
     for (i, point) in fault::POINTS.iter().enumerate() {
-        if point.starts_with("record.prune.") {
+        if point.starts_with("record.prune.") || RECOVERY_POINTS.iter().any(|(_, p)| p == point) {
             continue;
         }
         let path = dir.path().join(format!("p{i}"));
@@ -237,7 +250,7 @@ fn backup_killed_at_every_fault_point_completes_forward() {
         covered += 1;
     }
     eprintln!("backup: {covered} fault points covered");
-    assert_eq!(covered, fault::POINTS.len() - 2);
+    assert_eq!(covered, fault::POINTS.len() - 2 - RECOVERY_POINTS.len());
 }
 
 #[test]
@@ -296,14 +309,28 @@ fn backups_killed_at_random_instants_never_corrupt_the_repository() {
     }
     let mut rng = ChaCha8Rng::seed_from_u64(77);
     let mut killed = 0;
+    // Kills that left nothing, an abandoned transfer, or an interrupted finishing.
+    let mut phases = [0u32; 3];
     for i in 0..LOOPS {
         let mut child = spawn_child("backup", &path, 1000 + i, keep, OWN_RANDOM, None);
-        let delay = full.mul_f64(rng.random_range(0.0..0.9));
+        let delay = full.mul_f64(rng.random_range(0.2..1.0));
         std::thread::sleep(delay);
         let _ = child.kill();
         let status = child.wait().expect("wait");
         if status.signal() == Some(9) {
             killed += 1;
+            // Where did the kill land? Seen from what it left on disk.
+            if path.join("finishing.json").exists() {
+                phases[2] += 1;
+            } else if std::fs::read_dir(path.join("tmp"))
+                .expect("tmp")
+                .next()
+                .is_some()
+            {
+                phases[1] += 1;
+            } else {
+                phases[0] += 1;
+            }
         }
         let repo = Repo::open(&path).expect("open after kill");
         write_backup(
@@ -330,7 +357,7 @@ fn backups_killed_at_random_instants_never_corrupt_the_repository() {
         .expect("tmp")
         .next()
         .is_none());
-    eprintln!("random kill: {LOOPS} loops, {killed} children killed mid-run, calibration {full:?}");
+    eprintln!("random kill: {LOOPS} loops, {killed} children killed mid-run, calibration {full:?}; kills leaving nothing / a transfer / a finishing: {phases:?}");
     // Timing on a shared machine varies; many children must still die mid-run.
     assert!(
         killed >= LOOPS / 4,
@@ -372,4 +399,42 @@ fn a_writer_in_another_process_is_named_and_waited_for() {
     assert_eq!(repo.current().expect("current"), Some(id));
     assert_eq!(verify_all_backups(&repo), 2);
     assert!(repo.check(true, &mut |_| {}).expect("check").is_ok());
+}
+
+#[test]
+fn recovery_killed_at_every_fault_point_completes_forward() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = base_repository(dir.path());
+    for (i, (first, point)) in RECOVERY_POINTS.iter().enumerate() {
+        let path = dir.path().join(format!("o{i}"));
+        copy_tree(&base, &path);
+        let status = spawn_child("backup", &path, 9, 3, OWN, Some(first))
+            .wait()
+            .expect("wait");
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "fault point {first} was not reached"
+        );
+        let status = spawn_child("open", &path, 0, 0, OWN, Some(point))
+            .wait()
+            .expect("wait");
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "recovery point {point} was not reached"
+        );
+        let committed = fault::POINTS.iter().position(|p| p == first)
+            >= fault::POINTS
+                .iter()
+                .position(|p| *p == "record.manifest.renamed");
+        let (n, _, _) = recover_and_verify(&path, point, 70);
+        assert_eq!(
+            n,
+            if committed { 3 } else { 8 },
+            "backups after {first} then {point}"
+        );
+        std::fs::remove_dir_all(&path).expect("cleanup");
+    }
+    eprintln!("recovery: {} fault points covered", RECOVERY_POINTS.len());
 }

@@ -163,6 +163,11 @@ pub(crate) fn check(
         }
     }
     rep.packs = packs.len() as u64;
+    progress(&CheckProgress {
+        phase: "packs",
+        done: total,
+        total,
+    });
 
     // Index.
     let mut indexed: HashSet<ChunkId> = HashSet::new();
@@ -206,6 +211,11 @@ pub(crate) fn check(
                     }
                 }
             }
+            progress(&CheckProgress {
+                phase: "index",
+                done: total,
+                total,
+            });
         }
     }
     log::debug!("checked {} index runs", runs.len());
@@ -238,6 +248,11 @@ pub(crate) fn check(
                 }
             }
         }
+        progress(&CheckProgress {
+            phase: "data",
+            done: total,
+            total,
+        });
     }
 
     // Backups.
@@ -338,6 +353,11 @@ pub(crate) fn check(
             rep.problems.extend(found);
         }
     }
+    progress(&CheckProgress {
+        phase: "backups",
+        done: ids.len() as u64,
+        total: ids.len() as u64,
+    });
     for ((pack, offset), why) in &damaged {
         if !damage_used.contains(&(*pack, *offset)) {
             rep.problem(format!(

@@ -63,6 +63,13 @@ pub const POINTS: &[&str] = &[
     // Prune: its record, then the same retention, gc and done steps as above.
     "record.prune.written",
     "record.prune.renamed",
+    // Recovery at open: an interrupted finishing marked resumed; an abandoned transfer's
+    // sealed packs adopted into the index and its folder removed.
+    "record.resumed.written",
+    "record.resumed.renamed",
+    "adopt.written",
+    "adopt.renamed",
+    "adopt.tmp-removed",
 ];
 
 /// The armed point, read once per process.

@@ -281,7 +281,11 @@ pub(crate) fn settle(repo: &Repo, lock: &RepoLock) -> Result<Option<LastFinishin
             rec.step.name()
         );
         rec.resumed = true;
-        write_record(repo, &rec, FilePoints::NONE)?;
+        write_record(
+            repo,
+            &rec,
+            FilePoints::pair("record.resumed.written", "record.resumed.renamed"),
+        )?;
         outcome = Some(run(repo, lock, rec)?);
     }
     recover_transfers(repo)?;
@@ -678,13 +682,18 @@ pub(crate) fn recover_transfer(repo: &Repo, dir: &Path) -> Result<()> {
         let run = index::run_path(&repo.index_dir(), &format!("a-{name}"));
         if !run.exists() {
             refs.sort_by_key(|r| r.id);
-            index::write_run(&run, refs.into_iter().map(Ok), FilePoints::NONE)?;
+            index::write_run(
+                &run,
+                refs.into_iter().map(Ok),
+                FilePoints::pair("adopt.written", "adopt.renamed"),
+            )?;
         }
         fsx::write_atomic(&repo.path().join(GC_MARKER), b"", FilePoints::NONE)?;
         log::info!("adopted the sealed packs of abandoned transfer {name}");
     }
     if dir.exists() {
         std::fs::remove_dir_all(dir).ctx(|| format!("removing {}", dir.display()))?;
+        fault::point("adopt.tmp-removed");
         fsx::sync_dir(&repo.tmp_dir())?;
     }
     Ok(())

@@ -229,7 +229,13 @@ impl Repo {
         })
     }
 
-    /// Completes pending work if the lock is free; a live lock holder is doing it already.
+    /// Completes a pending finishing and recovers abandoned transfers if the lock is free (a
+    /// live lock holder is doing it already). `open` calls it; a long-lived process such as
+    /// the mount daemon calls it again before listing backups, in case a job died since.
+    pub fn complete_pending(&self) -> Result<()> {
+        self.settle()
+    }
+
     fn settle(&self) -> Result<()> {
         if !self.needs_settling()? {
             return Ok(());
