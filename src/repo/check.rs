@@ -365,9 +365,10 @@ pub(crate) fn check(
             ));
         }
     }
+    let pinned = finishing::pinned_packs(repo)?;
     rep.unreferenced_packs = packs
         .keys()
-        .filter(|p| !referenced.contains(p))
+        .filter(|p| !referenced.contains(p) && !pinned.contains(p))
         .copied()
         .collect();
     rep.unreferenced_packs.sort();

@@ -535,9 +535,31 @@ fn delete_backup(repo: &Repo, id: &BackupId, first: bool) -> Result<()> {
     Ok(())
 }
 
-/// The packs every committed backup references (about 16 bytes of memory per pack).
-pub(crate) fn referenced_packs(repo: &Repo) -> Result<HashSet<PackId>> {
+/// Packs pinned by [`Repo::pin`]: kept by gc whatever references them.
+pub(crate) fn pinned_packs(repo: &Repo) -> Result<HashSet<PackId>> {
+    let dir = repo.pins_dir();
     let mut packs = HashSet::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(packs),
+        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+    };
+    for entry in entries {
+        let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path())
+            .ctx(|| format!("reading {}", entry.path().display()))?;
+        packs.extend(text.lines().filter_map(PackId::parse));
+    }
+    Ok(packs)
+}
+
+/// The packs every committed backup references, plus pinned packs (about 16 bytes of memory
+/// per pack).
+pub(crate) fn referenced_packs(repo: &Repo) -> Result<HashSet<PackId>> {
+    let mut packs = pinned_packs(repo)?;
     for id in repo.backup_ids()? {
         let mpath = repo.manifest_path(&id);
         if !mpath.exists() {

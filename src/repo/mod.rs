@@ -16,6 +16,7 @@
 //! finishing.json         the finishing record, present only while a finishing is under way
 //! last-finishing.json    what the last completed finishing did
 //! gc-pending             marker: packs may be unreferenced, the next finishing collects them
+//! pins/<name>            pack ids kept from gc for a reader outside the repository (one per line)
 //! ```
 //!
 //! A chunk is one snarf's data, named by the blake3 hash of its uncompressed bytes, stored
@@ -297,6 +298,10 @@ impl Repo {
         self.inner.path.join("finishing.json")
     }
 
+    pub(crate) fn pins_dir(&self) -> PathBuf {
+        self.inner.path.join("pins")
+    }
+
     pub(crate) fn pack_path(&self, id: &PackId) -> PathBuf {
         self.packs_dir().join(pack::file_name(id))
     }
@@ -409,6 +414,43 @@ impl Repo {
     /// Applies a retention policy (borg style) as a finishing, or only reports with `dry_run`.
     pub fn prune(&self, policy: &Policy, dry_run: bool) -> Result<PruneReport> {
         prune::prune(self, policy, dry_run)
+    }
+
+    /// Keeps `packs` from garbage collection under the pin `name` (added to what the pin
+    /// holds already), whether or not a committed backup references them. The mount daemon
+    /// pins the packs of durable snarfs whose pre-images it dropped, so a snapshot still
+    /// being read keeps its data even if the backup that stored it is abandoned.
+    pub fn pin(&self, name: &str, packs: &[PackId]) -> Result<()> {
+        crate::store::validate_name("pin", name).map_err(|e| Error::BadArgument(e.to_string()))?;
+        let dir = self.pins_dir();
+        fsx::ensure_dir(&dir)?;
+        let path = dir.join(name);
+        let mut text = fsx::read_optional(&path)?
+            .map(|d| String::from_utf8_lossy(&d).into_owned())
+            .unwrap_or_default();
+        let have: std::collections::HashSet<PackId> =
+            text.lines().filter_map(PackId::parse).collect();
+        for p in packs {
+            if !have.contains(p) {
+                text.push_str(&format!("{p}\n"));
+            }
+        }
+        fsx::write_atomic(&path, text.as_bytes(), fault::FilePoints::NONE)
+    }
+
+    /// Removes the pin `name`; its packs are collected by the next gc if nothing uses them.
+    pub fn unpin(&self, name: &str) -> Result<()> {
+        crate::store::validate_name("pin", name).map_err(|e| Error::BadArgument(e.to_string()))?;
+        if fsx::remove_if_exists(&self.pins_dir().join(name))? {
+            fsx::sync_dir(&self.pins_dir())?;
+            // The next finishing looks for packs the pin kept alive.
+            fsx::write_atomic(
+                &self.inner.path.join("gc-pending"),
+                b"",
+                fault::FilePoints::NONE,
+            )?;
+        }
+        Ok(())
     }
 
     /// The state of finishing: idle, or which backup at which step.

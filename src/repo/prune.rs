@@ -168,7 +168,7 @@ pub(crate) fn prune(repo: &Repo, policy: &Policy, dry_run: bool) -> Result<Prune
 
 /// Packs and bytes that deleting `doomed` would free (all unreferenced packs included).
 fn would_free(repo: &Repo, doomed: &[BackupId]) -> Result<(u64, u64)> {
-    let mut referenced = std::collections::HashSet::new();
+    let mut referenced = finishing::pinned_packs(repo)?;
     for m in repo.list_backups()? {
         if doomed.contains(&m.id) {
             continue;

@@ -270,6 +270,34 @@ impl VolumeReader {
         Ok(Some(data))
     }
 
+    /// The first offset at or after `offset` that holds data (lseek SEEK_DATA), in whole
+    /// snarfs; `None` if only holes follow.
+    pub fn seek_data(&self, offset: u64) -> Result<Option<u64>> {
+        let ss = self.volume.snarf_size as u64;
+        let mut s = offset / ss;
+        while s < self.table.count() {
+            if !self.is_zero(s)? {
+                return Ok(Some(offset.max(s * ss)));
+            }
+            s += 1;
+        }
+        Ok(None)
+    }
+
+    /// The first offset at or after `offset` in a hole (lseek SEEK_HOLE), in whole snarfs;
+    /// the volume size if no hole follows (the end counts as a hole, as in lseek).
+    pub fn seek_hole(&self, offset: u64) -> Result<u64> {
+        let ss = self.volume.snarf_size as u64;
+        let mut s = offset / ss;
+        while s < self.table.count() {
+            if self.is_zero(s)? {
+                return Ok(offset.max(s * ss));
+            }
+            s += 1;
+        }
+        Ok(self.volume.size.max(offset))
+    }
+
     /// Reads up to `buf.len()` bytes at `offset`; returns the count (0 at end of volume).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         if offset >= self.volume.size {

@@ -140,6 +140,15 @@ fn round_trip_in_shuffled_order_restores_byte_exact_and_sparse() {
     let sr = repo.volume_reader(id.as_str(), "sparse.img").unwrap();
     assert!(sr.is_zero(0).unwrap());
     assert!(!sr.is_zero(1_000_000 / SNARF as u64).unwrap());
+    let first_data = (1_000_000 / SNARF as u64) * SNARF as u64;
+    assert_eq!(sr.seek_data(5).unwrap(), Some(first_data));
+    assert_eq!(sr.seek_data(first_data + 3).unwrap(), Some(first_data + 3));
+    assert_eq!(
+        sr.seek_hole(first_data + 3).unwrap(),
+        first_data + 2 * SNARF as u64
+    );
+    assert_eq!(sr.seek_hole(7).unwrap(), 7);
+    assert_eq!(sr.seek_data(2_000_000).unwrap(), None);
 }
 
 #[test]
@@ -598,4 +607,67 @@ fn open_refuses_non_repositories_and_init_refuses_non_empty() {
         ..RepoInitOptions::default()
     };
     assert!(Repo::init(&dir.path().join("new"), &bad).is_err());
+}
+
+#[test]
+fn pinned_packs_of_an_abandoned_backup_survive_gc_until_unpinned() {
+    let (_d, repo) = small_repo();
+    let data = volume_data(50, 1 << 20);
+    let durable: Arc<Mutex<HashSet<PackId>>> = Arc::default();
+    {
+        let mut n = NewBackup::new("s", serde_json::Value::Null);
+        let (r, seen) = (repo.clone(), durable.clone());
+        n.on_durable = Some(Arc::new(move |d: Durable| {
+            if !d.chunk.is_zero() && seen.lock().insert(d.chunk.pack) {
+                r.pin("snapshot-s", &[d.chunk.pack]).unwrap();
+            }
+        }));
+        let w = repo.begin_backup(n).unwrap();
+        let slot = w.add_volume("v", data.len() as u64, SNARF).unwrap();
+        let p = w.preparer();
+        for i in 0..16 {
+            let s = (i * SNARF as u64) as usize;
+            w.put(slot, i, p.prepare(&data[s..s + SNARF as usize]).unwrap())
+                .unwrap();
+        }
+        w.flush().unwrap();
+    }
+    let pinned: Vec<PackId> = durable.lock().iter().copied().collect();
+    assert!(!pinned.is_empty());
+    backup(
+        &repo,
+        &[("w", &volume_data(51, 200_000))],
+        NewBackup::new("t", serde_json::Value::Null),
+        1,
+    );
+    repo.prune(
+        &Policy {
+            keep_last: 5,
+            ..Policy::default()
+        },
+        false,
+    )
+    .unwrap();
+    for p in &pinned {
+        assert!(repo.pack_path(p).exists(), "pinned pack {p} was collected");
+    }
+    assert!(repo
+        .check(true, &mut |_| {})
+        .unwrap()
+        .unreferenced_packs
+        .is_empty());
+    repo.unpin("snapshot-s").unwrap();
+    let rep = repo
+        .prune(
+            &Policy {
+                keep_last: 5,
+                ..Policy::default()
+            },
+            false,
+        )
+        .unwrap();
+    assert_eq!(rep.packs_removed, pinned.len() as u64);
+    for p in &pinned {
+        assert!(!repo.pack_path(p).exists());
+    }
 }
