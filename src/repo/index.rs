@@ -47,11 +47,7 @@ impl Run {
     /// Opens and validates the header of a run file.
     pub fn open(path: &Path) -> Result<Run> {
         let damaged = |why: String| Error::Damaged {
-            repo: path
-                .parent()
-                .and_then(Path::parent)
-                .unwrap_or(path)
-                .to_path_buf(),
+            repo: repo_of(path),
             path: path.to_path_buf(),
             why,
         };
@@ -163,7 +159,7 @@ impl Iterator for RunIter {
             )));
         }
         Some(ChunkRef::decode(&b).ok_or_else(|| Error::Damaged {
-            repo: self.path.clone(),
+            repo: repo_of(&self.path),
             path: self.path.clone(),
             why: "it holds a blank record".into(),
         }))
@@ -336,6 +332,14 @@ impl Index {
         fsx::sync_dir(&dir)?;
         Index::open(&dir)
     }
+}
+
+/// The repository a run file belongs to (`REPO/index/NAME.idx`), for messages.
+fn repo_of(run: &Path) -> PathBuf {
+    run.parent()
+        .and_then(Path::parent)
+        .unwrap_or(run)
+        .to_path_buf()
 }
 
 /// Names of run files in `dir`.

@@ -344,7 +344,7 @@ impl BackupWriter {
     }
 
     /// Checks a slot and snarf index and returns the snarf's expected length.
-    fn expect(&self, st: &State, slot: VolumeSlot, snarf: u64) -> Result<u32> {
+    fn expected_len(&self, st: &State, slot: VolumeSlot, snarf: u64) -> Result<u32> {
         let s = st.slots.get(slot.0).ok_or_else(|| {
             Error::BadArgument(format!("backup {} has no volume slot {}", self.id, slot.0))
         })?;
@@ -364,7 +364,7 @@ impl BackupWriter {
         let mut events = Vec::new();
         {
             let mut st = self.state.lock();
-            let want = self.expect(&st, slot, snarf)?;
+            let want = self.expected_len(&st, slot, snarf)?;
             if chunk.raw_len != want {
                 return Err(Error::BadArgument(format!(
                     "snarf {snarf} of volume \"{}\" must be {want} bytes, not {}",
@@ -415,7 +415,7 @@ impl BackupWriter {
     pub fn reuse(&self, slot: VolumeSlot, snarf: u64, r: ChunkRef) -> Result<()> {
         {
             let mut st = self.state.lock();
-            let want = self.expect(&st, slot, snarf)?;
+            let want = self.expected_len(&st, slot, snarf)?;
             if r.raw_len != want {
                 return Err(Error::BadArgument(format!(
                     "cannot reuse a {}-byte chunk for snarf {snarf} of volume \"{}\", which is {want} bytes",
