@@ -71,6 +71,11 @@ fn backups_restore_check_prune_and_finishing_from_the_command_line() {
         lines[0].starts_with("ID") && lines[0].contains("SNAPSHOT") && lines[0].contains("STORED")
     );
     assert!(lines[1].starts_with(id1.as_str()) && lines[2].starts_with(id2.as_str()));
+    let (code, json, _) = snarf(&["backups", s(&r), "--json"]);
+    assert_eq!(code, 0);
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(parsed[1]["id"], id2.as_str());
+    assert_eq!(parsed[1]["source"]["seed"], 2);
     let col = lines[0].find("SNAPSHOT").expect("column");
     assert_eq!(
         &lines[1][col..col + 4],

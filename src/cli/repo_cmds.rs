@@ -43,6 +43,9 @@ struct RepoInitArgs {
 pub struct BackupsArgs {
     /// The repository.
     repo: PathBuf,
+    /// Print the manifests as a JSON array instead of a table (for scripts).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `snarf restore`.
@@ -206,6 +209,13 @@ pub fn repo(args: RepoArgs) -> CliResult {
 /// `snarf backups`: one line per committed backup.
 pub fn backups(args: BackupsArgs) -> CliResult {
     let repo = Repo::open(&args.repo)?;
+    if args.json {
+        let all = repo.list_backups()?;
+        let text = serde_json::to_string_pretty(&all)
+            .map_err(|e| CliError::new(format!("cannot encode the backup list: {e}")))?;
+        println!("{text}");
+        return Ok(());
+    }
     let mut rows = vec![
         ["ID", "TIME (UTC)", "SNAPSHOT", "VOLUMES", "SIZE", "STORED"]
             .map(String::from)

@@ -589,6 +589,8 @@ impl BackupWriter {
             for s in &st.slots {
                 s.table.sync()?;
             }
+            // The tables' folder entries too, before the record can name them.
+            fsx::sync_dir(&self.tmp)?;
             fault::point("commit.tables-synced");
             let manifest = Manifest {
                 format: MANIFEST_FORMAT,
