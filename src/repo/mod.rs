@@ -45,8 +45,17 @@
 //!
 //! Backup and restore use memory bounded by the pack size, the reader cache and the table of
 //! the current backup's *new* chunks (about 100 bytes per new chunk); index lookups read
-//! records with pread. Check and gc keep compact per-chunk or per-pack tables: gc about
-//! 16 bytes per pack, check about 150 bytes per chunk (trailer entries and indexed ids).
+//! records with pread, and index merges stream. Check and gc keep compact tables: gc about
+//! 16 bytes per pack, check about 100 bytes per chunk (trailer entries and indexed ids);
+//! finishing's index step holds the trailers of the backup's new packs (64 bytes per new
+//! chunk) to sort them.
+//!
+//! # Readers, writers, crashes
+//!
+//! Writers (backup, prune, finishing, recovery) hold the lock; readers take none and only
+//! ever see committed backups (a backup is listed once its manifest exists). Setting
+//! `SNARF_FAULT_POINT` to a name in [`fault::POINTS`] makes the process SIGKILL itself there,
+//! so tests crash it at every step; whatever was committed is completed by the next open.
 
 pub mod check;
 pub mod chunk;
