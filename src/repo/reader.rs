@@ -1,6 +1,6 @@
 //! Reading backups back: [`VolumeReader`] gives random access to one volume of a committed
 //! backup (chunks fetched on demand, hash-checked on every fetch, a bounded LRU cache of
-//! decompressed chunks, zero snarfs served without I/O), and [`restore`] writes volumes out as
+//! decompressed chunks, zero snarfs served without I/O), and `Repo::restore` writes volumes out as
 //! sparse files. A damaged or missing chunk is always an error naming backup, volume and
 //! byte offset, never silently wrong data.
 
