@@ -1,6 +1,7 @@
 //! The `snarf` command line: parses arguments with clap, calls the layers below and prints.
 //! Each group of commands lives in its own file; this one only dispatches.
 
+mod repo_cmds;
 mod store_cmds;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,7 @@ macro_rules! impl_from_layer_error {
 }
 impl_from_layer_error!(
     crate::store::Error,
+    crate::repo::Error,
     crate::units::SizeParseError,
     std::io::Error
 );
@@ -57,6 +59,18 @@ pub struct Cli {
 enum Command {
     /// Create a new store: a directory for volumes, pre-image spill space and run state.
     Init(store_cmds::InitArgs),
+    /// Manage backup repositories (`snarf repo init REPO`).
+    Repo(repo_cmds::RepoArgs),
+    /// List the committed backups of a repository.
+    Backups(repo_cmds::BackupsArgs),
+    /// Restore volumes of a backup into a directory as sparse files, verifying every chunk.
+    Restore(repo_cmds::RestoreArgs),
+    /// Verify a repository's structure, and with --read-data every stored chunk.
+    Check(repo_cmds::CheckArgs),
+    /// Remove old backups by a retention policy and free the space only they used.
+    Prune(repo_cmds::PruneArgs),
+    /// Show each repository's finishing state (the crash-safe commit of backups and prunes).
+    Finishing(repo_cmds::FinishingArgs),
 }
 
 /// Parses the command line, runs the command and returns the process exit code.
@@ -64,6 +78,12 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init(args) => store_cmds::init(args),
+        Command::Repo(args) => repo_cmds::repo(args),
+        Command::Backups(args) => repo_cmds::backups(args),
+        Command::Restore(args) => repo_cmds::restore(args),
+        Command::Check(args) => repo_cmds::check(args),
+        Command::Prune(args) => repo_cmds::prune(args),
+        Command::Finishing(args) => repo_cmds::finishing(args),
     };
     match result {
         Ok(()) => 0,

@@ -1,0 +1,407 @@
+//! Commands on a backup repository: create one, list its backups, restore, check, prune,
+//! and show finishing state. `snarf backup` itself lives with the job commands.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+
+use super::{CliError, CliResult};
+use crate::repo::{self, FinishingStatus, Policy, Repo, RepoInitOptions};
+use crate::units::{parse_size, Bytes};
+
+/// Arguments of `snarf repo`.
+#[derive(Debug, Args)]
+pub struct RepoArgs {
+    #[command(subcommand)]
+    command: RepoCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum RepoCommand {
+    /// Create a new, empty backup repository.
+    Init(RepoInitArgs),
+}
+
+/// Arguments of `snarf repo init`.
+#[derive(Debug, Args)]
+struct RepoInitArgs {
+    /// Directory for the repository (created if missing; must be empty).
+    repo: PathBuf,
+    /// zstd compression level for stored chunks: 1 (fastest) to 19 (smallest). Chunks that
+    /// do not get smaller are stored uncompressed whatever the level.
+    #[arg(long, default_value_t = repo::DEFAULT_COMPRESSION, value_name = "LEVEL")]
+    compression: i32,
+    /// Size at which a pack file is sealed (e.g. 32M). Bigger packs mean fewer files.
+    #[arg(long, default_value = "32M", value_parser = parse_size, value_name = "SIZE")]
+    pack_size: u64,
+}
+
+/// Arguments of `snarf backups`.
+#[derive(Debug, Args)]
+pub struct BackupsArgs {
+    /// The repository.
+    repo: PathBuf,
+    /// Print the manifests as a JSON array instead of a table (for scripts).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `snarf restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The repository.
+    repo: PathBuf,
+    /// The backup id, as listed by `snarf backups`.
+    backup: String,
+    /// Restore only this volume (default: all volumes of the backup).
+    #[arg(long, value_name = "NAME")]
+    volume: Option<String>,
+    /// Directory to write the volumes into, one sparse file per volume (created if
+    /// missing; existing files are never overwritten).
+    dest: PathBuf,
+}
+
+/// Arguments of `snarf check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The repository.
+    repo: PathBuf,
+    /// Also read every chunk, decompress it and verify its hash (reads all stored data).
+    #[arg(long)]
+    read_data: bool,
+}
+
+/// Arguments of `snarf prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The repository.
+    repo: PathBuf,
+    /// Keep the newest N backups.
+    #[arg(long, value_name = "N")]
+    keep_last: u32,
+    /// Also keep the newest backup of each of the last N days that have backups (UTC).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    keep_daily: u32,
+    /// Also keep the newest backup of each of the last N ISO weeks that have backups.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    keep_weekly: u32,
+    /// Also keep the newest backup of each of the last N months that have backups.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    keep_monthly: u32,
+    /// Only show what would be kept and removed; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Arguments of `snarf finishing`.
+#[derive(Debug, Args)]
+pub struct FinishingArgs {
+    /// One or more repositories.
+    #[arg(required = true)]
+    repos: Vec<PathBuf>,
+}
+
+/// Prints rows as aligned columns, the first row being the header.
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+/// Progress on stderr: a self-rewriting line on a terminal, plain lines at most every few
+/// seconds otherwise (so logs of cron jobs stay short).
+struct Progress {
+    tty: bool,
+    last: Option<Instant>,
+    drawn: bool,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            last: None,
+            drawn: false,
+        }
+    }
+
+    fn update(&mut self, label: &str, done: u64, total: u64, bytes: bool) {
+        let every = if self.tty {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(5)
+        };
+        if self.last.is_some_and(|t| t.elapsed() < every) && done < total {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let pct = if total == 0 {
+            100.0
+        } else {
+            done as f64 * 100.0 / total as f64
+        };
+        let amount = if bytes {
+            format!("{} of {}", Bytes(done), Bytes(total))
+        } else {
+            format!("{done} of {total}")
+        };
+        if self.tty {
+            const WIDTH: usize = 30;
+            let filled = ((pct / 100.0) * WIDTH as f64) as usize;
+            let bar: String =
+                "#".repeat(filled.min(WIDTH)) + &"-".repeat(WIDTH - filled.min(WIDTH));
+            eprint!("\r\x1b[K{label} [{bar}] {pct:5.1}% {amount}");
+            self.drawn = true;
+        } else {
+            eprintln!("{label}: {pct:.0}% ({amount})");
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.tty && self.drawn {
+            eprintln!();
+            self.drawn = false;
+        }
+    }
+}
+
+/// `snarf repo ...`.
+pub fn repo(args: RepoArgs) -> CliResult {
+    match args.command {
+        RepoCommand::Init(a) => {
+            let opts = RepoInitOptions {
+                compression: a.compression,
+                pack_target: a.pack_size,
+            };
+            Repo::init(&a.repo, &opts)?;
+            println!(
+                "created repository {} (zstd level {}, packs of {})",
+                a.repo.display(),
+                opts.compression,
+                Bytes(opts.pack_target)
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `snarf backups`: one line per committed backup.
+pub fn backups(args: BackupsArgs) -> CliResult {
+    let repo = Repo::open(&args.repo)?;
+    if args.json {
+        let all = repo.list_backups()?;
+        let text = serde_json::to_string_pretty(&all)
+            .map_err(|e| CliError::new(format!("cannot encode the backup list: {e}")))?;
+        println!("{text}");
+        return Ok(());
+    }
+    let mut rows = vec![
+        ["ID", "TIME (UTC)", "SNAPSHOT", "VOLUMES", "SIZE", "STORED"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for m in repo.list_backups()? {
+        rows.push(vec![
+            m.id.to_string(),
+            m.created_utc.clone(),
+            m.snapshot.clone(),
+            m.volumes.len().to_string(),
+            Bytes(m.total_size()).to_string(),
+            Bytes(m.stats.new_stored_bytes).to_string(),
+        ]);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+/// `snarf restore`.
+pub fn restore(args: RestoreArgs) -> CliResult {
+    let repo = Repo::open(&args.repo)?;
+    let mut progress = Progress::new();
+    let result = repo.restore(&args.backup, args.volume.as_deref(), &args.dest, &mut |p| {
+        progress.update(&format!("restoring {}", p.volume), p.done, p.total, true)
+    });
+    progress.finish();
+    let s = result?;
+    println!(
+        "restored {} volume(s) of backup {} into {}: {} ({} as holes) in {:.1} s",
+        s.files.len(),
+        args.backup,
+        args.dest.display(),
+        Bytes(s.bytes),
+        Bytes(s.hole_bytes),
+        s.seconds
+    );
+    Ok(())
+}
+
+/// `snarf check`: exits non-zero if anything is wrong.
+pub fn check(args: CheckArgs) -> CliResult {
+    let repo = Repo::open(&args.repo)?;
+    let mut progress = Progress::new();
+    let result = repo.check(args.read_data, &mut |p| {
+        progress.update(&format!("checking {}", p.phase), p.done, p.total, false)
+    });
+    progress.finish();
+    let r = result?;
+    for p in &r.problems {
+        println!("DAMAGED  {p}");
+    }
+    println!(
+        "checked {} backups, {} volumes, {} snarfs, {} packs with {} chunks, {} index records{}",
+        r.backups,
+        r.volumes,
+        r.snarfs,
+        r.packs,
+        r.chunks,
+        r.index_records,
+        if args.read_data {
+            format!("; read and verified {} chunks", r.chunks_read)
+        } else {
+            String::new()
+        }
+    );
+    if !r.unreferenced_packs.is_empty() {
+        println!(
+            "{} pack(s) are referenced by no backup; the next prune removes them",
+            r.unreferenced_packs.len()
+        );
+    }
+    if r.is_ok() {
+        println!("no problems found");
+        Ok(())
+    } else {
+        Err(CliError::new(format!(
+            "{} problem(s) found in {}; restore the damaged backups from another copy, or remove them with prune",
+            r.problems.len(),
+            args.repo.display()
+        )))
+    }
+}
+
+/// `snarf prune`.
+pub fn prune(args: PruneArgs) -> CliResult {
+    let repo = Repo::open(&args.repo)?;
+    let policy = Policy {
+        keep_last: args.keep_last,
+        keep_daily: args.keep_daily,
+        keep_weekly: args.keep_weekly,
+        keep_monthly: args.keep_monthly,
+    };
+    let r = repo.prune(&policy, args.dry_run)?;
+    let mut rows = vec![["ACTION", "ID", "TIME (UTC)", "REASON"]
+        .map(String::from)
+        .to_vec()];
+    for d in &r.decisions {
+        rows.push(vec![
+            if d.keep {
+                "keep"
+            } else if r.dry_run {
+                "would remove"
+            } else {
+                "remove"
+            }
+            .to_string(),
+            d.id.to_string(),
+            repo::ids::format_utc(d.created),
+            d.reason.clone(),
+        ]);
+    }
+    print_table(&rows);
+    let removed = r.decisions.iter().filter(|d| !d.keep).count();
+    println!(
+        "{}{} backup(s) kept, {removed} removed, {} pack(s) and {} freed",
+        if r.dry_run { "dry run: " } else { "" },
+        r.decisions.len() - removed,
+        r.packs_removed,
+        Bytes(r.freed_bytes)
+    );
+    Ok(())
+}
+
+/// `snarf finishing`: one line per repository.
+pub fn finishing(args: FinishingArgs) -> CliResult {
+    let mut rows = vec![[
+        "REPOSITORY",
+        "STATE",
+        "BACKUP",
+        "STEP",
+        "NAME",
+        "STARTED (UTC)",
+        "RESUMED",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let mut failed = None;
+    for path in &args.repos {
+        let shown = path.display().to_string();
+        // Opened without completing anything, so an interrupted finishing shows as it is.
+        let status = Repo::open_quiet(path).and_then(|r| r.finishing_status());
+        match status {
+            Ok(FinishingStatus::Idle(_)) => rows.push(
+                [shown.as_str(), "idle", "-", "-", "-", "-", "-"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+            Ok(FinishingStatus::Active {
+                kind,
+                backup,
+                step,
+                step_name,
+                started,
+                resumed,
+                holder,
+            }) => rows.push(vec![
+                shown,
+                if holder.is_some() {
+                    format!("{kind}-running")
+                } else {
+                    format!("{kind}-interrupted")
+                },
+                backup.unwrap_or_else(|| "-".into()),
+                step.to_string(),
+                step_name,
+                repo::ids::format_utc(started),
+                if resumed { "yes" } else { "no" }.into(),
+            ]),
+            Err(e) => {
+                rows.push(vec![
+                    shown,
+                    "error".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ]);
+                failed = Some(e);
+            }
+        }
+    }
+    print_table(&rows);
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,376 @@
+//! Checking a repository. Structure: every pack trailer verifies, every index entry points
+//! into an existing pack within bounds and agrees with its trailer, every manifest parses,
+//! every table record of every backup points at a chunk its pack's trailer lists and the
+//! index knows. With `read_data`, every chunk of every pack is read, decompressed and
+//! hash-checked, and damage is reported at each backup, volume and byte offset that uses it.
+//! Memory: the trailers of all packs (48 bytes per chunk) and the set of indexed ids
+//! (about 40 bytes per chunk), so about 100 bytes per chunk in the repository.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use super::chunk::ChunkRef;
+use super::error::Result;
+use super::finishing;
+use super::ids::{ChunkId, PackId};
+use super::index::{self, Index};
+use super::manifest::{read_manifest, Table};
+use super::pack::{self, TrailerEntry};
+use super::reader;
+use super::Repo;
+
+/// One thing wrong, located as precisely as possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The backup affected, if any.
+    pub backup: Option<String>,
+    /// The volume affected, if any.
+    pub volume: Option<String>,
+    /// Byte offset in the volume, if any.
+    pub offset: Option<u64>,
+    /// What is wrong.
+    pub what: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(b) = &self.backup {
+            write!(f, "backup {b}")?;
+            if let Some(v) = &self.volume {
+                write!(f, ", volume \"{v}\"")?;
+            }
+            if let Some(o) = self.offset {
+                write!(f, ", byte offset {o}")?;
+            }
+            write!(f, ": ")?;
+        }
+        f.write_str(&self.what)
+    }
+}
+
+/// Progress of a check.
+#[derive(Debug, Clone)]
+pub struct CheckProgress {
+    /// "packs", "index", "data" or "backups".
+    pub phase: &'static str,
+    /// Units done in this phase.
+    pub done: u64,
+    /// Units in this phase.
+    pub total: u64,
+}
+
+/// The result of a check.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    /// Committed backups checked.
+    pub backups: u64,
+    /// Volumes checked.
+    pub volumes: u64,
+    /// Snarf records checked.
+    pub snarfs: u64,
+    /// Sealed packs.
+    pub packs: u64,
+    /// Chunks in packs.
+    pub chunks: u64,
+    /// Chunks read and hash-checked (with `read_data`).
+    pub chunks_read: u64,
+    /// Index records.
+    pub index_records: u64,
+    /// Packs no committed backup references (not an error: the next gc removes them).
+    pub unreferenced_packs: Vec<PackId>,
+    /// Everything wrong; empty means the repository is sound.
+    pub problems: Vec<Problem>,
+}
+
+impl CheckReport {
+    /// True when nothing is wrong.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn problem(&mut self, what: String) {
+        self.problems.push(Problem {
+            backup: None,
+            volume: None,
+            offset: None,
+            what,
+        });
+    }
+}
+
+/// A pack's trailer, sorted by offset for lookups.
+struct PackInfo {
+    entries: Vec<TrailerEntry>,
+}
+
+impl PackInfo {
+    fn find(&self, offset: u64) -> Option<&TrailerEntry> {
+        self.entries
+            .binary_search_by_key(&offset, |e| e.offset)
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+}
+
+fn agrees(e: &TrailerEntry, r: &ChunkRef) -> bool {
+    e.id == r.id && e.stored_len == r.stored_len && e.raw_len == r.raw_len
+}
+
+/// Runs a check (see the module documentation).
+pub(crate) fn check(
+    repo: &Repo,
+    read_data: bool,
+    progress: &mut dyn FnMut(&CheckProgress),
+) -> Result<CheckReport> {
+    let mut rep = CheckReport::default();
+    // A live writer's transfer or finishing shows transient states (a backup folder whose
+    // manifest is not written yet, a pending record); those are not damage.
+    let busy = super::lock::current_holder(repo.path()).is_some();
+    let status = finishing::status(repo)?;
+    if matches!(status, super::FinishingStatus::Active { .. }) && !busy {
+        rep.problem(format!(
+            "a finishing is pending ({}) and could not be completed; open the repository with a writer (e.g. `snarf prune`) to see why",
+            status.describe()
+        ));
+    }
+
+    // Packs and their trailers.
+    let (sealed, _) = finishing::packs_on_disk(repo)?;
+    let mut packs: HashMap<PackId, PackInfo> = HashMap::new();
+    let total = sealed.len() as u64;
+    for (i, (id, _)) in sealed.iter().enumerate() {
+        progress(&CheckProgress {
+            phase: "packs",
+            done: i as u64,
+            total,
+        });
+        let file = match reader::open_pack(repo, id) {
+            Ok(f) => f,
+            Err(e) => {
+                rep.problem(e.to_string());
+                continue;
+            }
+        };
+        match pack::read_trailer(&file, id) {
+            Ok(mut entries) => {
+                entries.sort_by_key(|e| e.offset);
+                rep.chunks += entries.len() as u64;
+                packs.insert(*id, PackInfo { entries });
+            }
+            Err((offset, why)) => rep.problem(format!(
+                "pack {id} is damaged at offset {offset}: {why}; the backups using it are listed below"
+            )),
+        }
+    }
+    rep.packs = packs.len() as u64;
+    progress(&CheckProgress {
+        phase: "packs",
+        done: total,
+        total,
+    });
+
+    // Index.
+    let mut indexed: HashSet<ChunkId> = HashSet::new();
+    let runs = index::run_names(&repo.index_dir())?;
+    match Index::open(&repo.index_dir()) {
+        Err(e) => rep.problem(format!("the index cannot be opened: {e}")),
+        Ok(idx) => {
+            let total = idx.records();
+            for (i, r) in idx.merged()?.enumerate() {
+                if i % 4096 == 0 {
+                    progress(&CheckProgress {
+                        phase: "index",
+                        done: i as u64,
+                        total,
+                    });
+                }
+                let r = match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        rep.problem(format!("the index is damaged: {e}"));
+                        break;
+                    }
+                };
+                rep.index_records += 1;
+                indexed.insert(r.id);
+                match packs.get(&r.pack) {
+                    None => rep.problem(format!(
+                        "the index says chunk {} is in pack {}, which is missing or unreadable",
+                        r.id.short(),
+                        r.pack
+                    )),
+                    Some(p) => {
+                        if !p.find(r.offset).is_some_and(|e| agrees(e, &r)) {
+                            rep.problem(format!(
+                                "the index entry of chunk {} disagrees with the trailer of pack {} at offset {}",
+                                r.id.short(),
+                                r.pack,
+                                r.offset
+                            ));
+                        }
+                    }
+                }
+            }
+            progress(&CheckProgress {
+                phase: "index",
+                done: total,
+                total,
+            });
+        }
+    }
+    log::debug!("checked {} index runs", runs.len());
+
+    // Data.
+    let mut damaged: HashMap<(PackId, u64), String> = HashMap::new();
+    if read_data {
+        let total = rep.chunks;
+        let mut done = 0;
+        for (id, info) in &packs {
+            let file = match reader::open_pack(repo, id) {
+                Ok(f) => f,
+                Err(e) => {
+                    rep.problem(e.to_string());
+                    continue;
+                }
+            };
+            for e in &info.entries {
+                if done % 256 == 0 {
+                    progress(&CheckProgress {
+                        phase: "data",
+                        done,
+                        total,
+                    });
+                }
+                done += 1;
+                rep.chunks_read += 1;
+                if let Err(err) = reader::fetch(repo, &file, &e.chunk_ref(*id)) {
+                    damaged.insert((*id, e.offset), err.to_string());
+                }
+            }
+        }
+        progress(&CheckProgress {
+            phase: "data",
+            done: total,
+            total,
+        });
+    }
+
+    // Backups.
+    let mut referenced: HashSet<PackId> = HashSet::new();
+    let mut damage_used: HashSet<(PackId, u64)> = HashSet::new();
+    let ids = repo.backup_ids()?;
+    for (bi, id) in ids.iter().enumerate() {
+        progress(&CheckProgress {
+            phase: "backups",
+            done: bi as u64,
+            total: ids.len() as u64,
+        });
+        let mpath = repo.manifest_path(id);
+        if !mpath.exists() {
+            if busy {
+                continue;
+            }
+            rep.problem(format!(
+                "backups/{id} has no manifest (an unfinished or half-deleted backup); the next finishing removes or completes it"
+            ));
+            continue;
+        }
+        let m = match read_manifest(repo.path(), &mpath) {
+            Ok(m) => m,
+            Err(e) => {
+                rep.problem(e.to_string());
+                continue;
+            }
+        };
+        rep.backups += 1;
+        for v in &m.volumes {
+            rep.volumes += 1;
+            let at = |offset: Option<u64>, what: String| Problem {
+                backup: Some(id.to_string()),
+                volume: Some(v.name.clone()),
+                offset,
+                what,
+            };
+            let table = match Table::open(
+                repo.path(),
+                &repo.backups_dir().join(id.as_str()).join(&v.table),
+            ) {
+                Ok(t) => t,
+                Err(e) => {
+                    rep.problems.push(at(None, e.to_string()));
+                    continue;
+                }
+            };
+            let ss = v.snarf_size as u64;
+            let mut found = Vec::new();
+            table.for_each(|i, r| {
+                let off = Some(i * ss);
+                let want = super::manifest::snarf_len(v.size, v.snarf_size, i);
+                let Some(r) = r else {
+                    found.push(at(off, "no chunk was recorded for this snarf".into()));
+                    return Ok(());
+                };
+                if r.raw_len != want {
+                    found.push(at(
+                        off,
+                        format!("its chunk has {} bytes, not {want}", r.raw_len),
+                    ));
+                }
+                if r.is_zero() {
+                    return Ok(());
+                }
+                referenced.insert(r.pack);
+                match packs.get(&r.pack) {
+                    None => {
+                        found.push(at(off, format!("pack {} is missing or unreadable", r.pack)))
+                    }
+                    Some(p) => {
+                        if !p.find(r.offset).is_some_and(|e| agrees(e, &r)) {
+                            found.push(at(
+                                off,
+                                format!(
+                                    "chunk {} is not where the table says (pack {}, offset {})",
+                                    r.id.short(),
+                                    r.pack,
+                                    r.offset
+                                ),
+                            ));
+                        } else if let Some(why) = damaged.get(&(r.pack, r.offset)) {
+                            damage_used.insert((r.pack, r.offset));
+                            found.push(at(off, why.clone()));
+                        }
+                    }
+                }
+                if !indexed.contains(&r.id) {
+                    found.push(at(
+                        off,
+                        format!("chunk {} is not in the index", r.id.short()),
+                    ));
+                }
+                Ok(())
+            })?;
+            rep.snarfs += table.count();
+            rep.problems.extend(found);
+        }
+    }
+    progress(&CheckProgress {
+        phase: "backups",
+        done: ids.len() as u64,
+        total: ids.len() as u64,
+    });
+    for ((pack, offset), why) in &damaged {
+        if !damage_used.contains(&(*pack, *offset)) {
+            rep.problem(format!(
+                "pack {pack}, offset {offset} (used by no backup): {why}"
+            ));
+        }
+    }
+    let pinned = finishing::pinned_packs(repo)?;
+    rep.unreferenced_packs = packs
+        .keys()
+        .filter(|p| !referenced.contains(p) && !pinned.contains(p))
+        .copied()
+        .collect();
+    rep.unreferenced_packs.sort();
+    Ok(rep)
+}

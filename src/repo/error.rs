@@ -1,0 +1,179 @@
+//! The repository layer's one error type. Every message names the thing that is wrong and
+//! what the administrator can do about it.
+
+use std::path::PathBuf;
+
+/// Errors of the repository layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The directory has no repository format file.
+    #[error("{path} is not a snarf repository (it has no repo.json); create one with `snarf repo init {path}`")]
+    NotARepo {
+        /// The directory that was opened.
+        path: PathBuf,
+    },
+    /// The repository was written by a different format version.
+    #[error("{path} is a snarf repository of format version {found}, but this snarf reads only version {supported}; use a snarf release that supports version {found}")]
+    UnknownFormat {
+        /// The repository directory.
+        path: PathBuf,
+        /// Version found.
+        found: u64,
+        /// Version this build reads.
+        supported: u64,
+    },
+    /// `init` was pointed at a directory that already holds something.
+    #[error("{path} already exists and is not empty; choose a new or empty directory for the repository")]
+    NotEmpty {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A bad option or argument, with the rule it breaks.
+    #[error("{0}")]
+    BadArgument(String),
+    /// A metadata file (format file, manifest, finishing record) cannot be parsed.
+    #[error("{path} is damaged: {why}; run `snarf check {repo}` and restore the file from a copy if you have one")]
+    Damaged {
+        /// The repository.
+        repo: PathBuf,
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// Another live process holds the repository lock.
+    #[error("repository {path} is locked by {holder}; wait for it to finish")]
+    Locked {
+        /// The repository.
+        path: PathBuf,
+        /// Who holds it.
+        holder: String,
+    },
+    /// The lock stayed taken for the whole wait.
+    #[error("repository {path} stayed locked for {secs:.0} s by {holder}; wait for it to finish or try again later")]
+    LockTimeout {
+        /// The repository.
+        path: PathBuf,
+        /// Who holds it.
+        holder: String,
+        /// Seconds waited.
+        secs: f64,
+    },
+    /// No committed backup has that id.
+    #[error("repository {repo} has no backup {id}; list them with `snarf backups {repo}`")]
+    NoSuchBackup {
+        /// The repository.
+        repo: PathBuf,
+        /// The id asked for.
+        id: String,
+    },
+    /// The backup has no volume of that name.
+    #[error("backup {backup} has no volume \"{volume}\"; its volumes are: {known}")]
+    NoSuchVolume {
+        /// The backup.
+        backup: String,
+        /// The name asked for.
+        volume: String,
+        /// The volumes it has, comma-separated.
+        known: String,
+    },
+    /// A pack file referenced by the index or a backup is gone.
+    #[error("pack {pack} is missing (expected at {path}); run `snarf check {repo}` to see which backups are affected")]
+    PackMissing {
+        /// The repository.
+        repo: PathBuf,
+        /// Pack id.
+        pack: String,
+        /// Where it should be.
+        path: PathBuf,
+    },
+    /// A pack file's contents do not match what was written.
+    #[error(
+        "pack {pack} is damaged at offset {offset}: {why}; run `snarf check {repo} --read-data`"
+    )]
+    PackDamaged {
+        /// The repository.
+        repo: PathBuf,
+        /// Pack id.
+        pack: String,
+        /// Byte offset in the pack.
+        offset: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// Data of a backup cannot be read back correctly; names the exact place.
+    #[error("backup {backup}, volume \"{volume}\", byte offset {offset}: {source}")]
+    VolumeData {
+        /// The backup.
+        backup: String,
+        /// The volume.
+        volume: String,
+        /// Byte offset of the snarf in the volume.
+        offset: u64,
+        /// The underlying problem.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A snarf of a volume was never written before commit.
+    #[error("backup {backup} cannot be committed: volume \"{volume}\" has no data for snarf {snarf} (byte offset {offset}); put or reuse every snarf before commit")]
+    Incomplete {
+        /// The backup being written.
+        backup: String,
+        /// The volume.
+        volume: String,
+        /// Snarf index.
+        snarf: u64,
+        /// Its byte offset.
+        offset: u64,
+    },
+    /// A restore would overwrite an existing file.
+    #[error("{path} already exists; remove it or restore into another directory")]
+    DestinationExists {
+        /// The file in the way.
+        path: PathBuf,
+    },
+    /// An I/O error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What snarf was doing.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// An I/O error with context.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Wraps a data error with the backup, volume and byte offset it concerns.
+    pub fn at(self, backup: &str, volume: &str, offset: u64) -> Error {
+        Error::VolumeData {
+            backup: backup.to_string(),
+            volume: volume.to_string(),
+            offset,
+            source: Box::new(self),
+        }
+    }
+}
+
+/// Result of repository operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Adds "what was being done" to an I/O result.
+pub(crate) trait IoContext<T> {
+    /// Maps an I/O error into [`Error::Io`] with a lazily built context.
+    fn ctx<F: FnOnce() -> String>(self, f: F) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx<F: FnOnce() -> String>(self, f: F) -> Result<T> {
+        self.map_err(|e| Error::io(f(), e))
+    }
+}

@@ -1,0 +1,160 @@
+//! Fault injection for crash tests. When the environment variable `SNARF_FAULT_POINT` names a
+//! point, the process kills itself with SIGKILL the first time it reaches that point, so a
+//! test can stop a backup or prune at every step where a crash could leave a partial state
+//! and prove that the next open completes it. Only the repository code reads the variable.
+
+use std::sync::OnceLock;
+
+/// The environment variable that arms one fault point.
+pub const ENV: &str = "SNARF_FAULT_POINT";
+
+/// Every fault point, in roughly the order a backup followed by a prune reaches them.
+pub const POINTS: &[&str] = &[
+    // Transfer: a pack is sealed (trailer written, fsynced, logged, renamed, dir fsynced).
+    "pack.written",
+    "pack.synced",
+    "pack.logged",
+    "pack.renamed",
+    // Commit, before finishing: tables fsynced, draft manifest written, finishing record.
+    "commit.tables-synced",
+    "draft.written",
+    "draft.renamed",
+    "record.manifest.written",
+    "record.manifest.renamed",
+    // Finishing of a backup.
+    "finish.manifest",
+    "finish.manifest.table-moved",
+    "manifest.written",
+    "manifest.renamed",
+    "finish.manifest.tmp-removed",
+    "record.index.written",
+    "record.index.renamed",
+    "finish.index",
+    "index.written",
+    "index.renamed",
+    "compact.written",
+    "compact.renamed",
+    "compact.removed",
+    "record.current.written",
+    "record.current.renamed",
+    "finish.current",
+    "current.written",
+    "current.renamed",
+    "record.retention.written",
+    "record.retention.renamed",
+    "finish.retention",
+    "record.retention-selected.written",
+    "record.retention-selected.renamed",
+    "retention.manifest-removed",
+    "retention.removed",
+    "record.gc.written",
+    "record.gc.renamed",
+    "finish.gc",
+    "gc.index.written",
+    "gc.index.renamed",
+    "gc.index.removed",
+    "gc.pack-removed",
+    "record.done.written",
+    "record.done.renamed",
+    "finish.done",
+    "last.written",
+    "last.renamed",
+    "record.removed",
+    // Prune: its record, then the same retention, gc and done steps as above.
+    "record.prune.written",
+    "record.prune.renamed",
+    // Recovery at open: an interrupted finishing marked resumed; an abandoned transfer's
+    // sealed packs adopted into the index and its folder removed.
+    "record.resumed.written",
+    "record.resumed.renamed",
+    "adopt.written",
+    "adopt.renamed",
+    "adopt.tmp-removed",
+];
+
+/// The armed point, read once per process.
+fn armed() -> Option<&'static str> {
+    static ARMED: OnceLock<Option<String>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| std::env::var(ENV).ok().filter(|s| !s.is_empty()))
+        .as_deref()
+}
+
+/// Kills the process with SIGKILL if `name` is the armed point.
+pub fn point(name: &'static str) {
+    debug_assert!(
+        POINTS.contains(&name),
+        "fault point {name} is not in POINTS"
+    );
+    if armed() == Some(name) {
+        log::warn!("fault point {name} reached: killing this process");
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        // SIGKILL cannot be caught; this only runs if kill(2) itself failed.
+        std::process::abort();
+    }
+}
+
+/// A pair of points around one durable file replacement: after the data is written but before
+/// its fsync, and after the rename but before the directory fsync.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FilePoints {
+    /// Reached after write, before fsync.
+    pub written: Option<&'static str>,
+    /// Reached after rename, before the directory fsync.
+    pub renamed: Option<&'static str>,
+}
+
+impl FilePoints {
+    /// No fault points.
+    pub const NONE: FilePoints = FilePoints {
+        written: None,
+        renamed: None,
+    };
+
+    /// Points `PREFIX.written` and `PREFIX.renamed`; both must be in [`POINTS`].
+    pub const fn pair(written: &'static str, renamed: &'static str) -> FilePoints {
+        FilePoints {
+            written: Some(written),
+            renamed: Some(renamed),
+        }
+    }
+
+    /// Reaches the "written" point.
+    pub fn written(&self) {
+        if let Some(p) = self.written {
+            point(p);
+        }
+    }
+
+    /// Reaches the "renamed" point.
+    pub fn renamed(&self) {
+        if let Some(p) = self.renamed {
+            point(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn point_names_are_unique() {
+        let mut names: Vec<&str> = POINTS.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), POINTS.len());
+    }
+
+    #[test]
+    fn unarmed_points_do_nothing() {
+        for p in POINTS {
+            if armed() != Some(p) {
+                point(p);
+            }
+        }
+    }
+}

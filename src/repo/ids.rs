@@ -1,0 +1,305 @@
+//! Names of things in a repository: chunk ids (blake3 of the uncompressed data), pack ids
+//! (random 128-bit), backup ids (`YYYYMMDD-HHMMSS-xxxx`, UTC, so they sort by time), and the
+//! small UTC calendar arithmetic that backup ids and retention need.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Writes bytes as lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// Parses lowercase or uppercase hex of exactly `N` bytes.
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in s.as_bytes().chunks(2).enumerate() {
+        let d = |c: u8| (c as char).to_digit(16);
+        out[i] = (d(pair[0])? * 16 + d(pair[1])?) as u8;
+    }
+    Some(out)
+}
+
+/// A chunk's id: the blake3 hash of its uncompressed bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    /// The id of `data`.
+    pub fn of(data: &[u8]) -> ChunkId {
+        ChunkId(*blake3::hash(data).as_bytes())
+    }
+
+    /// The first 8 hex digits, for messages.
+    pub fn short(&self) -> String {
+        hex(&self.0[..4])
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({})", self.short())
+    }
+}
+
+/// A pack's id: 128 random bits, also its file name (`packs/<hex>.pack`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PackId(pub [u8; 16]);
+
+impl PackId {
+    /// A fresh id, unique with overwhelming probability.
+    pub fn generate() -> PackId {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&unique_bytes()[..16]);
+        PackId(id)
+    }
+
+    /// Parses the 32-digit hex form.
+    pub fn parse(s: &str) -> Option<PackId> {
+        unhex::<16>(s).map(PackId)
+    }
+
+    /// True for the all-zero id, which marks "no pack" in records.
+    pub fn is_none(&self) -> bool {
+        self.0 == [0; 16]
+    }
+}
+
+impl fmt::Display for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
+impl fmt::Debug for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackId({})", hex(&self.0[..4]))
+    }
+}
+
+/// 32 bytes that differ between calls and processes: blake3 of time, pid and a counter.
+/// Ids need uniqueness, not secrecy, so no random number generator is needed.
+pub fn unique_bytes() -> [u8; 32] {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut h = blake3::Hasher::new();
+    h.update(&nanos.to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    let local = 0u8;
+    h.update(&(&local as *const u8 as usize).to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// A backup's id: `YYYYMMDD-HHMMSS-xxxx` in UTC with 4 random hex digits, so ids sort by time.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BackupId(String);
+
+impl BackupId {
+    /// A new id for a backup created at `unix_secs`.
+    pub fn generate(unix_secs: u64) -> BackupId {
+        let (date, time) = utc_parts(unix_secs);
+        BackupId(format!(
+            "{:04}{:02}{:02}-{:02}{:02}{:02}-{}",
+            date.0,
+            date.1,
+            date.2,
+            time.0,
+            time.1,
+            time.2,
+            &hex(&unique_bytes()[..2])
+        ))
+    }
+
+    /// A new id that sorts after `last` (the newest existing id), even if created in the same
+    /// second or after the clock stepped back: then it takes `last`'s time and the next
+    /// suffix. Called under the repository lock, so ids are unique.
+    pub fn generate_after(unix_secs: u64, last: Option<&BackupId>) -> BackupId {
+        let id = BackupId::generate(unix_secs);
+        let Some(last) = last else { return id };
+        if id > *last && id.0[..15] != last.0[..15] {
+            return id;
+        }
+        let suffix = u16::from_str_radix(&last.0[16..], 16).unwrap_or(0);
+        match suffix.checked_add(1) {
+            Some(next) => BackupId(format!("{}{next:04x}", &last.0[..16])),
+            // 65536 backups in one second: take the next second.
+            None => BackupId::generate_after(unix_secs + 1, None),
+        }
+    }
+
+    /// Parses and validates an id.
+    pub fn parse(s: &str) -> Option<BackupId> {
+        let b = s.as_bytes();
+        let ok = b.len() == 20
+            && b[8] == b'-'
+            && b[15] == b'-'
+            && b[..8].iter().all(u8::is_ascii_digit)
+            && b[9..15].iter().all(u8::is_ascii_digit)
+            && b[16..].iter().all(|c| c.is_ascii_hexdigit());
+        ok.then(|| BackupId(s.to_string()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for BackupId {
+    type Error = String;
+    fn try_from(s: String) -> Result<BackupId, String> {
+        BackupId::parse(&s).ok_or_else(|| format!("\"{s}\" is not a backup id"))
+    }
+}
+
+impl From<BackupId> for String {
+    fn from(id: BackupId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BackupId({})", self.0)
+    }
+}
+
+/// Seconds since the Unix epoch now.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = m as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+/// The date (year, month, day) of a day number since 1970-01-01.
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    (y, m, d)
+}
+
+/// ((year, month, day), (hour, minute, second)) of a Unix time, in UTC.
+pub fn utc_parts(unix_secs: u64) -> ((i64, u32, u32), (u32, u32, u32)) {
+    let days = (unix_secs / 86400) as i64;
+    let rem = unix_secs % 86400;
+    (
+        civil_from_days(days),
+        (
+            (rem / 3600) as u32,
+            (rem / 60 % 60) as u32,
+            (rem % 60) as u32,
+        ),
+    )
+}
+
+/// A Unix time as `YYYY-MM-DD HH:MM:SS` UTC.
+pub fn format_utc(unix_secs: u64) -> String {
+    let ((y, mo, d), (h, mi, s)) = utc_parts(unix_secs);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+}
+
+/// The ISO 8601 (year, week) of a day number since 1970-01-01.
+pub fn iso_week(days: i64) -> (i64, u32) {
+    // 1970-01-01 was a Thursday; ISO weekday 1 = Monday.
+    let weekday = (days + 3).rem_euclid(7) + 1;
+    // The Thursday of this week decides the ISO year.
+    let thursday = days - weekday + 4;
+    let (year, _, _) = civil_from_days(thursday);
+    let jan1 = days_from_civil(year, 1, 1);
+    (year, ((thursday - jan1) / 7 + 1) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar_round_trips_and_known_dates() {
+        for z in [-1000i64, 0, 59, 365, 11016, 20000, 30000] {
+            let (y, m, d) = civil_from_days(z);
+            assert_eq!(days_from_civil(y, m, d), z);
+        }
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00");
+        assert_eq!(format_utc(1_700_000_000), "2023-11-14 22:13:20");
+    }
+
+    #[test]
+    fn iso_weeks_at_year_edges() {
+        assert_eq!(iso_week(days_from_civil(2021, 1, 3)), (2020, 53));
+        assert_eq!(iso_week(days_from_civil(2021, 1, 4)), (2021, 1));
+        assert_eq!(iso_week(days_from_civil(2024, 12, 30)), (2025, 1));
+        assert_eq!(iso_week(days_from_civil(2026, 11, 23)), (2026, 48));
+    }
+
+    #[test]
+    fn backup_ids_sort_by_time_and_parse() {
+        let a = BackupId::generate(1_700_000_000);
+        let b = BackupId::generate(1_700_000_001);
+        assert!(a < b);
+        assert!(a.as_str().starts_with("20231114-221320-"));
+        assert_eq!(BackupId::parse(a.as_str()), Some(a));
+        assert!(BackupId::parse("2023-11-14").is_none());
+        assert!(BackupId::parse("../../etc/passwd....").is_none());
+        let c = BackupId::generate_after(1_700_000_001, Some(&b));
+        assert!(c > b && c.as_str()[..15] == b.as_str()[..15]);
+        let d = BackupId::generate_after(1_600_000_000, Some(&c));
+        assert!(d > c);
+        assert_eq!(BackupId::parse(d.as_str()), Some(d.clone()));
+        let e = BackupId::generate_after(1_700_000_100, Some(&d));
+        assert!(e.as_str().starts_with("20231114-221500-"));
+    }
+
+    #[test]
+    fn pack_ids_are_distinct_and_parse() {
+        let a = PackId::generate();
+        let b = PackId::generate();
+        assert_ne!(a, b);
+        assert_eq!(PackId::parse(&a.to_string()), Some(a));
+    }
+}

@@ -1,0 +1,131 @@
+//! Helpers shared by the repository's process-level tests: deterministic volume contents,
+//! writing a backup through the library, verifying restores, copying repositories.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use snarf::repo::{BackupId, NewBackup, Policy, Repo};
+
+/// Snarf size used by the tests.
+pub const SNARF: u32 = 64 << 10;
+
+/// Volume contents with zero, compressible and random regions, from a seed.
+pub fn volume_data(seed: u64, size: usize) -> Vec<u8> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut v = vec![0u8; size];
+    let mut pos = 0;
+    while pos < size {
+        let len = rng.random_range(4096..200_000).min(size - pos);
+        match rng.random_range(0..3) {
+            0 => {}
+            1 => {
+                let word: [u8; 5] = rng.random();
+                for (i, b) in v[pos..pos + len].iter_mut().enumerate() {
+                    *b = word[i % 5];
+                }
+            }
+            _ => rng.fill(&mut v[pos..pos + len]),
+        }
+        pos += len;
+    }
+    v
+}
+
+/// The volumes of the backup with `seed`: one shared by every seed (deduplicated), one of
+/// its own whose size is not a multiple of the snarf size.
+pub fn volumes_for(seed: u64, own_size: usize) -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("shared.img".into(), volume_data(424242, 300_000)),
+        (
+            "own.img".into(),
+            volume_data(seed, own_size + (seed as usize % 7) * 4097),
+        ),
+    ]
+}
+
+/// Writes the backup of `seed` through the library, puts in a seeded shuffled order.
+pub fn write_backup(
+    repo: &Repo,
+    seed: u64,
+    own_size: usize,
+    retention: Option<Policy>,
+) -> BackupId {
+    use rand::seq::SliceRandom;
+    let mut new = NewBackup::new(
+        "snap",
+        serde_json::json!({ "seed": seed, "own_size": own_size }),
+    );
+    new.retention = retention;
+    new.lock_wait = Some(std::time::Duration::from_secs(60));
+    let w = repo.begin_backup(new).expect("begin backup");
+    let vols = volumes_for(seed, own_size);
+    let mut work = Vec::new();
+    for (name, data) in &vols {
+        let slot = w
+            .add_volume(name, data.len() as u64, SNARF)
+            .expect("add volume");
+        for i in 0..(data.len() as u64).div_ceil(SNARF as u64) {
+            work.push((slot, i, data));
+        }
+    }
+    work.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5eed));
+    let p = w.preparer();
+    for (slot, i, data) in work {
+        let s = (i * SNARF as u64) as usize;
+        let e = (s + SNARF as usize).min(data.len());
+        w.put(slot, i, p.prepare(&data[s..e]).expect("prepare"))
+            .expect("put");
+    }
+    w.commit().expect("commit")
+}
+
+/// Restores every committed backup and compares it with the data its seed generates.
+pub fn verify_all_backups(repo: &Repo) -> usize {
+    let backups = repo.list_backups().expect("list backups");
+    for m in &backups {
+        let seed = m.source["seed"].as_u64().expect("seed in source");
+        let own = m.source["own_size"].as_u64().expect("own_size in source") as usize;
+        let dest = tempfile::tempdir().expect("tempdir");
+        repo.restore(m.id.as_str(), None, dest.path(), &mut |_| {})
+            .unwrap_or_else(|e| panic!("restoring {}: {e}", m.id));
+        for (name, data) in volumes_for(seed, own) {
+            let got = std::fs::read(dest.path().join(&name)).expect("read restored");
+            assert!(
+                got == data,
+                "backup {} volume {name} differs after restore",
+                m.id
+            );
+        }
+    }
+    backups.len()
+}
+
+/// Copies a directory tree (files and folders only).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Runs the snarf binary and returns (exit code, stdout, stderr).
+pub fn snarf(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snarf"))
+        .args(args)
+        .output()
+        .expect("run snarf");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

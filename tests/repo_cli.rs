@@ -1,0 +1,190 @@
+//! The repository commands of the `snarf` binary: output shape, exit codes and messages.
+
+mod common;
+
+use common::*;
+use snarf::repo::{Repo, RepoInitOptions};
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf8 path")
+}
+
+#[test]
+fn repo_init_creates_once_and_validates_its_options() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("r");
+    let (code, out, err) = snarf(&[
+        "repo",
+        "init",
+        s(&r),
+        "--compression",
+        "5",
+        "--pack-size",
+        "1M",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("created repository") && out.contains("zstd level 5"),
+        "{out}"
+    );
+    assert_eq!(Repo::open(&r).expect("open").config().pack_target, 1 << 20);
+    let (code, _, err) = snarf(&["repo", "init", s(&r)]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not empty"), "{err}");
+    let (code, _, err) = snarf(&[
+        "repo",
+        "init",
+        s(&dir.path().join("x")),
+        "--compression",
+        "40",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("compression level 40"), "{err}");
+    let (code, _, err) = snarf(&["backups", s(&dir.path().join("nothing"))]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not a snarf repository"), "{err}");
+}
+
+#[test]
+fn backups_restore_check_prune_and_finishing_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("r");
+    let repo = Repo::init(
+        &r,
+        &RepoInitOptions {
+            compression: 3,
+            pack_target: 128 << 10,
+        },
+    )
+    .expect("init");
+    let (code, out, _) = snarf(&["backups", s(&r)]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let id1 = write_backup(&repo, 1, 400_000, None);
+    let id2 = write_backup(&repo, 2, 400_000, None);
+
+    let (code, out, _) = snarf(&["backups", s(&r)]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("SNAPSHOT") && lines[0].contains("STORED")
+    );
+    assert!(lines[1].starts_with(id1.as_str()) && lines[2].starts_with(id2.as_str()));
+    let (code, json, _) = snarf(&["backups", s(&r), "--json"]);
+    assert_eq!(code, 0);
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(parsed[1]["id"], id2.as_str());
+    assert_eq!(parsed[1]["source"]["seed"], 2);
+    let col = lines[0].find("SNAPSHOT").expect("column");
+    assert_eq!(
+        &lines[1][col..col + 4],
+        "snap",
+        "columns are aligned:\n{out}"
+    );
+
+    let dest = dir.path().join("out");
+    let (code, out, err) = snarf(&["restore", s(&r), id1.as_str(), s(&dest)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("restored 2 volume(s)"), "{out}");
+    for (name, data) in volumes_for(1, 400_000) {
+        assert!(
+            std::fs::read(dest.join(&name)).expect("restored") == data,
+            "{name}"
+        );
+    }
+    let (code, _, err) = snarf(&["restore", s(&r), id1.as_str(), s(&dest)]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already exists"), "{err}");
+    let one = dir.path().join("one");
+    let (code, _, err) = snarf(&[
+        "restore",
+        s(&r),
+        id2.as_str(),
+        "--volume",
+        "own.img",
+        s(&one),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_dir(&one).expect("dir").count(), 1);
+    let (code, _, err) = snarf(&["restore", s(&r), "20990101-000000-0000", s(&one)]);
+    assert_eq!(code, 1);
+    assert!(err.contains("has no backup 20990101-000000-0000"), "{err}");
+
+    let (code, out, _) = snarf(&["check", s(&r), "--read-data"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("no problems found") && out.contains("read and verified"),
+        "{out}"
+    );
+
+    let (code, out, _) = snarf(&["finishing", s(&r)]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("REPOSITORY") && lines[0].contains("RESUMED"),
+        "{out}"
+    );
+    assert!(lines[1].contains("idle"), "{out}");
+
+    let (code, out, _) = snarf(&["prune", s(&r), "--keep-last", "1", "--dry-run"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("would remove") && out.contains(id1.as_str()) && out.contains("dry run"),
+        "{out}"
+    );
+    assert_eq!(repo.list_backups().expect("list").len(), 2);
+    let (code, out, _) = snarf(&["prune", s(&r), "--keep-last", "1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("1 backup(s) kept, 1 removed"), "{out}");
+    assert_eq!(repo.list_backups().expect("list").len(), 1);
+    let (code, _, err) = snarf(&["prune", s(&r), "--keep-last", "0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("keeps no backup"), "{err}");
+
+    // Damage one stored chunk of the remaining backup: check names the place and fails.
+    let reader = repo.volume_reader(id2.as_str(), "own.img").expect("reader");
+    let snarf_no = (0..reader.snarf_count())
+        .find(|&i| !reader.is_zero(i).expect("record"))
+        .expect("a data snarf");
+    let c = reader.chunk_ref(snarf_no).expect("chunk");
+    let pack = r.join("packs").join(format!("{}.pack", c.pack));
+    let mut bytes = std::fs::read(&pack).expect("pack");
+    bytes[c.offset as usize + 1] ^= 0x40;
+    std::fs::write(&pack, &bytes).expect("write");
+    let (code, out, err) = snarf(&["check", s(&r), "--read-data"]);
+    assert_eq!(code, 1, "{out}");
+    let offset = snarf_no * SNARF as u64;
+    assert!(
+        out.contains(&format!(
+            "DAMAGED  backup {id2}, volume \"own.img\", byte offset {offset}"
+        )),
+        "{out}"
+    );
+    assert!(err.contains("problem(s) found"), "{err}");
+    let (code, _, _) = snarf(&["check", s(&r)]);
+    assert_eq!(code, 0, "a structural check does not read data");
+}
+
+#[test]
+fn every_repository_command_has_help() {
+    for cmd in [
+        &["repo", "init"][..],
+        &["backups"],
+        &["restore"],
+        &["check"],
+        &["prune"],
+        &["finishing"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let (code, out, _) = snarf(&args);
+        assert_eq!(code, 0, "{cmd:?}");
+        assert!(out.contains("Usage:"), "{cmd:?}: {out}");
+    }
+    let (_, out, _) = snarf(&["prune", "--help"]);
+    assert!(
+        out.contains("--keep-last") && out.contains("--dry-run"),
+        "{out}"
+    );
+}
