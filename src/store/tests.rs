@@ -29,5 +29,6 @@ fn second_open_is_refused_with_the_holder() {
         "{e}"
     );
     first.close().unwrap();
+    drop(first);
     Store::open(&root, "other").unwrap().close().unwrap();
 }
