@@ -16,6 +16,8 @@
 //! * Pre-images fill memory, then the spill file; when both are full, writers wait (never
 //!   fail). A writer that has waited past the limit breaks the snapshot holding the most
 //!   pre-images, as QEMU's copy-before-write filter does with on-cbw-error=break-snapshot.
+//! * Every kept capture is announced to the registered capture watchers
+//!   ([`Engine::watch_captures`]), so a backup job sends that snarf next and frees it.
 //! * Shrinking a volume that a snapshot still needs keeps the data past the new end on disk
 //!   until no snapshot needs it, so a shrink costs no pre-images.
 //!
@@ -216,6 +218,47 @@ struct ThrottleCounters {
     broken: AtomicU64,
 }
 
+/// A pre-image was just captured and kept: the old contents of snarf `snarf` of volume
+/// `volume`, which every live snapshot with an epoch in `first..=last` sees. Backup jobs
+/// watch for these so a snarf they have not sent yet is sent next, and its pre-image is freed
+/// soon after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capture {
+    /// The volume.
+    pub volume: VolumeId,
+    /// The snarf index.
+    pub snarf: u64,
+    /// Epoch of the write that produced the captured contents.
+    pub first: u64,
+    /// Last epoch whose snapshots see them.
+    pub last: u64,
+    /// Where the contents are held.
+    pub location: Location,
+}
+
+impl Capture {
+    /// Whether the snapshot of `epoch` sees this pre-image.
+    pub fn covers(&self, epoch: u64) -> bool {
+        (self.first..=self.last).contains(&epoch)
+    }
+}
+
+/// Called for every kept capture; see [`Engine::watch_captures`].
+pub type CaptureWatcher = Arc<dyn Fn(&Capture) + Send + Sync>;
+
+/// The registered capture watchers, by id.
+#[derive(Default)]
+struct Watchers {
+    list: RwLock<Vec<(u64, CaptureWatcher)>>,
+    next: AtomicU64,
+}
+
+impl std::fmt::Debug for Watchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Watchers({})", self.list.read().len())
+    }
+}
+
 /// The snapshot engine: the store's volumes with copy-on-write snapshots over them.
 #[derive(Debug)]
 pub struct Engine {
@@ -233,6 +276,8 @@ pub struct Engine {
     /// Held while deciding to break a snapshot, so writers that time out together break
     /// one snapshot, not one each.
     breaking: parking_lot::Mutex<()>,
+    /// Told about every kept capture (backup jobs reorder their queues by them).
+    watchers: Watchers,
 }
 
 /// Whether a buffer is all zeros (checked 16 bytes at a time).
@@ -262,6 +307,7 @@ impl Engine {
             stripes: Stripes::default(),
             throttle: ThrottleCounters::default(),
             breaking: parking_lot::Mutex::new(()),
+            watchers: Watchers::default(),
         })
     }
 
@@ -551,13 +597,48 @@ impl Engine {
             let live = self.live.read();
             let needed = live.range(w..epoch).any(|(_, s)| s.needs(id, index));
             if needed {
+                let location = match p.data {
+                    Stored::Zero => Location::Zero,
+                    Stored::Mem(_) => Location::Memory,
+                    Stored::Spill(_) => Location::Spill,
+                };
                 self.cache.insert(id, index, p);
+                drop(live);
+                self.notify_capture(&Capture {
+                    volume: id,
+                    snarf: index,
+                    first: w,
+                    last: epoch - 1,
+                    location,
+                });
             } else {
                 self.cache.discard(p.data);
             }
         }
         st.set_stamp(index, epoch);
         Ok(Step::Done)
+    }
+
+    /// Registers `watcher` to be told about every pre-image captured and kept from now on;
+    /// returns the id [`Engine::unwatch_captures`] takes. The watcher runs on the writing
+    /// thread while it holds the snarf's locks (not the live-snapshot table), so it must be
+    /// quick and must not call into the engine: record the capture and return.
+    pub fn watch_captures(&self, watcher: CaptureWatcher) -> u64 {
+        let id = self.watchers.next.fetch_add(1, Ordering::Relaxed);
+        self.watchers.list.write().push((id, watcher));
+        id
+    }
+
+    /// Stops telling the watcher `id` (see [`Engine::watch_captures`]); unknown ids are ignored.
+    pub fn unwatch_captures(&self, id: u64) {
+        self.watchers.list.write().retain(|(w, _)| *w != id);
+    }
+
+    fn notify_capture(&self, capture: &Capture) {
+        let list = self.watchers.list.read();
+        for (_, w) in list.iter() {
+            w(capture);
+        }
     }
 
     /// Whether a live snapshot with epoch in `[from, to]` needs snarf `index` of `vol`.

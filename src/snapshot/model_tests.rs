@@ -41,6 +41,8 @@ struct Model {
     ids: BTreeMap<u64, VolumeId>,
     /// Most spill space seen in use, to prove spilling was exercised.
     peak_disk: u64,
+    /// Captures announced to the capture watcher since the last write was checked.
+    captures: Arc<parking_lot::Mutex<Vec<Capture>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -71,6 +73,9 @@ impl Model {
     fn new(seed: u64, mem_snarfs: u64, disk_snarfs: u64) -> Model {
         let dir = tempfile::tempdir().unwrap();
         let engine = engine_with(dir.path(), mem_snarfs, disk_snarfs, 0.0);
+        let captures = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let log = captures.clone();
+        engine.watch_captures(Arc::new(move |c: &Capture| log.lock().push(*c)));
         Model {
             rng: ChaCha8Rng::seed_from_u64(seed),
             seed,
@@ -81,6 +86,7 @@ impl Model {
             next_snap: 0,
             ids: BTreeMap::new(),
             peak_disk: 0,
+            captures,
             _dir: dir,
         }
     }
@@ -161,9 +167,12 @@ impl Model {
         };
         let data = self.random_bytes(len);
         let vol = self.engine.volume(&name).unwrap();
+        let held_before = self.held_by_live_snapshots(vol.id());
+        self.captures.lock().clear();
         if let Err(e) = self.engine.write(&vol, offset, &data) {
             self.fail(step, format!("write {name} @{offset}+{len}: {e}"));
         }
+        self.check_captures_announced(step, vol.id(), &held_before);
         let o = self.live.get_mut(&name).unwrap();
         let end = offset as usize + len;
         if o.data.len() < end {
@@ -210,6 +219,75 @@ impl Model {
         let s = self.snaps.remove(n);
         if let Err(e) = self.engine.release(&s.name) {
             self.fail(step, format!("release {}: {e}", s.name));
+        }
+    }
+
+    /// For each live snapshot: the snarfs of volume `vol` holding a pre-image it sees.
+    fn held_by_live_snapshots(&self, vol: VolumeId) -> Vec<(String, u64, Vec<u64>)> {
+        self.engine
+            .list()
+            .into_iter()
+            .filter(|i| i.state == SnapState::Live)
+            .filter_map(|i| self.engine.snapshot(&i.name).ok())
+            .map(|s| {
+                let held = self.engine.held_snarfs(&s, vol);
+                (
+                    s.name().to_string(),
+                    s.epoch(),
+                    held.into_iter().map(|(i, _)| i).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Every pre-image a write added for a live snapshot was announced to the capture
+    /// watchers, with the right epochs and location; every announced one was kept.
+    fn check_captures_announced(
+        &mut self,
+        step: usize,
+        vol: VolumeId,
+        before: &[(String, u64, Vec<u64>)],
+    ) {
+        let log = std::mem::take(&mut *self.captures.lock());
+        if self.engine.stats().broken > 0 {
+            // A break during the write frees pre-images that were announced.
+            return;
+        }
+        for c in &log {
+            if c.volume != vol {
+                self.fail(step, format!("capture announced for another volume: {c:?}"));
+            }
+        }
+        for (name, epoch, held) in self.held_by_live_snapshots(vol) {
+            let old: &[u64] = before
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .map_or(&[], |(_, _, h)| h.as_slice());
+            let snap = self.engine.snapshot(&name).unwrap();
+            for i in held.iter().filter(|i| !old.contains(i)) {
+                let Some(c) = log.iter().find(|c| c.snarf == *i && c.covers(epoch)) else {
+                    self.fail(
+                        step,
+                        format!(
+                            "pre-image of snarf {i} for snapshot {name} was kept but not announced"
+                        ),
+                    );
+                };
+                if self.engine.preimage_location(&snap, vol, *i) != Some(c.location) {
+                    self.fail(
+                        step,
+                        format!("capture of snarf {i} announced at {:?}", c.location),
+                    );
+                }
+            }
+            for c in log.iter().filter(|c| c.covers(epoch)) {
+                if snap.needs(vol, c.snarf) && !held.contains(&c.snarf) {
+                    self.fail(
+                        step,
+                        format!("announced capture {c:?} is not held for snapshot {name}"),
+                    );
+                }
+            }
         }
     }
 
