@@ -1,2 +1,6 @@
 //! Backup jobs over a snapshot: the order snarfs are fetched in, the hashing and
 //! compression pipeline, progress, and the socket protocol between a job and the daemon.
+
+pub mod feed;
+
+pub use feed::{Feed, FeedStats, FeedVolume, Handed};

@@ -89,6 +89,22 @@ impl SnarfSet {
         self.words.iter().map(|w| w.count_ones() as u64).sum()
     }
 
+    /// The smallest index in the set that is at least `from`.
+    pub fn next_from(&self, from: u64) -> Option<u64> {
+        if from >= self.len {
+            return None;
+        }
+        let mut wi = (from / 64) as usize;
+        let mut w = self.words[wi] & (u64::MAX << (from % 64));
+        loop {
+            if w != 0 {
+                return Some(wi as u64 * 64 + w.trailing_zeros() as u64);
+            }
+            wi += 1;
+            w = *self.words.get(wi)?;
+        }
+    }
+
     /// The indices in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
         self.words.iter().enumerate().flat_map(|(wi, &w)| {
@@ -123,5 +139,10 @@ mod tests {
         }
         assert_eq!(s.iter().collect::<Vec<_>>(), vec![3, 64, 65, 199]);
         assert_eq!(SnarfSet::full(70).count(), 70);
+        assert_eq!(s.next_from(0), Some(3));
+        assert_eq!(s.next_from(4), Some(64));
+        assert_eq!(s.next_from(66), Some(199));
+        assert_eq!(s.next_from(200), None);
+        assert_eq!(SnarfSet::new(10).next_from(0), None);
     }
 }

@@ -1,0 +1,320 @@
+//! The feed: which snarf of a snapshot a backup job gets next. It runs beside the engine
+//! (in the mount daemon, or in the job itself in direct mode) and hands out every planned
+//! (volume, snarf) pair exactly once, in this order:
+//!
+//! 1. *urgent*: snarfs whose pre-image a live write captured after the feed started, in
+//!    capture order (the engine announces each capture through [`Engine::watch_captures`]);
+//! 2. snarfs whose pre-image was already held when the feed started: those in memory (and
+//!    all-zero ones, which cost nothing to send) first, then those spilled to disk;
+//! 3. the rest, volume by volume, in ascending snarf order, so reads of the live files
+//!    stay sequential.
+//!
+//! Sending held snarfs first means their pre-images are freed as soon as the backup has
+//! stored them ([`Feed::ack`] calls [`Engine::release_snarf`]), so a backup of a volume under
+//! write load holds little pre-image memory. Only snarfs in the job's plan (every snarf, or
+//! the changed set of an incremental backup) are handed out.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use crate::repo::chunk::is_all_zero;
+use crate::snapshot::{self, Capture, Engine, Location, SnarfSet, Snapshot};
+use crate::store::VolumeId;
+
+/// One volume a feed hands out snarfs of.
+#[derive(Debug, Clone)]
+pub struct FeedVolume {
+    /// Name in the snapshot.
+    pub name: String,
+    /// Only these snarfs; `None`: every snarf of the frozen size.
+    pub only: Option<SnarfSet>,
+}
+
+/// A snarf handed to the job: the position of its volume in the feed's list, and its index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Handed {
+    /// Position of the volume in the list the feed was made with.
+    pub vol: usize,
+    /// Snarf index in the volume.
+    pub snarf: u64,
+}
+
+#[derive(Debug)]
+struct VolQueue {
+    id: VolumeId,
+    count: u64,
+    only: Option<SnarfSet>,
+    handed: SnarfSet,
+    /// Next index the sequential pass looks at.
+    cursor: u64,
+}
+
+impl VolQueue {
+    fn wanted(&self, snarf: u64) -> bool {
+        snarf < self.count
+            && !self.handed.contains(snarf)
+            && self.only.as_ref().is_none_or(|s| s.contains(snarf))
+    }
+}
+
+#[derive(Debug)]
+struct Queue {
+    epoch: u64,
+    vols: Vec<VolQueue>,
+    by_id: HashMap<VolumeId, usize>,
+    urgent: VecDeque<Handed>,
+    held: VecDeque<Handed>,
+    /// Volume the sequential pass is in.
+    seq_vol: usize,
+    remaining: u64,
+    urgent_handed: u64,
+    held_handed: u64,
+}
+
+impl Queue {
+    fn on_capture(&mut self, c: &Capture) {
+        if !c.covers(self.epoch) {
+            return;
+        }
+        if let Some(&vol) = self.by_id.get(&c.volume) {
+            if self.vols[vol].wanted(c.snarf) {
+                self.urgent.push_back(Handed {
+                    vol,
+                    snarf: c.snarf,
+                });
+            }
+        }
+    }
+
+    fn take(&mut self, h: Handed) -> bool {
+        let v = &mut self.vols[h.vol];
+        if !v.wanted(h.snarf) {
+            return false;
+        }
+        v.handed.insert(h.snarf);
+        self.remaining -= 1;
+        true
+    }
+
+    fn next(&mut self) -> Option<Handed> {
+        while let Some(h) = self.urgent.pop_front() {
+            if self.take(h) {
+                self.urgent_handed += 1;
+                return Some(h);
+            }
+        }
+        while let Some(h) = self.held.pop_front() {
+            if self.take(h) {
+                self.held_handed += 1;
+                return Some(h);
+            }
+        }
+        while self.seq_vol < self.vols.len() {
+            let vol = self.seq_vol;
+            let v = &mut self.vols[vol];
+            let next = match &v.only {
+                // Jump straight to the next planned snarf.
+                Some(only) => only.next_from(v.cursor),
+                None => (v.cursor < v.count).then_some(v.cursor),
+            };
+            match next {
+                Some(snarf) => {
+                    v.cursor = snarf + 1;
+                    let h = Handed { vol, snarf };
+                    if self.take(h) {
+                        return Some(h);
+                    }
+                }
+                None => self.seq_vol += 1,
+            }
+        }
+        None
+    }
+}
+
+/// Counts of what a feed handed out, and from where.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeedStats {
+    /// Snarfs still to hand out.
+    pub remaining: u64,
+    /// Handed because a write captured their pre-image while the job ran.
+    pub urgent: u64,
+    /// Handed because their pre-image was held when the job started.
+    pub held: u64,
+}
+
+/// The feed of one backup job over one snapshot; see the module documentation.
+pub struct Feed {
+    engine: Arc<Engine>,
+    snap: Arc<Snapshot>,
+    names: Vec<String>,
+    queue: Arc<Mutex<Queue>>,
+    watch: u64,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed")
+            .field("snapshot", &self.snap.name())
+            .field("volumes", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Feed {
+    /// A feed over `volumes` of `snap`. Fails if a volume is not in the snapshot.
+    pub fn new(
+        engine: Arc<Engine>,
+        snap: Arc<Snapshot>,
+        volumes: Vec<FeedVolume>,
+    ) -> snapshot::Result<Feed> {
+        let mut vols = Vec::with_capacity(volumes.len());
+        let mut by_id = HashMap::new();
+        let mut remaining = 0;
+        for (n, fv) in volumes.iter().enumerate() {
+            let sv = snap
+                .volume(&fv.name)
+                .ok_or_else(|| snapshot::Error::NoSuchVolume {
+                    snapshot: snap.name().to_string(),
+                    volume: fv.name.clone(),
+                })?;
+            let count = sv.snarf_count();
+            remaining += match &fv.only {
+                Some(s) => s.iter().take_while(|&i| i < count).count() as u64,
+                None => count,
+            };
+            by_id.insert(sv.volume.id(), n);
+            vols.push(VolQueue {
+                id: sv.volume.id(),
+                count,
+                only: fv.only.clone(),
+                handed: SnarfSet::new(count),
+                cursor: 0,
+            });
+        }
+        let queue = Arc::new(Mutex::new(Queue {
+            epoch: snap.epoch(),
+            vols,
+            by_id,
+            urgent: VecDeque::new(),
+            held: VecDeque::new(),
+            seq_vol: 0,
+            remaining,
+            urgent_handed: 0,
+            held_handed: 0,
+        }));
+        // Watch first, then list what is held: a capture in between is seen by one or both,
+        // and handing out checks each snarf only once.
+        let weak: Weak<Mutex<Queue>> = Arc::downgrade(&queue);
+        let watch = engine.watch_captures(Arc::new(move |c: &Capture| {
+            if let Some(q) = weak.upgrade() {
+                q.lock().on_capture(c);
+            }
+        }));
+        let mut first = Vec::new();
+        let mut spilled = Vec::new();
+        {
+            let ids: Vec<VolumeId> = queue.lock().vols.iter().map(|v| v.id).collect();
+            for (vol, id) in ids.into_iter().enumerate() {
+                for (snarf, loc) in engine.held_snarfs(&snap, id) {
+                    let h = Handed { vol, snarf };
+                    match loc {
+                        Location::Memory | Location::Zero => first.push(h),
+                        Location::Spill => spilled.push(h),
+                    }
+                }
+            }
+        }
+        queue.lock().held = first.into_iter().chain(spilled).collect();
+        Ok(Feed {
+            engine,
+            snap,
+            names: volumes.into_iter().map(|v| v.name).collect(),
+            queue,
+            watch,
+        })
+    }
+
+    /// The snapshot fed from.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snap
+    }
+
+    /// The volume names, in feed position order.
+    pub fn volume_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Up to `max` snarfs not handed out before, in feed order; empty when all are out.
+    pub fn next(&self, max: usize) -> Vec<Handed> {
+        let mut q = self.queue.lock();
+        let mut out = Vec::with_capacity(max.min(q.remaining as usize));
+        while out.len() < max {
+            match q.next() {
+                Some(h) => out.push(h),
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Counts so far.
+    pub fn stats(&self) -> FeedStats {
+        let q = self.queue.lock();
+        FeedStats {
+            remaining: q.remaining,
+            urgent: q.urgent_handed,
+            held: q.held_handed,
+        }
+    }
+
+    /// The backup stored snarf `snarf` of the volume at position `vol`: its pre-image is
+    /// freed unless another snapshot needs it. Any snarf of the volume may be acknowledged,
+    /// handed out or not (an incremental backup reuses unchanged ones from its base).
+    pub fn ack(&self, vol: usize, snarf: u64) {
+        let id = self.queue.lock().vols.get(vol).map(|v| v.id);
+        if let Some(id) = id {
+            self.engine.release_snarf(&self.snap, id, snarf);
+        }
+    }
+
+    /// The volume id at position `vol`.
+    pub fn volume_id(&self, vol: usize) -> Option<VolumeId> {
+        self.queue.lock().vols.get(vol).map(|v| v.id)
+    }
+
+    /// Reads a handed snarf's contents as the snapshot froze them into `buf` (which is
+    /// resized to the snarf's length). Returns `false` without filling `buf` when the snarf
+    /// is known to be all zeros (a hole, a zero pre-image, or zeros read).
+    pub fn read(&self, h: Handed, buf: &mut Vec<u8>) -> snapshot::Result<bool> {
+        let name = &self.names[h.vol];
+        let sv = self
+            .snap
+            .volume(name)
+            .ok_or_else(|| snapshot::Error::NoSuchVolume {
+                snapshot: self.snap.name().to_string(),
+                volume: name.clone(),
+            })?;
+        let snarf_size = sv.volume.snarf_size();
+        let start = h.snarf * snarf_size;
+        let len = sv.attr.size.saturating_sub(start).min(snarf_size) as usize;
+        buf.resize(len, 0);
+        if len == 0 || self.engine.snapshot_snarf_is_hole(&self.snap, sv, h.snarf) {
+            return Ok(false);
+        }
+        let got = self.engine.read_snapshot(&self.snap, name, start, buf)?;
+        buf[got..].fill(0);
+        Ok(!is_all_zero(buf))
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.engine.unwatch_captures(self.watch);
+    }
+}
+
+#[cfg(test)]
+mod tests;
