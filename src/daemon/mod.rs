@@ -14,8 +14,9 @@ use crate::control::{
     render_pids_json, render_status, render_status_json, Command, ControlFile, SnapshotState,
     SnapshotStatus, StatusReport, Usage, VolumeStatus,
 };
+use crate::jobs::JobServer;
 use crate::pids::Registry;
-use crate::snapshot::{Engine, SnapState};
+use crate::snapshot::{Engine, SnapState, Snapshot};
 
 /// Something the kernel must forget because it changed behind its back (a snapshot
 /// released or created through a control file rather than rmdir or mkdir).
@@ -32,6 +33,8 @@ pub struct Daemon {
     engine: Arc<Engine>,
     registry: Registry,
     notify: Mutex<Option<Notify>>,
+    /// The socket server backup jobs talk to, once started.
+    jobs: Mutex<Option<JobServer>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -53,7 +56,67 @@ impl Daemon {
             engine,
             registry,
             notify: Mutex::new(None),
+            jobs: Mutex::new(None),
         }
+    }
+
+    /// Starts serving backup jobs on `STORE/run/daemon.sock` (the mount calls this once it
+    /// serves; [`Daemon::stop_jobs`] at unmount).
+    pub fn start_jobs(&self) -> crate::jobs::Result<()> {
+        let mut jobs = self.jobs.lock();
+        if jobs.is_none() {
+            let run = self.engine.store().run_dir();
+            *jobs = Some(JobServer::start(self.engine.clone(), &run)?);
+        }
+        Ok(())
+    }
+
+    /// Stops the job server: running jobs fail (nothing of theirs is committed), the socket
+    /// goes, and the repository pins kept for snapshot reads are removed.
+    pub fn stop_jobs(&self) {
+        if let Some(mut server) = self.jobs.lock().take() {
+            server.stop();
+        }
+    }
+
+    /// Reads a snapshot's volume; snarfs whose pre-images were freed after a backup stored
+    /// them are read back from that backup's repository (hash-checked).
+    pub fn read_snapshot(
+        &self,
+        snap: &Snapshot,
+        volume: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> crate::jobs::Result<usize> {
+        let released = self.jobs.lock().as_ref().map(|s| s.released().clone());
+        crate::jobs::read_snapshot(&self.engine, released.as_deref(), snap, volume, offset, buf)
+    }
+
+    /// Reads bytes `offset_in_snarf..` of one snarf of a snapshot that a backup stored (after
+    /// `read_snapshot` of the engine answered `StoredInBackup`), from the repository.
+    pub fn read_released(
+        &self,
+        snap: &Snapshot,
+        volume: &str,
+        snarf: u64,
+        offset_in_snarf: u64,
+        buf: &mut [u8],
+    ) -> crate::jobs::Result<()> {
+        let released = self.jobs.lock().as_ref().map(|s| s.released().clone());
+        match released {
+            Some(r) => r.read(snap, volume, snarf, offset_in_snarf, buf),
+            None => Err(crate::snapshot::Error::StoredInBackup {
+                snapshot: snap.name().to_string(),
+                volume: volume.to_string(),
+                snarf,
+            }
+            .into()),
+        }
+    }
+
+    /// Backup jobs connected now.
+    pub fn running_jobs(&self) -> usize {
+        self.jobs.lock().as_ref().map_or(0, |s| s.jobs().len())
     }
 
     /// The engine.
@@ -177,7 +240,7 @@ impl Daemon {
             throttled_writers: stats.throttled_now,
             throttle_events: stats.throttle_events,
             snapshots_broken: stats.broken,
-            running_jobs: 0,
+            running_jobs: self.running_jobs() as u64,
         }
     }
 }

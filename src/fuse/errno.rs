@@ -101,6 +101,18 @@ impl From<snapshot::Error> for FsError {
     }
 }
 
+impl From<crate::jobs::Error> for FsError {
+    fn from(e: crate::jobs::Error) -> FsError {
+        match e {
+            crate::jobs::Error::Snapshot(inner) => inner.into(),
+            crate::jobs::Error::Store(inner) => inner.into(),
+            // The repository could not give back a snarf a backup stored (missing, damaged
+            // or unreadable): the data is not there, as with a failed disk.
+            other => FsError::new(libc::EIO, other.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

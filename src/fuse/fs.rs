@@ -604,7 +604,8 @@ impl SnarfFs {
     pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
         match &*self.handle(fh)? {
             Handle::Volume(v) => Ok(self.engine().read(v, offset, buf)?),
-            Handle::Snap(s, name) => match self.engine().read_snapshot(s, name, offset, buf) {
+            // Snarfs a backup stored (their pre-images freed) come back from the repository.
+            Handle::Snap(s, name) => match self.daemon.read_snapshot(s, name, offset, buf) {
                 Ok(n) => Ok(n),
                 Err(e) => {
                     let e = FsError::from(e);

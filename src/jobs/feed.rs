@@ -20,7 +20,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 
 use crate::repo::chunk::is_all_zero;
-use crate::snapshot::{self, Capture, Engine, Location, SnarfSet, Snapshot};
+use crate::snapshot::{self, Capture, Engine, Location, Snapshot, SnarfSet};
 use crate::store::VolumeId;
 
 /// One volume a feed hands out snarfs of.

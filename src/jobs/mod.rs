@@ -1,6 +1,38 @@
 //! Backup jobs over a snapshot: the order snarfs are fetched in, the hashing and
 //! compression pipeline, progress, and the socket protocol between a job and the daemon.
+//!
+//! A job runs as its own `snarf backup` process, so a failing or killed job never hurts the
+//! mount. Its pieces, one job each:
+//!
+//! * [`feed`]: which snarf comes next (held pre-images first, urgent captures to the
+//!   front, each snarf once) and acknowledgements that free pre-images.
+//! * [`plan`]: full or incremental per volume, and why.
+//! * [`service`]: the engine side of a job ([`JobService`]) and the [`Session`] a job
+//!   talks to, in the daemon or in-process (direct mode).
+//! * [`proto`], [`client`], [`server`]: framed messages over a stream; the job's end; the
+//!   daemon's socket server.
+//! * [`released`]: where acknowledged snarfs were stored, so snapshot reads still work
+//!   after their pre-images are freed.
+//! * [`base`]: what a backup records of its source, and finding the base of an incremental.
+//! * [`pipeline`]: reader → hashing/compression workers → writer, with bounded queues.
+//! * [`progress`]: the progress bar or lines, and the summary.
 
+pub mod base;
+pub mod client;
+pub mod error;
 pub mod feed;
+pub mod pipeline;
+pub mod plan;
+pub mod progress;
+pub mod proto;
+pub mod released;
+pub mod server;
+pub mod service;
 
+pub use error::{Error, Result};
 pub use feed::{Feed, FeedStats, FeedVolume, Handed};
+pub use pipeline::{BackupOptions, Progress, Summary, VolumeSummary};
+pub use plan::{FullReason, Mode, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
+pub use released::{read_snapshot, Released};
+pub use server::JobServer;
+pub use service::{JobService, Session, SnarfData};

@@ -53,6 +53,8 @@ pub struct NewBackup {
     pub lock_wait: Option<Duration>,
     /// Description of this writer in the lock file, e.g. "snarf backup nightly".
     pub command: String,
+    /// zstd level for this backup's new chunks (1 to 19); the repository's if `None`.
+    pub compression: Option<i32>,
 }
 
 impl NewBackup {
@@ -66,6 +68,7 @@ impl NewBackup {
             on_durable: None,
             lock_wait: None,
             command: format!("snarf backup {snapshot}"),
+            compression: None,
         }
     }
 }
@@ -246,6 +249,11 @@ impl BackupWriter {
         if let Some(p) = &new.retention {
             p.validate()?;
         }
+        if let Some(level) = new.compression.filter(|l| !(1..=19).contains(l)) {
+            return Err(Error::BadArgument(format!(
+                "compression level {level} is not allowed: use 1 (fastest) to 19 (smallest)"
+            )));
+        }
         let created = now_secs();
         // After every existing id, so ids sort in commit order and retention sees the
         // newest backup as newest even within one second.
@@ -267,7 +275,7 @@ impl BackupWriter {
         let shared = Arc::new(Shared {
             index,
             fresh: RwLock::new(HashMap::new()),
-            level: repo.config().compression,
+            level: new.compression.unwrap_or(repo.config().compression),
         });
         Ok(BackupWriter {
             lock: Some(lock),

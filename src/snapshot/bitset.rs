@@ -79,6 +79,33 @@ impl SnarfSet {
         index < self.len && self.words[(index / 64) as usize] & (1u64 << (index % 64)) != 0
     }
 
+    /// The set as little-endian bytes, one bit per index (for sending it elsewhere).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out: Vec<u8> = self.words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        out.truncate(self.len.div_ceil(8) as usize);
+        out
+    }
+
+    /// A set of capacity `len` from [`SnarfSet::to_bytes`]; `None` if `bytes` has the wrong
+    /// length. Bits past `len` are ignored.
+    pub fn from_bytes(len: u64, bytes: &[u8]) -> Option<SnarfSet> {
+        if bytes.len() as u64 != len.div_ceil(8) {
+            return None;
+        }
+        let mut s = SnarfSet::new(len);
+        for (i, chunk) in bytes.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            s.words[i] = u64::from_le_bytes(w);
+        }
+        if !len.is_multiple_of(64) {
+            if let Some(last) = s.words.last_mut() {
+                *last &= (1u64 << (len % 64)) - 1;
+            }
+        }
+        Some(s)
+    }
+
     /// Number of indices the set can hold.
     pub fn capacity(&self) -> u64 {
         self.len
@@ -144,5 +171,9 @@ mod tests {
         assert_eq!(s.next_from(66), Some(199));
         assert_eq!(s.next_from(200), None);
         assert_eq!(SnarfSet::new(10).next_from(0), None);
+        let b = s.to_bytes();
+        assert_eq!(b.len(), 25);
+        assert_eq!(SnarfSet::from_bytes(200, &b), Some(s.clone()));
+        assert_eq!(SnarfSet::from_bytes(201, &b), None);
     }
 }

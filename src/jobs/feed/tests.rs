@@ -57,8 +57,14 @@ fn memory_before_spill_before_sequential_each_once() {
         poke(&e, "v", i);
     }
     let v = e.volume("v").unwrap();
-    assert_eq!(e.preimage_location(&snap, v.id(), 9), Some(Location::Memory));
-    assert_eq!(e.preimage_location(&snap, v.id(), 12), Some(Location::Spill));
+    assert_eq!(
+        e.preimage_location(&snap, v.id(), 9),
+        Some(Location::Memory)
+    );
+    assert_eq!(
+        e.preimage_location(&snap, v.id(), 12),
+        Some(Location::Spill)
+    );
     let feed = Feed::new(
         e.clone(),
         snap,
@@ -118,7 +124,11 @@ fn urgent_captures_jump_the_queue_and_nothing_comes_twice() {
         next.iter().map(|h| (h.vol, h.snarf)).collect::<Vec<_>>(),
         vec![(1, 6), (0, 5)]
     );
-    let mut seen: HashSet<(usize, u64)> = first.iter().chain(&next).map(|h| (h.vol, h.snarf)).collect();
+    let mut seen: HashSet<(usize, u64)> = first
+        .iter()
+        .chain(&next)
+        .map(|h| (h.vol, h.snarf))
+        .collect();
     loop {
         let batch = feed.next(4);
         if batch.is_empty() {
@@ -203,7 +213,10 @@ fn acks_free_preimages_and_reads_give_the_frozen_contents() {
     assert_eq!(e.stats().cache.mem_used, 0);
     // The snapshot now sends readers of acknowledged snarfs to the backup.
     let err = e.read_snapshot(&snap, "v", 0, &mut [0u8; 10]).unwrap_err();
-    assert!(matches!(err, crate::snapshot::Error::StoredInBackup { snarf: 0, .. }), "{err}");
+    assert!(
+        matches!(err, crate::snapshot::Error::StoredInBackup { snarf: 0, .. }),
+        "{err}"
+    );
 }
 
 #[test]

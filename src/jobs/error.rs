@@ -1,0 +1,78 @@
+//! The jobs layer's error type: what went wrong in a backup job, worded for the person who
+//! started it, with what to do.
+
+/// Errors of backup jobs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// From the snapshot engine (no such snapshot, broken snapshot, I/O).
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::Error),
+    /// From the store.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// From the repository (locked, missing, damaged, disk full).
+    #[error("{}", describe_repo_error(.0))]
+    Repo(#[from] crate::repo::Error),
+    /// From the process registry.
+    #[error(transparent)]
+    Pids(#[from] crate::pids::Error),
+    /// The plan cannot be made as asked (e.g. mode=incremental without a usable base).
+    #[error("{0}")]
+    Plan(String),
+    /// The mount daemon stopped answering or closed the connection mid-job.
+    #[error("the mount daemon went away during the backup ({0}); nothing was committed, the repository is unchanged; run the backup again once the store is mounted")]
+    DaemonGone(String),
+    /// The other end said something that does not follow the protocol.
+    #[error("protocol error talking to the mount daemon: {0}")]
+    Protocol(String),
+    /// The daemon refused a request; its message says why.
+    #[error("{0}")]
+    Refused(String),
+    /// The job was stopped (a signal, or the daemon is shutting down).
+    #[error("the backup was stopped: {0}; nothing was committed")]
+    Stopped(String),
+    /// An I/O error with context.
+    #[error("{context}: {source}")]
+    Io {
+        /// What snarf was doing.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// An I/O error with context.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether the error comes from a full disk somewhere below.
+    pub fn is_disk_full(&self) -> bool {
+        let mut e: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(cur) = e {
+            if let Some(io) = cur.downcast_ref::<std::io::Error>() {
+                if io.raw_os_error() == Some(libc::ENOSPC) {
+                    return true;
+                }
+            }
+            e = cur.source();
+        }
+        false
+    }
+}
+
+fn describe_repo_error(e: &crate::repo::Error) -> String {
+    let text = e.to_string();
+    if text.contains("No space left on device") || text.contains("os error 28") {
+        format!("{text}\nthe repository's disk is full: nothing was committed; free space (for example `snarf prune`) and run the backup again")
+    } else {
+        text
+    }
+}
+
+/// Result of the jobs layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

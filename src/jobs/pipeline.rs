@@ -1,0 +1,586 @@
+//! One backup job, from a [`Session`] to a committed backup:
+//!
+//! ```text
+//! reader thread ──snarfs──> N worker threads ──prepared chunks──> writer (calling thread)
+//!  session.next()            preparer.prepare()                    writer.put / reuse
+//!                            (hash, then compress new ones)        durable → session.ack()
+//! ```
+//!
+//! Queues between the stages are bounded, so memory stays a few MiB whatever the volume
+//! size. The writer also reuses, a few at a time between puts, the unchanged snarfs of
+//! incremental volumes from their base, so their pre-images are freed early too. Durable
+//! snarfs (their pack sealed) are acknowledged in batches. Any failure abandons the backup:
+//! nothing becomes visible in the repository.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::base::{find_bases, Source};
+use super::plan::{Mode, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
+use super::proto::AckItem;
+use super::service::{Session, SnarfData};
+use super::{Error, Result};
+use crate::repo::{BackupId, Durable, NewBackup, PreparedChunk, Repo, VolumeReader, VolumeSlot};
+use crate::snapshot::SnarfSet;
+
+/// What to back up, and how.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// The snapshot.
+    pub snapshot: String,
+    /// Only these volumes (`None`: all).
+    pub volumes: Option<Vec<String>>,
+    /// Full, incremental or auto.
+    pub mode: Mode,
+    /// Hashing and compression threads (at least 1).
+    pub workers: usize,
+    /// zstd level for new chunks; the repository's if `None`.
+    pub compression: Option<i32>,
+    /// How long to wait for the repository lock; fail at once if `None`.
+    pub lock_wait: Option<Duration>,
+    /// Snarfs asked for per request.
+    pub batch: usize,
+    /// Snarfs acknowledged per message (at most; a pause sends what is pending).
+    pub ack_batch: usize,
+}
+
+impl BackupOptions {
+    /// Defaults: every volume, auto mode, one worker per core.
+    pub fn new(snapshot: &str) -> BackupOptions {
+        BackupOptions {
+            snapshot: snapshot.to_string(),
+            volumes: None,
+            mode: Mode::Auto,
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            compression: None,
+            lock_wait: None,
+            batch: 16,
+            ack_batch: 256,
+        }
+    }
+}
+
+/// Where a job is, for progress displays.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Progress {
+    /// Bytes of snarfs read and stored so far.
+    pub done_bytes: u64,
+    /// Bytes of snarfs to read in all.
+    pub total_bytes: u64,
+    /// Snarfs stored so far (read or reused).
+    pub done_snarfs: u64,
+    /// Snarfs in all.
+    pub total_snarfs: u64,
+    /// Seconds since the transfer started.
+    pub elapsed: f64,
+}
+
+/// What happened to one volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSummary {
+    /// Name.
+    pub name: String,
+    /// Size.
+    pub size: u64,
+    /// Full (and why) or incremental (and from which base).
+    pub kind: VolumeKind,
+    /// Snarfs in the volume.
+    pub snarfs: u64,
+    /// Snarfs read from the snapshot.
+    pub read: u64,
+    /// Snarfs taken unchanged from the base.
+    pub reused: u64,
+}
+
+/// What a finished job did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// The committed backup.
+    pub backup: BackupId,
+    /// The snapshot.
+    pub snapshot: String,
+    /// Per volume.
+    pub volumes: Vec<VolumeSummary>,
+    /// Bytes of snarfs read from the snapshot.
+    pub bytes_read: u64,
+    /// Of which all zeros (recorded, never stored).
+    pub zero_bytes_read: u64,
+    /// New chunks stored.
+    pub new_chunks: u64,
+    /// Their uncompressed bytes.
+    pub new_raw_bytes: u64,
+    /// Bytes they take in packs.
+    pub new_stored_bytes: u64,
+    /// Seconds the whole job took.
+    pub seconds: f64,
+}
+
+impl Summary {
+    /// Non-zero bytes read for every byte new to the repository (1.0: nothing deduplicated).
+    pub fn dedup_ratio(&self) -> Option<f64> {
+        let data = self.bytes_read - self.zero_bytes_read;
+        (self.new_raw_bytes > 0).then(|| data as f64 / self.new_raw_bytes as f64)
+    }
+
+    /// Uncompressed bytes of new chunks per stored byte.
+    pub fn compression_ratio(&self) -> Option<f64> {
+        (self.new_stored_bytes > 0)
+            .then(|| self.new_raw_bytes as f64 / self.new_stored_bytes as f64)
+    }
+
+    /// Snarfs read, over all volumes.
+    pub fn snarfs_read(&self) -> u64 {
+        self.volumes.iter().map(|v| v.read).sum()
+    }
+
+    /// Snarfs reused, over all volumes.
+    pub fn snarfs_reused(&self) -> u64 {
+        self.volumes.iter().map(|v| v.reused).sum()
+    }
+}
+
+/// A snarf on its way from the reader to the writer.
+struct Work {
+    vol: u32,
+    snarf: u64,
+    len: u32,
+    chunk: PreparedChunk,
+}
+
+/// The first failure of any stage; the others stop when they see it.
+#[derive(Default)]
+struct Failure {
+    stop: AtomicBool,
+    first: Mutex<Option<Error>>,
+}
+
+impl Failure {
+    fn set(&self, e: Error) {
+        let mut f = self.first.lock();
+        if f.is_none() {
+            *f = Some(e);
+        }
+        self.stop.store(true, Ordering::Release);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+/// Unchanged snarfs of an incremental volume still to be reused from its base.
+struct Reuse {
+    slot: VolumeSlot,
+    vol: usize,
+    reader: VolumeReader,
+    sent: SnarfSet,
+    next: u64,
+    count: u64,
+}
+
+/// Runs one backup job to the end: plan, transfer, commit. `progress` is called now and
+/// then from the calling thread.
+pub fn run(
+    session: &dyn Session,
+    repo: &Repo,
+    opts: &BackupOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Summary> {
+    let start = Instant::now();
+    let desc = session.describe(&opts.snapshot)?;
+    let names = chosen_volumes(&desc, opts)?;
+    let source = Source::new(&desc, &names);
+
+    let acks: Arc<Mutex<Vec<AckItem>>> = Arc::default();
+    let sink_acks = acks.clone();
+    let mut new = NewBackup::new(&opts.snapshot, source.to_json());
+    new.lock_wait = opts.lock_wait;
+    new.compression = opts.compression;
+    new.command = format!(
+        "snarf backup {} (pid {})",
+        opts.snapshot,
+        std::process::id()
+    );
+    new.on_durable = Some(Arc::new(move |d: Durable| {
+        sink_acks.lock().push(AckItem {
+            vol: d.slot.0 as u32,
+            snarf: d.snarf,
+            chunk: d.chunk,
+        })
+    }));
+    let writer = repo.begin_backup(new)?;
+
+    let bases = if opts.mode == Mode::Full {
+        Vec::new()
+    } else {
+        find_bases(repo, &desc, &names)?
+    };
+    let plan = session.plan(
+        &PlanRequest {
+            snapshot: opts.snapshot.clone(),
+            volumes: Some(names),
+            mode: opts.mode,
+            bases,
+        },
+        repo.path(),
+    )?;
+    let result = transfer(session, repo, &writer, &plan, &acks, opts, start, progress);
+    let (read, reused, bytes_read, zero_bytes) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            session.abort(&e.to_string());
+            drop(writer);
+            return Err(e);
+        }
+    };
+    let id = match writer.commit() {
+        Ok(id) => id,
+        Err(e) => {
+            session.abort(&e.to_string());
+            return Err(e.into());
+        }
+    };
+    // The last pack was sealed by commit: acknowledge its snarfs too.
+    let last: Vec<AckItem> = std::mem::take(&mut *acks.lock());
+    if let Err(e) = session.ack(&last).and_then(|_| session.done(id.as_str())) {
+        // The backup is committed; the daemon only misses the chance to free pre-images.
+        log::warn!("backup {id} is committed, but telling the mount daemon failed: {e}");
+    }
+    let manifest = repo.backup(id.as_str())?;
+    let stats = manifest.stats;
+    Ok(Summary {
+        backup: id,
+        snapshot: opts.snapshot.clone(),
+        volumes: plan
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(n, v)| VolumeSummary {
+                name: v.name.clone(),
+                size: v.size,
+                kind: v.kind.clone(),
+                snarfs: v.snarfs,
+                read: read[n],
+                reused: reused[n],
+            })
+            .collect(),
+        bytes_read,
+        zero_bytes_read: zero_bytes,
+        new_chunks: stats.new_chunks,
+        new_raw_bytes: stats.new_raw_bytes,
+        new_stored_bytes: stats.new_stored_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn chosen_volumes(desc: &SnapshotDesc, opts: &BackupOptions) -> Result<Vec<String>> {
+    let names: Vec<String> = match &opts.volumes {
+        Some(list) => {
+            for n in list {
+                if !desc.volumes.iter().any(|v| &v.name == n) {
+                    return Err(Error::Plan(format!(
+                        "snapshot \"{}\" has no volume named \"{n}\"; it has: {}",
+                        desc.name,
+                        desc.volumes
+                            .iter()
+                            .map(|v| v.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+            list.clone()
+        }
+        None => desc.volumes.iter().map(|v| v.name.clone()).collect(),
+    };
+    if names.is_empty() {
+        return Err(Error::Plan(format!(
+            "snapshot \"{}\" holds no volumes; there is nothing to back up",
+            desc.name
+        )));
+    }
+    Ok(names)
+}
+
+type Counts = (Vec<u64>, Vec<u64>, u64, u64);
+
+/// The transfer: reader, workers and writer, until every snarf is put or reused.
+#[allow(clippy::too_many_arguments)]
+fn transfer(
+    session: &dyn Session,
+    repo: &Repo,
+    writer: &crate::repo::BackupWriter,
+    plan: &Plan,
+    acks: &Mutex<Vec<AckItem>>,
+    opts: &BackupOptions,
+    start: Instant,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Counts> {
+    let mut slots = Vec::new();
+    let mut reuse = Vec::new();
+    for (n, v) in plan.volumes.iter().enumerate() {
+        let slot = writer.add_volume(&v.name, v.size, v.snarf_size)?;
+        debug_assert_eq!(slot.0, n);
+        slots.push(slot);
+        if let (Some(base), Some(set)) = (base_of(v, plan, n), &plan.sets[n]) {
+            let base_name = base_name(repo, base, v)?;
+            reuse.push(Reuse {
+                slot,
+                vol: n,
+                reader: repo.volume_reader(base, &base_name)?,
+                sent: set.clone(),
+                next: 0,
+                count: v.snarfs,
+            });
+        }
+    }
+    let total = Progress {
+        total_bytes: plan.volumes.iter().map(|v| v.to_send_bytes).sum(),
+        total_snarfs: plan.volumes.iter().map(|v| v.snarfs).sum(),
+        ..Progress::default()
+    };
+    let to_send: u64 = plan.volumes.iter().map(|v| v.to_send).sum();
+    let workers = opts.workers.max(1);
+    let preparer = writer.preparer();
+    let failure = Failure::default();
+    let bytes_read = AtomicU64::new(0);
+    let zero_bytes = AtomicU64::new(0);
+    let zeros = vec![0u8; plan.volumes.iter().map(|v| v.snarf_size).max().unwrap_or(0) as usize];
+
+    let mut read = vec![0u64; plan.volumes.len()];
+    let mut reused = vec![0u64; plan.volumes.len()];
+    std::thread::scope(|scope| -> Result<()> {
+        let (work_tx, work_rx) = sync_channel::<SnarfData>(workers * opts.batch.max(4));
+        let (done_tx, done_rx) = sync_channel::<Work>(workers * 8);
+        let work_rx = Arc::new(Mutex::new(work_rx));
+
+        // Reader: asks the engine side for snarfs in its order.
+        let failure_r = &failure;
+        let bytes_read_r = &bytes_read;
+        let zero_r = &zero_bytes;
+        let reader = std::thread::Builder::new()
+            .name("snarf-backup-read".into())
+            .spawn_scoped(scope, move || {
+                let mut received = 0u64;
+                while !failure_r.stopped() {
+                    match session.next(opts.batch.max(1)) {
+                        Ok(None) => break,
+                        Ok(Some(batch)) => {
+                            for d in batch {
+                                bytes_read_r.fetch_add(d.len as u64, Ordering::Relaxed);
+                                if d.data.is_none() {
+                                    zero_r.fetch_add(d.len as u64, Ordering::Relaxed);
+                                }
+                                received += 1;
+                                if work_tx.send(d).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => return failure_r.set(e),
+                    }
+                }
+                if !failure_r.stopped() && received != to_send {
+                    failure_r.set(Error::Protocol(format!(
+                        "the plan promised {to_send} snarfs but {received} came"
+                    )));
+                }
+            })
+            .map_err(|e| Error::io("starting the backup reader thread", e))?;
+
+        // Workers: hash, and compress what the repository does not have.
+        for n in 0..workers {
+            let rx = work_rx.clone();
+            let tx = done_tx.clone();
+            let p = preparer.clone();
+            let failure_w = &failure;
+            let zeros = &zeros;
+            std::thread::Builder::new()
+                .name(format!("snarf-backup-hash-{n}"))
+                .spawn_scoped(scope, move || loop {
+                    let next = rx.lock().recv();
+                    let Ok(d) = next else { return };
+                    let bytes: &[u8] = match &d.data {
+                        Some(b) => b,
+                        None => &zeros[..d.len as usize],
+                    };
+                    match p.prepare(bytes) {
+                        Ok(chunk) => {
+                            let w = Work {
+                                vol: d.vol,
+                                snarf: d.snarf,
+                                len: d.len,
+                                chunk,
+                            };
+                            if tx.send(w).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => return failure_w.set(e.into()),
+                    }
+                })
+                .map_err(|e| Error::io("starting a backup worker thread", e))?;
+        }
+        drop(done_tx);
+        drop(work_rx);
+
+        let r = write_loop(
+            session,
+            writer,
+            &slots,
+            &mut reuse,
+            done_rx,
+            acks,
+            &failure,
+            opts,
+            total,
+            start,
+            &mut read,
+            &mut reused,
+            progress,
+        );
+        if r.is_err() || failure.stopped() {
+            // Unblock the reader and workers: they stop at their next send.
+            failure.stop.store(true, Ordering::Release);
+        }
+        if let Err(e) = r {
+            failure.set(e);
+        }
+        let _ = reader.join();
+        Ok(())
+    })?;
+    if let Some(e) = failure.first.lock().take() {
+        return Err(e);
+    }
+    Ok((
+        read,
+        reused,
+        bytes_read.into_inner(),
+        zero_bytes.into_inner(),
+    ))
+}
+
+fn base_of<'a>(v: &'a PlannedVolume, plan: &Plan, n: usize) -> Option<&'a str> {
+    plan.sets.get(n)?.as_ref()?;
+    v.base()
+}
+
+/// The volume's name in its base backup (it may have been renamed since).
+fn base_name(repo: &Repo, base: &str, v: &PlannedVolume) -> Result<String> {
+    let m = repo.backup(base)?;
+    let src = Source::parse(&m.source);
+    Ok(src
+        .and_then(|s| s.volumes.into_iter().find(|sv| sv.id == v.id))
+        .map(|sv| sv.name)
+        .unwrap_or_else(|| v.name.clone()))
+}
+
+/// The writer's side of the transfer, on the calling thread.
+#[allow(clippy::too_many_arguments)]
+fn write_loop(
+    session: &dyn Session,
+    writer: &crate::repo::BackupWriter,
+    slots: &[VolumeSlot],
+    reuse: &mut [Reuse],
+    done_rx: Receiver<Work>,
+    acks: &Mutex<Vec<AckItem>>,
+    failure: &Failure,
+    opts: &BackupOptions,
+    mut prog: Progress,
+    start: Instant,
+    read: &mut [u64],
+    reused: &mut [u64],
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<()> {
+    let mut last_ack = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut reuse_i = 0usize;
+    let mut all_in = false;
+    loop {
+        if failure.stopped() {
+            return Ok(());
+        }
+        let reuse_left = reuse_i < reuse.len();
+        if all_in && !reuse_left {
+            break;
+        }
+        let work = if all_in {
+            None
+        } else if reuse_left {
+            match done_rx.try_recv() {
+                Ok(w) => Some(w),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => {
+                    all_in = true;
+                    None
+                }
+            }
+        } else {
+            match done_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(w) => Some(w),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    all_in = true;
+                    None
+                }
+            }
+        };
+        if let Some(w) = work {
+            let slot = *slots.get(w.vol as usize).ok_or_else(|| {
+                Error::Protocol(format!(
+                    "a snarf of volume {} of the plan, which has fewer",
+                    w.vol
+                ))
+            })?;
+            writer.put(slot, w.snarf, w.chunk)?;
+            read[w.vol as usize] += 1;
+            prog.done_snarfs += 1;
+            prog.done_bytes += w.len as u64;
+        } else if reuse_left {
+            // Nothing prepared right now: reuse a few unchanged snarfs meanwhile.
+            let r = &mut reuse[reuse_i];
+            let mut n = 0;
+            while n < 256 && r.next < r.count {
+                let i = r.next;
+                r.next += 1;
+                if r.sent.contains(i) {
+                    continue;
+                }
+                writer.reuse(r.slot, i, r.reader.chunk_ref(i)?)?;
+                reused[r.vol] += 1;
+                prog.done_snarfs += 1;
+                n += 1;
+            }
+            if r.next >= r.count {
+                reuse_i += 1;
+            }
+        }
+        // Acknowledge what became durable: in batches, or whatever is pending after a pause.
+        let due = {
+            let a = acks.lock();
+            a.len() >= opts.ack_batch
+                || (!a.is_empty() && last_ack.elapsed() >= Duration::from_millis(200))
+        };
+        if due {
+            let batch: Vec<AckItem> = std::mem::take(&mut *acks.lock());
+            session.ack(&batch)?;
+            last_ack = Instant::now();
+        }
+        if last_progress.elapsed() >= Duration::from_millis(100) {
+            last_progress = Instant::now();
+            prog.elapsed = start.elapsed().as_secs_f64();
+            progress(&prog);
+        }
+    }
+    let batch: Vec<AckItem> = std::mem::take(&mut *acks.lock());
+    session.ack(&batch)?;
+    prog.elapsed = start.elapsed().as_secs_f64();
+    progress(&prog);
+    Ok(())
+}

@@ -1,0 +1,411 @@
+//! Snarfs a snapshot handed to a backup: once a job has stored a snarf, the daemon frees its
+//! pre-image, so a later read of that snarf through the snapshot must come from the
+//! repository. This table remembers, per snapshot, where each acknowledged snarf was
+//! stored, and keeps those packs from garbage collection (a repository *pin*) until the
+//! snapshot is released, even if the backup that stored them is abandoned.
+//!
+//! Memory stays bounded: the chunk references live in sparse files of fixed records under
+//! `STORE/run/released/EPOCH/` (one file per volume, record `i` at `72 * i`: the 64-byte
+//! [`ChunkRef`] encoding, the repository number u32 LE, 4 reserved bytes; an all-zero record
+//! means "not stored"). `meta.json` beside them lists the pin name and the repositories, so a
+//! daemon that crashed is cleaned up at its next start. Nothing here is fsynced except the
+//! pins: snapshots do not outlive the daemon.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::{Error, Result};
+use crate::repo::chunk::REF_LEN;
+use crate::repo::{ChunkId, ChunkRef, PackId, Repo};
+use crate::snapshot::{Engine, SnapState, Snapshot};
+use crate::store::VolumeId;
+
+/// Bytes of one record.
+pub const RECORD_LEN: u64 = 72;
+/// Name of the folder under the store's run folder.
+pub const DIR: &str = "released";
+/// Decompressed chunks kept for repeated reads of the same snarf.
+const CACHE_CHUNKS: usize = 16;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Meta {
+    pin: String,
+    snapshot: String,
+    repos: Vec<PathBuf>,
+}
+
+struct SnapTable {
+    snap: Arc<Snapshot>,
+    dir: PathBuf,
+    pin: String,
+    inner: Mutex<TableInner>,
+}
+
+#[derive(Default)]
+struct TableInner {
+    repos: Vec<Repo>,
+    pinned: Vec<HashSet<PackId>>,
+    files: HashMap<VolumeId, Arc<File>>,
+}
+
+/// The released-snarf tables of every snapshot of one store; see the module documentation.
+pub struct Released {
+    dir: PathBuf,
+    store_id: String,
+    tables: Mutex<HashMap<u64, Arc<SnapTable>>>,
+    cache: Mutex<VecDeque<(ChunkId, Arc<Vec<u8>>)>>,
+}
+
+impl std::fmt::Debug for Released {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Released")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Released {
+    /// Opens the tables folder in `run_dir`, removing what a previous daemon left (and its
+    /// pins).
+    pub fn open(run_dir: &Path, store_id: &str) -> Result<Released> {
+        let dir = run_dir.join(DIR);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let r = Released {
+            dir,
+            store_id: store_id.to_string(),
+            tables: Mutex::new(HashMap::new()),
+            cache: Mutex::new(VecDeque::new()),
+        };
+        r.remove_leftovers();
+        Ok(r)
+    }
+
+    fn remove_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if let Ok(text) = std::fs::read(path.join("meta.json")) {
+                if let Ok(meta) = serde_json::from_slice::<Meta>(&text) {
+                    unpin_all(&meta.pin, &meta.repos);
+                }
+            }
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                log::warn!("removing {}: {e}", path.display());
+            }
+        }
+    }
+
+    fn table(&self, snap: &Arc<Snapshot>) -> Result<Arc<SnapTable>> {
+        let mut tables = self.tables.lock();
+        if let Some(t) = tables.get(&snap.epoch()) {
+            return Ok(t.clone());
+        }
+        let dir = self.dir.join(format!("{:016x}", snap.epoch()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let short: String = self.store_id.chars().take(16).collect();
+        let t = Arc::new(SnapTable {
+            snap: snap.clone(),
+            dir,
+            pin: format!("snapshot-{short}-{:x}", snap.epoch()),
+            inner: Mutex::new(TableInner::default()),
+        });
+        tables.insert(snap.epoch(), t.clone());
+        Ok(t)
+    }
+
+    /// Records that snarfs of `snap` are stored in `repo` at the given chunks, pinning
+    /// packs not pinned yet. Call it before freeing the pre-images.
+    pub fn record(
+        &self,
+        snap: &Arc<Snapshot>,
+        repo: &Repo,
+        items: &[(VolumeId, u64, ChunkRef)],
+    ) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let t = self.table(snap)?;
+        let mut inner = t.inner.lock();
+        let rn = match inner.repos.iter().position(|r| r.path() == repo.path()) {
+            Some(n) => n,
+            None => {
+                inner.repos.push(repo.clone());
+                inner.pinned.push(HashSet::new());
+                // Written before the first pin, so a crash leaves enough to unpin.
+                let meta = Meta {
+                    pin: t.pin.clone(),
+                    snapshot: snap.name().to_string(),
+                    repos: inner.repos.iter().map(|r| r.path().to_path_buf()).collect(),
+                };
+                let path = t.dir.join("meta.json");
+                let text =
+                    serde_json::to_vec_pretty(&meta).map_err(|e| Error::Protocol(e.to_string()))?;
+                std::fs::write(&path, text)
+                    .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+                inner.repos.len() - 1
+            }
+        };
+        let new: Vec<PackId> = {
+            let mut seen = HashSet::new();
+            items
+                .iter()
+                .filter(|(_, _, c)| !c.is_zero())
+                .map(|(_, _, c)| c.pack)
+                .filter(|p| !inner.pinned[rn].contains(p) && seen.insert(*p))
+                .collect()
+        };
+        if !new.is_empty() {
+            repo.pin(&t.pin, &new)?;
+            inner.pinned[rn].extend(new);
+        }
+        for (vol, snarf, chunk) in items {
+            let file = match inner.files.get(vol) {
+                Some(f) => f.clone(),
+                None => {
+                    let path = t.dir.join(format!("{vol:016x}.tbl"));
+                    let f = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .mode(0o600)
+                        .open(&path)
+                        .map(Arc::new)
+                        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+                    inner.files.insert(*vol, f.clone());
+                    f
+                }
+            };
+            let mut rec = [0u8; RECORD_LEN as usize];
+            rec[..REF_LEN].copy_from_slice(&chunk.encode());
+            rec[REF_LEN..REF_LEN + 4].copy_from_slice(&(rn as u32).to_le_bytes());
+            file.write_all_at(&rec, snarf * RECORD_LEN)
+                .map_err(|e| Error::io(format!("writing {}", t.dir.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Where snarf `snarf` of volume `vol` of `snap` was stored, if a backup acknowledged it.
+    pub fn lookup(
+        &self,
+        snap: &Snapshot,
+        vol: VolumeId,
+        snarf: u64,
+    ) -> Result<Option<(Repo, ChunkRef)>> {
+        let Some(t) = self.tables.lock().get(&snap.epoch()).cloned() else {
+            return Ok(None);
+        };
+        let inner = t.inner.lock();
+        let Some(file) = inner.files.get(&vol) else {
+            return Ok(None);
+        };
+        let mut rec = [0u8; RECORD_LEN as usize];
+        match file.read_exact_at(&mut rec, snarf * RECORD_LEN) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(Error::io(format!("reading {}", t.dir.display()), e)),
+        }
+        let mut r = [0u8; REF_LEN];
+        r.copy_from_slice(&rec[..REF_LEN]);
+        let Some(chunk) = ChunkRef::decode(&r) else {
+            return Ok(None);
+        };
+        let rn = u32::from_le_bytes([rec[64], rec[65], rec[66], rec[67]]) as usize;
+        let repo = inner.repos.get(rn).cloned().ok_or_else(|| {
+            Error::Protocol(format!(
+                "released-snarf table {} names repository {rn}, which it does not list",
+                t.dir.display()
+            ))
+        })?;
+        Ok(Some((repo, chunk)))
+    }
+
+    /// Reads bytes `offset..offset + buf.len()` of snarf `snarf` of volume `volume` of
+    /// `snap` from the repository a backup stored it in (hash-checked).
+    pub fn read(
+        &self,
+        snap: &Snapshot,
+        volume: &str,
+        snarf: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let sv = snap
+            .volume(volume)
+            .ok_or_else(|| crate::snapshot::Error::NoSuchVolume {
+                snapshot: snap.name().to_string(),
+                volume: volume.to_string(),
+            })?;
+        let Some((repo, chunk)) = self.lookup(snap, sv.volume.id(), snarf)? else {
+            return Err(crate::snapshot::Error::Internal(format!(
+                "snarf {snarf} of volume \"{volume}\" in snapshot \"{}\" was handed to a backup but the daemon has no record of where it was stored",
+                snap.name()
+            ))
+            .into());
+        };
+        let start = offset as usize;
+        let end = start + buf.len();
+        if end > chunk.raw_len as usize {
+            return Err(crate::snapshot::Error::Internal(format!(
+                "read of bytes {start}..{end} of a {}-byte snarf",
+                chunk.raw_len
+            ))
+            .into());
+        }
+        if chunk.is_zero() {
+            buf.fill(0);
+            return Ok(());
+        }
+        let cached = self
+            .cache
+            .lock()
+            .iter()
+            .find(|(id, _)| *id == chunk.id)
+            .map(|(_, d)| d.clone());
+        let data = match cached {
+            Some(d) => d,
+            None => {
+                let d = Arc::new(repo.read_chunk_at(&chunk)?);
+                let mut c = self.cache.lock();
+                if c.len() >= CACHE_CHUNKS {
+                    c.pop_front();
+                }
+                c.push_back((chunk.id, d.clone()));
+                d
+            }
+        };
+        buf.copy_from_slice(&data[start..end]);
+        Ok(())
+    }
+
+    /// Drops the tables (and pins) of snapshots that are no longer readable (released or
+    /// broken). Returns how many were dropped.
+    pub fn sweep(&self) -> usize {
+        let gone: Vec<Arc<SnapTable>> = {
+            let mut tables = self.tables.lock();
+            let keys: Vec<u64> = tables
+                .iter()
+                .filter(|(_, t)| t.snap.state() != SnapState::Live)
+                .map(|(k, _)| *k)
+                .collect();
+            keys.iter().filter_map(|k| tables.remove(k)).collect()
+        };
+        for t in &gone {
+            drop_table(t);
+        }
+        gone.len()
+    }
+
+    /// Drops every table and pin (the daemon is stopping).
+    pub fn clear(&self) {
+        let all: Vec<Arc<SnapTable>> = self.tables.lock().drain().map(|(_, t)| t).collect();
+        for t in &all {
+            drop_table(t);
+        }
+        self.cache.lock().clear();
+    }
+
+    /// Number of snapshots with a table.
+    pub fn len(&self) -> usize {
+        self.tables.lock().len()
+    }
+
+    /// Whether no snapshot has a table.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Reads a snapshot like [`Engine::read_snapshot`], except that snarfs a backup stored (whose
+/// pre-images were freed) are read back from the repository through `released`.
+pub fn read_snapshot(
+    engine: &Engine,
+    released: Option<&Released>,
+    snap: &Snapshot,
+    volume: &str,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<usize> {
+    match engine.read_snapshot(snap, volume, offset, buf) {
+        Err(crate::snapshot::Error::StoredInBackup { .. }) => {}
+        other => return Ok(other?),
+    }
+    let Some(released) = released else {
+        return Ok(engine.read_snapshot(snap, volume, offset, buf)?);
+    };
+    let sv = snap
+        .volume(volume)
+        .ok_or_else(|| crate::snapshot::Error::NoSuchVolume {
+            snapshot: snap.name().to_string(),
+            volume: volume.to_string(),
+        })?;
+    let size = sv.attr.size;
+    if offset >= size {
+        return Ok(0);
+    }
+    let len = (size - offset).min(buf.len() as u64) as usize;
+    let ss = sv.volume.snarf_size();
+    let mut done = 0usize;
+    while done < len {
+        let pos = offset + done as u64;
+        let snarf = pos / ss;
+        let within = pos % ss;
+        let n = ((ss - within) as usize).min(len - done);
+        let piece = &mut buf[done..done + n];
+        match engine.read_snapshot(snap, volume, pos, piece) {
+            Ok(_) => {}
+            Err(crate::snapshot::Error::StoredInBackup { .. }) => {
+                released.read(snap, volume, snarf, within, piece)?
+            }
+            Err(e) => return Err(e.into()),
+        }
+        done += n;
+    }
+    Ok(len)
+}
+
+fn drop_table(t: &SnapTable) {
+    let inner = t.inner.lock();
+    for repo in &inner.repos {
+        if let Err(e) = repo.unpin(&t.pin) {
+            log::warn!(
+                "could not remove pin {} from repository {}: {e}; remove {}/pins/{} by hand",
+                t.pin,
+                repo.path().display(),
+                repo.path().display(),
+                t.pin
+            );
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(&t.dir) {
+        log::warn!("removing {}: {e}", t.dir.display());
+    }
+}
+
+fn unpin_all(pin: &str, repos: &[PathBuf]) {
+    for path in repos {
+        match Repo::open_quiet(path).and_then(|r| r.unpin(pin)) {
+            Ok(()) => {}
+            Err(e) => log::warn!(
+                "could not remove pin {pin} left in {} by an earlier mount: {e}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
