@@ -36,3 +36,6 @@ pub use plan::{FullReason, Mode, Plan, PlanRequest, PlannedVolume, SnapshotDesc,
 pub use released::{read_snapshot, Released};
 pub use server::JobServer;
 pub use service::{JobService, Session, SnarfData};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,527 @@
+//! Backup jobs end to end through the library, with the engine in-process and no mount:
+//! over the daemon's socket server and in direct mode, under concurrent writes, incremental,
+//! deduplicated, with bounded pre-image memory, and a job that dies mid-transfer.
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::client::Client;
+use super::pipeline::{self, BackupOptions, Summary};
+use super::plan::{FullReason, Mode, Plan, PlanRequest, SnapshotDesc, VolumeKind};
+use super::proto::AckItem;
+use super::service::{JobService, Session, SnarfData};
+use super::{read_snapshot, JobServer, Result};
+use crate::repo::{Repo, RepoInitOptions};
+use crate::snapshot::{Engine, EngineOptions, Snapshot};
+use crate::store::{Budgets, InitOptions, Store};
+
+const SNARF: u64 = 16 << 10;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    engine: Arc<Engine>,
+    repo: Repo,
+}
+
+fn open_engine(root: &Path) -> Arc<Engine> {
+    let store = Store::open(root, "jobs test").unwrap();
+    let mut opts = EngineOptions::from_store(&store);
+    opts.pace_from = 1.0;
+    Arc::new(Engine::new(store, opts).unwrap())
+}
+
+fn setup(mem: u64, disk: u64, pack_target: u64) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    Store::init(
+        &root,
+        &InitOptions {
+            snarf_size: SNARF,
+            budgets: Budgets {
+                memory: mem,
+                disk,
+                break_after_secs: 60.0,
+            },
+            repository: None,
+        },
+    )
+    .unwrap();
+    let repo = Repo::init(
+        &dir.path().join("repo"),
+        &RepoInitOptions {
+            compression: 1,
+            pack_target,
+        },
+    )
+    .unwrap();
+    Setup {
+        engine: open_engine(&root),
+        dir,
+        repo,
+    }
+}
+
+/// Zeros, repeated words and random bytes, from a seed.
+fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    let mut pos = 0;
+    while pos < len {
+        let n = rng.random_range(1000..60_000).min(len - pos);
+        match rng.random_range(0..3) {
+            0 => {}
+            1 => v[pos..pos + n].fill(rng.random()),
+            _ => rng.fill(&mut v[pos..pos + n]),
+        }
+        pos += n;
+    }
+    v
+}
+
+fn make_volume(e: &Engine, name: &str, contents: &[u8]) {
+    let v = e.create_volume(name, contents.len() as u64).unwrap();
+    e.write(&v, 0, contents).unwrap();
+}
+
+fn restore(repo: &Repo, backup: &str, volume: &str) -> Vec<u8> {
+    let dest = tempfile::tempdir().unwrap();
+    repo.restore(backup, Some(volume), dest.path(), &mut |_| {})
+        .unwrap();
+    std::fs::read(dest.path().join(volume)).unwrap()
+}
+
+fn opts(snapshot: &str) -> BackupOptions {
+    let mut o = BackupOptions::new(snapshot);
+    o.workers = 2;
+    o
+}
+
+fn direct(s: &Setup, o: &BackupOptions) -> Result<Summary> {
+    let svc = JobService::new(s.engine.clone(), None);
+    pipeline::run(&svc, &s.repo, o, &mut |_| {})
+}
+
+fn read_all(e: &Engine, server: Option<&JobServer>, snap: &Snapshot, vol: &str) -> Vec<u8> {
+    let size = snap.volume(vol).unwrap().attr.size as usize;
+    let mut out = vec![0u8; size];
+    // Odd-sized reads, so pieces straddle snarfs of both kinds.
+    let mut pos = 0;
+    while pos < size {
+        let n = (size - pos).min(100_000);
+        let got = read_snapshot(
+            e,
+            server.map(|s| s.released().as_ref()),
+            snap,
+            vol,
+            pos as u64,
+            &mut out[pos..pos + n],
+        )
+        .unwrap();
+        assert_eq!(got, n);
+        pos += n;
+    }
+    out
+}
+
+/// Writes random bytes at random places until told to stop, pausing `pause` between writes.
+fn writer(
+    e: Arc<Engine>,
+    name: &str,
+    stop: Arc<AtomicBool>,
+    pause: Duration,
+    seed: u64,
+) -> std::thread::JoinHandle<u64> {
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let v = e.volume(&name).unwrap();
+        let size = v.attr().size;
+        let mut writes = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let len = rng.random_range(1..3 * SNARF) as usize;
+            let off = rng.random_range(0..size - len as u64);
+            let mut buf = vec![0u8; len];
+            rng.fill(&mut buf[..]);
+            e.write(&v, off, &buf).unwrap();
+            writes += 1;
+            if !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
+        }
+        writes
+    })
+}
+
+#[test]
+fn backup_over_the_socket_under_writes_restores_the_frozen_contents() {
+    let s = setup(8 << 20, 64 << 20, 256 << 10);
+    let frozen = data(1, 6 << 20);
+    make_volume(&s.engine, "vm.img", &frozen);
+    let snap = s.engine.take("s1").unwrap();
+    let server = JobServer::start(s.engine.clone(), &s.engine.store().run_dir()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(
+        s.engine.clone(),
+        "vm.img",
+        stop.clone(),
+        Duration::from_micros(300),
+        7,
+    );
+
+    let client = Client::connect(server.socket(), "test job").unwrap();
+    assert_eq!(client.welcome().pid, std::process::id());
+    let mut calls = 0;
+    let sum = pipeline::run(&client, &s.repo, &opts("s1"), &mut |_| calls += 1).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    assert!(w.join().unwrap() > 0, "the writer wrote during the backup");
+    assert!(calls > 0, "progress was reported");
+    drop(client);
+
+    assert_eq!(sum.volumes.len(), 1);
+    assert_eq!(
+        sum.volumes[0].kind,
+        VolumeKind::Full {
+            reason: FullReason::FirstBackup
+        }
+    );
+    assert_eq!(sum.bytes_read, frozen.len() as u64);
+    assert!(
+        restore(&s.repo, sum.backup.as_str(), "vm.img") == frozen,
+        "restore differs from the snapshot"
+    );
+    // Every snarf was acknowledged: the snapshot holds no pre-image any more, and reads of
+    // it come back from the repository.
+    assert_eq!(s.engine.preimages_needed_by(&snap), 0);
+    let e = s
+        .engine
+        .read_snapshot(&snap, "vm.img", 0, &mut vec![0u8; 1 << 20])
+        .unwrap_err();
+    assert!(
+        matches!(e, crate::snapshot::Error::StoredInBackup { .. }),
+        "{e}"
+    );
+    assert!(
+        read_all(&s.engine, Some(&server), &snap, "vm.img") == frozen,
+        "snapshot reads differ after the backup"
+    );
+    // The packs are pinned until the snapshot is released.
+    let pins = s.repo.path().join("pins");
+    assert_eq!(std::fs::read_dir(&pins).unwrap().count(), 1);
+    s.engine.release("s1").unwrap();
+    server.sweep();
+    assert_eq!(
+        std::fs::read_dir(&pins).unwrap().count(),
+        0,
+        "pin removed with the snapshot"
+    );
+    assert!(server.released().is_empty());
+}
+
+#[test]
+fn incremental_reads_only_changed_snarfs_across_a_clean_reopen() {
+    let s = setup(8 << 20, 0, 1 << 20);
+    let mut vol = data(2, 100 * SNARF as usize);
+    make_volume(&s.engine, "db", &vol);
+    s.engine.take("a").unwrap();
+    let first = direct(&s, &opts("a")).unwrap();
+    assert_eq!(first.snarfs_read(), 100);
+    s.engine.release("a").unwrap();
+
+    // A clean close keeps the tracking for the next session (the direct mode's case).
+    s.engine.close().unwrap();
+    let root = s.dir.path().join("store");
+    let Setup { dir, engine, repo } = s;
+    drop(engine);
+    let s = Setup {
+        engine: open_engine(&root),
+        dir,
+        repo,
+    };
+    let v = s.engine.volume("db").unwrap();
+    for (i, snarf) in [3u64, 17, 18, 60, 99].iter().enumerate() {
+        let at = snarf * SNARF + 100 * i as u64;
+        s.engine.write(&v, at, b"changed bytes").unwrap();
+        vol[at as usize..at as usize + 13].copy_from_slice(b"changed bytes");
+    }
+    // Grown by one and a half snarfs: snarfs 100 and 101 are new.
+    let grown = vol.len() + SNARF as usize * 3 / 2;
+    s.engine.resize(&v, grown as u64).unwrap();
+    vol.resize(grown, 0);
+    s.engine.write(&v, 100 * SNARF + 5, b"tail").unwrap();
+    vol[100 * SNARF as usize + 5..100 * SNARF as usize + 9].copy_from_slice(b"tail");
+    s.engine.take("b").unwrap();
+
+    let second = direct(&s, &opts("b")).unwrap();
+    let v0 = &second.volumes[0];
+    assert_eq!(
+        v0.kind,
+        VolumeKind::Incremental {
+            base: first.backup.to_string(),
+            old_size: Some(100 * SNARF)
+        }
+    );
+    assert_eq!((v0.read, v0.reused, v0.snarfs), (7, 95, 102), "{second:?}");
+    assert_eq!(second.new_chunks, 6, "five changed snarfs and the new tail");
+    assert!(restore(&s.repo, second.backup.as_str(), "db") == vol);
+    assert!(restore(&s.repo, first.backup.as_str(), "db") == data(2, 100 * SNARF as usize));
+
+    // mode=full reads everything and says so; dedup stores nothing new.
+    let mut o = opts("b");
+    o.mode = Mode::Full;
+    let full = direct(&s, &o).unwrap();
+    assert_eq!(
+        full.volumes[0].kind,
+        VolumeKind::Full {
+            reason: FullReason::ModeFull
+        }
+    );
+    assert_eq!(full.snarfs_read(), 102);
+    assert_eq!(full.new_chunks, 0);
+}
+
+#[test]
+fn lost_tracking_reads_everything_and_dedup_keeps_it_small() {
+    let s = setup(8 << 20, 0, 1 << 20);
+    let mut vol = data(3, 64 * SNARF as usize);
+    make_volume(&s.engine, "v", &vol);
+    s.engine.take("a").unwrap();
+    let first = direct(&s, &opts("a")).unwrap();
+    // Dropped without a clean close: the next session cannot trust the stamps.
+    let root = s.dir.path().join("store");
+    let Setup { dir, engine, repo } = s;
+    drop(engine);
+    let s = Setup {
+        engine: open_engine(&root),
+        dir,
+        repo,
+    };
+    let v = s.engine.volume("v").unwrap();
+    s.engine.write(&v, 5 * SNARF, b"x").unwrap();
+    vol[5 * SNARF as usize] = b'x';
+    s.engine.take("b").unwrap();
+    let mut o = opts("b");
+    o.mode = Mode::Incremental;
+    let e = direct(&s, &o).unwrap_err().to_string();
+    assert!(
+        e.contains("cannot be backed up incrementally") && e.contains("tracking"),
+        "{e}"
+    );
+    assert!(
+        s.repo.list_backups().unwrap().len() == 1,
+        "a refused plan commits nothing"
+    );
+    let second = direct(&s, &opts("b")).unwrap();
+    match &second.volumes[0].kind {
+        VolumeKind::Full {
+            reason: FullReason::TrackingLost { .. },
+        } => {}
+        k => panic!("expected a full backup for lost tracking, got {k:?}"),
+    }
+    assert_eq!(second.snarfs_read(), 64);
+    assert_eq!(second.new_chunks, 1, "only the changed snarf is new");
+    assert!(restore(&s.repo, second.backup.as_str(), "v") == vol);
+    assert!(first.new_chunks > 1);
+}
+
+#[test]
+fn identical_volumes_are_stored_once() {
+    let s = setup(8 << 20, 0, 1 << 20);
+    // Random through and through, so only the second volume deduplicates.
+    let mut contents = vec![0u8; 2 << 20];
+    ChaCha8Rng::seed_from_u64(4).fill(&mut contents[..]);
+    make_volume(&s.engine, "a.img", &contents);
+    make_volume(&s.engine, "b.img", &contents);
+    s.engine.take("s").unwrap();
+    let sum = direct(&s, &opts("s")).unwrap();
+    assert_eq!(sum.zero_bytes_read, 0);
+    assert_eq!(sum.new_raw_bytes, contents.len() as u64, "{sum:?}");
+    let ratio = sum.dedup_ratio().unwrap();
+    assert!((ratio - 2.0).abs() < 0.01, "dedup ratio {ratio}");
+    for v in ["a.img", "b.img"] {
+        assert!(restore(&s.repo, sum.backup.as_str(), v) == contents);
+    }
+    let text = super::progress::format_summary(&sum);
+    assert!(
+        text.contains("dedup ratio 2.00") && text.contains("first backup"),
+        "{text}"
+    );
+}
+
+#[test]
+fn preimage_memory_stays_low_while_a_volume_under_write_load_is_backed_up() {
+    let budget = 1 << 20;
+    let s = setup(budget, 256 << 20, 128 << 10);
+    let frozen = data(5, 16 << 20);
+    let snarfs = frozen.len() as u64 / SNARF;
+    make_volume(&s.engine, "busy", &frozen);
+    let snap = s.engine.take("s").unwrap();
+    let server = JobServer::start(s.engine.clone(), &s.engine.store().run_dir()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(
+        s.engine.clone(),
+        "busy",
+        stop.clone(),
+        Duration::from_micros(500),
+        9,
+    );
+    let peak_mem = Arc::new(AtomicU64::new(0));
+    let peak_held = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (e, stop, pm, ph, snap) = (
+            s.engine.clone(),
+            stop.clone(),
+            peak_mem.clone(),
+            peak_held.clone(),
+            snap.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let st = e.stats();
+                pm.fetch_max(st.cache.mem_used, Ordering::Relaxed);
+                ph.fetch_max(e.preimages_needed_by(&snap), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let client = Client::connect(server.socket(), "load").unwrap();
+    let sum = pipeline::run(&client, &s.repo, &opts("s"), &mut |_| {}).unwrap();
+    // Keep writing a little after the job: nothing more is captured for the snapshot.
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Ordering::Relaxed);
+    let writes = w.join().unwrap();
+    sampler.join().unwrap();
+    let (pm, ph) = (
+        peak_mem.load(Ordering::Relaxed),
+        peak_held.load(Ordering::Relaxed),
+    );
+    eprintln!("{writes} writes; peak pre-image memory {pm} of {budget}; peak pre-images held for the snapshot {ph} of {snarfs} snarfs");
+    assert!(pm <= budget);
+    assert!(ph < snarfs / 2, "pre-images piled up: {ph} of {snarfs}");
+    assert_eq!(
+        s.engine.preimages_needed_by(&snap),
+        0,
+        "every pre-image freed once stored"
+    );
+    assert_eq!(s.engine.stats().cache.held, 0);
+    assert_eq!(s.engine.stats().broken, 0);
+    assert!(restore(&s.repo, sum.backup.as_str(), "busy") == frozen);
+    assert!(read_all(&s.engine, Some(&server), &snap, "busy") == frozen);
+}
+
+/// A session that cuts its connection (as a killed job would) after some batches.
+struct Dying {
+    inner: Client,
+    stream: UnixStream,
+    batches_left: AtomicUsize,
+}
+
+impl Session for Dying {
+    fn describe(&self, snapshot: &str) -> Result<SnapshotDesc> {
+        self.inner.describe(snapshot)
+    }
+    fn plan(&self, req: &PlanRequest, repo: &Path) -> Result<Plan> {
+        self.inner.plan(req, repo)
+    }
+    fn next(&self, max: usize) -> Result<Option<Vec<SnarfData>>> {
+        if self.batches_left.fetch_sub(1, Ordering::Relaxed) == 0 {
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        }
+        self.inner.next(max)
+    }
+    fn ack(&self, items: &[AckItem]) -> Result<()> {
+        self.inner.ack(items)
+    }
+    fn done(&self, backup: &str) -> Result<()> {
+        self.inner.done(backup)
+    }
+    fn abort(&self, reason: &str) {
+        self.inner.abort(reason)
+    }
+}
+
+#[test]
+fn a_job_that_dies_mid_transfer_leaves_the_snapshot_readable_and_no_backup() {
+    let s = setup(8 << 20, 64 << 20, 64 << 10);
+    let frozen = data(6, 4 << 20);
+    make_volume(&s.engine, "v", &frozen);
+    let snap = s.engine.take("s").unwrap();
+    let server = JobServer::start(s.engine.clone(), &s.engine.store().run_dir()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(
+        s.engine.clone(),
+        "v",
+        stop.clone(),
+        Duration::from_micros(200),
+        11,
+    );
+
+    let stream = UnixStream::connect(server.socket()).unwrap();
+    let inner = Client::over(
+        Box::new(stream.try_clone().unwrap()),
+        Box::new(stream.try_clone().unwrap()),
+        "dying",
+    )
+    .unwrap();
+    let dying = Dying {
+        inner,
+        stream,
+        batches_left: AtomicUsize::new(8),
+    };
+    let mut o = opts("s");
+    o.batch = 4;
+    let e = pipeline::run(&dying, &s.repo, &o, &mut |_| {}).unwrap_err();
+    assert!(matches!(e, super::Error::DaemonGone(_)), "{e}");
+    assert!(e.to_string().contains("nothing was committed"), "{e}");
+    assert!(
+        s.repo.list_backups().unwrap().is_empty(),
+        "no backup is visible"
+    );
+    for _ in 0..100 {
+        if server.jobs().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(server.jobs().is_empty(), "the daemon dropped the dead job");
+    assert!(
+        read_all(&s.engine, Some(&server), &snap, "v") == frozen,
+        "the snapshot still reads correctly"
+    );
+
+    // A new job backs it up from where things are.
+    let client = Client::connect(server.socket(), "again").unwrap();
+    let sum = pipeline::run(&client, &s.repo, &opts("s"), &mut |_| {}).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    assert!(restore(&s.repo, sum.backup.as_str(), "v") == frozen);
+    assert!(read_all(&s.engine, Some(&server), &snap, "v") == frozen);
+}
+
+#[test]
+fn refusals_are_clear() {
+    let s = setup(8 << 20, 0, 1 << 20);
+    make_volume(&s.engine, "v", &data(7, 64 << 10));
+    s.engine.take("s").unwrap();
+    let e = direct(&s, &opts("nope")).unwrap_err().to_string();
+    assert!(e.contains("no snapshot named \"nope\""), "{e}");
+    let mut o = opts("s");
+    o.volumes = Some(vec!["w".into()]);
+    let e = direct(&s, &o).unwrap_err().to_string();
+    assert!(
+        e.contains("no volume named \"w\"") && e.contains("it has: v"),
+        "{e}"
+    );
+    // The repository lock names its holder.
+    let _held = s.repo.lock("snarf prune (test)", None).unwrap();
+    let e = direct(&s, &opts("s")).unwrap_err().to_string();
+    assert!(
+        e.contains("locked by") && e.contains("snarf prune (test)"),
+        "{e}"
+    );
+}
