@@ -9,6 +9,7 @@ pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod fuse;
+pub mod mounts;
 pub mod jobs;
 pub mod pids;
 pub mod repo;
