@@ -26,7 +26,9 @@ fn unescape(s: &str) -> String {
         if bytes[i] == b'\\' && i + 3 < bytes.len() {
             let digits = &bytes[i + 1..i + 4];
             if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
-                let v = digits.iter().fold(0u32, |acc, d| acc * 8 + (d - b'0') as u32);
+                let v = digits
+                    .iter()
+                    .fold(0u32, |acc, d| acc * 8 + (d - b'0') as u32);
                 out.push(v as u8);
                 i += 4;
                 continue;
@@ -58,7 +60,9 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 
 /// The mount table now.
 pub fn mounts() -> std::io::Result<Vec<MountEntry>> {
-    Ok(parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo")?))
+    Ok(parse_mountinfo(&std::fs::read_to_string(
+        "/proc/self/mountinfo",
+    )?))
 }
 
 /// The topmost mount at exactly `path` (already canonical), if any.
@@ -81,8 +85,9 @@ pub fn unmount(path: &Path, lazy: bool) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } == 0 {
-        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte")
+        })?;
         let flags = if lazy { libc::MNT_DETACH } else { 0 };
         // SAFETY: umount2 with a valid C string and plain flags.
         if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {

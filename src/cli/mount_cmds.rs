@@ -105,7 +105,10 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, CliError> {
         _ => CliError::new(format!("mount point {}: {e}", path.display())),
     })?;
     if !meta.is_dir() {
-        return Err(CliError::new(format!("mount point {} is not a directory", path.display())));
+        return Err(CliError::new(format!(
+            "mount point {} is not a directory",
+            path.display()
+        )));
     }
     let path = canonical(path, "mount point")?;
     if let Some(m) = mounts::mount_at(&path)? {
@@ -145,7 +148,10 @@ pub fn mount(args: MountArgs) -> CliResult {
         }
     };
     if let Err(e) = logging::to_file(&store.join("snarf.log"), args.foreground) {
-        let e = CliError::new(format!("cannot open the log {}: {e}", store.join("snarf.log").display()));
+        let e = CliError::new(format!(
+            "cannot open the log {}: {e}",
+            store.join("snarf.log").display()
+        ));
         report(ready, Err(&e.message));
         return Err(e);
     }
@@ -165,11 +171,15 @@ fn report(ready: Option<File>, outcome: Result<(), &str>) {
 
 /// Starts the daemon in the background and waits for its word.
 fn launch(args: &MountArgs, store: &Path, mountpoint: &Path) -> CliResult {
-    let exe = std::env::current_exe().map_err(|e| CliError::new(format!("cannot find the snarf executable: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::new(format!("cannot find the snarf executable: {e}")))?;
     let mut fds = [0i32; 2];
     // SAFETY: pipe2 fills the two descriptors.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(CliError::new(format!("cannot make a pipe: {}", std::io::Error::last_os_error())));
+        return Err(CliError::new(format!(
+            "cannot make a pipe: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     // SAFETY: both descriptors were just created and are owned here.
     let (mut rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
@@ -194,7 +204,9 @@ fn launch(args: &MountArgs, store: &Path, mountpoint: &Path) -> CliResult {
     if let Some(v) = args.break_after {
         cmd.arg("--break-after").arg(v.to_string());
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     // SAFETY: only async-signal-safe calls between fork and exec: a new session (so the
     // daemon outlives the terminal) and the pipe moved to descriptor 3 without CLOEXEC.
     unsafe {
@@ -239,7 +251,11 @@ fn launch(args: &MountArgs, store: &Path, mountpoint: &Path) -> CliResult {
 
 /// Runs the daemon until the mount goes: open the store, mount, serve, close cleanly.
 fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>) -> CliResult {
-    let holder = format!("snarf mount at {} (pid {})", mountpoint.display(), std::process::id());
+    let holder = format!(
+        "snarf mount at {} (pid {})",
+        mountpoint.display(),
+        std::process::id()
+    );
     let started = (|| {
         let st = Store::open(store, &holder)?;
         let mut opts = EngineOptions::from_store(&st);
@@ -263,7 +279,10 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
             Ok(m) => Ok((engine, m)),
             Err(e) => {
                 let _ = engine.close();
-                Err(CliError::new(format!("cannot mount {}: {e}", mountpoint.display())))
+                Err(CliError::new(format!(
+                    "cannot mount {}: {e}",
+                    mountpoint.display()
+                )))
             }
         }
     })();
@@ -312,7 +331,10 @@ fn watch_signals(mountpoint: PathBuf) -> CliResult {
                 match mounts::unmount(&mountpoint, false) {
                     Ok(()) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                        log::warn!("{} is busy (files open); detaching it now, it goes when they close", mountpoint.display());
+                        log::warn!(
+                            "{} is busy (files open); detaching it now, it goes when they close",
+                            mountpoint.display()
+                        );
                         if let Err(e) = mounts::unmount(&mountpoint, true) {
                             log::error!("cannot unmount {}: {e}", mountpoint.display());
                         }
@@ -350,9 +372,8 @@ pub fn umount(args: UmountArgs) -> CliResult {
     } else {
         canonical(&args.mountpoint, "mount point")?
     };
-    let entry = mounts::mount_at(&path)?.ok_or_else(|| {
-        CliError::new(format!("{} is not mounted", path.display()))
-    })?;
+    let entry = mounts::mount_at(&path)?
+        .ok_or_else(|| CliError::new(format!("{} is not mounted", path.display())))?;
     let is_snarf = entry.fstype == mounts::FSTYPE
         || (entry.fstype.starts_with("fuse") && Settings::load(Path::new(&entry.source)).is_ok());
     if !is_snarf {
@@ -378,7 +399,11 @@ pub fn umount(args: UmountArgs) -> CliResult {
     }
     let store = PathBuf::from(&entry.source);
     wait_for_store_release(&store, Duration::from_secs(args.timeout))?;
-    println!("unmounted {} (store {} flushed and closed)", path.display(), store.display());
+    println!(
+        "unmounted {} (store {} flushed and closed)",
+        path.display(),
+        store.display()
+    );
     Ok(())
 }
 
@@ -392,7 +417,12 @@ fn wait_for_store_release(store: &Path, timeout: Duration) -> CliResult {
             return Ok(());
         };
         // SAFETY: flock on a descriptor we own.
-        let free = unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&f), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+        let free = unsafe {
+            libc::flock(
+                std::os::unix::io::AsRawFd::as_raw_fd(&f),
+                libc::LOCK_SH | libc::LOCK_NB,
+            )
+        } == 0;
         if free {
             return Ok(());
         }
@@ -405,7 +435,10 @@ fn wait_for_store_release(store: &Path, timeout: Duration) -> CliResult {
             )));
         }
         if !said && start.elapsed() > Duration::from_secs(2) {
-            eprintln!("waiting for the daemon to flush and close {} ...", store.display());
+            eprintln!(
+                "waiting for the daemon to flush and close {} ...",
+                store.display()
+            );
             said = true;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -106,10 +106,22 @@ pub fn mount(
 }
 
 /// Opens /dev/fuse and mounts it at `mountpoint` with type `fuse.snarf`.
-fn mount_as_root(mountpoint: &Path, opts: &MountOptions, uid: u32, gid: u32) -> std::io::Result<OwnedFd> {
-    let dev = OpenOptions::new().read(true).write(true).open("/dev/fuse").map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot open /dev/fuse ({e}); is the fuse module loaded (modprobe fuse)?"))
-    })?;
+fn mount_as_root(
+    mountpoint: &Path,
+    opts: &MountOptions,
+    uid: u32,
+    gid: u32,
+) -> std::io::Result<OwnedFd> {
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot open /dev/fuse ({e}); is the fuse module loaded (modprobe fuse)?"),
+            )
+        })?;
     let root_mode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
     let mut data = format!(
         "fd={},rootmode={root_mode:o},user_id={uid},group_id={gid},default_permissions",
@@ -119,7 +131,9 @@ fn mount_as_root(mountpoint: &Path, opts: &MountOptions, uid: u32, gid: u32) -> 
         data.push_str(",allow_other");
     }
     let c = |s: &[u8]| {
-        std::ffi::CString::new(s).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a path holds a NUL byte"))
+        std::ffi::CString::new(s).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "a path holds a NUL byte")
+        })
     };
     let source = c(opts.source.as_bytes())?;
     let target = c(mountpoint.as_os_str().as_bytes())?;
@@ -127,10 +141,21 @@ fn mount_as_root(mountpoint: &Path, opts: &MountOptions, uid: u32, gid: u32) -> 
     let data = c(data.as_bytes())?;
     let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
     // SAFETY: all pointers are valid C strings that outlive the call.
-    let r = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) };
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
     if r != 0 {
         let e = std::io::Error::last_os_error();
-        return Err(std::io::Error::new(e.kind(), format!("mount(2) of {}: {e}", mountpoint.display())));
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("mount(2) of {}: {e}", mountpoint.display()),
+        ));
     }
     Ok(OwnedFd::from(dev))
 }
