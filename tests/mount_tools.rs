@@ -125,6 +125,9 @@ fn assert_untorn(data: &[u8], what: &str) {
     }
 }
 
+/// Builds the shell command that copies a snapshot file to a destination with one tool.
+type CopyCommand = dyn Fn(&Path, &Path) -> String;
+
 #[test]
 fn snapshots_copied_by_cp_rsync_tar_and_dd_while_a_writer_runs() {
     if !have_tool("rsync") {
@@ -145,7 +148,7 @@ fn snapshots_copied_by_cp_rsync_tar_and_dd_while_a_writer_runs() {
     let work = m.dir.path().join("work");
     fs::create_dir(&work).unwrap();
 
-    let tools: [(&str, &dyn Fn(&Path, &Path) -> String); 4] = [
+    let tools: [(&str, &CopyCommand); 4] = [
         ("cp", &|src, dst| {
             format!("cp {} {}", src.display(), dst.display())
         }),
