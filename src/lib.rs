@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod fuse;
 pub mod jobs;
+pub mod mounts;
 pub mod pids;
 pub mod repo;
 pub mod snapshot;

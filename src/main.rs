@@ -1,6 +1,6 @@
-//! The `snarf` binary: logging set up, then the command line in `snarf::cli`.
+//! The `snarf` binary: the command line lives in `snarf::cli`, which also sets up logging
+//! (commands log to stderr, the mount daemon to a file in its store).
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     std::process::exit(snarf::cli::main());
 }

@@ -1,6 +1,9 @@
 //! The `snarf` command line: parses arguments with clap, calls the layers below and prints.
 //! Each group of commands lives in its own file; this one only dispatches.
 
+mod demo_cmd;
+mod logging;
+mod mount_cmds;
 mod repo_cmds;
 mod store_cmds;
 
@@ -59,6 +62,12 @@ pub struct Cli {
 enum Command {
     /// Create a new store: a directory for volumes, pre-image spill space and run state.
     Init(store_cmds::InitArgs),
+    /// Show the whole idea on a throwaway store: write, snapshot, copy with cp, compare.
+    Demo(demo_cmd::DemoArgs),
+    /// Mount a store: live/ volumes, snapshots/, backups/ and control/ files.
+    Mount(mount_cmds::MountArgs),
+    /// Unmount a store, waiting until its daemon has flushed and closed it.
+    Umount(mount_cmds::UmountArgs),
     /// Manage backup repositories (`snarf repo init REPO`).
     Repo(repo_cmds::RepoArgs),
     /// List the committed backups of a repository.
@@ -76,8 +85,14 @@ enum Command {
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Mount(_) | Command::Umount(_)) {
+        logging::to_stderr();
+    }
     let result = match cli.command {
         Command::Init(args) => store_cmds::init(args),
+        Command::Demo(args) => demo_cmd::demo(args),
+        Command::Mount(args) => mount_cmds::mount(args),
+        Command::Umount(args) => mount_cmds::umount(args),
         Command::Repo(args) => repo_cmds::repo(args),
         Command::Backups(args) => repo_cmds::backups(args),
         Command::Restore(args) => repo_cmds::restore(args),

@@ -27,6 +27,7 @@ pub use grammar::{
 };
 pub use rows::{
     render_finishing, render_finishing_json, render_jobs, render_jobs_json, render_pids,
-    render_pids_json, render_status, render_status_json, FinishingRow, FinishingState, JobRow,
-    JobState, PidRow, SnapshotState, SnapshotStatus, StatusReport, Usage, VolumeStatus,
+    render_pids_json, render_snapshots, render_status, render_status_json, FinishingRow,
+    FinishingState, JobRow, JobState, PidRow, SnapshotState, SnapshotStatus, StatusReport, Usage,
+    VolumeStatus,
 };

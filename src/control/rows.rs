@@ -306,15 +306,11 @@ pub fn render_finishing(rows: &[FinishingRow]) -> String {
     t.render()
 }
 
-/// `control/status`: three tables separated by blank lines, each with its own header
-/// (VOLUME, SNAPSHOT, RESOURCE), so a script can pick a section by its first header word.
-pub fn render_status(report: &StatusReport) -> String {
-    let mut volumes = Table::new(&["VOLUME", "SIZE", "ALLOCATED"]);
-    for v in &report.volumes {
-        volumes.push(vec![v.name.clone(), size(v.size), size(v.allocated)]);
-    }
+/// `control/snapshot` (read without a write): one snapshot per line; the reason a
+/// snapshot broke is the last column.
+pub fn render_snapshots(rows: &[SnapshotStatus]) -> String {
     let mut snapshots = Table::new(&["SNAPSHOT", "CREATED", "STATE", "PREIMAGES", "REASON"]);
-    for s in &report.snapshots {
+    for s in rows {
         let state = match s.state {
             SnapshotState::Ok => "ok",
             SnapshotState::Broken => "broken",
@@ -326,6 +322,16 @@ pub fn render_status(report: &StatusReport) -> String {
             s.preimages_held.to_string(),
             s.broken_reason.clone(),
         ]);
+    }
+    snapshots.render()
+}
+
+/// `control/status`: three tables separated by blank lines, each with its own header
+/// (VOLUME, SNAPSHOT, RESOURCE), so a script can pick a section by its first header word.
+pub fn render_status(report: &StatusReport) -> String {
+    let mut volumes = Table::new(&["VOLUME", "SIZE", "ALLOCATED"]);
+    for v in &report.volumes {
+        volumes.push(vec![v.name.clone(), size(v.size), size(v.allocated)]);
     }
     let mut resources = Table::new(&["RESOURCE", "USED", "BUDGET"]);
     let budget = |name: &str, u: Usage| vec![name.to_string(), size(u.used), size(u.budget)];
@@ -339,7 +345,7 @@ pub fn render_status(report: &StatusReport) -> String {
     format!(
         "{}\n{}\n{}",
         volumes.render(),
-        snapshots.render(),
+        render_snapshots(&report.snapshots),
         resources.render()
     )
 }

@@ -167,7 +167,8 @@ impl Daemon {
         match file {
             ControlFile::Status => render_status(&self.status()),
             ControlFile::StatusJson => render_status_json(&self.status()),
-            ControlFile::Jobs | ControlFile::Snapshot => render_jobs(&[]),
+            ControlFile::Snapshot => control::render_snapshots(&self.status().snapshots),
+            ControlFile::Jobs => render_jobs(&[]),
             ControlFile::JobsJson => render_jobs_json(&[]),
             ControlFile::Pids | ControlFile::PidsJson => {
                 let rows: Vec<control::PidRow> = match self.registry.list() {

@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::ffi::OsStr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -197,6 +198,32 @@ impl Filesystem for Adapter {
                 e
             });
         reply_entry(reply, r, "mknod");
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let e = self.fs.refuse_link(parent.0);
+        log_err("symlink", &e);
+        reply.error(errno(&e));
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let e = self.fs.refuse_link(newparent.0);
+        log_err("link", &e);
+        reply.error(errno(&e));
     }
 
     fn mkdir(
@@ -397,6 +424,40 @@ impl Filesystem for Adapter {
                 reply.error(errno(&e));
             }
         }
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        // No extended attributes here; ENODATA is "this one is not set", which ls and cp
+        // take quietly.
+        reply.error(Errno::from_i32(libc::ENODATA));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTSUP));
     }
 
     fn lseek(

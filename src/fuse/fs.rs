@@ -159,11 +159,15 @@ enum Handle {
     Control(ControlFile, Mutex<ControlBuf>),
 }
 
-/// What a control file descriptor reads back: the answer to its last write, or the table
-/// as it was at the first read (so a read in pieces is consistent).
+/// What a control file descriptor reads back: the table as it was at the first read (so a
+/// read in pieces is consistent), or, once a command was written, its answer or refusal.
+/// The answer is read from its start whatever the file offset (the write moved it).
 #[derive(Debug, Default)]
 struct ControlBuf {
     text: Option<Vec<u8>>,
+    /// Set after a write: reads come from `answer_pos`, not the file offset.
+    answered: bool,
+    answer_pos: usize,
 }
 
 /// The filesystem.
@@ -584,6 +588,17 @@ impl SnarfFs {
         }
     }
 
+    /// The refusal for a link or symlink made in `parent`: volumes are plain files only.
+    pub fn refuse_link(&self, parent: u64) -> FsError {
+        match self.node(parent) {
+            Ok(Node::SnapshotsDir | Node::SnapDir(_)) => {
+                FsError::read_only("snapshots are read-only")
+            }
+            Ok(_) => FsError::not_permitted("links are not supported: volumes are plain files"),
+            Err(e) => e,
+        }
+    }
+
     fn refuse_create(&self, parent: &Node) -> FsError {
         match parent {
             Node::SnapshotsDir => FsError::new(
@@ -619,12 +634,21 @@ impl SnarfFs {
             },
             Handle::Control(f, cbuf) => {
                 let mut cbuf = cbuf.lock();
+                let cbuf = &mut *cbuf;
                 let text = cbuf
                     .text
                     .get_or_insert_with(|| self.daemon.control_read(*f).into_bytes());
-                let start = (offset as usize).min(text.len());
+                let from = if cbuf.answered {
+                    cbuf.answer_pos
+                } else {
+                    offset as usize
+                };
+                let start = from.min(text.len());
                 let n = (text.len() - start).min(buf.len());
                 buf[..n].copy_from_slice(&text[start..start + n]);
+                if cbuf.answered {
+                    cbuf.answer_pos += n;
+                }
                 Ok(n)
             }
         }
@@ -642,6 +666,8 @@ impl SnarfFs {
                 self.check_owner(caller, *f)?;
                 let result = self.daemon.control_write(*f, data);
                 let mut cbuf = cbuf.lock();
+                cbuf.answered = true;
+                cbuf.answer_pos = 0;
                 match result {
                     Ok(answer) => {
                         cbuf.text = Some(answer.into_bytes());

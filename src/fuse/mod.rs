@@ -12,11 +12,16 @@ pub mod fs;
 pub mod inode;
 
 use std::ffi::OsStr;
-use std::path::Path;
+use std::fs::OpenOptions;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use fuser::{Config, INodeNo, MountOption, Session, SessionACL, SessionUnmounter};
+use fuser::{Config, INodeNo, MountOption, Session, SessionACL};
 
 use crate::daemon::{Changed, Daemon};
 pub use errno::FsError;
@@ -40,6 +45,7 @@ pub struct MountOptions {
 pub struct Mounted {
     session: Session<adapter::Adapter>,
     fs: Arc<SnarfFs>,
+    mountpoint: PathBuf,
 }
 
 impl std::fmt::Debug for Mounted {
@@ -76,20 +82,85 @@ pub fn mount(
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let session = Session::new(
-        adapter::Adapter::new(fs.clone(), MAX_IO),
-        mountpoint,
-        &config,
-    )?;
-    Ok(Mounted { session, fs })
+    let adapter = adapter::Adapter::new(fs.clone(), MAX_IO);
+    // SAFETY: geteuid cannot fail.
+    let session = if unsafe { libc::geteuid() } == 0 {
+        // fuser's own mount(2) always says type "fuse"; mounting ourselves gives the
+        // "fuse.snarf" type that mount(8), fstab and `snarf umount` recognise.
+        let dev = mount_as_root(mountpoint, opts, uid, gid)?;
+        match Session::from_fd(adapter, dev, config.acl, config.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = crate::mounts::unmount(mountpoint, true);
+                return Err(e);
+            }
+        }
+    } else {
+        Session::new(adapter, mountpoint, &config)?
+    };
+    Ok(Mounted {
+        session,
+        fs,
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}
+
+/// Opens /dev/fuse and mounts it at `mountpoint` with type `fuse.snarf`.
+fn mount_as_root(
+    mountpoint: &Path,
+    opts: &MountOptions,
+    uid: u32,
+    gid: u32,
+) -> std::io::Result<OwnedFd> {
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot open /dev/fuse ({e}); is the fuse module loaded (modprobe fuse)?"),
+            )
+        })?;
+    let root_mode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
+    let mut data = format!(
+        "fd={},rootmode={root_mode:o},user_id={uid},group_id={gid},default_permissions",
+        dev.as_raw_fd()
+    );
+    if opts.allow_other {
+        data.push_str(",allow_other");
+    }
+    let c = |s: &[u8]| {
+        std::ffi::CString::new(s).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "a path holds a NUL byte")
+        })
+    };
+    let source = c(opts.source.as_bytes())?;
+    let target = c(mountpoint.as_os_str().as_bytes())?;
+    let fstype = c(crate::mounts::FSTYPE.as_bytes())?;
+    let data = c(data.as_bytes())?;
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+    // SAFETY: all pointers are valid C strings that outlive the call.
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("mount(2) of {}: {e}", mountpoint.display()),
+        ));
+    }
+    Ok(OwnedFd::from(dev))
 }
 
 impl Mounted {
-    /// Something that unmounts the filesystem from another thread (a signal handler's).
-    pub fn unmounter(&mut self) -> SessionUnmounter {
-        self.session.unmount_callable()
-    }
-
     /// Serves requests until the filesystem is unmounted. Snapshots created or released
     /// through control files are pushed to the kernel's caches from a helper thread, never
     /// from inside a request.
@@ -111,7 +182,15 @@ impl Mounted {
                     }
                 }
             })?;
+        let mountpoint = self.mountpoint.clone();
         let result = self.session.run();
+        // If the session ended on its own (an error, not an unmount), do not leave a dead
+        // mount behind.
+        if let Ok(Some(m)) = crate::mounts::mount_at(&mountpoint) {
+            if m.fstype == crate::mounts::FSTYPE && crate::mounts::is_stale(&mountpoint) {
+                let _ = crate::mounts::unmount(&mountpoint, true);
+            }
+        }
         // Dropping the daemon's notifier closes the channel and ends the pusher.
         self.fs.daemon().on_change(Box::new(|_| {}));
         let _ = pusher.join();

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Mount benchmark: snarf's FUSE mount against the raw volume file, measured in this one run
+# on the same data, warm page cache on both sides.
+#
+#   * sequential read of a snapshot file with cat and dd bs=1M, first pass (through FUSE)
+#     and second pass (the kernel keeps snapshot pages cached), as ratios to reading the
+#     raw backing file;
+#   * fio: sequential 1 MiB writes with fdatasync, and random 4 KiB writes, into live/
+#     without a snapshot, with a fresh snapshot (first writes capture pre-images) and again
+#     over already-preserved snarfs, each as a ratio to the same fio job on a raw file;
+#   * the daemon's peak memory (VmHWM).
+#
+# Needs root (FUSE). Installs fio on Debian when missing.
+#   SNARF_BENCH_SIZE  volume size (default 1G)
+#   SNARF_BENCH_DIR   where to work (default: a new directory under /var/tmp, on disk)
+#   SNARF_BENCH_RUNTIME  seconds per random-write fio job (default 5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+size=${SNARF_BENCH_SIZE:-1G}
+runtime=${SNARF_BENCH_RUNTIME:-5}
+if ! command -v fio >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends fio >/dev/null
+fi
+cargo build --release --quiet
+snarf=$PWD/target/release/snarf
+
+work=${SNARF_BENCH_DIR:-$(mktemp -d /var/tmp/snarf-bench-mount.XXXXXX)}
+mkdir -p "$work"
+store=$work/store
+mnt=$work/mnt
+mkdir -p "$mnt"
+cleanup() {
+  if grep -q " $mnt " /proc/self/mountinfo 2>/dev/null; then
+    "$snarf" umount "$mnt" >/dev/null 2>&1 || umount -l "$mnt" || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$snarf" init "$store" >/dev/null
+out=$("$snarf" mount "$store" "$mnt")
+daemon=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' <<<"$out")
+bytes=$(numfmt --from=iec "$size")
+mib=$((bytes >> 20))
+
+now() { date +%s.%N; }
+# seconds → MiB/s
+rate() { awk -v b="$bytes" -v s="$1" 'BEGIN { printf "%.0f", b / 1048576 / s }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+timed() { local t0 t1; t0=$(now); "$@" >/dev/null; t1=$(now); awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }'; }
+fio_job() { # file rw bs extra... → "bandwidth_KiB/s iops"
+  local file=$1 rw=$2 bs=$3; shift 3
+  fio --name=bench --filename="$file" --size="$size" --rw="$rw" --bs="$bs" --ioengine=psync \
+      --output-format=terse --terse-version=3 "$@" 2>/dev/null | awk -F';' '{ print $48, $49 }'
+}
+
+echo "snarf mount benchmark: $mib MiB volume, store in $work, $(nproc) cores"
+echo
+
+# ---------- reads ----------
+vol=$mnt/live/vol.img
+raw=$store/volumes/vol.img
+dd if=/dev/urandom of="$vol" bs=1M count="$mib" status=none conv=fsync
+cat "$raw" >/dev/null # warm the page cache on the raw side
+blk=$(stat -c %o "$vol")
+mkdir "$mnt/snapshots/read1"
+snap=$mnt/snapshots/read1/vol.img
+raw_cat=$(timed cat "$raw")
+cat1=$(timed cat "$snap")
+cat2=$(timed cat "$snap")
+rmdir "$mnt/snapshots/read1"
+mkdir "$mnt/snapshots/read2" # a new snapshot file: cold kernel cache again
+snap=$mnt/snapshots/read2/vol.img
+raw_dd=$(timed dd if="$raw" of=/dev/null bs=1M status=none)
+dd1=$(timed dd if="$snap" of=/dev/null bs=1M status=none)
+dd2=$(timed dd if="$snap" of=/dev/null bs=1M status=none)
+rmdir "$mnt/snapshots/read2"
+
+printf '%-52s %12s %8s\n' "read" "MiB/s" "vs raw"
+printf '%-52s %12s %8s\n' "raw volume file, cat" "$(rate "$raw_cat")" "1.00x"
+printf '%-52s %12s %8s\n' "snapshot, cat, first pass" "$(rate "$cat1")" "$(ratio "$raw_cat" "$cat1")x"
+printf '%-52s %12s %8s\n' "snapshot, cat, second pass (kernel cache kept)" "$(rate "$cat2")" "$(ratio "$raw_cat" "$cat2")x"
+printf '%-52s %12s %8s\n' "raw volume file, dd bs=1M" "$(rate "$raw_dd")" "1.00x"
+printf '%-52s %12s %8s\n' "snapshot, dd bs=1M, first pass" "$(rate "$dd1")" "$(ratio "$raw_dd" "$dd1")x"
+printf '%-52s %12s %8s\n' "snapshot, dd bs=1M, second pass" "$(rate "$dd2")" "$(ratio "$raw_dd" "$dd2")x"
+echo "(snapshot and live files report st_blksize=$blk, so cat and cp read in $((blk >> 10)) KiB requests)"
+echo
+
+# ---------- writes ----------
+rawfile=$work/raw-write.img
+wvol=$mnt/live/write.img
+dd if=/dev/urandom of="$rawfile" bs=1M count="$mib" status=none conv=fsync
+dd if=/dev/urandom of="$wvol" bs=1M count="$mib" status=none conv=fsync
+sync
+
+# Durable sequential writes: 256 MiB of 1 MiB writes, each followed by fdatasync.
+seq_job() { fio_job "$1" write 1M --io_size=256M --fdatasync=1 --end_fsync=1 | awk '{ print $1 }'; }
+# Random 4 KiB writes for a fixed time (page cache; no sync).
+rnd_job() { fio_job "$1" randwrite 4k --time_based --runtime="$runtime" --randseed=7 | awk '{ print $2 }'; }
+# The disk of a virtual machine is noisy: every case runs three times, interleaved with
+# the raw baseline, and the median is kept.
+median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+declare -a raw_seq none_seq first_seq kept_seq raw_rnd none_rnd first_rnd kept_rnd
+for round in 1 2 3; do
+  sync; raw_seq+=("$(seq_job "$rawfile")")
+  sync; none_seq+=("$(seq_job "$wvol")")
+  mkdir "$mnt/snapshots/w$round"
+  sync; first_seq+=("$(seq_job "$wvol")")
+  sync; kept_seq+=("$(seq_job "$wvol")")
+  rmdir "$mnt/snapshots/w$round"
+done
+for round in 1 2 3; do
+  sync; raw_rnd+=("$(rnd_job "$rawfile")")
+  sync; none_rnd+=("$(rnd_job "$wvol")")
+  mkdir "$mnt/snapshots/r$round"
+  sync; first_rnd+=("$(rnd_job "$wvol")")
+  sync; kept_rnd+=("$(rnd_job "$wvol")")
+  [ "$round" = 3 ] && held=$(awk '$1 == "preimage-memory" || $1 == "preimage-disk" { print $2 }' "$mnt/control/status" | paste -sd/)
+  rmdir "$mnt/snapshots/r$round"
+done
+raw_seq_bw=$(median "${raw_seq[@]}"); none_seq_bw=$(median "${none_seq[@]}")
+first_seq_bw=$(median "${first_seq[@]}"); kept_seq_bw=$(median "${kept_seq[@]}")
+raw_rnd_iops=$(median "${raw_rnd[@]}"); none_rnd_iops=$(median "${none_rnd[@]}")
+first_rnd_iops=$(median "${first_rnd[@]}"); kept_rnd_iops=$(median "${kept_rnd[@]}")
+
+kib() { awk -v k="$1" 'BEGIN { printf "%.0f MiB/s", k / 1024 }'; }
+printf '%-52s %14s %8s %12s\n' "write (fio)" "rate" "vs raw" "vs no-snap"
+printf '%-52s %14s %8s %12s\n' "raw file, seq 1 MiB + fdatasync" "$(kib "$raw_seq_bw")" "1.00x" "-"
+printf '%-52s %14s %8s %12s\n' "live/, no snapshot" "$(kib "$none_seq_bw")" "$(ratio "$none_seq_bw" "$raw_seq_bw")x" "1.00x"
+printf '%-52s %14s %8s %12s\n' "live/, snapshot active, first writes" "$(kib "$first_seq_bw")" "$(ratio "$first_seq_bw" "$raw_seq_bw")x" "$(ratio "$first_seq_bw" "$none_seq_bw")x"
+printf '%-52s %14s %8s %12s\n' "live/, snapshot active, preserved snarfs" "$(kib "$kept_seq_bw")" "$(ratio "$kept_seq_bw" "$raw_seq_bw")x" "$(ratio "$kept_seq_bw" "$none_seq_bw")x"
+printf '%-52s %14s %8s %12s\n' "raw file, random 4 KiB" "$raw_rnd_iops IOPS" "1.00x" "-"
+printf '%-52s %14s %8s %12s\n' "live/, no snapshot" "$none_rnd_iops IOPS" "$(ratio "$none_rnd_iops" "$raw_rnd_iops")x" "1.00x"
+printf '%-52s %14s %8s %12s\n' "live/, snapshot active, first pass" "$first_rnd_iops IOPS" "$(ratio "$first_rnd_iops" "$raw_rnd_iops")x" "$(ratio "$first_rnd_iops" "$none_rnd_iops")x"
+printf '%-52s %14s %8s %12s\n' "live/, snapshot active, preserved snarfs" "$kept_rnd_iops IOPS" "$(ratio "$kept_rnd_iops" "$raw_rnd_iops")x" "$(ratio "$kept_rnd_iops" "$none_rnd_iops")x"
+echo "(pre-images held at the end of the random-write snapshot, memory/disk: $held)"
+echo
+
+peak=$(awk '/VmHWM/ { print $2, $3 }' "/proc/$daemon/status")
+echo "daemon peak memory (VmHWM): $peak (pre-image memory budget 256 MiB)"
+# A limit of this machine, for reading the first-pass figures: faulting in fresh memory.
+t=$(timed dd if=/dev/zero of=/dev/null bs=1G count=1 status=none)
+echo "machine: allocating and zeroing a fresh 1 GiB buffer takes $(awk -v s="$t" 'BEGIN { printf "%.2f", s }') s"
+echo
+echo "targets: snapshot read first pass >= 0.25x raw (cat and dd), second pass near raw;"
+echo "         live sequential writes without a snapshot >= 0.7x raw;"
+echo "         first sequential writes with a snapshot cost <= 1.5x (rate >= 0.67x of no-snapshot);"
+echo "         random 4 KiB writes with a snapshot keep >= 0.7x of the no-snapshot IOPS."

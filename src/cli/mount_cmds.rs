@@ -1,0 +1,446 @@
+//! `snarf mount` and `snarf umount`.
+//!
+//! `snarf mount` checks everything it can, then starts the daemon — itself, run again with
+//! `--foreground` in a new session — and waits on a pipe until the daemon says the mount is
+//! ready or why it is not. So the command returns only once the mount works, and a failure
+//! is printed where the administrator typed the command, not only in the log.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::io::FromRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use super::{logging, CliError, CliResult};
+use crate::daemon::Daemon;
+use crate::fuse::{self, MountOptions};
+use crate::mounts;
+use crate::snapshot::{Engine, EngineOptions};
+use crate::store::{Settings, Store};
+use crate::units::parse_size;
+
+/// The descriptor the background daemon reports readiness on.
+const READY_FD: i32 = 3;
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| (n.get() * 2).clamp(2, 16))
+        .unwrap_or(4)
+}
+
+/// Arguments of `snarf mount`.
+#[derive(Debug, Args, Clone)]
+pub struct MountArgs {
+    /// The store directory (made with `snarf init`).
+    pub store: PathBuf,
+    /// An existing, empty directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground and log to stderr as well as STORE/snarf.log (for systemd
+    /// and debugging). Without it the daemon goes to the background once the mount is ready.
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = default_threads())]
+    pub threads: usize,
+    /// Let other users in (permission bits still apply: volumes stay owner-only and only
+    /// the owner may write control files). Needs user_allow_other in /etc/fuse.conf for
+    /// non-root owners.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Memory for pre-images before they spill to disk (overrides the store's setting).
+    #[arg(long, value_parser = parse_size)]
+    pub preimage_mem: Option<u64>,
+    /// Disk for spilled pre-images before writers are slowed (overrides the store's setting).
+    #[arg(long, value_parser = parse_size)]
+    pub preimage_disk: Option<u64>,
+    /// Seconds a writer may wait for pre-image room before a snapshot is broken.
+    #[arg(long)]
+    pub break_after: Option<f64>,
+    /// Internal: descriptor on which the background daemon reports readiness.
+    #[arg(long, hide = true)]
+    pub ready_fd: Option<i32>,
+}
+
+/// Arguments of `snarf umount`.
+#[derive(Debug, Args)]
+pub struct UmountArgs {
+    /// Where the store is mounted.
+    pub mountpoint: PathBuf,
+    /// If files are still open, detach the mount now and let it go when they are closed.
+    #[arg(long, short = 'l')]
+    pub lazy: bool,
+    /// Seconds to wait for the daemon to flush and exit.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+fn canonical(path: &Path, what: &str) -> Result<PathBuf, CliError> {
+    path.canonicalize().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            CliError::new(format!("{what} {} does not exist", path.display()))
+        } else {
+            CliError::new(format!("{what} {}: {e}", path.display()))
+        }
+    })
+}
+
+/// Checks the mount point: an existing directory, not a mount already, not a dead mount.
+fn check_mountpoint(path: &Path) -> Result<PathBuf, CliError> {
+    if mounts::is_stale(path) {
+        return Err(CliError::new(format!(
+            "{} is a stale mount whose daemon is gone; clear it with `snarf umount {0}` (or `umount -l {0}`), then mount again",
+            path.display()
+        )));
+    }
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => CliError::new(format!(
+            "mount point {} does not exist; create it with `mkdir -p {0}`",
+            path.display()
+        )),
+        _ => CliError::new(format!("mount point {}: {e}", path.display())),
+    })?;
+    if !meta.is_dir() {
+        return Err(CliError::new(format!(
+            "mount point {} is not a directory",
+            path.display()
+        )));
+    }
+    let path = canonical(path, "mount point")?;
+    if let Some(m) = mounts::mount_at(&path)? {
+        return Err(CliError::new(format!(
+            "{} is already a mount point ({} of {}); unmount it first (`snarf umount {0}`) or choose another directory",
+            path.display(),
+            m.fstype,
+            m.source
+        )));
+    }
+    Ok(path)
+}
+
+/// `snarf mount`.
+pub fn mount(args: MountArgs) -> CliResult {
+    let in_daemon = args.foreground || args.ready_fd.is_some();
+    let checked = (|| {
+        let store = canonical(&args.store, "store")?;
+        Settings::load(&store)?;
+        let mountpoint = check_mountpoint(&args.mountpoint)?;
+        Ok::<_, CliError>((store, mountpoint))
+    })();
+    if !in_daemon {
+        logging::to_stderr();
+        let (store, mountpoint) = checked?;
+        return launch(&args, &store, &mountpoint);
+    }
+    let ready = args.ready_fd.map(|fd| {
+        // SAFETY: the launcher hands us this descriptor open and ours alone.
+        unsafe { File::from_raw_fd(fd) }
+    });
+    let (store, mountpoint) = match checked {
+        Ok(paths) => paths,
+        Err(e) => {
+            report(ready, Err(&e.message));
+            return Err(e);
+        }
+    };
+    if let Err(e) = logging::to_file(&store.join("snarf.log"), args.foreground) {
+        let e = CliError::new(format!(
+            "cannot open the log {}: {e}",
+            store.join("snarf.log").display()
+        ));
+        report(ready, Err(&e.message));
+        return Err(e);
+    }
+    serve(&args, &store, &mountpoint, ready)
+}
+
+/// Tells the launcher (if any) how start-up went, then lets go of the pipe.
+fn report(ready: Option<File>, outcome: Result<(), &str>) {
+    if let Some(mut f) = ready {
+        let line = match outcome {
+            Ok(()) => "ok\n".to_string(),
+            Err(msg) => format!("error: {msg}\n"),
+        };
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+/// Starts the daemon in the background and waits for its word.
+fn launch(args: &MountArgs, store: &Path, mountpoint: &Path) -> CliResult {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::new(format!("cannot find the snarf executable: {e}")))?;
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills the two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(CliError::new(format!(
+            "cannot make a pipe: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: both descriptors were just created and are owned here.
+    let (mut rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let wr_fd = fds[1];
+    let mut cmd = Command::new(exe);
+    cmd.arg("mount")
+        .arg(store)
+        .arg(mountpoint)
+        .arg("--ready-fd")
+        .arg(READY_FD.to_string())
+        .arg("--threads")
+        .arg(args.threads.to_string());
+    if args.allow_other {
+        cmd.arg("--allow-other");
+    }
+    if let Some(v) = args.preimage_mem {
+        cmd.arg("--preimage-mem").arg(v.to_string());
+    }
+    if let Some(v) = args.preimage_disk {
+        cmd.arg("--preimage-disk").arg(v.to_string());
+    }
+    if let Some(v) = args.break_after {
+        cmd.arg("--break-after").arg(v.to_string());
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec: a new session (so the
+    // daemon outlives the terminal) and the pipe moved to descriptor 3 without CLOEXEC.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            if wr_fd == READY_FD {
+                if libc::fcntl(READY_FD, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(wr_fd, READY_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| CliError::new(format!("cannot start the mount daemon: {e}")))?;
+    drop(wr);
+    let mut answer = String::new();
+    let _ = rd.read_to_string(&mut answer);
+    let answer = answer.trim();
+    if answer == "ok" {
+        println!(
+            "mounted {} at {} (daemon pid {}, log {})",
+            store.display(),
+            mountpoint.display(),
+            child.id(),
+            store.join("snarf.log").display()
+        );
+        return Ok(());
+    }
+    let _ = child.wait();
+    match answer.strip_prefix("error: ") {
+        Some(msg) => Err(CliError::new(msg)),
+        None => Err(CliError::new(format!(
+            "the mount daemon exited during start-up; see {}",
+            store.join("snarf.log").display()
+        ))),
+    }
+}
+
+/// Runs the daemon until the mount goes: open the store, mount, serve, close cleanly.
+fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>) -> CliResult {
+    let holder = format!(
+        "snarf mount at {} (pid {})",
+        mountpoint.display(),
+        std::process::id()
+    );
+    let started = (|| {
+        let st = Store::open(store, &holder)?;
+        let mut opts = EngineOptions::from_store(&st);
+        if let Some(v) = args.preimage_mem {
+            opts.budgets.memory = v;
+        }
+        if let Some(v) = args.preimage_disk {
+            opts.budgets.disk = v;
+        }
+        if let Some(v) = args.break_after {
+            opts.budgets.break_after_secs = v;
+        }
+        let engine = Arc::new(Engine::new(st, opts).map_err(|e| CliError::new(e.to_string()))?);
+        let daemon = Arc::new(Daemon::new(engine.clone()));
+        let mount_opts = MountOptions {
+            threads: args.threads,
+            allow_other: args.allow_other,
+            source: store.display().to_string(),
+        };
+        match fuse::mount(daemon, mountpoint, &mount_opts) {
+            Ok(m) => Ok((engine, m)),
+            Err(e) => {
+                let _ = engine.close();
+                Err(CliError::new(format!(
+                    "cannot mount {}: {e}",
+                    mountpoint.display()
+                )))
+            }
+        }
+    })();
+    let (engine, mounted) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            log::error!("{}", e.message);
+            report(ready, Err(&e.message));
+            return Err(e);
+        }
+    };
+    log::info!(
+        "mounted {} at {} ({} threads, pre-images: {})",
+        store.display(),
+        mountpoint.display(),
+        args.threads,
+        engine.options().budgets
+    );
+    watch_signals(mountpoint.to_path_buf())?;
+    report(ready, Ok(()));
+    notify_systemd();
+    let served = mounted.serve();
+    if let Err(e) = &served {
+        log::error!("the FUSE session ended with an error: {e}");
+    }
+    match engine.close() {
+        Ok(()) => log::info!("unmounted {}; store closed cleanly", mountpoint.display()),
+        Err(e) => {
+            log::error!("closing the store after unmount: {e}");
+            return Err(CliError::new(format!("closing the store: {e}")));
+        }
+    }
+    served.map_err(|e| CliError::new(format!("the FUSE session failed: {e}")))
+}
+
+/// On SIGTERM, SIGINT or SIGHUP: unmount, which ends the session and closes the store.
+fn watch_signals(mountpoint: PathBuf) -> CliResult {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| CliError::new(format!("cannot watch signals: {e}")))?;
+    std::thread::Builder::new()
+        .name("snarf-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                log::info!("signal {sig}: unmounting {}", mountpoint.display());
+                match mounts::unmount(&mountpoint, false) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        log::warn!(
+                            "{} is busy (files open); detaching it now, it goes when they close",
+                            mountpoint.display()
+                        );
+                        if let Err(e) = mounts::unmount(&mountpoint, true) {
+                            log::error!("cannot unmount {}: {e}", mountpoint.display());
+                        }
+                    }
+                    Err(e) => log::error!("cannot unmount {}: {e}", mountpoint.display()),
+                }
+            }
+        })
+        .map_err(|e| CliError::new(format!("cannot start the signal thread: {e}")))?;
+    Ok(())
+}
+
+/// Tells systemd (Type=notify units) the mount is ready.
+fn notify_systemd() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    // Abstract-namespace sockets ('@...') are not reachable by path from std; systemd uses
+    // a path socket by default.
+    if let Err(e) = sock.send_to(b"READY=1", &path) {
+        log::warn!("could not notify systemd: {e}");
+    }
+}
+
+/// `snarf umount`: unmounts, then waits until the daemon has flushed and closed the store.
+pub fn umount(args: UmountArgs) -> CliResult {
+    logging::to_stderr();
+    let stale = mounts::is_stale(&args.mountpoint);
+    let path = if stale {
+        args.mountpoint.clone()
+    } else {
+        canonical(&args.mountpoint, "mount point")?
+    };
+    let entry = mounts::mount_at(&path)?
+        .ok_or_else(|| CliError::new(format!("{} is not mounted", path.display())))?;
+    let is_snarf = entry.fstype == mounts::FSTYPE
+        || (entry.fstype.starts_with("fuse") && Settings::load(Path::new(&entry.source)).is_ok());
+    if !is_snarf {
+        return Err(CliError::new(format!(
+            "{} is a {} mount, not a snarf mount; use umount(8) for it",
+            path.display(),
+            entry.fstype
+        )));
+    }
+    match mounts::unmount(&path, args.lazy) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            return Err(CliError::new(format!(
+                "{} is busy: a process has files open there (see `fuser -vm {0}`); close them, or detach it now with `snarf umount --lazy {0}`",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(CliError::new(format!("cannot unmount {}: {e}", path.display()))),
+    }
+    if stale {
+        println!("cleared the stale mount at {}", path.display());
+        return Ok(());
+    }
+    let store = PathBuf::from(&entry.source);
+    wait_for_store_release(&store, Duration::from_secs(args.timeout))?;
+    println!(
+        "unmounted {} (store {} flushed and closed)",
+        path.display(),
+        store.display()
+    );
+    Ok(())
+}
+
+/// Waits until nobody holds the store's lock (the daemon has exited).
+fn wait_for_store_release(store: &Path, timeout: Duration) -> CliResult {
+    let lock = store.join("run/store.lock");
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        let Ok(f) = File::open(&lock) else {
+            return Ok(());
+        };
+        // SAFETY: flock on a descriptor we own.
+        let free = unsafe {
+            libc::flock(
+                std::os::unix::io::AsRawFd::as_raw_fd(&f),
+                libc::LOCK_SH | libc::LOCK_NB,
+            )
+        } == 0;
+        if free {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(CliError::new(format!(
+                "unmounted, but the daemon of {} has not exited after {} s; see {}",
+                store.display(),
+                timeout.as_secs(),
+                store.join("snarf.log").display()
+            )));
+        }
+        if !said && start.elapsed() > Duration::from_secs(2) {
+            eprintln!(
+                "waiting for the daemon to flush and close {} ...",
+                store.display()
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
