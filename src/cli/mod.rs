@@ -1,6 +1,7 @@
 //! The `snarf` command line: parses arguments with clap, calls the layers below and prints.
 //! Each group of commands lives in its own file; this one only dispatches.
 
+mod backup_cmds;
 mod demo_cmd;
 mod logging;
 mod mount_cmds;
@@ -68,6 +69,8 @@ enum Command {
     Mount(mount_cmds::MountArgs),
     /// Unmount a store, waiting until its daemon has flushed and closed it.
     Umount(mount_cmds::UmountArgs),
+    /// Back up a snapshot into a repository (incremental when possible), as its own process.
+    Backup(backup_cmds::BackupArgs),
     /// Manage backup repositories (`snarf repo init REPO`).
     Repo(repo_cmds::RepoArgs),
     /// List the committed backups of a repository.
@@ -93,6 +96,7 @@ pub fn main() -> i32 {
         Command::Demo(args) => demo_cmd::demo(args),
         Command::Mount(args) => mount_cmds::mount(args),
         Command::Umount(args) => mount_cmds::umount(args),
+        Command::Backup(args) => backup_cmds::backup(args),
         Command::Repo(args) => repo_cmds::repo(args),
         Command::Backups(args) => repo_cmds::backups(args),
         Command::Restore(args) => repo_cmds::restore(args),

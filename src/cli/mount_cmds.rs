@@ -270,14 +270,20 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
         }
         let engine = Arc::new(Engine::new(st, opts).map_err(|e| CliError::new(e.to_string()))?);
         let daemon = Arc::new(Daemon::new(engine.clone()));
+        // Backup jobs (separate `snarf backup` processes) talk to the daemon on run/daemon.sock.
+        if let Err(e) = daemon.start_jobs() {
+            let _ = engine.close();
+            return Err(CliError::new(format!("cannot serve backup jobs: {e}")));
+        }
         let mount_opts = MountOptions {
             threads: args.threads,
             allow_other: args.allow_other,
             source: store.display().to_string(),
         };
-        match fuse::mount(daemon, mountpoint, &mount_opts) {
-            Ok(m) => Ok((engine, m)),
+        match fuse::mount(daemon.clone(), mountpoint, &mount_opts) {
+            Ok(m) => Ok((engine, daemon, m)),
             Err(e) => {
+                daemon.stop_jobs();
                 let _ = engine.close();
                 Err(CliError::new(format!(
                     "cannot mount {}: {e}",
@@ -286,7 +292,7 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
             }
         }
     })();
-    let (engine, mounted) = match started {
+    let (engine, daemon, mounted) = match started {
         Ok(x) => x,
         Err(e) => {
             log::error!("{}", e.message);
@@ -308,6 +314,8 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
     if let Err(e) = &served {
         log::error!("the FUSE session ended with an error: {e}");
     }
+    // Running jobs fail and commit nothing; pins kept for snapshot reads go.
+    daemon.stop_jobs();
     match engine.close() {
         Ok(()) => log::info!("unmounted {}; store closed cleanly", mountpoint.display()),
         Err(e) => {

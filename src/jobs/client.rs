@@ -52,7 +52,12 @@ fn gone(e: std::io::Error) -> Error {
 impl Client {
     /// Connects to the daemon's socket and says hello.
     pub fn connect(socket: &Path, job: &str) -> Result<Client> {
-        let stream = UnixStream::connect(socket).map_err(|e| {
+        let stream = match (socket.parent(), socket.file_name()) {
+            (Some(dir), Some(name)) => super::server::addressable(dir, &name.to_string_lossy())
+                .and_then(|(addr, _dir)| UnixStream::connect(addr)),
+            _ => UnixStream::connect(socket),
+        }
+        .map_err(|e| {
             Error::io(
                 format!("connecting to the mount daemon at {}", socket.display()),
                 e,

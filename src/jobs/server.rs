@@ -28,6 +28,25 @@ pub const SOCKET: &str = "daemon.sock";
 /// Most snarfs one batch carries, whatever the job asks.
 const MAX_BATCH: usize = 64;
 
+/// Longest socket path bind(2) and connect(2) take (sun_path is 108 bytes with its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// A path under which the socket `name` in `dir` can be bound or reached: the real one when
+/// it fits in a socket address, else the same file through `/proc/self/fd/N` of the open
+/// folder (kept open by the returned `File` for as long as the path is used).
+pub fn addressable(dir: &Path, name: &str) -> std::io::Result<(PathBuf, Option<std::fs::File>)> {
+    let real = dir.join(name);
+    if real.as_os_str().len() <= SUN_PATH_MAX {
+        return Ok((real, None));
+    }
+    let folder = std::fs::File::open(dir)?;
+    let fd = std::os::unix::io::AsRawFd::as_raw_fd(&folder);
+    Ok((
+        PathBuf::from(format!("/proc/self/fd/{fd}/{name}")),
+        Some(folder),
+    ))
+}
+
 /// A job connected right now, for listings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobInfo {
@@ -77,7 +96,8 @@ impl JobServer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
         }
-        let listener = UnixListener::bind(&path)
+        let listener = addressable(run_dir, SOCKET)
+            .and_then(|(addr, _dir)| UnixListener::bind(addr))
             .map_err(|e| Error::io(format!("creating the job socket {}", path.display()), e))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))?;
@@ -152,7 +172,9 @@ impl JobServer {
             return;
         }
         // Wake the accept loop with a connection of our own.
-        let _ = UnixStream::connect(&self.path);
+        if let Some(dir) = self.path.parent() {
+            let _ = addressable(dir, SOCKET).and_then(|(addr, _dir)| UnixStream::connect(addr));
+        }
         for (s, _) in self.shared.conns.lock().values() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }

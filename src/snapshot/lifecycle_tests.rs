@@ -201,3 +201,38 @@ fn bookkeeping_is_at_most_16_bytes_per_snarf() {
     e.read(&v, tib - 10, &mut buf).unwrap();
     assert_eq!(&buf, b"end");
 }
+
+#[test]
+fn a_volume_file_changed_while_closed_loses_its_tracking() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_store(dir.path());
+    let snarf = 64 * 1024;
+    let checkpoint;
+    {
+        let e = engine(&root);
+        for name in ["touched", "kept"] {
+            let v = e.create_volume(name, 8 * snarf).unwrap();
+            e.write(&v, 0, &vec![1u8; 8 * snarf as usize]).unwrap();
+        }
+        checkpoint = e.take("base").unwrap().epoch();
+        e.close().unwrap();
+    }
+    // Something other than snarf writes the backing file while the store is closed.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("volumes/touched"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"behind snarf's back", 5 * snarf).unwrap();
+    drop(f);
+    let e = engine(&root);
+    let s = e.take("now").unwrap();
+    match e.changed_snarfs(&s, "touched", checkpoint).unwrap() {
+        Changed::Lost { reason } => assert!(reason.contains("outside snarf"), "{reason}"),
+        Changed::Snarfs(set) => panic!("stale tracking trusted: {set:?}"),
+    }
+    match e.changed_snarfs(&s, "kept", checkpoint).unwrap() {
+        Changed::Snarfs(set) => assert_eq!(set.count(), 0),
+        Changed::Lost { reason } => panic!("untouched volume lost tracking: {reason}"),
+    }
+}

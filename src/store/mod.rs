@@ -193,6 +193,8 @@ pub struct Store {
     session: u64,
     /// Whether the previous session ended without a clean close.
     recovered_unclean: bool,
+    /// Volumes whose backing file changed while the store was closed (tracking restarted).
+    touched: std::collections::BTreeSet<VolumeId>,
     volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
     meta: Mutex<StoreMeta>,
     closed: std::sync::atomic::AtomicBool,
@@ -299,19 +301,30 @@ impl Store {
         }
 
         let mut volumes = BTreeMap::new();
+        let mut touched = std::collections::BTreeSet::new();
         for rec in &mut records {
             let stamps_path = stamps_path(root, rec.id);
-            let stamps = if recovered_unclean {
+            let path = vol_dir.join(&rec.name);
+            let mut stamps = if recovered_unclean {
                 None
             } else {
                 load_stamps(&stamps_path)
             };
+            if stamps.is_some() && changed_after(&path, &stamps_path) {
+                // Written by something other than snarf while the store was closed: the
+                // saved stamps do not know which snarfs, so nothing older can be answered.
+                log::warn!(
+                    "volume file {} changed while the store was not open; changed-snarf tracking for it starts now, its next backup reads it in full",
+                    path.display()
+                );
+                stamps = None;
+                touched.insert(rec.id);
+            }
             if stamps.is_none() {
                 // Without saved stamps nothing older than now can be answered.
                 rec.tracked_since = rec.tracked_since.max(first_epoch);
             }
             let _ = std::fs::remove_file(&stamps_path);
-            let path = vol_dir.join(&rec.name);
             let file = open_backing(&path, false)?;
             if let Some(&size) = meta.logical_sizes.get(&rec.id) {
                 file.set_len(size).map_err(|e| {
@@ -342,6 +355,7 @@ impl Store {
             _lock: lock,
             session,
             recovered_unclean,
+            touched,
             volumes: RwLock::new(volumes),
             meta: Mutex::new(meta),
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -550,6 +564,8 @@ impl Store {
         }
         let reason = if self.recovered_unclean && vol.tracked_since() == self.first_epoch() {
             "the store was not closed cleanly, so changed-snarf tracking was lost".to_string()
+        } else if self.touched.contains(&vol.id()) && vol.tracked_since() == self.first_epoch() {
+            "the volume file was changed outside snarf while the store was closed, so changed-snarf tracking was lost".to_string()
         } else {
             "changed-snarf tracking for this volume starts after that checkpoint".to_string()
         };
@@ -593,6 +609,16 @@ impl Store {
 
 fn stamps_path(root: &Path, id: VolumeId) -> PathBuf {
     root.join("state/stamps").join(format!("{id:016x}"))
+}
+
+/// Whether `file` was modified after `stamps` was written (by something other than snarf,
+/// since snarf saves stamps after its last write).
+fn changed_after(file: &Path, stamps: &Path) -> bool {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (mtime(file), mtime(stamps)) {
+        (Some(f), Some(s)) => f > s,
+        _ => true,
+    }
 }
 
 fn load_stamps(path: &Path) -> Option<Vec<u64>> {
