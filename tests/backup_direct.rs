@@ -1,0 +1,163 @@
+//! `snarf backup STORE SNAPSHOT` with no mount running (direct mode): the job opens the
+//! store itself, backs it up, and a restore gives the volumes back byte for byte; the next
+//! backup is incremental; the errors a person meets are worded clearly.
+
+mod common;
+
+use std::path::Path;
+
+use common::{snarf, volume_data};
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf8 path")
+}
+
+/// The backup id from `snarf backup`'s summary.
+fn backup_id(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("backup "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no backup id in {out:?}"))
+        .to_string()
+}
+
+#[test]
+fn direct_backup_restores_equal_and_the_next_one_is_incremental() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let repo = dir.path().join("repo");
+    let (code, _, err) = snarf(&["repo", "init", s(&repo), "--pack-size", "1M"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = snarf(&["init", s(&store), "--repo", s(&repo)]);
+    assert_eq!(code, 0, "{err}");
+    // Volume files placed in volumes/ are adopted when the store is opened.
+    let a = volume_data(11, 5 << 20);
+    let b = volume_data(12, (3 << 20) + 4097);
+    std::fs::write(store.join("volumes/a.img"), &a).expect("write a");
+    std::fs::write(store.join("volumes/b.img"), &b).expect("write b");
+
+    // --repo defaults to the store's repository.
+    let (code, out, err) = snarf(&["backup", s(&store), "first"]);
+    assert_eq!(code, 0, "{err}");
+    let id = backup_id(&out);
+    assert!(
+        out.contains("volume a.img") && out.contains("full (first backup"),
+        "{out}"
+    );
+    assert!(
+        out.contains("dedup ratio") && out.contains("compression ratio") && out.contains("time "),
+        "{out}"
+    );
+    assert!(
+        err.contains("backup first:"),
+        "plain progress lines on a non-terminal: {err}"
+    );
+
+    let dest = dir.path().join("out");
+    let (code, _, err) = snarf(&["restore", s(&repo), &id, s(&dest)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        std::fs::read(dest.join("a.img")).expect("a") == a,
+        "a.img differs"
+    );
+    assert!(
+        std::fs::read(dest.join("b.img")).expect("b") == b,
+        "b.img differs"
+    );
+
+    // Closed cleanly, so the next backup reads nothing and reuses everything.
+    let (code, out, err) = snarf(&[
+        "backup",
+        s(&store),
+        "second",
+        "--repo",
+        s(&repo),
+        "--volume",
+        "b.img",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "incremental from {id}: read 0 of 49 snarfs, reused 49"
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("a.img"), "{out}");
+    // No process is left registered.
+    assert!(!store.join("run/pids").exists(), "registry left behind");
+    let (code, out, _) = snarf(&["check", s(&repo)]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn direct_backup_errors_say_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let repo = dir.path().join("repo");
+    assert_eq!(snarf(&["init", s(&store)]).0, 0);
+    std::fs::write(store.join("volumes/v"), volume_data(1, 1 << 20)).expect("write");
+
+    let (code, _, err) = snarf(&["backup", s(&store), "x"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no --repo given") && err.contains("snarf repo init"),
+        "{err}"
+    );
+    let (code, _, err) = snarf(&["backup", s(&store), "x", "--repo", s(&repo)]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not a snarf repository"), "{err}");
+    assert_eq!(snarf(&["repo", "init", s(&repo)]).0, 0);
+    let (code, _, err) = snarf(&[
+        "backup",
+        s(&dir.path().join("nope")),
+        "x",
+        "--repo",
+        s(&repo),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no such mount point or store"), "{err}");
+    let (code, _, err) = snarf(&["backup", s(dir.path()), "x", "--repo", s(&repo)]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("neither a snarf mount point nor a store"),
+        "{err}"
+    );
+    let (code, _, err) = snarf(&[
+        "backup",
+        s(&store),
+        "x",
+        "--repo",
+        s(&repo),
+        "--volume",
+        "w",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no volume named \"w\""), "{err}");
+
+    // A store held by someone else (a mount, another job) is named.
+    {
+        let _held = snarf::store::Store::open(&store, "snarf mount at /mnt/test").expect("open");
+        let (code, _, err) = snarf(&["backup", s(&store), "x", "--repo", s(&repo)]);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("in use by") && err.contains("/mnt/test"),
+            "{err}"
+        );
+    }
+    // A locked repository names its holder.
+    let _lock = snarf::repo::Repo::open(&repo)
+        .expect("open repo")
+        .lock("snarf prune (test)", None)
+        .expect("lock");
+    let (code, _, err) = snarf(&["backup", s(&store), "x", "--repo", s(&repo)]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("locked by") && err.contains("snarf prune (test)"),
+        "{err}"
+    );
+    assert_eq!(
+        snarf(&["backups", s(&repo)]).1.lines().count(),
+        1,
+        "nothing committed"
+    );
+}

@@ -1,0 +1,303 @@
+//! `snarf backup MOUNTPOINT SNAPSHOT` against a real mount while a separate writer process
+//! rewrites the volume: the restore equals the snapshot; reads of the snapshot after the
+//! backup freed its pre-images still give the snapshot (from the repository); a job killed
+//! with SIGKILL mid-transfer leaves the mount serving, the snapshot intact and no backup.
+
+mod mounted;
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mounted::{read, snarf, snarf_ok, Mounted};
+
+const BLOCK: u64 = 40 << 10;
+
+/// The writer process's role: with SNARF_TEST_BACKUP_WRITER set, this "test" rewrites
+/// random blocks of that file until killed; otherwise it does nothing.
+#[test]
+fn writer_process_role() {
+    let Ok(path) = std::env::var("SNARF_TEST_BACKUP_WRITER") else {
+        return;
+    };
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("writer: open");
+    let blocks = f.metadata().expect("writer: stat").len() / BLOCK;
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut buf = vec![0u8; BLOCK as usize];
+    loop {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf.fill(x as u8);
+        f.write_all_at(&buf, (x % blocks) * BLOCK)
+            .expect("writer: write");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// A child process this test started, killed by its pid when dropped.
+struct Started(Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_writer(volume: &Path) -> Started {
+    Started(
+        Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "writer_process_role",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SNARF_TEST_BACKUP_WRITER", volume)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting the writer"),
+    )
+}
+
+/// Random-looking but compressible-in-parts contents.
+fn contents(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    let mut x = seed | 1;
+    for (i, chunk) in v.chunks_mut(4096).enumerate() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        match i % 4 {
+            0 => {} // zeros
+            1 => chunk.fill(x as u8),
+            _ => {
+                for b in chunk.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Reads a snapshot file past the kernel's page cache, so the daemon answers every byte.
+fn read_uncached(path: &Path) -> Vec<u8> {
+    let f = fs::File::open(path).expect("open snapshot file");
+    // SAFETY: advice on a descriptor we own.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    drop(f);
+    read(path)
+}
+
+/// The running-jobs count in control/status.
+fn running_jobs(m: &Mounted) -> u64 {
+    let status = fs::read_to_string(m.path("control/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("running-jobs"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no running-jobs in {status}"))
+}
+
+fn backup_id(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("backup "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no backup id in {out:?}"))
+        .to_string()
+}
+
+fn restore(repo: &Path, id: &str, dest: &Path, volume: &str) -> Vec<u8> {
+    snarf_ok(&[
+        "restore",
+        repo.to_str().unwrap(),
+        id,
+        dest.to_str().unwrap(),
+    ]);
+    read(&dest.join(volume))
+}
+
+#[test]
+fn backup_of_a_mounted_snapshot_under_a_writer_restores_the_snapshot() {
+    let Some(m) = Mounted::new(&[], &["--preimage-mem", "4M"]) else {
+        return;
+    };
+    let repo = m.dir.path().join("repo");
+    snarf_ok(&["repo", "init", repo.to_str().unwrap(), "--pack-size", "1M"]);
+    let vol = m.path("live/vm.img");
+    fs::write(&vol, contents(1, 24 << 20)).unwrap();
+    let _writer = start_writer(&vol);
+    std::thread::sleep(Duration::from_millis(200));
+    fs::create_dir(m.path("snapshots/s1")).unwrap();
+    let snap = m.path("snapshots/s1/vm.img");
+    // The snapshot stays frozen while the writer goes on: this copy is what it holds.
+    let expected = read(&snap);
+
+    let out = snarf_ok(&[
+        "backup",
+        m.mnt.to_str().unwrap(),
+        "s1",
+        "--repo",
+        repo.to_str().unwrap(),
+    ]);
+    let id = backup_id(&out);
+    assert!(out.contains("full (first backup"), "{out}");
+    assert!(
+        restore(&repo, &id, &m.dir.path().join("out1"), "vm.img") == expected,
+        "restore differs from the snapshot"
+    );
+    // Its pre-images are gone; reads come back from the repository.
+    assert!(
+        read_uncached(&snap) == expected,
+        "snapshot reads differ after the backup"
+    );
+    assert_eq!(running_jobs(&m), 0);
+
+    // An incremental backup of a later snapshot reads only what the writer changed.
+    fs::create_dir(m.path("snapshots/s2")).unwrap();
+    let expected2 = read(&m.path("snapshots/s2/vm.img"));
+    let out = snarf_ok(&[
+        "backup",
+        m.mnt.to_str().unwrap(),
+        "s2",
+        "--repo",
+        repo.to_str().unwrap(),
+    ]);
+    assert!(out.contains(&format!("incremental from {id}")), "{out}");
+    let id2 = backup_id(&out);
+    assert!(restore(&repo, &id2, &m.dir.path().join("out2"), "vm.img") == expected2);
+    // Releasing the snapshots removes the pins the daemon kept for them.
+    fs::remove_dir(m.path("snapshots/s1")).unwrap();
+    fs::remove_dir(m.path("snapshots/s2")).unwrap();
+    let pins = repo.join("pins");
+    let start = Instant::now();
+    while fs::read_dir(&pins).map(|d| d.count()).unwrap_or(0) > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "pins left after release"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_backup_killed_mid_transfer_leaves_the_mount_serving_and_no_backup() {
+    let Some(m) = Mounted::new(&[], &[]) else {
+        return;
+    };
+    let repo = m.dir.path().join("repo");
+    snarf_ok(&[
+        "repo",
+        "init",
+        repo.to_str().unwrap(),
+        "--pack-size",
+        "256K",
+        "--compression",
+        "19",
+    ]);
+    let vol = m.path("live/big.img");
+    fs::write(&vol, contents(2, 96 << 20)).unwrap();
+    let _writer = start_writer(&vol);
+    fs::create_dir(m.path("snapshots/s")).unwrap();
+    let snap = m.path("snapshots/s/big.img");
+    let expected = read(&snap);
+
+    let job = Started(
+        Command::new(env!("CARGO_BIN_EXE_snarf"))
+            .args([
+                "backup",
+                m.mnt.to_str().unwrap(),
+                "s",
+                "--repo",
+                repo.to_str().unwrap(),
+                "--threads",
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the backup"),
+    );
+    // Kill it once it has sealed packs (so some snarfs were acknowledged and freed).
+    let start = Instant::now();
+    loop {
+        let sealed = fs::read_dir(repo.join("packs"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if sealed >= 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the backup never sealed a pack"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: signalling the child this test started, by its pid.
+    unsafe { libc::kill(job.0.id() as i32, libc::SIGKILL) };
+    drop(job);
+
+    assert!(
+        m.is_mounted() && m.daemon_alive(),
+        "the mount went down with the job"
+    );
+    // The daemon notices the job is gone and drops it.
+    let start = Instant::now();
+    while running_jobs(&m) != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the daemon still lists the dead job"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        read_uncached(&snap) == expected,
+        "the snapshot changed after the job died"
+    );
+    let out = snarf_ok(&["backups", repo.to_str().unwrap()]);
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "a killed job left a visible backup: {out}"
+    );
+    // The live volume is still served.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&vol)
+        .unwrap()
+        .write_all_at(b"still here", 0)
+        .unwrap();
+
+    // The next job completes; the repository checks clean.
+    let out = snarf_ok(&[
+        "backup",
+        m.mnt.to_str().unwrap(),
+        "s",
+        "--repo",
+        repo.to_str().unwrap(),
+    ]);
+    let id = backup_id(&out);
+    assert!(restore(&repo, &id, &m.dir.path().join("out"), "big.img") == expected);
+    let check = snarf(&["check", repo.to_str().unwrap()]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
