@@ -525,3 +525,76 @@ fn refusals_are_clear() {
         "{e}"
     );
 }
+
+#[test]
+fn a_daemon_that_stops_mid_job_fails_it_cleanly() {
+    let s = setup(8 << 20, 0, 64 << 10);
+    make_volume(&s.engine, "v", &data(8, 4 << 20));
+    s.engine.take("s").unwrap();
+    let server = Arc::new(parking_lot::Mutex::new(Some(
+        JobServer::start(s.engine.clone(), &s.engine.store().run_dir()).unwrap(),
+    )));
+    let socket = server.lock().as_ref().unwrap().socket().to_path_buf();
+    /// Stops the daemon's job server after some batches, as an unmount would.
+    struct Unmounting {
+        inner: Client,
+        server: Arc<parking_lot::Mutex<Option<JobServer>>>,
+        left: AtomicUsize,
+    }
+    impl Session for Unmounting {
+        fn describe(&self, snapshot: &str) -> Result<SnapshotDesc> {
+            self.inner.describe(snapshot)
+        }
+        fn plan(&self, req: &PlanRequest, repo: &Path) -> Result<Plan> {
+            self.inner.plan(req, repo)
+        }
+        fn next(&self, max: usize) -> Result<Option<Vec<SnarfData>>> {
+            if self.left.fetch_sub(1, Ordering::Relaxed) == 0 {
+                if let Some(mut srv) = self.server.lock().take() {
+                    srv.stop();
+                }
+            }
+            self.inner.next(max)
+        }
+        fn ack(&self, items: &[AckItem]) -> Result<()> {
+            self.inner.ack(items)
+        }
+        fn done(&self, backup: &str) -> Result<()> {
+            self.inner.done(backup)
+        }
+        fn abort(&self, reason: &str) {
+            self.inner.abort(reason)
+        }
+    }
+    let job = Unmounting {
+        inner: Client::connect(&socket, "t").unwrap(),
+        server: server.clone(),
+        left: AtomicUsize::new(5),
+    };
+    let mut o = opts("s");
+    o.batch = 2;
+    let e = pipeline::run(&job, &s.repo, &o, &mut |_| {}).unwrap_err();
+    assert!(matches!(e, super::Error::DaemonGone(_)), "{e}");
+    assert!(s.repo.list_backups().unwrap().is_empty());
+    assert!(!socket.exists(), "the socket goes with the server");
+    // A later job finds the repository clean and usable.
+    let sum = direct(&s, &opts("s")).unwrap();
+    assert!(restore(&s.repo, sum.backup.as_str(), "v") == data(8, 4 << 20));
+    let report = s.repo.check(true, &mut |_| {}).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+#[test]
+fn the_socket_works_under_a_store_path_too_long_for_a_socket_address() {
+    let s = setup(8 << 20, 0, 1 << 20);
+    let deep = s.dir.path().join("x".repeat(60)).join("y".repeat(60));
+    std::fs::create_dir_all(&deep).unwrap();
+    assert!(deep.join(super::server::SOCKET).as_os_str().len() > 108);
+    make_volume(&s.engine, "v", &data(9, 256 << 10));
+    s.engine.take("s").unwrap();
+    let server = JobServer::start(s.engine.clone(), &deep).unwrap();
+    assert!(server.socket().exists());
+    let client = Client::connect(server.socket(), "deep").unwrap();
+    let sum = pipeline::run(&client, &s.repo, &opts("s"), &mut |_| {}).unwrap();
+    assert_eq!(sum.bytes_read, 256 << 10);
+}
