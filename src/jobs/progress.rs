@@ -17,6 +17,7 @@ pub const PLAIN_EVERY: Duration = Duration::from_secs(5);
 /// A job's progress on stderr.
 pub struct ProgressDisplay {
     label: String,
+    tty: bool,
     bar: Option<ProgressBar>,
     last_line: Option<Instant>,
 }
@@ -24,19 +25,11 @@ pub struct ProgressDisplay {
 impl ProgressDisplay {
     /// A display for the job `label`; a bar when `tty`, lines otherwise.
     pub fn new(label: &str, tty: bool) -> ProgressDisplay {
-        let bar = tty.then(|| {
-            let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template(
-                "{msg} [{bar:30}] {percent:>3}% {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("#>-");
-            b.set_style(style);
-            b.set_message(label.to_string());
-            b
-        });
+        // Made at the first update, once the total is known, so it never shows 0 of 0.
+        let bar = None;
         ProgressDisplay {
             label: label.to_string(),
+            tty,
             bar,
             last_line: None,
         }
@@ -44,6 +37,19 @@ impl ProgressDisplay {
 
     /// Shows `p`.
     pub fn update(&mut self, p: &Progress) {
+        if self.tty && self.bar.is_none() {
+            let b =
+                ProgressBar::with_draw_target(Some(p.total_bytes), ProgressDrawTarget::stderr());
+            // The bar takes what is left of the terminal's width, so the line never wraps.
+            let style = ProgressStyle::with_template(
+                "{msg} {percent:>3}% {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} [{wide_bar}]",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("#>-");
+            b.set_style(style);
+            b.set_message(self.label.clone());
+            self.bar = Some(b);
+        }
         if let Some(b) = &self.bar {
             b.set_length(p.total_bytes);
             b.set_position(p.done_bytes.min(p.total_bytes));
