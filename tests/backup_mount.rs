@@ -301,3 +301,100 @@ fn a_backup_killed_mid_transfer_leaves_the_mount_serving_and_no_backup() {
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+/// Writes one command to a control file and reads the answer on the same descriptor.
+fn control(m: &Mounted, file: &str, command: &str) -> std::io::Result<String> {
+    use std::io::{Read, Seek, Write};
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path(file))?;
+    f.write_all(command.as_bytes())?;
+    f.rewind()?;
+    let mut answer = String::new();
+    f.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+#[test]
+fn a_backup_started_through_control_jobs_runs_as_its_own_process() {
+    let Some(m) = Mounted::new(&[], &[]) else {
+        return;
+    };
+    let repo = m.dir.path().join("repo");
+    snarf_ok(&["repo", "init", repo.to_str().unwrap()]);
+    fs::write(m.path("live/db"), contents(3, 8 << 20)).unwrap();
+    fs::create_dir(m.path("snapshots/nightly")).unwrap();
+    let expected = read(&m.path("snapshots/nightly/db"));
+
+    let e = control(
+        &m,
+        "control/jobs",
+        &format!("backup nosuch repo={}\n", repo.display()),
+    )
+    .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+    let answer = control(
+        &m,
+        "control/jobs",
+        &format!("backup nightly repo={}\n", repo.display()),
+    )
+    .unwrap();
+    assert!(
+        answer.contains("started backup of snapshot nightly as process"),
+        "{answer}"
+    );
+    let start = Instant::now();
+    let table = loop {
+        let table = fs::read_to_string(m.path("control/jobs")).unwrap();
+        if table
+            .lines()
+            .any(|l| l.contains(" done ") || l.contains(" failed "))
+        {
+            break table;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the job never ended: {table}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        table.starts_with("ID") && table.contains("nightly"),
+        "{table}"
+    );
+    let row = table.lines().find(|l| l.contains("nightly")).unwrap();
+    assert!(
+        row.contains(" done ") && row.contains("committed backup"),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(m.path("control/jobs.json")).unwrap()).unwrap();
+    assert_eq!(json[0]["state"], "done", "{json}");
+    assert_eq!(json[0]["done_bytes"], json[0]["total_bytes"], "{json}");
+    let id = row.split("committed backup ").nth(1).unwrap().trim();
+    assert!(restore(&repo, id, &m.dir.path().join("out"), "db") == expected);
+
+    // A job that fails at once still shows, with its reason.
+    let answer = control(
+        &m,
+        "control/jobs",
+        "backup nightly repo=/nonexistent/repo\n",
+    )
+    .unwrap();
+    assert!(answer.contains("started"), "{answer}");
+    let start = Instant::now();
+    loop {
+        let table = fs::read_to_string(m.path("control/jobs")).unwrap();
+        if table.contains("not a snarf repository") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no failed row: {table}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let e = control(&m, "control/jobs", "cancel J99\n").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+}

@@ -33,8 +33,9 @@ pub struct Daemon {
     engine: Arc<Engine>,
     registry: Registry,
     notify: Mutex<Option<Notify>>,
-    /// The socket server backup jobs talk to, once started.
-    jobs: Mutex<Option<JobServer>>,
+    /// The socket server backup jobs talk to, once started (shared with the threads that
+    /// watch job processes started through control/jobs).
+    jobs: Arc<Mutex<Option<JobServer>>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -56,7 +57,7 @@ impl Daemon {
             engine,
             registry,
             notify: Mutex::new(None),
-            jobs: Mutex::new(None),
+            jobs: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -114,9 +115,47 @@ impl Daemon {
         }
     }
 
+    /// The rows of control/jobs: running jobs and the last few that ended.
+    pub fn job_rows(&self) -> Vec<control::JobRow> {
+        use crate::jobs::JobPhase;
+        let jobs = self
+            .jobs
+            .lock()
+            .as_ref()
+            .map(|s| s.jobs())
+            .unwrap_or_default();
+        jobs.into_iter()
+            .map(|j| {
+                let (state, reason) = match j.phase {
+                    JobPhase::Starting => (control::JobState::Queued, String::new()),
+                    JobPhase::Running => (control::JobState::Running, String::new()),
+                    JobPhase::Committing => (control::JobState::Finishing, String::new()),
+                    JobPhase::Done(id) => {
+                        (control::JobState::Done, format!("committed backup {id}"))
+                    }
+                    JobPhase::Failed(why) => (control::JobState::Failed, why),
+                    JobPhase::Cancelled(why) => (control::JobState::Cancelled, why),
+                };
+                control::JobRow {
+                    id: j.id,
+                    kind: "backup".into(),
+                    pid: (j.pid > 0).then_some(j.pid),
+                    state,
+                    reason,
+                    done_bytes: j.sent_bytes,
+                    total_bytes: j.total_bytes,
+                    rate_bytes_per_sec: j.rate,
+                    started: Some(j.started),
+                    snapshot: j.snapshot,
+                    repository: j.repo,
+                }
+            })
+            .collect()
+    }
+
     /// Backup jobs connected now.
     pub fn running_jobs(&self) -> usize {
-        self.jobs.lock().as_ref().map_or(0, |s| s.jobs().len())
+        self.jobs.lock().as_ref().map_or(0, |s| s.running())
     }
 
     /// The engine.
@@ -147,18 +186,57 @@ impl Daemon {
         };
         match command {
             Command::CreateSnapshot { name } => {
-                self.engine.take(&name).map_err(|e| refused(e.to_string()))?;
+                self.engine
+                    .take(&name)
+                    .map_err(|e| refused(e.to_string()))?;
                 self.changed(Changed::Snapshot(name.clone()));
                 Ok(format!("created snapshot {name}\n"))
             }
             Command::ReleaseSnapshot { name } => {
-                self.engine.release(&name).map_err(|e| refused(e.to_string()))?;
+                self.engine
+                    .release(&name)
+                    .map_err(|e| refused(e.to_string()))?;
                 self.changed(Changed::Snapshot(name.clone()));
                 Ok(format!("released snapshot {name}\n"))
             }
-            Command::Backup(_) | Command::Cancel { .. } => Err(refused(
-                "backup jobs are not available yet: this mount has no job runner; use `snarf backup` once it exists".into(),
-            )),
+            Command::Backup(b) => {
+                if self.jobs.lock().is_none() {
+                    return Err(refused("this mount does not serve backup jobs".into()));
+                }
+                // Refused here, at once, rather than by the job process a moment later.
+                self.engine
+                    .snapshot(&b.snapshot)
+                    .map_err(|e| refused(e.to_string()))?;
+                let req = crate::jobs::spawn::SpawnRequest {
+                    snapshot: b.snapshot.clone(),
+                    repo: b.repo.clone(),
+                    volumes: b.volumes.clone(),
+                    mode: match b.mode {
+                        control::BackupMode::Full => crate::jobs::Mode::Full,
+                        control::BackupMode::Incremental => crate::jobs::Mode::Incremental,
+                        control::BackupMode::Auto => crate::jobs::Mode::Auto,
+                    },
+                };
+                let exe = std::env::current_exe()
+                    .map_err(|e| refused(format!("cannot find the snarf executable: {e}")))?;
+                let pid = crate::jobs::spawn::spawn_backup(
+                    &exe,
+                    self.engine.store().root(),
+                    &req,
+                    Arc::downgrade(&self.jobs),
+                )
+                .map_err(|e| refused(format!("cannot start the backup process: {e}")))?;
+                Ok(format!(
+                    "started backup of snapshot {} as process {pid}; follow it in control/jobs\n",
+                    b.snapshot
+                ))
+            }
+            Command::Cancel { job } => match self.jobs.lock().as_ref() {
+                Some(server) => server
+                    .cancel(&job, "cancelled through control/jobs")
+                    .map_err(refused),
+                None => Err(refused("this mount does not serve backup jobs".into())),
+            },
         }
     }
 
@@ -168,8 +246,8 @@ impl Daemon {
             ControlFile::Status => render_status(&self.status()),
             ControlFile::StatusJson => render_status_json(&self.status()),
             ControlFile::Snapshot => control::render_snapshots(&self.status().snapshots),
-            ControlFile::Jobs => render_jobs(&[]),
-            ControlFile::JobsJson => render_jobs_json(&[]),
+            ControlFile::Jobs => render_jobs(&self.job_rows()),
+            ControlFile::JobsJson => render_jobs_json(&self.job_rows()),
             ControlFile::Pids | ControlFile::PidsJson => {
                 let rows: Vec<control::PidRow> = match self.registry.list() {
                     Ok(entries) => entries.iter().map(Into::into).collect(),

@@ -237,6 +237,10 @@ impl Session for Client {
         Ok(())
     }
 
+    fn committing(&self) {
+        let _ = self.send(&Msg::Committing, &[]);
+    }
+
     fn done(&self, backup: &str) -> Result<()> {
         match self
             .call(

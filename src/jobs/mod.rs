@@ -9,8 +9,9 @@
 //! * [`plan`]: full or incremental per volume, and why.
 //! * [`service`]: the engine side of a job ([`JobService`]) and the [`Session`] a job
 //!   talks to, in the daemon or in-process (direct mode).
-//! * [`proto`], [`client`], [`server`]: framed messages over a stream; the job's end; the
-//!   daemon's socket server.
+//! * [`proto`], [`client`], [`conversation`], [`server`]: framed messages over a stream;
+//!   the job's end; the engine's end over any stream; the daemon's socket server and job
+//!   listing.
 //! * [`released`]: where acknowledged snarfs were stored, so snapshot reads still work
 //!   after their pre-images are freed.
 //! * [`base`]: what a backup records of its source, and finding the base of an incremental.
@@ -19,6 +20,7 @@
 
 pub mod base;
 pub mod client;
+pub mod conversation;
 pub mod error;
 pub mod feed;
 pub mod pipeline;
@@ -28,13 +30,14 @@ pub mod proto;
 pub mod released;
 pub mod server;
 pub mod service;
+pub mod spawn;
 
 pub use error::{Error, Result};
 pub use feed::{Feed, FeedStats, FeedVolume, Handed};
 pub use pipeline::{BackupOptions, Progress, Summary, VolumeSummary};
 pub use plan::{FullReason, Mode, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
 pub use released::{read_snapshot, Released};
-pub use server::JobServer;
+pub use server::{JobPhase, JobServer, JobStatus};
 pub use service::{JobService, Session, SnarfData};
 
 #[cfg(test)]

@@ -239,6 +239,7 @@ pub fn run(
             return Err(e);
         }
     };
+    session.committing();
     let id = match writer.commit() {
         Ok(id) => id,
         Err(e) => {

@@ -24,6 +24,7 @@
 //! plan {request, repo}              ->  planned {volumes}           payload: the incremental volumes' snarf sets
 //! next {max}                        ->  batch {items, done}         payload: the non-zero snarfs' bytes
 //! ack {count}                       ->  (nothing)                   payload: count 76-byte records
+//! committing                        ->  (nothing)                   the job commits now
 //! done {backup}                     ->  bye
 //! abort {reason}                    ->  bye
 //! any request the daemon refuses    ->  error {message}
@@ -120,6 +121,8 @@ pub enum Msg {
         /// Number of records.
         count: u32,
     },
+    /// The job is committing its backup (for listings). No answer.
+    Committing,
     /// The backup is committed.
     Done {
         /// Its id.
@@ -207,7 +210,7 @@ fn bad(why: String) -> std::io::Error {
 }
 
 /// Writes one frame (header and payload) and flushes.
-pub fn write_frame(w: &mut impl Write, msg: &Msg, payload: &[u8]) -> std::io::Result<()> {
+pub fn write_frame<W: Write + ?Sized>(w: &mut W, msg: &Msg, payload: &[u8]) -> std::io::Result<()> {
     let header = serde_json::to_vec(msg).map_err(|e| bad(e.to_string()))?;
     if header.len() > MAX_HEADER || payload.len() > MAX_PAYLOAD {
         return Err(bad(format!(
@@ -227,7 +230,7 @@ pub fn write_frame(w: &mut impl Write, msg: &Msg, payload: &[u8]) -> std::io::Re
 }
 
 /// Reads one frame. `Ok(None)` when the stream ends cleanly between frames.
-pub fn read_frame(r: &mut impl Read) -> std::io::Result<Option<(Msg, Vec<u8>)>> {
+pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> std::io::Result<Option<(Msg, Vec<u8>)>> {
     let mut head = [0u8; 12];
     let mut got = 0;
     while got < head.len() {

@@ -1,32 +1,33 @@
 //! The daemon's job server: a Unix socket `STORE/run/daemon.sock` (mode 0600; the run folder
 //! is 0700) on which backup jobs, separate `snarf backup` processes, ask for their
-//! snapshot's snarfs. One thread accepts; each connection gets a thread that answers its
-//! requests through a [`JobService`]. When a connection ends, however it ends, its feed is
-//! dropped; what it acknowledged stays readable through the [`Released`] tables. A janitor
-//! drops those tables (and their repository pins) once their snapshot is released.
+//! snapshot's snarfs. One thread accepts; each connection gets a thread that runs the
+//! [`conversation`](super::conversation) with it. When a connection ends, however it ends,
+//! its feed is dropped; what it acknowledged stays readable through the [`Released`]
+//! tables. A janitor drops those tables (and their repository pins) once their snapshot is
+//! released. The server also keeps the job listing: every connected job, and the last few
+//! that ended, with their progress.
 
-use std::collections::HashMap;
-use std::io::{BufReader, BufWriter, Write};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufReader, BufWriter};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::proto::{self, BatchItem, Msg};
+use super::conversation::{serve_stream, End, Event};
 use super::released::Released;
-use super::service::{JobService, Session};
 use super::{Error, Result};
 use crate::snapshot::Engine;
 
 /// Name of the socket in the store's run folder.
 pub const SOCKET: &str = "daemon.sock";
-/// Most snarfs one batch carries, whatever the job asks.
-const MAX_BATCH: usize = 64;
+/// Ended jobs kept in the listing.
+const HISTORY: usize = 32;
 
 /// Longest socket path bind(2) and connect(2) take (sun_path is 108 bytes with its NUL).
 const SUN_PATH_MAX: usize = 107;
@@ -47,26 +48,100 @@ pub fn addressable(dir: &Path, name: &str) -> std::io::Result<(PathBuf, Option<s
     ))
 }
 
-/// A job connected right now, for listings.
+/// Where a job is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobInfo {
-    /// Connection number.
-    pub conn: u64,
-    /// What the job called itself.
+pub enum JobPhase {
+    /// Connected, not planned yet.
+    Starting,
+    /// Transferring.
+    Running,
+    /// Committing its backup.
+    Committing,
+    /// Committed this backup.
+    Done(String),
+    /// Ended without committing, for this reason.
+    Failed(String),
+    /// Cancelled through the daemon, for this reason.
+    Cancelled(String),
+}
+
+impl JobPhase {
+    /// Whether the job has ended.
+    pub fn ended(&self) -> bool {
+        matches!(
+            self,
+            JobPhase::Done(_) | JobPhase::Failed(_) | JobPhase::Cancelled(_)
+        )
+    }
+}
+
+/// One job in the listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobStatus {
+    /// Its id in the listing (`J` and a number), as `cancel` takes it.
+    pub id: String,
+    /// What it called itself.
     pub job: String,
-    /// Its pid.
+    /// Its pid (0 until it said hello).
     pub pid: u32,
-    /// The snapshot, once it asked.
+    /// The snapshot.
     pub snapshot: String,
+    /// The repository, once planned.
+    pub repo: String,
+    /// Where it is.
+    pub phase: JobPhase,
+    /// Bytes of snarfs sent to it.
+    pub sent_bytes: u64,
+    /// Bytes of snarfs to send, once planned.
+    pub total_bytes: Option<u64>,
+    /// Start, seconds since the Unix epoch.
+    pub started: u64,
+    /// Average send rate while it ran, bytes per second.
+    pub rate: Option<u64>,
+}
+
+struct Tracked {
+    status: JobStatus,
+    since: Instant,
+    /// Set by `cancel`: the reason given to the job at its next request.
+    cancel: Option<String>,
+    ended_at: Option<Instant>,
 }
 
 struct Shared {
     engine: Arc<Engine>,
     released: Arc<Released>,
     stopping: AtomicBool,
-    conns: Mutex<HashMap<u64, (UnixStream, JobInfo)>>,
+    streams: Mutex<HashMap<u64, UnixStream>>,
+    jobs: Mutex<BTreeMap<u64, Tracked>>,
     next_conn: AtomicU64,
     janitor_wake: (Mutex<bool>, Condvar),
+}
+
+impl Shared {
+    fn update(&self, conn: u64, f: impl FnOnce(&mut Tracked)) {
+        if let Some(t) = self.jobs.lock().get_mut(&conn) {
+            f(t);
+        }
+    }
+
+    fn end(&self, conn: u64, phase: JobPhase) {
+        let mut jobs = self.jobs.lock();
+        if let Some(t) = jobs.get_mut(&conn) {
+            if !t.status.phase.ended() {
+                t.status.phase = phase;
+            }
+            t.ended_at = Some(Instant::now());
+        }
+        let mut ended: Vec<u64> = jobs
+            .iter()
+            .filter(|(_, t)| t.ended_at.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        while ended.len() > HISTORY {
+            jobs.remove(&ended.remove(0));
+        }
+    }
 }
 
 /// The running server; stop it with [`JobServer::stop`] (or drop it).
@@ -106,7 +181,8 @@ impl JobServer {
             engine,
             released,
             stopping: AtomicBool::new(false),
-            conns: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(BTreeMap::new()),
             next_conn: AtomicU64::new(1),
             janitor_wake: (Mutex::new(false), Condvar::new()),
         });
@@ -146,17 +222,93 @@ impl JobServer {
         &self.shared.released
     }
 
-    /// Jobs connected now.
-    pub fn jobs(&self) -> Vec<JobInfo> {
-        let mut v: Vec<JobInfo> = self
-            .shared
-            .conns
+    /// Jobs connected now, and the last few that ended, oldest first.
+    pub fn jobs(&self) -> Vec<JobStatus> {
+        self.shared
+            .jobs
             .lock()
             .values()
-            .map(|(_, i)| i.clone())
-            .collect();
-        v.sort_by_key(|i| i.conn);
-        v
+            .map(|t| {
+                let mut s = t.status.clone();
+                let secs = t
+                    .ended_at
+                    .unwrap_or_else(Instant::now)
+                    .duration_since(t.since);
+                if s.sent_bytes > 0 && secs > Duration::from_millis(10) {
+                    s.rate = Some((s.sent_bytes as f64 / secs.as_secs_f64()) as u64);
+                }
+                s
+            })
+            .collect()
+    }
+
+    /// Jobs connected and not ended.
+    pub fn running(&self) -> usize {
+        self.shared
+            .jobs
+            .lock()
+            .values()
+            .filter(|t| !t.status.phase.ended())
+            .count()
+    }
+
+    /// Cancels a running job by its id (`J3`) or pid: it is refused at its next request and
+    /// commits nothing. A job already committing is not stopped (finishing goes forward).
+    pub fn cancel(&self, id: &str, reason: &str) -> std::result::Result<String, String> {
+        let mut jobs = self.shared.jobs.lock();
+        let found = jobs
+            .values_mut()
+            .find(|t| t.status.id.eq_ignore_ascii_case(id) || t.status.pid.to_string() == id);
+        match found {
+            None => Err(format!("no job {id}; control/jobs lists them")),
+            Some(t) if t.status.phase.ended() => {
+                Err(format!("job {} has already ended", t.status.id))
+            }
+            Some(t) if t.status.phase == JobPhase::Committing => Err(format!(
+                "job {} is committing its backup; a commit is never undone",
+                t.status.id
+            )),
+            Some(t) => {
+                t.cancel = Some(reason.to_string());
+                Ok(format!("cancelling job {}\n", t.status.id))
+            }
+        }
+    }
+
+    /// Records a job that ended before it connected (a spawned `snarf backup` that failed
+    /// at once), or fills in the reason of one that ended, from its process.
+    pub fn note_exit(&self, pid: u32, snapshot: &str, failure: Option<String>) {
+        let mut jobs = self.shared.jobs.lock();
+        if let Some(t) = jobs.values_mut().find(|t| t.status.pid == pid) {
+            if let (Some(reason), JobPhase::Failed(_)) = (&failure, &t.status.phase) {
+                t.status.phase = JobPhase::Failed(reason.clone());
+            }
+            return;
+        }
+        let Some(reason) = failure else { return };
+        drop(jobs);
+        let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.shared.jobs.lock().insert(
+            conn,
+            Tracked {
+                status: JobStatus {
+                    id: format!("J{conn}"),
+                    job: format!("backup {snapshot}"),
+                    pid,
+                    snapshot: snapshot.to_string(),
+                    repo: String::new(),
+                    phase: JobPhase::Failed(reason),
+                    sent_bytes: 0,
+                    total_bytes: None,
+                    started: crate::repo::ids::now_secs(),
+                    rate: None,
+                },
+                since: Instant::now(),
+                cancel: None,
+                ended_at: Some(Instant::now()),
+            },
+        );
+        self.shared.end(conn, JobPhase::Failed(String::new()));
     }
 
     /// Drops released-snarf tables of snapshots released since (the janitor does this every
@@ -175,7 +327,7 @@ impl JobServer {
         if let Some(dir) = self.path.parent() {
             let _ = addressable(dir, SOCKET).and_then(|(addr, _dir)| UnixStream::connect(addr));
         }
-        for (s, _) in self.shared.conns.lock().values() {
+        for s in self.shared.streams.lock().values() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
         {
@@ -225,26 +377,13 @@ fn accept_loop(
         let Ok(copy) = stream.try_clone() else {
             continue;
         };
-        shared.conns.lock().insert(
-            conn,
-            (
-                copy,
-                JobInfo {
-                    conn,
-                    job: String::new(),
-                    pid: 0,
-                    snapshot: String::new(),
-                },
-            ),
-        );
+        shared.streams.lock().insert(conn, copy);
         let s2 = shared.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("snarf-job-{conn}"))
             .spawn(move || {
-                if let Err(e) = serve(&s2, conn, stream) {
-                    log::warn!("backup job connection {conn}: {e}");
-                }
-                s2.conns.lock().remove(&conn);
+                serve(&s2, conn, stream);
+                s2.streams.lock().remove(&conn);
             });
         match spawned {
             Ok(h) => {
@@ -254,7 +393,7 @@ fn accept_loop(
             }
             Err(e) => {
                 log::warn!("cannot start a thread for a backup job: {e}");
-                shared.conns.lock().remove(&conn);
+                shared.streams.lock().remove(&conn);
             }
         }
     }
@@ -272,130 +411,73 @@ fn janitor_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Serves one connection until it ends.
-fn serve(shared: &Shared, conn: u64, stream: UnixStream) -> std::io::Result<()> {
-    let mut reader = BufReader::with_capacity(1 << 16, stream.try_clone()?);
-    let mut writer = BufWriter::with_capacity(1 << 20, stream);
-    let service = JobService::new(shared.engine.clone(), Some(shared.released.clone()));
-    let mut greeted = false;
-    let mut items = Vec::new();
-    let mut payload = Vec::new();
-    loop {
-        let Some((msg, body)) = proto::read_frame(&mut reader)? else {
-            log::info!("backup job connection {conn} closed");
-            return Ok(());
+/// Serves one connection until it ends, keeping its line of the listing.
+fn serve(shared: &Shared, conn: u64, stream: UnixStream) {
+    shared.jobs.lock().insert(
+        conn,
+        Tracked {
+            status: JobStatus {
+                id: format!("J{conn}"),
+                job: String::new(),
+                pid: 0,
+                snapshot: String::new(),
+                repo: String::new(),
+                phase: JobPhase::Starting,
+                sent_bytes: 0,
+                total_bytes: None,
+                started: crate::repo::ids::now_secs(),
+                rate: None,
+            },
+            since: Instant::now(),
+            cancel: None,
+            ended_at: None,
+        },
+    );
+    let result = stream.try_clone().and_then(|r| {
+        let mut reader = BufReader::with_capacity(1 << 16, r);
+        let mut writer = BufWriter::with_capacity(1 << 20, stream);
+        let mut events = |e: Event<'_>| {
+            shared.update(conn, |t| match e {
+                Event::Hello { job, pid } => {
+                    t.status.job = job.to_string();
+                    t.status.pid = pid;
+                }
+                Event::Snapshot(s) => t.status.snapshot = s.to_string(),
+                Event::Planned { repo, total_bytes } => {
+                    t.status.repo = repo.display().to_string();
+                    t.status.total_bytes = Some(total_bytes);
+                    t.status.phase = JobPhase::Running;
+                }
+                Event::Sent(n) => t.status.sent_bytes += n,
+                Event::Committing => t.status.phase = JobPhase::Committing,
+                Event::Done(id) => t.status.phase = JobPhase::Done(id.to_string()),
+                Event::Aborted(why) => t.status.phase = JobPhase::Failed(why.to_string()),
+            })
         };
-        if shared.stopping.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let answer: Result<Option<Msg>> = (|| match msg {
-            Msg::Hello { version, job, pid } => {
-                if version != proto::VERSION {
-                    return Err(Error::Refused(format!(
-                        "this mount speaks job protocol version {}, the job {version}; use the same snarf version for both",
-                        proto::VERSION
-                    )));
-                }
-                greeted = true;
-                if let Some((_, info)) = shared.conns.lock().get_mut(&conn) {
-                    info.job = job;
-                    info.pid = pid;
-                }
-                Ok(Some(Msg::Welcome {
-                    version: proto::VERSION,
-                    pid: std::process::id(),
-                    store_id: shared.engine.store().store_id(),
-                    store: shared.engine.store().root().to_path_buf(),
-                }))
+        let cancelled = || {
+            if shared.stopping.load(Ordering::Acquire) {
+                return Some("the mount is stopping".to_string());
             }
-            _ if !greeted => Err(Error::Protocol("say hello first".into())),
-            Msg::Describe { snapshot } => {
-                if let Some((_, info)) = shared.conns.lock().get_mut(&conn) {
-                    info.snapshot = snapshot.clone();
-                }
-                Ok(Some(Msg::Snapshot {
-                    desc: service.describe(&snapshot)?,
-                }))
-            }
-            Msg::Plan { request, repo } => {
-                let plan = service.plan(&request, &repo)?;
-                payload = plan.sets_payload();
-                Ok(Some(Msg::Planned {
-                    volumes: plan.volumes,
-                }))
-            }
-            Msg::Next { max } => {
-                items.clear();
-                payload.clear();
-                let max = (max as usize).clamp(1, MAX_BATCH);
-                let done = match service.next(max)? {
-                    None => true,
-                    Some(batch) => {
-                        for d in batch {
-                            items.push(BatchItem {
-                                vol: d.vol,
-                                snarf: d.snarf,
-                                len: d.len,
-                                zero: d.data.is_none(),
-                            });
-                            if let Some(bytes) = d.data {
-                                payload.extend_from_slice(&bytes);
-                            }
-                        }
-                        false
-                    }
-                };
-                Ok(Some(Msg::Batch {
-                    items: std::mem::take(&mut items),
-                    done,
-                }))
-            }
-            Msg::Ack { count } => {
-                let acks =
-                    proto::decode_acks(count, &body).map_err(|e| Error::Protocol(e.to_string()))?;
-                service.ack(&acks)?;
-                Ok(None)
-            }
-            Msg::Done { backup } => {
-                log::info!("backup job connection {conn} committed backup {backup}");
-                service.done(&backup)?;
-                Ok(Some(Msg::Bye))
-            }
-            Msg::Abort { reason } => {
-                log::info!("backup job connection {conn} gave up: {reason}");
-                service.abort(&reason);
-                Ok(Some(Msg::Bye))
-            }
-            other => Err(Error::Protocol(format!(
-                "a job does not send {}",
-                serde_json::to_string(&other).unwrap_or_default()
-            ))),
-        })();
-        let (reply, fatal) = match answer {
-            Ok(Some(m)) => (Some(m), false),
-            Ok(None) => (None, false),
-            Err(e) => {
-                let fatal = matches!(e, Error::Protocol(_));
-                (
-                    Some(Msg::Error {
-                        message: e.to_string(),
-                    }),
-                    fatal,
-                )
-            }
+            shared.jobs.lock().get(&conn).and_then(|t| t.cancel.clone())
         };
-        if let Some(m) = reply {
-            let bye = matches!(m, Msg::Bye);
-            let body: &[u8] = if matches!(m, Msg::Batch { .. } | Msg::Planned { .. }) {
-                &payload
-            } else {
-                &[]
-            };
-            proto::write_frame(&mut writer, &m, body)?;
-            writer.flush()?;
-            if bye || fatal {
-                return Ok(());
-            }
-        }
-    }
+        serve_stream(
+            &shared.engine,
+            Some(&shared.released),
+            &mut reader,
+            &mut writer,
+            &mut events,
+            &cancelled,
+        )
+    });
+    let phase = match result {
+        Ok(End::Done) | Ok(End::Aborted) => JobPhase::Failed(String::new()),
+        Ok(End::Cancelled(why)) => JobPhase::Cancelled(why),
+        Ok(End::ProtocolError(why)) => JobPhase::Failed(format!("protocol error: {why}")),
+        Ok(End::Closed) => JobPhase::Failed(
+            "the job ended without committing (killed, or it lost its connection)".into(),
+        ),
+        Err(e) => JobPhase::Failed(format!("its connection failed: {e}")),
+    };
+    log::info!("backup job connection {conn} ended: {phase:?}");
+    shared.end(conn, phase);
 }

@@ -39,6 +39,8 @@ pub trait Session: Send + Sync {
     fn next(&self, max: usize) -> Result<Option<Vec<SnarfData>>>;
     /// The backup stored these snarfs (durably).
     fn ack(&self, items: &[AckItem]) -> Result<()>;
+    /// The job is about to commit (for listings); nothing to answer.
+    fn committing(&self) {}
     /// The backup is committed.
     fn done(&self, backup: &str) -> Result<()>;
     /// The job gives up.

@@ -483,12 +483,19 @@ fn a_job_that_dies_mid_transfer_leaves_the_snapshot_readable_and_no_backup() {
         "no backup is visible"
     );
     for _ in 0..100 {
-        if server.jobs().is_empty() {
+        if server.running() == 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(server.jobs().is_empty(), "the daemon dropped the dead job");
+    assert_eq!(server.running(), 0, "the daemon dropped the dead job");
+    let listed = server.jobs();
+    assert_eq!(listed.len(), 1);
+    assert!(
+        matches!(&listed[0].phase, super::JobPhase::Failed(why) if why.contains("without committing")),
+        "{listed:?}"
+    );
+    assert_eq!(listed[0].snapshot, "s");
     assert!(
         read_all(&s.engine, Some(&server), &snap, "v") == frozen,
         "the snapshot still reads correctly"
@@ -597,4 +604,75 @@ fn the_socket_works_under_a_store_path_too_long_for_a_socket_address() {
     let client = Client::connect(server.socket(), "deep").unwrap();
     let sum = pipeline::run(&client, &s.repo, &opts("s"), &mut |_| {}).unwrap();
     assert_eq!(sum.bytes_read, 256 << 10);
+}
+
+#[test]
+fn a_cancelled_job_commits_nothing_and_is_listed_as_cancelled() {
+    let s = setup(8 << 20, 0, 64 << 10);
+    make_volume(&s.engine, "v", &data(10, 4 << 20));
+    s.engine.take("s").unwrap();
+    let server = Arc::new(JobServer::start(s.engine.clone(), &s.engine.store().run_dir()).unwrap());
+    /// Cancels itself through the server after some batches, as `cancel J1` would.
+    struct Cancelling {
+        inner: Client,
+        server: Arc<JobServer>,
+        left: AtomicUsize,
+    }
+    impl Session for Cancelling {
+        fn describe(&self, snapshot: &str) -> Result<SnapshotDesc> {
+            self.inner.describe(snapshot)
+        }
+        fn plan(&self, req: &PlanRequest, repo: &Path) -> Result<Plan> {
+            self.inner.plan(req, repo)
+        }
+        fn next(&self, max: usize) -> Result<Option<Vec<SnarfData>>> {
+            if self.left.fetch_sub(1, Ordering::Relaxed) == 0 {
+                let id = self.server.jobs()[0].id.clone();
+                self.server.cancel(&id, "test says stop").unwrap();
+                assert!(self
+                    .server
+                    .cancel("J999", "x")
+                    .unwrap_err()
+                    .contains("no job J999"));
+            }
+            self.inner.next(max)
+        }
+        fn ack(&self, items: &[AckItem]) -> Result<()> {
+            self.inner.ack(items)
+        }
+        fn done(&self, backup: &str) -> Result<()> {
+            self.inner.done(backup)
+        }
+        fn abort(&self, reason: &str) {
+            self.inner.abort(reason)
+        }
+    }
+    let job = Cancelling {
+        inner: Client::connect(server.socket(), "to be cancelled").unwrap(),
+        server: server.clone(),
+        left: AtomicUsize::new(3),
+    };
+    let mut o = opts("s");
+    o.batch = 2;
+    let e = pipeline::run(&job, &s.repo, &o, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cancelled: test says stop") && e.contains("nothing was committed"),
+        "{e}"
+    );
+    assert!(s.repo.list_backups().unwrap().is_empty());
+    let listed = server.jobs();
+    assert_eq!(
+        listed[0].phase,
+        super::JobPhase::Cancelled("test says stop".into())
+    );
+    assert_eq!(listed[0].job, "to be cancelled");
+    assert!(listed[0].sent_bytes > 0 && listed[0].total_bytes == Some(4 << 20));
+    // A finished job cannot be cancelled.
+    let id = listed[0].id.clone();
+    assert!(server
+        .cancel(&id, "again")
+        .unwrap_err()
+        .contains("already ended"));
 }
