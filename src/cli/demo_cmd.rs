@@ -51,9 +51,11 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, CliError> {
 }
 
 fn checksum(path: &Path) -> Result<String, CliError> {
-    let mut f = fs::File::open(path).map_err(|e| CliError::new(format!("opening {}: {e}", path.display())))?;
+    let mut f = fs::File::open(path)
+        .map_err(|e| CliError::new(format!("opening {}: {e}", path.display())))?;
     let mut h = blake3::Hasher::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| CliError::new(format!("reading {}: {e}", path.display())))?;
+    std::io::copy(&mut f, &mut h)
+        .map_err(|e| CliError::new(format!("reading {}: {e}", path.display())))?;
     Ok(h.finalize().to_hex().to_string())
 }
 
@@ -88,7 +90,10 @@ impl Writer {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                block.iter_mut().enumerate().for_each(|(i, b)| *b = (x >> (i % 57)) as u8);
+                block
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, b)| *b = (x >> (i % 57)) as u8);
                 let offset = (x % (size / 4096)) * 4096;
                 let len = block.len().min((size - offset) as usize);
                 f.write_all_at(&block[..len], offset)?;
@@ -143,37 +148,55 @@ pub fn demo(args: DemoArgs) -> CliResult {
     let temp;
     let base = match &args.dir {
         Some(d) => {
-            fs::create_dir_all(d).map_err(|e| CliError::new(format!("creating {}: {e}", d.display())))?;
+            fs::create_dir_all(d)
+                .map_err(|e| CliError::new(format!("creating {}: {e}", d.display())))?;
             d.clone()
         }
         None => {
             temp = std::env::temp_dir().join(format!("snarf-demo-{}", std::process::id()));
-            fs::create_dir_all(&temp).map_err(|e| CliError::new(format!("creating {}: {e}", temp.display())))?;
+            fs::create_dir_all(&temp)
+                .map_err(|e| CliError::new(format!("creating {}: {e}", temp.display())))?;
             temp.clone()
         }
     };
     let store = base.join("store");
     let mnt = base.join("mnt");
-    fs::create_dir_all(&mnt).map_err(|e| CliError::new(format!("creating {}: {e}", mnt.display())))?;
-    let exe = std::env::current_exe().map_err(|e| CliError::new(format!("cannot find the snarf executable: {e}")))?;
+    fs::create_dir_all(&mnt)
+        .map_err(|e| CliError::new(format!("creating {}: {e}", mnt.display())))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::new(format!("cannot find the snarf executable: {e}")))?;
     let snarf = |args: &[&std::ffi::OsStr], what: &str| run(Command::new(&exe).args(args), what);
 
     step(&format!("creating a demo store in {}", store.display()));
     snarf(&["init".as_ref(), store.as_os_str()], "snarf init")?;
     step(&format!("mounting it at {}", mnt.display()));
-    print!("{}", snarf(&["mount".as_ref(), store.as_os_str(), mnt.as_os_str()], "snarf mount")?);
+    print!(
+        "{}",
+        snarf(
+            &["mount".as_ref(), store.as_os_str(), mnt.as_os_str()],
+            "snarf mount"
+        )?
+    );
 
     let result = (|| {
         let vol = mnt.join("live/demo.img");
-        step(&format!("writing a {} volume, live/demo.img", Bytes(args.size)));
+        step(&format!(
+            "writing a {} volume, live/demo.img",
+            Bytes(args.size)
+        ));
         {
-            let f = fs::File::create(&vol).map_err(|e| CliError::new(format!("creating {}: {e}", vol.display())))?;
-            f.set_len(args.size).map_err(|e| CliError::new(format!("sizing the volume: {e}")))?;
-            let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+            let f = fs::File::create(&vol)
+                .map_err(|e| CliError::new(format!("creating {}: {e}", vol.display())))?;
+            f.set_len(args.size)
+                .map_err(|e| CliError::new(format!("sizing the volume: {e}")))?;
+            let chunk: Vec<u8> = (0..1u32 << 20)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect();
             let mut at = 0;
             while at < args.size {
                 let n = chunk.len().min((args.size - at) as usize);
-                f.write_all_at(&chunk[..n], at).map_err(|e| CliError::new(format!("writing the volume: {e}")))?;
+                f.write_all_at(&chunk[..n], at)
+                    .map_err(|e| CliError::new(format!("writing the volume: {e}")))?;
                 at += n as u64;
             }
         }
@@ -183,7 +206,8 @@ pub fn demo(args: DemoArgs) -> CliResult {
 
         step("taking snapshot 'demo' with mkdir snapshots/demo (the writer paused for an instant so we know the expected content)");
         writer.hold();
-        fs::create_dir(mnt.join("snapshots/demo")).map_err(|e| CliError::new(format!("mkdir snapshots/demo: {e}")))?;
+        fs::create_dir(mnt.join("snapshots/demo"))
+            .map_err(|e| CliError::new(format!("mkdir snapshots/demo: {e}")))?;
         let expected = checksum(&vol)?;
         writer.go_on();
         println!("    volume at the snapshot instant: blake3 {expected}");
@@ -191,7 +215,12 @@ pub fn demo(args: DemoArgs) -> CliResult {
         step("copying snapshots/demo/demo.img out with cp while the writer goes on");
         let copy = base.join("demo-copy.img");
         let t = Instant::now();
-        run(Command::new("cp").arg(mnt.join("snapshots/demo/demo.img")).arg(&copy), "cp")?;
+        run(
+            Command::new("cp")
+                .arg(mnt.join("snapshots/demo/demo.img"))
+                .arg(&copy),
+            "cp",
+        )?;
         let secs = t.elapsed().as_secs_f64();
         let got = checksum(&copy)?;
         println!(
@@ -203,12 +232,19 @@ pub fn demo(args: DemoArgs) -> CliResult {
         println!("    the writer made {writes} writes meanwhile; the live volume is now blake3 {live_now}");
         let _ = fs::remove_file(&copy);
         if got != expected {
-            return Err(CliError::new("the snapshot copy does NOT match the volume at the snapshot instant"));
+            return Err(CliError::new(
+                "the snapshot copy does NOT match the volume at the snapshot instant",
+            ));
         }
         if live_now == expected {
-            return Err(CliError::new("the writer changed nothing, so the demo proved nothing"));
+            return Err(CliError::new(
+                "the writer changed nothing, so the demo proved nothing",
+            ));
         }
-        print!("{}", fs::read_to_string(mnt.join("control/status")).unwrap_or_default());
+        print!(
+            "{}",
+            fs::read_to_string(mnt.join("control/status")).unwrap_or_default()
+        );
         Ok(())
     })();
 
@@ -219,6 +255,8 @@ pub fn demo(args: DemoArgs) -> CliResult {
     }
     result?;
     unmounted?;
-    println!("OK: the snapshot copy is byte-identical to the volume at the instant of the snapshot.");
+    println!(
+        "OK: the snapshot copy is byte-identical to the volume at the instant of the snapshot."
+    );
     Ok(())
 }

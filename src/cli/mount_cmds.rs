@@ -61,6 +61,10 @@ pub struct MountArgs {
     /// Seconds a writer may wait for pre-image room before a snapshot is broken.
     #[arg(long)]
     pub break_after: Option<f64>,
+    /// Repository shown under backups/ and used by jobs started from control/jobs
+    /// (overrides the store's `repository` setting).
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
     /// Internal: descriptor on which the background daemon reports readiness.
     #[arg(long, hide = true)]
     pub ready_fd: Option<i32>,
@@ -204,6 +208,9 @@ fn launch(args: &MountArgs, store: &Path, mountpoint: &Path) -> CliResult {
     if let Some(v) = args.break_after {
         cmd.arg("--break-after").arg(v.to_string());
     }
+    if let Some(repo) = &args.repo {
+        cmd.arg("--repo").arg(repo);
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -269,7 +276,11 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
             opts.budgets.break_after_secs = v;
         }
         let engine = Arc::new(Engine::new(st, opts).map_err(|e| CliError::new(e.to_string()))?);
-        let daemon = Arc::new(Daemon::new(engine.clone()));
+        let repo = args
+            .repo
+            .as_ref()
+            .map(|r| r.canonicalize().unwrap_or_else(|_| r.clone()));
+        let daemon = Arc::new(Daemon::new(engine.clone()).with_repository(repo));
         let mount_opts = MountOptions {
             threads: args.threads,
             allow_other: args.allow_other,

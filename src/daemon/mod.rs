@@ -4,6 +4,7 @@
 //!
 //! This layer sits between `fuse` (above) and `control`, `jobs` and `snapshot` (below).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,7 @@ use crate::control::{
     SnapshotStatus, StatusReport, Usage, VolumeStatus,
 };
 use crate::pids::Registry;
+use crate::repo::{self, Manifest, Repo};
 use crate::snapshot::{Engine, SnapState};
 
 /// Something the kernel must forget because it changed behind its back (a snapshot
@@ -27,11 +29,15 @@ pub enum Changed {
 
 type Notify = Box<dyn Fn(Changed) + Send + Sync>;
 
-/// The daemon: the engine plus what the control files need.
+/// The daemon: the engine plus what the control files and `backups/` need.
 pub struct Daemon {
     engine: Arc<Engine>,
     registry: Registry,
     notify: Mutex<Option<Notify>>,
+    /// The default repository's path, if one is configured.
+    repo_path: Option<PathBuf>,
+    /// The repository, once it could be opened.
+    repo: Mutex<Option<Repo>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -49,11 +55,54 @@ impl Daemon {
     /// A daemon over a running engine.
     pub fn new(engine: Arc<Engine>) -> Daemon {
         let registry = Registry::new(engine.store().run_dir());
+        let repo_path = engine
+            .store()
+            .settings()
+            .repository
+            .as_ref()
+            .map(PathBuf::from);
         Daemon {
             engine,
             registry,
             notify: Mutex::new(None),
+            repo_path,
+            repo: Mutex::new(None),
         }
+    }
+
+    /// Uses `path` as the default repository instead of the store's setting.
+    pub fn with_repository(mut self, path: Option<PathBuf>) -> Daemon {
+        if path.is_some() {
+            self.repo_path = path;
+        }
+        self
+    }
+
+    /// The default repository's path, if one is configured.
+    pub fn repository_path(&self) -> Option<&Path> {
+        self.repo_path.as_deref()
+    }
+
+    /// The default repository, opened on first use (it may be created after the mount).
+    pub fn repository(&self) -> Result<Option<Repo>, repo::Error> {
+        let Some(path) = &self.repo_path else {
+            return Ok(None);
+        };
+        let mut slot = self.repo.lock();
+        if slot.is_none() {
+            *slot = Some(Repo::open(path)?);
+        }
+        Ok(slot.clone())
+    }
+
+    /// The committed backups of the default repository, oldest first. Any finishing a
+    /// job left behind is completed first, so `backups/` never shows half a commit.
+    pub fn backups(&self) -> Result<Vec<Manifest>, repo::Error> {
+        let Some(repo) = self.repository()? else {
+            return Ok(Vec::new());
+        };
+        repo.complete_pending()?;
+        repo.list_backups()
     }
 
     /// The engine.
