@@ -157,7 +157,7 @@ enum Handle {
     Volume(Arc<Volume>),
     Snap(Arc<Snapshot>, String),
     Control(ControlFile, Mutex<ControlBuf>),
-    Backup(VolumeReader),
+    Backup(Box<VolumeReader>),
 }
 
 impl std::fmt::Debug for Handle {
@@ -613,7 +613,7 @@ impl SnarfFs {
                     .ok_or_else(|| FsError::not_found("no repository is configured"))?;
                 let reader = repo.volume_reader(m.id.as_str(), &name)?;
                 reader.set_cache_bytes(BACKUP_READ_CACHE);
-                (Handle::Backup(reader), true, false)
+                (Handle::Backup(Box::new(reader)), true, false)
             }
             Node::Control(f) => {
                 if writing {
