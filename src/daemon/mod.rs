@@ -38,6 +38,8 @@ pub struct Daemon {
     repo_path: Option<PathBuf>,
     /// The repository, once it could be opened.
     repo: Mutex<Option<Repo>>,
+    /// Repositories jobs have used, for `control/finishing`.
+    known_repos: Mutex<std::collections::BTreeSet<PathBuf>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -67,6 +69,7 @@ impl Daemon {
             notify: Mutex::new(None),
             repo_path,
             repo: Mutex::new(None),
+            known_repos: Mutex::new(Default::default()),
         }
     }
 
@@ -170,9 +173,38 @@ impl Daemon {
                     render_pids(&rows)
                 }
             }
-            ControlFile::Finishing => render_finishing(&[]),
-            ControlFile::FinishingJson => render_finishing_json(&[]),
+            ControlFile::Finishing => render_finishing(&self.finishing_rows()),
+            ControlFile::FinishingJson => render_finishing_json(&self.finishing_rows()),
         }
+    }
+
+    /// Every repository this daemon knows of: the default one and those jobs used.
+    pub fn known_repositories(&self) -> Vec<PathBuf> {
+        let mut repos = self.known_repos.lock().clone();
+        if let Some(p) = &self.repo_path {
+            repos.insert(p.clone());
+        }
+        repos.into_iter().collect()
+    }
+
+    /// Notes a repository a job uses, so `control/finishing` shows it.
+    pub fn note_repository(&self, path: &Path) {
+        self.known_repos.lock().insert(path.to_path_buf());
+    }
+
+    /// What `control/finishing` shows: one row per known repository.
+    pub fn finishing_rows(&self) -> Vec<control::FinishingRow> {
+        self.known_repositories()
+            .iter()
+            .map(|p| {
+                let shown = p.display().to_string();
+                // Opened without completing anything, so a cut-off finishing shows as it is.
+                match Repo::open_quiet(p).and_then(|r| r.finishing_status()) {
+                    Ok(status) => control::FinishingRow::from_status(&shown, &status),
+                    Err(e) => control::FinishingRow::unreadable(&shown, &e.to_string()),
+                }
+            })
+            .collect()
     }
 
     /// What `control/status` shows.
