@@ -29,6 +29,8 @@ pub const LIVE_TTL: Duration = Duration::from_secs(1);
 /// How long for snapshots: they never change. Releases through `control/snapshot` are
 /// pushed to the kernel explicitly.
 pub const SNAPSHOT_TTL: Duration = Duration::from_secs(3600);
+/// How long for backups: their contents never change, but a prune may remove them.
+pub const BACKUP_TTL: Duration = Duration::from_secs(10);
 /// Block size reported by stat: large, so cp and cat read and write in 1 MiB requests.
 pub const BLKSIZE: u32 = 1 << 20;
 
@@ -318,7 +320,7 @@ impl SnarfFs {
             }
             Node::BackupDir(m) => {
                 let t = UNIX_EPOCH + Duration::from_secs(m.created);
-                (self.dir_attr(ino, 0o555, t), SNAPSHOT_TTL)
+                (self.dir_attr(ino, 0o555, t), BACKUP_TTL)
             }
             Node::BackupFile(m, name) => {
                 let v = m
@@ -328,7 +330,7 @@ impl SnarfFs {
                 let stored = v.size.saturating_sub(v.zero_snarfs * v.snarf_size as u64);
                 (
                     self.file_attr(ino, v.size, stored, t, t, 0o400),
-                    SNAPSHOT_TTL,
+                    BACKUP_TTL,
                 )
             }
             Node::SnapFile(s, name) => {
