@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::{logging, CliError, CliResult};
+use crate::daemon::jobs::JobLauncher;
 use crate::daemon::Daemon;
 use crate::fuse::{self, MountOptions};
 use crate::mounts;
@@ -286,8 +287,15 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
             allow_other: args.allow_other,
             source: store.display().to_string(),
         };
-        match fuse::mount(daemon, mountpoint, &mount_opts) {
-            Ok(m) => Ok((engine, m)),
+        if let Ok(exe) = std::env::current_exe() {
+            daemon.jobs().set_launcher(JobLauncher {
+                exe,
+                mountpoint: mountpoint.to_path_buf(),
+                run_dir: store.join("run"),
+            });
+        }
+        match fuse::mount(daemon.clone(), mountpoint, &mount_opts) {
+            Ok(m) => Ok((engine, daemon, m)),
             Err(e) => {
                 let _ = engine.close();
                 Err(CliError::new(format!(
@@ -297,7 +305,7 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
             }
         }
     })();
-    let (engine, mounted) = match started {
+    let (engine, daemon, mounted) = match started {
         Ok(x) => x,
         Err(e) => {
             log::error!("{}", e.message);
@@ -319,6 +327,9 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
     if let Err(e) = &served {
         log::error!("the FUSE session ended with an error: {e}");
     }
+    // Jobs back up from the mount that just went; ask them to stop (nothing of theirs is
+    // committed unless it had entered finishing, which completes at the next open).
+    daemon.jobs().stop_all(Duration::from_secs(10));
     match engine.close() {
         Ok(()) => log::info!("unmounted {}; store closed cleanly", mountpoint.display()),
         Err(e) => {

@@ -4,6 +4,8 @@
 //!
 //! This layer sits between `fuse` (above) and `control`, `jobs` and `snapshot` (below).
 
+pub mod jobs;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -40,6 +42,8 @@ pub struct Daemon {
     repo: Mutex<Option<Repo>>,
     /// Repositories jobs have used, for `control/finishing`.
     known_repos: Mutex<std::collections::BTreeSet<PathBuf>>,
+    /// Jobs started through `control/jobs`.
+    jobs: jobs::JobManager,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -70,6 +74,7 @@ impl Daemon {
             repo_path,
             repo: Mutex::new(None),
             known_repos: Mutex::new(Default::default()),
+            jobs: jobs::JobManager::default(),
         }
     }
 
@@ -108,6 +113,11 @@ impl Daemon {
         repo.list_backups()
     }
 
+    /// The jobs started through `control/jobs`.
+    pub fn jobs(&self) -> &jobs::JobManager {
+        &self.jobs
+    }
+
     /// The engine.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
@@ -136,18 +146,37 @@ impl Daemon {
         };
         match command {
             Command::CreateSnapshot { name } => {
-                self.engine.take(&name).map_err(|e| refused(e.to_string()))?;
+                self.engine
+                    .take(&name)
+                    .map_err(|e| refused(e.to_string()))?;
                 self.changed(Changed::Snapshot(name.clone()));
                 Ok(format!("created snapshot {name}\n"))
             }
             Command::ReleaseSnapshot { name } => {
-                self.engine.release(&name).map_err(|e| refused(e.to_string()))?;
+                self.engine
+                    .release(&name)
+                    .map_err(|e| refused(e.to_string()))?;
                 self.changed(Changed::Snapshot(name.clone()));
                 Ok(format!("released snapshot {name}\n"))
             }
-            Command::Backup(_) | Command::Cancel { .. } => Err(refused(
-                "backup jobs are not available yet: this mount has no job runner; use `snarf backup` once it exists".into(),
-            )),
+            Command::Backup(req) => {
+                let repo = match (&req.repo, &self.repo_path) {
+                    (Some(r), _) => r.clone(),
+                    (None, Some(r)) => r.clone(),
+                    (None, None) => {
+                        return Err(refused(
+                            "no repository given and none configured: add repo=/PATH, or mount with --repo (or snarf init --repo)".into(),
+                        ))
+                    }
+                };
+                let id = self
+                    .jobs
+                    .start_backup(&self.engine, &req, &repo)
+                    .map_err(refused)?;
+                self.note_repository(&repo);
+                Ok(format!("{id}\n"))
+            }
+            Command::Cancel { job } => self.jobs.cancel(&job).map_err(refused),
         }
     }
 
@@ -157,8 +186,10 @@ impl Daemon {
             ControlFile::Status => render_status(&self.status()),
             ControlFile::StatusJson => render_status_json(&self.status()),
             ControlFile::Snapshot => control::render_snapshots(&self.status().snapshots),
-            ControlFile::Jobs => render_jobs(&[]),
-            ControlFile::JobsJson => render_jobs_json(&[]),
+            ControlFile::Jobs => render_jobs(&self.jobs.rows(&self.engine.store().run_dir())),
+            ControlFile::JobsJson => {
+                render_jobs_json(&self.jobs.rows(&self.engine.store().run_dir()))
+            }
             ControlFile::Pids | ControlFile::PidsJson => {
                 let rows: Vec<control::PidRow> = match self.registry.list() {
                     Ok(entries) => entries.iter().map(Into::into).collect(),
@@ -259,7 +290,7 @@ impl Daemon {
             throttled_writers: stats.throttled_now,
             throttle_events: stats.throttle_events,
             snapshots_broken: stats.broken,
-            running_jobs: 0,
+            running_jobs: self.jobs.running() as u64,
         }
     }
 }

@@ -328,10 +328,7 @@ impl SnarfFs {
                     .ok_or_else(|| FsError::not_found(format!("{name} in backup {}", m.id)))?;
                 let t = UNIX_EPOCH + Duration::from_secs(m.created);
                 let stored = v.size.saturating_sub(v.zero_snarfs * v.snarf_size as u64);
-                (
-                    self.file_attr(ino, v.size, stored, t, t, 0o400),
-                    BACKUP_TTL,
-                )
+                (self.file_attr(ino, v.size, stored, t, t, 0o400), BACKUP_TTL)
             }
             Node::SnapFile(s, name) => {
                 let sv = s
