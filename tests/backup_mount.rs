@@ -340,18 +340,18 @@ fn a_backup_started_through_control_jobs_runs_as_its_own_process() {
         &format!("backup nightly repo={}\n", repo.display()),
     )
     .unwrap();
-    assert!(
-        answer.contains("started backup of snapshot nightly as process"),
-        "{answer}"
-    );
+    let job = answer.trim().to_string();
+    assert!(!job.is_empty(), "no job id in {answer:?}");
     let start = Instant::now();
-    let table = loop {
+    let row = loop {
         let table = fs::read_to_string(m.path("control/jobs")).unwrap();
-        if table
+        let row = table
             .lines()
-            .any(|l| l.contains(" done ") || l.contains(" failed "))
-        {
-            break table;
+            .find(|l| l.starts_with(&job))
+            .unwrap_or_else(|| panic!("job {job} not listed: {table}"))
+            .to_string();
+        if row.contains(" done ") || row.contains(" failed ") {
+            break row;
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
@@ -359,42 +359,77 @@ fn a_backup_started_through_control_jobs_runs_as_its_own_process() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(
-        table.starts_with("ID") && table.contains("nightly"),
-        "{table}"
-    );
-    let row = table.lines().find(|l| l.contains("nightly")).unwrap();
-    assert!(
-        row.contains(" done ") && row.contains("committed backup"),
-        "{table}"
-    );
+    assert!(row.contains(" done ") && row.contains("nightly"), "{row}");
     let json: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(m.path("control/jobs.json")).unwrap()).unwrap();
     assert_eq!(json[0]["state"], "done", "{json}");
     assert_eq!(json[0]["done_bytes"], json[0]["total_bytes"], "{json}");
-    let id = row.split("committed backup ").nth(1).unwrap().trim();
-    assert!(restore(&repo, id, &m.dir.path().join("out"), "db") == expected);
+    // The job's report file names the backup it committed.
+    let report = snarf::jobs::report::JobReport::read(&snarf::jobs::report::report_path(
+        &m.store.join("run"),
+        &job,
+    ))
+    .expect("report file");
+    let id = report.backup_id.expect("backup id in the report");
+    assert!(report
+        .summary
+        .unwrap_or_default()
+        .contains("full (first backup"));
+    assert!(restore(&repo, &id, &m.dir.path().join("out"), "db") == expected);
+    let e = control(&m, "control/jobs", "cancel nosuchjob\n").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+}
 
-    // A job that fails at once still shows, with its reason.
-    let answer = control(
-        &m,
-        "control/jobs",
-        "backup nightly repo=/nonexistent/repo\n",
-    )
-    .unwrap();
-    assert!(answer.contains("started"), "{answer}");
+#[test]
+fn a_backup_started_from_a_shell_is_listed_while_it_runs() {
+    let Some(m) = Mounted::new(&[], &[]) else {
+        return;
+    };
+    let repo = m.dir.path().join("repo");
+    snarf_ok(&[
+        "repo",
+        "init",
+        repo.to_str().unwrap(),
+        "--compression",
+        "19",
+    ]);
+    fs::write(m.path("live/v"), contents(4, 64 << 20)).unwrap();
+    fs::create_dir(m.path("snapshots/s")).unwrap();
+    let job = Started(
+        Command::new(env!("CARGO_BIN_EXE_snarf"))
+            .args([
+                "backup",
+                m.mnt.to_str().unwrap(),
+                "s",
+                "--repo",
+                repo.to_str().unwrap(),
+                "--threads",
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the backup"),
+    );
+    let pid = job.0.id().to_string();
     let start = Instant::now();
-    loop {
+    let mut seen = false;
+    while start.elapsed() < Duration::from_secs(60) {
         let table = fs::read_to_string(m.path("control/jobs")).unwrap();
-        if table.contains("not a snarf repository") {
+        if table
+            .lines()
+            .any(|l| l.contains(&pid) && l.contains(" running "))
+        {
+            seen = true;
             break;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no failed row: {table}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        if !m.store.join("run/pids").exists() && start.elapsed() > Duration::from_secs(5) {
+            break; // the job ended before it could be seen
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
-    let e = control(&m, "control/jobs", "cancel J99\n").unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    let mut job = job;
+    let status = job.0.wait().expect("wait");
+    assert!(status.success());
+    assert!(seen, "a connected job was never listed in control/jobs");
 }

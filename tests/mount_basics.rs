@@ -422,3 +422,49 @@ fn a_stale_mount_is_explained_and_cleared() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
+
+#[test]
+fn a_broken_snapshot_reads_as_eio_with_its_reason_in_status_and_log() {
+    // Room for two pre-images in all, and writers give up waiting after 0.2 s.
+    let Some(m) = Mounted::new(
+        &["--snarf-size", "64K"],
+        &[
+            "--preimage-mem",
+            "64K",
+            "--preimage-disk",
+            "64K",
+            "--break-after",
+            "0.2",
+        ],
+    ) else {
+        return;
+    };
+    fs::write(m.path("live/v.img"), vec![1u8; 1 << 20]).unwrap();
+    fs::create_dir(m.path("snapshots/doomed")).unwrap();
+    let start = std::time::Instant::now();
+    fs::write(m.path("live/v.img"), vec![2u8; 1 << 20]).unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_millis(200),
+        "the writer was not held up"
+    );
+    assert_eq!(
+        read(&m.path("live/v.img")),
+        vec![2u8; 1 << 20],
+        "the live write went through"
+    );
+    let e = fs::read(m.path("snapshots/doomed/v.img")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    let status = fs::read_to_string(m.path("control/status")).unwrap();
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("doomed "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        row.contains(" broken ") && row.contains("pre-image room"),
+        "{status}"
+    );
+    let log = fs::read_to_string(m.store.join("snarf.log")).unwrap();
+    assert!(log.contains("breaking snapshot \"doomed\""), "{log}");
+    fs::remove_dir(m.path("snapshots/doomed")).unwrap();
+}

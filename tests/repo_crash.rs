@@ -235,7 +235,8 @@ fn backup_killed_at_every_fault_point_completes_forward() {
         );
         if committed && *point != "record.removed" {
             assert!(
-                finishing_before.contains("backup-interrupted"),
+                finishing_before.contains(" interrupted ")
+                    && finishing_before.contains("backup cut off"),
                 "{point}: {finishing_before}"
             );
             // The check process completed it and recorded that it was resumed.

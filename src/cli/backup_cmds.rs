@@ -15,6 +15,7 @@ use super::{CliError, CliResult};
 use crate::jobs::client::Client;
 use crate::jobs::pipeline::{self, BackupOptions};
 use crate::jobs::progress::{format_summary, ProgressDisplay};
+use crate::jobs::report::{self, JobReport, ReportedState};
 use crate::jobs::server::SOCKET;
 use crate::jobs::{JobService, Mode, Session};
 use crate::mounts;
@@ -94,6 +95,10 @@ pub struct BackupArgs {
     /// Hashing and compression threads (default: one per core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Internal: the id of a job the mount daemon started through control/jobs; the job
+    /// keeps STORE/run/jobs/ID.json up to date for it.
+    #[arg(long, hide = true, value_name = "ID")]
+    pub job_id: Option<String>,
 }
 
 /// How the job reaches the snapshot.
@@ -227,6 +232,13 @@ pub fn backup(args: BackupArgs) -> CliResult {
     }
     let label = format!("backup {}", args.snapshot);
     let mut display = ProgressDisplay::new(&label, std::io::stderr().is_terminal());
+    let mut reporter = args
+        .job_id
+        .as_deref()
+        .map(|id| Reporter::new(report::report_path(&store.join("run"), id)));
+    if let Some(r) = reporter.as_mut() {
+        r.write(ReportedState::Running, None, None, None, None);
+    }
 
     let stop_idle = |daemon: Option<u32>| {
         if kind != ProcType::User {
@@ -255,7 +267,12 @@ pub fn backup(args: BackupArgs) -> CliResult {
         Target::Mounted { socket, .. } => match Client::connect(&socket, &job) {
             Ok(client) => {
                 stop_idle(client.daemon_pid());
-                pipeline::run(&client, &repo, &opts, &mut |p| display.update(p))
+                pipeline::run(&client, &repo, &opts, &mut |p| {
+                    display.update(p);
+                    if let Some(r) = reporter.as_mut() {
+                        r.progress(p);
+                    }
+                })
             }
             // A socket left by a daemon that died: nobody serves the store.
             Err(crate::jobs::Error::Io { source, .. })
@@ -269,21 +286,109 @@ pub fn backup(args: BackupArgs) -> CliResult {
                     socket.display()
                 );
                 stop_idle(None);
-                direct(&store, &repo, &opts, &mut display)
+                direct(&store, &repo, &opts, &mut display, &mut reporter)
             }
             Err(e) => Err(e),
         },
         Target::Direct { store } => {
             stop_idle(None);
-            direct(&store, &repo, &opts, &mut display)
+            direct(&store, &repo, &opts, &mut display, &mut reporter)
         }
     };
     display.finish();
     let _ = registration.set_state(ProcState::Idle);
     drop(registration);
-    let summary = result.map_err(job_error)?;
-    print!("{}", format_summary(&summary));
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let e = job_error(e);
+            if let Some(r) = reporter.as_mut() {
+                r.write(
+                    ReportedState::Failed,
+                    None,
+                    None,
+                    Some(e.message.clone()),
+                    None,
+                );
+            }
+            return Err(e);
+        }
+    };
+    let text = format_summary(&summary);
+    if let Some(r) = reporter.as_mut() {
+        r.write(
+            ReportedState::Done,
+            None,
+            Some(summary.backup.to_string()),
+            None,
+            Some(text.clone()),
+        );
+    }
+    print!("{text}");
     Ok(())
+}
+
+/// Keeps the report file of a job started through control/jobs up to date (at most once a
+/// second while it runs).
+struct Reporter {
+    path: PathBuf,
+    last: Option<std::time::Instant>,
+    progress: crate::jobs::Progress,
+}
+
+impl Reporter {
+    fn new(path: PathBuf) -> Reporter {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        Reporter {
+            path,
+            last: None,
+            progress: Default::default(),
+        }
+    }
+
+    fn progress(&mut self, p: &crate::jobs::Progress) {
+        self.progress = *p;
+        let committing = p.done_snarfs == p.total_snarfs && p.total_snarfs > 0;
+        if committing
+            || self
+                .last
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            let state = if committing {
+                ReportedState::Finishing
+            } else {
+                ReportedState::Running
+            };
+            self.write(state, Some(*p), None, None, None);
+        }
+    }
+
+    fn write(
+        &mut self,
+        state: ReportedState,
+        p: Option<crate::jobs::Progress>,
+        backup_id: Option<String>,
+        error: Option<String>,
+        summary: Option<String>,
+    ) {
+        self.last = Some(std::time::Instant::now());
+        let p = p.unwrap_or(self.progress);
+        let rate = (p.elapsed > 0.0).then(|| (p.done_bytes as f64 / p.elapsed) as u64);
+        let r = JobReport {
+            state,
+            done_bytes: p.done_bytes,
+            total_bytes: (p.total_snarfs > 0).then_some(p.total_bytes),
+            rate_bytes_per_sec: rate,
+            backup_id,
+            error,
+            summary,
+        };
+        if let Err(e) = r.write(&self.path) {
+            log::warn!("cannot write the job report {}: {e}", self.path.display());
+        }
+    }
 }
 
 /// Direct mode: open the store, take the snapshot, back it up, release it, close cleanly
@@ -293,6 +398,7 @@ fn direct(
     repo: &Repo,
     opts: &BackupOptions,
     display: &mut ProgressDisplay,
+    reporter: &mut Option<Reporter>,
 ) -> crate::jobs::Result<crate::jobs::Summary> {
     let holder = format!(
         "snarf backup {} (pid {})",
@@ -307,7 +413,12 @@ fn direct(
         .map_err(crate::jobs::Error::from)
         .and_then(|_| {
             let service = JobService::new(engine.clone(), None);
-            let r = pipeline::run(&service, repo, opts, &mut |p| display.update(p));
+            let r = pipeline::run(&service, repo, opts, &mut |p| {
+                display.update(p);
+                if let Some(rep) = reporter.as_mut() {
+                    rep.progress(p);
+                }
+            });
             drop(service);
             r
         });

@@ -2,6 +2,7 @@
 //! Each group of commands lives in its own file; this one only dispatches.
 
 mod backup_cmds;
+mod control_cmds;
 mod demo_cmd;
 mod logging;
 mod mount_cmds;
@@ -71,6 +72,14 @@ enum Command {
     Umount(mount_cmds::UmountArgs),
     /// Back up a snapshot into a repository (incremental when possible), as its own process.
     Backup(backup_cmds::BackupArgs),
+    /// Take, release or list snapshots of a mounted store.
+    Snapshot(control_cmds::SnapshotArgs),
+    /// Show a mount's volumes, snapshots, pre-image memory and disk, and throttling.
+    Status(control_cmds::TableArgs),
+    /// Show a mount's backup jobs with their state and progress.
+    Jobs(control_cmds::TableArgs),
+    /// Show the snarf processes registered for a store (by mount point or store path).
+    Pids(control_cmds::PidsArgs),
     /// Manage backup repositories (`snarf repo init REPO`).
     Repo(repo_cmds::RepoArgs),
     /// List the committed backups of a repository.
@@ -97,6 +106,10 @@ pub fn main() -> i32 {
         Command::Mount(args) => mount_cmds::mount(args),
         Command::Umount(args) => mount_cmds::umount(args),
         Command::Backup(args) => backup_cmds::backup(args),
+        Command::Snapshot(args) => control_cmds::snapshot(args),
+        Command::Status(args) => control_cmds::status(args),
+        Command::Jobs(args) => control_cmds::jobs(args),
+        Command::Pids(args) => control_cmds::pids(args),
         Command::Repo(args) => repo_cmds::repo(args),
         Command::Backups(args) => repo_cmds::backups(args),
         Command::Restore(args) => repo_cmds::restore(args),

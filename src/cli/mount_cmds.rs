@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::{logging, CliError, CliResult};
+use crate::daemon::jobs::JobLauncher;
 use crate::daemon::Daemon;
 use crate::fuse::{self, MountOptions};
 use crate::mounts;
@@ -61,6 +62,10 @@ pub struct MountArgs {
     /// Seconds a writer may wait for pre-image room before a snapshot is broken.
     #[arg(long)]
     pub break_after: Option<f64>,
+    /// Repository shown under backups/ and used by jobs started from control/jobs
+    /// (overrides the store's `repository` setting).
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
     /// Internal: descriptor on which the background daemon reports readiness.
     #[arg(long, hide = true)]
     pub ready_fd: Option<i32>,
@@ -204,6 +209,9 @@ fn launch(args: &MountArgs, store: &Path, mountpoint: &Path) -> CliResult {
     if let Some(v) = args.break_after {
         cmd.arg("--break-after").arg(v.to_string());
     }
+    if let Some(repo) = &args.repo {
+        cmd.arg("--repo").arg(repo);
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -269,9 +277,13 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
             opts.budgets.break_after_secs = v;
         }
         let engine = Arc::new(Engine::new(st, opts).map_err(|e| CliError::new(e.to_string()))?);
-        let daemon = Arc::new(Daemon::new(engine.clone()));
+        let repo = args
+            .repo
+            .as_ref()
+            .map(|r| r.canonicalize().unwrap_or_else(|_| r.clone()));
+        let daemon = Arc::new(Daemon::new(engine.clone()).with_repository(repo));
         // Backup jobs (separate `snarf backup` processes) talk to the daemon on run/daemon.sock.
-        if let Err(e) = daemon.start_jobs() {
+        if let Err(e) = daemon.start_job_server() {
             let _ = engine.close();
             return Err(CliError::new(format!("cannot serve backup jobs: {e}")));
         }
@@ -280,10 +292,17 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
             allow_other: args.allow_other,
             source: store.display().to_string(),
         };
+        if let Ok(exe) = std::env::current_exe() {
+            daemon.jobs().set_launcher(JobLauncher {
+                exe,
+                mountpoint: mountpoint.to_path_buf(),
+                run_dir: store.join("run"),
+            });
+        }
         match fuse::mount(daemon.clone(), mountpoint, &mount_opts) {
             Ok(m) => Ok((engine, daemon, m)),
             Err(e) => {
-                daemon.stop_jobs();
+                daemon.stop_job_server();
                 let _ = engine.close();
                 Err(CliError::new(format!(
                     "cannot mount {}: {e}",
@@ -314,8 +333,11 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
     if let Err(e) = &served {
         log::error!("the FUSE session ended with an error: {e}");
     }
-    // Running jobs fail and commit nothing; pins kept for snapshot reads go.
-    daemon.stop_jobs();
+    // Jobs back up from the mount that just went; ask them to stop (nothing of theirs is
+    // committed unless it had entered finishing, which completes at the next open).
+    daemon.jobs().stop_all(Duration::from_secs(10));
+    // Then the socket goes: any job still connected fails; pins kept for snapshot reads go.
+    daemon.stop_job_server();
     match engine.close() {
         Ok(()) => log::info!("unmounted {}; store closed cleanly", mountpoint.display()),
         Err(e) => {

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 
 use super::{CliError, CliResult};
-use crate::repo::{self, FinishingStatus, Policy, Repo, RepoInitOptions};
+use crate::control;
+use crate::repo::{self, Policy, Repo, RepoInitOptions};
 use crate::units::{parse_size, Bytes};
 
 /// Arguments of `snarf repo`.
@@ -101,6 +102,9 @@ pub struct FinishingArgs {
     /// One or more repositories.
     #[arg(required = true)]
     repos: Vec<PathBuf>,
+    /// Print JSON (the same as control/finishing.json on a mount).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Prints rows as aligned columns, the first row being the header.
@@ -342,64 +346,24 @@ pub fn prune(args: PruneArgs) -> CliResult {
 
 /// `snarf finishing`: one line per repository.
 pub fn finishing(args: FinishingArgs) -> CliResult {
-    let mut rows = vec![[
-        "REPOSITORY",
-        "STATE",
-        "BACKUP",
-        "STEP",
-        "NAME",
-        "STARTED (UTC)",
-        "RESUMED",
-    ]
-    .map(String::from)
-    .to_vec()];
+    let mut rows = Vec::new();
     let mut failed = None;
     for path in &args.repos {
         let shown = path.display().to_string();
         // Opened without completing anything, so an interrupted finishing shows as it is.
-        let status = Repo::open_quiet(path).and_then(|r| r.finishing_status());
-        match status {
-            Ok(FinishingStatus::Idle(_)) => rows.push(
-                [shown.as_str(), "idle", "-", "-", "-", "-", "-"]
-                    .map(String::from)
-                    .to_vec(),
-            ),
-            Ok(FinishingStatus::Active {
-                kind,
-                backup,
-                step,
-                step_name,
-                started,
-                resumed,
-                holder,
-            }) => rows.push(vec![
-                shown,
-                if holder.is_some() {
-                    format!("{kind}-running")
-                } else {
-                    format!("{kind}-interrupted")
-                },
-                backup.unwrap_or_else(|| "-".into()),
-                step.to_string(),
-                step_name,
-                repo::ids::format_utc(started),
-                if resumed { "yes" } else { "no" }.into(),
-            ]),
+        match Repo::open_quiet(path).and_then(|r| r.finishing_status()) {
+            Ok(status) => rows.push(control::FinishingRow::from_status(&shown, &status)),
             Err(e) => {
-                rows.push(vec![
-                    shown,
-                    "error".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                    "-".into(),
-                ]);
+                rows.push(control::FinishingRow::unreadable(&shown, &e.to_string()));
                 failed = Some(e);
             }
         }
     }
-    print_table(&rows);
+    if args.json {
+        print!("{}", control::render_finishing_json(&rows));
+    } else {
+        print!("{}", control::render_finishing(&rows));
+    }
     match failed {
         Some(e) => Err(e.into()),
         None => Ok(()),

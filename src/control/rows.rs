@@ -111,8 +111,24 @@ impl From<&Entry> for PidRow {
 pub enum FinishingState {
     /// Nothing being committed.
     Idle,
-    /// A backup is being committed.
+    /// A commit (of a backup, or a prune) is under way in a live process.
     Finishing,
+    /// A commit was cut off (crash, kill); the next open of the repository completes it.
+    Interrupted,
+    /// The repository could not be read (see the note).
+    Error,
+}
+
+impl FinishingState {
+    /// The lowercase word shown in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishingState::Idle => "idle",
+            FinishingState::Finishing => "finishing",
+            FinishingState::Interrupted => "interrupted",
+            FinishingState::Error => "error",
+        }
+    }
 }
 
 /// One line of `control/finishing`.
@@ -132,6 +148,67 @@ pub struct FinishingRow {
     pub started: Option<u64>,
     /// Whether this finishing was resumed after a crash or kill.
     pub resumed: bool,
+    /// What is being finished ("backup" or "prune"), or why the repository is unreadable.
+    #[serde(default)]
+    pub note: String,
+}
+
+impl FinishingRow {
+    /// The row for a repository from its finishing status.
+    pub fn from_status(repository: &str, status: &crate::repo::FinishingStatus) -> FinishingRow {
+        use crate::repo::FinishingStatus;
+        match status {
+            FinishingStatus::Idle(_) => FinishingRow {
+                repository: repository.to_string(),
+                state: FinishingState::Idle,
+                backup_id: String::new(),
+                step: None,
+                step_name: String::new(),
+                started: None,
+                resumed: false,
+                note: String::new(),
+            },
+            FinishingStatus::Active {
+                kind,
+                backup,
+                step,
+                step_name,
+                started,
+                resumed,
+                holder,
+            } => FinishingRow {
+                repository: repository.to_string(),
+                state: if holder.is_some() {
+                    FinishingState::Finishing
+                } else {
+                    FinishingState::Interrupted
+                },
+                backup_id: backup.clone().unwrap_or_default(),
+                step: Some(*step),
+                step_name: step_name.clone(),
+                started: Some(*started),
+                resumed: *resumed,
+                note: match holder {
+                    Some(h) => format!("{kind} by {h}"),
+                    None => format!("{kind} cut off; the next open of the repository completes it"),
+                },
+            },
+        }
+    }
+
+    /// The row for a repository that could not be read.
+    pub fn unreadable(repository: &str, why: &str) -> FinishingRow {
+        FinishingRow {
+            repository: repository.to_string(),
+            state: FinishingState::Error,
+            backup_id: String::new(),
+            step: None,
+            step_name: String::new(),
+            started: None,
+            resumed: false,
+            note: why.to_string(),
+        }
+    }
 }
 
 /// One volume in `control/status`.
@@ -287,12 +364,10 @@ pub fn render_finishing(rows: &[FinishingRow]) -> String {
         "STEP-NAME",
         "STARTED",
         "RESUMED",
+        "NOTE",
     ]);
     for r in rows {
-        let state = match r.state {
-            FinishingState::Idle => "idle",
-            FinishingState::Finishing => "finishing",
-        };
+        let state = r.state.as_str();
         t.push(vec![
             r.repository.clone(),
             state.to_string(),
@@ -301,6 +376,7 @@ pub fn render_finishing(rows: &[FinishingRow]) -> String {
             r.step_name.clone(),
             time(r.started),
             yes_no(r.resumed),
+            r.note.clone(),
         ]);
     }
     t.render()
@@ -433,6 +509,7 @@ mod tests {
                 step_name: "move current".into(),
                 started: Some(1_714_564_800),
                 resumed: true,
+                note: "backup by pid 42".into(),
             },
             FinishingRow {
                 repository: "/srv/other".into(),
@@ -442,6 +519,7 @@ mod tests {
                 step_name: String::new(),
                 started: None,
                 resumed: false,
+                note: String::new(),
             },
         ]
     }
@@ -579,9 +657,11 @@ mod tests {
         let text = render_finishing(&finishing());
         assert_well_formed(&text);
         let f = fields(&text);
-        assert_eq!(f.iter().map(Vec::len).collect::<Vec<_>>(), [7, 7, 7]);
+        // NOTE is the last column and free text: "backup by pid 42" is four fields.
+        assert_eq!(f.iter().map(Vec::len).collect::<Vec<_>>(), [8, 11, 8]);
+        assert_eq!(f[1][7..].join(" "), "backup by pid 42");
         assert_eq!(
-            f[1],
+            f[1][..7],
             [
                 "/srv/backups",
                 "finishing",
@@ -592,7 +672,7 @@ mod tests {
                 "yes"
             ]
         );
-        assert_eq!(f[2], ["/srv/other", "idle", "-", "-", "-", "-", "no"]);
+        assert_eq!(f[2], ["/srv/other", "idle", "-", "-", "-", "-", "no", "-"]);
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //!
 //! This layer sits between `fuse` (above) and `control`, `jobs` and `snapshot` (below).
 
+pub mod jobs;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,6 +19,7 @@ use crate::control::{
 };
 use crate::jobs::JobServer;
 use crate::pids::Registry;
+use crate::repo::{self, Manifest, Repo};
 use crate::snapshot::{Engine, SnapState, Snapshot};
 
 /// Something the kernel must forget because it changed behind its back (a snapshot
@@ -28,14 +32,21 @@ pub enum Changed {
 
 type Notify = Box<dyn Fn(Changed) + Send + Sync>;
 
-/// The daemon: the engine plus what the control files need.
+/// The daemon: the engine plus what the control files and `backups/` need.
 pub struct Daemon {
     engine: Arc<Engine>,
     registry: Registry,
     notify: Mutex<Option<Notify>>,
-    /// The socket server backup jobs talk to, once started (shared with the threads that
-    /// watch job processes started through control/jobs).
-    jobs: Arc<Mutex<Option<JobServer>>>,
+    /// The default repository's path, if one is configured.
+    repo_path: Option<PathBuf>,
+    /// The repository, once it could be opened.
+    repo: Mutex<Option<Repo>>,
+    /// Repositories jobs have used, for `control/finishing`.
+    known_repos: Mutex<std::collections::BTreeSet<PathBuf>>,
+    /// Jobs started through `control/jobs`.
+    jobs: jobs::JobManager,
+    /// The socket server backup jobs talk to (on `STORE/run/daemon.sock`), once started.
+    job_server: Mutex<Option<JobServer>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -53,29 +64,39 @@ impl Daemon {
     /// A daemon over a running engine.
     pub fn new(engine: Arc<Engine>) -> Daemon {
         let registry = Registry::new(engine.store().run_dir());
+        let repo_path = engine
+            .store()
+            .settings()
+            .repository
+            .as_ref()
+            .map(PathBuf::from);
         Daemon {
             engine,
             registry,
             notify: Mutex::new(None),
-            jobs: Arc::new(Mutex::new(None)),
+            repo_path,
+            repo: Mutex::new(None),
+            known_repos: Mutex::new(Default::default()),
+            jobs: jobs::JobManager::default(),
+            job_server: Mutex::new(None),
         }
     }
 
-    /// Starts serving backup jobs on `STORE/run/daemon.sock` (the mount calls this once it
-    /// serves; [`Daemon::stop_jobs`] at unmount).
-    pub fn start_jobs(&self) -> crate::jobs::Result<()> {
-        let mut jobs = self.jobs.lock();
-        if jobs.is_none() {
+    /// Starts serving backup jobs on `STORE/run/daemon.sock` (the mount calls this before it
+    /// serves; [`Daemon::stop_job_server`] at unmount).
+    pub fn start_job_server(&self) -> crate::jobs::Result<()> {
+        let mut server = self.job_server.lock();
+        if server.is_none() {
             let run = self.engine.store().run_dir();
-            *jobs = Some(JobServer::start(self.engine.clone(), &run)?);
+            *server = Some(JobServer::start(self.engine.clone(), &run)?);
         }
         Ok(())
     }
 
-    /// Stops the job server: running jobs fail (nothing of theirs is committed), the socket
-    /// goes, and the repository pins kept for snapshot reads are removed.
-    pub fn stop_jobs(&self) {
-        if let Some(mut server) = self.jobs.lock().take() {
+    /// Stops the job server: jobs still connected fail (nothing of theirs is committed),
+    /// the socket goes, and the repository pins kept for snapshot reads are removed.
+    pub fn stop_job_server(&self) {
+        if let Some(mut server) = self.job_server.lock().take() {
             server.stop();
         }
     }
@@ -89,12 +110,16 @@ impl Daemon {
         offset: u64,
         buf: &mut [u8],
     ) -> crate::jobs::Result<usize> {
-        let released = self.jobs.lock().as_ref().map(|s| s.released().clone());
+        let released = self
+            .job_server
+            .lock()
+            .as_ref()
+            .map(|s| s.released().clone());
         crate::jobs::read_snapshot(&self.engine, released.as_deref(), snap, volume, offset, buf)
     }
 
     /// Reads bytes `offset_in_snarf..` of one snarf of a snapshot that a backup stored (after
-    /// `read_snapshot` of the engine answered `StoredInBackup`), from the repository.
+    /// the engine's `read_snapshot` answered `StoredInBackup`), from the repository.
     pub fn read_released(
         &self,
         snap: &Snapshot,
@@ -103,7 +128,11 @@ impl Daemon {
         offset_in_snarf: u64,
         buf: &mut [u8],
     ) -> crate::jobs::Result<()> {
-        let released = self.jobs.lock().as_ref().map(|s| s.released().clone());
+        let released = self
+            .job_server
+            .lock()
+            .as_ref()
+            .map(|s| s.released().clone());
         match released {
             Some(r) => r.read(snap, volume, snarf, offset_in_snarf, buf),
             None => Err(crate::snapshot::Error::StoredInBackup {
@@ -115,47 +144,84 @@ impl Daemon {
         }
     }
 
-    /// The rows of control/jobs: running jobs and the last few that ended.
+    /// Backup jobs connected to the job server now (started here or from a shell).
+    pub fn connected_jobs(&self) -> usize {
+        self.job_server.lock().as_ref().map_or(0, |s| s.running())
+    }
+
+    /// The rows of `control/jobs`: the jobs started here, then those started from a shell
+    /// (`snarf backup MOUNTPOINT ...`) that are connected to the job socket now.
     pub fn job_rows(&self) -> Vec<control::JobRow> {
-        use crate::jobs::JobPhase;
-        let jobs = self
-            .jobs
+        let mut rows = self.jobs.rows(&self.engine.store().run_dir());
+        let connected = self
+            .job_server
             .lock()
             .as_ref()
             .map(|s| s.jobs())
             .unwrap_or_default();
-        jobs.into_iter()
-            .map(|j| {
-                let (state, reason) = match j.phase {
-                    JobPhase::Starting => (control::JobState::Queued, String::new()),
-                    JobPhase::Running => (control::JobState::Running, String::new()),
-                    JobPhase::Committing => (control::JobState::Finishing, String::new()),
-                    JobPhase::Done(id) => {
-                        (control::JobState::Done, format!("committed backup {id}"))
-                    }
-                    JobPhase::Failed(why) => (control::JobState::Failed, why),
-                    JobPhase::Cancelled(why) => (control::JobState::Cancelled, why),
-                };
-                control::JobRow {
-                    id: j.id,
-                    kind: "backup".into(),
-                    pid: (j.pid > 0).then_some(j.pid),
-                    state,
-                    reason,
-                    done_bytes: j.sent_bytes,
-                    total_bytes: j.total_bytes,
-                    rate_bytes_per_sec: j.rate,
-                    started: Some(j.started),
-                    snapshot: j.snapshot,
-                    repository: j.repo,
-                }
-            })
-            .collect()
+        for j in connected {
+            if j.phase.ended() || j.pid == 0 || rows.iter().any(|r| r.pid == Some(j.pid)) {
+                continue;
+            }
+            rows.push(control::JobRow {
+                id: j.id,
+                kind: "backup".into(),
+                pid: Some(j.pid),
+                state: match j.phase {
+                    crate::jobs::JobPhase::Starting => control::JobState::Queued,
+                    crate::jobs::JobPhase::Committing => control::JobState::Finishing,
+                    _ => control::JobState::Running,
+                },
+                reason: String::new(),
+                done_bytes: j.sent_bytes,
+                total_bytes: j.total_bytes,
+                rate_bytes_per_sec: j.rate,
+                started: Some(j.started),
+                snapshot: j.snapshot,
+                repository: j.repo,
+            });
+        }
+        rows
     }
 
-    /// Backup jobs connected now.
-    pub fn running_jobs(&self) -> usize {
-        self.jobs.lock().as_ref().map_or(0, |s| s.running())
+    /// Uses `path` as the default repository instead of the store's setting.
+    pub fn with_repository(mut self, path: Option<PathBuf>) -> Daemon {
+        if path.is_some() {
+            self.repo_path = path;
+        }
+        self
+    }
+
+    /// The default repository's path, if one is configured.
+    pub fn repository_path(&self) -> Option<&Path> {
+        self.repo_path.as_deref()
+    }
+
+    /// The default repository, opened on first use (it may be created after the mount).
+    pub fn repository(&self) -> Result<Option<Repo>, repo::Error> {
+        let Some(path) = &self.repo_path else {
+            return Ok(None);
+        };
+        let mut slot = self.repo.lock();
+        if slot.is_none() {
+            *slot = Some(Repo::open(path)?);
+        }
+        Ok(slot.clone())
+    }
+
+    /// The committed backups of the default repository, oldest first. Any finishing a
+    /// job left behind is completed first, so `backups/` never shows half a commit.
+    pub fn backups(&self) -> Result<Vec<Manifest>, repo::Error> {
+        let Some(repo) = self.repository()? else {
+            return Ok(Vec::new());
+        };
+        repo.complete_pending()?;
+        repo.list_backups()
+    }
+
+    /// The jobs started through `control/jobs`.
+    pub fn jobs(&self) -> &jobs::JobManager {
+        &self.jobs
     }
 
     /// The engine.
@@ -199,44 +265,24 @@ impl Daemon {
                 self.changed(Changed::Snapshot(name.clone()));
                 Ok(format!("released snapshot {name}\n"))
             }
-            Command::Backup(b) => {
-                if self.jobs.lock().is_none() {
-                    return Err(refused("this mount does not serve backup jobs".into()));
-                }
-                // Refused here, at once, rather than by the job process a moment later.
-                self.engine
-                    .snapshot(&b.snapshot)
-                    .map_err(|e| refused(e.to_string()))?;
-                let req = crate::jobs::spawn::SpawnRequest {
-                    snapshot: b.snapshot.clone(),
-                    repo: b.repo.clone(),
-                    volumes: b.volumes.clone(),
-                    mode: match b.mode {
-                        control::BackupMode::Full => crate::jobs::Mode::Full,
-                        control::BackupMode::Incremental => crate::jobs::Mode::Incremental,
-                        control::BackupMode::Auto => crate::jobs::Mode::Auto,
-                    },
+            Command::Backup(req) => {
+                let repo = match (&req.repo, &self.repo_path) {
+                    (Some(r), _) => r.clone(),
+                    (None, Some(r)) => r.clone(),
+                    (None, None) => {
+                        return Err(refused(
+                            "no repository given and none configured: add repo=/PATH, or mount with --repo (or snarf init --repo)".into(),
+                        ))
+                    }
                 };
-                let exe = std::env::current_exe()
-                    .map_err(|e| refused(format!("cannot find the snarf executable: {e}")))?;
-                let pid = crate::jobs::spawn::spawn_backup(
-                    &exe,
-                    self.engine.store().root(),
-                    &req,
-                    Arc::downgrade(&self.jobs),
-                )
-                .map_err(|e| refused(format!("cannot start the backup process: {e}")))?;
-                Ok(format!(
-                    "started backup of snapshot {} as process {pid}; follow it in control/jobs\n",
-                    b.snapshot
-                ))
+                let id = self
+                    .jobs
+                    .start_backup(&self.engine, &req, &repo)
+                    .map_err(refused)?;
+                self.note_repository(&repo);
+                Ok(format!("{id}\n"))
             }
-            Command::Cancel { job } => match self.jobs.lock().as_ref() {
-                Some(server) => server
-                    .cancel(&job, "cancelled through control/jobs")
-                    .map_err(refused),
-                None => Err(refused("this mount does not serve backup jobs".into())),
-            },
+            Command::Cancel { job } => self.jobs.cancel(&job).map_err(refused),
         }
     }
 
@@ -262,9 +308,38 @@ impl Daemon {
                     render_pids(&rows)
                 }
             }
-            ControlFile::Finishing => render_finishing(&[]),
-            ControlFile::FinishingJson => render_finishing_json(&[]),
+            ControlFile::Finishing => render_finishing(&self.finishing_rows()),
+            ControlFile::FinishingJson => render_finishing_json(&self.finishing_rows()),
         }
+    }
+
+    /// Every repository this daemon knows of: the default one and those jobs used.
+    pub fn known_repositories(&self) -> Vec<PathBuf> {
+        let mut repos = self.known_repos.lock().clone();
+        if let Some(p) = &self.repo_path {
+            repos.insert(p.clone());
+        }
+        repos.into_iter().collect()
+    }
+
+    /// Notes a repository a job uses, so `control/finishing` shows it.
+    pub fn note_repository(&self, path: &Path) {
+        self.known_repos.lock().insert(path.to_path_buf());
+    }
+
+    /// What `control/finishing` shows: one row per known repository.
+    pub fn finishing_rows(&self) -> Vec<control::FinishingRow> {
+        self.known_repositories()
+            .iter()
+            .map(|p| {
+                let shown = p.display().to_string();
+                // Opened without completing anything, so a cut-off finishing shows as it is.
+                match Repo::open_quiet(p).and_then(|r| r.finishing_status()) {
+                    Ok(status) => control::FinishingRow::from_status(&shown, &status),
+                    Err(e) => control::FinishingRow::unreadable(&shown, &e.to_string()),
+                }
+            })
+            .collect()
     }
 
     /// What `control/status` shows.
@@ -319,7 +394,19 @@ impl Daemon {
             throttled_writers: stats.throttled_now,
             throttle_events: stats.throttle_events,
             snapshots_broken: stats.broken,
-            running_jobs: self.running_jobs() as u64,
+            // Jobs started here, or from a shell and connected to the job socket.
+            running_jobs: self
+                .job_rows()
+                .iter()
+                .filter(|r| {
+                    matches!(
+                        r.state,
+                        control::JobState::Queued
+                            | control::JobState::Running
+                            | control::JobState::Finishing
+                    )
+                })
+                .count() as u64,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! comment wherever the errno is not the obvious one, so a new error cannot slip through
 //! as a silent EIO.
 
+use crate::repo;
 use crate::snapshot;
 use crate::store;
 
@@ -106,10 +107,40 @@ impl From<crate::jobs::Error> for FsError {
         match e {
             crate::jobs::Error::Snapshot(inner) => inner.into(),
             crate::jobs::Error::Store(inner) => inner.into(),
+            crate::jobs::Error::Repo(inner) => inner.into(),
             // The repository could not give back a snarf a backup stored (missing, damaged
             // or unreadable): the data is not there, as with a failed disk.
             other => FsError::new(libc::EIO, other.to_string()),
         }
+    }
+}
+
+/// The errno for a repository error (reading `backups/`).
+fn repo_errno(e: &repo::Error) -> i32 {
+    match e {
+        repo::Error::NoSuchBackup { .. } | repo::Error::NoSuchVolume { .. } => libc::ENOENT,
+        repo::Error::Io { source, .. } => io_errno(source),
+        repo::Error::VolumeData { source, .. } => repo_errno(source),
+        // Damage, missing packs and a repository that is gone are what a failing disk
+        // looks like to a reader: EIO, with the place named in the log.
+        repo::Error::Damaged { .. }
+        | repo::Error::PackMissing { .. }
+        | repo::Error::PackDamaged { .. }
+        | repo::Error::NotARepo { .. }
+        | repo::Error::UnknownFormat { .. } => libc::EIO,
+        // Only writers meet these; a reader that does is out of its depth.
+        repo::Error::NotEmpty { .. }
+        | repo::Error::BadArgument(_)
+        | repo::Error::Locked { .. }
+        | repo::Error::LockTimeout { .. }
+        | repo::Error::Incomplete { .. }
+        | repo::Error::DestinationExists { .. } => libc::EIO,
+    }
+}
+
+impl From<repo::Error> for FsError {
+    fn from(e: repo::Error) -> FsError {
+        FsError::new(repo_errno(&e), e.to_string())
     }
 }
 

@@ -16,6 +16,7 @@ use super::errno::FsError;
 use super::inode::{self, Inodes, Node};
 use crate::control::ControlFile;
 use crate::daemon::Daemon;
+use crate::repo::VolumeReader;
 use crate::snapshot::{Engine, SnapState, Snapshot};
 use crate::store::Volume;
 
@@ -28,6 +29,8 @@ pub const LIVE_TTL: Duration = Duration::from_secs(1);
 /// How long for snapshots: they never change. Releases through `control/snapshot` are
 /// pushed to the kernel explicitly.
 pub const SNAPSHOT_TTL: Duration = Duration::from_secs(3600);
+/// How long for backups: their contents never change, but a prune may remove them.
+pub const BACKUP_TTL: Duration = Duration::from_secs(10);
 /// Block size reported by stat: large, so cp and cat read and write in 1 MiB requests.
 pub const BLKSIZE: u32 = 1 << 20;
 
@@ -152,12 +155,26 @@ pub enum Seek {
     Hole,
 }
 
-#[derive(Debug)]
 enum Handle {
     Volume(Arc<Volume>),
     Snap(Arc<Snapshot>, String),
     Control(ControlFile, Mutex<ControlBuf>),
+    Backup(Box<VolumeReader>),
 }
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handle::Volume(v) => write!(f, "Volume({:016x})", v.id()),
+            Handle::Snap(s, n) => write!(f, "Snap({}, {n})", s.name()),
+            Handle::Control(c, _) => write!(f, "Control({c})"),
+            Handle::Backup(r) => write!(f, "Backup({}, {})", r.backup(), r.volume()),
+        }
+    }
+}
+
+/// Decompressed chunks each open file of `backups/` may cache.
+const BACKUP_READ_CACHE: usize = 16 << 20;
 
 /// What a control file descriptor reads back: the table as it was at the first read (so a
 /// read in pieces is consistent), or, once a command was written, its answer or refusal.
@@ -301,6 +318,18 @@ impl SnarfFs {
                 attr.nlink = 2;
                 (attr, SNAPSHOT_TTL)
             }
+            Node::BackupDir(m) => {
+                let t = UNIX_EPOCH + Duration::from_secs(m.created);
+                (self.dir_attr(ino, 0o555, t), BACKUP_TTL)
+            }
+            Node::BackupFile(m, name) => {
+                let v = m
+                    .volume(name)
+                    .ok_or_else(|| FsError::not_found(format!("{name} in backup {}", m.id)))?;
+                let t = UNIX_EPOCH + Duration::from_secs(m.created);
+                let stored = v.size.saturating_sub(v.zero_snarfs * v.snarf_size as u64);
+                (self.file_attr(ino, v.size, stored, t, t, 0o400), BACKUP_TTL)
+            }
             Node::SnapFile(s, name) => {
                 let sv = s
                     .volume(name)
@@ -359,8 +388,21 @@ impl SnarfFs {
                 let f = ControlFile::from_name(name).ok_or_else(missing)?;
                 self.looked_up(Node::Control(f))
             }
-            Node::BackupsDir => Err(missing()),
-            Node::Control(_) | Node::Volume(_) | Node::SnapFile(..) => {
+            Node::BackupsDir => {
+                let backups = self.daemon.backups()?;
+                let m = backups
+                    .into_iter()
+                    .find(|m| m.id.as_str() == name)
+                    .ok_or_else(missing)?;
+                self.looked_up(Node::BackupDir(Arc::new(m)))
+            }
+            Node::BackupDir(m) => {
+                if m.volume(name).is_none() {
+                    return Err(missing());
+                }
+                self.looked_up(Node::BackupFile(m, name.to_string()))
+            }
+            Node::Control(_) | Node::Volume(_) | Node::SnapFile(..) | Node::BackupFile(..) => {
                 Err(FsError::new(libc::ENOTDIR, "not a directory"))
             }
         }
@@ -411,6 +453,9 @@ impl SnarfFs {
             Node::SnapDir(_) | Node::SnapFile(..) => {
                 return Err(FsError::read_only("snapshots are read-only"));
             }
+            Node::BackupDir(_) | Node::BackupFile(..) => {
+                return Err(FsError::read_only("backups are read-only"));
+            }
             _ => return Err(FsError::not_permitted("the layout of the mount is fixed")),
         }
         self.entry_of(ino, &node)
@@ -422,6 +467,7 @@ impl SnarfFs {
         let parent_ino = match node {
             Node::Root => inode::ROOT,
             Node::SnapDir(_) => inode::SNAPSHOTS,
+            Node::BackupDir(_) => inode::BACKUPS,
             _ => inode::ROOT,
         };
         let mut out = vec![
@@ -482,8 +528,25 @@ impl SnarfFs {
                     out.push(file(Node::Control(f), f.name().to_string()));
                 }
             }
-            Node::BackupsDir => {}
-            Node::Control(_) | Node::Volume(_) | Node::SnapFile(..) => {
+            Node::BackupsDir => {
+                for m in self.daemon.backups()? {
+                    let name = m.id.to_string();
+                    out.push(DirEntry {
+                        ino: self.inodes.peek(&Node::BackupDir(Arc::new(m))),
+                        kind: Kind::Dir,
+                        name,
+                    });
+                }
+            }
+            Node::BackupDir(m) => {
+                for v in &m.volumes {
+                    out.push(file(
+                        Node::BackupFile(m.clone(), v.name.clone()),
+                        v.name.clone(),
+                    ));
+                }
+            }
+            Node::Control(_) | Node::Volume(_) | Node::SnapFile(..) | Node::BackupFile(..) => {
                 return Err(FsError::new(libc::ENOTDIR, "not a directory"));
             }
         }
@@ -538,6 +601,18 @@ impl SnarfFs {
                     ));
                 }
                 (Handle::Snap(s, name), true, false)
+            }
+            Node::BackupFile(m, name) => {
+                if writing {
+                    return Err(FsError::read_only("backups are read-only"));
+                }
+                let repo = self
+                    .daemon
+                    .repository()?
+                    .ok_or_else(|| FsError::not_found("no repository is configured"))?;
+                let reader = repo.volume_reader(m.id.as_str(), &name)?;
+                reader.set_cache_bytes(BACKUP_READ_CACHE);
+                (Handle::Backup(Box::new(reader)), true, false)
             }
             Node::Control(f) => {
                 if writing {
@@ -594,6 +669,9 @@ impl SnarfFs {
             Ok(Node::SnapshotsDir | Node::SnapDir(_)) => {
                 FsError::read_only("snapshots are read-only")
             }
+            Ok(Node::BackupsDir | Node::BackupDir(_)) => {
+                FsError::read_only("backups are read-only")
+            }
             Ok(_) => FsError::not_permitted("links are not supported: volumes are plain files"),
             Err(e) => e,
         }
@@ -606,6 +684,9 @@ impl SnarfFs {
                 "only directories (snapshots) can be made in snapshots/: use mkdir",
             ),
             Node::SnapDir(_) | Node::SnapFile(..) => FsError::read_only("snapshots are read-only"),
+            Node::BackupsDir | Node::BackupDir(_) | Node::BackupFile(..) => {
+                FsError::read_only("backups are read-only; they are made with snarf backup")
+            }
             Node::LiveDir => {
                 FsError::not_permitted("live/ holds only volume files, not directories")
             }
@@ -627,6 +708,19 @@ impl SnarfFs {
                     log::warn!(
                         "read of snapshots/{}/{name} at {offset}: {}",
                         s.name(),
+                        e.message
+                    );
+                    Err(e)
+                }
+            },
+            Handle::Backup(r) => match r.read_at(offset, buf) {
+                Ok(n) => Ok(n),
+                Err(e) => {
+                    let e = FsError::from(e);
+                    log::warn!(
+                        "read of backups/{}/{} at {offset}: {}",
+                        r.backup(),
+                        r.volume(),
                         e.message
                     );
                     Err(e)
@@ -662,6 +756,7 @@ impl SnarfFs {
                 Ok(data.len() as u32)
             }
             Handle::Snap(..) => Err(FsError::read_only("snapshot files are read-only")),
+            Handle::Backup(..) => Err(FsError::read_only("backups are read-only")),
             Handle::Control(f, cbuf) => {
                 self.check_owner(caller, *f)?;
                 let result = self.daemon.control_write(*f, data);
@@ -725,6 +820,9 @@ impl SnarfFs {
                 Ok(self.engine().release(name)?)
             }
             Node::SnapDir(_) => Err(FsError::read_only("snapshots are read-only")),
+            Node::BackupsDir | Node::BackupDir(_) => Err(FsError::read_only(
+                "backups are read-only; prune them with snarf prune",
+            )),
             Node::LiveDir => Err(FsError::new(libc::ENOTDIR, "live/ holds only volume files")),
             _ => Err(FsError::not_permitted("the layout of the mount is fixed")),
         }
@@ -742,6 +840,9 @@ impl SnarfFs {
             Node::SnapDir(_) | Node::SnapshotsDir => Err(FsError::read_only(
                 "snapshots are read-only; rmdir snapshots/NAME releases one",
             )),
+            Node::BackupDir(_) | Node::BackupsDir => Err(FsError::read_only(
+                "backups are read-only; prune them with snarf prune",
+            )),
             _ => Err(FsError::not_permitted("the layout of the mount is fixed")),
         }
     }
@@ -758,7 +859,12 @@ impl SnarfFs {
     ) -> FsResult<()> {
         let from = self.node(parent)?;
         let to = self.node(new_parent)?;
-        let snapshotty = |n: &Node| matches!(n, Node::SnapshotsDir | Node::SnapDir(_));
+        let snapshotty = |n: &Node| {
+            matches!(
+                n,
+                Node::SnapshotsDir | Node::SnapDir(_) | Node::BackupsDir | Node::BackupDir(_)
+            )
+        };
         if snapshotty(&from) || snapshotty(&to) {
             return Err(FsError::read_only(
                 "snapshots are read-only and cannot be renamed",
@@ -852,6 +958,15 @@ impl SnarfFs {
                 match whence {
                     Seek::Hole => Ok(size),
                     Seek::Data => Err(enxio()),
+                }
+            }
+            Handle::Backup(r) => {
+                if offset >= r.size() {
+                    return Err(enxio());
+                }
+                match whence {
+                    Seek::Data => r.seek_data(offset)?.ok_or_else(enxio),
+                    Seek::Hole => Ok(r.seek_hole(offset)?),
                 }
             }
             Handle::Control(..) => Err(FsError::new(libc::EINVAL, "control files have no holes")),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::control::ControlFile;
+use crate::repo::Manifest;
 use crate::snapshot::Snapshot;
 use crate::store::{Volume, VolumeId};
 
@@ -49,6 +50,10 @@ pub enum Node {
     SnapDir(Arc<Snapshot>),
     /// A frozen volume under `snapshots/NAME/`.
     SnapFile(Arc<Snapshot>, String),
+    /// A committed backup's directory under `backups/`.
+    BackupDir(Arc<Manifest>),
+    /// A backed-up volume under `backups/ID/`.
+    BackupFile(Arc<Manifest>, String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -56,6 +61,8 @@ enum Key {
     Volume(VolumeId),
     SnapDir(u64),
     SnapFile(u64, String),
+    BackupDir(String),
+    BackupFile(String, String),
 }
 
 impl Node {
@@ -64,6 +71,8 @@ impl Node {
             Node::Volume(v) => Some(Key::Volume(v.id())),
             Node::SnapDir(s) => Some(Key::SnapDir(s.epoch())),
             Node::SnapFile(s, name) => Some(Key::SnapFile(s.epoch(), name.clone())),
+            Node::BackupDir(m) => Some(Key::BackupDir(m.id.to_string())),
+            Node::BackupFile(m, name) => Some(Key::BackupFile(m.id.to_string(), name.clone())),
             _ => None,
         }
     }

@@ -17,6 +17,7 @@
 //! * [`base`]: what a backup records of its source, and finding the base of an incremental.
 //! * [`pipeline`]: reader → hashing/compression workers → writer, with bounded queues.
 //! * [`progress`]: the progress bar or lines, and the summary.
+//! * [`report`]: the report file a job started through `control/jobs` keeps for the daemon.
 
 pub mod base;
 pub mod client;
@@ -28,9 +29,9 @@ pub mod plan;
 pub mod progress;
 pub mod proto;
 pub mod released;
+pub mod report;
 pub mod server;
 pub mod service;
-pub mod spawn;
 
 pub use error::{Error, Result};
 pub use feed::{Feed, FeedStats, FeedVolume, Handed};

@@ -1,0 +1,327 @@
+//! Jobs started through `control/jobs`. Each is a `snarf backup` process the daemon starts
+//! (so a failing or killed job never hurts the mount) and follows: its pid, its report file
+//! (progress, state), its exit. Finished jobs stay listed for a day (at most 100 of them),
+//! so a script that started one can read how it ended.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::control::{BackupMode, BackupRequest, JobRow, JobState};
+use crate::jobs::report::{self, JobReport, ReportedState};
+use crate::snapshot::Engine;
+
+/// How long finished jobs stay listed.
+const KEEP_FINISHED: Duration = Duration::from_secs(24 * 3600);
+/// How many finished jobs stay listed at most.
+const KEEP_AT_MOST: usize = 100;
+
+/// One job.
+#[derive(Debug)]
+struct Job {
+    id: String,
+    child: Option<Child>,
+    pid: u32,
+    state: JobState,
+    reason: String,
+    started: u64,
+    finished: Option<Instant>,
+    snapshot: String,
+    repository: PathBuf,
+    cancel_requested: bool,
+    last_report: Option<JobReport>,
+}
+
+/// What the daemon needs to start job processes.
+#[derive(Debug, Clone)]
+pub struct JobLauncher {
+    /// The snarf executable.
+    pub exe: PathBuf,
+    /// The mount point the jobs back up from.
+    pub mountpoint: PathBuf,
+    /// The store's run folder (reports and logs go under `run/jobs/`).
+    pub run_dir: PathBuf,
+}
+
+/// The jobs of one mount.
+#[derive(Debug)]
+pub struct JobManager {
+    launcher: Mutex<Option<JobLauncher>>,
+    jobs: Mutex<Vec<Job>>,
+    seq: Mutex<u64>,
+}
+
+impl Default for JobManager {
+    fn default() -> Self {
+        JobManager {
+            launcher: Mutex::new(None),
+            jobs: Mutex::new(Vec::new()),
+            seq: Mutex::new(0),
+        }
+    }
+}
+
+fn last_line(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(|l| l.trim_start_matches("snarf: ").to_string())
+        })
+        .unwrap_or_default()
+}
+
+impl JobManager {
+    /// Allows starting jobs (the mount knows its mount point only once mounted).
+    pub fn set_launcher(&self, launcher: JobLauncher) {
+        *self.launcher.lock() = Some(launcher);
+    }
+
+    fn new_id(&self) -> String {
+        let mut seq = self.seq.lock();
+        *seq += 1;
+        format!("{}-{}", crate::daemon::now_secs(), *seq)
+    }
+
+    /// Starts a backup job; returns its id, or why it cannot start.
+    pub fn start_backup(
+        &self,
+        engine: &Engine,
+        req: &BackupRequest,
+        repository: &Path,
+    ) -> Result<String, String> {
+        let launcher = self.launcher.lock().clone().ok_or_else(|| {
+            "this daemon cannot start jobs (it is not serving a mount)".to_string()
+        })?;
+        let snap = engine.snapshot(&req.snapshot).map_err(|e| e.to_string())?;
+        if let Some(vols) = &req.volumes {
+            for v in vols {
+                if snap.volume(v).is_none() {
+                    return Err(format!(
+                        "snapshot \"{}\" has no volume named \"{v}\"",
+                        req.snapshot
+                    ));
+                }
+            }
+        }
+        crate::repo::Repo::open_quiet(repository).map_err(|e| e.to_string())?;
+        let id = self.new_id();
+        let dir = report::reports_dir(&launcher.run_dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let log_path = report::log_path(&launcher.run_dir, &id);
+        let log = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&log_path)
+            .map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let mut cmd = Command::new(&launcher.exe);
+        cmd.arg("backup")
+            .arg(&launcher.mountpoint)
+            .arg(&req.snapshot)
+            .arg("--repo")
+            .arg(repository)
+            .arg("--job-id")
+            .arg(&id)
+            .arg("--mode")
+            .arg(match req.mode {
+                BackupMode::Full => "full",
+                BackupMode::Incremental => "incremental",
+                BackupMode::Auto => "auto",
+            });
+        for v in req.volumes.iter().flatten() {
+            cmd.arg("--volume").arg(v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2));
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start the backup process: {e}"))?;
+        log::info!(
+            "job {id}: backup of snapshot \"{}\" to {} started (pid {})",
+            req.snapshot,
+            repository.display(),
+            child.id()
+        );
+        let job = Job {
+            id: id.clone(),
+            pid: child.id(),
+            child: Some(child),
+            state: JobState::Running,
+            reason: String::new(),
+            started: crate::daemon::now_secs(),
+            finished: None,
+            snapshot: req.snapshot.clone(),
+            repository: repository.to_path_buf(),
+            cancel_requested: false,
+            last_report: None,
+        };
+        self.jobs.lock().push(job);
+        Ok(id)
+    }
+
+    /// Cancels a job: its process is asked to stop (SIGTERM); nothing of it is committed
+    /// unless it had already entered finishing, which always completes.
+    pub fn cancel(&self, id: &str) -> Result<String, String> {
+        let mut jobs = self.jobs.lock();
+        let job = jobs
+            .iter_mut()
+            .find(|j| j.id == id)
+            .ok_or_else(|| format!("no job with id {id}; see control/jobs for the ids"))?;
+        if job.finished.is_some() {
+            return Err(format!(
+                "job {id} has already ended ({})",
+                job.state.as_str()
+            ));
+        }
+        job.cancel_requested = true;
+        // SAFETY: kill with the pid of a child we started and have not reaped yet, so the
+        // pid cannot have been reused.
+        unsafe { libc::kill(job.pid as i32, libc::SIGTERM) };
+        Ok(format!("cancelling job {id}\n"))
+    }
+
+    /// Reaps ended processes and refreshes progress; call before showing the jobs.
+    pub fn refresh(&self, run_dir: &Path) {
+        let mut jobs = self.jobs.lock();
+        for job in jobs.iter_mut().filter(|j| j.finished.is_none()) {
+            let report_path = report::report_path(run_dir, &job.id);
+            if let Some(r) = JobReport::read(&report_path) {
+                job.state = match r.state {
+                    ReportedState::Finishing => JobState::Finishing,
+                    _ => JobState::Running,
+                };
+                job.last_report = Some(r);
+            }
+            let Some(child) = job.child.as_mut() else {
+                continue;
+            };
+            let Ok(Some(status)) = child.try_wait() else {
+                continue;
+            };
+            job.child = None;
+            job.finished = Some(Instant::now());
+            let report = JobReport::read(&report_path);
+            let log = last_line(&report::log_path(run_dir, &job.id));
+            if status.success() {
+                job.state = JobState::Done;
+                job.reason = report
+                    .as_ref()
+                    .and_then(|r| r.backup_id.clone())
+                    .map(|id| format!("backup {id}"))
+                    .unwrap_or_default();
+            } else if job.cancel_requested {
+                job.state = JobState::Cancelled;
+                job.reason = "cancelled on request".into();
+            } else {
+                job.state = JobState::Failed;
+                job.reason = report
+                    .as_ref()
+                    .and_then(|r| r.error.clone())
+                    .filter(|e| !e.is_empty())
+                    .unwrap_or(if log.is_empty() {
+                        format!("the job process ended with {status}")
+                    } else {
+                        log
+                    });
+            }
+            if let Some(r) = report {
+                job.last_report = Some(r);
+            }
+            log::info!("job {}: {} {}", job.id, job.state.as_str(), job.reason);
+        }
+        // Forget finished jobs older than a day, and beyond the newest hundred.
+        let mut finished: Vec<(Instant, String)> = jobs
+            .iter()
+            .filter_map(|j| j.finished.map(|t| (t, j.id.clone())))
+            .collect();
+        finished.sort();
+        let excess = finished.len().saturating_sub(KEEP_AT_MOST);
+        let doomed: Vec<String> = finished
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (t, _))| *i < excess || t.elapsed() > KEEP_FINISHED)
+            .map(|(_, (_, id))| id)
+            .collect();
+        jobs.retain(|j| !doomed.contains(&j.id));
+        for id in doomed {
+            let _ = std::fs::remove_file(report::report_path(run_dir, &id));
+            let _ = std::fs::remove_file(report::log_path(run_dir, &id));
+        }
+    }
+
+    /// The rows of `control/jobs`.
+    pub fn rows(&self, run_dir: &Path) -> Vec<JobRow> {
+        self.refresh(run_dir);
+        self.jobs
+            .lock()
+            .iter()
+            .map(|j| {
+                let r = j.last_report.as_ref();
+                JobRow {
+                    id: j.id.clone(),
+                    kind: "backup".into(),
+                    pid: Some(j.pid),
+                    state: j.state,
+                    reason: j.reason.clone(),
+                    done_bytes: r.map_or(0, |r| r.done_bytes),
+                    total_bytes: r.and_then(|r| r.total_bytes),
+                    rate_bytes_per_sec: if j.finished.is_some() {
+                        None
+                    } else {
+                        r.and_then(|r| r.rate_bytes_per_sec)
+                    },
+                    started: Some(j.started),
+                    snapshot: j.snapshot.clone(),
+                    repository: j.repository.display().to_string(),
+                }
+            })
+            .collect()
+    }
+
+    /// Jobs whose process is still running.
+    pub fn running(&self) -> usize {
+        self.jobs
+            .lock()
+            .iter()
+            .filter(|j| j.finished.is_none())
+            .count()
+    }
+
+    /// Asks every running job to stop (at unmount) and waits for them, up to `limit`.
+    pub fn stop_all(&self, limit: Duration) {
+        let start = Instant::now();
+        let mut jobs = self.jobs.lock();
+        for j in jobs.iter_mut().filter(|j| j.child.is_some()) {
+            j.cancel_requested = true;
+            // SAFETY: our own unreaped child.
+            unsafe { libc::kill(j.pid as i32, libc::SIGTERM) };
+        }
+        for j in jobs.iter_mut() {
+            if let Some(child) = j.child.as_mut() {
+                while start.elapsed() < limit {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if let Ok(None) = child.try_wait() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+    }
+}

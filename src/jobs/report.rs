@@ -1,0 +1,93 @@
+//! A job's report file, `STORE/run/jobs/ID.json`: what a job process started through
+//! `control/jobs` tells the daemon about itself (state, progress, outcome). The job replaces
+//! it atomically every second or so; the daemon reads it when `control/jobs` is read.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where a job is, in its own words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportedState {
+    /// Transferring snarfs.
+    Running,
+    /// Committing the backup.
+    Finishing,
+    /// Committed.
+    Done,
+    /// Ended with an error.
+    Failed,
+}
+
+/// The contents of a report file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobReport {
+    /// Where the job is.
+    pub state: ReportedState,
+    /// Bytes transferred so far.
+    pub done_bytes: u64,
+    /// Bytes to transfer in all, once planned.
+    pub total_bytes: Option<u64>,
+    /// Recent rate in bytes per second.
+    pub rate_bytes_per_sec: Option<u64>,
+    /// The backup's id, once committed.
+    pub backup_id: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The summary printed at the end.
+    pub summary: Option<String>,
+}
+
+/// Folder of the report files of a store.
+pub fn reports_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("jobs")
+}
+
+/// Path of one job's report file.
+pub fn report_path(run_dir: &Path, job: &str) -> PathBuf {
+    reports_dir(run_dir).join(format!("{job}.json"))
+}
+
+/// Path of one job's output (stdout and stderr of its process).
+pub fn log_path(run_dir: &Path, job: &str) -> PathBuf {
+    reports_dir(run_dir).join(format!("{job}.log"))
+}
+
+impl JobReport {
+    /// Replaces the report file atomically (a reader sees the old or the new one).
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Reads a report file; `None` if there is none (yet) or it is unreadable.
+    pub fn read(path: &Path) -> Option<JobReport> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j1.json");
+        assert_eq!(JobReport::read(&path), None);
+        let r = JobReport {
+            state: ReportedState::Running,
+            done_bytes: 10,
+            total_bytes: Some(100),
+            rate_bytes_per_sec: Some(5),
+            backup_id: None,
+            error: None,
+            summary: None,
+        };
+        r.write(&path).unwrap();
+        assert_eq!(JobReport::read(&path), Some(r));
+    }
+}
