@@ -161,3 +161,58 @@ fn direct_backup_errors_say_what_to_do() {
         "nothing committed"
     );
 }
+
+/// A tmpfs mounted by this test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_repository_disk_is_reported_and_nothing_is_committed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3M", "tmpfs"])
+        .arg(&small)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("skipping: cannot mount a small tmpfs here (needs root)");
+        return;
+    }
+    let _guard = Tmpfs(small.clone());
+    let store = dir.path().join("store");
+    let repo = small.join("repo");
+    assert_eq!(snarf(&["init", s(&store)]).0, 0);
+    assert_eq!(snarf(&["repo", "init", s(&repo), "--pack-size", "1M"]).0, 0);
+    let mut random = vec![0u8; 8 << 20];
+    rand::RngCore::fill_bytes(
+        &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5),
+        &mut random,
+    );
+    std::fs::write(store.join("volumes/v"), &random).expect("write");
+    let (code, _, err) = snarf(&["backup", s(&store), "x", "--repo", s(&repo)]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("disk is full") && err.contains("nothing was committed"),
+        "{err}"
+    );
+    // (Listed without settling: recovering the abandoned transfer needs room it lacks.)
+    let listed = snarf::repo::Repo::open_quiet(&repo)
+        .expect("open")
+        .list_backups()
+        .expect("list");
+    assert!(listed.is_empty(), "nothing committed: {listed:?}");
+    // The store was closed cleanly: a backup elsewhere works and the one after is incremental.
+    let big = dir.path().join("big");
+    assert_eq!(snarf(&["repo", "init", s(&big)]).0, 0);
+    let (code, out, err) = snarf(&["backup", s(&store), "y", "--repo", s(&big)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("full (first backup"), "{out}");
+}
