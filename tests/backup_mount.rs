@@ -433,3 +433,19 @@ fn a_backup_started_from_a_shell_is_listed_while_it_runs() {
     assert!(status.success());
     assert!(seen, "a connected job was never listed in control/jobs");
 }
+
+#[test]
+fn the_mounts_repository_is_the_default() {
+    let Some(mut m) = Mounted::new(&[], &[]) else {
+        return;
+    };
+    let repo = m.dir.path().join("repo");
+    snarf_ok(&["repo", "init", repo.to_str().unwrap()]);
+    m.unmount();
+    m.mount(&["--repo", repo.to_str().unwrap()]);
+    fs::write(m.path("live/v"), contents(5, 1 << 20)).unwrap();
+    fs::create_dir(m.path("snapshots/s")).unwrap();
+    let out = snarf_ok(&["backup", m.mnt.to_str().unwrap(), "s"]);
+    let id = backup_id(&out);
+    assert!(snarf_ok(&["backups", repo.to_str().unwrap()]).contains(&id));
+}

@@ -75,7 +75,8 @@ pub struct BackupArgs {
     pub target: PathBuf,
     /// The snapshot to back up (in direct mode: the name of the snapshot taken now).
     pub snapshot: String,
-    /// The repository (default: the store's configured repository, `snarf init --repo`).
+    /// The repository (default: the mount's `--repo`, else the store's configured
+    /// repository, `snarf init --repo`).
     #[arg(long, value_name = "REPO")]
     pub repo: Option<PathBuf>,
     /// Back up only this volume (repeat for more; default: every volume of the snapshot).
@@ -103,7 +104,7 @@ pub struct BackupArgs {
 
 /// How the job reaches the snapshot.
 enum Target {
-    /// A mount daemon serves the store; connect to its socket.
+    /// A mount daemon serves the store (its socket is there); connect to it.
     Mounted { store: PathBuf, socket: PathBuf },
     /// Nobody serves the store; open it.
     Direct { store: PathBuf },
@@ -194,8 +195,34 @@ pub fn backup(args: BackupArgs) -> CliResult {
     let store = match &target {
         Target::Mounted { store, .. } | Target::Direct { store } => store.clone(),
     };
-    let repo_path = match &args.repo {
-        Some(r) => r.clone(),
+    let job = format!("backup {}", args.snapshot);
+    // With a mount: connect first (its default repository comes with the welcome).
+    let client = match &target {
+        Target::Mounted { socket, .. } => match Client::connect(socket, &job) {
+            Ok(c) => Some(c),
+            // A socket left by a daemon that died: nobody serves the store.
+            Err(crate::jobs::Error::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                ) =>
+            {
+                log::info!(
+                    "no mount daemon answers on {}; opening the store directly",
+                    socket.display()
+                );
+                None
+            }
+            Err(e) => return Err(job_error(e)),
+        },
+        Target::Direct { .. } => None,
+    };
+    let repo_path = match args
+        .repo
+        .clone()
+        .or_else(|| client.as_ref().and_then(|c| c.welcome().repo.clone()))
+    {
+        Some(r) => r,
         None => Settings::load(&store)?
             .repository
             .map(PathBuf::from)
@@ -209,7 +236,6 @@ pub fn backup(args: BackupArgs) -> CliResult {
     let repo = Repo::open(&repo_path)?;
     let kind = process_type()?;
     exit_on_signals().map_err(CliError::new)?;
-    let job = format!("backup {}", args.snapshot);
     let registry = Registry::new(store.join("run"));
     let registration = registry
         .register(
@@ -263,34 +289,17 @@ pub fn backup(args: BackupArgs) -> CliResult {
         }
     };
 
-    let result = match target {
-        Target::Mounted { socket, .. } => match Client::connect(&socket, &job) {
-            Ok(client) => {
-                stop_idle(client.daemon_pid());
-                pipeline::run(&client, &repo, &opts, &mut |p| {
-                    display.update(p);
-                    if let Some(r) = reporter.as_mut() {
-                        r.progress(p);
-                    }
-                })
-            }
-            // A socket left by a daemon that died: nobody serves the store.
-            Err(crate::jobs::Error::Io { source, .. })
-                if matches!(
-                    source.kind(),
-                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
-                ) =>
-            {
-                log::info!(
-                    "no mount daemon answers on {}; opening the store directly",
-                    socket.display()
-                );
-                stop_idle(None);
-                direct(&store, &repo, &opts, &mut display, &mut reporter)
-            }
-            Err(e) => Err(e),
-        },
-        Target::Direct { store } => {
+    let result = match client {
+        Some(client) => {
+            stop_idle(client.daemon_pid());
+            pipeline::run(&client, &repo, &opts, &mut |p| {
+                display.update(p);
+                if let Some(r) = reporter.as_mut() {
+                    r.progress(p);
+                }
+            })
+        }
+        None => {
             stop_idle(None);
             direct(&store, &repo, &opts, &mut display, &mut reporter)
         }

@@ -88,7 +88,9 @@ impl Daemon {
         let mut server = self.job_server.lock();
         if server.is_none() {
             let run = self.engine.store().run_dir();
-            *server = Some(JobServer::start(self.engine.clone(), &run)?);
+            let s = JobServer::start(self.engine.clone(), &run)?;
+            s.set_default_repo(self.repo_path.clone());
+            *server = Some(s);
         }
         Ok(())
     }

@@ -24,6 +24,8 @@ pub struct Welcome {
     pub store_id: String,
     /// The store's directory.
     pub store: std::path::PathBuf,
+    /// The mount's default repository, if it has one.
+    pub repo: Option<std::path::PathBuf>,
 }
 
 /// A session with the engine side over a stream.
@@ -88,6 +90,7 @@ impl Client {
                 pid: 0,
                 store_id: String::new(),
                 store: Default::default(),
+                repo: None,
             },
         };
         let answer = c.call(
@@ -104,6 +107,7 @@ impl Client {
                 pid,
                 store_id,
                 store,
+                repo,
             } => {
                 if version != proto::VERSION {
                     return Err(Error::Protocol(format!(
@@ -115,6 +119,7 @@ impl Client {
                     pid,
                     store_id,
                     store,
+                    repo,
                 };
                 Ok(c)
             }

@@ -63,9 +63,11 @@ pub enum End {
 /// Runs one conversation until it ends. `cancelled` is asked before each request that
 /// moves the job along; when it gives a reason, the job is refused with it and the
 /// conversation ends.
+#[allow(clippy::too_many_arguments)]
 pub fn serve_stream(
     engine: &Arc<Engine>,
     released: Option<&Arc<Released>>,
+    default_repo: Option<&Path>,
     reader: &mut dyn Read,
     writer: &mut dyn Write,
     events: &mut dyn FnMut(Event<'_>),
@@ -106,6 +108,7 @@ pub fn serve_stream(
                         pid: std::process::id(),
                         store_id: engine.store().store_id(),
                         store: engine.store().root().to_path_buf(),
+                        repo: default_repo.map(Path::to_path_buf),
                     }))
                 }
             }

@@ -19,7 +19,7 @@
 //!
 //! ```text
 //! job                                   daemon
-//! hello {version, job, pid}         ->  welcome {version, pid, store_id, store}
+//! hello {version, job, pid}         ->  welcome {version, pid, store_id, store, repo}
 //! describe {snapshot}               ->  snapshot {desc}             (volumes, ids, sizes, epoch)
 //! plan {request, repo}              ->  planned {volumes}           payload: the incremental volumes' snarf sets
 //! next {max}                        ->  batch {items, done}         payload: the non-zero snarfs' bytes
@@ -81,6 +81,9 @@ pub enum Msg {
         store_id: String,
         /// The store's directory.
         store: PathBuf,
+        /// The mount's default repository, if it has one (`snarf mount --repo`).
+        #[serde(default)]
+        repo: Option<PathBuf>,
     },
     /// Asks what a snapshot holds.
     Describe {

@@ -116,6 +116,7 @@ struct Shared {
     jobs: Mutex<BTreeMap<u64, Tracked>>,
     next_conn: AtomicU64,
     janitor_wake: (Mutex<bool>, Condvar),
+    default_repo: Mutex<Option<PathBuf>>,
 }
 
 impl Shared {
@@ -185,6 +186,7 @@ impl JobServer {
             jobs: Mutex::new(BTreeMap::new()),
             next_conn: AtomicU64::new(1),
             janitor_wake: (Mutex::new(false), Condvar::new()),
+            default_repo: Mutex::new(None),
         });
         let workers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = {
@@ -210,6 +212,11 @@ impl JobServer {
             janitor: Some(janitor),
             workers,
         })
+    }
+
+    /// Tells jobs that name no repository to use this one (the mount's `--repo`).
+    pub fn set_default_repo(&self, repo: Option<PathBuf>) {
+        *self.shared.default_repo.lock() = repo;
     }
 
     /// The socket's path.
@@ -460,9 +467,11 @@ fn serve(shared: &Shared, conn: u64, stream: UnixStream) {
             }
             shared.jobs.lock().get(&conn).and_then(|t| t.cancel.clone())
         };
+        let default_repo = shared.default_repo.lock().clone();
         serve_stream(
             &shared.engine,
             Some(&shared.released),
+            default_repo.as_deref(),
             &mut reader,
             &mut writer,
             &mut events,
