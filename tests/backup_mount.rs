@@ -168,13 +168,18 @@ fn backup_of_a_mounted_snapshot_under_a_writer_restores_the_snapshot() {
     // An incremental backup of a later snapshot reads only what the writer changed.
     fs::create_dir(m.path("snapshots/s2")).unwrap();
     let expected2 = read(&m.path("snapshots/s2/vm.img"));
-    let out = snarf_ok(&[
-        "backup",
-        m.mnt.to_str().unwrap(),
-        "s2",
-        "--repo",
-        repo.to_str().unwrap(),
-    ]);
+    // A repository path relative to the job's directory (the daemon is elsewhere).
+    let out = Command::new(env!("CARGO_BIN_EXE_snarf"))
+        .args(["backup", m.mnt.to_str().unwrap(), "s2", "--repo", "repo"])
+        .current_dir(m.dir.path())
+        .output()
+        .expect("run snarf backup");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.contains(&format!("incremental from {id}")), "{out}");
     let id2 = backup_id(&out);
     assert!(restore(&repo, &id2, &m.dir.path().join("out2"), "vm.img") == expected2);

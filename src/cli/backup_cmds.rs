@@ -233,6 +233,8 @@ pub fn backup(args: BackupArgs) -> CliResult {
                 ))
             })?,
     };
+    // Absolute, since the mount daemon (elsewhere) reads snarfs back from it.
+    let repo_path = std::path::absolute(&repo_path).unwrap_or(repo_path);
     let repo = Repo::open(&repo_path)?;
     let kind = process_type()?;
     exit_on_signals().map_err(CliError::new)?;
