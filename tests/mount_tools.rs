@@ -78,25 +78,34 @@ impl Writer {
         self.0.id() as i32
     }
 
-    /// Stops the writer and waits until the kernel reports it stopped.
+    /// Stops the writer and waits until the kernel reports every one of its threads
+    /// stopped: the test harness runs the role in a thread of its own, and a thread still
+    /// inside a write(2) stops only once the write has returned.
     fn pause(&self) {
         unsafe { libc::kill(self.pid(), libc::SIGSTOP) };
         let start = Instant::now();
         loop {
-            let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-            let state = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .chars()
-                .next();
-            if state == Some('T') || state == Some('t') {
-                return;
+            let tasks = fs::read_dir(format!("/proc/{}/task", self.pid())).map(|d| {
+                d.flatten()
+                    .map(|t| {
+                        let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                        stat.rsplit(')')
+                            .next()
+                            .unwrap_or("")
+                            .trim_start()
+                            .chars()
+                            .next()
+                    })
+                    .collect::<Vec<_>>()
+            });
+            if let Ok(states) = &tasks {
+                if !states.is_empty() && states.iter().all(|s| matches!(s, Some('T') | Some('t'))) {
+                    return;
+                }
             }
             assert!(
                 start.elapsed() < Duration::from_secs(10),
-                "writer did not stop: {stat}"
+                "writer did not stop: {tasks:?}"
             );
             std::thread::sleep(Duration::from_millis(2));
         }

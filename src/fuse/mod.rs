@@ -162,24 +162,31 @@ fn mount_as_root(
 
 impl Mounted {
     /// Serves requests until the filesystem is unmounted. Snapshots created or released
-    /// through control files are pushed to the kernel's caches from a helper thread, never
-    /// from inside a request.
+    /// through control files are pushed to the kernel's caches by a helper thread; the
+    /// control write waits (briefly) for that, so `ls snapshots/` right after
+    /// `echo release NAME > control/snapshot` no longer shows NAME. The wait is bounded
+    /// because the kernel may need another worker thread to finish a lookup first.
     pub fn serve(self) -> std::io::Result<()> {
         let notifier = self.session.notifier();
-        let (tx, rx) = mpsc::channel::<Changed>();
+        let (tx, rx) = mpsc::channel::<(Changed, mpsc::Sender<()>)>();
+        let tx = parking_lot::Mutex::new(tx);
         self.fs.daemon().on_change(Box::new(move |c| {
-            let _ = tx.send(c);
+            let (done_tx, done_rx) = mpsc::channel();
+            if tx.lock().send((c, done_tx)).is_ok() {
+                let _ = done_rx.recv_timeout(std::time::Duration::from_secs(2));
+            }
         }));
         let pusher = std::thread::Builder::new()
             .name("snarf-inval".into())
             .spawn(move || {
-                for change in rx {
+                for (change, done) in rx {
                     match change {
                         Changed::Snapshot(name) => {
                             let _ =
                                 notifier.inval_entry(INodeNo(inode::SNAPSHOTS), OsStr::new(&name));
                         }
                     }
+                    let _ = done.send(());
                 }
             })?;
         let mountpoint = self.mountpoint.clone();
