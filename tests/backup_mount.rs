@@ -454,3 +454,103 @@ fn the_mounts_repository_is_the_default() {
     let id = backup_id(&out);
     assert!(snarf_ok(&["backups", repo.to_str().unwrap()]).contains(&id));
 }
+
+#[test]
+fn backup_wait_follows_the_job_and_detach_plus_cancel_stops_one() {
+    let Some(m) = Mounted::new(&[], &[]) else {
+        return;
+    };
+    let repo = m.dir.path().join("repo");
+    snarf_ok(&["repo", "init", repo.to_str().unwrap()]);
+    fs::write(m.path("live/v"), contents(9, 16 << 20)).unwrap();
+    fs::create_dir(m.path("snapshots/s")).unwrap();
+    let expected = read(&m.path("snapshots/s/v"));
+    let mp = m.mnt.to_str().unwrap();
+    // --wait: handed to the mount, followed through control/jobs, summary at the end.
+    let out = snarf_ok(&[
+        "backup",
+        mp,
+        "s",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--wait",
+    ]);
+    let id = backup_id(&out);
+    assert!(restore(&repo, &id, &m.dir.path().join("w"), "v") == expected);
+    let table = fs::read_to_string(m.path("control/jobs")).unwrap();
+    assert!(
+        table.lines().skip(1).any(|l| l.contains(" done ")),
+        "{table}"
+    );
+    // A job that fails is reported with its reason and a failing exit status.
+    let out = mounted::snarf(&[
+        "backup",
+        mp,
+        "s",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--wait",
+        "--mode",
+        "incremental",
+        "--volume",
+        "nope",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nope"),
+        "{out:?}"
+    );
+    // --detach returns the id at once; cancel stops the job; nothing is committed.
+    let before = snarf_ok(&["backups", repo.to_str().unwrap()]);
+    fs::write(m.path("live/big"), contents(10, 192 << 20)).unwrap();
+    fs::create_dir(m.path("snapshots/t")).unwrap();
+    let job = snarf_ok(&[
+        "backup",
+        mp,
+        "t",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--detach",
+        "--mode",
+        "full",
+    ])
+    .trim()
+    .to_string();
+    assert!(!job.is_empty());
+    // Refused only if the job already ended, which the loop below tells apart.
+    let _ = fs::write(m.path("control/jobs"), format!("cancel {job}\n"));
+    let start = Instant::now();
+    loop {
+        let table = fs::read_to_string(m.path("control/jobs")).unwrap();
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&job))
+            .unwrap_or_default()
+            .to_string();
+        if row.contains(" cancelled ") {
+            break;
+        }
+        if row.contains(" done ") {
+            // The machine was fast enough to finish first; then the cancel was refused.
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never cancelled: {table}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let table = fs::read_to_string(m.path("control/jobs")).unwrap();
+    if table
+        .lines()
+        .any(|l| l.starts_with(&job) && l.contains(" cancelled "))
+    {
+        assert_eq!(
+            snarf_ok(&["backups", repo.to_str().unwrap()]),
+            before,
+            "a cancelled job committed a backup"
+        );
+    }
+    // The snapshot still reads as it was.
+    assert!(read(&m.path("snapshots/s/v")) == expected);
+}

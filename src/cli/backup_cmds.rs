@@ -92,7 +92,15 @@ pub struct BackupArgs {
     /// Seconds to wait for the repository lock if another job holds it (default: fail at
     /// once, naming the holder).
     #[arg(long, value_name = "SECS")]
-    pub wait: Option<u64>,
+    pub lock_wait: Option<u64>,
+    /// Hand the job to the mount (as `echo backup ... > MOUNTPOINT/control/jobs` does)
+    /// and follow its progress in control/jobs until it ends; the exit status is the job's.
+    /// The job survives this command being interrupted.
+    #[arg(long, conflicts_with = "detach")]
+    pub wait: bool,
+    /// Hand the job to the mount through control/jobs, print its id and return at once.
+    #[arg(long)]
+    pub detach: bool,
     /// Hashing and compression threads (default: one per core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -131,6 +139,133 @@ fn canonical(path: &Path) -> Result<PathBuf, CliError> {
 }
 
 /// Tells a mount point from a store, and a served store from one nobody serves.
+/// The mount point serving `store`, if it is mounted.
+fn mountpoint_of(target: &Path) -> Result<PathBuf, CliError> {
+    let path = canonical(target)?;
+    if path.join("control").join("jobs").exists() {
+        return Ok(path);
+    }
+    let shown = path.display().to_string();
+    mounts::mounts()?
+        .into_iter()
+        .find(|m| m.source == shown && m.fstype.starts_with("fuse"))
+        .map(|m| m.mountpoint)
+        .ok_or_else(|| {
+            CliError::new(format!(
+                "--wait and --detach hand the job to a mount's control/jobs, but {shown} is not a mounted store; mount it (snarf mount {shown} MOUNTPOINT) or back it up directly without --wait"
+            ))
+        })
+}
+
+/// `--wait` / `--detach`: submits the job through `control/jobs` and follows it there.
+fn submit(args: &BackupArgs) -> CliResult {
+    use crate::control::words::quote_word;
+    let mountpoint = mountpoint_of(&args.target)?;
+    let mut command = format!("backup {}", quote_word(&args.snapshot));
+    if let Some(repo) = &args.repo {
+        let repo = std::path::absolute(repo).unwrap_or_else(|_| repo.clone());
+        command.push_str(&format!(
+            " repo={}",
+            quote_word(&repo.display().to_string())
+        ));
+    }
+    if !args.volumes.is_empty() {
+        command.push_str(&format!(" volumes={}", quote_word(&args.volumes.join(","))));
+    }
+    let mode = match args.mode {
+        ModeArg::Full => "full",
+        ModeArg::Incremental => "incremental",
+        ModeArg::Auto => "auto",
+    };
+    command.push_str(&format!(" mode={mode}"));
+    let id = super::control_cmds::send(&mountpoint, "jobs", &command)?
+        .trim()
+        .to_string();
+    if args.detach {
+        println!("{id}");
+        return Ok(());
+    }
+    eprintln!(
+        "job {id} started on {}; following control/jobs",
+        mountpoint.display()
+    );
+    follow(&mountpoint, &id)
+}
+
+/// Follows job `id` in `control/jobs.json` until it ends.
+fn follow(mountpoint: &Path, id: &str) -> CliResult {
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = std::time::Instant::now() - Duration::from_secs(60);
+    loop {
+        let text = super::control_cmds::read_table(mountpoint, "jobs.json")?;
+        let rows: Vec<crate::control::JobRow> = serde_json::from_str(&text)
+            .map_err(|e| CliError::new(format!("control/jobs.json is unreadable: {e}")))?;
+        let row = rows.into_iter().find(|r| r.id == id).ok_or_else(|| {
+            CliError::new(format!("job {id} is no longer listed in control/jobs"))
+        })?;
+        use crate::control::JobState;
+        match row.state {
+            JobState::Done => {
+                if tty {
+                    eprintln!();
+                }
+                let report = report::report_path(&store_of(mountpoint)?.join("run"), id);
+                match JobReport::read(&report).and_then(|r| r.summary) {
+                    Some(summary) => print!("{summary}"),
+                    None => println!("job {id} done: {}", row.reason),
+                }
+                return Ok(());
+            }
+            JobState::Failed | JobState::Cancelled => {
+                if tty {
+                    eprintln!();
+                }
+                return Err(CliError::new(format!(
+                    "job {id} {}: {}",
+                    row.state.as_str(),
+                    row.reason
+                )));
+            }
+            JobState::Queued | JobState::Running | JobState::Finishing => {
+                if tty || last_line.elapsed() >= Duration::from_secs(5) {
+                    let pct = row
+                        .total_bytes
+                        .filter(|t| *t > 0)
+                        .map(|t| format!(" {:.0}%", row.done_bytes as f64 * 100.0 / t as f64))
+                        .unwrap_or_default();
+                    let rate = row
+                        .rate_bytes_per_sec
+                        .map(|r| format!(", {}/s", crate::units::Bytes(r)))
+                        .unwrap_or_default();
+                    let line = format!(
+                        "job {id}: {}{pct} ({}{}){rate}",
+                        row.state.as_str(),
+                        crate::units::Bytes(row.done_bytes),
+                        row.total_bytes
+                            .map(|t| format!(" of {}", crate::units::Bytes(t)))
+                            .unwrap_or_default()
+                    );
+                    if tty {
+                        eprint!("\r\x1b[K{line}");
+                    } else {
+                        eprintln!("{line}");
+                    }
+                    last_line = std::time::Instant::now();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The store a mount point serves, from the mount table.
+fn store_of(mountpoint: &Path) -> Result<PathBuf, CliError> {
+    let path = canonical(mountpoint)?;
+    mounts::mount_at(&path)?
+        .map(|m| PathBuf::from(m.source))
+        .ok_or_else(|| CliError::new(format!("{} is not mounted", path.display())))
+}
+
 fn resolve(target: &Path) -> Result<Target, CliError> {
     let path = canonical(target)?;
     let store = match mounts::mount_at(&path)? {
@@ -191,6 +326,9 @@ fn job_error(e: crate::jobs::Error) -> CliError {
 
 /// `snarf backup`.
 pub fn backup(args: BackupArgs) -> CliResult {
+    if args.wait || args.detach {
+        return submit(&args);
+    }
     let target = resolve(&args.target)?;
     let store = match &target {
         Target::Mounted { store, .. } | Target::Direct { store } => store.clone(),
@@ -254,7 +392,7 @@ pub fn backup(args: BackupArgs) -> CliResult {
     }
     opts.mode = args.mode.into();
     opts.compression = args.compression;
-    opts.lock_wait = args.wait.map(Duration::from_secs);
+    opts.lock_wait = args.lock_wait.map(Duration::from_secs);
     if let Some(n) = args.threads {
         opts.workers = n.max(1);
     }
