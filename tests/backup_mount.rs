@@ -482,6 +482,28 @@ fn backup_wait_follows_the_job_and_detach_plus_cancel_stops_one() {
         table.lines().skip(1).any(|l| l.contains(" done ")),
         "{table}"
     );
+    // The cron example hands its job over as type cron.
+    let out = std::process::Command::new(
+        env!("CARGO_MANIFEST_DIR").to_string() + "/scripts/cron-example.sh",
+    )
+    .args([mp, repo.to_str().unwrap()])
+    .env("SNARF_BIN", env!("CARGO_BIN_EXE_snarf"))
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let table = fs::read_to_string(m.path("control/jobs")).unwrap();
+    let types = mounted::sh(&format!(
+        "awk 'NR > 1 {{ print $2, $3 }}' {}",
+        m.path("control/jobs").display()
+    ));
+    assert!(
+        types.contains("user done") && types.contains("cron done"),
+        "{table}"
+    );
+    assert!(
+        fs::read_dir(m.path("snapshots")).unwrap().count() == 1,
+        "the cron snapshot was not released"
+    );
     // A job that fails is reported with its reason and a failing exit status.
     let out = mounted::snarf(&[
         "backup",

@@ -178,6 +178,10 @@ fn submit(args: &BackupArgs) -> CliResult {
         ModeArg::Auto => "auto",
     };
     command.push_str(&format!(" mode={mode}"));
+    let kind = process_type()?;
+    if kind != ProcType::User {
+        command.push_str(&format!(" type={}", kind.as_str()));
+    }
     let id = super::control_cmds::send(&mountpoint, "jobs", &command)?
         .trim()
         .to_string();
@@ -381,7 +385,10 @@ pub fn backup(args: BackupArgs) -> CliResult {
         .register(
             NewEntry::new(kind)
                 .repo(repo.path().display().to_string())
-                .job(job.clone())
+                .job(match &args.job_id {
+                    Some(id) => format!("{id} {job}"),
+                    None => job.clone(),
+                })
                 .state(ProcState::Running),
         )
         .map_err(CliError::new)?;

@@ -29,7 +29,7 @@ pub enum ControlFile {
 /// Usage of `control/snapshot`.
 const SNAPSHOT_USAGE: &str = "create NAME\nrelease NAME";
 /// Usage of `control/jobs`.
-const JOBS_USAGE: &str = "backup SNAPSHOT [repo=/ABSOLUTE/PATH] [volumes=NAME,NAME...] [mode=full|incremental|auto]\ncancel JOB-ID";
+const JOBS_USAGE: &str = "backup SNAPSHOT [repo=/ABSOLUTE/PATH] [volumes=NAME,NAME...] [mode=full|incremental|auto] [type=user|cron]\ncancel JOB-ID";
 
 impl ControlFile {
     /// Every control file, in directory-listing order.

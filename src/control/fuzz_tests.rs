@@ -82,13 +82,15 @@ fn command() -> impl Strategy<Value = Command> {
             BackupMode::Incremental,
             BackupMode::Auto,
         ]),
+        proptest::sample::select(crate::pids::ProcType::ALL.to_vec()),
     )
-        .prop_map(|(snapshot, repo, volumes, mode)| {
+        .prop_map(|(snapshot, repo, volumes, mode, kind)| {
             Command::Backup(BackupRequest {
                 snapshot,
                 repo: repo.map(Into::into),
                 volumes: volumes.map(|v| v.into_iter().collect()),
                 mode,
+                kind,
             })
         });
     prop_oneof![

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! control/snapshot   create NAME | release NAME
-//! control/jobs       backup SNAPSHOT [repo=/ABSOLUTE/PATH] [volumes=A,B] [mode=full|incremental|auto]
+//! control/jobs       backup SNAPSHOT [repo=/ABSOLUTE/PATH] [volumes=A,B] [mode=full|incremental|auto] [type=user|cron]
 //!                    cancel JOB-ID
 //! ```
 //!
@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use super::file::ControlFile;
 use super::words::{quote_word, split_words};
+use crate::pids::ProcType;
 use crate::store::validate_name;
 
 /// Longest command accepted, in bytes, newline included.
@@ -58,6 +59,8 @@ pub struct BackupRequest {
     pub volumes: Option<Vec<String>>,
     /// Full, incremental, or let snarf choose.
     pub mode: BackupMode,
+    /// The process type the job registers as: `user` unless a cron runner says `cron`.
+    pub kind: ProcType,
 }
 
 /// How much a backup reads.
@@ -101,6 +104,9 @@ impl fmt::Display for Command {
                 }
                 if b.mode != BackupMode::Auto {
                     write!(f, " mode={}", b.mode.as_str())?;
+                }
+                if b.kind != ProcType::User {
+                    write!(f, " type={}", b.kind.as_str())?;
                 }
                 Ok(())
             }
@@ -400,6 +406,7 @@ impl Parser<'_> {
             repo: None,
             volumes: None,
             mode: BackupMode::Auto,
+            kind: ProcType::User,
         };
         let mut seen = BTreeSet::new();
         for word in options {
@@ -407,16 +414,16 @@ impl Parser<'_> {
                 return Err(self.reject(
                     RejectKind::ExtraArgument,
                     format!(
-                        "\"{}\" follows the snapshot name but is not an option; options are written key=value (repo=, volumes=, mode=), and a snapshot name with spaces is quoted",
+                        "\"{}\" follows the snapshot name but is not an option; options are written key=value (repo=, volumes=, mode=, type=), and a snapshot name with spaces is quoted",
                         shown(word)
                     ),
                 ));
             };
-            if !["repo", "volumes", "mode"].contains(&key) {
+            if !["repo", "volumes", "mode", "type"].contains(&key) {
                 return Err(self.reject(
                     RejectKind::UnknownKey,
                     format!(
-                        "backup has no option \"{}\"; it accepts repo=, volumes= and mode=",
+                        "backup has no option \"{}\"; it accepts repo=, volumes=, mode= and type=",
                         shown(key)
                     ),
                 ));
@@ -430,6 +437,7 @@ impl Parser<'_> {
             match key {
                 "repo" => req.repo = Some(self.repo(value)?),
                 "volumes" => req.volumes = Some(self.volumes(value)?),
+                "type" => req.kind = self.kind(value)?,
                 _ => req.mode = self.mode(value)?,
             }
         }
@@ -484,6 +492,18 @@ impl Parser<'_> {
         Ok(out)
     }
 
+    fn kind(&self, value: &str) -> Result<ProcType, Rejection> {
+        ProcType::from_word(value).ok_or_else(|| {
+            self.reject(
+                RejectKind::BadValue,
+                format!(
+                    "type=\"{}\" is not a process type; write type=user (the default), type=cron, type=remote or type=sshpipe",
+                    shown(value)
+                ),
+            )
+        })
+    }
+
     fn mode(&self, value: &str) -> Result<BackupMode, Rejection> {
         [BackupMode::Full, BackupMode::Incremental, BackupMode::Auto]
             .into_iter()
@@ -529,6 +549,7 @@ mod tests {
             repo: None,
             volumes: None,
             mode: BackupMode::Auto,
+            kind: ProcType::User,
         }
     }
 

@@ -34,6 +34,8 @@ struct Job {
     repository: PathBuf,
     cancel_requested: bool,
     last_report: Option<JobReport>,
+    /// The process type the job registers as.
+    kind: crate::pids::ProcType,
 }
 
 /// What the daemon needs to start job processes.
@@ -143,6 +145,8 @@ impl JobManager {
         for v in req.volumes.iter().flatten() {
             cmd.arg("--volume").arg(v);
         }
+        // The job registers in the process registry with the type its requester gave.
+        cmd.env("SNARF_PROCESS_TYPE", req.kind.as_str());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2));
@@ -167,6 +171,7 @@ impl JobManager {
             repository: repository.to_path_buf(),
             cancel_requested: false,
             last_report: None,
+            kind: req.kind,
         };
         self.jobs.lock().push(job);
         Ok(id)
@@ -272,7 +277,7 @@ impl JobManager {
                 let r = j.last_report.as_ref();
                 JobRow {
                     id: j.id.clone(),
-                    kind: "backup".into(),
+                    kind: j.kind.as_str().into(),
                     pid: Some(j.pid),
                     state: j.state,
                     reason: j.reason.clone(),

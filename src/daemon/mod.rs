@@ -161,13 +161,22 @@ impl Daemon {
             .as_ref()
             .map(|s| s.jobs())
             .unwrap_or_default();
+        let registered = if connected.is_empty() {
+            Vec::new()
+        } else {
+            self.registry.list().unwrap_or_default()
+        };
         for j in connected {
             if j.phase.ended() || j.pid == 0 || rows.iter().any(|r| r.pid == Some(j.pid)) {
                 continue;
             }
+            let kind = registered
+                .iter()
+                .find(|e| e.pid == j.pid)
+                .map_or("user", |e| e.kind.as_str());
             rows.push(control::JobRow {
                 id: j.id,
-                kind: "backup".into(),
+                kind: kind.into(),
                 pid: Some(j.pid),
                 state: match j.phase {
                     crate::jobs::JobPhase::Starting => control::JobState::Queued,
