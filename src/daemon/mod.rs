@@ -47,6 +47,9 @@ pub struct Daemon {
     jobs: jobs::JobManager,
     /// The socket server backup jobs talk to (on `STORE/run/daemon.sock`), once started.
     job_server: Mutex<Option<JobServer>>,
+    /// The job server's released-snarf tables, kept apart so snapshot reads (a hot path)
+    /// take only a shared lock.
+    released: parking_lot::RwLock<Option<Arc<crate::jobs::Released>>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -79,6 +82,7 @@ impl Daemon {
             known_repos: Mutex::new(Default::default()),
             jobs: jobs::JobManager::default(),
             job_server: Mutex::new(None),
+            released: parking_lot::RwLock::new(None),
         }
     }
 
@@ -90,6 +94,7 @@ impl Daemon {
             let run = self.engine.store().run_dir();
             let s = JobServer::start(self.engine.clone(), &run)?;
             s.set_default_repo(self.repo_path.clone());
+            *self.released.write() = Some(s.released().clone());
             *server = Some(s);
         }
         Ok(())
@@ -99,6 +104,7 @@ impl Daemon {
     /// the socket goes, and the repository pins kept for snapshot reads are removed.
     pub fn stop_job_server(&self) {
         if let Some(mut server) = self.job_server.lock().take() {
+            *self.released.write() = None;
             server.stop();
         }
     }
@@ -112,11 +118,7 @@ impl Daemon {
         offset: u64,
         buf: &mut [u8],
     ) -> crate::jobs::Result<usize> {
-        let released = self
-            .job_server
-            .lock()
-            .as_ref()
-            .map(|s| s.released().clone());
+        let released = self.released.read().clone();
         crate::jobs::read_snapshot(&self.engine, released.as_deref(), snap, volume, offset, buf)
     }
 
@@ -130,11 +132,7 @@ impl Daemon {
         offset_in_snarf: u64,
         buf: &mut [u8],
     ) -> crate::jobs::Result<()> {
-        let released = self
-            .job_server
-            .lock()
-            .as_ref()
-            .map(|s| s.released().clone());
+        let released = self.released.read().clone();
         match released {
             Some(r) => r.read(snap, volume, snarf, offset_in_snarf, buf),
             None => Err(crate::snapshot::Error::StoredInBackup {
