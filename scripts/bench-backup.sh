@@ -167,12 +167,16 @@ now() { date +%s.%N; }
 declare -A T   # seconds, by key
 declare -A M   # peak memory in KiB, by key
 declare -A SZ  # bytes, by key
+declare -A C   # CPU seconds (user + system), by key
+declare -A IDLE # share of the machine's CPU time left idle during the step, by key
 declare -A NOTE
+hz=$(getconf CLK_TCK)
 
 # Runs a command with /usr/bin/time -v; T[key] = wall seconds, M[key] = max RSS (KiB).
 # Its stdout and stderr go to $logs/key.out and $logs/key.err; a failure stops the run.
 timed() {
-  local key=$1 t0 t1; shift
+  local key=$1 t0 t1 c0; shift
+  c0=$(cpu_stat)
   t0=$(now)
   if ! /usr/bin/time -v -o "$logs/$key.time" "$@" >"$logs/$key.out" 2>"$logs/$key.err"; then
     say "command failed: $*"
@@ -182,17 +186,44 @@ timed() {
   t1=$(now)
   T[$key]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
   M[$key]=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$logs/$key.time")
+  C[$key]=$(awk -F': ' '/User time|System time/ { s += $2 } END { printf "%.2f", s }' "$logs/$key.time")
+  IDLE[$key]=$(idle_since "$c0")
+}
+# The same, timed until the data written is on disk: the command, then sync (snarf fsyncs
+# what it writes itself; restic and borg are charged the same flush). Dirty data of earlier
+# steps is flushed before, untimed.
+synced() {
+  local key=$1 t0 c0; shift
+  sync
+  c0=$(cpu_stat)
+  timed "$key" "$@"
+  t0=$(now)
+  sync
+  T[$key]=$(awk -v a="$t0" -v b="$(now)" -v t="${T[$key]}" 'BEGIN { printf "%.3f", t + b - a }')
+  IDLE[$key]=$(idle_since "$c0")
 }
 # Times a command without /usr/bin/time (for pipelines and cat); output discarded.
 wall() {
-  local key=$1 t0 t1; shift
+  local key=$1 t0 t1 c0; shift
+  c0=$(cpu_stat)
   t0=$(now)
   "$@" >/dev/null
   t1=$(now)
   T[$key]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+  IDLE[$key]=$(idle_since "$c0")
+}
+# "idle total" jiffies of the whole machine, for how busy it was (others compile here too).
+cpu_stat() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $5, t }' /proc/stat; }
+idle_since() { # "idle total" from cpu_stat → percent idle since
+  local i0 t0 i1 t1
+  read -r i0 t0 <<<"$1"
+  read -r i1 t1 < <(cpu_stat)
+  awk -v i="$((i1 - i0))" -v t="$((t1 - t0))" 'BEGIN { printf "%.0f%%", (t > 0 ? 100 * i / t : 0) }'
 }
 hwm() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; } # KiB
 reset_hwm() { echo 5 >"/proc/$1/clear_refs"; }
+cpu_s() { awk -v hz="$hz" '{ sub(/.*\) /, ""); split($0, f, " "); printf "%.2f", (f[12] + f[13]) / hz }' "/proc/$1/stat"; }
+plus() { awk -v a="$1" -v b="$2" -v c="${3:-0}" 'BEGIN { printf "%.2f", a + b - c }'; }
 dirsize() { du -sb "$1" | awk '{ print $1 }'; }
 sum() { sha256sum "$1" | awk '{ print $1 }'; }
 # Fails the run unless FILE's checksum is the source's at that point.
@@ -226,14 +257,13 @@ cat "$src" >/dev/null
 wall lim_cat cat "$src"
 wall lim_b3 b3sum --num-threads 2 "$src"
 wall lim_b3_1 b3sum --num-threads 1 "$src"
-t0=$(now)
-zstd -q -3 -T2 -c "$src" >"$work/limit.zst"
-T[lim_zstd]=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }')
+wall lim_zstd zstd -q -3 -T2 -o "$work/limit.zst" "$src"
 zst_bytes=$(stat -c %s "$work/limit.zst")
 wall lim_unzstd zstd -q -d -c "$work/limit.zst"
 rm -f "$work/limit.zst"
-wall lim_cp cp "$src" "$work/limit.copy"
+wall lim_zstd1 zstd -q -1 -T2 -c "$src"
 sync
+wall lim_cp sh -c 'cp "$1" "$2" && sync' sh "$src" "$work/limit.copy"
 rm -f "$work/limit.copy"
 
 # ---------- snarf: store, mount, live volume ----------
@@ -258,9 +288,12 @@ say "snarf: snapshot 'full', read once through the mount (warm cache, checks the
 mkdir "$mnt/snapshots/full"
 cmp "$mnt/snapshots/full/vol.img" "$src" || die "the snapshot of the live volume differs from the source"
 reset_hwm "$daemon"
+dcpu=$(cpu_s "$daemon")
 say "snarf: full backup"
-timed snarf_full "$snarf" backup "$mnt" full --repo "$srepo"
+synced snarf_full "$snarf" backup "$mnt" full --repo "$srepo"
 M[snarf_full_daemon]=$(hwm "$daemon")
+C[snarf_full_daemon]=$(plus "$(cpu_s "$daemon")" 0 "$dcpu")
+C[snarf_full]=$(plus "${C[snarf_full]}" "${C[snarf_full_daemon]}")
 id_full=$(awk '/^backup .* of snapshot/ { print $2; exit }' "$logs/snarf_full.out")
 [ -n "$id_full" ] || die "no backup id in snarf's output: $(cat "$logs/snarf_full.out")"
 rmdir "$mnt/snapshots/full"
@@ -269,11 +302,11 @@ SZ[snarf_full]=$(dirsize "$srepo")
 cd "$data"
 cat vol.img >/dev/null
 say "restic: full backup"
-timed restic_full restic -r "$rrepo" backup --host bench vol.img
+synced restic_full restic -r "$rrepo" backup --host bench vol.img
 SZ[restic_full]=$(dirsize "$rrepo")
 cat vol.img >/dev/null
 say "borg: full backup (lz4)"
-timed borg_full borg create --compression lz4 "$brepo::full" vol.img
+synced borg_full borg create --compression lz4 "$brepo::full" vol.img
 SZ[borg_full]=$(dirsize "$brepo")
 cd "$repo_root"
 
@@ -287,9 +320,12 @@ sync
 mkdir "$mnt/snapshots/incr"
 cmp "$mnt/snapshots/incr/vol.img" "$src" || die "after the rewrite, the snapshot of the live volume differs from the file"
 reset_hwm "$daemon"
+dcpu=$(cpu_s "$daemon")
 say "snarf: incremental backup"
-timed snarf_incr "$snarf" backup "$mnt" incr --repo "$srepo"
+synced snarf_incr "$snarf" backup "$mnt" incr --repo "$srepo"
 M[snarf_incr_daemon]=$(hwm "$daemon")
+C[snarf_incr_daemon]=$(plus "$(cpu_s "$daemon")" 0 "$dcpu")
+C[snarf_incr]=$(plus "${C[snarf_incr]}" "${C[snarf_incr_daemon]}")
 id_incr=$(awk '/^backup .* of snapshot/ { print $2; exit }' "$logs/snarf_incr.out")
 [ -n "$id_incr" ] || die "no backup id in snarf's output: $(cat "$logs/snarf_incr.out")"
 if ! grep -q 'incremental from' "$logs/snarf_incr.out"; then
@@ -302,23 +338,23 @@ SZ[snarf_incr]=$(dirsize "$srepo")
 cd "$data"
 cat vol.img >/dev/null
 say "restic: incremental backup (rescans the whole file)"
-timed restic_incr restic -r "$rrepo" backup --host bench vol.img
+synced restic_incr restic -r "$rrepo" backup --host bench vol.img
 SZ[restic_incr]=$(dirsize "$rrepo")
 cat vol.img >/dev/null
 say "borg: incremental backup (rescans the whole file)"
-timed borg_incr borg create --compression lz4 "$brepo::incr" vol.img
+synced borg_incr borg create --compression lz4 "$brepo::incr" vol.img
 SZ[borg_incr]=$(dirsize "$brepo")
 cd "$repo_root"
 
 # ---------- restores of the incremental backups ----------
 sync
 say "snarf: restore"
-timed snarf_restore "$snarf" restore "$srepo" "$id_incr" "$work/restore-snarf"
+synced snarf_restore "$snarf" restore "$srepo" "$id_incr" "$work/restore-snarf"
 verify "snarf restore" "$work/restore-snarf/vol.img" "$sum_incr"
 rm -rf "$work/restore-snarf"
 sync
 say "restic: restore"
-timed restic_restore restic -r "$rrepo" restore latest --target "$work/restore-restic"
+synced restic_restore restic -r "$rrepo" restore latest --target "$work/restore-restic"
 f=$(find "$work/restore-restic" -type f -name vol.img | head -n 1)
 [ -n "$f" ] || die "restic restored no vol.img"
 verify "restic restore" "$f" "$sum_incr"
@@ -326,7 +362,7 @@ rm -rf "$work/restore-restic"
 sync
 say "borg: restore (extract --sparse)"
 mkdir "$work/restore-borg"
-timed borg_restore env -C "$work/restore-borg" borg extract --sparse "$brepo::incr"
+synced borg_restore env -C "$work/restore-borg" borg extract --sparse "$brepo::incr"
 verify "borg restore" "$work/restore-borg/vol.img" "$sum_incr"
 rm -rf "$work/restore-borg"
 sync
@@ -336,8 +372,10 @@ snarf_mount_file=$mnt/backups/$id_incr/vol.img
 if [ -e "$snarf_mount_file" ]; then
   say "snarf: cat backups/$id_incr/vol.img on the mount"
   reset_hwm "$daemon"
+  c0=$(cpu_s "$daemon")
   wall snarf_mount cat "$snarf_mount_file"
   M[snarf_mount]=$(hwm "$daemon")
+  C[snarf_mount]=$(plus "$(cpu_s "$daemon")" 0 "$c0")
   cmp "$snarf_mount_file" "$src" || die "VERIFICATION FAILED: $snarf_mount_file differs from the source"
   say "verified snarf mount read: equal to the source"
 else
@@ -353,8 +391,10 @@ wait_for "$rmnt/snapshots/latest" 120 || die "restic mount did not show snapshot
 rfile=$rmnt/snapshots/latest/vol.img
 [ -e "$rfile" ] || rfile=$rmnt/snapshots/latest$data/vol.img
 [ -e "$rfile" ] || die "restic mount has no vol.img in snapshots/latest (see $logs/restic-mount.out)"
+c0=$(cpu_s "$restic_mount_pid")
 wall restic_mount cat "$rfile"
 M[restic_mount]=$(hwm "$restic_mount_pid")
+C[restic_mount]=$(plus "$(cpu_s "$restic_mount_pid")" 0 "$c0")
 cmp "$rfile" "$src" || die "VERIFICATION FAILED: $rfile differs from the source"
 say "verified restic mount read: equal to the source"
 stop_fuse "$rmnt" "$restic_mount_pid"
@@ -365,8 +405,10 @@ borg mount -f "$brepo::incr" "$bmnt" >"$logs/borg-mount.out" 2>&1 &
 borg_mount_pid=$!
 bfile=$bmnt/vol.img
 wait_for "$bfile" 120 || die "borg mount did not show $bfile (see $logs/borg-mount.out)"
+c0=$(cpu_s "$borg_mount_pid")
 wall borg_mount cat "$bfile"
 M[borg_mount]=$(hwm "$borg_mount_pid")
+C[borg_mount]=$(plus "$(cpu_s "$borg_mount_pid")" 0 "$c0")
 cmp "$bfile" "$src" || die "VERIFICATION FAILED: $bfile differs from the source"
 say "verified borg mount read: equal to the source"
 stop_fuse "$bmnt" "$borg_mount_pid"
@@ -398,6 +440,14 @@ trow() { # label key-suffix: time row and rate row
     "$(adv "${T[snarf_$2]:-}" "${T[restic_$2]:-}")" "$(adv "${T[snarf_$2]:-}" "${T[borg_$2]:-}")"
   row "$1, MiB/s" "$(cell_r "snarf_$2")" "$(cell_r "restic_$2")" "$(cell_r "borg_$2")" "" ""
 }
+cell_c() { [ -n "${C[$1]:-}" ] && awk -v c="${C[$1]}" 'BEGIN { printf "%.1f s", c }' || echo "n/a"; }
+irow() {
+  row "$1" "${IDLE[snarf_$2]:-n/a}" "${IDLE[restic_$2]:-n/a}" "${IDLE[borg_$2]:-n/a}" "" ""
+}
+crow() {
+  row "$1" "$(cell_c "snarf_$2")" "$(cell_c "restic_$2")" "$(cell_c "borg_$2")" \
+    "$(adv "${C[snarf_$2]:-}" "${C[restic_$2]:-}")" "$(adv "${C[snarf_$2]:-}" "${C[borg_$2]:-}")"
+}
 mrow() {
   row "$1" "$(cell_m "snarf_$2")" "$(cell_m "restic_$2")" "$(cell_m "borg_$2")" \
     "$(adv "${M[snarf_$2]:-}" "${M[restic_$2]:-}")" "$(adv "${M[snarf_$2]:-}" "${M[borg_$2]:-}")"
@@ -415,41 +465,57 @@ echo "1% rewrite: $rw_writes scattered writes of 4-64 KiB, $(fmt_mib "$rw_bytes"
 echo "setup: snarf $("$snarf" --version | awk '{ print $2 }') backs up a snapshot of the live volume on a snarf mount (snarf backup MOUNTPOINT,"
 echo "       zstd -3, not encrypted); $(restic version | awk '{ print $1, $2 }') (repository v2, compression auto, always encrypted)"
 echo "       and borg $(borg --version | awk '{ print $2 }') (--encryption=none, --compression lz4) back up the same bytes from a plain file on"
-echo "       a local disk ($fstype); page cache warm for every tool; restores go to a fresh directory on the same disk"
-echo "       (sync before each, not timed; snarf and borg --sparse write holes, restic 0.14 cannot)"
+echo "       a local disk ($fstype); page cache warm for every tool (source read once before each backup)"
+echo "timing: each backup and restore until its data is on disk: the command, then sync (snarf fsyncs"
+echo "       itself; earlier dirty data is flushed before, untimed); restores of the incremental go to a fresh"
+echo "       directory on the same disk (snarf and borg --sparse leave zeros as holes, restic 0.14 cannot);"
+echo "       mount reads: cat of the incremental's volume through each tool's FUSE mount, first read"
 echo "load average at start/end: $load_start / $(cut -d' ' -f1-3 /proc/loadavg); run took ${elapsed} s"
 echo
 echo "ratios: snarf's advantage, the other tool's time, size or memory over snarf's (>1 = snarf better);"
 echo "MiB/s rows are the volume size over the time"
 row "figure" "snarf" "restic" "borg" "snarf/restic" "snarf/borg"
 trow "full backup" full
+crow "full backup, CPU time (user+sys)" full
 srow "repository after full backup" full
 mrow "full backup, peak RSS of the job" full
+irow "full backup, machine CPU left idle" full
 trow "incremental (1% rewritten)" incr
+crow "incremental, CPU time (user+sys)" incr
 srow "repository growth by incremental" grow
 srow "repository after incremental" incr
 mrow "incremental, peak RSS of the job" incr
+irow "incremental, machine CPU left idle" incr
 trow "restore of the incremental" restore
+crow "restore, CPU time (user+sys)" restore
 mrow "restore, peak RSS" restore
+irow "restore, machine CPU left idle" restore
 trow "cat of the backup through the mount" mount
-mrow "mount, peak RSS while reading" mount
+crow "mount read, CPU time of the mount process" mount
+mrow "mount read, peak RSS of the mount process" mount
+irow "mount read, machine CPU left idle" mount
+row "snarf mount daemon CPU, full backup" "$(cell_c snarf_full_daemon)" "" "" "" ""
+row "snarf mount daemon CPU, incremental" "$(cell_c snarf_incr_daemon)" "" "" "" ""
 row "snarf mount daemon VmHWM, full backup" "$(cell_m snarf_full_daemon)" "" "" "" ""
 row "snarf mount daemon VmHWM, incremental" "$(cell_m snarf_incr_daemon)" "" "" "" ""
 row "snarf mount daemon VmHWM, whole run" "$(cell_m snarf_daemon_total)" "" "" "" ""
-echo "(restic and borg mount peak RSS: VmHWM of their mount process; snarf's: its mount daemon's,"
-echo " reset before the read; job peak RSS from /usr/bin/time -v; daemon VmHWM reset before each backup)"
+echo "(job CPU and peak RSS from /usr/bin/time -v; snarf's backup CPU adds its mount daemon's, which"
+echo " serves the snarfs; mount read figures are the mount process's (snarf: the daemon) during the cat,"
+echo " from /proc/PID/stat and VmHWM, reset before; daemon VmHWM also reset before each backup;"
+echo " 'machine CPU left idle': share of both cores idle during the step, low when others use them)"
 [ -n "$snarf_incr_read" ] && echo "(snarf's incremental $snarf_incr_read)"
 echo
 zratio=$(awk -v a="$zst_bytes" -v b="$bytes" 'BEGIN { printf "%.2f", a / b }')
 echo "machine limits on the same data (this run)"
-printf '%-52s %12s %16s\n' "limit" "rate" "snarf full/limit"
-lrow() { printf '%-52s %12s %16s\n' "$1" "$(fmt_rate "${T[$2]}")" "$(awk -v s="${T[snarf_full]}" -v l="${T[$2]}" 'BEGIN { printf "%.2f", l / s }')"; }
+printf '%-52s %12s %16s %8s\n' "limit" "rate" "snarf full/limit" "idle"
+lrow() { printf '%-52s %12s %16s %8s\n' "$1" "$(fmt_rate "${T[$2]}")" "$(awk -v s="${T[snarf_full]}" -v l="${T[$2]}" 'BEGIN { printf "%.2f", l / s }')" "${IDLE[$2]:-}"; }
 lrow "raw read, cat of the file (warm)" lim_cat
 lrow "blake3, b3sum --num-threads 2" lim_b3
 lrow "blake3, b3sum --num-threads 1" lim_b3_1
 lrow "zstd -3 -T2 compress (output $zratio of input)" lim_zstd
+lrow "zstd -1 -T2 compress" lim_zstd1
 lrow "zstd decompress" lim_unzstd
-lrow "cp of the file to the same disk (page cache)" lim_cp
+lrow "cp of the file to the same disk, then sync" lim_cp
 echo
 
 # ---------- targets ----------
