@@ -369,7 +369,9 @@ sync
 
 # ---------- reading the backed-up volume through each tool's mount ----------
 snarf_mount_file=$mnt/backups/$id_incr/vol.img
-if [ -e "$snarf_mount_file" ]; then
+# A build whose mount takes --repo shows committed backups under backups/ (its listing may lag
+# a few seconds behind a commit); an older one has an empty backups/.
+if [ "${#mount_args[@]}" -gt 0 ] && wait_for "$snarf_mount_file" 20; then
   say "snarf: cat backups/$id_incr/vol.img on the mount"
   reset_hwm "$daemon"
   c0=$(cpu_s "$daemon")
