@@ -1,0 +1,551 @@
+#!/usr/bin/env bash
+# Backup benchmark: snarf against restic and borg on the same reproducible volume, measured
+# in this one run, with the machine's own limits (raw read, blake3, zstd) on the same data.
+#
+#   * a seeded volume (scripts/bench-data.py): zero, text, log, table-row and random regions
+#     of 16-512 KiB;
+#   * full backup; incremental backup after 1% of the volume is rewritten in scattered 4-64 KiB
+#     writes (the same bytes for every tool); restore of the incremental to a fresh directory;
+#     `cat` of the backed-up volume through each tool's FUSE mount; repository size (du -sb)
+#     after each backup; peak memory (/usr/bin/time -v, and VmHWM of long-running daemons);
+#   * every restore and every mount read is checked against the source's checksum: a wrong
+#     byte fails the run.
+#
+# snarf backs up a snapshot of a live volume on a snarf mount (its real use); restic and borg
+# back up the same bytes from a plain file on local disk. Page cache warm for all of them.
+# Prints a table with ratios (>1 means snarf is better) and the targets with PASS/MISS. Exits
+# non-zero only on an error or a verification failure, never on a missed target.
+#
+# Needs root (FUSE mounts). Installs restic, borgbackup (+python3-llfuse for borg mount), b3sum,
+# zstd, time, fuse3 and python3 from Debian when missing.
+#   SNARF_BENCH_SIZE  volume size (default 2G; 128M is enough while developing)
+#   SNARF_BENCH_SEED  data seed (default 1)
+#   SNARF_BENCH_DIR   where to work (default: a new directory under /var/tmp, on disk, not
+#                     tmpfs); everything the run makes goes there and is removed at the end
+#   SNARF_BENCH_KEEP  set to 1 to keep SNARF_BENCH_DIR (repositories, logs) afterwards
+#   SNARF_BIN         a snarf binary to use instead of building target/release/snarf
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo_root=$PWD
+
+size_arg=${SNARF_BENCH_SIZE:-2G}
+seed=${SNARF_BENCH_SEED:-1}
+started=$(date +%s)
+load_start=$(cut -d" " -f1-3 /proc/loadavg)
+
+say() { printf '[bench-backup %4ss] %s\n' "$(($(date +%s) - started))" "$*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "needs root (FUSE mounts for snarf, restic and borg)"
+[ -e /dev/fuse ] || die "/dev/fuse is missing: FUSE is needed for the mounts"
+
+# ---------- tools ----------
+need=()
+command -v restic >/dev/null 2>&1 || need+=(restic)
+command -v borg >/dev/null 2>&1 || need+=(borgbackup)
+command -v b3sum >/dev/null 2>&1 || need+=(b3sum)
+command -v zstd >/dev/null 2>&1 || need+=(zstd)
+[ -x /usr/bin/time ] || need+=(time)
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+# borg mount needs llfuse (or pyfuse3) in the Python borg runs with.
+if ! command -v borg >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import llfuse' >/dev/null 2>&1; then
+  /usr/bin/python3 -c 'import pyfuse3' >/dev/null 2>&1 || need+=(python3-llfuse)
+fi
+if [ "${#need[@]}" -gt 0 ]; then
+  say "installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+python3 -c 'import random; random.Random(1).randbytes' 2>/dev/null || die "python3 is older than 3.9 (no random.randbytes)"
+
+if [ -n "${SNARF_BIN:-}" ]; then
+  snarf=$SNARF_BIN
+else
+  say "building snarf (cargo build --release)"
+  cargo build --release --quiet
+  snarf=$repo_root/target/release/snarf
+fi
+[ -x "$snarf" ] || die "no snarf binary at $snarf"
+
+bytes=$(numfmt --from=iec "$size_arg")
+[ "$bytes" -ge $((16 << 20)) ] || die "SNARF_BENCH_SIZE=$size_arg is too small (16M at least)"
+mib=$(awk -v b="$bytes" 'BEGIN { printf "%.0f", b / 1048576 }')
+
+# ---------- work directory and cleanup ----------
+if [ -n "${SNARF_BENCH_DIR:-}" ]; then
+  mkdir -p "$SNARF_BENCH_DIR"
+  work=$(mktemp -d "$SNARF_BENCH_DIR/bench-backup.XXXXXX")
+else
+  work=$(mktemp -d /var/tmp/snarf-bench-backup.XXXXXX)
+fi
+fstype=$(stat -f -c %T "$work")
+[ "$fstype" != tmpfs ] || die "$work is on tmpfs; point SNARF_BENCH_DIR at a disk"
+
+data=$work/data # the plain volume file restic and borg back up
+src=$data/vol.img
+store=$work/snarf-store
+mnt=$work/snarf-mnt
+srepo=$work/repo-snarf
+rrepo=$work/repo-restic
+brepo=$work/repo-borg
+rmnt=$work/mnt-restic
+bmnt=$work/mnt-borg
+logs=$work/logs
+mkdir -p "$data" "$mnt" "$rmnt" "$bmnt" "$logs" "$work/cache"
+
+export RESTIC_PASSWORD=snarf-bench
+export RESTIC_CACHE_DIR=$work/cache/restic
+export BORG_BASE_DIR=$work/cache/borg
+export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
+export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+export BORG_CHECK_I_KNOW_WHAT_I_AM_DOING=NO
+export BORG_DELETE_I_KNOW_WHAT_I_AM_DOING=NO
+
+restic_mount_pid=
+borg_mount_pid=
+daemon=
+
+is_mounted() { grep -qF " $1 " /proc/self/mountinfo 2>/dev/null; }
+
+# Unmounts a FUSE mount served by a process we started and waits for that process. The
+# process may still be starting (not mounted yet), so this keeps trying; then it interrupts
+# the process (restic and borg unmount on SIGINT), then terminates it, by its pid only, and
+# detaches a mount that outlived it.
+unmount_now() { fusermount3 -u "$1" 2>/dev/null || umount "$1" 2>/dev/null; }
+stop_fuse() { # mountpoint pid
+  local mp=$1 pid=$2 i sig
+  for i in $(seq 50); do
+    is_mounted "$mp" && unmount_now "$mp"
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  for sig in INT TERM KILL; do
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break
+    kill -"$sig" "$pid" 2>/dev/null || true
+    for i in $(seq 25); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.2
+    done
+  done
+  [ -n "$pid" ] && wait "$pid" 2>/dev/null || true
+  if is_mounted "$mp"; then
+    unmount_now "$mp" || umount -l "$mp" 2>/dev/null || true
+  fi
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  set +e
+  [ -n "$restic_mount_pid" ] && stop_fuse "$rmnt" "$restic_mount_pid"
+  [ -n "$borg_mount_pid" ] && stop_fuse "$bmnt" "$borg_mount_pid"
+  if is_mounted "$mnt"; then
+    "$snarf" umount "$mnt" >/dev/null 2>&1 || "$snarf" umount --lazy "$mnt" >/dev/null 2>&1 || umount -l "$mnt"
+  fi
+  if [ -n "$daemon" ] && kill -0 "$daemon" 2>/dev/null; then
+    sleep 2
+    kill -0 "$daemon" 2>/dev/null && kill "$daemon" 2>/dev/null
+  fi
+  if [ "$rc" != 0 ]; then
+    say "failed (exit $rc); logs of the commands are in $logs"
+    [ "${SNARF_BENCH_KEEP:-}" = 1 ] || say "(set SNARF_BENCH_KEEP=1 to keep them)"
+  fi
+  if [ "${SNARF_BENCH_KEEP:-}" = 1 ]; then
+    say "kept $work"
+  else
+    rm -rf "$work"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------- measuring ----------
+now() { date +%s.%N; }
+declare -A T   # seconds, by key
+declare -A M   # peak memory in KiB, by key
+declare -A SZ  # bytes, by key
+declare -A C   # CPU seconds (user + system), by key
+declare -A IDLE # share of the machine's CPU time left idle during the step, by key
+declare -A NOTE
+hz=$(getconf CLK_TCK)
+
+# Runs a command with /usr/bin/time -v; T[key] = wall seconds, M[key] = max RSS (KiB).
+# Its stdout and stderr go to $logs/key.out and $logs/key.err; a failure stops the run.
+timed() {
+  local key=$1 t0 t1 c0; shift
+  c0=$(cpu_stat)
+  t0=$(now)
+  if ! /usr/bin/time -v -o "$logs/$key.time" "$@" >"$logs/$key.out" 2>"$logs/$key.err"; then
+    say "command failed: $*"
+    tail -n 20 "$logs/$key.err" >&2 || true
+    die "$key failed"
+  fi
+  t1=$(now)
+  T[$key]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+  M[$key]=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$logs/$key.time")
+  C[$key]=$(awk -F': ' '/User time|System time/ { s += $2 } END { printf "%.2f", s }' "$logs/$key.time")
+  IDLE[$key]=$(idle_since "$c0")
+}
+# The same, timed until the data written is on disk: the command, then sync (snarf fsyncs
+# what it writes itself; restic and borg are charged the same flush). Dirty data of earlier
+# steps is flushed before, untimed.
+synced() {
+  local key=$1 t0 c0; shift
+  sync
+  c0=$(cpu_stat)
+  timed "$key" "$@"
+  t0=$(now)
+  sync
+  T[$key]=$(awk -v a="$t0" -v b="$(now)" -v t="${T[$key]}" 'BEGIN { printf "%.3f", t + b - a }')
+  IDLE[$key]=$(idle_since "$c0")
+}
+# Times a command without /usr/bin/time (for pipelines and cat); output discarded.
+wall() {
+  local key=$1 t0 t1 c0; shift
+  c0=$(cpu_stat)
+  t0=$(now)
+  "$@" >/dev/null
+  t1=$(now)
+  T[$key]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+  IDLE[$key]=$(idle_since "$c0")
+}
+# "idle total" jiffies of the whole machine, for how busy it was (others compile here too).
+cpu_stat() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $5, t }' /proc/stat; }
+idle_since() { # "idle total" from cpu_stat → percent idle since
+  local i0 t0 i1 t1
+  read -r i0 t0 <<<"$1"
+  read -r i1 t1 < <(cpu_stat)
+  awk -v i="$((i1 - i0))" -v t="$((t1 - t0))" 'BEGIN { printf "%.0f%%", (t > 0 ? 100 * i / t : 0) }'
+}
+hwm() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; } # KiB
+reset_hwm() { echo 5 >"/proc/$1/clear_refs"; }
+cpu_s() { awk -v hz="$hz" '{ sub(/.*\) /, ""); split($0, f, " "); printf "%.2f", (f[12] + f[13]) / hz }' "/proc/$1/stat"; }
+plus() { awk -v a="$1" -v b="$2" -v c="${3:-0}" 'BEGIN { printf "%.2f", a + b - c }'; }
+dirsize() { du -sb "$1" | awk '{ print $1 }'; }
+sum() { sha256sum "$1" | awk '{ print $1 }'; }
+# Fails the run unless FILE's checksum is the source's at that point.
+verify() { # what file expected
+  local got
+  got=$(sum "$2")
+  if [ "$got" != "$3" ]; then
+    die "VERIFICATION FAILED: $1: $2 has sha256 $got, the source has $3"
+  fi
+  say "verified $1: sha256 equal to the source"
+}
+wait_for() { # path seconds
+  local i
+  for i in $(seq $(($2 * 5))); do
+    [ -e "$1" ] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+# ---------- data ----------
+say "work directory $work ($fstype); volume $mib MiB, seed $seed"
+say "generating the volume (scripts/bench-data.py)"
+gen=$(python3 scripts/bench-data.py generate "$bytes" "$seed" "$src")
+say "$gen"
+sum_full=$(sum "$src")
+
+# ---------- machine limits, on the same data ----------
+say "machine limits: raw read, blake3, zstd"
+cat "$src" >/dev/null
+wall lim_cat cat "$src"
+wall lim_b3 b3sum --num-threads 2 "$src"
+wall lim_b3_1 b3sum --num-threads 1 "$src"
+wall lim_zstd zstd -q -3 -T2 -o "$work/limit.zst" "$src"
+zst_bytes=$(stat -c %s "$work/limit.zst")
+wall lim_unzstd zstd -q -d -c "$work/limit.zst"
+rm -f "$work/limit.zst"
+wall lim_zstd1 zstd -q -1 -T2 -c "$src"
+sync
+wall lim_cp sh -c 'cp "$1" "$2" && sync' sh "$src" "$work/limit.copy"
+rm -f "$work/limit.copy"
+
+# ---------- snarf: store, mount, live volume ----------
+say "snarf: repository, store, mount; copying the volume into live/"
+"$snarf" repo init --compression 3 "$srepo" >"$logs/snarf-repo-init.out"
+"$snarf" init "$store" --repo "$srepo" >"$logs/snarf-init.out"
+mount_args=()
+if "$snarf" mount --help 2>/dev/null | grep -q -- '--repo'; then
+  mount_args=(--repo "$srepo")
+fi
+out=$("$snarf" mount "$store" "$mnt" "${mount_args[@]}")
+daemon=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' <<<"$out")
+[ -n "$daemon" ] || die "could not read the daemon pid from: $out"
+vol=$mnt/live/vol.img
+dd if="$src" of="$vol" bs=1M status=none conv=fsync
+restic -r "$rrepo" init --repository-version 2 >"$logs/restic-init.out" 2>&1
+borg init --encryption=none "$brepo" >"$logs/borg-init.out" 2>&1
+
+# ---------- full backups ----------
+sync
+say "snarf: snapshot 'full', read once through the mount (warm cache, checks the copy)"
+mkdir "$mnt/snapshots/full"
+cmp "$mnt/snapshots/full/vol.img" "$src" || die "the snapshot of the live volume differs from the source"
+reset_hwm "$daemon"
+dcpu=$(cpu_s "$daemon")
+say "snarf: full backup"
+synced snarf_full "$snarf" backup "$mnt" full --repo "$srepo"
+M[snarf_full_daemon]=$(hwm "$daemon")
+C[snarf_full_daemon]=$(plus "$(cpu_s "$daemon")" 0 "$dcpu")
+C[snarf_full]=$(plus "${C[snarf_full]}" "${C[snarf_full_daemon]}")
+id_full=$(awk '/^backup .* of snapshot/ { print $2; exit }' "$logs/snarf_full.out")
+[ -n "$id_full" ] || die "no backup id in snarf's output: $(cat "$logs/snarf_full.out")"
+rmdir "$mnt/snapshots/full"
+SZ[snarf_full]=$(dirsize "$srepo")
+
+cd "$data"
+cat vol.img >/dev/null
+say "restic: full backup"
+synced restic_full restic -r "$rrepo" backup --host bench vol.img
+SZ[restic_full]=$(dirsize "$rrepo")
+cat vol.img >/dev/null
+say "borg: full backup (lz4)"
+synced borg_full borg create --compression lz4 "$brepo::full" vol.img
+SZ[borg_full]=$(dirsize "$brepo")
+cd "$repo_root"
+
+# ---------- 1% rewrite, incremental backups ----------
+say "rewriting 1% of the volume in scattered places (same bytes in the live volume and the file)"
+rw=$(python3 scripts/bench-data.py rewrite "$bytes" "$seed" "$vol" "$src")
+read -r rw_writes rw_bytes rw_blocks <<<"$rw"
+sum_incr=$(sum "$src")
+[ "$sum_incr" != "$sum_full" ] || die "the rewrite changed nothing"
+sync
+mkdir "$mnt/snapshots/incr"
+cmp "$mnt/snapshots/incr/vol.img" "$src" || die "after the rewrite, the snapshot of the live volume differs from the file"
+reset_hwm "$daemon"
+dcpu=$(cpu_s "$daemon")
+say "snarf: incremental backup"
+synced snarf_incr "$snarf" backup "$mnt" incr --repo "$srepo"
+M[snarf_incr_daemon]=$(hwm "$daemon")
+C[snarf_incr_daemon]=$(plus "$(cpu_s "$daemon")" 0 "$dcpu")
+C[snarf_incr]=$(plus "${C[snarf_incr]}" "${C[snarf_incr_daemon]}")
+id_incr=$(awk '/^backup .* of snapshot/ { print $2; exit }' "$logs/snarf_incr.out")
+[ -n "$id_incr" ] || die "no backup id in snarf's output: $(cat "$logs/snarf_incr.out")"
+if ! grep -q 'incremental from' "$logs/snarf_incr.out"; then
+  NOTE[incr]="snarf's second backup was not incremental: $(grep 'volume vol.img' "$logs/snarf_incr.out" || true)"
+fi
+snarf_incr_read=$(grep -o 'read [0-9]* of [0-9]* snarfs' "$logs/snarf_incr.out" || true)
+rmdir "$mnt/snapshots/incr"
+SZ[snarf_incr]=$(dirsize "$srepo")
+
+cd "$data"
+cat vol.img >/dev/null
+say "restic: incremental backup (rescans the whole file)"
+synced restic_incr restic -r "$rrepo" backup --host bench vol.img
+SZ[restic_incr]=$(dirsize "$rrepo")
+cat vol.img >/dev/null
+say "borg: incremental backup (rescans the whole file)"
+synced borg_incr borg create --compression lz4 "$brepo::incr" vol.img
+SZ[borg_incr]=$(dirsize "$brepo")
+cd "$repo_root"
+
+# ---------- restores of the incremental backups ----------
+sync
+say "snarf: restore"
+synced snarf_restore "$snarf" restore "$srepo" "$id_incr" "$work/restore-snarf"
+verify "snarf restore" "$work/restore-snarf/vol.img" "$sum_incr"
+rm -rf "$work/restore-snarf"
+sync
+say "restic: restore"
+synced restic_restore restic -r "$rrepo" restore latest --target "$work/restore-restic"
+f=$(find "$work/restore-restic" -type f -name vol.img | head -n 1)
+[ -n "$f" ] || die "restic restored no vol.img"
+verify "restic restore" "$f" "$sum_incr"
+rm -rf "$work/restore-restic"
+sync
+say "borg: restore (extract --sparse)"
+mkdir "$work/restore-borg"
+synced borg_restore env -C "$work/restore-borg" borg extract --sparse "$brepo::incr"
+verify "borg restore" "$work/restore-borg/vol.img" "$sum_incr"
+rm -rf "$work/restore-borg"
+sync
+
+# ---------- reading the backed-up volume through each tool's mount ----------
+snarf_mount_file=$mnt/backups/$id_incr/vol.img
+# A build whose mount takes --repo shows committed backups under backups/ (its listing may lag
+# a few seconds behind a commit); an older one has an empty backups/.
+if [ "${#mount_args[@]}" -gt 0 ] && wait_for "$snarf_mount_file" 20; then
+  say "snarf: cat backups/$id_incr/vol.img on the mount"
+  reset_hwm "$daemon"
+  c0=$(cpu_s "$daemon")
+  wall snarf_mount cat "$snarf_mount_file"
+  M[snarf_mount]=$(hwm "$daemon")
+  C[snarf_mount]=$(plus "$(cpu_s "$daemon")" 0 "$c0")
+  cmp "$snarf_mount_file" "$src" || die "VERIFICATION FAILED: $snarf_mount_file differs from the source"
+  say "verified snarf mount read: equal to the source"
+else
+  NOTE[mount]="this snarf build's mount shows no backups/ID/VOLUME (backups/$id_incr/vol.img is missing), so snarf's mount read is not measured"
+  say "snarf: ${NOTE[mount]}"
+fi
+
+say "restic: mount, cat the volume"
+restic -r "$rrepo" mount "$rmnt" >"$logs/restic-mount.out" 2>&1 &
+restic_mount_pid=$!
+# restic keeps a lone file at the top of its snapshot's tree (older versions: the full path).
+wait_for "$rmnt/snapshots/latest" 120 || die "restic mount did not show snapshots/latest (see $logs/restic-mount.out)"
+rfile=$rmnt/snapshots/latest/vol.img
+[ -e "$rfile" ] || rfile=$rmnt/snapshots/latest$data/vol.img
+[ -e "$rfile" ] || die "restic mount has no vol.img in snapshots/latest (see $logs/restic-mount.out)"
+c0=$(cpu_s "$restic_mount_pid")
+wall restic_mount cat "$rfile"
+M[restic_mount]=$(hwm "$restic_mount_pid")
+C[restic_mount]=$(plus "$(cpu_s "$restic_mount_pid")" 0 "$c0")
+cmp "$rfile" "$src" || die "VERIFICATION FAILED: $rfile differs from the source"
+say "verified restic mount read: equal to the source"
+stop_fuse "$rmnt" "$restic_mount_pid"
+restic_mount_pid=
+
+say "borg: mount, cat the volume"
+borg mount -f "$brepo::incr" "$bmnt" >"$logs/borg-mount.out" 2>&1 &
+borg_mount_pid=$!
+bfile=$bmnt/vol.img
+wait_for "$bfile" 120 || die "borg mount did not show $bfile (see $logs/borg-mount.out)"
+c0=$(cpu_s "$borg_mount_pid")
+wall borg_mount cat "$bfile"
+M[borg_mount]=$(hwm "$borg_mount_pid")
+C[borg_mount]=$(plus "$(cpu_s "$borg_mount_pid")" 0 "$c0")
+cmp "$bfile" "$src" || die "VERIFICATION FAILED: $bfile differs from the source"
+say "verified borg mount read: equal to the source"
+stop_fuse "$bmnt" "$borg_mount_pid"
+borg_mount_pid=
+
+M[snarf_daemon_total]=$(hwm "$daemon")
+"$snarf" umount "$mnt" >"$logs/snarf-umount.out" 2>&1 || die "snarf umount failed: $(cat "$logs/snarf-umount.out")"
+daemon=
+elapsed=$(($(date +%s) - started))
+say "done in ${elapsed}s; printing the results"
+
+# ---------- report ----------
+fmt_rate() { awk -v b="$bytes" -v s="$1" 'BEGIN { printf "%.0f MiB/s", b / 1048576 / s }'; }
+fmt_s() { awk -v s="$1" 'BEGIN { printf (s < 10 ? "%.2f s" : "%.1f s"), s }'; }
+fmt_mib() { awk -v b="$1" 'BEGIN { printf (b < 10485760 ? "%.2f MiB" : "%.0f MiB"), b / 1048576 }'; }
+fmt_kib() { awk -v k="$1" 'BEGIN { printf "%.0f MiB", k / 1024 }'; }
+# Ratio oriented so that >1 means snarf is better: other/snarf for times, sizes and memory.
+adv() { # snarf other
+  [ -n "$1" ] && [ -n "$2" ] || { echo "n/a"; return; }
+  awk -v s="$1" -v o="$2" 'BEGIN { if (s <= 0) print "inf"; else printf "%.2fx", o / s }'
+}
+advn() { adv "$@" | tr -d x; } # plain number for the targets
+row() { printf '%-44s %16s %16s %16s %13s %11s\n' "$@"; }
+cell_t() { [ -n "${T[$1]:-}" ] && fmt_s "${T[$1]}" || echo "n/a"; }
+cell_r() { [ -n "${T[$1]:-}" ] && fmt_rate "${T[$1]}" || echo "n/a"; }
+cell_m() { [ -n "${M[$1]:-}" ] && fmt_kib "${M[$1]}" || echo "n/a"; }
+trow() { # label key-suffix: time row and rate row
+  row "$1, time" "$(cell_t "snarf_$2")" "$(cell_t "restic_$2")" "$(cell_t "borg_$2")" \
+    "$(adv "${T[snarf_$2]:-}" "${T[restic_$2]:-}")" "$(adv "${T[snarf_$2]:-}" "${T[borg_$2]:-}")"
+  row "$1, MiB/s" "$(cell_r "snarf_$2")" "$(cell_r "restic_$2")" "$(cell_r "borg_$2")" "" ""
+}
+cell_c() { [ -n "${C[$1]:-}" ] && awk -v c="${C[$1]}" 'BEGIN { printf "%.1f s", c }' || echo "n/a"; }
+irow() {
+  row "$1" "${IDLE[snarf_$2]:-n/a}" "${IDLE[restic_$2]:-n/a}" "${IDLE[borg_$2]:-n/a}" "" ""
+}
+crow() {
+  row "$1" "$(cell_c "snarf_$2")" "$(cell_c "restic_$2")" "$(cell_c "borg_$2")" \
+    "$(adv "${C[snarf_$2]:-}" "${C[restic_$2]:-}")" "$(adv "${C[snarf_$2]:-}" "${C[borg_$2]:-}")"
+}
+mrow() {
+  row "$1" "$(cell_m "snarf_$2")" "$(cell_m "restic_$2")" "$(cell_m "borg_$2")" \
+    "$(adv "${M[snarf_$2]:-}" "${M[restic_$2]:-}")" "$(adv "${M[snarf_$2]:-}" "${M[borg_$2]:-}")"
+}
+grow() { echo $((SZ[${1}_incr] - SZ[${1}_full])); }
+SZ[snarf_grow]=$(grow snarf); SZ[restic_grow]=$(grow restic); SZ[borg_grow]=$(grow borg)
+srow() {
+  row "$1" "$(fmt_mib "${SZ[snarf_$2]}")" "$(fmt_mib "${SZ[restic_$2]}")" "$(fmt_mib "${SZ[borg_$2]}")" \
+    "$(adv "${SZ[snarf_$2]}" "${SZ[restic_$2]}")" "$(adv "${SZ[snarf_$2]}" "${SZ[borg_$2]}")"
+}
+
+echo "snarf backup benchmark: $mib MiB volume (seed $seed), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) memory"
+echo "data: $gen"
+echo "1% rewrite: $rw_writes scattered writes of 4-64 KiB, $(fmt_mib "$rw_bytes") in total, touching $rw_blocks of $((bytes / 65536)) 64 KiB blocks"
+echo "setup: snarf $("$snarf" --version | awk '{ print $2 }') backs up a snapshot of the live volume on a snarf mount (snarf backup MOUNTPOINT,"
+echo "       zstd -3, not encrypted); $(restic version | awk '{ print $1, $2 }') (repository v2, compression auto, always encrypted)"
+echo "       and borg $(borg --version | awk '{ print $2 }') (--encryption=none, --compression lz4) back up the same bytes from a plain file on"
+echo "       a local disk ($fstype); page cache warm for every tool (source read once before each backup)"
+echo "timing: each backup and restore until its data is on disk: the command, then sync (snarf fsyncs"
+echo "       itself; earlier dirty data is flushed before, untimed); restores of the incremental go to a fresh"
+echo "       directory on the same disk (snarf and borg --sparse leave zeros as holes, restic 0.14 cannot);"
+echo "       mount reads: cat of the incremental's volume through each tool's FUSE mount, first read"
+echo "load average at start/end: $load_start / $(cut -d' ' -f1-3 /proc/loadavg); run took ${elapsed} s"
+echo
+echo "ratios: snarf's advantage, the other tool's time, size or memory over snarf's (>1 = snarf better);"
+echo "MiB/s rows are the volume size over the time"
+row "figure" "snarf" "restic" "borg" "snarf/restic" "snarf/borg"
+trow "full backup" full
+crow "full backup, CPU time (user+sys)" full
+srow "repository after full backup" full
+mrow "full backup, peak RSS of the job" full
+irow "full backup, machine CPU left idle" full
+trow "incremental (1% rewritten)" incr
+crow "incremental, CPU time (user+sys)" incr
+srow "repository growth by incremental" grow
+srow "repository after incremental" incr
+mrow "incremental, peak RSS of the job" incr
+irow "incremental, machine CPU left idle" incr
+trow "restore of the incremental" restore
+crow "restore, CPU time (user+sys)" restore
+mrow "restore, peak RSS" restore
+irow "restore, machine CPU left idle" restore
+trow "cat of the backup through the mount" mount
+crow "mount read, CPU time of the mount process" mount
+mrow "mount read, peak RSS of the mount process" mount
+irow "mount read, machine CPU left idle" mount
+row "snarf mount daemon CPU, full backup" "$(cell_c snarf_full_daemon)" "" "" "" ""
+row "snarf mount daemon CPU, incremental" "$(cell_c snarf_incr_daemon)" "" "" "" ""
+row "snarf mount daemon VmHWM, full backup" "$(cell_m snarf_full_daemon)" "" "" "" ""
+row "snarf mount daemon VmHWM, incremental" "$(cell_m snarf_incr_daemon)" "" "" "" ""
+row "snarf mount daemon VmHWM, whole run" "$(cell_m snarf_daemon_total)" "" "" "" ""
+echo "(job CPU and peak RSS from /usr/bin/time -v; snarf's backup CPU adds its mount daemon's, which"
+echo " serves the snarfs; mount read figures are the mount process's (snarf: the daemon) during the cat,"
+echo " from /proc/PID/stat and VmHWM, reset before; daemon VmHWM also reset before each backup;"
+echo " 'machine CPU left idle': share of both cores idle during the step, low when others use them)"
+[ -n "$snarf_incr_read" ] && echo "(snarf's incremental $snarf_incr_read)"
+echo
+zratio=$(awk -v a="$zst_bytes" -v b="$bytes" 'BEGIN { printf "%.2f", a / b }')
+echo "machine limits on the same data (this run)"
+printf '%-52s %12s %16s %8s\n' "limit" "rate" "snarf full/limit" "idle"
+lrow() { printf '%-52s %12s %16s %8s\n' "$1" "$(fmt_rate "${T[$2]}")" "$(awk -v s="${T[snarf_full]}" -v l="${T[$2]}" 'BEGIN { printf "%.2f", l / s }')" "${IDLE[$2]:-}"; }
+lrow "raw read, cat of the file (warm)" lim_cat
+lrow "blake3, b3sum --num-threads 2" lim_b3
+lrow "blake3, b3sum --num-threads 1" lim_b3_1
+lrow "zstd -3 -T2 compress (output $zratio of input)" lim_zstd
+lrow "zstd -1 -T2 compress" lim_zstd1
+lrow "zstd decompress" lim_unzstd
+lrow "cp of the file to the same disk, then sync" lim_cp
+echo
+
+# ---------- targets ----------
+ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a != "n/a" && a + 0 >= b + 0) }'; }
+target() { # description value threshold
+  local verdict
+  if [ "$2" = "n/a" ] || [ -z "$2" ]; then verdict="n/a"
+  elif ge "$2" "$3"; then verdict=PASS
+  else verdict=MISS; fi
+  printf '%-4s  %-74s %s\n' "$verdict" "$1" "$2"
+}
+zstd_frac=$(awk -v s="${T[snarf_full]}" -v l="${T[lim_zstd]}" 'BEGIN { printf "%.2f", l / s }')
+snarf_peak=0; snarf_peak_what=
+for k in snarf_full snarf_incr snarf_restore snarf_full_daemon snarf_incr_daemon snarf_mount snarf_daemon_total; do
+  v=${M[$k]:-0}
+  if [ "$v" -gt "$snarf_peak" ]; then snarf_peak=$v; snarf_peak_what=$k; fi
+done
+echo "targets (value: snarf's ratio, or the figure named)"
+target "full backup >= 3x restic's throughput" "$(advn "${T[snarf_full]}" "${T[restic_full]}")" 3
+target "full backup >= 1.3x borg's (lz4) throughput" "$(advn "${T[snarf_full]}" "${T[borg_full]}")" 1.3
+target "full backup >= 0.8x the zstd -3 -T2 limit (snarf rate / zstd rate)" "$zstd_frac" 0.8
+target "incremental >= 20x faster than restic's" "$(advn "${T[snarf_incr]}" "${T[restic_incr]}")" 20
+target "incremental >= 15x faster than borg's" "$(advn "${T[snarf_incr]}" "${T[borg_incr]}")" 15
+target "incremental repository growth <= 1/3 of restic's (restic's/snarf's >= 3)" "$(advn "${SZ[snarf_grow]}" "${SZ[restic_grow]}")" 3
+target "full repository no larger than restic's (restic's/snarf's >= 1)" "$(advn "${SZ[snarf_full]}" "${SZ[restic_full]}")" 1
+target "restore >= 1.5x restic's" "$(advn "${T[snarf_restore]}" "${T[restic_restore]}")" 1.5
+target "backups/ID/VOL read through the mount >= 2x restic's mount" "$(advn "${T[snarf_mount]:-}" "${T[restic_mount]}")" 2
+if [ "$snarf_peak" -lt $((256 * 1024)) ]; then verdict=PASS; else verdict=MISS; fi
+printf '%-4s  %-74s %s\n' "$verdict" "snarf's peak memory < 256 MiB (largest: ${snarf_peak_what#snarf_})" "$(fmt_kib "$snarf_peak")"
+for k in "${!NOTE[@]}"; do echo "note: ${NOTE[$k]}"; done
+echo "all restores and mount reads verified equal to the source (sha256 / cmp)"
