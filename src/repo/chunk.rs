@@ -101,27 +101,71 @@ pub fn is_all_zero(data: &[u8]) -> bool {
     words_zero && blocks.remainder().iter().all(|&b| b == 0)
 }
 
+thread_local! {
+    /// One zstd context per thread and level, reused: a fresh context per 64 KiB chunk
+    /// spends much of its time allocating and clearing its tables.
+    static COMPRESSORS: std::cell::RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+    /// A reused decompression context.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses with this thread's reusable context for `level`.
+fn zstd_compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSORS.with(|cell| {
+        let mut list = cell.borrow_mut();
+        let pos = match list.iter().position(|(l, _)| *l == level) {
+            Some(p) => p,
+            None => {
+                list.push((level, zstd::bulk::Compressor::new(level).ok()?));
+                list.len() - 1
+            }
+        };
+        list[pos].1.compress(data).ok()
+    })
+}
+
 /// Compresses `data` at `level`; `None` when the result would not be smaller, detected first
 /// on a fast sample so random or already-compressed data costs little.
 pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     if data.len() >= 4 * SAMPLE {
-        // A level-1 pass over a sample from the middle predicts incompressible data cheaply.
-        let start = data.len() / 2 - SAMPLE / 2;
-        let sample = &data[start..start + SAMPLE];
-        match zstd::bulk::compress(sample, 1) {
-            Ok(c) if c.len() * 100 < sample.len() * 97 => {}
-            _ => return None,
+        // Level-1 passes over samples from the start, middle and end predict incompressible
+        // data cheaply. One sample is not enough: a snarf often straddles a random region
+        // and a compressible one, and a lone sample in the random half would store the
+        // compressible half raw.
+        let starts = [0, data.len() / 2 - SAMPLE / 2, data.len() - SAMPLE];
+        let compressible = starts.iter().any(|&start| {
+            let sample = &data[start..start + SAMPLE];
+            matches!(zstd_compress(sample, 1), Some(c) if c.len() * 100 < sample.len() * 97)
+        });
+        if !compressible {
+            return None;
         }
     }
-    let c = zstd::bulk::compress(data, level).ok()?;
+    let c = zstd_compress(data, level)?;
     (c.len() < data.len()).then_some(c)
+}
+
+/// Decompresses with this thread's reusable context.
+fn zstd_decompress(stored: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match slot.as_mut() {
+            Some(d) => d.decompress(stored, raw_len),
+            None => zstd::bulk::decompress(stored, raw_len),
+        }
+    })
 }
 
 /// Turns stored bytes back into the chunk `r` names, checking length and hash.
 /// The error text says what is wrong; callers add the place.
 pub fn decode(stored: &[u8], r: &ChunkRef) -> Result<Vec<u8>, String> {
     let raw = if r.is_compressed() {
-        let data = zstd::bulk::decompress(stored, r.raw_len as usize)
+        let data = zstd_decompress(stored, r.raw_len as usize)
             .map_err(|e| format!("chunk {} does not decompress ({e})", r.id.short()))?;
         if data.len() != r.raw_len as usize {
             return Err(format!(

@@ -3,6 +3,8 @@
 //! any order. New chunks go into the open pack; when it reaches the target size it is sealed
 //! (trailer, fsync, logged in the transfer folder, renamed, folder fsynced) and every snarf
 //! whose data it holds is reported [`Durable`], so the mount can drop that snarf's pre-image.
+//! Sealing runs on a sealer thread, in order, so puts go on while a full pack is fsynced;
+//! flush and commit wait until every sealing has finished.
 //! A transfer lives in `tmp/<ID>/` until commit hands it to finishing; a dropped writer
 //! leaves no visible backup, and its sealed packs are adopted for later deduplication.
 
@@ -11,10 +13,12 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::chunk::{self, ChunkRef};
 use super::error::{Error, IoContext, Result};
@@ -220,7 +224,6 @@ struct State {
     pack: Option<PackWriter>,
     /// Snarfs whose chunk is in the open pack, reported when it is sealed.
     pending: Vec<(VolumeSlot, u64, ChunkId)>,
-    pack_log: File,
     new_packs: Vec<PackId>,
     known_packs: HashSet<PackId>,
     stats: BackupStats,
@@ -239,8 +242,116 @@ pub struct BackupWriter {
     tmp: PathBuf,
     shared: Arc<Shared>,
     sink: Option<DurableSink>,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+    seal: Arc<SealCtx>,
+    seal_tx: Option<SyncSender<SealJob>>,
+    sealer: Option<JoinHandle<()>>,
     handed_over: bool,
+}
+
+/// A pack to seal (if any) and the snarfs to report durable once it is.
+struct SealJob {
+    pack: Option<PackWriter>,
+    pending: Vec<(VolumeSlot, u64, ChunkId)>,
+}
+
+/// What the sealer thread works with, shared with the writer.
+struct SealCtx {
+    repo: Repo,
+    tmp: PathBuf,
+    shared: Arc<Shared>,
+    sink: Option<DurableSink>,
+    state: Arc<Mutex<State>>,
+    pack_log: Mutex<File>,
+    progress: Mutex<SealProgress>,
+    idle: Condvar,
+}
+
+/// Sealings queued or running, and the first failure.
+#[derive(Default)]
+struct SealProgress {
+    in_flight: usize,
+    error: Option<Error>,
+    failed: Option<String>,
+}
+
+impl SealCtx {
+    /// The sealer thread: seals queued packs in order until the writer lets go.
+    fn run(self: Arc<SealCtx>, jobs: Receiver<SealJob>) {
+        for job in jobs {
+            let result = self.seal(job);
+            let mut p = self.progress.lock();
+            p.in_flight -= 1;
+            if let Err(e) = result {
+                if p.failed.is_none() {
+                    p.failed = Some(e.to_string());
+                    p.error = Some(e);
+                }
+            }
+            self.idle.notify_all();
+        }
+    }
+
+    /// Seals one pack: finish, log, publish, then report its snarfs durable.
+    fn seal(&self, job: SealJob) -> Result<()> {
+        if self.progress.lock().failed.is_some() {
+            // An earlier pack failed; nothing after it may be reported durable.
+            if let Some(pack) = job.pack {
+                let id = pack.id();
+                drop(pack);
+                fsx::remove_if_exists(&self.repo.packs_dir().join(super::pack::part_name(&id)))?;
+            }
+            return Ok(());
+        }
+        let finished = match job.pack {
+            Some(pack) => {
+                let finished = pack.finish()?;
+                // Logged before the rename, so recovery finds every pack that may have been
+                // sealed.
+                let log = self.tmp.join(PACK_LOG);
+                {
+                    let mut f = self.pack_log.lock();
+                    f.write_all(format!("{}\n", finished.id).as_bytes())
+                        .and_then(|_| f.sync_data())
+                        .ctx(|| format!("writing {}", log.display()))?;
+                }
+                fault::point("pack.logged");
+                finished.publish()?;
+                Some(finished)
+            }
+            None => None,
+        };
+        let mut events = Vec::new();
+        {
+            let mut st = self.state.lock();
+            let mut fresh = self.shared.fresh.write();
+            if let Some(finished) = &finished {
+                st.new_packs.push(finished.id);
+                st.known_packs.insert(finished.id);
+                st.stats.packs += 1;
+                for e in &finished.entries {
+                    if let Some(f) = fresh.get_mut(&e.id) {
+                        f.sealed = true;
+                    }
+                }
+            }
+            for (slot, snarf, id) in job.pending {
+                if let Some(f) = fresh.get(&id) {
+                    events.push(Durable {
+                        slot,
+                        snarf,
+                        chunk: f.r,
+                    });
+                }
+            }
+        }
+        if let Some(sink) = &self.sink {
+            for e in events {
+                sink(e);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl BackupWriter {
@@ -277,6 +388,34 @@ impl BackupWriter {
             fresh: RwLock::new(HashMap::new()),
             level: new.compression.unwrap_or(repo.config().compression),
         });
+        let state = Arc::new(Mutex::new(State {
+            slots: Vec::new(),
+            pack: None,
+            pending: Vec::new(),
+            new_packs: Vec::new(),
+            known_packs: HashSet::new(),
+            stats: BackupStats::default(),
+        }));
+        let seal = Arc::new(SealCtx {
+            repo: repo.clone(),
+            tmp: tmp.clone(),
+            shared: shared.clone(),
+            sink: new.on_durable.clone(),
+            state: state.clone(),
+            pack_log: Mutex::new(pack_log),
+            progress: Mutex::new(SealProgress::default()),
+            idle: Condvar::new(),
+        });
+        // One pack queued behind the one being sealed: puts go on during an fsync, and at
+        // most three packs are ever unsealed.
+        let (seal_tx, seal_rx) = sync_channel(1);
+        let sealer = {
+            let seal = seal.clone();
+            std::thread::Builder::new()
+                .name("snarf-pack-sealer".into())
+                .spawn(move || seal.run(seal_rx))
+                .ctx(|| "starting the pack sealer thread".to_string())?
+        };
         Ok(BackupWriter {
             lock: Some(lock),
             id,
@@ -288,15 +427,10 @@ impl BackupWriter {
             tmp,
             shared,
             sink: new.on_durable,
-            state: Mutex::new(State {
-                slots: Vec::new(),
-                pack: None,
-                pending: Vec::new(),
-                pack_log,
-                new_packs: Vec::new(),
-                known_packs: HashSet::new(),
-                stats: BackupStats::default(),
-            }),
+            state,
+            seal,
+            seal_tx: Some(seal_tx),
+            sealer: Some(sealer),
             handed_over: false,
             repo,
         })
@@ -369,7 +503,9 @@ impl BackupWriter {
     /// Stores snarf `snarf` of volume `slot`. Its durability is reported to the sink now
     /// (zero, or already durable) or when the pack holding it is sealed.
     pub fn put(&self, slot: VolumeSlot, snarf: u64, chunk: PreparedChunk) -> Result<()> {
+        self.check_sealing()?;
         let mut events = Vec::new();
+        let mut job = None;
         {
             let mut st = self.state.lock();
             let want = self.expected_len(&st, slot, snarf)?;
@@ -407,7 +543,13 @@ impl BackupWriter {
                         self.note_dup(&mut st, &mut events, slot, snarf, f);
                         f.r
                     }
-                    None => self.append(&mut st, &mut events, slot, snarf, chunk.id, &stored, want)?,
+                    None => {
+                        let (r, full) = self.append(&mut st, slot, snarf, chunk.id, &stored, want)?;
+                        if full {
+                            job = Some(Self::take_job(&mut st));
+                        }
+                        r
+                    }
                 },
             };
             let s = &mut st.slots[slot.0];
@@ -415,6 +557,9 @@ impl BackupWriter {
             s.mark(snarf);
         }
         self.deliver(events);
+        if let Some(job) = job {
+            self.dispatch(job)?;
+        }
         Ok(())
     }
 
@@ -459,15 +604,66 @@ impl BackupWriter {
         Ok(())
     }
 
-    /// Seals the open pack now, so every snarf put so far is durable and reported.
+    /// Seals the open pack now and waits, so every snarf put so far is durable and reported.
     pub fn flush(&self) -> Result<()> {
-        let mut events = Vec::new();
-        {
-            let mut st = self.state.lock();
-            self.seal(&mut st, &mut events)?;
+        let job = Self::take_job(&mut self.state.lock());
+        self.dispatch(job)?;
+        self.wait_sealed()
+    }
+
+    /// Takes the open pack and the snarfs waiting on it, to be sealed.
+    fn take_job(st: &mut State) -> SealJob {
+        SealJob {
+            pack: st.pack.take(),
+            pending: std::mem::take(&mut st.pending),
         }
-        self.deliver(events);
+    }
+
+    /// Hands a job to the sealer (waiting if one is already queued). Never called with
+    /// the state lock held: the sealer needs it to finish.
+    fn dispatch(&self, mut job: SealJob) -> Result<()> {
+        if let Some(pack) = job.pack.take_if(|p| p.is_empty()) {
+            let id = pack.id();
+            drop(pack);
+            fsx::remove_if_exists(&self.repo.packs_dir().join(super::pack::part_name(&id)))?;
+        }
+        if job.pack.is_none() && job.pending.is_empty() {
+            return Ok(());
+        }
+        let Some(tx) = &self.seal_tx else {
+            return Err(Error::BadArgument("the pack sealer has stopped".into()));
+        };
+        self.seal.progress.lock().in_flight += 1;
+        if tx.send(job).is_err() {
+            self.seal.progress.lock().in_flight -= 1;
+            return Err(Error::BadArgument("the pack sealer has stopped".into()));
+        }
         Ok(())
+    }
+
+    /// Fails if an earlier sealing failed (the first caller gets its error).
+    fn check_sealing(&self) -> Result<()> {
+        let mut p = self.seal.progress.lock();
+        if let Some(e) = p.error.take() {
+            return Err(e);
+        }
+        match &p.failed {
+            Some(msg) => Err(Error::BadArgument(format!(
+                "sealing a pack failed earlier: {msg}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every queued sealing has finished; fails if one failed.
+    fn wait_sealed(&self) -> Result<()> {
+        {
+            let mut p = self.seal.progress.lock();
+            while p.in_flight > 0 {
+                self.seal.idle.wait(&mut p);
+            }
+        }
+        self.check_sealing()
     }
 
     fn note_dup(
@@ -489,17 +685,17 @@ impl BackupWriter {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Appends a new chunk to the open pack; returns where it is and whether the pack is
+    /// now full (to be sealed by the caller once it lets go of the state).
     fn append(
         &self,
         st: &mut State,
-        events: &mut Vec<Durable>,
         slot: VolumeSlot,
         snarf: u64,
         id: ChunkId,
         stored: &[u8],
         raw_len: u32,
-    ) -> Result<ChunkRef> {
+    ) -> Result<(ChunkRef, bool)> {
         if st.pack.is_none() {
             st.pack = Some(PackWriter::create(
                 &self.repo.packs_dir(),
@@ -519,51 +715,7 @@ impl BackupWriter {
         st.stats.new_chunks += 1;
         st.stats.new_stored_bytes += stored.len() as u64;
         st.stats.new_raw_bytes += raw_len as u64;
-        if full {
-            self.seal(st, events)?;
-        }
-        Ok(r)
-    }
-
-    /// Seals the open pack: finish, log, publish, then report its snarfs durable.
-    fn seal(&self, st: &mut State, events: &mut Vec<Durable>) -> Result<()> {
-        let Some(pack) = st.pack.take() else {
-            return Ok(());
-        };
-        if pack.is_empty() {
-            let id = pack.id();
-            drop(pack);
-            fsx::remove_if_exists(&self.repo.packs_dir().join(super::pack::part_name(&id)))?;
-            return Ok(());
-        }
-        let finished = pack.finish()?;
-        // Logged before the rename, so recovery finds every pack that may have been sealed.
-        let log = self.tmp.join(PACK_LOG);
-        st.pack_log
-            .write_all(format!("{}\n", finished.id).as_bytes())
-            .and_then(|_| st.pack_log.sync_data())
-            .ctx(|| format!("writing {}", log.display()))?;
-        fault::point("pack.logged");
-        finished.publish()?;
-        st.new_packs.push(finished.id);
-        st.known_packs.insert(finished.id);
-        st.stats.packs += 1;
-        let mut fresh = self.shared.fresh.write();
-        for e in &finished.entries {
-            if let Some(f) = fresh.get_mut(&e.id) {
-                f.sealed = true;
-            }
-        }
-        for (slot, snarf, id) in st.pending.drain(..) {
-            if let Some(f) = fresh.get(&id) {
-                events.push(Durable {
-                    slot,
-                    snarf,
-                    chunk: f.r,
-                });
-            }
-        }
-        Ok(())
+        Ok((r, full))
     }
 
     fn deliver(&self, events: Vec<Durable>) {
@@ -578,10 +730,9 @@ impl BackupWriter {
     /// manifest and the finishing record (from here the backup is committed), then runs
     /// finishing. An error after the record leaves finishing to the next open.
     pub fn commit(mut self) -> Result<BackupId> {
-        let mut events = Vec::new();
+        self.flush()?;
         let (manifest, new_packs) = {
-            let mut st = self.state.lock();
-            self.seal(&mut st, &mut events)?;
+            let st = self.state.lock();
             for s in &st.slots {
                 for i in 0..s.table.count() {
                     if !s.is_marked(i) {
@@ -613,7 +764,6 @@ impl BackupWriter {
             };
             (manifest, st.new_packs.clone())
         };
-        self.deliver(events);
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| Error::BadArgument(format!("cannot encode manifest: {e}")))?;
         fsx::write_atomic(
@@ -646,6 +796,11 @@ impl BackupWriter {
             return Ok(());
         }
         self.handed_over = true;
+        // Let the sealer finish what it has (sealed packs are adopted below) and stop.
+        self.seal_tx = None;
+        if let Some(t) = self.sealer.take() {
+            let _ = t.join();
+        }
         let part = {
             let mut st = self.state.lock();
             st.pack.take().map(|p| p.id())
