@@ -897,20 +897,50 @@ impl Engine {
         let shift = vol.snarf_shift();
         let mask = vol.snarf_size() - 1;
         let st = vol.read_state();
+        let epoch = snap.epoch();
+        // Consecutive snarfs the snapshot sees live are read with one pread, holding their
+        // stripes until it is done; the others are read one by one.
+        let mut run: Option<usize> = None;
+        let mut held = Vec::new();
         let mut done = 0usize;
         while done < len {
             let pos = offset + done as u64;
             let index = pos >> shift;
             let within = pos & mask;
             let n = ((mask + 1 - within) as usize).min(len - done);
+            let guard = self.stripes.read_recursive(vol.id(), index);
+            let live =
+                st.stamp(index) <= epoch && self.cache.location(vol.id(), index, epoch).is_none();
+            if live {
+                run.get_or_insert(done);
+                held.push(guard);
+                done += n;
+                continue;
+            }
+            drop(guard);
+            if let Some(start) = run.take() {
+                Self::read_live(vol, offset, &mut buf[start..done], start)?;
+                held.clear();
+            }
             let out = &mut buf[done..done + n];
             self.read_snarf_as_of(snap, volume, sv, &st, index, within, out)?;
             done += n;
         }
+        if let Some(start) = run.take() {
+            Self::read_live(vol, offset, &mut buf[start..done], start)?;
+        }
+        drop(held);
         drop(st);
         // A break during the read may have freed pre-images it used.
         Self::check_readable(snap)?;
         Ok(len)
+    }
+
+    /// Reads `out` from the live file at `offset + at`, zeros past its end.
+    fn read_live(vol: &Volume, offset: u64, out: &mut [u8], at: usize) -> Result<()> {
+        let got = vol.pread(out, offset + at as u64)?;
+        out[got..].fill(0);
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -37,6 +37,13 @@ impl Stripes {
         self.slot(vol, snarf).read()
     }
 
+    /// Shared hold on a snarf that may be taken while holding others (a reader covering a
+    /// run of snarfs whose stripes may repeat): it does not queue behind waiting writers,
+    /// which never hold more than one stripe, so no cycle can form.
+    pub fn read_recursive(&self, vol: VolumeId, snarf: u64) -> RwLockReadGuard<'_, ()> {
+        self.slot(vol, snarf).read_recursive()
+    }
+
     /// Exclusive hold on a snarf, for capturing or freeing its pre-images.
     pub fn write(&self, vol: VolumeId, snarf: u64) -> RwLockWriteGuard<'_, ()> {
         self.slot(vol, snarf).write()
