@@ -87,6 +87,7 @@ src=$data/vol.img
 store=$work/snarf-store
 mnt=$work/snarf-mnt
 srepo=$work/repo-snarf
+srepo1=$work/repo-snarf-zstd1
 rrepo=$work/repo-restic
 brepo=$work/repo-borg
 rmnt=$work/mnt-restic
@@ -296,8 +297,17 @@ C[snarf_full_daemon]=$(plus "$(cpu_s "$daemon")" 0 "$dcpu")
 C[snarf_full]=$(plus "${C[snarf_full]}" "${C[snarf_full_daemon]}")
 id_full=$(awk '/^backup .* of snapshot/ { print $2; exit }' "$logs/snarf_full.out")
 [ -n "$id_full" ] || die "no backup id in snarf's output: $(cat "$logs/snarf_full.out")"
-rmdir "$mnt/snapshots/full"
 SZ[snarf_full]=$(dirsize "$srepo")
+# The same snapshot again at zstd -1 into a second repository: the speed/size trade-off of
+# the compression level (the incremental and restores below use the zstd -3 repository).
+"$snarf" repo init "$srepo1" --compression 1 >"$logs/snarf-init-zstd1.out"
+dcpu=$(cpu_s "$daemon")
+say "snarf: full backup at zstd -1 into a second repository"
+synced snarf_full1 "$snarf" backup "$mnt" full --repo "$srepo1"
+C[snarf_full1]=$(plus "${C[snarf_full1]}" "$(plus "$(cpu_s "$daemon")" 0 "$dcpu")")
+SZ[snarf_full1]=$(dirsize "$srepo1")
+rm -rf "$srepo1"
+rmdir "$mnt/snapshots/full"
 
 cd "$data"
 cat vol.img >/dev/null
@@ -482,6 +492,10 @@ crow "full backup, CPU time (user+sys)" full
 srow "repository after full backup" full
 mrow "full backup, peak RSS of the job" full
 irow "full backup, machine CPU left idle" full
+row "full backup at zstd -1, time" "$(cell_t snarf_full1)" "" "" "$(adv "${T[snarf_full1]}" "${T[restic_full]}")" "$(adv "${T[snarf_full1]}" "${T[borg_full]}")"
+row "full backup at zstd -1, MiB/s" "$(cell_r snarf_full1)" "" "" "" ""
+row "full backup at zstd -1, CPU time (user+sys)" "$(cell_c snarf_full1)" "" "" "$(adv "${C[snarf_full1]}" "${C[restic_full]}")" "$(adv "${C[snarf_full1]}" "${C[borg_full]}")"
+row "repository after full backup at zstd -1" "$(fmt_mib "${SZ[snarf_full1]}")" "" "" "$(adv "${SZ[snarf_full1]}" "${SZ[restic_full]}")" "$(adv "${SZ[snarf_full1]}" "${SZ[borg_full]}")"
 trow "incremental (1% rewritten)" incr
 crow "incremental, CPU time (user+sys)" incr
 srow "repository growth by incremental" grow
@@ -537,6 +551,7 @@ for k in snarf_full snarf_incr snarf_restore snarf_full_daemon snarf_incr_daemon
 done
 echo "targets (value: snarf's ratio, or the figure named)"
 target "full backup >= 3x restic's throughput" "$(advn "${T[snarf_full]}" "${T[restic_full]}")" 3
+target "full backup at zstd -1 >= 3x restic's throughput" "$(advn "${T[snarf_full1]}" "${T[restic_full]}")" 3
 target "full backup >= 1.3x borg's (lz4) throughput" "$(advn "${T[snarf_full]}" "${T[borg_full]}")" 1.3
 target "full backup >= 0.8x the zstd -3 -T2 limit (snarf rate / zstd rate)" "$zstd_frac" 0.8
 target "incremental >= 20x faster than restic's" "$(advn "${T[snarf_incr]}" "${T[restic_incr]}")" 20

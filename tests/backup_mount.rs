@@ -307,6 +307,141 @@ fn a_backup_killed_mid_transfer_leaves_the_mount_serving_and_no_backup() {
     );
 }
 
+/// Waits until `repo` holds at least `n` sealed packs.
+fn wait_sealed_packs(repo: &Path, n: usize) {
+    let start = Instant::now();
+    loop {
+        let sealed = fs::read_dir(repo.join("packs"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if sealed >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the backup never sealed {n} packs"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_repository_that_disappears_mid_job_fails_the_job_by_name_and_loses_nothing() {
+    let Some(m) = Mounted::new(&[], &[]) else {
+        return;
+    };
+    let repo = m.dir.path().join("repo");
+    let moved = m.dir.path().join("repo.moved");
+    snarf_ok(&[
+        "repo",
+        "init",
+        repo.to_str().unwrap(),
+        "--pack-size",
+        "256K",
+        "--compression",
+        "19",
+    ]);
+    let vol = m.path("live/big.img");
+    fs::write(&vol, contents(3, 96 << 20)).unwrap();
+    let writer = start_writer(&vol);
+    fs::create_dir(m.path("snapshots/s")).unwrap();
+    let snap = m.path("snapshots/s/big.img");
+    let expected = read(&snap);
+
+    let err_path = m.dir.path().join("job.err");
+    let job = Command::new(env!("CARGO_BIN_EXE_snarf"))
+        .args([
+            "backup",
+            m.mnt.to_str().unwrap(),
+            "s",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--threads",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("starting the backup");
+    let mut job = Started(job);
+    // Pull the repository away once the job has stored (and freed) some snarfs: as an
+    // unmounted disk or a directory moved by someone else would.
+    wait_sealed_packs(&repo, 2);
+    fs::rename(&repo, &moved).unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = job.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the job went on without its repository"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = fs::read_to_string(&err_path).unwrap();
+    assert!(
+        !status.success(),
+        "the job succeeded without its repository"
+    );
+    assert!(
+        err.contains(&format!("the repository {} disappeared", repo.display()))
+            && err.contains("nothing was committed"),
+        "the error does not say the repository went away: {err}"
+    );
+    drop(writer);
+
+    // The mount is unharmed and the live volume still takes writes.
+    assert!(
+        m.is_mounted() && m.daemon_alive(),
+        "the mount went down with the job"
+    );
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&vol)
+        .unwrap()
+        .write_all_at(b"still here", 0)
+        .unwrap();
+    // Nothing was committed into what is left behind, and once the repository is back,
+    // the snapshot reads exactly as it was (its freed snarfs come from the packs).
+    assert!(!repo.exists(), "the failed job recreated the repository");
+    // Meanwhile the snapshot's freed snarfs cannot be read: an error, never wrong bytes.
+    let f = fs::File::open(&snap).unwrap();
+    // SAFETY: advice on a descriptor we own.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    drop(f);
+    match fs::read(&snap) {
+        Ok(data) => assert!(data == expected, "the snapshot read wrong bytes"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
+    }
+    fs::rename(&moved, &repo).unwrap();
+    assert!(
+        read_uncached(&snap) == expected,
+        "the snapshot changed after its repository came back"
+    );
+    let out = snarf_ok(&["backups", repo.to_str().unwrap()]);
+    assert_eq!(out.lines().count(), 1, "a failed job left a backup: {out}");
+    let out = snarf_ok(&[
+        "backup",
+        m.mnt.to_str().unwrap(),
+        "s",
+        "--repo",
+        repo.to_str().unwrap(),
+    ]);
+    let id = backup_id(&out);
+    assert!(restore(&repo, &id, &m.dir.path().join("out"), "big.img") == expected);
+    let check = snarf(&["check", repo.to_str().unwrap(), "--read-data"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
 /// Writes one command to a control file and reads the answer on the same descriptor.
 fn control(m: &Mounted, file: &str, command: &str) -> std::io::Result<String> {
     use std::io::{Read, Seek, Write};

@@ -19,6 +19,18 @@ pub enum Error {
     /// The plan cannot be made as asked (e.g. mode=incremental without a usable base).
     #[error("{0}")]
     Plan(String),
+    /// The repository was moved, deleted or unmounted while the job wrote to it.
+    #[error("the repository {} disappeared during the backup (moved, deleted, or its disk unmounted): nothing was committed; put it back at that path and run the backup again ({detail})", .repo.display())]
+    RepoGone {
+        /// Where the repository was.
+        repo: std::path::PathBuf,
+        /// The failure that revealed it.
+        detail: String,
+    },
+    /// A snapshot's snarf whose pre-image was freed after a backup stored it could not be
+    /// read back from that repository.
+    #[error("{0}")]
+    FreedSnarf(String),
     /// The mount daemon stopped answering or closed the connection mid-job.
     #[error("the mount daemon went away during the backup ({0}); nothing was committed, the repository is unchanged; run the backup again once the store is mounted")]
     DaemonGone(String),

@@ -192,6 +192,27 @@ pub fn run(
     opts: &BackupOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Summary> {
+    run_job(session, repo, opts, progress).map_err(|e| explain_missing_repo(e, repo))
+}
+
+/// A repository failure whose cause is that the repository itself went away is reported
+/// as that, since the raw error only names some file inside it.
+pub fn explain_missing_repo(e: Error, repo: &Repo) -> Error {
+    match e {
+        Error::Repo(_) | Error::Io { .. } if !repo.is_present() => Error::RepoGone {
+            repo: repo.path().to_path_buf(),
+            detail: e.to_string(),
+        },
+        e => e,
+    }
+}
+
+fn run_job(
+    session: &dyn Session,
+    repo: &Repo,
+    opts: &BackupOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Summary> {
     let start = Instant::now();
     let desc = session.describe(&opts.snapshot)?;
     let names = chosen_volumes(&desc, opts)?;

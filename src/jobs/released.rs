@@ -275,7 +275,18 @@ impl Released {
         let data = match cached {
             Some(d) => d,
             None => {
-                let d = Arc::new(repo.read_chunk_at(&chunk)?);
+                let d = Arc::new(repo.read_chunk_at(&chunk).map_err(|e| {
+                    Error::FreedSnarf(format!(
+                        "snarf {snarf} of \"{volume}\" in snapshot \"{}\" was freed after a backup stored it in the repository {}, and reading it back failed: {e}{}",
+                        snap.name(),
+                        repo.path().display(),
+                        if repo.is_present() {
+                            ""
+                        } else {
+                            "; the repository is no longer there: put it back at that path to read this snapshot again"
+                        }
+                    ))
+                })?);
                 let mut c = self.cache.lock();
                 if c.len() >= CACHE_CHUNKS {
                     c.pop_front();

@@ -277,6 +277,12 @@ impl Repo {
         Ok(lock)
     }
 
+    /// Whether the repository is still where it was opened (a moved or deleted directory,
+    /// or an unmounted disk, makes every later write fail with "no such file").
+    pub fn is_present(&self) -> bool {
+        self.path().join(CONFIG_FILE).is_file()
+    }
+
     /// The repository directory.
     pub fn path(&self) -> &Path {
         &self.inner.path
