@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -399,30 +400,24 @@ pub(crate) fn restore(
             .mode(0o600)
             .open(&path)
             .ctx(|| format!("creating {}", path.display()))?;
-        let result = (|| -> Result<u64> {
-            file.set_len(reader.size())
-                .ctx(|| format!("sizing {}", path.display()))?;
-            let mut holes = 0;
-            let ss = reader.snarf_size() as u64;
-            for i in 0..reader.snarf_count() {
-                let len = (reader.size() - i * ss).min(ss);
-                match reader.read_snarf(i)? {
-                    None => holes += len,
-                    Some(d) => file
-                        .write_all_at(&d, i * ss)
-                        .ctx(|| format!("writing {}", path.display()))?,
-                }
-                done += len;
-                progress(&RestoreProgress {
-                    volume: n.clone(),
-                    done,
-                    total,
-                });
-            }
-            file.sync_all()
-                .ctx(|| format!("syncing {}", path.display()))?;
-            Ok(holes)
-        })();
+        let result = file
+            .set_len(reader.size())
+            .ctx(|| format!("sizing {}", path.display()))
+            .and_then(|()| {
+                restore_volume(&reader, &file, &path, &mut |vol_done| {
+                    progress(&RestoreProgress {
+                        volume: n.clone(),
+                        done: done + vol_done,
+                        total,
+                    })
+                })
+            })
+            .and_then(|holes| {
+                file.sync_all()
+                    .ctx(|| format!("syncing {}", path.display()))?;
+                Ok(holes)
+            });
+        done += reader.size();
         match result {
             Ok(holes) => summary.hole_bytes += holes,
             Err(e) => {
@@ -436,4 +431,82 @@ pub(crate) fn restore(
     }
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Snarfs a restore worker claims at a time: 1 MiB of 64 KiB snarfs, so each worker writes
+/// runs long enough for the disk while the workers stay close to one another.
+const RESTORE_BATCH: u64 = 16;
+
+/// Writes every snarf of `reader` into `file` (already sized; zero snarfs stay holes) with
+/// one worker per core, since fetching means decompressing and hash-checking each chunk.
+/// `progress` gets the bytes done so far, from the calling thread. Returns the hole bytes.
+fn restore_volume(
+    reader: &VolumeReader,
+    file: &File,
+    path: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64> {
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4);
+    let ss = reader.snarf_size() as u64;
+    let count = reader.snarf_count();
+    let size = reader.size();
+    let next = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
+    let holes = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let finished = AtomicUsize::new(0);
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+
+    /// Counts a worker out however it ends, so the progress loop never waits for a
+    /// worker that panicked (the panic itself surfaces when the scope joins).
+    struct Finished<'a>(&'a AtomicUsize);
+    impl Drop for Finished<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    let work = || -> Result<()> {
+        while !stop.load(Ordering::Relaxed) {
+            let first = next.fetch_add(RESTORE_BATCH, Ordering::Relaxed);
+            if first >= count {
+                break;
+            }
+            for i in first..(first + RESTORE_BATCH).min(count) {
+                let len = (size - i * ss).min(ss);
+                match reader.read_snarf(i)? {
+                    None => {
+                        holes.fetch_add(len, Ordering::Relaxed);
+                    }
+                    Some(d) => file
+                        .write_all_at(&d, i * ss)
+                        .ctx(|| format!("writing {}", path.display()))?,
+                }
+                done.fetch_add(len, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                let _counted = Finished(&finished);
+                if let Err(e) = work() {
+                    stop.store(true, Ordering::Relaxed);
+                    failure.lock().get_or_insert(e);
+                }
+            });
+        }
+        while finished.load(Ordering::Acquire) < workers {
+            progress(done.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    if let Some(e) = failure.into_inner() {
+        return Err(e);
+    }
+    progress(done.load(Ordering::Relaxed));
+    Ok(holes.load(Ordering::Relaxed))
 }
