@@ -1,7 +1,9 @@
 //! `snarf backup MOUNTPOINT SNAPSHOT` against a real mount while a separate writer process
 //! rewrites the volume: the restore equals the snapshot; reads of the snapshot after the
 //! backup freed its pre-images still give the snapshot (from the repository); a job killed
-//! with SIGKILL mid-transfer leaves the mount serving, the snapshot intact and no backup.
+//! with SIGKILL mid-transfer leaves the mount serving, the snapshot intact and no backup; a
+//! repository pulled away mid-job fails the job by name and loses nothing; pre-image memory
+//! stays within its budget while a backup runs under write load.
 
 mod mounted;
 
@@ -145,13 +147,53 @@ fn backup_of_a_mounted_snapshot_under_a_writer_restores_the_snapshot() {
     // The snapshot stays frozen while the writer goes on: this copy is what it holds.
     let expected = read(&snap);
 
-    let out = snarf_ok(&[
-        "backup",
-        m.mnt.to_str().unwrap(),
-        "s1",
-        "--repo",
-        repo.to_str().unwrap(),
-    ]);
+    // Run the backup while watching the pre-image memory in control/status.json: the
+    // writer keeps capturing, and the budget (4 MiB) holds throughout.
+    let job = Command::new(env!("CARGO_BIN_EXE_snarf"))
+        .args([
+            "backup",
+            m.mnt.to_str().unwrap(),
+            "s1",
+            "--repo",
+            repo.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the backup");
+    let (mut peak, mut budget, mut samples) = (0u64, 0u64, 0u32);
+    let watch = |m: &Mounted| -> (u64, u64) {
+        let json = fs::read_to_string(m.path("control/status.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let mem = &v["preimage_memory"];
+        (
+            mem["used"].as_u64().unwrap(),
+            mem["budget"].as_u64().unwrap(),
+        )
+    };
+    let out = {
+        let mut job = Started(job);
+        while job.0.try_wait().unwrap().is_none() {
+            let (used, b) = watch(&m);
+            peak = peak.max(used);
+            budget = b;
+            samples += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut out = String::new();
+        std::io::Read::read_to_string(job.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+        assert!(job.0.wait().unwrap().success(), "the backup failed: {out}");
+        out
+    };
+    assert_eq!(budget, 4 << 20);
+    assert!(
+        samples > 0 && peak > 0,
+        "no pre-image was ever held ({samples} samples)"
+    );
+    assert!(
+        peak <= budget,
+        "pre-image memory reached {peak} bytes, over the {budget}-byte budget"
+    );
     let id = backup_id(&out);
     assert!(out.contains("full (first backup"), "{out}");
     assert!(
