@@ -174,6 +174,9 @@ impl Failure {
     }
 }
 
+/// Unchanged snarfs reused per turn of the write loop when nothing new is ready.
+const REUSE_WINDOW: u64 = 1024;
+
 /// Unchanged snarfs of an incremental volume still to be reused from its base.
 struct Reuse {
     slot: VolumeSlot,
@@ -566,18 +569,31 @@ fn write_loop(
             prog.done_bytes += w.len as u64;
         } else if reuse_left {
             // Nothing prepared right now: reuse a few unchanged snarfs meanwhile.
+            // One read of the base table and one write per run of unchanged snarfs.
             let r = &mut reuse[reuse_i];
-            let mut n = 0;
-            while n < 256 && r.next < r.count {
-                let i = r.next;
-                r.next += 1;
-                if r.sent.contains(i) {
-                    continue;
+            let first = r.next;
+            let end = (first + REUSE_WINDOW).min(r.count);
+            // Shorter than the window where the base volume was smaller: those snarfs
+            // are new and must all have been sent.
+            let refs = r.reader.chunk_refs(first, end - first)?;
+            for i in first + refs.len() as u64..end {
+                if !r.sent.contains(i) {
+                    r.reader.chunk_ref(i)?;
                 }
-                writer.reuse(r.slot, i, r.reader.chunk_ref(i)?)?;
-                reused[r.vol] += 1;
-                prog.done_snarfs += 1;
-                n += 1;
+            }
+            r.next = end;
+            let mut run_start = 0usize;
+            for k in 0..=refs.len() {
+                let sent = k < refs.len() && r.sent.contains(first + k as u64);
+                if k == refs.len() || sent {
+                    if run_start < k {
+                        writer.reuse_run(r.slot, first + run_start as u64, &refs[run_start..k])?;
+                        let n = (k - run_start) as u64;
+                        reused[r.vol] += n;
+                        prog.done_snarfs += n;
+                    }
+                    run_start = k + 1;
+                }
             }
             if r.next >= r.count {
                 reuse_i += 1;

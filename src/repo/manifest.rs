@@ -232,6 +232,33 @@ impl Table {
             .ctx(|| format!("writing {}", self.path.display()))
     }
 
+    /// Writes records `first..first + refs.len()` in one write.
+    pub fn put_run(&self, first: u64, refs: &[ChunkRef]) -> Result<()> {
+        let mut buf = Vec::with_capacity(refs.len() * REF_LEN);
+        for r in refs {
+            buf.extend_from_slice(&r.encode());
+        }
+        self.file
+            .write_all_at(&buf, HEADER_LEN + first * REF_LEN as u64)
+            .ctx(|| format!("writing {}", self.path.display()))
+    }
+
+    /// Reads records `first..first + n` in one read; `None` for those never written.
+    pub fn get_run(&self, first: u64, n: u64) -> Result<Vec<Option<ChunkRef>>> {
+        let mut buf = vec![0u8; n as usize * REF_LEN];
+        self.file
+            .read_exact_at(&mut buf, HEADER_LEN + first * REF_LEN as u64)
+            .ctx(|| format!("reading {}", self.path.display()))?;
+        Ok(buf
+            .chunks_exact(REF_LEN)
+            .map(|rec| {
+                let mut b = [0u8; REF_LEN];
+                b.copy_from_slice(rec);
+                ChunkRef::decode(&b)
+            })
+            .collect())
+    }
+
     /// Reads record `i`; `None` if it was never written.
     pub fn get(&self, i: u64) -> Result<Option<ChunkRef>> {
         let mut b = [0u8; REF_LEN];

@@ -235,6 +235,31 @@ impl VolumeReader {
             })
     }
 
+    /// The chunk references of snarfs `first..first + n` (clamped to the volume), read in
+    /// one go: what an incremental backup copies for a run of unchanged snarfs.
+    pub fn chunk_refs(&self, first: u64, n: u64) -> Result<Vec<ChunkRef>> {
+        let n = n.min(self.table.count().saturating_sub(first));
+        let refs = self
+            .table
+            .get_run(first, n)
+            .map_err(|e| self.err_at(first, e))?;
+        refs.into_iter()
+            .zip(first..)
+            .map(|(r, snarf)| {
+                r.ok_or_else(|| {
+                    self.err_at(
+                        snarf,
+                        Error::Damaged {
+                            repo: self.repo.path().to_path_buf(),
+                            path: self.table.path().to_path_buf(),
+                            why: format!("it has no record for snarf {snarf}"),
+                        },
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// True if snarf `snarf` is all zeros (a hole in sparse output).
     pub fn is_zero(&self, snarf: u64) -> Result<bool> {
         Ok(self.chunk_ref(snarf)?.is_zero())

@@ -566,41 +566,56 @@ impl BackupWriter {
     /// Copies an entry of a previous backup's table (an unchanged snarf of an incremental
     /// backup): nothing is read or written but the record. Reported durable at once.
     pub fn reuse(&self, slot: VolumeSlot, snarf: u64, r: ChunkRef) -> Result<()> {
+        self.reuse_run(slot, snarf, &[r])
+    }
+
+    /// [`BackupWriter::reuse`] for the consecutive snarfs `first..first + refs.len()`, with
+    /// one table write: an incremental backup reuses thousands of records per volume.
+    pub fn reuse_run(&self, slot: VolumeSlot, first: u64, refs: &[ChunkRef]) -> Result<()> {
         {
             let mut st = self.state.lock();
-            let want = self.expected_len(&st, slot, snarf)?;
-            if r.raw_len != want {
-                return Err(Error::BadArgument(format!(
-                    "cannot reuse a {}-byte chunk for snarf {snarf} of volume \"{}\", which is {want} bytes",
-                    r.raw_len, st.slots[slot.0].entry.name
-                )));
-            }
-            if r.is_zero() {
-                st.stats.zero_snarfs += 1;
-                st.slots[slot.0].entry.zero_snarfs += 1;
-            } else {
-                if !st.known_packs.contains(&r.pack) {
-                    let path = self.repo.pack_path(&r.pack);
-                    if !path.exists() {
-                        return Err(Error::PackMissing {
-                            repo: self.repo.path().to_path_buf(),
-                            pack: r.pack.to_string(),
-                            path,
-                        });
-                    }
-                    st.known_packs.insert(r.pack);
+            for (snarf, r) in (first..).zip(refs) {
+                let want = self.expected_len(&st, slot, snarf)?;
+                if r.raw_len != want {
+                    return Err(Error::BadArgument(format!(
+                        "cannot reuse a {}-byte chunk for snarf {snarf} of volume \"{}\", which is {want} bytes",
+                        r.raw_len, st.slots[slot.0].entry.name
+                    )));
                 }
-                st.stats.dedup_snarfs += 1;
+                if r.is_zero() {
+                    st.stats.zero_snarfs += 1;
+                    st.slots[slot.0].entry.zero_snarfs += 1;
+                } else {
+                    if !st.known_packs.contains(&r.pack) {
+                        let path = self.repo.pack_path(&r.pack);
+                        if !path.exists() {
+                            return Err(Error::PackMissing {
+                                repo: self.repo.path().to_path_buf(),
+                                pack: r.pack.to_string(),
+                                path,
+                            });
+                        }
+                        st.known_packs.insert(r.pack);
+                    }
+                    st.stats.dedup_snarfs += 1;
+                }
             }
             let s = &mut st.slots[slot.0];
-            s.table.put(snarf, &r)?;
-            s.mark(snarf);
+            s.table.put_run(first, refs)?;
+            for snarf in first..first + refs.len() as u64 {
+                s.mark(snarf);
+            }
         }
-        self.deliver(vec![Durable {
-            slot,
-            snarf,
-            chunk: r,
-        }]);
+        self.deliver(
+            (first..)
+                .zip(refs)
+                .map(|(snarf, r)| Durable {
+                    slot,
+                    snarf,
+                    chunk: *r,
+                })
+                .collect(),
+        );
         Ok(())
     }
 
