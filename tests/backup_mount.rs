@@ -278,24 +278,7 @@ fn a_backup_killed_mid_transfer_leaves_the_mount_serving_and_no_backup() {
             .expect("starting the backup"),
     );
     // Kill it once it has sealed packs (so some snarfs were acknowledged and freed).
-    let start = Instant::now();
-    loop {
-        let sealed = fs::read_dir(repo.join("packs"))
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
-                    .count()
-            })
-            .unwrap_or(0);
-        if sealed >= 2 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the backup never sealed a pack"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_sealed_packs(&repo, 2);
     // SAFETY: signalling the child this test started, by its pid.
     unsafe { libc::kill(job.0.id() as i32, libc::SIGKILL) };
     drop(job);

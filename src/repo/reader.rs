@@ -223,16 +223,19 @@ impl VolumeReader {
         self.table
             .get(snarf)
             .map_err(|e| self.err_at(snarf, e))?
-            .ok_or_else(|| {
-                self.err_at(
-                    snarf,
-                    Error::Damaged {
-                        repo: self.repo.path().to_path_buf(),
-                        path: self.table.path().to_path_buf(),
-                        why: format!("it has no record for snarf {snarf}"),
-                    },
-                )
-            })
+            .ok_or_else(|| self.missing_record(snarf))
+    }
+
+    /// The error for a table with a blank record where a snarf must be.
+    fn missing_record(&self, snarf: u64) -> Error {
+        self.err_at(
+            snarf,
+            Error::Damaged {
+                repo: self.repo.path().to_path_buf(),
+                path: self.table.path().to_path_buf(),
+                why: format!("it has no record for snarf {snarf}"),
+            },
+        )
     }
 
     /// The chunk references of snarfs `first..first + n` (clamped to the volume), read in
@@ -245,18 +248,7 @@ impl VolumeReader {
             .map_err(|e| self.err_at(first, e))?;
         refs.into_iter()
             .zip(first..)
-            .map(|(r, snarf)| {
-                r.ok_or_else(|| {
-                    self.err_at(
-                        snarf,
-                        Error::Damaged {
-                            repo: self.repo.path().to_path_buf(),
-                            path: self.table.path().to_path_buf(),
-                            why: format!("it has no record for snarf {snarf}"),
-                        },
-                    )
-                })
-            })
+            .map(|(r, snarf)| r.ok_or_else(|| self.missing_record(snarf)))
             .collect()
     }
 
