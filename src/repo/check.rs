@@ -125,7 +125,7 @@ pub(crate) fn check(
     let mut rep = CheckReport::default();
     // A live writer's transfer or finishing shows transient states (a backup folder whose
     // manifest is not written yet, a pending record); those are not damage.
-    let busy = super::lock::current_holder(repo.path()).is_some();
+    let busy = super::lock::is_held(repo.path());
     let status = finishing::status(repo)?;
     if matches!(status, super::FinishingStatus::Active { .. }) && !busy {
         rep.problem(format!(

@@ -251,7 +251,7 @@ pub fn status(repo: &Repo) -> Result<FinishingStatus> {
             step_name: rec.step.name().into(),
             started: rec.started,
             resumed: rec.resumed,
-            holder: super::lock::current_holder(repo.path()).map(|h| h.describe()),
+            holder: super::lock::current_holder(repo.path()),
         }),
         None => {
             let last = fsx::read_optional(&repo.path().join(LAST_FILE))?

@@ -1,10 +1,12 @@
-//! The repository lock: two writers (backup, prune, finishing) never interleave. It is a
-//! flock(2) on `REPO/lock`, whose contents name the holder: pid, process start time (field 22
-//! of /proc/PID/stat, parsed after the last `)` because the command name may contain spaces
-//! and parentheses), host and command. The kernel drops a flock when its holder dies; if the
-//! lock is still held but the named holder is dead on this host (the lock was inherited by a
-//! stray child, say), the lock file is replaced and taken over. A live holder is reported by
-//! name. Readers take no lock.
+//! The repository lock: two writers (backup, prune, finishing, repair) never interleave. It
+//! is a flock(2) on `REPO/lock`, and a held flock means the lock is held, whatever the file
+//! says: the kernel drops a flock only when the last descriptor of its holder is closed, so
+//! it is the one proof of liveness that works across PID namespaces, containers and a holder
+//! killed with kill -9 (whose name stays in the file until the next holder overwrites it).
+//! The file's contents name the holder (pid, process start time, PID namespace, host,
+//! command) and are only information for messages; they never decide who holds the lock.
+//! The descriptor is close-on-exec, so a child process never inherits the lock. Readers take
+//! no lock.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -22,10 +24,12 @@ pub const LOCK_FILE: &str = "lock";
 /// Who holds (or held) the lock, as written in the lock file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
-    /// Process id.
+    /// Process id, as seen in the holder's own PID namespace.
     pub pid: u32,
     /// Start time of the process in clock ticks since boot (field 22 of /proc/PID/stat).
     pub start_time: u64,
+    /// The holder's PID namespace (`pid:[4026531836]`), empty if unknown.
+    pub pid_ns: String,
     /// Host name.
     pub host: String,
     /// What it is doing, e.g. "snarf backup".
@@ -41,8 +45,9 @@ impl Holder {
         Holder {
             pid,
             start_time: process_start_time(pid).unwrap_or(0),
+            pid_ns: pid_namespace(),
             host: hostname(),
-            command: command.replace(['\n', '\t'], " "),
+            command: printable(command),
             since: now_secs(),
         }
     }
@@ -50,8 +55,8 @@ impl Holder {
     /// The lock file's text: one `key=value` per line.
     pub fn to_text(&self) -> String {
         format!(
-            "pid={}\nstart_time={}\nhost={}\ncommand={}\nsince={}\n",
-            self.pid, self.start_time, self.host, self.command, self.since
+            "pid={}\nstart_time={}\npid_ns={}\nhost={}\ncommand={}\nsince={}\n",
+            self.pid, self.start_time, self.pid_ns, self.host, self.command, self.since
         )
     }
 
@@ -60,6 +65,7 @@ impl Holder {
         let mut h = Holder {
             pid: 0,
             start_time: 0,
+            pid_ns: String::new(),
             host: String::new(),
             command: String::new(),
             since: 0,
@@ -71,8 +77,9 @@ impl Holder {
             match k {
                 "pid" => h.pid = v.parse().ok()?,
                 "start_time" => h.start_time = v.parse().ok()?,
-                "host" => h.host = v.to_string(),
-                "command" => h.command = v.to_string(),
+                "pid_ns" => h.pid_ns = printable(v),
+                "host" => h.host = printable(v),
+                "command" => h.command = printable(v),
                 "since" => h.since = v.parse().ok()?,
                 _ => {}
             }
@@ -80,11 +87,17 @@ impl Holder {
         (h.pid != 0).then_some(h)
     }
 
-    /// "pid 123 (snarf backup, started 2026-11-23 10:15:00 UTC) on host x".
+    /// "pid 123 (snarf backup, started 2026-11-23 10:15:00 UTC) on host x", plus the PID
+    /// namespace when it is not this process's.
     pub fn describe(&self) -> String {
         format!(
-            "pid {} ({}, started {} UTC) on host {}",
+            "pid {}{} ({}, started {} UTC) on host {}",
             self.pid,
+            if self.in_other_pid_namespace() {
+                " of another PID namespace"
+            } else {
+                ""
+            },
             if self.command.is_empty() {
                 "snarf"
             } else {
@@ -95,10 +108,18 @@ impl Holder {
         )
     }
 
-    /// True unless the holder is on this host and its process is gone (or its pid now
-    /// belongs to another process, seen by a different start time).
+    /// True when the holder recorded a PID namespace other than this process's, so its pid
+    /// cannot be looked up here.
+    fn in_other_pid_namespace(&self) -> bool {
+        !self.pid_ns.is_empty() && self.pid_ns != pid_namespace()
+    }
+
+    /// True unless the holder is on this host, in this PID namespace, and its process is
+    /// gone (or its pid now belongs to another process, seen by a different start time).
+    /// Only for messages: a process in another PID namespace or container looks gone to
+    /// an older holder's record, so this never decides who holds the lock.
     pub fn may_be_alive(&self) -> bool {
-        if self.host != hostname() {
+        if self.host != hostname() || self.in_other_pid_namespace() {
             return true;
         }
         match process_start_time(self.pid) {
@@ -106,6 +127,13 @@ impl Holder {
             Some(t) => self.start_time == 0 || t == self.start_time,
         }
     }
+}
+
+/// `s` without control characters, so a name read from the lock file cannot break a line.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// The start time field of a /proc/PID/stat line (field 22, counted after the last `)`).
@@ -119,6 +147,13 @@ pub fn parse_stat_start_time(stat: &str) -> Option<u64> {
 pub fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat_start_time(&stat)
+}
+
+/// This process's PID namespace, e.g. `pid:[4026531836]`; empty if /proc does not say.
+pub fn pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| printable(&p.to_string_lossy()))
+        .unwrap_or_default()
 }
 
 /// This machine's host name.
@@ -152,17 +187,28 @@ enum Attempt {
     Retry,
 }
 
+/// Attempts of `try_acquire` on a busy lock before it gives up, and the pause between
+/// them: [`is_held`] takes a shared flock for an instant, which must not make a writer
+/// fail.
+const BUSY_ATTEMPTS: u32 = 4;
+const BUSY_PAUSE: Duration = Duration::from_millis(5);
+
 impl RepoLock {
     /// Takes the lock now or fails with [`Error::Locked`] naming the holder.
     pub fn try_acquire(repo: &Path, command: &str) -> Result<RepoLock> {
+        let mut busy = 0;
         for _ in 0..8 {
             match Self::attempt(repo, command)? {
                 Attempt::Got(l) => return Ok(l),
                 Attempt::Busy(holder) => {
-                    return Err(Error::Locked {
-                        path: repo.to_path_buf(),
-                        holder,
-                    })
+                    busy += 1;
+                    if busy >= BUSY_ATTEMPTS {
+                        return Err(Error::Locked {
+                            path: repo.to_path_buf(),
+                            holder,
+                        });
+                    }
+                    std::thread::sleep(BUSY_PAUSE);
                 }
                 Attempt::Retry => continue,
             }
@@ -196,50 +242,24 @@ impl RepoLock {
     fn attempt(repo: &Path, command: &str) -> Result<Attempt> {
         let path = repo.join(LOCK_FILE);
         let file = open_lock_file(&path)?;
-        if flock_nb(&file) {
-            if !same_file(&file, &path) {
-                return Ok(Attempt::Retry);
-            }
-            let previous = read_all(&file);
-            if let Some(prev) = Holder::parse(&previous) {
-                log::warn!(
-                    "{}: the previous lock holder, {}, ended without releasing it; taking over",
-                    repo.display(),
-                    prev.describe()
-                );
-            }
-            let lock = RepoLock { file, path };
-            lock.write_holder(command)?;
-            return Ok(Attempt::Got(lock));
+        let got = flock_nb(&file, libc::LOCK_EX).ctx(|| format!("locking {}", path.display()))?;
+        if !got {
+            // Held: by whom is only for the message.
+            return Ok(Attempt::Busy(describe_busy(&read_all(&file))));
         }
-        let text = read_all(&file);
-        let Some(holder) = Holder::parse(&text) else {
-            return Ok(Attempt::Busy(
-                "a process that has not written its name yet".into(),
-            ));
-        };
-        if holder.may_be_alive() {
-            return Ok(Attempt::Busy(holder.describe()));
-        }
-        // The named holder is dead but its flock lives on in some inherited descriptor:
-        // put a fresh, locked lock file in its place.
-        let fresh_path = repo.join(format!(".{LOCK_FILE}.new.{}", std::process::id()));
-        let _ = std::fs::remove_file(&fresh_path);
-        let fresh = open_lock_file(&fresh_path)?;
-        if !flock_nb(&fresh) {
+        // An older snarf replaced a lock file by renaming a new one over it; the flock on
+        // the replaced file guards nothing.
+        if !same_file(&file, &path) {
             return Ok(Attempt::Retry);
         }
-        std::fs::rename(&fresh_path, &path)
-            .ctx(|| format!("replacing lock file {}", path.display()))?;
-        if !same_file(&fresh, &path) {
-            return Ok(Attempt::Retry);
+        if let Some(prev) = Holder::parse(&read_all(&file)) {
+            log::warn!(
+                "{}: the previous lock holder, {}, ended without releasing it; taking over",
+                repo.display(),
+                prev.describe()
+            );
         }
-        log::warn!(
-            "{}: lock holder {} is dead but its lock was still held; took it over",
-            repo.display(),
-            holder.describe()
-        );
-        let lock = RepoLock { file: fresh, path };
+        let lock = RepoLock { file, path };
         lock.write_holder(command)?;
         Ok(Attempt::Got(lock))
     }
@@ -253,6 +273,19 @@ impl RepoLock {
     }
 }
 
+/// Who holds a lock whose flock is taken, from the lock file's text (which may be a dead
+/// holder's name, or empty: a new holder writes its name just after taking the flock).
+fn describe_busy(text: &str) -> String {
+    match Holder::parse(text) {
+        None => "a process that has not written its name yet".into(),
+        Some(h) if h.may_be_alive() => h.describe(),
+        Some(h) => format!(
+            "a process that has not written its name yet (the lock file still names {}, which is gone; a process in another PID namespace or container also looks gone from here)",
+            h.describe()
+        ),
+    }
+}
+
 impl Drop for RepoLock {
     fn drop(&mut self) {
         // An empty lock file tells the next holder that this one finished cleanly.
@@ -262,42 +295,73 @@ impl Drop for RepoLock {
 }
 
 fn open_lock_file(path: &Path) -> Result<File> {
+    // Not through a symlink: a planted link must not make snarf truncate another file.
+    // Close-on-exec (the default of std) keeps the flock from being inherited.
     OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .ctx(|| format!("opening lock file {}", path.display()))
 }
 
-fn flock_nb(file: &File) -> bool {
+/// flock(2) without blocking: true if taken, false if another descriptor holds it.
+fn flock_nb(file: &File, how: libc::c_int) -> std::io::Result<bool> {
     // SAFETY: flock on a descriptor we own.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
 }
 
 fn same_file(file: &File, path: &Path) -> bool {
-    match (file.metadata(), std::fs::metadata(path)) {
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
 }
 
 fn read_all(file: &File) -> String {
-    let mut s = String::new();
+    // The file holds a few short lines; more is not a lock file written by snarf.
+    let mut buf = Vec::new();
     let mut f = file;
     let _ = std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0));
-    let _ = f.read_to_string(&mut s);
-    s
+    let _ = f.take(4096).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// The current holder named in a repository's lock file, if it is held.
-pub fn current_holder(repo: &Path) -> Option<Holder> {
-    let path = repo.join(LOCK_FILE);
-    let file = File::open(&path).ok()?;
-    let h = Holder::parse(&read_all(&file))?;
-    h.may_be_alive().then_some(h)
+/// Whether some process holds the repository's lock now, judged by its flock alone. Takes
+/// a shared flock for an instant, which [`RepoLock::try_acquire`] waits out.
+pub fn is_held(repo: &Path) -> bool {
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(repo.join(LOCK_FILE))
+    else {
+        return false;
+    };
+    // An error other than "held" (no flock support) says nothing; treat it as free.
+    matches!(flock_nb(&file, libc::LOCK_SH), Ok(false))
+}
+
+/// The holder named in a repository's lock file, if its lock is held (a held lock whose
+/// file names no one yet is described as such).
+pub fn current_holder(repo: &Path) -> Option<String> {
+    if !is_held(repo) {
+        return None;
+    }
+    let text = File::open(repo.join(LOCK_FILE))
+        .map(|f| read_all(&f))
+        .unwrap_or_default();
+    Some(describe_busy(&text))
 }
 
 #[cfg(test)]
@@ -350,26 +414,77 @@ mod tests {
     }
 
     #[test]
-    fn lock_held_in_the_name_of_a_dead_process_is_taken_over() {
+    fn a_held_lock_is_never_taken_over_whatever_its_file_names() {
         let dir = tempfile::tempdir().unwrap();
         // A finished child gives a pid that is certainly dead.
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
         child.wait().unwrap();
-        let stale = open_lock_file(&dir.path().join(LOCK_FILE)).unwrap();
-        assert!(flock_nb(&stale));
         let h = Holder {
             pid: dead,
             start_time: 1,
+            pid_ns: pid_namespace(),
             host: hostname(),
             command: "snarf backup".into(),
             since: 0,
         };
-        stale.write_all_at(h.to_text().as_bytes(), 0).unwrap();
+        assert!(!h.may_be_alive());
+        // A holder that took the flock but still shows the dead one's name.
+        let held = open_lock_file(&dir.path().join(LOCK_FILE)).unwrap();
+        assert!(flock_nb(&held, libc::LOCK_EX).unwrap());
+        held.write_all_at(h.to_text().as_bytes(), 0).unwrap();
+        assert!(is_held(dir.path()));
+        let err = RepoLock::try_acquire(dir.path(), "snarf prune").unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Locked { .. }), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {dead}")) && msg.contains("not written its name"),
+            "{msg}"
+        );
+        assert!(current_holder(dir.path())
+            .unwrap()
+            .contains("not written its name"));
+        // A holder of another PID namespace is described as such, never as dead.
+        let other = Holder {
+            pid_ns: "pid:[1]".into(),
+            ..h.clone()
+        };
+        held.set_len(0).unwrap();
+        held.write_all_at(other.to_text().as_bytes(), 0).unwrap();
+        assert!(other.may_be_alive());
+        let msg = RepoLock::try_acquire(dir.path(), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("of another PID namespace"), "{msg}");
+        // Released: the next holder takes it and replaces the name.
+        drop(held);
+        assert!(!is_held(dir.path()));
+        assert_eq!(current_holder(dir.path()), None);
         let got = RepoLock::try_acquire(dir.path(), "snarf prune").unwrap();
-        let now = current_holder(dir.path()).unwrap();
+        let now =
+            Holder::parse(&std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap()).unwrap();
         assert_eq!(now.pid, std::process::id());
+        assert!(current_holder(dir.path()).unwrap().contains("snarf prune"));
         drop(got);
-        drop(stale);
+    }
+
+    #[test]
+    fn a_symlinked_lock_file_is_refused_and_its_target_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        std::fs::write(&target, b"keep me").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join(LOCK_FILE)).unwrap();
+        assert!(RepoLock::try_acquire(dir.path(), "x").is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+    }
+
+    #[test]
+    fn control_characters_in_the_lock_file_do_not_reach_messages() {
+        let h = Holder::parse("pid=7\ncommand=evil\x1b[2J\rname\nhost=h\x07\n").unwrap();
+        assert!(
+            !h.describe().chars().any(|c| c.is_control()),
+            "{:?}",
+            h.describe()
+        );
     }
 }
