@@ -73,6 +73,11 @@ fn child_role() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(OWN);
+    if role == "repair" {
+        // Before any open: the repository may be one only a repair can open.
+        snarf::repo::repair::repair_index(&repo_path, &mut |_| {}).expect("repair");
+        std::process::exit(0);
+    }
     let repo = Repo::open(&repo_path).expect("open");
     let policy = (keep > 0).then_some(Policy {
         keep_last: keep,
@@ -438,4 +443,109 @@ fn recovery_killed_at_every_fault_point_completes_forward() {
         std::fs::remove_dir_all(&path).expect("cleanup");
     }
     eprintln!("recovery: {} fault points covered", RECOVERY_POINTS.len());
+}
+
+/// Garbage in the first index run (by name) of the repository at `path`.
+fn damage_an_index_run(path: &Path) {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(path.join("index"))
+        .expect("index")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+        .collect();
+    runs.sort();
+    std::fs::write(&runs[0], b"SNARFIX1 garbage").expect("damage");
+}
+
+#[test]
+fn repair_killed_at_every_fault_point_leaves_a_usable_repository() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = base_repository(dir.path());
+    let mut covered = 0;
+    for (i, point) in fault::REPAIR_POINTS.iter().enumerate() {
+        // A healthy repository: a repair killed anywhere leaves it usable as it is.
+        if !point.starts_with("repair.config.") {
+            let path = dir.path().join(format!("h{i}"));
+            copy_tree(&base, &path);
+            let status = spawn_child("repair", &path, 0, 0, OWN, Some(point))
+                .wait()
+                .expect("wait");
+            assert_eq!(status.signal(), Some(9), "{point} was not reached");
+            let (n, _, _) = recover_and_verify(&path, point, 80);
+            assert_eq!(n, 8, "backups after a repair killed at {point}");
+            std::fs::remove_dir_all(&path).expect("cleanup");
+            covered += 1;
+        }
+        // A damaged index and repo.json: killed anywhere, the repair runs again and the
+        // repository is whole.
+        let path = dir.path().join(format!("d{i}"));
+        copy_tree(&base, &path);
+        damage_an_index_run(&path);
+        std::fs::write(path.join("repo.json"), b"{\"format\": 1, \"comp").expect("damage");
+        let status = spawn_child("repair", &path, 0, 0, OWN, Some(point))
+            .wait()
+            .expect("wait");
+        assert_eq!(status.signal(), Some(9), "{point} was not reached");
+        let p = path.to_str().expect("utf8");
+        let (code, out, err) = snarf(&["repair", "index", p]);
+        assert_eq!(code, 0, "repair after a kill at {point}:\n{out}\n{err}");
+        let (n, _, _) = recover_and_verify(&path, point, 81);
+        assert_eq!(
+            n, 8,
+            "backups after a repair killed at {point} and run again"
+        );
+        std::fs::remove_dir_all(&path).expect("cleanup");
+        covered += 1;
+    }
+    eprintln!(
+        "repair: {covered} kills at {} fault points covered",
+        fault::REPAIR_POINTS.len()
+    );
+}
+
+#[test]
+fn a_finishing_stuck_on_a_damaged_index_completes_after_repair_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = base_repository(dir.path());
+    let path = dir.path().join("stuck");
+    copy_tree(&base, &path);
+    let status = spawn_child("backup", &path, 9, 3, OWN, Some("finish.index"))
+        .wait()
+        .expect("wait");
+    assert_eq!(status.signal(), Some(9));
+    damage_an_index_run(&path);
+    let p = path.to_str().expect("utf8");
+
+    // Read-only commands work while the finishing is stuck; writers say what works.
+    let (code, out, err) = snarf(&["backups", p]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 10, "{out}");
+    let repo = Repo::open(&path).expect("open");
+    assert!(repo
+        .stuck()
+        .is_some_and(|w| w.contains("snarf repair index")));
+    let (code, out, _) = snarf(&["check", p]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("cannot be completed") && out.contains("snarf repair index"),
+        "{out}"
+    );
+    let (code, _, err) = snarf(&["prune", p, "--keep-last", "3"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("at step 2 (index)")
+            && err.contains("snarf repair index")
+            && err.contains("read-only commands still work"),
+        "{err}"
+    );
+    let dest = dir.path().join("restored");
+    let first = repo.list_backups().expect("list")[0].id.to_string();
+    let (code, _, err) = snarf(&["restore", p, &first, dest.to_str().expect("utf8")]);
+    assert_eq!(code, 0, "{err}");
+
+    let (code, out, err) = snarf(&["repair", "index", p]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The committed backup's finishing completed, retention included.
+    let (n, _, last) = recover_and_verify(&path, "finish.index", 90);
+    assert_eq!(n, 3);
+    assert_eq!(last["resumed"], true, "{last}");
 }

@@ -90,6 +90,8 @@ enum Command {
     Check(repo_cmds::CheckArgs),
     /// Remove old backups by a retention policy and free the space only they used.
     Prune(repo_cmds::PruneArgs),
+    /// Repair a damaged repository (`snarf repair index REPO` rebuilds its index).
+    Repair(repo_cmds::RepairArgs),
     /// Show each repository's finishing state (the crash-safe commit of backups and prunes).
     Finishing(repo_cmds::FinishingArgs),
 }
@@ -115,6 +117,7 @@ pub fn main() -> i32 {
         Command::Restore(args) => repo_cmds::restore(args),
         Command::Check(args) => repo_cmds::check(args),
         Command::Prune(args) => repo_cmds::prune(args),
+        Command::Repair(args) => repo_cmds::repair(args),
         Command::Finishing(args) => repo_cmds::finishing(args),
     };
     match result {

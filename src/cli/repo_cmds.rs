@@ -1,5 +1,6 @@
 //! Commands on a backup repository: create one, list its backups, restore, check, prune,
-//! and show finishing state. `snarf backup` itself lives with the job commands.
+//! repair its index, and show finishing state. `snarf backup` itself lives with the job
+//! commands.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -94,6 +95,27 @@ pub struct PruneArgs {
     /// Only show what would be kept and removed; change nothing.
     #[arg(long)]
     dry_run: bool,
+}
+
+/// Arguments of `snarf repair`.
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    #[command(subcommand)]
+    command: RepairCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum RepairCommand {
+    /// Rebuild the index from the packs' own records (and repo.json, if it is missing or
+    /// damaged), then complete any pending finishing. Safe to interrupt and run again.
+    Index(RepairIndexArgs),
+}
+
+/// Arguments of `snarf repair index`.
+#[derive(Debug, Args)]
+struct RepairIndexArgs {
+    /// The repository.
+    repo: PathBuf,
 }
 
 /// Arguments of `snarf finishing`.
@@ -297,7 +319,7 @@ pub fn check(args: CheckArgs) -> CliResult {
         Ok(())
     } else {
         Err(CliError::new(format!(
-            "{} problem(s) found in {}; restore the damaged backups from another copy, or remove them with prune",
+            "{} problem(s) found in {}; each DAMAGED line says what is wrong and what to do",
             r.problems.len(),
             args.repo.display()
         )))
@@ -333,6 +355,9 @@ pub fn prune(args: PruneArgs) -> CliResult {
         ]);
     }
     print_table(&rows);
+    for d in &r.damaged {
+        println!("warning: {d}");
+    }
     let removed = r.decisions.iter().filter(|d| !d.keep).count();
     println!(
         "{}{} backup(s) kept, {removed} removed, {} pack(s) and {} freed",
@@ -342,6 +367,40 @@ pub fn prune(args: PruneArgs) -> CliResult {
         Bytes(r.freed_bytes)
     );
     Ok(())
+}
+
+/// `snarf repair ...`.
+pub fn repair(args: RepairArgs) -> CliResult {
+    match args.command {
+        RepairCommand::Index(a) => repair_index(a),
+    }
+}
+
+/// `snarf repair index`: exits non-zero if the repository still cannot be written to.
+fn repair_index(args: RepairIndexArgs) -> CliResult {
+    let mut progress = Progress::new();
+    let result = repo::repair::repair_index(&args.repo, &mut |p| {
+        progress.update("reading pack trailers", p.done, p.total, false)
+    });
+    progress.finish();
+    let r = result?;
+    if let Some(what) = &r.config_rebuilt {
+        println!("{what}");
+    }
+    for d in &r.damaged_packs {
+        println!("DAMAGED  {d}: its chunks are not indexed; `snarf check {} --read-data` names the backups that use it", args.repo.display());
+    }
+    println!(
+        "rebuilt the index of {} from {} pack(s): {} chunk(s) indexed, {} old index run(s) replaced",
+        args.repo.display(),
+        r.packs,
+        r.chunks,
+        r.runs_replaced
+    );
+    match r.still_stuck {
+        None => Ok(()),
+        Some(why) => Err(CliError::new(why)),
+    }
 }
 
 /// `snarf finishing`: one line per repository.

@@ -121,6 +121,7 @@ fn repo_errno(e: &repo::Error) -> i32 {
         repo::Error::NoSuchBackup { .. } | repo::Error::NoSuchVolume { .. } => libc::ENOENT,
         repo::Error::Io { source, .. } => io_errno(source),
         repo::Error::VolumeData { source, .. } => repo_errno(source),
+        repo::Error::FinishingStuck { source, .. } => repo_errno(source),
         // Damage, missing packs and a repository that is gone are what a failing disk
         // looks like to a reader: EIO, with the place named in the log.
         repo::Error::Damaged { .. }

@@ -126,12 +126,18 @@ pub(crate) fn check(
     // A live writer's transfer or finishing shows transient states (a backup folder whose
     // manifest is not written yet, a pending record); those are not damage.
     let busy = super::lock::is_held(repo.path());
-    let status = finishing::status(repo)?;
-    if matches!(status, super::FinishingStatus::Active { .. }) && !busy {
-        rep.problem(format!(
-            "a finishing is pending ({}) and could not be completed; open the repository with a writer (e.g. `snarf prune`) to see why",
-            status.describe()
-        ));
+    match finishing::status(repo) {
+        Ok(status @ super::FinishingStatus::Active { .. }) if !busy => {
+            rep.problem(match repo.stuck() {
+                Some(why) => format!("a finishing is pending and cannot be completed: {why}"),
+                None => format!(
+                    "a finishing is pending ({}) and could not be completed; open the repository with a writer (e.g. `snarf prune`) to see why",
+                    status.describe()
+                ),
+            })
+        }
+        Ok(_) => {}
+        Err(e) => rep.problem(e.to_string()),
     }
 
     // Packs and their trailers.
@@ -171,9 +177,14 @@ pub(crate) fn check(
 
     // Index.
     let mut indexed: HashSet<ChunkId> = HashSet::new();
+    // With no usable index, one problem says so instead of one per chunk.
+    let mut index_usable = true;
     let runs = index::run_names(&repo.index_dir())?;
     match Index::open(&repo.index_dir()) {
-        Err(e) => rep.problem(format!("the index cannot be opened: {e}")),
+        Err(e) => {
+            index_usable = false;
+            rep.problem(format!("the index cannot be opened: {e}"))
+        }
         Ok(idx) => {
             let total = idx.records();
             for (i, r) in idx.merged()?.enumerate() {
@@ -187,6 +198,7 @@ pub(crate) fn check(
                 let r = match r {
                     Ok(r) => r,
                     Err(e) => {
+                        index_usable = false;
                         rep.problem(format!("the index is damaged: {e}"));
                         break;
                     }
@@ -195,17 +207,19 @@ pub(crate) fn check(
                 indexed.insert(r.id);
                 match packs.get(&r.pack) {
                     None => rep.problem(format!(
-                        "the index says chunk {} is in pack {}, which is missing or unreadable",
+                        "the index says chunk {} is in pack {}, which is missing or unreadable; `snarf repair index {}` rebuilds the index from the packs there are",
                         r.id.short(),
-                        r.pack
+                        r.pack,
+                        repo.path().display()
                     )),
                     Some(p) => {
                         if !p.find(r.offset).is_some_and(|e| agrees(e, &r)) {
                             rep.problem(format!(
-                                "the index entry of chunk {} disagrees with the trailer of pack {} at offset {}",
+                                "the index entry of chunk {} disagrees with the trailer of pack {} at offset {}; `snarf repair index {}` rebuilds the index from the packs",
                                 r.id.short(),
                                 r.pack,
-                                r.offset
+                                r.offset,
+                                repo.path().display()
                             ));
                         }
                     }
@@ -256,7 +270,6 @@ pub(crate) fn check(
     }
 
     // Backups.
-    let mut referenced: HashSet<PackId> = HashSet::new();
     let mut damage_used: HashSet<(PackId, u64)> = HashSet::new();
     let ids = repo.backup_ids()?;
     for (bi, id) in ids.iter().enumerate() {
@@ -266,19 +279,27 @@ pub(crate) fn check(
             total: ids.len() as u64,
         });
         let mpath = repo.manifest_path(id);
+        let whole = |what: String| Problem {
+            backup: Some(id.to_string()),
+            volume: None,
+            offset: None,
+            what,
+        };
         if !mpath.exists() {
             if busy {
                 continue;
             }
-            rep.problem(format!(
-                "backups/{id} has no manifest (an unfinished or half-deleted backup); the next finishing removes or completes it"
-            ));
+            rep.problems.push(whole(format!(
+                "backups/{id} has no manifest.json, so it is neither listed nor restorable; its tables keep the packs they use from gc; put its manifest back from a copy, or remove the folder to free them"
+            )));
             continue;
         }
-        let m = match read_manifest(repo.path(), &mpath) {
+        let m = match read_manifest(repo.path(), id) {
             Ok(m) => m,
             Err(e) => {
-                rep.problem(e.to_string());
+                rep.problems.push(whole(format!(
+                    "{e}; until then it is neither listed nor restorable, and gc keeps the packs its tables use"
+                )));
                 continue;
             }
         };
@@ -319,7 +340,6 @@ pub(crate) fn check(
                 if r.is_zero() {
                     return Ok(());
                 }
-                referenced.insert(r.pack);
                 match packs.get(&r.pack) {
                     None => {
                         found.push(at(off, format!("pack {} is missing or unreadable", r.pack)))
@@ -341,10 +361,13 @@ pub(crate) fn check(
                         }
                     }
                 }
-                if !indexed.contains(&r.id) {
+                if index_usable && !indexed.contains(&r.id) {
                     found.push(at(
                         off,
-                        format!("chunk {} is not in the index", r.id.short()),
+                        format!(
+                            "chunk {} is not in the index (`snarf repair index` adds every chunk of the packs there are)",
+                            r.id.short()
+                        ),
                     ));
                 }
                 Ok(())
@@ -365,12 +388,15 @@ pub(crate) fn check(
             ));
         }
     }
-    let pinned = finishing::pinned_packs(repo)?;
-    rep.unreferenced_packs = packs
-        .keys()
-        .filter(|p| !referenced.contains(p) && !pinned.contains(p))
-        .copied()
-        .collect();
-    rep.unreferenced_packs.sort();
+    // What the next gc would delete, by its own rules (damaged backups' tables included).
+    let refs = finishing::referenced_packs(repo, &[])?;
+    if refs.complete {
+        rep.unreferenced_packs = packs
+            .keys()
+            .filter(|p| !refs.packs.contains(p))
+            .copied()
+            .collect();
+        rep.unreferenced_packs.sort();
+    }
     Ok(rep)
 }

@@ -31,8 +31,9 @@ pub enum Error {
     /// A bad option or argument, with the rule it breaks.
     #[error("{0}")]
     BadArgument(String),
-    /// A metadata file (format file, manifest, finishing record) cannot be parsed.
-    #[error("{path} is damaged: {why}; run `snarf check {repo}` and restore the file from a copy if you have one")]
+    /// A file of the repository (format file, index run, manifest, table, finishing record)
+    /// cannot be parsed or holds something it must not (such as an unsafe name).
+    #[error("{path} is damaged: {why}; {}", fix.advice(repo))]
     Damaged {
         /// The repository.
         repo: PathBuf,
@@ -40,6 +41,20 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong.
         why: String,
+        /// What the administrator can do about it.
+        fix: Fix,
+    },
+    /// A pending finishing (or the recovery of an abandoned transfer) cannot be completed,
+    /// so nothing new can be written until it is; read-only commands still work.
+    #[error("repository {repo}: {what} cannot be completed: {source}\nuntil it is, nothing new can be written to the repository; read-only commands still work: `snarf backups {repo}`, `snarf restore {repo} ID DIR`, `snarf check {repo}`")]
+    FinishingStuck {
+        /// The repository.
+        repo: PathBuf,
+        /// What is pending, e.g. "the finishing of backup X at step 5 (gc)".
+        what: String,
+        /// Why it fails.
+        #[source]
+        source: Box<Error>,
     },
     /// Another live process holds the repository lock.
     #[error("repository {path} is locked by {holder}; wait for it to finish")]
@@ -159,6 +174,35 @@ impl Error {
             volume: volume.to_string(),
             offset,
             source: Box::new(self),
+        }
+    }
+}
+
+/// What to do about a damaged file: each kind of file has its own way back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fix {
+    /// The index and `repo.json` are rebuilt from the packs' own records.
+    RepairIndex,
+    /// A backup's manifest or table: `check` names what it affects; a copy restores it.
+    Check,
+    /// The finishing record or a committed backup's draft: only a copy brings it back.
+    Copy,
+}
+
+impl Fix {
+    /// The advice for a damaged file of repository `repo`.
+    pub fn advice(&self, repo: &std::path::Path) -> String {
+        let repo = repo.display();
+        match self {
+            Fix::RepairIndex => format!(
+                "run `snarf repair index {repo}`, which rebuilds it from the packs' own records"
+            ),
+            Fix::Check => format!(
+                "run `snarf check {repo}` to see which backups it affects, and restore the file from a copy if you have one"
+            ),
+            Fix::Copy => format!(
+                "restore the file from a copy if you have one; read-only commands (`snarf backups {repo}`, `snarf restore`, `snarf check {repo}`) still work"
+            ),
         }
     }
 }

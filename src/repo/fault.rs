@@ -2,6 +2,8 @@
 //! point, the process kills itself with SIGKILL the first time it reaches that point, so a
 //! test can stop a backup or prune at every step where a crash could leave a partial state
 //! and prove that the next open completes it. Only the repository code reads the variable.
+//! Tests of error paths can also make the I/O step after a point fail once on their own
+//! thread ([`fail_once_after`]), e.g. a folder fsync after a rename.
 
 use std::sync::OnceLock;
 
@@ -72,6 +74,49 @@ pub const POINTS: &[&str] = &[
     "adopt.tmp-removed",
 ];
 
+thread_local! {
+    /// A point after which the next I/O step fails, on this thread only (so tests running
+    /// side by side in one process do not disturb each other).
+    static FAIL_AFTER: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes the I/O step that follows point `name` (in `fsx`, the directory fsync after a
+/// rename) fail once with EIO on this thread: tests of what a failing disk leaves behind.
+pub fn fail_once_after(name: &'static str) {
+    debug_assert!(is_point(name), "fault point {name} is not a fault point");
+    FAIL_AFTER.with(|f| f.set(Some(name)));
+}
+
+/// The injected error armed by [`fail_once_after`] for `name` on this thread, disarming it.
+pub(crate) fn injected(name: Option<&'static str>) -> std::io::Result<()> {
+    let hit = FAIL_AFTER.with(|f| {
+        let hit = name.is_some() && f.get() == name;
+        if hit {
+            f.set(None);
+        }
+        hit
+    });
+    if hit {
+        return Err(std::io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok(())
+}
+
+/// True for a name in [`POINTS`] or [`REPAIR_POINTS`].
+fn is_point(name: &str) -> bool {
+    POINTS.contains(&name) || REPAIR_POINTS.contains(&name)
+}
+
+/// The points `snarf repair index` reaches, apart from a backup's and a prune's: each
+/// rebuilt index run written and renamed, the first old run removed, `repo.json` rebuilt.
+pub const REPAIR_POINTS: &[&str] = &[
+    "repair.run.written",
+    "repair.run.renamed",
+    "repair.old-removed",
+    "repair.config.written",
+    "repair.config.renamed",
+];
+
 /// The armed point, read once per process.
 fn armed() -> Option<&'static str> {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
@@ -82,10 +127,7 @@ fn armed() -> Option<&'static str> {
 
 /// Kills the process with SIGKILL if `name` is the armed point.
 pub fn point(name: &'static str) {
-    debug_assert!(
-        POINTS.contains(&name),
-        "fault point {name} is not in POINTS"
-    );
+    debug_assert!(is_point(name), "fault point {name} is not a fault point");
     if armed() == Some(name) {
         log::warn!("fault point {name} reached: killing this process");
         // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
@@ -143,10 +185,10 @@ mod tests {
 
     #[test]
     fn point_names_are_unique() {
-        let mut names: Vec<&str> = POINTS.to_vec();
+        let mut names: Vec<&str> = POINTS.iter().chain(REPAIR_POINTS).copied().collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), POINTS.len());
+        assert_eq!(names.len(), POINTS.len() + REPAIR_POINTS.len());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{Error, IoContext, Result};
+use super::error::{Error, Fix, IoContext, Result};
 use super::fault::{self, FilePoints};
 use super::fsx;
 use super::ids::{format_utc, now_secs, BackupId, PackId};
@@ -167,6 +167,20 @@ pub struct LastFinishing {
     pub packs_removed: u64,
     /// Bytes freed by deleting packs.
     pub freed_bytes: u64,
+    /// Damaged backups gc went around, each with what it kept for them.
+    #[serde(default)]
+    pub damaged: Vec<String>,
+}
+
+impl LastFinishing {
+    /// True when every backup it names is a valid id: it is printed one record per line.
+    fn is_sane(&self) -> bool {
+        let valid = |s: &String| BackupId::parse(s).is_some();
+        matches!(self.kind.as_str(), "backup" | "prune")
+            && self.backup.as_ref().is_none_or(valid)
+            && self.removed.iter().all(valid)
+            && self.damaged.iter().all(|d| !d.contains('\n'))
+    }
 }
 
 /// Finishing state of a repository.
@@ -216,17 +230,27 @@ impl FinishingStatus {
     }
 }
 
+/// Largest finishing record read: a real one is a few KiB even with thousands of doomed
+/// backups or new packs.
+const MAX_RECORD_BYTES: u64 = 64 << 20;
+
 fn read_record(repo: &Repo) -> Result<Option<Record>> {
     let path = repo.record_path();
-    match fsx::read_optional(&path)? {
+    let damaged = |why: String| Error::Damaged {
+        repo: repo.path().to_path_buf(),
+        path: path.clone(),
+        why,
+        fix: Fix::Copy,
+    };
+    match fsx::read_optional_capped(&path, MAX_RECORD_BYTES)? {
         None => Ok(None),
+        Some(d) if d.len() as u64 > MAX_RECORD_BYTES => Err(damaged(format!(
+            "it is larger than {MAX_RECORD_BYTES} bytes, which no finishing record is"
+        ))),
+        // Backup ids are validated as they are parsed; pack ids when they are used.
         Some(d) => serde_json::from_slice(&d)
             .map(Some)
-            .map_err(|e| Error::Damaged {
-                repo: repo.path().to_path_buf(),
-                path,
-                why: e.to_string(),
-            }),
+            .map_err(|e| damaged(e.to_string())),
     }
 }
 
@@ -239,6 +263,15 @@ fn write_record(repo: &Repo, rec: &Record, points: FilePoints) -> Result<()> {
 /// Writes the first record of a finishing: from here on, it is committed.
 pub(crate) fn begin(repo: &Repo, rec: &Record, points: FilePoints) -> Result<()> {
     write_record(repo, rec, points)
+}
+
+/// True when the finishing record on disk (readable or not) may name backup `id`: after a
+/// failed [`begin`], whether the record reached its place and the backup is committed.
+pub(crate) fn may_name_backup(repo: &Repo, id: &BackupId) -> bool {
+    match read_record(repo) {
+        Ok(rec) => rec.and_then(|r| r.backup).as_ref() == Some(id),
+        Err(_) => true,
+    }
 }
 
 /// The repository's finishing state.
@@ -254,8 +287,9 @@ pub fn status(repo: &Repo) -> Result<FinishingStatus> {
             holder: super::lock::current_holder(repo.path()),
         }),
         None => {
-            let last = fsx::read_optional(&repo.path().join(LAST_FILE))?
-                .and_then(|d| serde_json::from_slice(&d).ok());
+            let last = fsx::read_optional_capped(&repo.path().join(LAST_FILE), MAX_RECORD_BYTES)?
+                .and_then(|d| serde_json::from_slice::<LastFinishing>(&d).ok())
+                .filter(LastFinishing::is_sane);
             Ok(FinishingStatus::Idle(last))
         }
     }
@@ -326,9 +360,10 @@ pub(crate) fn run(repo: &Repo, _lock: &RepoLock, mut rec: Record) -> Result<Last
             Step::Gc => {
                 fault::point("finish.gc");
                 let forced = rec.kind == Kind::Prune;
-                let (n, bytes) = step_gc(repo, forced)?;
-                out.packs_removed = n;
-                out.freed_bytes = bytes;
+                let gc = step_gc(repo, forced)?;
+                out.packs_removed = gc.packs_removed;
+                out.freed_bytes = gc.freed_bytes;
+                out.damaged = gc.damaged;
                 advance(repo, &mut rec, Step::Done)?;
             }
             Step::Done => {
@@ -363,6 +398,7 @@ fn backup_of(repo: &Repo, rec: &Record) -> Result<BackupId> {
         repo: repo.path().to_path_buf(),
         path: repo.record_path(),
         why: "a backup finishing record names no backup".into(),
+        fix: Fix::Copy,
     })
 }
 
@@ -379,6 +415,7 @@ fn step_manifest(repo: &Repo, rec: &Record) -> Result<()> {
             repo: repo.path().to_path_buf(),
             path: draft_path.clone(),
             why: format!("backup {id} is committed but its draft manifest is gone"),
+            fix: Fix::Copy,
         })?;
         fsx::ensure_dir(&dest)?;
         fsx::remove_tmp_leftovers(&dest)?;
@@ -423,6 +460,7 @@ fn step_index(repo: &Repo, rec: &Record) -> Result<()> {
                 repo: repo.path().to_path_buf(),
                 path: repo.record_path(),
                 why: format!("\"{hex}\" is not a pack id"),
+                fix: Fix::Copy,
             })?;
             refs.extend(read_pack_refs(repo, &pid)?);
         }
@@ -435,8 +473,11 @@ fn step_index(repo: &Repo, rec: &Record) -> Result<()> {
     }
     let idx = Index::open(&repo.index_dir())?;
     if idx.run_count() > MAX_RUNS {
+        // Entries of packs that are gone are dropped: kept, they would hide a chunk's
+        // entry in a pack that exists behind one that cannot be read.
+        let on_disk: HashSet<PackId> = packs_on_disk(repo)?.0.into_iter().map(|(p, _)| p).collect();
         idx.rewrite(
-            |_| true,
+            |r| on_disk.contains(&r.pack),
             FilePoints::pair("compact.written", "compact.renamed"),
             "compact.removed",
         )?;
@@ -546,42 +587,123 @@ pub(crate) fn pinned_packs(repo: &Repo) -> Result<HashSet<PackId>> {
     };
     for entry in entries {
         let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
             continue;
         }
-        let text = std::fs::read_to_string(entry.path())
-            .ctx(|| format!("reading {}", entry.path().display()))?;
-        packs.extend(text.lines().filter_map(PackId::parse));
+        // Only pins `Repo::pin` can have written: a FIFO or a link to a device here must
+        // not hang or flood gc.
+        let regular = entry.file_type().is_ok_and(|t| t.is_file());
+        if !regular || crate::store::validate_name("pin", &name).is_err() {
+            log::warn!(
+                "{}: ignoring {}, which is not a pin snarf wrote",
+                repo.path().display(),
+                entry.path().display()
+            );
+            continue;
+        }
+        let data = fsx::read_optional_capped(&entry.path(), MAX_RECORD_BYTES)?.unwrap_or_default();
+        packs.extend(
+            String::from_utf8_lossy(&data)
+                .lines()
+                .filter_map(PackId::parse),
+        );
     }
     Ok(packs)
 }
 
-/// The packs every committed backup references, plus pinned packs (about 16 bytes of memory
-/// per pack).
-pub(crate) fn referenced_packs(repo: &Repo) -> Result<HashSet<PackId>> {
-    let mut packs = pinned_packs(repo)?;
+/// What gc may rely on: the packs some backup's tables reference, plus pinned packs.
+pub(crate) struct References {
+    /// Referenced packs (about 16 bytes of memory per pack).
+    pub packs: HashSet<PackId>,
+    /// False when some table could not be read: then no pack is provably unreferenced.
+    pub complete: bool,
+    /// Damaged backups, each with what was done about it.
+    pub damaged: Vec<String>,
+}
+
+/// The packs referenced by every backup folder's tables, plus pinned packs. The tables are
+/// read directly, not through the manifest, so a backup whose manifest is damaged or
+/// missing keeps its packs (restoring the manifest from a copy brings it back); a table
+/// that cannot be read makes the set incomplete, and gc then deletes nothing.
+pub(crate) fn referenced_packs(repo: &Repo, skip: &[BackupId]) -> Result<References> {
+    let mut refs = References {
+        packs: pinned_packs(repo)?,
+        complete: true,
+        damaged: Vec::new(),
+    };
     for id in repo.backup_ids()? {
-        let mpath = repo.manifest_path(&id);
-        if !mpath.exists() {
+        if skip.contains(&id) {
             continue;
         }
-        let m = read_manifest(repo.path(), &mpath)?;
-        for v in &m.volumes {
-            let table = Table::open(
-                repo.path(),
-                &repo.backups_dir().join(id.as_str()).join(&v.table),
-            )?;
-            table.for_each(|_, r| {
-                if let Some(r) = r {
-                    if !r.is_zero() {
-                        packs.insert(r.pack);
+        let dir = repo.backups_dir().join(id.as_str());
+        let manifest = if repo.manifest_path(&id).exists() {
+            read_manifest(repo.path(), &id).map(Some)
+        } else {
+            Ok(None)
+        };
+        let mut tables = table_files(&dir)?;
+        let mut trouble = Vec::new();
+        match &manifest {
+            Ok(Some(m)) => {
+                for v in &m.volumes {
+                    if !tables.contains(&v.table) {
+                        tables.push(v.table.clone());
                     }
                 }
-                Ok(())
-            })?;
+            }
+            Ok(None) => trouble.push("it has no manifest".to_string()),
+            Err(e) => trouble.push(format!("its manifest is damaged ({e})")),
+        }
+        let mut unreadable = Vec::new();
+        for t in &tables {
+            let path = dir.join(t);
+            let read = Table::open(repo.path(), &path).and_then(|table| {
+                table.for_each(|_, r| {
+                    if let Some(r) = r.filter(|r| !r.is_zero()) {
+                        refs.packs.insert(r.pack);
+                    }
+                    Ok(())
+                })
+            });
+            match read {
+                Ok(()) => {}
+                // A table a valid manifest lists but that is gone references nothing.
+                Err(Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && !path.exists() => {}
+                Err(e) => unreadable.push(format!("table {t} cannot be read ({e})")),
+            }
+        }
+        if !unreadable.is_empty() {
+            refs.complete = false;
+            trouble.extend(unreadable);
+            refs.damaged.push(format!(
+                "backup {id}: {}; gc deletes no pack until it is repaired, since any pack may be one it uses",
+                trouble.join("; ")
+            ));
+        } else if !trouble.is_empty() {
+            refs.damaged.push(format!(
+                "backup {id}: {}; its {} table(s) were read directly and the packs they use are kept",
+                trouble.join("; "),
+                tables.len()
+            ));
         }
     }
-    Ok(packs)
+    Ok(refs)
+}
+
+/// Table files in a backup folder (regular files named as snarf names tables).
+fn table_files(dir: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
+        let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if super::manifest::is_table_name(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Sealed packs with their sizes, and paths of torn `.part` files.
@@ -600,64 +722,105 @@ pub(crate) fn packs_on_disk(repo: &Repo) -> Result<PacksOnDisk> {
                 let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
                 sealed.push((id, len));
             }
-        } else if name.ends_with(".part") {
+        } else if name.strip_suffix(".part").and_then(PackId::parse).is_some() {
             torn.push(entry.path());
         }
     }
     Ok((sealed, torn))
 }
 
-/// Step 5: delete packs no committed backup references, after rewriting the index without
-/// them (so the index never points at a deleted pack). Redoing recomputes the same set.
-fn step_gc(repo: &Repo, forced: bool) -> Result<(u64, u64)> {
+/// What gc did.
+struct GcOutcome {
+    packs_removed: u64,
+    freed_bytes: u64,
+    damaged: Vec<String>,
+}
+
+/// Step 5: delete packs no backup references, after rewriting the index without them (so
+/// the index never points at a deleted pack). Redoing recomputes the same set. Damaged
+/// backups are reported by name and gone around: their packs are kept (all packs, if one of
+/// their tables cannot be read), and the marker stays so a later gc frees what they held
+/// once they are repaired or removed.
+fn step_gc(repo: &Repo, forced: bool) -> Result<GcOutcome> {
     let marker = repo.path().join(GC_MARKER);
+    let mut out = GcOutcome {
+        packs_removed: 0,
+        freed_bytes: 0,
+        damaged: Vec::new(),
+    };
     if !forced && !marker.exists() {
-        return Ok((0, 0));
+        return Ok(out);
     }
-    let referenced = referenced_packs(repo)?;
+    let refs = referenced_packs(repo, &[])?;
+    for d in &refs.damaged {
+        log::warn!("{}: gc: {d}", repo.path().display());
+    }
+    out.damaged = refs.damaged;
     let (sealed, torn) = packs_on_disk(repo)?;
-    let doomed: Vec<(PackId, u64)> = sealed
-        .into_iter()
-        .filter(|(id, _)| !referenced.contains(id))
-        .collect();
+    let doomed: Vec<(PackId, u64)> = if refs.complete {
+        sealed
+            .into_iter()
+            .filter(|(id, _)| !refs.packs.contains(id))
+            .collect()
+    } else {
+        Vec::new()
+    };
     if !doomed.is_empty() {
         Index::open(&repo.index_dir())?.rewrite(
-            |r| referenced.contains(&r.pack),
+            |r| refs.packs.contains(&r.pack),
             FilePoints::pair("gc.index.written", "gc.index.renamed"),
             "gc.index.removed",
         )?;
     }
-    let mut freed = 0;
     for (i, (id, len)) in doomed.iter().enumerate() {
         if fsx::remove_if_exists(&repo.pack_path(id))? {
-            freed += len;
+            out.freed_bytes += len;
         }
         if i == 0 {
             fault::point("gc.pack-removed");
         }
     }
+    out.packs_removed = doomed.len() as u64;
     // No writer runs while the lock is held, so a .part file is a torn leftover.
     for p in &torn {
         fsx::remove_if_exists(p)?;
     }
     fsx::sync_dir(&repo.packs_dir())?;
-    if fsx::remove_if_exists(&marker)? {
+    if refs.complete && fsx::remove_if_exists(&marker)? {
         fsx::sync_dir(repo.path())?;
+    } else if !refs.complete && !marker.exists() {
+        fsx::write_atomic(&marker, b"", FilePoints::NONE)?;
     }
-    Ok((doomed.len() as u64, freed))
+    Ok(out)
+}
+
+/// The transfer folders in `tmp/`: real folders named by a valid backup id. Anything else
+/// there is not snarf's, is left alone and does not count as work for recovery: its name
+/// must not become an index file name or lead recovery's reads and deletions elsewhere.
+pub(crate) fn transfer_dirs(repo: &Repo) -> Result<Vec<BackupId>> {
+    let tmp = repo.tmp_dir();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&tmp).ctx(|| format!("listing {}", tmp.display()))? {
+        let entry = entry.ctx(|| format!("listing {}", tmp.display()))?;
+        let name = entry.file_name();
+        let id = BackupId::parse(&name.to_string_lossy());
+        match id {
+            Some(id) if entry.file_type().is_ok_and(|t| t.is_dir()) => out.push(id),
+            _ => log::warn!(
+                "{}: ignoring {}, which is not a backup transfer folder",
+                repo.path().display(),
+                entry.path().display()
+            ),
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Recovers every abandoned transfer in `tmp/` (the caller holds the lock, so none is live).
 fn recover_transfers(repo: &Repo) -> Result<()> {
-    let tmp = repo.tmp_dir();
-    let pending = read_record(repo)?.and_then(|r| r.backup);
-    for entry in std::fs::read_dir(&tmp).ctx(|| format!("listing {}", tmp.display()))? {
-        let entry = entry.ctx(|| format!("listing {}", tmp.display()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if pending.as_ref().map(|p| p.as_str()) == Some(name.as_str()) {
-            continue;
-        }
-        recover_transfer(repo, &entry.path())?;
+    for id in transfer_dirs(repo)? {
+        recover_transfer(repo, &id)?;
     }
     for dir in [
         repo.path().to_path_buf(),
@@ -677,23 +840,28 @@ fn recover_transfers(repo: &Repo) -> Result<()> {
     Ok(())
 }
 
-/// Adopts the sealed packs an abandoned transfer logged (an index run from their trailers),
-/// deletes its torn pack, and removes its folder. Safe to redo.
-pub(crate) fn recover_transfer(repo: &Repo, dir: &Path) -> Result<()> {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+/// Adopts the sealed packs abandoned transfer `id` logged (an index run from their
+/// trailers), deletes its torn pack, and removes its folder. Safe to redo. A transfer the
+/// finishing record names is committed, not abandoned, and is left for finishing: whatever
+/// failed after the record reached the disk (even its folder's fsync), its tables and draft
+/// are what finishing needs.
+pub(crate) fn recover_transfer(repo: &Repo, id: &BackupId) -> Result<()> {
+    // An unreadable record might name it: it is kept then too.
+    if may_name_backup(repo, id) {
+        return Ok(());
+    }
+    let name = id.as_str();
+    let dir = repo.tmp_dir().join(name);
     let log = fsx::read_optional(&dir.join(PACK_LOG))?.unwrap_or_default();
     let mut refs = Vec::new();
     // A torn last line is simply not a pack id.
-    for id in String::from_utf8_lossy(&log)
+    for pack_id in String::from_utf8_lossy(&log)
         .lines()
         .filter_map(PackId::parse)
     {
-        fsx::remove_if_exists(&repo.packs_dir().join(pack::part_name(&id)))?;
-        if repo.pack_path(&id).exists() {
-            match read_pack_refs(repo, &id) {
+        fsx::remove_if_exists(&repo.packs_dir().join(pack::part_name(&pack_id)))?;
+        if repo.pack_path(&pack_id).exists() {
+            match read_pack_refs(repo, &pack_id) {
                 Ok(r) => refs.extend(r),
                 // Left for gc: unreferenced packs are deleted there.
                 Err(e) => log::warn!("not adopting a pack of abandoned transfer {name}: {e}"),
@@ -714,7 +882,7 @@ pub(crate) fn recover_transfer(repo: &Repo, dir: &Path) -> Result<()> {
         log::info!("adopted the sealed packs of abandoned transfer {name}");
     }
     if dir.exists() {
-        std::fs::remove_dir_all(dir).ctx(|| format!("removing {}", dir.display()))?;
+        std::fs::remove_dir_all(&dir).ctx(|| format!("removing {}", dir.display()))?;
         fault::point("adopt.tmp-removed");
         fsx::sync_dir(&repo.tmp_dir())?;
     }

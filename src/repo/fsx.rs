@@ -129,7 +129,10 @@ impl AtomicFile {
         std::fs::rename(&tmp, &path)
             .ctx(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
         points.renamed();
-        sync_dir(path.parent().unwrap_or(Path::new(".")))
+        let dir = path.parent().unwrap_or(Path::new("."));
+        super::fault::injected(points.renamed)
+            .ctx(|| format!("syncing folder {}", dir.display()))?;
+        sync_dir(dir)
     }
 }
 
@@ -185,6 +188,20 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(super::Error::io(format!("reading {}", path.display()), e)),
     }
+}
+
+/// Reads a small file, `None` if it does not exist; at most `cap + 1` bytes, so a caller
+/// sees a file larger than `cap` (a hostile one, or a link to /dev/zero) without reading it.
+pub fn read_optional_capped(path: &Path, cap: u64) -> Result<Option<Vec<u8>>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(super::Error::io(format!("reading {}", path.display()), e)),
+    };
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, cap + 1), &mut data)
+        .ctx(|| format!("reading {}", path.display()))?;
+    Ok(Some(data))
 }
 
 /// Reads exactly `buf.len()` bytes at `offset`, failing on a short file.

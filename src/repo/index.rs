@@ -21,7 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::chunk::{ChunkRef, REF_LEN};
-use super::error::{Error, IoContext, Result};
+use super::error::{Error, Fix, IoContext, Result};
 use super::fault::{self, FilePoints};
 use super::fsx;
 use super::ids::ChunkId;
@@ -50,6 +50,7 @@ impl Run {
             repo: repo_of(path),
             path: path.to_path_buf(),
             why,
+            fix: Fix::RepairIndex,
         };
         let file = File::open(path).ctx(|| format!("opening index run {}", path.display()))?;
         let mut header = vec![0u8; HEADER_LEN as usize];
@@ -133,6 +134,7 @@ impl Run {
             path: self.path.clone(),
             reader,
             left: self.count,
+            last: None,
         })
     }
 }
@@ -142,6 +144,7 @@ pub struct RunIter {
     path: PathBuf,
     reader: BufReader<File>,
     left: u64,
+    last: Option<ChunkId>,
 }
 
 impl Iterator for RunIter {
@@ -158,11 +161,21 @@ impl Iterator for RunIter {
                 e,
             )));
         }
-        Some(ChunkRef::decode(&b).ok_or_else(|| Error::Damaged {
+        let damaged = |why: &str| Error::Damaged {
             repo: repo_of(&self.path),
             path: self.path.clone(),
-            why: "it holds a blank record".into(),
-        }))
+            why: why.into(),
+            fix: Fix::RepairIndex,
+        };
+        let Some(r) = ChunkRef::decode(&b) else {
+            return Some(Err(damaged("it holds a blank record")));
+        };
+        // Out of order records would make merges and lookups quietly wrong.
+        if self.last.is_some_and(|last| r.id < last) {
+            return Some(Err(damaged("its records are not sorted")));
+        }
+        self.last = Some(r.id);
+        Some(Ok(r))
     }
 }
 
@@ -275,7 +288,7 @@ impl Index {
         })
     }
 
-    /// Looks a chunk up in every run.
+    /// Looks a chunk up in every run; the first entry found.
     pub fn lookup(&self, id: &ChunkId) -> Result<Option<ChunkRef>> {
         for run in &self.runs {
             if let Some(r) = run.lookup(id)? {
@@ -283,6 +296,18 @@ impl Index {
             }
         }
         Ok(None)
+    }
+
+    /// Every entry of a chunk, one per run that has it, in run order: a caller that finds
+    /// one unusable (its pack gone) tries the next.
+    pub fn lookup_all(&self, id: &ChunkId) -> Result<Vec<ChunkRef>> {
+        let mut out = Vec::new();
+        for run in &self.runs {
+            if let Some(r) = run.lookup(id)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 
     /// Number of runs.
@@ -348,7 +373,12 @@ pub fn run_names(dir: &Path) -> Result<Vec<String>> {
     for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
         let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(SUFFIX) && !name.starts_with('.') {
+        // Only regular files: a FIFO or a folder named like a run must not hang or wedge
+        // every lookup.
+        if name.ends_with(SUFFIX)
+            && !name.starts_with('.')
+            && entry.file_type().is_ok_and(|t| t.is_file())
+        {
             names.push(name);
         }
     }

@@ -13,13 +13,14 @@
 //! ```
 
 use std::fs::{File, OpenOptions};
+use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::chunk::{ChunkRef, REF_LEN};
-use super::error::{Error, IoContext, Result};
+use super::error::{Error, Fix, IoContext, Result};
 use super::ids::BackupId;
 
 /// Magic at the start of a table.
@@ -119,14 +120,88 @@ pub fn table_name(n: usize) -> String {
     format!("v{n:04}.tbl")
 }
 
-/// Reads and parses a manifest.
-pub fn read_manifest(repo: &Path, path: &Path) -> Result<Manifest> {
-    let data = std::fs::read(path).ctx(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&data).map_err(|e| Error::Damaged {
+/// True for a table file name as [`table_name`] makes them: `v` and at least four digits,
+/// then `.tbl`. Nothing else read from a manifest or a backup folder is opened as a table.
+pub fn is_table_name(name: &str) -> bool {
+    name.strip_prefix('v')
+        .and_then(|r| r.strip_suffix(".tbl"))
+        .is_some_and(|digits| {
+            (4..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
+/// Largest manifest read: no snarf manifest comes near it, and a hostile one (or a link to
+/// /dev/zero) cannot make a reader allocate without end.
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+impl Manifest {
+    /// What a manifest read from disk must satisfy before any of its names becomes a path:
+    /// the id is its folder's; volume names follow the store's naming rules and are unique;
+    /// table names are ones snarf writes, each used once; every snarf size is non-zero; the
+    /// snapshot and host names hold no control characters (they are printed one per line).
+    pub fn validate(&self, folder: &BackupId) -> std::result::Result<(), String> {
+        if &self.id != folder {
+            return Err(format!(
+                "it names backup {}, but it is the manifest of backup {folder}",
+                self.id
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut tables = std::collections::HashSet::new();
+        for v in &self.volumes {
+            crate::store::validate_name("volume", &v.name).map_err(|e| e.to_string())?;
+            if !names.insert(v.name.as_str()) {
+                return Err(format!("it lists volume \"{}\" twice", v.name));
+            }
+            if !is_table_name(&v.table) || !tables.insert(v.table.as_str()) {
+                return Err(format!(
+                    "volume \"{}\" names the table \"{}\", which is not a table name snarf writes (vNNNN.tbl, each once)",
+                    v.name,
+                    v.table.escape_debug()
+                ));
+            }
+            if v.snarf_size == 0 {
+                return Err(format!("volume \"{}\" has a snarf size of 0", v.name));
+            }
+        }
+        for (what, text) in [("snapshot", &self.snapshot), ("host", &self.host)] {
+            if text.chars().any(char::is_control) {
+                return Err(format!(
+                    "its {what} name \"{}\" holds control characters",
+                    text.escape_debug()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Path of backup `id`'s manifest in repository `repo`.
+pub fn manifest_path(repo: &Path, id: &BackupId) -> PathBuf {
+    repo.join("backups").join(id.as_str()).join("manifest.json")
+}
+
+/// Reads, parses and validates the manifest of backup `id` (see [`Manifest::validate`]).
+pub fn read_manifest(repo: &Path, id: &BackupId) -> Result<Manifest> {
+    let path = manifest_path(repo, id);
+    let damaged = |why: String| Error::Damaged {
         repo: repo.to_path_buf(),
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    })
+        path: path.clone(),
+        why,
+        fix: Fix::Check,
+    };
+    let mut data = Vec::new();
+    File::open(&path)
+        .and_then(|f| std::io::Read::read_to_end(&mut f.take(MAX_MANIFEST_BYTES + 1), &mut data))
+        .ctx(|| format!("reading {}", path.display()))?;
+    if data.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(damaged(format!(
+            "it is larger than {MAX_MANIFEST_BYTES} bytes, which no snarf manifest is"
+        )));
+    }
+    let m: Manifest = serde_json::from_slice(&data).map_err(|e| damaged(e.to_string()))?;
+    m.validate(id).map_err(damaged)?;
+    Ok(m)
 }
 
 /// A volume's chunk table file.
@@ -171,6 +246,7 @@ impl Table {
             repo: repo.to_path_buf(),
             path: path.to_path_buf(),
             why,
+            fix: Fix::Check,
         };
         let file = File::open(path).ctx(|| format!("opening {}", path.display()))?;
         let mut header = [0u8; HEADER_LEN as usize];
@@ -191,7 +267,11 @@ impl Table {
             .metadata()
             .ctx(|| format!("reading {}", path.display()))?
             .len();
-        if len != HEADER_LEN + count * REF_LEN as u64 {
+        // Checked: the header is read from disk and may claim an absurd size.
+        let need = count
+            .checked_mul(REF_LEN as u64)
+            .and_then(|n| n.checked_add(HEADER_LEN));
+        if need != Some(len) {
             return Err(damaged(format!(
                 "it is {len} bytes long, but a volume of {size} bytes needs {count} records"
             )));

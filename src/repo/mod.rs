@@ -4,8 +4,8 @@
 //! # On-disk format (version 1)
 //!
 //! ```text
-//! repo.json              format version, compression level, pack target size
-//! lock                   flock target naming the writer holding it (see `lock`)
+//! repo.json              format version, compression level, pack target size (see `config`)
+//! lock                   flock target: a held flock is the lock; its text names the holder
 //! packs/<id>.pack        sealed packs: chunks + trailer listing them (see `pack`)
 //! packs/<id>.part        a pack being written; torn if no writer holds the lock
 //! index/*.idx            sorted runs of chunk id -> (pack, offset, lengths) (see `index`)
@@ -39,7 +39,20 @@
 //! manifest), 2 index (write the backup's index run, merge runs), 3 current, 4 retention
 //! (choose doomed backups once, record the choice, delete them), 5 gc (delete packs no
 //! committed backup references, after rewriting the index without them), 6 done (record
-//! what happened, remove the record). Every open completes a pending finishing first.
+//! what happened, remove the record). Every open completes a pending finishing first; one
+//! that cannot be completed leaves reading working and refuses writers, naming why
+//! ([`Error::FinishingStuck`]).
+//!
+//! # Damage
+//!
+//! Every name read from disk is validated before it becomes a path: backup, pack and
+//! transfer folder names must be ids snarf makes (and real folders or files, not links or
+//! FIFOs), a manifest's volume names follow the store's naming rules and its table names are
+//! `vNNNN.tbl`. Whatever breaks a rule is damage, reported by `check` with the backup it
+//! concerns. Gc reads every backup folder's tables directly, so a backup whose manifest is
+//! damaged keeps its packs; if a table cannot be read, gc deletes nothing. Deduplication
+//! trusts an index entry only once its pack's trailer confirms it (see `known`). The index
+//! is derived data: `repair` rebuilds it, and a damaged `repo.json`, from the packs.
 //!
 //! # Memory
 //!
@@ -54,51 +67,50 @@
 //!
 //! Writers (backup, prune, finishing, recovery) hold the lock; readers take none and only
 //! ever see committed backups (a backup is listed once its manifest exists). Setting
-//! `SNARF_FAULT_POINT` to a name in [`fault::POINTS`] makes the process SIGKILL itself there,
-//! so tests crash it at every step; whatever was committed is completed by the next open.
+//! `SNARF_FAULT_POINT` to a name in [`fault::POINTS`] (or [`fault::REPAIR_POINTS`]) makes
+//! the process SIGKILL itself there, so tests crash it at every step; whatever was committed
+//! is completed by the next open.
 
 pub mod check;
 pub mod chunk;
+pub mod config;
 pub mod error;
 pub mod fault;
 mod finishing;
 pub mod fsx;
 pub mod ids;
 pub mod index;
+mod known;
 pub mod lock;
 pub mod manifest;
 pub mod pack;
 pub mod prune;
 pub mod reader;
+pub mod repair;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use parking_lot::Mutex;
 
 pub use check::{CheckProgress, CheckReport, Problem};
 pub use chunk::ChunkRef;
-pub use error::{Error, Result};
+pub use config::{Config, DEFAULT_COMPRESSION, DEFAULT_PACK_TARGET, FORMAT_VERSION};
+pub use error::{Error, Fix, Result};
 pub use finishing::{FinishingStatus, LastFinishing};
 pub use ids::{BackupId, ChunkId, PackId};
 pub use lock::{Holder, RepoLock};
 pub use manifest::{BackupStats, Manifest, VolumeEntry};
 pub use prune::{Decision, Policy, PruneReport};
 pub use reader::{RestoreProgress, RestoreSummary, VolumeReader};
+pub use repair::{RepairProgress, RepairReport};
 pub use writer::{
     BackupWriter, Durable, DurableSink, NewBackup, PreparedChunk, Preparer, VolumeSlot,
 };
 
 use error::IoContext;
-
-/// Format version this build reads and writes.
-pub const FORMAT_VERSION: u64 = 1;
-/// Default zstd level.
-pub const DEFAULT_COMPRESSION: i32 = 3;
-/// Default pack size at which a pack is sealed.
-pub const DEFAULT_PACK_TARGET: u64 = 32 << 20;
 
 /// Options of a new repository.
 #[derive(Debug, Clone)]
@@ -118,19 +130,6 @@ impl Default for RepoInitOptions {
     }
 }
 
-/// The contents of `repo.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Config {
-    /// Format version.
-    pub format: u64,
-    /// zstd level for new chunks.
-    pub compression: i32,
-    /// Pack size at which a pack is sealed.
-    pub pack_target: u64,
-    /// Creation time, Unix seconds.
-    pub created: u64,
-}
-
 /// An open repository; cheap to clone and safe to share between threads.
 #[derive(Clone)]
 pub struct Repo {
@@ -140,6 +139,8 @@ pub struct Repo {
 struct Inner {
     path: PathBuf,
     config: Config,
+    /// Why the last attempt to complete a pending finishing failed, if it did.
+    stuck: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Repo {
@@ -148,24 +149,10 @@ impl std::fmt::Debug for Repo {
     }
 }
 
-/// The format file.
-const CONFIG_FILE: &str = "repo.json";
-
 impl Repo {
     /// Creates a new repository in an empty or missing directory.
     pub fn init(path: &Path, opts: &RepoInitOptions) -> Result<Repo> {
-        if !(1..=19).contains(&opts.compression) {
-            return Err(Error::BadArgument(format!(
-                "compression level {} is not allowed: use 1 (fastest) to 19 (smallest), default {DEFAULT_COMPRESSION}",
-                opts.compression
-            )));
-        }
-        if opts.pack_target < 4096 || opts.pack_target > 1 << 32 {
-            return Err(Error::BadArgument(format!(
-                "pack size {} is not allowed: use 4 KiB to 4 GiB (default 32 MiB)",
-                opts.pack_target
-            )));
-        }
+        config::check_settings(opts.compression, opts.pack_target).map_err(Error::BadArgument)?;
         if path.exists() {
             let mut entries =
                 std::fs::read_dir(path).ctx(|| format!("listing {}", path.display()))?;
@@ -177,7 +164,7 @@ impl Repo {
         } else {
             std::fs::create_dir_all(path).ctx(|| format!("creating {}", path.display()))?;
         }
-        for sub in ["packs", "index", "backups", "tmp"] {
+        for sub in config::FOLDERS {
             fsx::ensure_dir(&path.join(sub))?;
         }
         let config = Config {
@@ -186,55 +173,29 @@ impl Repo {
             pack_target: opts.pack_target,
             created: ids::now_secs(),
         };
-        let json =
-            serde_json::to_vec_pretty(&config).map_err(|e| Error::BadArgument(e.to_string()))?;
         // The format file is written last: a directory without it is not a repository.
-        fsx::write_atomic(&path.join(CONFIG_FILE), &json, fault::FilePoints::NONE)?;
+        config::write(path, &config, fault::FilePoints::NONE)?;
         Repo::open(path)
     }
 
     /// Opens a repository, completing a pending finishing and recovering abandoned transfers
-    /// if no live process is already doing so.
+    /// if no live process is already doing so. A finishing that cannot be completed does
+    /// not make the open fail: readers go on with the committed backups, writers are refused
+    /// with the reason ([`Error::FinishingStuck`]), and [`Repo::stuck`] tells why.
     pub fn open(path: &Path) -> Result<Repo> {
         let repo = Repo::open_quiet(path)?;
-        repo.settle()?;
+        repo.settle_for_reading();
         Ok(repo)
     }
 
     /// Opens without completing anything (for status displays).
     pub fn open_quiet(path: &Path) -> Result<Repo> {
-        let cfg_path = path.join(CONFIG_FILE);
-        let data = match fsx::read_optional(&cfg_path)? {
-            Some(d) => d,
-            None => {
-                return Err(Error::NotARepo {
-                    path: path.to_path_buf(),
-                })
-            }
-        };
-        let value: serde_json::Value =
-            serde_json::from_slice(&data).map_err(|e| Error::Damaged {
-                repo: path.to_path_buf(),
-                path: cfg_path.clone(),
-                why: e.to_string(),
-            })?;
-        let found = value.get("format").and_then(|v| v.as_u64()).unwrap_or(0);
-        if found != FORMAT_VERSION {
-            return Err(Error::UnknownFormat {
-                path: path.to_path_buf(),
-                found,
-                supported: FORMAT_VERSION,
-            });
-        }
-        let config: Config = serde_json::from_value(value).map_err(|e| Error::Damaged {
-            repo: path.to_path_buf(),
-            path: cfg_path,
-            why: e.to_string(),
-        })?;
+        let config = config::read(path)?;
         Ok(Repo {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 config,
+                stuck: Mutex::new(None),
             }),
         })
     }
@@ -242,8 +203,32 @@ impl Repo {
     /// Completes a pending finishing and recovers abandoned transfers if the lock is free (a
     /// live lock holder is doing it already). `open` calls it; a long-lived process such as
     /// the mount daemon calls it again before listing backups, in case a job died since.
+    /// Like `open`, it never fails because finishing cannot complete: that is logged and
+    /// kept for [`Repo::stuck`], and reading goes on.
     pub fn complete_pending(&self) -> Result<()> {
-        self.settle()
+        self.settle_for_reading();
+        Ok(())
+    }
+
+    /// Why the last attempt to complete a pending finishing failed, if it did.
+    pub fn stuck(&self) -> Option<String> {
+        self.inner.stuck.lock().clone()
+    }
+
+    fn settle_for_reading(&self) {
+        let result = self.settle();
+        let mut stuck = self.inner.stuck.lock();
+        match result {
+            Ok(()) => *stuck = None,
+            Err(e) => {
+                let why = e.to_string();
+                // Said once per reason: the daemon retries at every listing of backups/.
+                if stuck.as_deref() != Some(why.as_str()) {
+                    log::warn!("{why}");
+                }
+                *stuck = Some(why);
+            }
+        }
     }
 
     fn settle(&self) -> Result<()> {
@@ -251,9 +236,35 @@ impl Repo {
             return Ok(());
         }
         match RepoLock::try_acquire(self.path(), "snarf (completing finishing)") {
-            Ok(lock) => finishing::settle(self, &lock).map(|_| ()),
+            Ok(lock) => self.settle_locked(&lock),
             Err(Error::Locked { .. }) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Completes what is pending while holding the lock; a failure names what is stuck.
+    fn settle_locked(&self, lock: &RepoLock) -> Result<()> {
+        match finishing::settle(self, lock) {
+            Ok(_) => {
+                *self.inner.stuck.lock() = None;
+                Ok(())
+            }
+            Err(e) => {
+                let what = match finishing::status(self) {
+                    Ok(s @ FinishingStatus::Active { .. }) => {
+                        format!("the finishing of {}", s.describe())
+                    }
+                    Ok(FinishingStatus::Idle(_)) => {
+                        "the recovery of an abandoned backup transfer".to_string()
+                    }
+                    Err(_) => "the finishing named by an unreadable finishing record".to_string(),
+                };
+                Err(Error::FinishingStuck {
+                    repo: self.path().to_path_buf(),
+                    what,
+                    source: Box::new(e),
+                })
+            }
         }
     }
 
@@ -261,9 +272,7 @@ impl Repo {
         if self.record_path().exists() {
             return Ok(true);
         }
-        let tmp = self.tmp_dir();
-        let mut entries = std::fs::read_dir(&tmp).ctx(|| format!("listing {}", tmp.display()))?;
-        Ok(entries.next().is_some())
+        Ok(!finishing::transfer_dirs(self)?.is_empty())
     }
 
     /// Takes the repository lock for `command`, waiting up to `wait` if given, then completes
@@ -273,14 +282,14 @@ impl Repo {
             Some(t) => RepoLock::acquire_wait(self.path(), command, t)?,
             None => RepoLock::try_acquire(self.path(), command)?,
         };
-        finishing::settle(self, &lock)?;
+        self.settle_locked(&lock)?;
         Ok(lock)
     }
 
     /// Whether the repository is still where it was opened (a moved or deleted directory,
     /// or an unmounted disk, makes every later write fail with "no such file").
     pub fn is_present(&self) -> bool {
-        self.path().join(CONFIG_FILE).is_file()
+        config::config_path(self.path()).is_file()
     }
 
     /// The repository directory.
@@ -322,7 +331,7 @@ impl Repo {
     }
 
     pub(crate) fn manifest_path(&self, id: &BackupId) -> PathBuf {
-        self.backups_dir().join(id.as_str()).join("manifest.json")
+        manifest::manifest_path(self.path(), id)
     }
 
     /// Every committed backup, oldest first. A backup appears only once its manifest is
@@ -334,7 +343,7 @@ impl Repo {
             if !path.exists() {
                 continue;
             }
-            match manifest::read_manifest(self.path(), &path) {
+            match manifest::read_manifest(self.path(), &id) {
                 Ok(m) => out.push(m),
                 Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => log::warn!("skipping backup {id}: {e}"),
@@ -343,14 +352,25 @@ impl Repo {
         Ok(out)
     }
 
-    /// Ids of the folders under `backups/`, sorted (committed or not).
+    /// Ids of the folders under `backups/`, sorted (committed or not). Only real folders
+    /// named by a valid id count: a symlink there must not lead reads, or a retention's
+    /// deletions, out of the repository.
     pub(crate) fn backup_ids(&self) -> Result<Vec<BackupId>> {
         let dir = self.backups_dir();
         let mut ids = Vec::new();
         for entry in std::fs::read_dir(&dir).ctx(|| format!("listing {}", dir.display()))? {
             let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
-            if let Some(id) = BackupId::parse(&entry.file_name().to_string_lossy()) {
+            let Some(id) = BackupId::parse(&entry.file_name().to_string_lossy()) else {
+                continue;
+            };
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 ids.push(id);
+            } else {
+                log::warn!(
+                    "{}: ignoring {}, which is not a folder",
+                    self.path().display(),
+                    entry.path().display()
+                );
             }
         }
         ids.sort();
@@ -368,7 +388,7 @@ impl Repo {
         if !path.exists() {
             return Err(missing());
         }
-        manifest::read_manifest(self.path(), &path)
+        manifest::read_manifest(self.path(), &bid)
     }
 
     /// The newest committed backup for which `pred` holds (e.g. "has volume vm1 from store
@@ -474,5 +494,7 @@ impl Repo {
     }
 }
 
+#[cfg(test)]
+mod damage_tests;
 #[cfg(test)]
 mod tests;

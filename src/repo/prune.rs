@@ -129,6 +129,8 @@ pub struct PruneReport {
     pub packs_removed: u64,
     /// Bytes freed (or that would be).
     pub freed_bytes: u64,
+    /// Damaged backups gc went around (never removed by retention), with what it kept.
+    pub damaged: Vec<String>,
 }
 
 /// Runs a prune (see the module documentation).
@@ -143,12 +145,13 @@ pub(crate) fn prune(repo: &Repo, policy: &Policy, dry_run: bool) -> Result<Prune
         .map(|d| d.id.clone())
         .collect();
     if dry_run {
-        let (packs_removed, freed_bytes) = would_free(repo, &doomed)?;
+        let (packs_removed, freed_bytes, damaged) = would_free(repo, &doomed)?;
         return Ok(PruneReport {
             decisions,
             dry_run,
             packs_removed,
             freed_bytes,
+            damaged,
         });
     }
     let record = Record::for_prune(*policy, doomed);
@@ -163,35 +166,27 @@ pub(crate) fn prune(repo: &Repo, policy: &Policy, dry_run: bool) -> Result<Prune
         dry_run,
         packs_removed: out.packs_removed,
         freed_bytes: out.freed_bytes,
+        damaged: out.damaged,
     })
 }
 
-/// Packs and bytes that deleting `doomed` would free (all unreferenced packs included).
-fn would_free(repo: &Repo, doomed: &[BackupId]) -> Result<(u64, u64)> {
-    let mut referenced = finishing::pinned_packs(repo)?;
-    for m in repo.list_backups()? {
-        if doomed.contains(&m.id) {
-            continue;
-        }
-        for v in &m.volumes {
-            let t = super::manifest::Table::open(
-                repo.path(),
-                &repo.backups_dir().join(m.id.as_str()).join(&v.table),
-            )?;
-            t.for_each(|_, r| {
-                if let Some(r) = r.filter(|r| !r.is_zero()) {
-                    referenced.insert(r.pack);
-                }
-                Ok(())
-            })?;
-        }
+/// Packs and bytes that deleting `doomed` would free (all unreferenced packs included), by
+/// gc's own rules, and the damaged backups gc would go around.
+fn would_free(repo: &Repo, doomed: &[BackupId]) -> Result<(u64, u64, Vec<String>)> {
+    let refs = finishing::referenced_packs(repo, doomed)?;
+    if !refs.complete {
+        return Ok((0, 0, refs.damaged));
     }
     let (sealed, _) = finishing::packs_on_disk(repo)?;
     let gone: Vec<_> = sealed
         .iter()
-        .filter(|(id, _)| !referenced.contains(id))
+        .filter(|(id, _)| !refs.packs.contains(id))
         .collect();
-    Ok((gone.len() as u64, gone.iter().map(|(_, l)| l).sum()))
+    Ok((
+        gone.len() as u64,
+        gone.iter().map(|(_, l)| l).sum(),
+        refs.damaged,
+    ))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::chunk::{self, ChunkRef};
-use super::error::{Error, IoContext, Result};
+use super::error::{Error, Fix, IoContext, Result};
 use super::ids::{ChunkId, PackId};
 use super::manifest::{Manifest, Table, VolumeEntry};
 use super::pack;
@@ -153,6 +153,7 @@ impl VolumeReader {
                     entry.size,
                     entry.snarf_size
                 ),
+                fix: Fix::Check,
             });
         }
         Ok(VolumeReader {
@@ -234,6 +235,7 @@ impl VolumeReader {
                 repo: self.repo.path().to_path_buf(),
                 path: self.table.path().to_path_buf(),
                 why: format!("it has no record for snarf {snarf}"),
+                fix: Fix::Check,
             },
         )
     }

@@ -16,7 +16,7 @@ use super::*;
 const SNARF: u32 = 64 << 10;
 
 /// A repository with small packs so tests seal many of them.
-fn small_repo() -> (tempfile::TempDir, Repo) {
+pub(crate) fn small_repo() -> (tempfile::TempDir, Repo) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("repo");
     let repo = Repo::init(
@@ -53,7 +53,7 @@ pub(crate) fn volume_data(seed: u64, size: usize) -> Vec<u8> {
 }
 
 /// Writes a backup of `vols` with snarfs in shuffled order, preparing on two threads.
-fn backup(repo: &Repo, vols: &[(&str, &[u8])], new: NewBackup, seed: u64) -> BackupId {
+pub(crate) fn backup(repo: &Repo, vols: &[(&str, &[u8])], new: NewBackup, seed: u64) -> BackupId {
     let w = repo.begin_backup(new).unwrap();
     let mut work = Vec::new();
     for (name, data) in vols {
@@ -81,7 +81,7 @@ fn backup(repo: &Repo, vols: &[(&str, &[u8])], new: NewBackup, seed: u64) -> Bac
     w.commit().unwrap()
 }
 
-fn restore_all(repo: &Repo, id: &BackupId) -> (tempfile::TempDir, RestoreSummary) {
+pub(crate) fn restore_all(repo: &Repo, id: &BackupId) -> (tempfile::TempDir, RestoreSummary) {
     let dest = tempfile::tempdir().unwrap();
     let s = repo
         .restore(id.as_str(), None, dest.path(), &mut |_| {})

@@ -27,6 +27,7 @@ use super::finishing::{self, Record};
 use super::fsx;
 use super::ids::{format_utc, now_secs, BackupId, ChunkId, PackId};
 use super::index::Index;
+use super::known::Known;
 use super::lock::{hostname, RepoLock};
 use super::manifest::{self, BackupStats, Manifest, Table, VolumeEntry, MANIFEST_FORMAT};
 use super::pack::PackWriter;
@@ -143,18 +144,20 @@ struct Fresh {
 
 /// State shared between the writer and its preparers.
 struct Shared {
-    index: Index,
+    known: Known,
     fresh: RwLock<HashMap<ChunkId, Fresh>>,
     level: i32,
 }
 
 impl Shared {
     /// Where the repository or this backup already has `id`, and whether that is durable.
+    /// An index entry counts only if its pack's trailer lists it (see `known`): a backup
+    /// never commits a chunk it cannot read back.
     fn locate(&self, id: &ChunkId) -> Result<Option<Fresh>> {
         if let Some(f) = self.fresh.read().get(id) {
             return Ok(Some(*f));
         }
-        Ok(self.index.lookup(id)?.map(|r| Fresh { r, sealed: true }))
+        Ok(self.known.lookup(id)?.map(|r| Fresh { r, sealed: true }))
     }
 }
 
@@ -384,7 +387,7 @@ impl BackupWriter {
             .ctx(|| format!("creating {}", log_path.display()))?;
         let index = Index::open(&repo.index_dir())?;
         let shared = Arc::new(Shared {
-            index,
+            known: Known::new(repo.clone(), index),
             fresh: RwLock::new(HashMap::new()),
             level: new.compression.unwrap_or(repo.config().compression),
         });
@@ -787,11 +790,25 @@ impl BackupWriter {
             FilePoints::pair("draft.written", "draft.renamed"),
         )?;
         let record = Record::for_backup(self.id.clone(), &new_packs, self.retention);
-        finishing::begin(
+        if let Err(e) = finishing::begin(
             &self.repo,
             &record,
             FilePoints::pair("record.manifest.written", "record.manifest.renamed"),
-        )?;
+        ) {
+            if !finishing::may_name_backup(&self.repo, &self.id) {
+                // The record never reached its place: dropping abandons the transfer.
+                return Err(e);
+            }
+            // Renamed into place, but its folder's fsync failed: the backup is committed
+            // if the record survives, and its transfer folder is what finishing needs, so
+            // it is kept (not abandoned) and the next open completes the finishing.
+            self.handed_over = true;
+            return Err(Error::FinishingStuck {
+                repo: self.repo.path().to_path_buf(),
+                what: format!("the finishing of backup {}", self.id),
+                source: Box::new(e),
+            });
+        }
         self.handed_over = true;
         let lock = self.lock.take();
         if let Some(lock) = &lock {
@@ -823,7 +840,7 @@ impl BackupWriter {
         if let Some(id) = part {
             fsx::remove_if_exists(&self.repo.packs_dir().join(super::pack::part_name(&id)))?;
         }
-        finishing::recover_transfer(&self.repo, &self.tmp)
+        finishing::recover_transfer(&self.repo, &self.id)
     }
 }
 
