@@ -166,6 +166,25 @@ fn a_damaged_index_is_rebuilt_by_repair_index_which_its_messages_name() {
     let m = repo.backup(again.as_str()).expect("manifest");
     assert_eq!(m.stats.new_chunks, 0, "{:?}", m.stats);
     assert_eq!(verify_all_backups(&repo), 3);
+
+    // A lost index folder is the same damage, with the same way back.
+    std::fs::remove_dir_all(r.join("index")).expect("rm index");
+    let err = repo
+        .begin_backup(snarf::repo::NewBackup::new("s", serde_json::Value::Null))
+        .err()
+        .expect("a backup without an index folder")
+        .to_string();
+    assert!(err.contains("snarf repair index"), "{err}");
+    let (code, out, _) = snarf(&["check", s(&r)]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("index folder is missing") && out.contains("snarf repair index"),
+        "{out}"
+    );
+    let (code, out, err) = snarf(&["repair", "index", s(&r)]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, _) = snarf(&["check", s(&r), "--read-data"]);
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]

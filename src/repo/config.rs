@@ -60,9 +60,10 @@ pub(crate) fn config_path(repo: &Path) -> PathBuf {
     repo.join(CONFIG_FILE)
 }
 
-/// True when `repo` holds a repository's folders (whatever its format file says).
+/// True when `repo` holds a repository's packs and backups folders (whatever its format
+/// file says): then it is a repository to repair, not a folder that never was one.
 pub(crate) fn has_layout(repo: &Path) -> bool {
-    FOLDERS
+    ["packs", "backups"]
         .iter()
         .all(|f| std::fs::symlink_metadata(repo.join(f)).is_ok_and(|m| m.file_type().is_dir()))
 }

@@ -370,7 +370,19 @@ fn repo_of(run: &Path) -> PathBuf {
 /// Names of run files in `dir`.
 pub fn run_names(dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Damaged {
+                repo: dir.parent().unwrap_or(dir).to_path_buf(),
+                path: dir.to_path_buf(),
+                why: "the index folder is missing".into(),
+                fix: Fix::RepairIndex,
+            })
+        }
+        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+    };
+    for entry in entries {
         let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         // Only regular files: a FIFO or a folder named like a run must not hang or wedge

@@ -138,6 +138,10 @@ fn rebuild(
     report: &mut RepairReport,
     progress: &mut dyn FnMut(&RepairProgress),
 ) -> Result<()> {
+    // A lost index (or transfer) folder is rebuilt like a damaged one.
+    for f in config::FOLDERS {
+        fsx::ensure_dir(&repo.path().join(f))?;
+    }
     let dir = repo.index_dir();
     let old = index::run_names(&dir)?;
     let (mut sealed, _) = finishing::packs_on_disk(repo)?;
