@@ -175,6 +175,7 @@ fn every_repository_command_has_help() {
         &["check"],
         &["prune"],
         &["finishing"],
+        &["repair", "index"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");
