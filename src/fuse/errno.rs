@@ -62,11 +62,14 @@ fn store_errno(e: &store::Error) -> i32 {
         }
         store::Error::BadName { .. } => libc::EINVAL,
         store::Error::Io { source, .. } => io_errno(source),
+        store::Error::TooLarge { .. } => libc::EFBIG,
+        store::Error::OutOfMemory { .. } => libc::ENOMEM,
         // These concern opening a store, which never happens through the mount; if one
         // does surface, the store itself is unusable.
         store::Error::NotAStore { .. }
         | store::Error::UnknownFormat { .. }
         | store::Error::BadSettings { .. }
+        | store::Error::BadState { .. }
         | store::Error::BadSnarfSize { .. }
         | store::Error::NotEmpty { .. } => libc::EIO,
         store::Error::Busy { .. } => libc::EBUSY,
@@ -95,6 +98,9 @@ impl From<snapshot::Error> for FsError {
             // Only reaches here when the repository could not serve the snarf either.
             snapshot::Error::StoredInBackup { .. } => libc::EIO,
             snapshot::Error::TooLarge { .. } => libc::EFBIG,
+            // The volume that stops it is too large to serve (or its bookkeeping does
+            // not fit in memory): the errno of that volume's own refusal.
+            snapshot::Error::Unserved { why, .. } => store_errno(why),
             snapshot::Error::Io { source, .. } => io_errno(source),
             snapshot::Error::Internal(_) => libc::EIO,
         };

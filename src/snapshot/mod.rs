@@ -40,6 +40,9 @@ mod concurrency_tests;
 #[cfg(test)]
 mod lifecycle_tests;
 
+#[cfg(test)]
+mod limits_tests;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -99,13 +102,23 @@ pub enum Error {
         /// The snarf index.
         snarf: u64,
     },
-    /// A request past what a volume can address.
-    #[error("offset {offset} plus length {len} is past the largest volume size snarf supports")]
+    /// A write reaching past the largest size a volume may have.
+    #[error("a write of {len} bytes at offset {offset} would make the volume larger than the {max} bytes this store serves")]
     TooLarge {
         /// Start of the request.
         offset: u64,
         /// Its length.
         len: u64,
+        /// The largest volume size served.
+        max: u64,
+    },
+    /// A snapshot cannot hold a volume the engine does not serve.
+    #[error("no snapshot can be taken while volume \"{volume}\" is not served ({why}); truncate it to a size that is served, or delete it")]
+    Unserved {
+        /// The volume.
+        volume: String,
+        /// Why it is not served.
+        why: store::Error,
     },
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
@@ -132,9 +145,6 @@ impl Error {
 
 /// Result of the snapshot layer.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Largest volume size: offsets must fit an `off_t`.
-pub const MAX_VOLUME_SIZE: u64 = i64::MAX as u64;
 
 /// Tuning of the engine; the budgets come from the store's settings unless overridden.
 #[derive(Debug, Clone)]
@@ -330,12 +340,6 @@ impl Engine {
 
     /// Creates an empty volume of `size` bytes.
     pub fn create_volume(&self, name: &str, size: u64) -> Result<Arc<Volume>> {
-        if size > MAX_VOLUME_SIZE {
-            return Err(Error::TooLarge {
-                offset: 0,
-                len: size,
-            });
-        }
         let gate = self.gate.read();
         Ok(self.store.create_volume(name, size, *gate)?)
     }
@@ -380,12 +384,14 @@ impl Engine {
         if data.is_empty() {
             return Ok(());
         }
+        let max = vol.max_size();
         let end = offset
             .checked_add(data.len() as u64)
-            .filter(|&e| e <= MAX_VOLUME_SIZE)
+            .filter(|&e| e <= max)
             .ok_or(Error::TooLarge {
                 offset,
                 len: data.len() as u64,
+                max,
             })?;
         let mut waited = Duration::ZERO;
         let spilled_before = self.cache.stats().disk_used;
@@ -394,6 +400,9 @@ impl Engine {
             let epoch = *gate;
             {
                 let st = vol.read_state();
+                if let Some(why) = vol.unserved_in(&st) {
+                    return Err(why.into());
+                }
                 let from = offset.min(st.size());
                 if self.preserve(vol, &st, from, end, epoch)? == Step::NeedRoom {
                     drop(st);
@@ -434,11 +443,12 @@ impl Engine {
     /// Sets a volume's size (truncate). Growing fills with zeros; shrinking keeps whatever
     /// a snapshot still needs on disk until it is released.
     pub fn resize(&self, vol: &Volume, new_size: u64) -> Result<()> {
-        if new_size > MAX_VOLUME_SIZE {
-            return Err(Error::TooLarge {
-                offset: 0,
-                len: new_size,
-            });
+        if new_size > vol.max_size() {
+            return Err(store::Error::TooLarge {
+                size: new_size,
+                max: vol.max_size(),
+            }
+            .into());
         }
         let mut waited = Duration::ZERO;
         loop {
@@ -799,9 +809,16 @@ impl Engine {
         }
         let mut gate = self.gate.write();
         let epoch = *gate;
-        let volumes = self
-            .store
-            .volumes()
+        let all = self.store.volumes();
+        for (vname, volume) in &all {
+            if let Some(why) = volume.unserved() {
+                return Err(Error::Unserved {
+                    volume: vname.clone(),
+                    why,
+                });
+            }
+        }
+        let volumes = all
             .into_iter()
             .map(|(vname, volume)| {
                 let attr = volume.attr();

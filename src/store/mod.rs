@@ -29,6 +29,7 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -104,6 +105,30 @@ pub enum Error {
     NotEmpty {
         /// The directory.
         path: PathBuf,
+    },
+    /// A volume size past what the engine serves.
+    #[error("a volume of {size} bytes is larger than the {max} bytes this store serves (its stamps would not fit in memory); use a smaller size, or a store with larger snarfs")]
+    TooLarge {
+        /// The size asked for or found.
+        size: u64,
+        /// The largest size served.
+        max: u64,
+    },
+    /// Memory for bookkeeping sized by a volume could not be had.
+    #[error("not enough memory for {what} ({bytes} bytes); free memory or use a smaller volume")]
+    OutOfMemory {
+        /// What the memory was for.
+        what: String,
+        /// How much was asked for.
+        bytes: u64,
+    },
+    /// The store's own state file holds values no store can have.
+    #[error("the store state file {path} is damaged: {why}; restore it from a copy, or move it aside (the volumes are adopted again and their next backups read them in full)")]
+    BadState {
+        /// Path of the state file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
     },
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
@@ -193,14 +218,18 @@ pub struct Store {
     session: u64,
     /// Whether the previous session ended without a clean close.
     recovered_unclean: bool,
-    /// Volumes whose backing file changed while the store was closed (tracking restarted).
-    touched: std::collections::BTreeSet<VolumeId>,
+    /// Volumes whose tracking restarted at this open, with why (file changed while the
+    /// store was closed, damaged stamps).
+    lost: BTreeMap<VolumeId, String>,
     volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
     meta: Mutex<StoreMeta>,
     closed: std::sync::atomic::AtomicBool,
 }
 
 const META_FILE: &str = "state/store.json";
+/// Sessions are numbered below this, so `session << 32` and every epoch of the session
+/// fit a u64 and grow with the session.
+const MAX_SESSION: u64 = (1 << 32) - 2;
 const OPEN_MARKER: &str = "run/open";
 const LOCK_FILE: &str = "run/store.lock";
 
@@ -233,7 +262,7 @@ impl Store {
         set_mode(&root.join("run"), 0o700)?;
         set_mode(&root.join("spill"), 0o700)?;
         let meta = StoreMeta {
-            store_id: format!("{:016x}{:016x}", random_u64(), random_u64()),
+            store_id: new_store_id(),
             ..StoreMeta::default()
         };
         save_meta(root, &meta)?;
@@ -251,10 +280,20 @@ impl Store {
         let mut meta = load_meta(root)?;
         let marker = root.join(OPEN_MARKER);
         let recovered_unclean = marker.exists();
+        if meta.session >= MAX_SESSION {
+            return Err(Error::BadState {
+                path: root.join(META_FILE),
+                why: format!(
+                    "its session counter {} is past the largest a store can reach ({MAX_SESSION})",
+                    meta.session
+                ),
+            });
+        }
         meta.session += 1;
         let session = meta.session;
         let first_epoch = session << 32;
         let shift = settings.snarf_size.trailing_zeros();
+        repair_meta(&mut meta, first_epoch);
 
         // Reconcile the catalogue with the files actually present: a crash between a
         // file operation and its catalogue update must not lose a volume.
@@ -301,37 +340,71 @@ impl Store {
         }
 
         let mut volumes = BTreeMap::new();
-        let mut touched = std::collections::BTreeSet::new();
+        let mut lost = BTreeMap::new();
         for rec in &mut records {
             let stamps_path = stamps_path(root, rec.id);
             let path = vol_dir.join(&rec.name);
-            let mut stamps = if recovered_unclean {
-                None
-            } else {
-                load_stamps(&stamps_path)
-            };
-            if stamps.is_some() && changed_after(&path, &stamps_path) {
-                // Written by something other than snarf while the store was closed: the
-                // saved stamps do not know which snarfs, so nothing older can be answered.
-                log::warn!(
-                    "volume file {} changed while the store was not open; changed-snarf tracking for it starts now, its next backup reads it in full",
-                    path.display()
-                );
-                stamps = None;
-                touched.insert(rec.id);
-            }
-            if stamps.is_none() {
-                // Without saved stamps nothing older than now can be answered.
-                rec.tracked_since = rec.tracked_since.max(first_epoch);
-            }
-            let _ = std::fs::remove_file(&stamps_path);
             let file = open_backing(&path, false)?;
+            let file_len = file
+                .metadata()
+                .map_err(|e| Error::io(format!("reading attributes of {}", path.display()), e))?
+                .len();
+            let max = volume::max_volume_size(shift);
+            let stamps = if recovered_unclean || file_len > max {
+                Err(None)
+            } else {
+                let count = file_len.div_ceil(settings.snarf_size);
+                match load_stamps(&stamps_path, count, first_epoch) {
+                    Ok(None) => Err(None),
+                    // Written by something other than snarf while the store was closed:
+                    // the saved stamps do not know which snarfs, so nothing older can be
+                    // answered.
+                    Ok(Some(_)) if changed_after(&path, &stamps_path) => {
+                        log::warn!(
+                            "volume file {} changed while the store was not open; changed-snarf tracking for it starts now, its next backup reads it in full",
+                            path.display()
+                        );
+                        Err(Some("the volume file was changed outside snarf while the store was closed, so changed-snarf tracking was lost".to_string()))
+                    }
+                    Ok(Some(stamps)) => Ok(stamps),
+                    Err(why) => {
+                        log::warn!(
+                            "the saved stamps of volume \"{}\" ({}) cannot be used: {why}; changed-snarf tracking for it starts now, its next backup reads it in full",
+                            rec.name,
+                            stamps_path.display()
+                        );
+                        Err(Some(format!("its saved changed-snarf stamps could not be used ({why}), so changed-snarf tracking was lost")))
+                    }
+                }
+            };
+            let stamps = match stamps {
+                Ok(stamps) => Some(stamps),
+                Err(reason) => {
+                    // Without trustworthy stamps nothing older than now can be answered.
+                    rec.tracked_since = rec.tracked_since.max(first_epoch);
+                    if let Some(reason) = reason {
+                        lost.insert(rec.id, reason);
+                    }
+                    None
+                }
+            };
+            let _ = std::fs::remove_file(&stamps_path);
             if let Some(&size) = meta.logical_sizes.get(&rec.id) {
-                file.set_len(size).map_err(|e| {
-                    Error::io(format!("trimming volume file {}", path.display()), e)
-                })?;
+                // Only ever a shrink: a recorded size past the file would grow it.
+                if size < file_len {
+                    file.set_len(size).map_err(|e| {
+                        Error::io(format!("trimming volume file {}", path.display()), e)
+                    })?;
+                }
             }
             let vol = Volume::new(rec.id, shift, file, rec.tracked_since, stamps)?;
+            if let Some(why) = vol.unserved() {
+                log::error!(
+                    "volume \"{}\" is not served: {why}. Reads work; writes fail with EFBIG until it is truncated to a size that is served (truncate -s SIZE MOUNTPOINT/live/{}) or deleted; snapshots are refused until then",
+                    rec.name,
+                    rec.name
+                );
+            }
             volumes.insert(rec.name.clone(), Arc::new(vol));
         }
         meta.volumes = records;
@@ -355,7 +428,7 @@ impl Store {
             _lock: lock,
             session,
             recovered_unclean,
-            touched,
+            lost,
             volumes: RwLock::new(volumes),
             meta: Mutex::new(meta),
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -424,6 +497,10 @@ impl Store {
     /// Creates an empty volume of `size` bytes; its snarfs are new as of `epoch`.
     pub fn create_volume(&self, name: &str, size: u64, epoch: u64) -> Result<Arc<Volume>> {
         validate_name("volume", name)?;
+        let max = volume::max_volume_size(self.snarf_size().trailing_zeros());
+        if size > max {
+            return Err(Error::TooLarge { size, max });
+        }
         let mut map = self.volumes.write();
         if map.contains_key(name) {
             return Err(Error::VolumeExists(name.to_string()));
@@ -436,13 +513,24 @@ impl Store {
             e => e,
         })?;
         let id = random_u64();
-        let vol = Volume::new(id, self.snarf_size().trailing_zeros(), file, epoch, None)?;
-        if size > 0 {
-            let mut st = vol.write_state();
-            vol.set_len(&mut st, size, epoch)?;
-            st.set_size(size);
-        }
-        let vol = Arc::new(vol);
+        let made = Volume::new(id, self.snarf_size().trailing_zeros(), file, epoch, None).and_then(
+            |vol| {
+                if size > 0 {
+                    let mut st = vol.write_state();
+                    vol.set_len(&mut st, size, epoch)?;
+                    st.set_size(size);
+                }
+                Ok(vol)
+            },
+        );
+        let vol = match made {
+            Ok(vol) => Arc::new(vol),
+            Err(e) => {
+                // Nothing half-made is left for the next open to adopt.
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
         map.insert(name.to_string(), vol.clone());
         let mut meta = self.meta.lock();
         meta.volumes.push(VolumeRecord {
@@ -564,8 +652,12 @@ impl Store {
         }
         let reason = if self.recovered_unclean && vol.tracked_since() == self.first_epoch() {
             "the store was not closed cleanly, so changed-snarf tracking was lost".to_string()
-        } else if self.touched.contains(&vol.id()) && vol.tracked_since() == self.first_epoch() {
-            "the volume file was changed outside snarf while the store was closed, so changed-snarf tracking was lost".to_string()
+        } else if let Some(reason) = self
+            .lost
+            .get(&vol.id())
+            .filter(|_| vol.tracked_since() == self.first_epoch())
+        {
+            reason.clone()
         } else {
             "changed-snarf tracking for this volume starts after that checkpoint".to_string()
         };
@@ -590,12 +682,11 @@ impl Store {
         self.sync_all()?;
         let map = self.volumes.read();
         for vol in map.values() {
-            let stamps = vol.stamps_snapshot();
-            let mut bytes = Vec::with_capacity(stamps.len() * 8);
-            for s in stamps {
-                bytes.extend_from_slice(&s.to_le_bytes());
+            if vol.unserved().is_some() {
+                // No stamps to save: its tracking starts again at the next open.
+                continue;
             }
-            files::write_atomic(&stamps_path(&self.root, vol.id()), &bytes)?;
+            files::write_atomic_with(&stamps_path(&self.root, vol.id()), |w| vol.write_stamps(w))?;
         }
         save_meta(&self.root, &self.meta.lock())?;
         let marker = self.root.join(OPEN_MARKER);
@@ -621,27 +712,142 @@ fn changed_after(file: &Path, stamps: &Path) -> bool {
     }
 }
 
-fn load_stamps(path: &Path) -> Option<Vec<u64>> {
-    let bytes = std::fs::read(path).ok()?;
-    if bytes.len() % 8 != 0 {
-        return None;
+/// Reads a volume's saved stamps: exactly `count` of them, each older than `first_epoch`
+/// (they were saved by an earlier session). Anything else is refused with the reason, and
+/// the file is never read whole into memory first, whatever its size. `None`: there is no
+/// stamps file (a volume adopted, or never closed cleanly).
+fn load_stamps(
+    path: &Path,
+    count: u64,
+    first_epoch: u64,
+) -> Result<Option<Vec<AtomicU64>>, String> {
+    use std::io::Read;
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("it cannot be opened: {e}")),
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| format!("it cannot be read: {e}"))?
+        .len();
+    if Some(len) != count.checked_mul(8) {
+        return Err(format!(
+            "it holds {len} bytes, but the volume's {count} snarfs need {}",
+            count.saturating_mul(8)
+        ));
     }
-    Some(
-        bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect(),
-    )
+    let mut stamps = Vec::new();
+    stamps
+        .try_reserve_exact(count as usize)
+        .map_err(|_| format!("not enough memory for {count} stamps"))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+    let mut word = [0u8; 8];
+    for i in 0..count {
+        reader
+            .read_exact(&mut word)
+            .map_err(|e| format!("it cannot be read: {e}"))?;
+        let stamp = u64::from_le_bytes(word);
+        if stamp >= first_epoch {
+            return Err(format!(
+                "snarf {i} has stamp {stamp:#x}, newer than any epoch the store has used (before {first_epoch:#x})"
+            ));
+        }
+        stamps.push(AtomicU64::new(stamp));
+    }
+    Ok(Some(stamps))
 }
 
 fn load_meta(root: &Path) -> Result<StoreMeta> {
     let path = root.join(META_FILE);
-    let text =
-        std::fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    serde_json::from_slice(&text).map_err(|e| Error::BadSettings {
-        path,
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // The catalogue is rebuilt from volumes/; with a new identity, so no backup of
+            // the old one is taken for a base.
+            log::warn!(
+                "{} is missing; starting a new catalogue: the volumes in volumes/ are adopted and their next backups read them in full",
+                path.display()
+            );
+            return Ok(StoreMeta {
+                store_id: new_store_id(),
+                ..StoreMeta::default()
+            });
+        }
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+    };
+    let meta: StoreMeta = serde_json::from_slice(&text).map_err(|e| Error::BadState {
+        path: path.clone(),
         why: e.to_string(),
-    })
+    })?;
+    if !is_store_id(&meta.store_id) {
+        return Err(Error::BadState {
+            path,
+            why: format!(
+                "its store id {:?} is not 32 lowercase hex digits",
+                meta.store_id.chars().take(64).collect::<String>()
+            ),
+        });
+    }
+    Ok(meta)
+}
+
+/// A new random store id: 32 hex digits.
+fn new_store_id() -> String {
+    format!("{:016x}{:016x}", random_u64(), random_u64())
+}
+
+/// Whether `id` looks like a store id this build makes.
+fn is_store_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Makes a loaded catalogue possible for a session starting at `first_epoch`: every epoch
+/// it records was used by an earlier session, so one at or past `first_epoch` is impossible
+/// and is never trusted (tracking restarts for that volume, such a checkpoint is dropped);
+/// a volume id or name listed twice keeps its first entry.
+fn repair_meta(meta: &mut StoreMeta, first_epoch: u64) {
+    let mut ids = std::collections::BTreeSet::new();
+    let mut names = std::collections::BTreeSet::new();
+    meta.volumes.retain_mut(|r| {
+        if !names.insert(r.name.clone()) {
+            log::warn!(
+                "{META_FILE} lists volume \"{}\" twice; keeping the first entry",
+                r.name.escape_debug()
+            );
+            return false;
+        }
+        if !ids.insert(r.id) {
+            let id = random_u64();
+            log::warn!(
+                "{META_FILE} gives volume \"{}\" the id {:016x} of another volume; it gets the new id {id:016x} and its next backup reads it in full",
+                r.name.escape_debug(),
+                r.id
+            );
+            r.id = id;
+            r.tracked_since = first_epoch;
+            ids.insert(id);
+        }
+        if r.tracked_since >= first_epoch {
+            log::warn!(
+                "{META_FILE} says volume \"{}\" is tracked from epoch {:#x}, which no earlier session reached; changed-snarf tracking for it starts now",
+                r.name.escape_debug(),
+                r.tracked_since
+            );
+            r.tracked_since = first_epoch;
+        }
+        true
+    });
+    meta.checkpoints.retain(|name, &mut epoch| {
+        let ok = epoch < first_epoch;
+        if !ok {
+            log::warn!(
+                "{META_FILE}: dropping checkpoint \"{}\" at epoch {epoch:#x}, which no earlier session reached",
+                name.escape_debug()
+            );
+        }
+        ok
+    });
 }
 
 fn save_meta(root: &Path, meta: &StoreMeta) -> Result<()> {

@@ -3,7 +3,12 @@
 //! changed-snarf tracking.
 //!
 //! Stamps cost 8 bytes per snarf and are the only per-snarf memory a volume holds, so a
-//! 1 TiB volume of 64 KiB snarfs costs 128 MiB of bookkeeping.
+//! 1 TiB volume of 64 KiB snarfs costs 128 MiB of bookkeeping. That is why a volume may
+//! have at most [`MAX_SNARFS`] snarfs: every size that enters (create, truncate, a write
+//! past the end, a file found at open) is checked against [`max_volume_size`], and the
+//! stamps are allocated fallibly, so a size the engine cannot serve is an error, never an
+//! abort. A volume file found larger than that is listed but *not served*: it can be read,
+//! truncated to a size that is served, renamed or deleted; writes are refused (EFBIG).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -19,6 +24,18 @@ use super::{Error, Result};
 /// A volume's identity inside its store; stays the same across renames, so incremental
 /// backups and snapshots follow the data, not the name.
 pub type VolumeId = u64;
+
+/// Most snarfs one volume may have: 2^28, so its stamps take at most 2 GiB of memory
+/// (16 TiB volumes with the default 64 KiB snarfs).
+pub const MAX_SNARFS: u64 = 1 << 28;
+
+/// Largest volume size served with snarfs of `1 << snarf_shift` bytes.
+pub fn max_volume_size(snarf_shift: u32) -> u64 {
+    MAX_SNARFS
+        .checked_shl(snarf_shift)
+        .unwrap_or(u64::MAX)
+        .min(i64::MAX as u64)
+}
 
 /// A live volume. Shared (`Arc`) by the store's name table, snapshots that froze it and
 /// open file handles; its backing file is removed when the last of them lets go of a
@@ -49,6 +66,8 @@ pub struct VolumeState {
     /// past a shrink.
     phys_len: u64,
     stamps: Vec<AtomicU64>,
+    /// log2 of the snarf size (to tell whether the stamps cover the file).
+    shift: u32,
 }
 
 /// A volume's attributes, for stat and for snapshots that freeze them.
@@ -72,18 +91,38 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-fn snarfs_for(len: u64, shift: u32) -> usize {
-    len.div_ceil(1u64 << shift) as usize
+fn snarfs_for(len: u64, shift: u32) -> u64 {
+    len.div_ceil(1u64 << shift)
+}
+
+/// `count` stamps of value `epoch`, allocated fallibly.
+fn new_stamps(count: u64, epoch: u64) -> Result<Vec<AtomicU64>> {
+    let mut v = Vec::new();
+    reserve_stamps(&mut v, count)?;
+    v.resize_with(count as usize, || AtomicU64::new(epoch));
+    Ok(v)
+}
+
+/// Makes room for `count` stamps in all, failing cleanly when memory cannot be had.
+fn reserve_stamps(v: &mut Vec<AtomicU64>, count: u64) -> Result<()> {
+    let more = (count as usize).saturating_sub(v.len());
+    v.try_reserve_exact(more).map_err(|_| Error::OutOfMemory {
+        what: format!("changed-snarf stamps for {count} snarfs"),
+        bytes: count.saturating_mul(8),
+    })
 }
 
 impl Volume {
-    /// Wraps an opened backing file. `stamps` are the saved stamps, if any.
+    /// Wraps an opened backing file. `stamps` are the saved stamps, if any, one per snarf of
+    /// the file (the caller has checked them). A file longer than the engine serves, or
+    /// whose stamps do not fit in memory, gives a volume that is not served (see
+    /// [`Volume::served`]) rather than an error, so the store still opens.
     pub(super) fn new(
         id: VolumeId,
         snarf_shift: u32,
         file: File,
         tracked_since: u64,
-        stamps: Option<Vec<u64>>,
+        stamps: Option<Vec<AtomicU64>>,
     ) -> Result<Volume> {
         let meta = file
             .metadata()
@@ -91,8 +130,9 @@ impl Volume {
         let len = meta.len();
         let count = snarfs_for(len, snarf_shift);
         let stamps: Vec<AtomicU64> = match stamps {
-            Some(saved) if saved.len() == count => saved.into_iter().map(AtomicU64::new).collect(),
-            _ => (0..count).map(|_| AtomicU64::new(0)).collect(),
+            Some(saved) if saved.len() as u64 == count => saved,
+            _ if len > max_volume_size(snarf_shift) => Vec::new(),
+            _ => new_stamps(count, 0).unwrap_or_default(),
         };
         let mtime = meta_time(meta.modified());
         Ok(Volume {
@@ -104,11 +144,45 @@ impl Volume {
                 size: len,
                 phys_len: len,
                 stamps,
+                shift: snarf_shift,
             }),
             mtime_ns: AtomicI64::new(mtime),
             ctime_ns: AtomicI64::new(mtime),
             retired: Mutex::new(None),
             deleted: AtomicBool::new(false),
+        })
+    }
+
+    /// Largest size this volume may have.
+    pub fn max_size(&self) -> u64 {
+        max_volume_size(self.snarf_shift)
+    }
+
+    /// Why writes to this volume are refused, if they are: its file is larger than the
+    /// engine serves, or its stamps could not be allocated. Truncating it to a served size
+    /// serves it again.
+    pub fn unserved(&self) -> Option<Error> {
+        self.unserved_in(&self.state.read())
+    }
+
+    /// [`Volume::unserved`] for a caller that holds the volume's state.
+    pub fn unserved_in(&self, st: &VolumeState) -> Option<Error> {
+        if st.served() {
+            return None;
+        }
+        Some(if st.phys_len > self.max_size() {
+            Error::TooLarge {
+                size: st.phys_len,
+                max: self.max_size(),
+            }
+        } else {
+            Error::OutOfMemory {
+                what: format!(
+                    "changed-snarf stamps for {} snarfs",
+                    snarfs_for(st.phys_len, self.snarf_shift)
+                ),
+                bytes: snarfs_for(st.phys_len, self.snarf_shift).saturating_mul(8),
+            }
         })
     }
 
@@ -297,30 +371,51 @@ impl Volume {
     }
 
     /// Sets the backing file's length. Snarfs that come into existence get stamp `epoch`:
-    /// their content (zeros) is new as far as changed-snarf tracking is concerned.
+    /// their content (zeros) is new as far as changed-snarf tracking is concerned. A length
+    /// past [`Volume::max_size`] is refused, and so is one whose stamps cannot be allocated,
+    /// before anything changes. A volume that was not served is served again afterwards, all
+    /// its snarfs stamped `epoch` (its next backup reads it in full).
     pub fn set_len(&self, state: &mut VolumeState, len: u64, epoch: u64) -> Result<()> {
+        if len > self.max_size() {
+            return Err(Error::TooLarge {
+                size: len,
+                max: self.max_size(),
+            });
+        }
+        let count = snarfs_for(len, self.snarf_shift);
+        if !state.served() {
+            // Nothing is known about the old snarfs: every one counts as written now.
+            let stamps = new_stamps(count, epoch)?;
+            self.file
+                .set_len(len)
+                .map_err(|e| Error::io(format!("resizing volume {:016x}", self.id), e))?;
+            state.stamps = stamps;
+            state.phys_len = len;
+            return Ok(());
+        }
+        reserve_stamps(&mut state.stamps, count)?;
         self.file
             .set_len(len)
             .map_err(|e| Error::io(format!("resizing volume {:016x}", self.id), e))?;
         state.phys_len = len;
-        let count = snarfs_for(len, self.snarf_shift);
-        if count < state.stamps.len() {
-            state.stamps.truncate(count);
+        if count < state.stamps.len() as u64 {
+            state.stamps.truncate(count as usize);
             state.stamps.shrink_to_fit();
         } else {
-            state.stamps.reserve_exact(count - state.stamps.len());
-            state.stamps.resize_with(count, || AtomicU64::new(epoch));
+            state
+                .stamps
+                .resize_with(count as usize, || AtomicU64::new(epoch));
         }
         Ok(())
     }
 
-    /// The stamps as plain numbers, for saving on clean close.
-    pub(super) fn stamps_snapshot(&self) -> Vec<u64> {
+    /// Writes the stamps as little-endian u64s, for saving on clean close.
+    pub(super) fn write_stamps(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         let st = self.state.read();
-        st.stamps
-            .iter()
-            .map(|s| s.load(Ordering::Relaxed))
-            .collect()
+        for s in &st.stamps {
+            out.write_all(&s.load(Ordering::Relaxed).to_le_bytes())?;
+        }
+        Ok(())
     }
 
     /// Bytes of memory the volume's bookkeeping uses.
@@ -331,6 +426,11 @@ impl Volume {
 }
 
 impl VolumeState {
+    /// Whether the stamps cover the backing file (see [`Volume::unserved`]).
+    pub fn served(&self) -> bool {
+        self.stamps.len() as u64 == snarfs_for(self.phys_len, self.shift)
+    }
+
     /// Logical size in bytes.
     pub fn size(&self) -> u64 {
         self.size
