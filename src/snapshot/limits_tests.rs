@@ -278,3 +278,40 @@ fn a_missing_catalogue_starts_a_new_one_with_a_new_identity() {
     assert_eq!(v.tracked_since(), e.store().first_epoch());
     assert_eq!(v.size(), 8 * e.store().snarf_size());
 }
+
+#[test]
+fn a_spill_read_error_fails_the_snapshot_reader_with_eio_never_a_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_store(dir.path(), 64 << 10);
+    let store = Store::open(&root, "test").unwrap();
+    let mut opts = EngineOptions::from_store(&store);
+    opts.budgets.memory = 0;
+    let e = Engine::new(store, opts).unwrap();
+    let snarf = e.store().snarf_size() as usize;
+    let v = e.create_volume("v", 4 * snarf as u64).unwrap();
+    e.write(&v, 0, &vec![1u8; 4 * snarf]).unwrap();
+    let s = e.take("s").unwrap();
+    e.write(&v, 0, &vec![2u8; snarf]).unwrap();
+    assert_eq!(e.stats().cache.disk_used, snarf as u64);
+    // The spilled pre-image is lost under the engine (a failing disk).
+    let spill = root.join("spill/preimages.spill");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&spill)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let mut buf = vec![0u8; snarf];
+    assert_eq!(
+        errno(e.read_snapshot(&s, "v", 0, &mut buf).unwrap_err()),
+        libc::EIO
+    );
+    // Writers go on: to that snarf, and to others that spill again.
+    e.write(&v, 0, &vec![3u8; snarf]).unwrap();
+    e.write(&v, snarf as u64, &vec![3u8; 2 * snarf]).unwrap();
+    assert_eq!(
+        e.read_snapshot(&s, "v", snarf as u64, &mut buf).unwrap(),
+        snarf
+    );
+    assert!(buf.iter().all(|&b| b == 1));
+}

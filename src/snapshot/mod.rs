@@ -212,12 +212,30 @@ pub enum Changed {
     },
 }
 
+/// What an operation must do before it can go on; anything but `Done` is settled with
+/// every lock let go ([`Engine::settle`]), then the operation starts again.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
     Done,
-    /// A pre-image could not be captured for lack of room: let go of every lock, wait,
-    /// and start the operation again.
+    /// A pre-image could not be captured for lack of room (budgets full, the spill disk
+    /// full or failing, no memory): wait.
     NeedRoom,
+    /// The old contents of snarf `snarf` of `vol` could not be read to keep them: break
+    /// the live snapshots with epochs in `first..=last` that need them.
+    Unkeepable {
+        vol: VolumeId,
+        snarf: u64,
+        first: u64,
+        last: u64,
+        reason: String,
+    },
+    /// Data kept on disk past a volume's end from `from` on could not be kept while it
+    /// grew: break the snapshots that froze it longer than `from`.
+    TailLost {
+        vol: VolumeId,
+        from: u64,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -379,7 +397,8 @@ impl Engine {
 
     /// Writes live data at any offset and length, growing the volume if the write ends
     /// past it. Captures pre-images first where a snapshot needs them; waits (never fails)
-    /// when the pre-image budgets are full.
+    /// when the pre-image budgets are full. Nothing a snapshot needs makes it fail: the
+    /// only errors are the write's own (its size, the volume's I/O).
     pub fn write(&self, vol: &Volume, offset: u64, data: &[u8]) -> Result<()> {
         if data.is_empty() {
             return Ok(());
@@ -404,10 +423,11 @@ impl Engine {
                     return Err(why.into());
                 }
                 let from = offset.min(st.size());
-                if self.preserve(vol, &st, from, end, epoch)? == Step::NeedRoom {
+                let step = self.preserve(vol, &st, from, end, epoch);
+                if step != Step::Done {
                     drop(st);
                     drop(gate);
-                    self.wait_for_room(&mut waited);
+                    self.settle(step, &mut waited);
                     continue;
                 }
                 if end <= st.size() {
@@ -422,14 +442,15 @@ impl Engine {
             // The write extends the volume: grow and write under the exclusive hold.
             let mut st = vol.write_state();
             let from = offset.min(st.size());
-            if self.preserve(vol, &st, from, end, epoch)? == Step::NeedRoom {
+            let mut step = self.preserve(vol, &st, from, end, epoch);
+            if step == Step::Done && end > st.size() {
+                step = self.grow_locked(vol, &mut st, end, epoch)?;
+            }
+            if step != Step::Done {
                 drop(st);
                 drop(gate);
-                self.wait_for_room(&mut waited);
+                self.settle(step, &mut waited);
                 continue;
-            }
-            if end > st.size() {
-                self.grow_locked(vol, &mut st, end, epoch)?;
             }
             vol.pwrite(data, offset)?;
             drop(st);
@@ -457,20 +478,30 @@ impl Engine {
             let mut st = vol.write_state();
             let old = st.size();
             if new_size > old {
-                if self.preserve(vol, &st, old, new_size, epoch)? == Step::NeedRoom {
+                let mut step = self.preserve(vol, &st, old, new_size, epoch);
+                if step == Step::Done {
+                    step = self.grow_locked(vol, &mut st, new_size, epoch)?;
+                }
+                if step != Step::Done {
                     drop(st);
                     drop(gate);
-                    self.wait_for_room(&mut waited);
+                    self.settle(step, &mut waited);
                     continue;
                 }
-                self.grow_locked(vol, &mut st, new_size, epoch)?;
             } else if new_size < old {
                 st.set_size(new_size);
                 let keep = new_size.max(self.needed_len(vol.id()));
                 if keep < st.phys_len() {
-                    vol.set_len(&mut st, keep, epoch)?;
+                    // Only gives space back; if it fails the data past the end stays and
+                    // is recorded as such, exactly as when a snapshot needs it.
+                    if let Err(e) = vol.set_len(&mut st, keep, epoch) {
+                        log::warn!(
+                            "could not give back the space past the new end of volume {:016x}: {e}",
+                            vol.id()
+                        );
+                    }
                 }
-                self.note_logical_size(vol, &st)?;
+                self.note_logical_size(vol, &st);
             }
             drop(st);
             drop(gate);
@@ -487,25 +518,47 @@ impl Engine {
         st: &mut VolumeState,
         new_size: u64,
         epoch: u64,
-    ) -> Result<()> {
+    ) -> Result<Step> {
         let old = st.size();
         // Bytes past the logical end that a shrink left on disk must read as zeros now.
+        // Those up to `zero_end` have been preserved for every snapshot that needs them;
+        // those past it may still be needed on disk.
         let zero_end = new_size.min(st.phys_len());
         if old < zero_end {
-            vol.zero_range(old, zero_end - old)?;
+            if let Err(e) = vol.zero_range(old, zero_end - old) {
+                if self.needed_len(vol.id()) > zero_end {
+                    return Ok(Step::TailLost {
+                        vol: vol.id(),
+                        from: zero_end,
+                        reason: format!(
+                            "the data kept past the end of a shrunk volume could not be kept while it grew again: {e}"
+                        ),
+                    });
+                }
+                // Nothing on disk past the old end is needed: drop it rather than zero it.
+                vol.set_len(st, old, epoch)?;
+            }
         }
         if new_size > st.phys_len() {
             vol.set_len(st, new_size, epoch)?;
         }
         st.set_size(new_size);
-        self.note_logical_size(vol, st)
+        self.note_logical_size(vol, st);
+        Ok(Step::Done)
     }
 
     /// Keeps the store's record of a logical size shorter than the backing file in step,
-    /// so a crash while data is kept past the end does not expose it.
-    fn note_logical_size(&self, vol: &Volume, st: &VolumeState) -> Result<()> {
+    /// so a crash while data is kept past the end does not expose it. If the record cannot
+    /// be written now (a full disk), the change stays pending and the next fsync of the
+    /// volume writes it or reports the error: a resize is not made to fail by it.
+    fn note_logical_size(&self, vol: &Volume, st: &VolumeState) {
         let size = (st.phys_len() > st.size()).then_some(st.size());
-        Ok(self.store.set_logical_size(vol.id(), size)?)
+        if let Err(e) = self.store.set_logical_size(vol.id(), size) {
+            log::warn!(
+                "the logical size of volume {:016x} could not be recorded now (the next fsync tries again): {e}",
+                vol.id()
+            );
+        }
     }
 
     /// Bytes of a volume that live snapshots still need on disk.
@@ -518,55 +571,78 @@ impl Engine {
             .unwrap_or(0)
     }
 
-    /// Flushes a volume's data to stable storage.
+    /// Flushes a volume's data to stable storage, with the store's records about it (a
+    /// logical size that could not be written earlier).
     pub fn fsync(&self, vol: &Volume) -> Result<()> {
-        Ok(vol.sync_data()?)
+        vol.sync_data()?;
+        Ok(self.store.flush_meta()?)
+    }
+
+    /// Does what a step that is not [`Step::Done`] asks, with no lock held: wait for room,
+    /// or break the snapshots whose data could not be kept. The operation then starts again.
+    fn settle(&self, step: Step, waited: &mut Duration) {
+        match step {
+            Step::Done => {}
+            Step::NeedRoom => self.wait_for_room(waited),
+            Step::Unkeepable {
+                vol,
+                snarf,
+                first,
+                last,
+                reason,
+            } => {
+                self.break_where(&reason, |s| {
+                    (first..=last).contains(&s.epoch()) && s.needs(vol, snarf)
+                });
+            }
+            Step::TailLost { vol, from, reason } => {
+                self.break_where(&reason, |s| {
+                    s.volume_by_id(vol).is_some_and(|sv| sv.attr.size > from)
+                });
+            }
+        }
     }
 
     /// Captures pre-images for every existing snarf overlapping `[from, end)` whose first
     /// write in `epoch` this is and that a live snapshot needs, and stamps them `epoch`.
-    fn preserve(
-        &self,
-        vol: &Volume,
-        st: &VolumeState,
-        from: u64,
-        end: u64,
-        epoch: u64,
-    ) -> Result<Step> {
+    fn preserve(&self, vol: &Volume, st: &VolumeState, from: u64, end: u64, epoch: u64) -> Step {
         if from >= end {
-            return Ok(Step::Done);
+            return Step::Done;
         }
         let shift = vol.snarf_shift();
         let first = from >> shift;
         let last = ((end - 1) >> shift).min(st.snarf_count().saturating_sub(1));
         if st.snarf_count() == 0 || first > last {
-            return Ok(Step::Done);
+            return Step::Done;
         }
         for i in first..=last {
             if st.stamp(i) >= epoch {
                 continue;
             }
-            if self.capture(vol, st, i, epoch)? == Step::NeedRoom {
-                return Ok(Step::NeedRoom);
+            let step = self.capture(vol, st, i, epoch);
+            if step != Step::Done {
+                return step;
             }
         }
-        Ok(Step::Done)
+        Step::Done
     }
 
-    /// The slow path of `preserve` for one snarf.
-    fn capture(&self, vol: &Volume, st: &VolumeState, index: u64, epoch: u64) -> Result<Step> {
+    /// The slow path of `preserve` for one snarf. Never an error: a full or failing spill
+    /// disk and memory that cannot be had are no room (wait, then break a snapshot); old
+    /// contents that cannot be read break the snapshots that need them.
+    fn capture(&self, vol: &Volume, st: &VolumeState, index: u64, epoch: u64) -> Step {
         let id = vol.id();
         let _stripe = self.stripes.write(id, index);
         let w = st.stamp(index);
         if w >= epoch {
-            return Ok(Step::Done);
+            return Step::Done;
         }
         if !self.live_need(id, index, w, epoch - 1) {
             st.set_stamp(index, epoch);
-            return Ok(Step::Done);
+            return Step::Done;
         }
         let Some(room) = self.cache.reserve() else {
-            return Ok(Step::NeedRoom);
+            return Step::NeedRoom;
         };
         let data = match room {
             // A hole (never written) costs no copy and no budget; checked only on the
@@ -577,22 +653,40 @@ impl Engine {
                 Stored::Zero
             }
             Reservation::Spill(slot) => {
-                self.cache
-                    .spill_from(slot, vol.file(), index << vol.snarf_shift())?
+                match self
+                    .cache
+                    .spill_from(slot, vol.file(), index << vol.snarf_shift())
+                {
+                    Ok(data) => data,
+                    // The spill disk is full or failing: it now counts as full.
+                    Err(_) => return Step::NeedRoom,
+                }
             }
             Reservation::Mem => {
-                let mut contents = self.cache.buffer();
+                let Some(mut contents) = self.cache.buffer() else {
+                    // Memory counts as full for a while; the next try spills or waits.
+                    self.cache.unreserve(room);
+                    return Step::NeedRoom;
+                };
                 if let Err(e) = vol.read_snarf(index, &mut contents) {
                     self.cache.recycle(contents);
                     self.cache.unreserve(room);
-                    return Err(e.into());
+                    return Step::Unkeepable {
+                        vol: id,
+                        snarf: index,
+                        first: w,
+                        last: epoch - 1,
+                        reason: format!(
+                            "the old contents of snarf {index} of a volume could not be read to keep them: {e}"
+                        ),
+                    };
                 }
                 if is_zero(&contents) {
                     self.cache.recycle(contents);
                     self.cache.unreserve(room);
                     Stored::Zero
                 } else {
-                    self.cache.store(room, contents)?
+                    Stored::Mem(contents)
                 }
             }
         };
@@ -626,7 +720,7 @@ impl Engine {
             }
         }
         st.set_stamp(index, epoch);
-        Ok(Step::Done)
+        Step::Done
     }
 
     /// Registers `watcher` to be told about every pre-image captured and kept from now on;
@@ -681,14 +775,24 @@ impl Engine {
                     break;
                 }
                 let stats = self.cache.stats();
-                let reason = format!(
-                    "a writer waited {:.1} s for pre-image room (memory {} of {}, disk {} of {} in use); back up or release snapshots sooner, or raise --preimage-mem/--preimage-disk",
-                    so_far.as_secs_f64(),
+                let usage = format!(
+                    "memory {} of {}, disk {} of {} in use",
                     crate::units::Bytes(stats.mem_used),
                     crate::units::Bytes(stats.mem_budget),
                     crate::units::Bytes(stats.disk_used),
                     crate::units::Bytes(stats.disk_budget),
                 );
+                let reason = match self.cache.spill_failure() {
+                    Some(why) => format!(
+                        "a writer waited {:.1} s for pre-image room because pre-images could not be spilled to {} ({why}; {usage}); free space there, or back up or release snapshots sooner",
+                        so_far.as_secs_f64(),
+                        self.store.spill_dir().display(),
+                    ),
+                    None => format!(
+                        "a writer waited {:.1} s for pre-image room ({usage}); back up or release snapshots sooner, or raise --preimage-mem/--preimage-disk",
+                        so_far.as_secs_f64(),
+                    ),
+                };
                 self.break_largest(&reason);
                 break;
             }
@@ -746,6 +850,23 @@ impl Engine {
         Some(victim.name().to_string())
     }
 
+    /// Breaks every live snapshot for which `victim` says yes, with `reason`.
+    fn break_where(&self, reason: &str, victim: impl Fn(&Snapshot) -> bool) {
+        let victims: Vec<Arc<Snapshot>> = self
+            .live
+            .read()
+            .values()
+            .filter(|s| victim(s))
+            .cloned()
+            .collect();
+        for snap in victims {
+            log::warn!("breaking snapshot \"{}\": {reason}", snap.name());
+            snap.set_state(SnapState::Broken(reason.to_string()));
+            self.throttle.broken.fetch_add(1, Ordering::Relaxed);
+            self.retire_snapshot(&snap);
+        }
+    }
+
     /// Stops keeping pre-images for a snapshot that was released or broken.
     fn retire_snapshot(&self, snap: &Snapshot) {
         self.live.write().remove(&snap.epoch());
@@ -781,18 +902,12 @@ impl Engine {
             let mut st = vol.write_state();
             let keep = st.size().max(self.needed_len(vol.id()));
             if keep < st.phys_len() {
-                let result = vol
-                    .set_len(&mut st, keep, 0)
-                    .map_err(Error::from)
-                    .and_then(|_| {
-                        if vol.is_deleted() {
-                            Ok(())
-                        } else {
-                            self.note_logical_size(vol, &st)
-                        }
-                    });
-                if let Err(e) = result {
-                    log::warn!("could not give back space past the end of a volume: {e}");
+                match vol.set_len(&mut st, keep, 0) {
+                    Ok(()) if !vol.is_deleted() => self.note_logical_size(vol, &st),
+                    Ok(()) => {}
+                    Err(e) => {
+                        log::warn!("could not give back space past the end of a volume: {e}")
+                    }
                 }
             }
         }

@@ -7,7 +7,7 @@
 //! budget, then in the spill file up to the disk budget; all-zero contents cost nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use parking_lot::{Condvar, Mutex};
@@ -84,6 +84,9 @@ pub struct PreimageCache {
     /// Snarf buffers of freed memory pre-images, reused so a capture neither allocates nor
     /// zeroes memory; together with the held ones they never exceed the memory budget.
     pool: Mutex<Vec<Box<[u8]>>>,
+    /// When a capture buffer last could not be allocated: memory then counts as full for a
+    /// while, so writers go to the spill file or wait instead of failing or spinning.
+    mem_failed: Mutex<Option<Instant>>,
     space: Mutex<()>,
     space_freed: Condvar,
 }
@@ -100,6 +103,7 @@ impl PreimageCache {
             zero: AtomicU64::new(0),
             spill,
             pool: Mutex::new(Vec::new()),
+            mem_failed: Mutex::new(None),
             space: Mutex::new(()),
             space_freed: Condvar::new(),
         }
@@ -107,16 +111,29 @@ impl PreimageCache {
 
     /// Takes room for one snarf: memory first, then a spill slot; `None` when both are full.
     pub fn reserve(&self) -> Option<Reservation> {
-        let size = self.snarf_size;
-        let mem = self
-            .mem_used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                (used + size <= self.mem_budget).then_some(used + size)
-            });
-        if mem.is_ok() {
-            return Some(Reservation::Mem);
+        if !self.mem_closed() {
+            let size = self.snarf_size;
+            let mem = self
+                .mem_used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    (used + size <= self.mem_budget).then_some(used + size)
+                });
+            if mem.is_ok() {
+                return Some(Reservation::Mem);
+            }
         }
+        self.reserve_spill()
+    }
+
+    /// Takes a spill slot; `None` when the disk budget is full or the spill is failing.
+    pub fn reserve_spill(&self) -> Option<Reservation> {
         self.spill.alloc().map(Reservation::Spill)
+    }
+
+    fn mem_closed(&self) -> bool {
+        self.mem_failed
+            .lock()
+            .is_some_and(|at| at.elapsed() < super::spill::RETRY_AFTER)
     }
 
     /// Gives back room that was not used.
@@ -132,8 +149,14 @@ impl PreimageCache {
 
     /// Whether a reservation could succeed now.
     pub fn has_room(&self) -> bool {
-        self.mem_used.load(Ordering::Acquire) + self.snarf_size <= self.mem_budget
+        (!self.mem_closed()
+            && self.mem_used.load(Ordering::Acquire) + self.snarf_size <= self.mem_budget)
             || self.spill.has_room()
+    }
+
+    /// Why pre-images cannot be spilled right now, if a spill write failed lately.
+    pub fn spill_failure(&self) -> Option<String> {
+        self.spill.failure()
     }
 
     /// How full the disk budget is, from 0 to 1 (1 when there is no disk budget and memory
@@ -151,12 +174,23 @@ impl PreimageCache {
         self.mem_used.load(Ordering::Acquire) + self.snarf_size > self.mem_budget
     }
 
-    /// A snarf-sized buffer to capture into: a reused one when there is one.
-    pub fn buffer(&self) -> Box<[u8]> {
-        self.pool
-            .lock()
-            .pop()
-            .unwrap_or_else(|| vec![0u8; self.snarf_size as usize].into_boxed_slice())
+    /// A snarf-sized buffer to capture into: a reused one when there is one. `None` when
+    /// memory cannot be had; memory then counts as full for a while.
+    pub fn buffer(&self) -> Option<Box<[u8]>> {
+        if let Some(buf) = self.pool.lock().pop() {
+            return Some(buf);
+        }
+        let mut v: Vec<u8> = Vec::new();
+        if v.try_reserve_exact(self.snarf_size as usize).is_err() {
+            log::warn!(
+                "no memory for a {} byte pre-image buffer; pre-images go to the spill file for now",
+                self.snarf_size
+            );
+            *self.mem_failed.lock() = Some(Instant::now());
+            return None;
+        }
+        v.resize(self.snarf_size as usize, 0);
+        Some(v.into_boxed_slice())
     }
 
     /// Hands back a capture buffer that was not kept.
@@ -168,32 +202,17 @@ impl PreimageCache {
         }
     }
 
-    /// Stores a snarf straight from a volume's file into a spill slot.
+    /// Stores a snarf straight from a volume's file into a spill slot. On failure the slot
+    /// is freed and the spill is closed for a while (it acts as full).
     pub fn spill_from(&self, slot: u32, src: &std::fs::File, offset: u64) -> Result<Stored> {
         match self.spill.copy_in(slot, src, offset, self.snarf_size) {
             Ok(()) => Ok(Stored::Spill(slot)),
             Err(e) => {
+                // Freed first: emptying the file must not count as the failure being over.
                 self.spill.free(slot);
+                self.spill.record_failure(&e);
                 self.notify_space();
                 Err(e)
-            }
-        }
-    }
-
-    /// Turns a reservation and the snarf's contents into stored form.
-    pub fn store(&self, r: Reservation, contents: Box<[u8]>) -> Result<Stored> {
-        match r {
-            Reservation::Mem => Ok(Stored::Mem(contents)),
-            Reservation::Spill(slot) => {
-                let written = self.spill.write(slot, &contents);
-                self.recycle(contents);
-                match written {
-                    Ok(()) => Ok(Stored::Spill(slot)),
-                    Err(e) => {
-                        self.spill.free(slot);
-                        Err(e)
-                    }
-                }
             }
         }
     }

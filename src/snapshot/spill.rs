@@ -1,11 +1,17 @@
 //! The spill file: pre-images that did not fit the memory budget, one snarf-sized slot each,
 //! in a single file under `STORE/spill/`. Freed slots are reused; the file shrinks to
 //! nothing whenever no pre-image is spilled.
+//!
+//! A write into the spill file that fails (the disk is full, or failing) makes the spill
+//! act as a full budget: no slot is handed out until [`RETRY_AFTER`] has passed or the file
+//! has emptied (which gives its space back), so writers are throttled and, past the limit,
+//! a snapshot is broken with the failure as its reason; a writer never sees the error.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -20,11 +26,28 @@ pub struct SpillFile {
     slots: Mutex<Slots>,
 }
 
+/// How long a failed spill write keeps the spill closed before one more try.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Zeros for the end of a snarf past the end of its volume.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
 #[derive(Debug, Default)]
 struct Slots {
     free: Vec<u32>,
     next: u32,
     used: u32,
+    /// The last failed write: when, and what the OS said.
+    failed: Option<(Instant, String)>,
+}
+
+impl Slots {
+    /// Whether a failure still keeps the spill closed.
+    fn closed(&self) -> bool {
+        self.failed
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < RETRY_AFTER)
+    }
 }
 
 impl SpillFile {
@@ -51,6 +74,9 @@ impl SpillFile {
     /// Takes a free slot, or `None` when the disk budget is used up.
     pub fn alloc(&self) -> Option<u32> {
         let mut s = self.slots.lock();
+        if s.closed() {
+            return None;
+        }
         let slot = match s.free.pop() {
             Some(slot) => slot,
             None if s.next < self.max_slots => {
@@ -73,23 +99,59 @@ impl SpillFile {
         if s.used == 0 {
             s.free.clear();
             s.next = 0;
-            if let Err(e) = self.file.set_len(0) {
-                log::warn!("could not give back the spill file's space: {e}");
+            match self.file.set_len(0) {
+                // Its space is back: a failure for want of it may be over.
+                Ok(()) => s.failed = None,
+                Err(e) => log::warn!("could not give back the spill file's space: {e}"),
             }
         }
+    }
+
+    /// Records that a write into the spill file failed, closing the spill for a while.
+    pub fn record_failure(&self, e: &Error) {
+        let mut s = self.slots.lock();
+        if !s.closed() {
+            log::warn!("pre-images cannot be spilled to disk for now: {e}");
+        }
+        s.failed = Some((Instant::now(), e.to_string()));
+    }
+
+    /// Records that a spill write worked again.
+    fn record_success(&self) {
+        let mut s = self.slots.lock();
+        if s.failed.take().is_some() {
+            log::info!("pre-images can be spilled to disk again");
+        }
+    }
+
+    /// What the last spill write failure was, while it keeps the spill closed.
+    pub fn failure(&self) -> Option<String> {
+        let s = self.slots.lock();
+        s.failed
+            .as_ref()
+            .filter(|_| s.closed())
+            .map(|(_, why)| why.clone())
     }
 
     /// Writes a pre-image into its slot.
     pub fn write(&self, slot: u32, data: &[u8]) -> Result<()> {
         self.file
             .write_all_at(data, slot as u64 * self.slot_size)
-            .map_err(|e| Error::io("writing a pre-image to the spill file", e))
+            .map_err(|e| Error::io("writing a pre-image to the spill file", e))?;
+        self.record_success();
+        Ok(())
     }
 
     /// Copies `len` bytes at `offset` of `src` into a slot inside the kernel (one copy
     /// through the page cache instead of two through a buffer). A short source is
     /// zero-filled to `len`.
     pub fn copy_in(&self, slot: u32, src: &File, offset: u64, len: u64) -> Result<()> {
+        self.copy_in_inner(slot, src, offset, len)?;
+        self.record_success();
+        Ok(())
+    }
+
+    fn copy_in_inner(&self, slot: u32, src: &File, offset: u64, len: u64) -> Result<()> {
         let mut src_off = offset as libc::loff_t;
         let mut dst_off = (slot as u64 * self.slot_size) as libc::loff_t;
         let mut left = len as usize;
@@ -115,11 +177,16 @@ impl SpillFile {
             }
             if n == 0 {
                 // Past the end of the source: the rest of the snarf reads as zeros.
-                let zeros = vec![0u8; left];
-                return self
-                    .file
-                    .write_all_at(&zeros, dst_off as u64)
-                    .map_err(|e| Error::io("writing a pre-image to the spill file", e));
+                let mut at = dst_off as u64;
+                while left > 0 {
+                    let k = left.min(ZEROS.len());
+                    self.file
+                        .write_all_at(&ZEROS[..k], at)
+                        .map_err(|e| Error::io("writing a pre-image to the spill file", e))?;
+                    at += k as u64;
+                    left -= k;
+                }
+                return Ok(());
             }
             left -= n as usize;
         }
@@ -146,7 +213,7 @@ impl SpillFile {
     /// Whether a slot could be taken now.
     pub fn has_room(&self) -> bool {
         let s = self.slots.lock();
-        !s.free.is_empty() || s.next < self.max_slots
+        !s.closed() && (!s.free.is_empty() || s.next < self.max_slots)
     }
 }
 

@@ -223,6 +223,9 @@ pub struct Store {
     lost: BTreeMap<VolumeId, String>,
     volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
     meta: Mutex<StoreMeta>,
+    /// Set while `meta` holds a change that could not be written yet (see
+    /// [`Store::flush_meta`]).
+    meta_dirty: std::sync::atomic::AtomicBool,
     closed: std::sync::atomic::AtomicBool,
 }
 
@@ -431,6 +434,7 @@ impl Store {
             lost,
             volumes: RwLock::new(volumes),
             meta: Mutex::new(meta),
+            meta_dirty: std::sync::atomic::AtomicBool::new(false),
             closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -538,7 +542,7 @@ impl Store {
             id,
             tracked_since: epoch,
         });
-        if let Err(e) = save_meta(&self.root, &meta) {
+        if let Err(e) = self.persist(&meta) {
             meta.volumes.retain(|r| r.id != id);
             map.remove(name);
             let _ = std::fs::remove_file(&path);
@@ -581,7 +585,7 @@ impl Store {
         if let Some(rec) = meta.volumes.iter_mut().find(|r| r.id == vol.id()) {
             rec.name = to.to_string();
         }
-        save_meta(&self.root, &meta)?;
+        self.persist(&meta)?;
         Ok(replaced)
     }
 
@@ -598,7 +602,7 @@ impl Store {
         let mut meta = self.meta.lock();
         meta.volumes.retain(|r| r.id != vol.id());
         meta.logical_sizes.remove(&vol.id());
-        save_meta(&self.root, &meta)?;
+        self.persist(&meta)?;
         Ok(vol)
     }
 
@@ -610,16 +614,35 @@ impl Store {
         Ok(())
     }
 
+    /// Writes the catalogue; remembers whether the latest change is still only in memory.
+    fn persist(&self, meta: &StoreMeta) -> Result<()> {
+        let r = save_meta(&self.root, meta);
+        self.meta_dirty
+            .store(r.is_err(), std::sync::atomic::Ordering::Release);
+        r
+    }
+
+    /// Writes a catalogue change that could not be written when it was made (a full disk),
+    /// if there is one; fsync calls this so it reports what is not durable yet.
+    pub fn flush_meta(&self) -> Result<()> {
+        if !self.meta_dirty.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        let meta = self.meta.lock();
+        self.persist(&meta)
+    }
+
     /// Records (or clears, with `None`) a volume's logical size while its backing file is
-    /// longer, durably, before the caller goes on.
+    /// longer, durably, before the caller goes on. If that fails the change is kept in
+    /// memory and written by the next [`Store::flush_meta`] or catalogue change.
     pub fn set_logical_size(&self, id: VolumeId, size: Option<u64>) -> Result<()> {
         let mut meta = self.meta.lock();
         let changed = match size {
             Some(size) => meta.logical_sizes.insert(id, size) != Some(size),
             None => meta.logical_sizes.remove(&id).is_some(),
         };
-        if changed {
-            save_meta(&self.root, &meta)?;
+        if changed || self.meta_dirty.load(std::sync::atomic::Ordering::Acquire) {
+            self.persist(&meta)?;
         }
         Ok(())
     }
@@ -628,7 +651,7 @@ impl Store {
     pub fn set_checkpoint(&self, name: &str, epoch: u64) -> Result<()> {
         let mut meta = self.meta.lock();
         meta.checkpoints.insert(name.to_string(), epoch);
-        save_meta(&self.root, &meta)
+        self.persist(&meta)
     }
 
     /// The epoch of a named checkpoint.
@@ -640,7 +663,7 @@ impl Store {
     pub fn remove_checkpoint(&self, name: &str) -> Result<()> {
         let mut meta = self.meta.lock();
         if meta.checkpoints.remove(name).is_some() {
-            save_meta(&self.root, &meta)?;
+            self.persist(&meta)?;
         }
         Ok(())
     }
@@ -688,7 +711,7 @@ impl Store {
             }
             files::write_atomic_with(&stamps_path(&self.root, vol.id()), |w| vol.write_stamps(w))?;
         }
-        save_meta(&self.root, &self.meta.lock())?;
+        self.persist(&self.meta.lock())?;
         let marker = self.root.join(OPEN_MARKER);
         std::fs::remove_file(&marker)
             .map_err(|e| Error::io(format!("removing {}", marker.display()), e))?;

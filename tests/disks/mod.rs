@@ -1,7 +1,7 @@
 //! Small real filesystems for tests that need a disk to fill up or to fail: a tmpfs of a
 //! given size, and an ext4 without a journal on a loop device whose backing file sits on
 //! such a tmpfs. Each is a guard that unmounts and detaches what it made, on every path,
-//! panics included. They need root; callers check with `mounted::fuse_available` first.
+//! panics included. They need root: callers check [`root_available`] first.
 
 #![allow(dead_code)]
 
@@ -25,6 +25,20 @@ fn run(prog: &str, args: &[&str]) -> String {
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
+}
+
+/// Whether tests that mount filesystems can run here (root); prints why not, or panics
+/// under `SNARF_REQUIRE_FUSE=1` (CI), where they must run.
+pub fn root_available() -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("SNARF_REQUIRE_FUSE").as_deref() == Ok("1") {
+        panic!("SNARF_REQUIRE_FUSE=1 but these tests need root to mount a tmpfs");
+    }
+    eprintln!("skipping: mounting a tmpfs needs root");
+    false
 }
 
 /// A tmpfs mounted on a fresh directory; unmounted (lazily if busy) on drop.

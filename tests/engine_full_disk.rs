@@ -1,0 +1,122 @@
+//! The engine over a store whose filesystem is really full (a small tmpfs filled to the
+//! last byte): pre-images that cannot be spilled make the spill act as a full budget, so
+//! writers are throttled and then a snapshot is broken with the reason, and never see the
+//! error; a logical size that cannot be recorded is reported by the next fsync instead of
+//! failing the truncate.
+
+mod disks;
+
+use std::path::Path;
+
+use snarf::snapshot::{Engine, EngineOptions, SnapState};
+use snarf::store::{Budgets, InitOptions, Store};
+
+const SNARF: usize = 64 << 10;
+
+fn engine_on(root: &Path, budgets: Budgets) -> Engine {
+    let opts = InitOptions {
+        budgets,
+        ..InitOptions::default()
+    };
+    Store::init(root, &opts).expect("init");
+    let store = Store::open(root, "test").expect("open");
+    let opts = EngineOptions::from_store(&store);
+    Engine::new(store, opts).expect("engine")
+}
+
+fn errno(e: snarf::snapshot::Error) -> i32 {
+    snarf::fuse::FsError::from(e).errno
+}
+
+#[test]
+fn a_full_spill_disk_throttles_then_breaks_the_snapshot_and_writers_never_fail() {
+    if !disks::root_available() {
+        return;
+    }
+    let fs = disks::Tmpfs::new("8M");
+    let e = engine_on(
+        &fs.path.join("store"),
+        Budgets {
+            memory: SNARF as u64,
+            disk: 4 << 30,
+            break_after_secs: 1.0,
+        },
+    );
+    let v = e.create_volume("v", (32 * SNARF) as u64).expect("create");
+    e.write(&v, 0, &vec![1u8; 32 * SNARF]).expect("first data");
+    e.take("keep").expect("snapshot");
+    fs.fill("filler");
+
+    // One pre-image fits in memory, the next cannot be spilled: the disk is full.
+    let start = std::time::Instant::now();
+    for i in 0..32 {
+        e.write(&v, (i * SNARF) as u64, &vec![2u8; SNARF])
+            .unwrap_or_else(|err| panic!("write of snarf {i} failed: {err}"));
+    }
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(900),
+        "writers were not throttled before the break"
+    );
+    let snap = e.snapshot("keep").expect("listed");
+    match snap.state() {
+        SnapState::Broken(reason) => assert!(
+            reason.contains("could not be spilled") && reason.contains("No space left"),
+            "{reason}"
+        ),
+        other => panic!("snapshot not broken: {other:?}"),
+    }
+    let mut buf = vec![0u8; SNARF];
+    let err = e.read_snapshot(&snap, "v", 0, &mut buf).unwrap_err();
+    assert_eq!(errno(err), libc::EIO);
+    assert_eq!(e.stats().broken, 1);
+    let mut all = vec![0u8; 32 * SNARF];
+    e.read(&v, 0, &mut all).expect("read");
+    assert!(all.iter().all(|&b| b == 2));
+
+    // Once there is room again, new snapshots spill as before.
+    std::fs::remove_file(fs.path.join("filler")).expect("rm filler");
+    e.release("keep").expect("release");
+    let s2 = e.take("again").expect("snapshot");
+    for i in 0..4 {
+        e.write(&v, (i * SNARF) as u64, &vec![3u8; SNARF])
+            .expect("write");
+    }
+    assert_eq!(s2.state(), SnapState::Live);
+    assert!(e.stats().cache.disk_used >= 3 * SNARF as u64);
+    e.read_snapshot(&s2, "v", 0, &mut all)
+        .expect("read snapshot");
+    assert!(all.iter().all(|&b| b == 2));
+    e.close().expect("close");
+}
+
+#[test]
+fn a_shrink_under_a_snapshot_on_a_full_disk_succeeds_and_fsync_reports_what_is_not_durable() {
+    if !disks::root_available() {
+        return;
+    }
+    let fs = disks::Tmpfs::new("8M");
+    let root = fs.path.join("store");
+    {
+        let e = engine_on(&root, Budgets::default());
+        let v = e.create_volume("v", (16 * SNARF) as u64).expect("create");
+        e.write(&v, 0, &vec![7u8; 16 * SNARF]).expect("data");
+        let snap = e.take("s").expect("snapshot");
+        fs.fill("filler");
+        // The data past the new end stays for the snapshot; recording that on a full
+        // disk fails, which the truncate must not.
+        e.resize(&v, 1000).expect("shrink");
+        assert_eq!(v.size(), 1000);
+        let err = e.fsync(&v).unwrap_err();
+        assert_eq!(errno(err), libc::ENOSPC);
+        let mut buf = vec![0u8; 16 * SNARF];
+        e.read_snapshot(&snap, "v", 0, &mut buf)
+            .expect("snapshot read");
+        assert!(buf.iter().all(|&b| b == 7));
+        // With room again the next fsync makes it durable...
+        std::fs::remove_file(fs.path.join("filler")).expect("rm filler");
+        e.fsync(&v).expect("fsync");
+        // ...so a crash now (no close) still trims the data past the end.
+    }
+    let store = Store::open(&root, "test").expect("reopen");
+    assert_eq!(store.volume("v").expect("v").size(), 1000);
+}
