@@ -18,6 +18,7 @@ use crate::control::ControlFile;
 use crate::daemon::Daemon;
 use crate::repo::VolumeReader;
 use crate::snapshot::{Engine, SnapState, Snapshot};
+use crate::store::volume::ErrorCursor;
 use crate::store::Volume;
 
 /// Result of a filesystem operation.
@@ -156,7 +157,9 @@ pub enum Seek {
 }
 
 enum Handle {
-    Volume(Arc<Volume>),
+    /// A live volume, with this open file's place in its error sequence, so each open file
+    /// is told of a write-back error at its next fsync (or close).
+    Volume(Arc<Volume>, ErrorCursor),
     Snap(Arc<Snapshot>, String),
     Control(ControlFile, Mutex<ControlBuf>),
     Backup(Box<VolumeReader>),
@@ -165,7 +168,7 @@ enum Handle {
 impl std::fmt::Debug for Handle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Handle::Volume(v) => write!(f, "Volume({:016x})", v.id()),
+            Handle::Volume(v, _) => write!(f, "Volume({:016x})", v.id()),
             Handle::Snap(s, n) => write!(f, "Snap({}, {n})", s.name()),
             Handle::Control(c, _) => write!(f, "Control({c})"),
             Handle::Backup(r) => write!(f, "Backup({}, {})", r.backup(), r.volume()),
@@ -588,7 +591,8 @@ impl SnarfFs {
                 if flags & libc::O_TRUNC != 0 && writing {
                     self.engine().resize(&v, 0)?;
                 }
-                (Handle::Volume(v), false, false)
+                let cursor = v.error_cursor();
+                (Handle::Volume(v, cursor), false, false)
             }
             Node::SnapFile(s, name) => {
                 if writing {
@@ -699,7 +703,7 @@ impl SnarfFs {
     /// Reads up to `buf.len()` bytes at `offset`; returns how many.
     pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
         match &*self.handle(fh)? {
-            Handle::Volume(v) => Ok(self.engine().read(v, offset, buf)?),
+            Handle::Volume(v, _) => Ok(self.engine().read(v, offset, buf)?),
             // Snarfs a backup stored (their pre-images freed) come back from the repository.
             Handle::Snap(s, name) => match self.daemon.read_snapshot(s, name, offset, buf) {
                 Ok(n) => Ok(n),
@@ -751,7 +755,7 @@ impl SnarfFs {
     /// Writes `data` at `offset`; returns how many bytes were taken.
     pub fn write(&self, caller: Caller, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         match &*self.handle(fh)? {
-            Handle::Volume(v) => {
+            Handle::Volume(v, _) => {
                 self.engine().write(v, offset, data)?;
                 Ok(data.len() as u32)
             }
@@ -785,17 +789,36 @@ impl SnarfFs {
         }
     }
 
-    /// Flushes a file's data to stable storage.
+    /// Flushes a file's data to stable storage; fails if writing the volume back failed
+    /// since this file's last fsync, whichever file's sync found out.
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
         match &*self.handle(fh)? {
-            Handle::Volume(v) => Ok(self.engine().fsync(v)?),
+            Handle::Volume(v, cursor) => Ok(self.engine().fsync_file(v, cursor)?),
+            _ => Ok(()),
+        }
+    }
+
+    /// close(2) of a file: reports a write-back error this file was not told of yet, so a
+    /// program that closes without fsync still hears of it. Nothing is synced here.
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        match &*self.handle(fh)? {
+            Handle::Volume(v, cursor) => Ok(v.check_errors(cursor)?),
             _ => Ok(()),
         }
     }
 
     /// Closes a handle.
     pub fn release(&self, fh: u64) {
-        self.handles.remove(&fh);
+        if let Some((_, h)) = self.handles.remove(&fh) {
+            if let Handle::Volume(v, cursor) = &*h {
+                if v.has_unseen_errors(cursor) {
+                    log::warn!(
+                        "an open file of volume {:016x} was closed without being told that writing it back to disk failed",
+                        v.id()
+                    );
+                }
+            }
+        }
     }
 
     /// Makes directory `name` in `parent`: under `snapshots/` that takes a snapshot.
@@ -924,7 +947,7 @@ impl SnarfFs {
     pub fn lseek(&self, fh: u64, offset: u64, whence: Seek) -> FsResult<u64> {
         let enxio = || FsError::new(libc::ENXIO, "offset is past the end of the file");
         match &*self.handle(fh)? {
-            Handle::Volume(v) => {
+            Handle::Volume(v, _) => {
                 let size = v.size();
                 if offset >= size {
                     return Err(enxio());

@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
+use crate::store::volume::ErrorCursor;
 use crate::store::{self, validate_name, Budgets, Store, Tracking, Volume, VolumeId, VolumeState};
 pub use bitset::SnarfSet;
 pub use preimage::{CacheStats, Location};
@@ -576,6 +577,15 @@ impl Engine {
     pub fn fsync(&self, vol: &Volume) -> Result<()> {
         vol.sync_data()?;
         Ok(self.store.flush_meta()?)
+    }
+
+    /// fsync(2) of one open file of a volume: syncs, then reports any write-back error
+    /// recorded since that file's last fsync, whichever file's sync met it first.
+    pub fn fsync_file(&self, vol: &Volume, cursor: &ErrorCursor) -> Result<()> {
+        let synced = self.fsync(vol);
+        let unseen = vol.check_errors(cursor);
+        synced?;
+        Ok(unseen?)
     }
 
     /// Does what a step that is not [`Step::Done`] asks, with no lock held: wait for room,

@@ -9,6 +9,12 @@
 //! stamps are allocated fallibly, so a size the engine cannot serve is an error, never an
 //! abort. A volume file found larger than that is listed but *not served*: it can be read,
 //! truncated to a size that is served, renamed or deleted; writes are refused (EFBIG).
+//!
+//! Every open file of a volume shares its one backing descriptor, and the kernel reports a
+//! write-back error once per descriptor. So the volume keeps its own *error sequence*, as
+//! the kernel's errseq_t does per file: each error a sync meets is recorded, each open file
+//! holds an [`ErrorCursor`] taken at open, and its next fsync reports every error recorded
+//! since, whichever file's sync met it first. Writes need no attribution to a file.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -55,7 +61,17 @@ pub struct Volume {
     /// unlinked on drop.
     retired: Mutex<Option<PathBuf>>,
     deleted: AtomicBool,
+    /// The error sequence: errors recorded so far (high 32 bits) and the errno of the
+    /// latest (low 32 bits).
+    errors: AtomicU64,
+    /// Held across a sync of the backing file and the recording of its error, so a sync
+    /// that returns clean after another met the error sees it recorded.
+    sync_lock: Mutex<()>,
 }
+
+/// An open file's place in its volume's error sequence (see the module notes).
+#[derive(Debug)]
+pub struct ErrorCursor(AtomicU64);
 
 /// The part of a volume that changes with resizes, guarded by the volume's lock: writers
 /// hold it shared (the size cannot move under them), resizes hold it exclusively.
@@ -150,6 +166,8 @@ impl Volume {
             ctime_ns: AtomicI64::new(mtime),
             retired: Mutex::new(None),
             deleted: AtomicBool::new(false),
+            errors: AtomicU64::new(0),
+            sync_lock: Mutex::new(()),
         })
     }
 
@@ -301,11 +319,48 @@ impl Volume {
         }
     }
 
-    /// Flushes written data to stable storage.
+    /// Flushes written data to stable storage. An error is recorded in the volume's error
+    /// sequence, so every open file that has not seen it yet is told at its next fsync.
     pub fn sync_data(&self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io(format!("syncing volume {:016x}", self.id), e))
+        let _one_at_a_time = self.sync_lock.lock();
+        self.file.sync_data().map_err(|e| {
+            let errno = e.raw_os_error().unwrap_or(libc::EIO) as u32 as u64;
+            let _ = self
+                .errors
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |seq| {
+                    Some((((seq >> 32) + 1) << 32) | errno)
+                });
+            Error::io(format!("syncing volume {:016x}", self.id), e)
+        })
+    }
+
+    /// A cursor at the end of the error sequence, for a file opened now: it sees the
+    /// errors recorded from now on.
+    pub fn error_cursor(&self) -> ErrorCursor {
+        ErrorCursor(AtomicU64::new(self.errors.load(Ordering::Acquire) >> 32))
+    }
+
+    /// The latest error recorded since `cursor`, as the OS error it was; moves the cursor
+    /// to the end, so each error is reported once per open file.
+    pub fn check_errors(&self, cursor: &ErrorCursor) -> Result<()> {
+        let seq = self.errors.load(Ordering::Acquire);
+        let count = seq >> 32;
+        let seen = cursor.0.swap(count, Ordering::AcqRel);
+        if count <= seen {
+            return Ok(());
+        }
+        Err(Error::io(
+            format!(
+                "writing volume {:016x} back to disk failed since this file last synced; data written through it may be lost",
+                self.id
+            ),
+            std::io::Error::from_raw_os_error((seq & 0xffff_ffff) as i32),
+        ))
+    }
+
+    /// Whether `cursor` has errors it was not told about yet.
+    pub fn has_unseen_errors(&self, cursor: &ErrorCursor) -> bool {
+        self.errors.load(Ordering::Acquire) >> 32 > cursor.0.load(Ordering::Acquire)
     }
 
     /// Next offset at or after `offset` holding data (`SEEK_DATA`) or a hole (`SEEK_HOLE`)
