@@ -4,6 +4,7 @@
 //!
 //! ```json
 //! {"kind": "snarf-snapshot", "store_id": "…", "snapshot_epoch": 4294967297,
+//!  "session_id": "…",
 //!  "volumes": [{"name": "vm1.img", "id": 1234, "size": 21474836480, "snarf_size": 65536}]}
 //! ```
 
@@ -38,6 +39,9 @@ pub struct Source {
     pub store_id: String,
     /// The snapshot's epoch: the next incremental backup reads what changed after it.
     pub snapshot_epoch: u64,
+    /// The id of the store session the snapshot was taken in (see `store::lineage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
     /// The volumes backed up.
     pub volumes: Vec<SourceVolume>,
 }
@@ -49,6 +53,7 @@ impl Source {
             kind: KIND.to_string(),
             store_id: desc.store_id.clone(),
             snapshot_epoch: desc.epoch,
+            session_id: (!desc.session_id.is_empty()).then(|| desc.session_id.clone()),
             volumes: desc
                 .volumes
                 .iter()
@@ -109,6 +114,7 @@ pub fn find_bases(repo: &Repo, desc: &SnapshotDesc, names: &[String]) -> Result<
                 backup: m.id.to_string(),
                 name: sv.name.clone(),
                 epoch: src.snapshot_epoch,
+                session_id: src.session_id.clone(),
                 size: entry.size,
                 snarf_size: entry.snarf_size,
             });

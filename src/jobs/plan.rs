@@ -57,6 +57,10 @@ pub struct SnapshotDesc {
     pub created_ns: i64,
     /// The store's unique id.
     pub store_id: String,
+    /// The id of the store session the snapshot was taken in (its epoch says which
+    /// session): recorded in the backup, so the next one can check the store lived through it.
+    #[serde(default)]
+    pub session_id: String,
     /// Its volumes, by name.
     pub volumes: Vec<VolumeDesc>,
 }
@@ -69,6 +73,7 @@ impl SnapshotDesc {
             epoch: snap.epoch(),
             created_ns: snap.created_ns(),
             store_id: engine.store().store_id(),
+            session_id: engine.store().session_id().to_string(),
             volumes: snap
                 .volumes()
                 .iter()
@@ -94,6 +99,10 @@ pub struct Base {
     pub name: String,
     /// Epoch of the snapshot that backup was taken from.
     pub epoch: u64,
+    /// The id of the store session that snapshot was taken in; `None` for backups made
+    /// before sessions were recorded.
+    #[serde(default)]
+    pub session_id: Option<String>,
     /// The volume's size then.
     pub size: u64,
     /// Its snarf size then.
@@ -347,6 +356,18 @@ fn decide(
     if base.snarf_size as u64 != ss {
         return Ok(Err(FullReason::SnarfSizeChanged {
             base: base.backup.clone(),
+        }));
+    }
+    // The stamps speak for this copy of the store only: the base must have been taken in a
+    // session it lived through, or a store restored from an older copy (or copied and run
+    // elsewhere) would have its changes since skipped.
+    let lived = match &base.session_id {
+        Some(id) => engine.store().lived_through(base.epoch, id),
+        None => Err("it does not record which session of the store it was taken in (it was made by an older snarf)".to_string()),
+    };
+    if let Err(why) = lived {
+        return Ok(Err(FullReason::TrackingLost {
+            reason: format!("the last backup {}: {why}", base.backup),
         }));
     }
     if base.epoch > snap.epoch() {

@@ -11,6 +11,7 @@
 //! spill/              pre-images spilled past the memory budget
 //! state/store.json    volume ids, tracking checkpoints, session counter
 //! state/stamps/ID     per-snarf last-write epochs, saved on clean close
+//! state/sessions      the sessions this copy of the store lived through (see `lineage`)
 //! run/                lock file, open marker, sockets, process registry
 //! ```
 //!
@@ -19,6 +20,7 @@
 //! always older than any epoch of this one.
 
 pub mod files;
+pub mod lineage;
 pub mod name;
 pub mod settings;
 pub mod volume;
@@ -216,6 +218,8 @@ pub struct Store {
     settings: Settings,
     _lock: File,
     session: u64,
+    /// The sessions this copy of the store lived through, this one last.
+    lineage: lineage::Lineage,
     /// Whether the previous session ended without a clean close.
     recovered_unclean: bool,
     /// Volumes whose tracking restarted at this open, with why (file changed while the
@@ -421,7 +425,9 @@ impl Store {
         for sub in ["retired", "spill"] {
             clear_dir(&root.join(sub))?;
         }
-        // The marker and the new session number are durable before any write is served.
+        // The session's id, the marker and the new session number are durable before any
+        // write is served.
+        let lineage = lineage::Lineage::start(root, session)?;
         save_meta(root, &meta)?;
         files::write_atomic(&marker, format!("{}\n", std::process::id()).as_bytes())?;
 
@@ -430,6 +436,7 @@ impl Store {
             settings,
             _lock: lock,
             session,
+            lineage,
             recovered_unclean,
             lost,
             volumes: RwLock::new(volumes),
@@ -457,6 +464,18 @@ impl Store {
     /// Size of one snarf in bytes.
     pub fn snarf_size(&self) -> u64 {
         self.settings.snarf_size
+    }
+
+    /// The random id of this session, recorded by backups so the next one can tell whether
+    /// this store lived through the session its base was taken in.
+    pub fn session_id(&self) -> &str {
+        self.lineage.current_id()
+    }
+
+    /// Whether this copy of the store lived through the session of `epoch` with session id
+    /// `id`, so its stamps can say what changed since; if not, why not.
+    pub fn lived_through(&self, epoch: u64, id: &str) -> Result<(), String> {
+        self.lineage.lived_through(epoch >> 32, id)
     }
 
     /// The first epoch of this session; every epoch used from now on is at least this.
