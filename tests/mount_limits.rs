@@ -1,6 +1,7 @@
-//! Mount tests of sizes the engine cannot serve, on a store whose filesystem would take
-//! them (tmpfs allows 8 EiB files): `truncate -s 1E` is refused with EFBIG and the daemon
-//! goes on; a store that already holds such a volume still mounts and says what is wrong.
+//! Mount tests of the store's own disk and sizes at their limits, on a store on a tmpfs:
+//! `truncate -s 1E` is refused with EFBIG and the daemon goes on (tmpfs would take an 8 EiB
+//! file); a store that already holds such a volume still mounts and says what is wrong; a
+//! full disk under the spill file breaks the snapshot, never a live write.
 
 mod disks;
 mod mounted;
@@ -20,8 +21,8 @@ fn errno_of<T>(r: std::io::Result<T>) -> i32 {
     }
 }
 
-/// A store on `fs`, mounted.
-fn mount_on(fs: &disks::Tmpfs) -> Mounted {
+/// A store on `fs`, mounted with `args`.
+fn mount_on(fs: &disks::Tmpfs, args: &[&str]) -> Mounted {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = fs.path.join("store");
     let mnt = dir.path().join("mnt");
@@ -33,7 +34,7 @@ fn mount_on(fs: &disks::Tmpfs) -> Mounted {
         mnt,
         daemon_pid: None,
     };
-    m.mount(&[]);
+    m.mount(args);
     m
 }
 
@@ -43,7 +44,7 @@ fn truncate_to_1e_is_efbig_and_a_store_holding_such_a_volume_still_mounts() {
         return;
     }
     let fs = disks::Tmpfs::new("64M");
-    let mut m = mount_on(&fs);
+    let mut m = mount_on(&fs, &[]);
     let data = vec![0x42u8; 1 << 20];
     fs::write(m.path("live/v.img"), &data).unwrap();
 
@@ -100,4 +101,42 @@ fn truncate_to_1e_is_efbig_and_a_store_holding_such_a_volume_still_mounts() {
     assert!(m.daemon_alive());
     m.unmount();
     assert!(m.wait_daemon_gone(Duration::from_secs(5)));
+}
+
+#[test]
+fn writes_after_a_snapshot_on_a_full_store_disk_go_on_and_the_snapshot_is_broken() {
+    if !mounted::fuse_available() {
+        return;
+    }
+    let fs = disks::Tmpfs::new("16M");
+    let mut m = mount_on(&fs, &["--preimage-mem", "64K", "--break-after", "1"]);
+    let old = vec![0x11u8; 4 << 20];
+    fs::write(m.path("live/v.img"), &old).unwrap();
+    fs::create_dir(m.path("snapshots/s")).unwrap();
+    fs.fill("filler");
+
+    let f = OpenOptions::new()
+        .write(true)
+        .open(m.path("live/v.img"))
+        .unwrap();
+    let new = vec![0x22u8; 64 << 10];
+    for i in 0..64u64 {
+        f.write_all_at(&new, i * (64 << 10))
+            .unwrap_or_else(|e| panic!("live write {i} failed: {e}"));
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(read(&m.path("live/v.img")), vec![0x22u8; 4 << 20]);
+    // The snapshot is broken, with the reason where a person looks.
+    assert_eq!(errno_of(fs::read(m.path("snapshots/s/v.img"))), libc::EIO);
+    let listing = fs::read_to_string(m.path("control/snapshot")).unwrap();
+    assert!(
+        listing.contains("broken")
+            && listing.contains("could not be spilled")
+            && listing.contains("No space left"),
+        "{listing}"
+    );
+    assert!(m.daemon_alive());
+    fs::remove_file(fs.path.join("filler")).unwrap();
+    m.unmount();
 }

@@ -220,6 +220,19 @@ fn a_catalogue_with_impossible_values_is_repaired_or_refused_never_trusted() {
         "{msg}"
     );
 
+    // A catalogue far larger than any store writes: refused without reading it whole.
+    let meta_path = root.join("state/store.json");
+    let saved = std::fs::read(&meta_path).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&meta_path)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let msg = Store::open(&root, "test").unwrap_err().to_string();
+    assert!(msg.contains("more than any store writes"), "{msg}");
+    std::fs::write(&meta_path, saved).unwrap();
+
     // A store id that would become part of a path: refused.
     edit_meta(&root, |m| {
         m["session"] = serde_json::json!(3);

@@ -237,6 +237,8 @@ const META_FILE: &str = "state/store.json";
 /// Sessions are numbered below this, so `session << 32` and every epoch of the session
 /// fit a u64 and grow with the session.
 const MAX_SESSION: u64 = (1 << 32) - 2;
+/// Largest `state/store.json` read.
+const MAX_META_BYTES: u64 = 64 << 20;
 const OPEN_MARKER: &str = "run/open";
 const LOCK_FILE: &str = "run/store.lock";
 
@@ -802,6 +804,16 @@ fn load_stamps(
 
 fn load_meta(root: &Path) -> Result<StoreMeta> {
     let path = root.join(META_FILE);
+    if let Ok(m) = std::fs::metadata(&path) {
+        // A catalogue is about a hundred bytes per volume; one this large is not one, and
+        // is never read into memory whole.
+        if m.len() > MAX_META_BYTES {
+            return Err(Error::BadState {
+                path,
+                why: format!("it is {} bytes long, more than any store writes", m.len()),
+            });
+        }
+    }
     let text = match std::fs::read(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
