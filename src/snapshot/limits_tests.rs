@@ -328,3 +328,23 @@ fn a_spill_read_error_fails_the_snapshot_reader_with_eio_never_a_writer() {
     );
     assert!(buf.iter().all(|&b| b == 1));
 }
+
+#[test]
+fn stamps_of_a_volume_trimmed_at_open_keep_their_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_store(dir.path(), 64 << 10);
+    let (checkpoint, _) = store_with_saved_stamps(&root);
+    // A logical size left recorded at a clean close (giving the space back had failed).
+    edit_meta(&root, |m| {
+        let id = m["volumes"][0]["id"].as_u64().unwrap();
+        m["logical_sizes"] = serde_json::json!({ id.to_string(): 6 * (64 << 10) });
+    });
+    let e = engine(&root);
+    let v = e.volume("v").unwrap();
+    assert_eq!(v.size(), 6 * (64 << 10));
+    let s = e.take("s").unwrap();
+    match e.changed_snarfs(&s, "v", checkpoint).unwrap() {
+        Changed::Snarfs(set) => assert_eq!(set.iter().collect::<Vec<_>>(), vec![3]),
+        Changed::Lost { reason } => panic!("{reason}"),
+    }
+}

@@ -397,6 +397,7 @@ impl Store {
                     None
                 }
             };
+            let mut stamps = stamps;
             let _ = std::fs::remove_file(&stamps_path);
             if let Some(&size) = meta.logical_sizes.get(&rec.id) {
                 // Only ever a shrink: a recorded size past the file would grow it.
@@ -404,12 +405,16 @@ impl Store {
                     file.set_len(size).map_err(|e| {
                         Error::io(format!("trimming volume file {}", path.display()), e)
                     })?;
+                    // The stamps were saved for the untrimmed file; the trimmed snarfs go.
+                    if let Some(st) = stamps.as_mut() {
+                        st.truncate(size.div_ceil(settings.snarf_size) as usize);
+                    }
                 }
             }
             let vol = Volume::new(rec.id, shift, file, rec.tracked_since, stamps)?;
             if let Some(why) = vol.unserved() {
                 log::error!(
-                    "volume \"{}\" is not served: {why}. Reads work; writes fail with EFBIG until it is truncated to a size that is served (truncate -s SIZE MOUNTPOINT/live/{}) or deleted; snapshots are refused until then",
+                    "volume \"{}\" is not served: {why}. Reads work; writes and snapshots fail until it is truncated to a size that is served (truncate -s SIZE MOUNTPOINT/live/{}) or deleted",
                     rec.name,
                     rec.name
                 );

@@ -148,7 +148,16 @@ impl Volume {
         let stamps: Vec<AtomicU64> = match stamps {
             Some(saved) if saved.len() as u64 == count => saved,
             _ if len > max_volume_size(snarf_shift) => Vec::new(),
-            _ => new_stamps(count, 0).unwrap_or_default(),
+            // Saved stamps that do not fit the file would hide changes: never used. (The
+            // store checks them first; zero stamps here only pair with tracking that
+            // starts now.)
+            Some(_) => {
+                return Err(Error::BadState {
+                    path: PathBuf::from(format!("state/stamps/{id:016x}")),
+                    why: "its stamps do not match the volume file's length".into(),
+                })
+            }
+            None => new_stamps(count, 0).unwrap_or_default(),
         };
         let mtime = meta_time(meta.modified());
         Ok(Volume {
