@@ -6,7 +6,7 @@
 //! snapshot taken in that range sees this one copy. Contents live in memory up to the memory
 //! budget, then in the spill file up to the disk budget; all-zero contents cost nothing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -87,6 +87,8 @@ pub struct PreimageCache {
     /// When a capture buffer last could not be allocated: memory then counts as full for a
     /// while, so writers go to the spill file or wait instead of failing or spinning.
     mem_failed: Mutex<Option<Instant>>,
+    /// Whether `mem_failed` is set (checked first, so captures take no lock for it).
+    mem_failing: AtomicBool,
     space: Mutex<()>,
     space_freed: Condvar,
 }
@@ -104,6 +106,7 @@ impl PreimageCache {
             spill,
             pool: Mutex::new(Vec::new()),
             mem_failed: Mutex::new(None),
+            mem_failing: AtomicBool::new(false),
             space: Mutex::new(()),
             space_freed: Condvar::new(),
         }
@@ -131,9 +134,16 @@ impl PreimageCache {
     }
 
     fn mem_closed(&self) -> bool {
-        self.mem_failed
-            .lock()
-            .is_some_and(|at| at.elapsed() < super::spill::RETRY_AFTER)
+        if !self.mem_failing.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut failed = self.mem_failed.lock();
+        if failed.is_some_and(|at| at.elapsed() < super::spill::RETRY_AFTER) {
+            return true;
+        }
+        *failed = None;
+        self.mem_failing.store(false, Ordering::Release);
+        false
     }
 
     /// Gives back room that was not used.
@@ -187,6 +197,7 @@ impl PreimageCache {
                 self.snarf_size
             );
             *self.mem_failed.lock() = Some(Instant::now());
+            self.mem_failing.store(true, Ordering::Release);
             return None;
         }
         v.resize(self.snarf_size as usize, 0);

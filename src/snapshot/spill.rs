@@ -11,6 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -24,6 +25,8 @@ pub struct SpillFile {
     slot_size: u64,
     max_slots: u32,
     slots: Mutex<Slots>,
+    /// Whether a failure is recorded (checked first, so a good write takes no lock for it).
+    failing: AtomicBool,
 }
 
 /// How long a failed spill write keeps the spill closed before one more try.
@@ -68,6 +71,7 @@ impl SpillFile {
             slot_size,
             max_slots,
             slots: Mutex::new(Slots::default()),
+            failing: AtomicBool::new(false),
         })
     }
 
@@ -101,7 +105,10 @@ impl SpillFile {
             s.next = 0;
             match self.file.set_len(0) {
                 // Its space is back: a failure for want of it may be over.
-                Ok(()) => s.failed = None,
+                Ok(()) => {
+                    s.failed = None;
+                    self.failing.store(false, Ordering::Release);
+                }
                 Err(e) => log::warn!("could not give back the spill file's space: {e}"),
             }
         }
@@ -114,14 +121,19 @@ impl SpillFile {
             log::warn!("pre-images cannot be spilled to disk for now: {e}");
         }
         s.failed = Some((Instant::now(), e.to_string()));
+        self.failing.store(true, Ordering::Release);
     }
 
     /// Records that a spill write worked again.
     fn record_success(&self) {
+        if !self.failing.load(Ordering::Acquire) {
+            return;
+        }
         let mut s = self.slots.lock();
         if s.failed.take().is_some() {
             log::info!("pre-images can be spilled to disk again");
         }
+        self.failing.store(false, Ordering::Release);
     }
 
     /// What the last spill write failure was, while it keeps the spill closed.
