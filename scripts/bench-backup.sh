@@ -142,7 +142,7 @@ cleanup() {
   [ -n "$restic_mount_pid" ] && stop_fuse "$rmnt" "$restic_mount_pid"
   [ -n "$borg_mount_pid" ] && stop_fuse "$bmnt" "$borg_mount_pid"
   if is_mounted "$mnt"; then
-    "$snarf" umount "$mnt" >/dev/null 2>&1 || "$snarf" umount --lazy "$mnt" >/dev/null 2>&1 || umount -l "$mnt"
+    "$snarf" umount -- "$mnt" >/dev/null 2>&1 || "$snarf" umount --lazy -- "$mnt" >/dev/null 2>&1 || umount -l -- "$mnt"
   fi
   if [ -n "$daemon" ] && kill -0 "$daemon" 2>/dev/null; then
     sleep 2
@@ -269,13 +269,13 @@ rm -f "$work/limit.copy"
 
 # ---------- snarf: store, mount, live volume ----------
 say "snarf: repository, store, mount; copying the volume into live/"
-"$snarf" repo init --compression 3 "$srepo" >"$logs/snarf-repo-init.out"
-"$snarf" init "$store" --repo "$srepo" >"$logs/snarf-init.out"
+"$snarf" repo init --compression 3 -- "$srepo" >"$logs/snarf-repo-init.out"
+"$snarf" init "--repo=$srepo" -- "$store" >"$logs/snarf-init.out"
 mount_args=()
 if "$snarf" mount --help 2>/dev/null | grep -q -- '--repo'; then
-  mount_args=(--repo "$srepo")
+  mount_args=("--repo=$srepo")
 fi
-out=$("$snarf" mount "$store" "$mnt" "${mount_args[@]}")
+out=$("$snarf" mount "${mount_args[@]}" -- "$store" "$mnt")
 daemon=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' <<<"$out")
 [ -n "$daemon" ] || die "could not read the daemon pid from: $out"
 vol=$mnt/live/vol.img
@@ -291,7 +291,7 @@ cmp "$mnt/snapshots/full/vol.img" "$src" || die "the snapshot of the live volume
 reset_hwm "$daemon"
 dcpu=$(cpu_s "$daemon")
 say "snarf: full backup"
-synced snarf_full "$snarf" backup "$mnt" full --repo "$srepo"
+synced snarf_full "$snarf" backup "--repo=$srepo" -- "$mnt" full
 M[snarf_full_daemon]=$(hwm "$daemon")
 C[snarf_full_daemon]=$(plus "$(cpu_s "$daemon")" 0 "$dcpu")
 C[snarf_full]=$(plus "${C[snarf_full]}" "${C[snarf_full_daemon]}")
@@ -300,10 +300,10 @@ id_full=$(awk '/^backup .* of snapshot/ { print $2; exit }' "$logs/snarf_full.ou
 SZ[snarf_full]=$(dirsize "$srepo")
 # The same snapshot again at zstd -1 into a second repository: the speed/size trade-off of
 # the compression level (the incremental and restores below use the zstd -3 repository).
-"$snarf" repo init "$srepo1" --compression 1 >"$logs/snarf-init-zstd1.out"
+"$snarf" repo init --compression 1 -- "$srepo1" >"$logs/snarf-init-zstd1.out"
 dcpu=$(cpu_s "$daemon")
 say "snarf: full backup at zstd -1 into a second repository"
-synced snarf_full1 "$snarf" backup "$mnt" full --repo "$srepo1"
+synced snarf_full1 "$snarf" backup "--repo=$srepo1" -- "$mnt" full
 C[snarf_full1]=$(plus "${C[snarf_full1]}" "$(plus "$(cpu_s "$daemon")" 0 "$dcpu")")
 SZ[snarf_full1]=$(dirsize "$srepo1")
 rm -rf "$srepo1"
@@ -332,7 +332,7 @@ cmp "$mnt/snapshots/incr/vol.img" "$src" || die "after the rewrite, the snapshot
 reset_hwm "$daemon"
 dcpu=$(cpu_s "$daemon")
 say "snarf: incremental backup"
-synced snarf_incr "$snarf" backup "$mnt" incr --repo "$srepo"
+synced snarf_incr "$snarf" backup "--repo=$srepo" -- "$mnt" incr
 M[snarf_incr_daemon]=$(hwm "$daemon")
 C[snarf_incr_daemon]=$(plus "$(cpu_s "$daemon")" 0 "$dcpu")
 C[snarf_incr]=$(plus "${C[snarf_incr]}" "${C[snarf_incr_daemon]}")
@@ -359,7 +359,7 @@ cd "$repo_root"
 # ---------- restores of the incremental backups ----------
 sync
 say "snarf: restore"
-synced snarf_restore "$snarf" restore "$srepo" "$id_incr" "$work/restore-snarf"
+synced snarf_restore "$snarf" restore -- "$srepo" "$id_incr" "$work/restore-snarf"
 verify "snarf restore" "$work/restore-snarf/vol.img" "$sum_incr"
 rm -rf "$work/restore-snarf"
 sync
@@ -427,7 +427,7 @@ stop_fuse "$bmnt" "$borg_mount_pid"
 borg_mount_pid=
 
 M[snarf_daemon_total]=$(hwm "$daemon")
-"$snarf" umount "$mnt" >"$logs/snarf-umount.out" 2>&1 || die "snarf umount failed: $(cat "$logs/snarf-umount.out")"
+"$snarf" umount -- "$mnt" >"$logs/snarf-umount.out" 2>&1 || die "snarf umount failed: $(cat "$logs/snarf-umount.out")"
 daemon=
 elapsed=$(($(date +%s) - started))
 say "done in ${elapsed}s; printing the results"

@@ -32,14 +32,14 @@ mnt=$work/mnt
 mkdir -p "$mnt"
 cleanup() {
   if grep -q " $mnt " /proc/self/mountinfo 2>/dev/null; then
-    "$snarf" umount "$mnt" >/dev/null 2>&1 || umount -l "$mnt" || true
+    "$snarf" umount -- "$mnt" >/dev/null 2>&1 || umount -l -- "$mnt" || true
   fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-"$snarf" init "$store" >/dev/null
-out=$("$snarf" mount "$store" "$mnt")
+"$snarf" init -- "$store" >/dev/null
+out=$("$snarf" mount -- "$store" "$mnt")
 daemon=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' <<<"$out")
 bytes=$(numfmt --from=iec "$size")
 mib=$((bytes >> 20))

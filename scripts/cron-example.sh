@@ -13,9 +13,9 @@ snarf=${SNARF_BIN:-snarf}
 name=cron-$(date -u +%Y%m%d-%H%M%S)
 
 export SNARF_PROCESS_TYPE=cron
-"$snarf" snapshot create "$mountpoint" "$name"
+"$snarf" snapshot create -- "$mountpoint" "$name"
 status=0
-"$snarf" backup "$mountpoint" "$name" --repo "$repo" --wait || status=$?
-"$snarf" snapshot release "$mountpoint" "$name"
+"$snarf" backup "--repo=$repo" --wait -- "$mountpoint" "$name" || status=$?
+"$snarf" snapshot release -- "$mountpoint" "$name"
 [ "$status" -eq 0 ] || exit "$status"
-"$snarf" prune "$repo" --keep-last 7 --keep-daily 14 --keep-weekly 8 --keep-monthly 12
+"$snarf" prune --keep-last 7 --keep-daily 14 --keep-weekly 8 --keep-monthly 12 -- "$repo"

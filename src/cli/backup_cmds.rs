@@ -583,3 +583,50 @@ fn direct(
     closed?;
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Cli, Command};
+    use crate::control::{BackupMode, BackupRequest};
+    use crate::pids::ProcType;
+    use clap::Parser;
+    use std::path::{Path, PathBuf};
+
+    /// The argv the daemon builds for a job parses back to exactly what was asked, whatever
+    /// the names look like: nothing a user named is read as an option.
+    #[test]
+    fn hostile_names_in_a_daemon_job_argv_stay_positional() {
+        for (snapshot, volume, repo) in [
+            ("--help", "-v", "/srv/repo"),
+            ("-x", "--version", "/srv/--repo=/etc"),
+            ("--repo=/tmp/evil", "--", "-r"),
+            ("--", "--mode=full", "/srv/repo"),
+        ] {
+            let req = BackupRequest {
+                snapshot: snapshot.into(),
+                repo: None,
+                volumes: Some(vec![volume.into(), "plain".into()]),
+                mode: BackupMode::Incremental,
+                kind: ProcType::User,
+            };
+            let mut argv: Vec<std::ffi::OsString> = vec!["snarf".into()];
+            argv.extend(crate::daemon::jobs::backup_argv(
+                Path::new("/mnt/-m"),
+                &req,
+                Path::new(repo),
+                "17-3",
+            ));
+            let cli = Cli::try_parse_from(&argv)
+                .unwrap_or_else(|e| panic!("{argv:?} does not parse: {e}"));
+            let Command::Backup(args) = cli.command else {
+                panic!("{argv:?} is not a backup command");
+            };
+            assert_eq!(args.snapshot, snapshot, "{argv:?}");
+            assert_eq!(args.target, PathBuf::from("/mnt/-m"));
+            assert_eq!(args.volumes, vec![volume.to_string(), "plain".into()]);
+            assert_eq!(args.repo, Some(PathBuf::from(repo)));
+            assert_eq!(args.job_id.as_deref(), Some("17-3"));
+            assert_eq!(args.mode, super::ModeArg::Incremental);
+        }
+    }
+}

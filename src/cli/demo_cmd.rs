@@ -168,12 +168,20 @@ pub fn demo(args: DemoArgs) -> CliResult {
     let snarf = |args: &[&std::ffi::OsStr], what: &str| run(Command::new(&exe).args(args), what);
 
     step(&format!("creating a demo store in {}", store.display()));
-    snarf(&["init".as_ref(), store.as_os_str()], "snarf init")?;
+    snarf(
+        &["init".as_ref(), "--".as_ref(), store.as_os_str()],
+        "snarf init",
+    )?;
     step(&format!("mounting it at {}", mnt.display()));
     print!(
         "{}",
         snarf(
-            &["mount".as_ref(), store.as_os_str(), mnt.as_os_str()],
+            &[
+                "mount".as_ref(),
+                "--".as_ref(),
+                store.as_os_str(),
+                mnt.as_os_str()
+            ],
             "snarf mount"
         )?
     );
@@ -217,6 +225,7 @@ pub fn demo(args: DemoArgs) -> CliResult {
         let t = Instant::now();
         run(
             Command::new("cp")
+                .arg("--")
                 .arg(mnt.join("snapshots/demo/demo.img"))
                 .arg(&copy),
             "cp",
@@ -249,7 +258,10 @@ pub fn demo(args: DemoArgs) -> CliResult {
     })();
 
     step("unmounting");
-    let unmounted = snarf(&["umount".as_ref(), mnt.as_os_str()], "snarf umount");
+    let unmounted = snarf(
+        &["umount".as_ref(), "--".as_ref(), mnt.as_os_str()],
+        "snarf umount",
+    );
     if !args.keep && args.dir.is_none() {
         let _ = fs::remove_dir_all(&base);
     }

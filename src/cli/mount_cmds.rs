@@ -174,6 +174,37 @@ fn report(ready: Option<File>, outcome: Result<(), &str>) {
     }
 }
 
+/// The daemon's arguments: `mount`, every option as `--key=value`, then `--` and the two
+/// paths, so a store or mount point whose name starts with `-` is never read as an option.
+fn daemon_argv(args: &MountArgs, store: &Path, mountpoint: &Path) -> Vec<std::ffi::OsString> {
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        "mount".into(),
+        format!("--ready-fd={READY_FD}").into(),
+        format!("--threads={}", args.threads).into(),
+    ];
+    if args.allow_other {
+        argv.push("--allow-other".into());
+    }
+    if let Some(v) = args.preimage_mem {
+        argv.push(format!("--preimage-mem={v}").into());
+    }
+    if let Some(v) = args.preimage_disk {
+        argv.push(format!("--preimage-disk={v}").into());
+    }
+    if let Some(v) = args.break_after {
+        argv.push(format!("--break-after={v}").into());
+    }
+    if let Some(repo) = &args.repo {
+        let mut a = std::ffi::OsString::from("--repo=");
+        a.push(repo);
+        argv.push(a);
+    }
+    argv.push("--".into());
+    argv.push(store.as_os_str().to_owned());
+    argv.push(mountpoint.as_os_str().to_owned());
+    argv
+}
+
 /// Starts the daemon in the background and waits for its word.
 fn launch(args: &MountArgs, store: &Path, mountpoint: &Path) -> CliResult {
     let exe = std::env::current_exe()
@@ -190,28 +221,7 @@ fn launch(args: &MountArgs, store: &Path, mountpoint: &Path) -> CliResult {
     let (mut rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
     let wr_fd = fds[1];
     let mut cmd = Command::new(exe);
-    cmd.arg("mount")
-        .arg(store)
-        .arg(mountpoint)
-        .arg("--ready-fd")
-        .arg(READY_FD.to_string())
-        .arg("--threads")
-        .arg(args.threads.to_string());
-    if args.allow_other {
-        cmd.arg("--allow-other");
-    }
-    if let Some(v) = args.preimage_mem {
-        cmd.arg("--preimage-mem").arg(v.to_string());
-    }
-    if let Some(v) = args.preimage_disk {
-        cmd.arg("--preimage-disk").arg(v.to_string());
-    }
-    if let Some(v) = args.break_after {
-        cmd.arg("--break-after").arg(v.to_string());
-    }
-    if let Some(repo) = &args.repo {
-        cmd.arg("--repo").arg(repo);
-    }
+    cmd.args(daemon_argv(args, store, mountpoint));
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

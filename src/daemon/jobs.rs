@@ -3,6 +3,7 @@
 //! (progress, state), its exit. Finished jobs stay listed for a day (at most 100 of them),
 //! so a script that started one can read how it ended.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -80,6 +81,42 @@ fn last_line(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The arguments of the `snarf backup` process for a job: every option in `--key=value`
+/// form, then `--`, then the positional arguments. Names come from users (a snapshot may be
+/// called `--help`, a volume `-v`), so nothing they chose can be read as an option.
+pub(crate) fn backup_argv(
+    mountpoint: &Path,
+    req: &BackupRequest,
+    repository: &Path,
+    id: &str,
+) -> Vec<OsString> {
+    let opt = |key: &str, value: &OsStr| {
+        let mut a = OsString::from(format!("--{key}="));
+        a.push(value);
+        a
+    };
+    let mut argv: Vec<OsString> = vec![
+        "backup".into(),
+        opt("repo", repository.as_os_str()),
+        opt("job-id", OsStr::new(id)),
+        opt(
+            "mode",
+            OsStr::new(match req.mode {
+                BackupMode::Full => "full",
+                BackupMode::Incremental => "incremental",
+                BackupMode::Auto => "auto",
+            }),
+        ),
+    ];
+    for v in req.volumes.iter().flatten() {
+        argv.push(opt("volume", OsStr::new(v)));
+    }
+    argv.push("--".into());
+    argv.push(mountpoint.as_os_str().to_owned());
+    argv.push(req.snapshot.clone().into());
+    argv
+}
+
 impl JobManager {
     /// Allows starting jobs (the mount knows its mount point only once mounted).
     pub fn set_launcher(&self, launcher: JobLauncher) {
@@ -129,22 +166,7 @@ impl JobManager {
             .try_clone()
             .map_err(|e| format!("{}: {e}", log_path.display()))?;
         let mut cmd = Command::new(&launcher.exe);
-        cmd.arg("backup")
-            .arg(&launcher.mountpoint)
-            .arg(&req.snapshot)
-            .arg("--repo")
-            .arg(repository)
-            .arg("--job-id")
-            .arg(&id)
-            .arg("--mode")
-            .arg(match req.mode {
-                BackupMode::Full => "full",
-                BackupMode::Incremental => "incremental",
-                BackupMode::Auto => "auto",
-            });
-        for v in req.volumes.iter().flatten() {
-            cmd.arg("--volume").arg(v);
-        }
+        cmd.args(backup_argv(&launcher.mountpoint, req, repository, &id));
         // The job registers in the process registry with the type its requester gave.
         cmd.env("SNARF_PROCESS_TYPE", req.kind.as_str());
         cmd.stdin(Stdio::null())
@@ -220,13 +242,21 @@ impl JobManager {
             job.finished = Some(Instant::now());
             let report = JobReport::read(&report_path);
             let log = last_line(&report::log_path(run_dir, &job.id));
-            if status.success() {
+            // Done means a backup was committed, in the job's own report; an exit status
+            // alone is not enough (a process that printed its help also exits 0).
+            let committed = report
+                .as_ref()
+                .filter(|r| r.state == ReportedState::Done)
+                .and_then(|r| r.backup_id.clone());
+            if let (true, Some(id)) = (status.success(), &committed) {
                 job.state = JobState::Done;
-                job.reason = report
-                    .as_ref()
-                    .and_then(|r| r.backup_id.clone())
-                    .map(|id| format!("backup {id}"))
-                    .unwrap_or_default();
+                job.reason = format!("backup {id}");
+            } else if status.success() {
+                job.state = JobState::Failed;
+                job.reason = format!(
+                    "the job process exited without reporting a committed backup; see {}",
+                    report::log_path(run_dir, &job.id).display()
+                );
             } else if job.cancel_requested {
                 job.state = JobState::Cancelled;
                 job.reason = "cancelled on request".into();
