@@ -87,11 +87,12 @@ pub struct BackupArgs {
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     pub mode: ModeArg,
     /// zstd level for new chunks, 1 (fastest) to 19 (smallest); default the repository's.
-    #[arg(long, value_name = "LEVEL")]
+    #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(i32).range(1..=19))]
     pub compression: Option<i32>,
-    /// Seconds to wait for the repository lock if another job holds it (default: fail at
-    /// once, naming the holder).
-    #[arg(long, value_name = "SECS")]
+    /// Seconds to wait for the repository lock if another job holds it, up to 604800
+    /// (default: fail at once, naming the holder).
+    #[arg(long, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(0..=super::numbers::MAX_WAIT_SECS))]
     pub lock_wait: Option<u64>,
     /// Hand the job to the mount (as `echo backup ... > MOUNTPOINT/control/jobs` does)
     /// and follow its progress in control/jobs until it ends; the exit status is the job's.
@@ -101,8 +102,9 @@ pub struct BackupArgs {
     /// Hand the job to the mount through control/jobs, print its id and return at once.
     #[arg(long)]
     pub detach: bool,
-    /// Hashing and compression threads (default: one per core).
-    #[arg(long, value_name = "N")]
+    /// Hashing and compression threads, 1 to 256 (default: one per core).
+    #[arg(long, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=super::numbers::MAX_THREADS))]
     pub threads: Option<usize>,
     /// Internal: the id of a job the mount daemon started through control/jobs; the job
     /// keeps STORE/run/jobs/ID.json up to date for it.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::{CliError, CliResult};
-use crate::units::{parse_size, Bytes};
+use crate::units::Bytes;
 
 /// Arguments of `snarf demo`.
 #[derive(Debug, Args)]
@@ -24,7 +24,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Size of the demo volume.
-    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    #[arg(long, default_value = "256M", value_parser = super::numbers::size_between(1 << 20, 16 << 30))]
     pub size: u64,
     /// Keep the store and mount point afterwards (unmounted).
     #[arg(long)]

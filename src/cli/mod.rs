@@ -6,6 +6,7 @@ mod control_cmds;
 mod demo_cmd;
 mod logging;
 mod mount_cmds;
+mod numbers;
 mod repo_cmds;
 mod store_cmds;
 

@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use super::{logging, CliError, CliResult};
+use super::{logging, numbers, CliError, CliResult};
 use crate::daemon::jobs::JobLauncher;
+use crate::daemon::record::{self, Phase, RecordFile};
 use crate::daemon::Daemon;
 use crate::fuse::{self, MountOptions};
 use crate::mounts;
 use crate::snapshot::{Engine, EngineOptions};
 use crate::store::{Settings, Store};
-use crate::units::parse_size;
 
 /// The descriptor the background daemon reports readiness on.
 const READY_FD: i32 = 3;
@@ -45,8 +45,9 @@ pub struct MountArgs {
     /// and debugging). Without it the daemon goes to the background once the mount is ready.
     #[arg(long, short = 'f')]
     pub foreground: bool,
-    /// FUSE worker threads.
-    #[arg(long, default_value_t = default_threads())]
+    /// FUSE worker threads (1 to 256).
+    #[arg(long, default_value_t = default_threads(),
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=numbers::MAX_THREADS))]
     pub threads: usize,
     /// Let other users in (permission bits still apply: volumes stay owner-only and only
     /// the owner may write control files). Needs user_allow_other in /etc/fuse.conf for
@@ -54,20 +55,20 @@ pub struct MountArgs {
     #[arg(long)]
     pub allow_other: bool,
     /// Memory for pre-images before they spill to disk (overrides the store's setting).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = numbers::budget)]
     pub preimage_mem: Option<u64>,
     /// Disk for spilled pre-images before writers are slowed (overrides the store's setting).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = numbers::budget)]
     pub preimage_disk: Option<u64>,
-    /// Seconds a writer may wait for pre-image room before a snapshot is broken.
-    #[arg(long)]
+    /// Seconds a writer may wait for pre-image room before a snapshot is broken (0 to 86400).
+    #[arg(long, value_parser = numbers::break_after)]
     pub break_after: Option<f64>,
     /// Repository shown under backups/ and used by jobs started from control/jobs
     /// (overrides the store's `repository` setting).
     #[arg(long)]
     pub repo: Option<PathBuf>,
     /// Internal: descriptor on which the background daemon reports readiness.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, value_parser = clap::value_parser!(i32).range(3..=65535))]
     pub ready_fd: Option<i32>,
 }
 
@@ -79,8 +80,9 @@ pub struct UmountArgs {
     /// If files are still open, detach the mount now and let it go when they are closed.
     #[arg(long, short = 'l')]
     pub lazy: bool,
-    /// Seconds to wait for the daemon to flush and exit.
-    #[arg(long, default_value_t = 120)]
+    /// Seconds to wait for the daemon to flush and exit (1 to 604800).
+    #[arg(long, default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=numbers::MAX_WAIT_SECS))]
     pub timeout: u64,
 }
 
@@ -336,6 +338,19 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
         args.threads,
         engine.options().budgets
     );
+    // How the close goes is recorded for `snarf umount`; without the record it reports the
+    // close as unconfirmed rather than guess.
+    let mut record = match RecordFile::start(&store.join("run"), mountpoint) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log::warn!(
+                "cannot write {}: {e}; `snarf umount` will not be able to confirm the store was closed",
+                store.join("run").join(record::FILE).display()
+            );
+            None
+        }
+    };
+    log_panics();
     watch_signals(mountpoint.to_path_buf())?;
     report(ready, Ok(()));
     notify_systemd();
@@ -348,14 +363,37 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
     daemon.jobs().stop_all(Duration::from_secs(10));
     // Then the socket goes: any job still connected fails; pins kept for snapshot reads go.
     daemon.stop_job_server();
-    match engine.close() {
+    let closed = engine.close().map_err(|e| e.to_string());
+    match &closed {
         Ok(()) => log::info!("unmounted {}; store closed cleanly", mountpoint.display()),
-        Err(e) => {
-            log::error!("closing the store after unmount: {e}");
-            return Err(CliError::new(format!("closing the store: {e}")));
+        Err(e) => log::error!("closing the store after unmount: {e}"),
+    }
+    if let Some(r) = record.as_mut() {
+        if let Err(e) = r.finish(closed.clone()) {
+            log::error!(
+                "cannot record how the store was closed in {}: {e}",
+                r.path().display()
+            );
         }
     }
+    if let Err(e) = closed {
+        return Err(CliError::new(format!("closing the store: {e}")));
+    }
     served.map_err(|e| CliError::new(format!("the FUSE session failed: {e}")))
+}
+
+/// Sends panic messages (with where they happened) to the log as well as stderr: the
+/// daemon's stderr is usually /dev/null.
+fn log_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        log::error!(
+            "panic on thread {}: {info}",
+            thread.name().unwrap_or("unnamed")
+        );
+        previous(info);
+    }));
 }
 
 /// On SIGTERM, SIGINT or SIGHUP: unmount, which ends the session and closes the store.
@@ -423,6 +461,10 @@ pub fn umount(args: UmountArgs) -> CliResult {
             entry.fstype
         )));
     }
+    let store = PathBuf::from(&entry.source);
+    let run_dir = store.join("run");
+    // The daemon serving the mount now, to tell its record from a later daemon's.
+    let before = record::read(&run_dir).filter(|r| r.phase == Phase::Serving);
     match mounts::unmount(&path, args.lazy) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
@@ -433,18 +475,84 @@ pub fn umount(args: UmountArgs) -> CliResult {
         }
         Err(e) => return Err(CliError::new(format!("cannot unmount {}: {e}", path.display()))),
     }
-    if stale {
-        println!("cleared the stale mount at {}", path.display());
-        return Ok(());
+    let limit = Duration::from_secs(args.timeout);
+    let start = Instant::now();
+    wait_for_store_release(&store, limit)?;
+    // The daemon records the close just after it lets go of the store: wait for that too
+    // (or for it to be gone), within the same time limit.
+    let after = loop {
+        let r = record::read(&run_dir);
+        match &r {
+            Some(r)
+                if r.phase == Phase::Serving
+                    && record::is_running(r)
+                    && start.elapsed() < limit =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => break r,
+        }
+    };
+    let done = if stale {
+        format!("cleared the stale mount at {}", path.display())
+    } else {
+        format!("unmounted {}", path.display())
+    };
+    match closing_outcome(before.as_ref(), after.as_ref(), stale) {
+        Ok(()) => {
+            println!("{done} (store {} flushed and closed)", store.display());
+            Ok(())
+        }
+        Err(why) => Err(CliError::new(format!(
+            "{done}, but {why}; see {}",
+            store.join("snarf.log").display()
+        ))),
     }
-    let store = PathBuf::from(&entry.source);
-    wait_for_store_release(&store, Duration::from_secs(args.timeout))?;
-    println!(
-        "unmounted {} (store {} flushed and closed)",
-        path.display(),
-        store.display()
-    );
-    Ok(())
+}
+
+/// What the daemon's record says about the close, as `snarf umount` reports it: `Ok` only
+/// when the daemon that served the mount recorded a clean close.
+fn closing_outcome(
+    before: Option<&record::DaemonRecord>,
+    after: Option<&record::DaemonRecord>,
+    stale: bool,
+) -> Result<(), String> {
+    const UNCLEAN: &str = "the store was not closed cleanly: changed-snarf tracking is lost and the next backup of each volume reads it in full";
+    let Some(after) = after else {
+        return Err(format!(
+            "the daemon left no record of closing the store ({} is missing), so the close cannot be confirmed",
+            record::FILE
+        ));
+    };
+    if let Some(before) = before {
+        if (before.pid, before.start_time) != (after.pid, after.start_time) {
+            return Err(format!(
+                "another daemon (pid {}) has started on the store since, so how daemon {} closed it cannot be told",
+                after.pid, before.pid
+            ));
+        }
+    }
+    match after.phase {
+        Phase::Closed => Ok(()),
+        Phase::CloseFailed => Err(format!(
+            "the daemon (pid {}) could not close the store: {}; {UNCLEAN}",
+            after.pid,
+            after.error.as_deref().unwrap_or("no reason recorded")
+        )),
+        Phase::Serving if record::is_running(after) => Err(format!(
+            "the daemon (pid {}) is still running{}",
+            after.pid,
+            if stale {
+                " although its mount was dead"
+            } else {
+                ""
+            }
+        )),
+        Phase::Serving => Err(format!(
+            "the daemon (pid {}) ended without closing the store (it was killed or crashed); {UNCLEAN}",
+            after.pid
+        )),
+    }
 }
 
 /// Waits until nobody holds the store's lock (the daemon has exited).

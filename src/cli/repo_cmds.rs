@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use super::{CliError, CliResult};
 use crate::control;
 use crate::repo::{self, Policy, Repo, RepoInitOptions};
-use crate::units::{parse_size, Bytes};
+use crate::units::Bytes;
 
 /// Arguments of `snarf repo`.
 #[derive(Debug, Args)]
@@ -33,10 +33,11 @@ struct RepoInitArgs {
     repo: PathBuf,
     /// zstd compression level for stored chunks: 1 (fastest) to 19 (smallest). Chunks that
     /// do not get smaller are stored uncompressed whatever the level.
-    #[arg(long, default_value_t = repo::DEFAULT_COMPRESSION, value_name = "LEVEL")]
+    #[arg(long, default_value_t = repo::DEFAULT_COMPRESSION, value_name = "LEVEL",
+          value_parser = clap::value_parser!(i32).range(1..=19))]
     compression: i32,
     /// Size at which a pack file is sealed (e.g. 32M). Bigger packs mean fewer files.
-    #[arg(long, default_value = "32M", value_parser = parse_size, value_name = "SIZE")]
+    #[arg(long, default_value = "32M", value_parser = super::numbers::size_between(4 << 10, 4 << 30), value_name = "SIZE")]
     pack_size: u64,
 }
 
@@ -81,16 +82,16 @@ pub struct PruneArgs {
     /// The repository.
     repo: PathBuf,
     /// Keep the newest N backups.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = keep_count())]
     keep_last: u32,
     /// Also keep the newest backup of each of the last N days that have backups (UTC).
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = keep_count())]
     keep_daily: u32,
     /// Also keep the newest backup of each of the last N ISO weeks that have backups.
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = keep_count())]
     keep_weekly: u32,
     /// Also keep the newest backup of each of the last N months that have backups.
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = keep_count())]
     keep_monthly: u32,
     /// Only show what would be kept and removed; change nothing.
     #[arg(long)]
@@ -116,6 +117,12 @@ enum RepairCommand {
 struct RepairIndexArgs {
     /// The repository.
     repo: PathBuf,
+}
+
+/// A retention count: 0 to a million (more backups than anyone keeps, and the counts' sum
+/// stays far from overflowing).
+fn keep_count() -> clap::builder::RangedU64ValueParser<u32> {
+    clap::builder::RangedU64ValueParser::<u32>::new().range(0..=1_000_000)
 }
 
 /// Arguments of `snarf finishing`.

@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::CliResult;
 use crate::store::{settings, Budgets, InitOptions, Store};
-use crate::units::{parse_size, Bytes};
+use crate::units::Bytes;
 
 /// Arguments of `snarf init`.
 #[derive(Debug, Args)]
@@ -14,17 +14,18 @@ pub struct InitArgs {
     /// Directory for the new store (created if missing; must be empty).
     pub store: PathBuf,
     /// Size of one snarf, the unit of copy-on-write and backup: a power of two from 4K to 1M.
-    #[arg(long, default_value = "64K", value_parser = parse_size)]
+    #[arg(long, default_value = "64K", value_parser = super::numbers::snarf_size)]
     pub snarf_size: u64,
     /// Memory for pre-images (old contents kept for snapshots) before they spill to disk.
-    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    #[arg(long, default_value = "256M", value_parser = super::numbers::budget)]
     pub preimage_mem: u64,
     /// Disk space for spilled pre-images before writers are slowed down.
-    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    #[arg(long, default_value = "4G", value_parser = super::numbers::budget)]
     pub preimage_disk: u64,
     /// Seconds a writer may be held up by full budgets before the snapshot holding the most
-    /// pre-images is broken so live writes go on.
-    #[arg(long, default_value_t = settings::DEFAULT_BREAK_AFTER_SECS)]
+    /// pre-images is broken so live writes go on (0 to 86400).
+    #[arg(long, default_value_t = settings::DEFAULT_BREAK_AFTER_SECS,
+          value_parser = super::numbers::break_after)]
     pub break_after: f64,
     /// Default backup repository for jobs and the mount's backups/ folder.
     #[arg(long)]

@@ -5,6 +5,7 @@
 //! This layer sits between `fuse` (above) and `control`, `jobs` and `snapshot` (below).
 
 pub mod jobs;
+pub mod record;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,8 +1,14 @@
 //! Links fuser's callbacks to [`SnarfFs`]: converts arguments, calls the core, converts the
 //! answer or the errno back. Nothing is decided here.
+//!
+//! Every callback runs under [`Adapter::guarded`]: a panic in the layers below answers that
+//! one request with EIO (fuser does so for a reply that was never sent) and is reported to
+//! the session's [`Fault`], which unmounts cleanly; the worker thread lives on, so the
+//! mount never turns into a dead one (ENOTCONN) with requests left unanswered.
 
 use std::cell::RefCell;
 use std::ffi::OsStr;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -16,18 +22,36 @@ use fuser::{
 
 use super::errno::FsError;
 use super::fs::{Attr, Caller, Entry, Kind, Opened, Seek, SetAttr, SnarfFs};
+use super::Fault;
 
 /// The fuser filesystem: a thin shell around the shared core.
 #[derive(Debug)]
 pub struct Adapter {
     fs: Arc<SnarfFs>,
     max_io: u32,
+    fault: Arc<Fault>,
+    /// Test hook ([`super::PANIC_ON_LOOKUP_ENV`]): a lookup of this name panics.
+    panic_on_lookup: Option<std::ffi::OsString>,
 }
 
 impl Adapter {
-    /// An adapter over `fs`, asking the kernel for requests of up to `max_io` bytes.
-    pub fn new(fs: Arc<SnarfFs>, max_io: u32) -> Adapter {
-        Adapter { fs, max_io }
+    /// An adapter over `fs`, asking the kernel for requests of up to `max_io` bytes and
+    /// reporting panics to `fault`.
+    pub fn new(fs: Arc<SnarfFs>, max_io: u32, fault: Arc<Fault>) -> Adapter {
+        Adapter {
+            fs,
+            max_io,
+            fault,
+            panic_on_lookup: std::env::var_os(super::PANIC_ON_LOOKUP_ENV),
+        }
+    }
+
+    /// Runs one callback; a panic in it is caught here and reported to the session's fault.
+    fn guarded(&self, op: &'static str, f: impl FnOnce()) {
+        if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(f)) {
+            self.fault
+                .record(op, super::panic_message(payload.as_ref()));
+        }
     }
 }
 
@@ -122,21 +146,28 @@ impl Filesystem for Adapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.fs.lookup(parent.0, name), "lookup");
+        self.guarded("lookup", move || {
+            if self.panic_on_lookup.as_deref() == Some(name) {
+                panic!("test hook: lookup of {name:?}");
+            }
+            reply_entry(reply, self.fs.lookup(parent.0, name), "lookup");
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino.0, nlookup);
+        self.guarded("forget", move || {
+            self.fs.forget(ino.0, nlookup);
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
+        self.guarded("getattr", move || match self.fs.getattr(ino.0) {
             Ok(e) => reply.attr(&e.ttl, &attr(&e.attr)),
             Err(e) => {
                 log_err("getattr", &e);
                 reply.error(errno(&e));
             }
-        }
+        });
     }
 
     fn setattr(
@@ -157,23 +188,25 @@ impl Filesystem for Adapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let set = SetAttr {
-            size,
-            mtime: mtime.map(|t| match t {
-                TimeOrNow::SpecificTime(t) => t,
-                TimeOrNow::Now => SystemTime::now(),
-            }),
-            mode,
-            uid,
-            gid,
-        };
-        match self.fs.setattr(caller(req), ino.0, set) {
-            Ok(e) => reply.attr(&e.ttl, &attr(&e.attr)),
-            Err(e) => {
-                log_err("setattr", &e);
-                reply.error(errno(&e));
+        self.guarded("setattr", move || {
+            let set = SetAttr {
+                size,
+                mtime: mtime.map(|t| match t {
+                    TimeOrNow::SpecificTime(t) => t,
+                    TimeOrNow::Now => SystemTime::now(),
+                }),
+                mode,
+                uid,
+                gid,
+            };
+            match self.fs.setattr(caller(req), ino.0, set) {
+                Ok(e) => reply.attr(&e.ttl, &attr(&e.attr)),
+                Err(e) => {
+                    log_err("setattr", &e);
+                    reply.error(errno(&e));
+                }
             }
-        }
+        });
     }
 
     fn mknod(
@@ -186,18 +219,20 @@ impl Filesystem for Adapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        if mode & libc::S_IFMT != libc::S_IFREG {
-            reply.error(Errno::EPERM);
-            return;
-        }
-        let r = self
-            .fs
-            .create(caller(req), parent.0, name, libc::O_RDONLY)
-            .map(|(e, o)| {
-                self.fs.release(o.fh);
-                e
-            });
-        reply_entry(reply, r, "mknod");
+        self.guarded("mknod", move || {
+            if mode & libc::S_IFMT != libc::S_IFREG {
+                reply.error(Errno::EPERM);
+                return;
+            }
+            let r = self
+                .fs
+                .create(caller(req), parent.0, name, libc::O_RDONLY)
+                .map(|(e, o)| {
+                    self.fs.release(o.fh);
+                    e
+                });
+            reply_entry(reply, r, "mknod");
+        });
     }
 
     fn symlink(
@@ -208,9 +243,11 @@ impl Filesystem for Adapter {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        let e = self.fs.refuse_link(parent.0);
-        log_err("symlink", &e);
-        reply.error(errno(&e));
+        self.guarded("symlink", move || {
+            let e = self.fs.refuse_link(parent.0);
+            log_err("symlink", &e);
+            reply.error(errno(&e));
+        });
     }
 
     fn link(
@@ -221,9 +258,11 @@ impl Filesystem for Adapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let e = self.fs.refuse_link(newparent.0);
-        log_err("link", &e);
-        reply.error(errno(&e));
+        self.guarded("link", move || {
+            let e = self.fs.refuse_link(newparent.0);
+            log_err("link", &e);
+            reply.error(errno(&e));
+        });
     }
 
     fn mkdir(
@@ -235,15 +274,21 @@ impl Filesystem for Adapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply_entry(reply, self.fs.mkdir(parent.0, name), "mkdir");
+        self.guarded("mkdir", move || {
+            reply_entry(reply, self.fs.mkdir(parent.0, name), "mkdir");
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.unlink(parent.0, name), "unlink");
+        self.guarded("unlink", move || {
+            reply_empty(reply, self.fs.unlink(parent.0, name), "unlink");
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.rmdir(parent.0, name), "rmdir");
+        self.guarded("rmdir", move || {
+            reply_empty(reply, self.fs.rmdir(parent.0, name), "rmdir");
+        });
     }
 
     fn rename(
@@ -256,25 +301,29 @@ impl Filesystem for Adapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = self.fs.rename(
-            parent.0,
-            name,
-            newparent.0,
-            newname,
-            flags.contains(RenameFlags::RENAME_NOREPLACE),
-            flags.contains(RenameFlags::RENAME_EXCHANGE),
-        );
-        reply_empty(reply, r, "rename");
+        self.guarded("rename", move || {
+            let r = self.fs.rename(
+                parent.0,
+                name,
+                newparent.0,
+                newname,
+                flags.contains(RenameFlags::RENAME_NOREPLACE),
+                flags.contains(RenameFlags::RENAME_EXCHANGE),
+            );
+            reply_empty(reply, r, "rename");
+        });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(caller(req), ino.0, flags.0) {
-            Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
-            Err(e) => {
-                log_err("open", &e);
-                reply.error(errno(&e));
+        self.guarded("open", move || {
+            match self.fs.open(caller(req), ino.0, flags.0) {
+                Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
+                Err(e) => {
+                    log_err("open", &e);
+                    reply.error(errno(&e));
+                }
             }
-        }
+        });
     }
 
     fn create(
@@ -287,19 +336,21 @@ impl Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.fs.create(caller(req), parent.0, name, flags) {
-            Ok((e, o)) => reply.created(
-                &e.ttl,
-                &attr(&e.attr),
-                Generation(0),
-                FileHandle(o.fh),
-                fopen_flags(&o),
-            ),
-            Err(e) => {
-                log_err("create", &e);
-                reply.error(errno(&e));
+        self.guarded("create", move || {
+            match self.fs.create(caller(req), parent.0, name, flags) {
+                Ok((e, o)) => reply.created(
+                    &e.ttl,
+                    &attr(&e.attr),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    fopen_flags(&o),
+                ),
+                Err(e) => {
+                    log_err("create", &e);
+                    reply.error(errno(&e));
+                }
             }
-        }
+        });
     }
 
     fn read(
@@ -313,18 +364,20 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        READ_BUF.with(|cell| {
-            let mut buf = cell.borrow_mut();
-            if buf.len() < size as usize {
-                buf.resize(size as usize, 0);
-            }
-            match self.fs.read(fh.0, offset, &mut buf[..size as usize]) {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => {
-                    log_err("read", &e);
-                    reply.error(errno(&e));
+        self.guarded("read", move || {
+            READ_BUF.with(|cell| {
+                let mut buf = cell.borrow_mut();
+                if buf.len() < size as usize {
+                    buf.resize(size as usize, 0);
                 }
-            }
+                match self.fs.read(fh.0, offset, &mut buf[..size as usize]) {
+                    Ok(n) => reply.data(&buf[..n]),
+                    Err(e) => {
+                        log_err("read", &e);
+                        reply.error(errno(&e));
+                    }
+                }
+            });
         });
     }
 
@@ -340,13 +393,15 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(caller(req), fh.0, offset, data) {
-            Ok(n) => reply.written(n),
-            Err(e) => {
-                log_err("write", &e);
-                reply.error(errno(&e));
+        self.guarded("write", move || {
+            match self.fs.write(caller(req), fh.0, offset, data) {
+                Ok(n) => reply.written(n),
+                Err(e) => {
+                    log_err("write", &e);
+                    reply.error(errno(&e));
+                }
             }
-        }
+        });
     }
 
     fn flush(
@@ -357,9 +412,11 @@ impl Filesystem for Adapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes reach the store before write(2) returns; flush only reports a write-back
-        // error this file has not been told of.
-        reply_empty(reply, self.fs.flush(fh.0), "flush");
+        self.guarded("flush", move || {
+            // Writes reach the store before write(2) returns; flush only reports a
+            // write-back error this file has not been told of.
+            reply_empty(reply, self.fs.flush(fh.0), "flush");
+        });
     }
 
     fn release(
@@ -372,8 +429,10 @@ impl Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.release(fh.0);
-        reply.ok();
+        self.guarded("release", move || {
+            self.fs.release(fh.0);
+            reply.ok();
+        });
     }
 
     fn fsync(
@@ -384,7 +443,9 @@ impl Filesystem for Adapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.fsync(fh.0), "fsync");
+        self.guarded("fsync", move || {
+            reply_empty(reply, self.fs.fsync(fh.0), "fsync");
+        });
     }
 
     fn readdir(
@@ -395,7 +456,7 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino.0, offset) {
+        self.guarded("readdir", move || match self.fs.readdir(ino.0, offset) {
             Ok(entries) => {
                 for (i, e) in entries.into_iter().enumerate() {
                     let kind = match e.kind {
@@ -412,11 +473,11 @@ impl Filesystem for Adapter {
                 log_err("readdir", &e);
                 reply.error(errno(&e));
             }
-        }
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.fs.statfs() {
+        self.guarded("statfs", move || match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
@@ -424,7 +485,7 @@ impl Filesystem for Adapter {
                 log_err("statfs", &e);
                 reply.error(errno(&e));
             }
-        }
+        });
     }
 
     fn getxattr(
@@ -435,17 +496,21 @@ impl Filesystem for Adapter {
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        // No extended attributes here; ENODATA is "this one is not set", which ls and cp
-        // take quietly.
-        reply.error(Errno::from_i32(libc::ENODATA));
+        self.guarded("getxattr", move || {
+            // No extended attributes here; ENODATA is "this one is not set", which ls and cp
+            // take quietly.
+            reply.error(Errno::from_i32(libc::ENODATA));
+        });
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+        self.guarded("listxattr", move || {
+            if size == 0 {
+                reply.size(0);
+            } else {
+                reply.data(&[]);
+            }
+        });
     }
 
     fn setxattr(
@@ -458,7 +523,9 @@ impl Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::from_i32(libc::ENOTSUP));
+        self.guarded("setxattr", move || {
+            reply.error(Errno::from_i32(libc::ENOTSUP));
+        });
     }
 
     fn lseek(
@@ -470,25 +537,27 @@ impl Filesystem for Adapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let whence = match whence {
-            libc::SEEK_DATA => Seek::Data,
-            libc::SEEK_HOLE => Seek::Hole,
-            // The kernel handles SEEK_SET/CUR/END itself and only asks for these two.
-            _ => {
-                reply.error(Errno::EINVAL);
+        self.guarded("lseek", move || {
+            let whence = match whence {
+                libc::SEEK_DATA => Seek::Data,
+                libc::SEEK_HOLE => Seek::Hole,
+                // The kernel handles SEEK_SET/CUR/END itself and only asks for these two.
+                _ => {
+                    reply.error(Errno::EINVAL);
+                    return;
+                }
+            };
+            if offset < 0 {
+                reply.error(Errno::ENXIO);
                 return;
             }
-        };
-        if offset < 0 {
-            reply.error(Errno::ENXIO);
-            return;
-        }
-        match self.fs.lseek(fh.0, offset as u64, whence) {
-            Ok(at) => reply.offset(at as i64),
-            Err(e) => {
-                log_err("lseek", &e);
-                reply.error(errno(&e));
+            match self.fs.lseek(fh.0, offset as u64, whence) {
+                Ok(at) => reply.offset(at as i64),
+                Err(e) => {
+                    log_err("lseek", &e);
+                    reply.error(errno(&e));
+                }
             }
-        }
+        });
     }
 }

@@ -5,6 +5,11 @@
 //! * [`adapter`] links fuser's callbacks to it;
 //! * [`errno`] maps every error of the layers below to an errno;
 //! * [`inode`] numbers the objects the mount shows.
+//!
+//! A session never leaves a dead mount behind: a panic in a request is caught by the
+//! adapter and recorded in the session's [`Fault`], which unmounts (lazily if files are
+//! open) so the session ends and the daemon closes the store; and a session that ends with
+//! an error has its mount removed before the daemon exits.
 
 pub mod adapter;
 pub mod errno;
@@ -21,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use parking_lot::{Condvar, Mutex};
+
 use fuser::{Config, INodeNo, MountOption, Session, SessionACL};
 
 use crate::daemon::{Changed, Daemon};
@@ -29,6 +36,97 @@ pub use fs::SnarfFs;
 
 /// Largest read and write request asked of the kernel.
 pub const MAX_IO: u32 = 1 << 20;
+
+/// Test hook: when set, a lookup of a name equal to its value panics inside the adapter, so
+/// tests can prove that a panic on a FUSE thread unmounts cleanly (like
+/// `SNARF_FAULT_POINT` for the repository, it is read once when the mount starts).
+pub const PANIC_ON_LOOKUP_ENV: &str = "SNARF_TEST_PANIC_ON_LOOKUP";
+
+/// Panics caught on the FUSE threads of one session. The first one starts an unmount; the
+/// session then ends and the daemon closes the store and says why it ended.
+#[derive(Debug, Default)]
+pub struct Fault {
+    state: Mutex<FaultState>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    first: Option<String>,
+    count: u64,
+    closed: bool,
+}
+
+impl Fault {
+    /// Records a panic of request `op`; the first one wakes the session's watcher.
+    pub fn record(&self, op: &str, message: String) {
+        let mut st = self.state.lock();
+        st.count += 1;
+        log::error!(
+            "a FUSE request ({op}) panicked: {message}; it was answered with EIO and the mount is being unmounted"
+        );
+        if st.first.is_none() {
+            st.first = Some(format!("a FUSE request ({op}) panicked: {message}"));
+            self.wake.notify_all();
+        }
+    }
+
+    /// The first panic recorded, if any, and how many there were.
+    pub fn first(&self) -> Option<(String, u64)> {
+        let st = self.state.lock();
+        st.first.clone().map(|f| (f, st.count))
+    }
+
+    /// Waits for the first panic; `None` once the session is over without one.
+    fn wait(&self) -> Option<String> {
+        let mut st = self.state.lock();
+        while st.first.is_none() && !st.closed {
+            self.wake.wait(&mut st);
+        }
+        st.first.clone()
+    }
+
+    fn close(&self) {
+        self.state.lock().closed = true;
+        self.wake.notify_all();
+    }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+/// Unmounts `mountpoint` if it is still this store's mount: normally, or detached lazily
+/// when files are open there (they keep being served until closed).
+fn unmount_ours(mountpoint: &Path, source: &str) {
+    let ours = matches!(
+        crate::mounts::mount_at(mountpoint),
+        Ok(Some(m)) if m.fstype == crate::mounts::FSTYPE && m.source == source
+    );
+    if !ours {
+        return;
+    }
+    match crate::mounts::unmount(mountpoint, false) {
+        Ok(()) => log::info!("unmounted {}", mountpoint.display()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            log::warn!(
+                "{} is busy (files open); detaching it now, it goes when they close",
+                mountpoint.display()
+            );
+            if let Err(e) = crate::mounts::unmount(mountpoint, true) {
+                log::error!("cannot unmount {}: {e}", mountpoint.display());
+            }
+        }
+        Err(e) => log::error!("cannot unmount {}: {e}", mountpoint.display()),
+    }
+}
 
 /// How to mount.
 #[derive(Debug, Clone)]
@@ -46,6 +144,8 @@ pub struct Mounted {
     session: Session<adapter::Adapter>,
     fs: Arc<SnarfFs>,
     mountpoint: PathBuf,
+    source: String,
+    fault: Arc<Fault>,
 }
 
 impl std::fmt::Debug for Mounted {
@@ -82,7 +182,8 @@ pub fn mount(
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let adapter = adapter::Adapter::new(fs.clone(), MAX_IO);
+    let fault = Arc::new(Fault::default());
+    let adapter = adapter::Adapter::new(fs.clone(), MAX_IO, fault.clone());
     // SAFETY: geteuid cannot fail.
     let session = if unsafe { libc::geteuid() } == 0 {
         // fuser's own mount(2) always says type "fuse"; mounting ourselves gives the
@@ -102,6 +203,8 @@ pub fn mount(
         session,
         fs,
         mountpoint: mountpoint.to_path_buf(),
+        source: opts.source.clone(),
+        fault,
     })
 }
 
@@ -189,15 +292,33 @@ impl Mounted {
                     let _ = done.send(());
                 }
             })?;
-        let mountpoint = self.mountpoint.clone();
+        // A panic on a FUSE thread unmounts, which ends the session like an unmount does.
+        let watcher = {
+            let fault = self.fault.clone();
+            let mountpoint = self.mountpoint.clone();
+            let source = self.source.clone();
+            std::thread::Builder::new()
+                .name("snarf-fault".into())
+                .spawn(move || {
+                    if fault.wait().is_some() {
+                        unmount_ours(&mountpoint, &source);
+                    }
+                })?
+        };
         let result = self.session.run();
-        // If the session ended on its own (an error, not an unmount), do not leave a dead
-        // mount behind.
-        if let Ok(Some(m)) = crate::mounts::mount_at(&mountpoint) {
-            if m.fstype == crate::mounts::FSTYPE && crate::mounts::is_stale(&mountpoint) {
-                let _ = crate::mounts::unmount(&mountpoint, true);
-            }
+        self.fault.close();
+        let _ = watcher.join();
+        // A session that ended by itself (an error, not an unmount) must not leave a dead
+        // mount behind: the kernel would answer ENOTCONN there until someone unmounts it.
+        if result.is_err() || self.fault.first().is_some() {
+            unmount_ours(&self.mountpoint, &self.source);
         }
+        let result = match (result, self.fault.first()) {
+            (Ok(()), Some((first, n))) => Err(std::io::Error::other(format!(
+                "{first} ({n} request(s) panicked in all); the mount was unmounted"
+            ))),
+            (other, _) => other,
+        };
         // Dropping the daemon's notifier closes the channel and ends the pusher.
         self.fs.daemon().on_change(Box::new(|_| {}));
         let _ = pusher.join();

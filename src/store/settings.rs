@@ -25,6 +25,50 @@ pub const DEFAULT_PREIMAGE_MEM: u64 = 256 << 20;
 pub const DEFAULT_PREIMAGE_DISK: u64 = 4 << 30;
 /// Default time a writer may wait for pre-image space before a snapshot is broken.
 pub const DEFAULT_BREAK_AFTER_SECS: f64 = 30.0;
+/// Longest writer wait accepted before a snapshot is broken: one day. Longer is no longer
+/// "protecting writers", and durations past it stop being representable soon enough.
+pub const MAX_BREAK_AFTER_SECS: f64 = 86_400.0;
+/// Largest pre-image budget accepted, memory or disk: 1 PiB.
+pub const MAX_BUDGET: u64 = 1 << 50;
+
+/// A number outside the range an option or setting allows, named as the user wrote it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{name} {value} is out of range: {allowed}")]
+pub struct RangeError {
+    /// The option or setting, e.g. `--break-after` or `preimages.break_after_secs`.
+    pub name: String,
+    /// The value given, as text.
+    pub value: String,
+    /// What is allowed.
+    pub allowed: String,
+}
+
+/// Checks a writer-protection limit in seconds: a finite number from 0 to one day (0 means
+/// a snapshot is broken as soon as a writer would have to wait).
+pub fn check_break_after(name: &str, secs: f64) -> Result<f64, RangeError> {
+    if secs.is_finite() && (0.0..=MAX_BREAK_AFTER_SECS).contains(&secs) {
+        return Ok(secs);
+    }
+    Err(RangeError {
+        name: name.to_string(),
+        value: secs.to_string(),
+        allowed: format!(
+            "give seconds as a finite number from 0 to {MAX_BREAK_AFTER_SECS:.0} (default {DEFAULT_BREAK_AFTER_SECS:.0})"
+        ),
+    })
+}
+
+/// Checks a pre-image budget in bytes: 0 (none) up to [`MAX_BUDGET`].
+pub fn check_budget(name: &str, bytes: u64) -> Result<u64, RangeError> {
+    if bytes <= MAX_BUDGET {
+        return Ok(bytes);
+    }
+    Err(RangeError {
+        name: name.to_string(),
+        value: Bytes(bytes).to_string(),
+        allowed: format!("give 0 to {} (e.g. 256M, 4G)", Bytes(MAX_BUDGET)),
+    })
+}
 
 /// Everything `snarf.toml` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,9 +109,24 @@ impl Default for Budgets {
 }
 
 impl Budgets {
-    /// The writer-protection limit as a duration.
+    /// The writer-protection limit as a duration. Never panics: a value [`Budgets::check`]
+    /// would refuse (NaN, negative, infinite, huge) is clamped into the allowed range.
     pub fn break_after(&self) -> Duration {
-        Duration::from_secs_f64(self.break_after_secs.max(0.0))
+        let secs = if self.break_after_secs.is_nan() {
+            0.0
+        } else {
+            self.break_after_secs.clamp(0.0, MAX_BREAK_AFTER_SECS)
+        };
+        Duration::from_secs_f64(secs)
+    }
+
+    /// Checks every figure against its range; the error names the setting as it appears in
+    /// `snarf.toml`.
+    pub fn check(&self) -> Result<(), RangeError> {
+        check_budget("preimages.memory", self.memory)?;
+        check_budget("preimages.disk", self.disk)?;
+        check_break_after("preimages.break_after_secs", self.break_after_secs)?;
+        Ok(())
     }
 }
 
@@ -120,15 +179,27 @@ impl Settings {
             path: path.clone(),
             why: e.message().to_string(),
         })?;
-        check_snarf_size(settings.snarf_size).map_err(|e| Error::BadSettings {
+        settings.check().map_err(|why| Error::BadSettings {
             path: path.clone(),
-            why: e.to_string(),
+            why,
         })?;
         Ok(settings)
     }
 
+    /// Checks every number against its range; the reason names the setting.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        check_snarf_size(self.snarf_size).map_err(|e| e.to_string())?;
+        self.preimages.check().map_err(|e| e.to_string())
+    }
+
     /// Writes the settings atomically (temporary file, fsync, rename, directory fsync).
+    /// Settings that [`Settings::load`] would refuse are refused here, before anything is
+    /// written.
     pub fn save(&self, store: &Path) -> Result<()> {
+        self.check().map_err(|why| Error::BadSettings {
+            path: store.join(SETTINGS_FILE),
+            why,
+        })?;
         let text = toml::to_string_pretty(self).map_err(|e| Error::BadSettings {
             path: store.join(SETTINGS_FILE),
             why: e.to_string(),
@@ -191,6 +262,95 @@ mod tests {
             e.contains("not a snarf store") && e.contains("snarf init"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused_by_name_at_load_and_save() {
+        let dir = tempfile::tempdir().unwrap();
+        Settings::new(64 << 10).unwrap().save(dir.path()).unwrap();
+        let path = dir.path().join(SETTINGS_FILE);
+        let good = std::fs::read_to_string(&path).unwrap();
+        // TOML itself has inf and nan literals, so a hand-edited file can hold them.
+        for (from, to, named) in [
+            (
+                "break_after_secs = 30.0",
+                "break_after_secs = inf",
+                "break_after_secs",
+            ),
+            (
+                "break_after_secs = 30.0",
+                "break_after_secs = nan",
+                "break_after_secs",
+            ),
+            (
+                "break_after_secs = 30.0",
+                "break_after_secs = -1.0",
+                "break_after_secs",
+            ),
+            (
+                "break_after_secs = 30.0",
+                "break_after_secs = 1e300",
+                "break_after_secs",
+            ),
+            (
+                "memory = 268435456",
+                "memory = 9223372036854775807",
+                "preimages.memory",
+            ),
+            (
+                "disk = 4294967296",
+                "disk = 9223372036854775807",
+                "preimages.disk",
+            ),
+        ] {
+            assert!(good.contains(from), "{good}");
+            std::fs::write(&path, good.replace(from, to)).unwrap();
+            let e = Settings::load(dir.path()).unwrap_err().to_string();
+            assert!(
+                e.contains(named) && e.contains("out of range") && e.contains("snarf.toml"),
+                "{to}: {e}"
+            );
+        }
+        let mut s = Settings::new(64 << 10).unwrap();
+        s.preimages.break_after_secs = f64::INFINITY;
+        let e = s.save(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("break_after_secs"), "{e}");
+    }
+
+    #[test]
+    fn ranges_and_a_break_after_that_never_panics() {
+        for ok in [0.0, 0.5, 30.0, MAX_BREAK_AFTER_SECS] {
+            assert_eq!(check_break_after("--break-after", ok), Ok(ok));
+        }
+        for bad in [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -0.001,
+            1e300,
+            MAX_BREAK_AFTER_SECS + 1.0,
+        ] {
+            let e = check_break_after("--break-after", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("--break-after ") && e.contains("0 to 86400"),
+                "{e}"
+            );
+            let b = Budgets {
+                break_after_secs: bad,
+                ..Budgets::default()
+            };
+            assert!(b.check().is_err());
+            // What the engine asks for never panics, whatever slipped through.
+            assert!(b.break_after() <= Duration::from_secs(86_400));
+        }
+        assert!(check_budget("--preimage-mem", 0).is_ok());
+        assert!(check_budget("--preimage-mem", MAX_BUDGET).is_ok());
+        let e = check_budget("--preimage-mem", u64::MAX)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--preimage-mem") && e.contains("1.0 PiB"), "{e}");
     }
 
     #[test]
