@@ -419,8 +419,13 @@ pub fn backup(args: BackupArgs) -> CliResult {
         if kind != ProcType::User {
             return;
         }
+        // The mount daemon is never a victim, whether it said its pid in the welcome or
+        // only left it in its record (a planted registry entry may name it).
+        let recorded = crate::daemon::record::read(&store.join("run"))
+            .filter(crate::daemon::record::is_running)
+            .map(|r| r.pid);
         let so = StopOptions {
-            protect: daemon.into_iter().collect(),
+            protect: daemon.into_iter().chain(recorded).collect(),
             ..StopOptions::default()
         };
         match registry.stop_idle(&repo.path().display().to_string(), &so) {

@@ -107,6 +107,10 @@ pub struct Entry {
     /// The process's command line, one element per argument.
     #[serde(default)]
     pub cmdline: Vec<String>,
+    /// The PID namespace `pid` is a pid in (inode of /proc/PID/ns/pid); missing in entries
+    /// of older snarf versions, which are never stopped for that reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_ns: Option<u64>,
 }
 
 impl Entry {
@@ -115,6 +119,7 @@ impl Entry {
         self.pid == other.pid
             && self.start_time == other.start_time
             && self.boot_id == other.boot_id
+            && self.pid_ns == other.pid_ns
     }
 
     /// Whether the entry works on `repo`. Paths compare component-wise so `/r/` matches
@@ -180,6 +185,7 @@ pub(crate) mod tests {
             repo: "/srv/repo".into(),
             registered: 1_700_000_000,
             cmdline: vec!["snarf".into(), "backup".into(), "night ly".into()],
+            pid_ns: Some(4026531836),
         }
     }
 

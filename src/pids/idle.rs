@@ -3,12 +3,17 @@
 //! reads /proc or sends a signal, so every rule is unit-tested with made-up processes.
 //!
 //! The rules, most conservative first:
-//! - never the caller, its ancestors, its descendants, or an explicitly protected pid
-//!   (the mount daemon);
+//! - never the caller, its ancestors, its descendants, init (pid 1), or an explicitly
+//!   protected pid (the mount daemon);
+//! - never a process that is not provably snarf's own: it must run the same snarf
+//!   executable (or the file that replaced it at the same path), under the caller's uid,
+//!   in the caller's PID namespace; the registry file is only a claim, so whatever it says
+//!   about any other process (`sleep`, init, another user's job) is never acted on;
 //! - never a `cron`, `remote` or `sshpipe` entry, whatever its state, and never a `user`
 //!   entry that is running or finishing;
-//! - a `user` entry that is idle, works on the same repository and registered before the
-//!   caller (registry file order) is stopped;
+//! - a `user` entry that is idle, works on the same repository, registered before the
+//!   caller (registry file order), was written in the caller's PID namespace and whose
+//!   process runs a snarf job command line (`snarf backup ...`) is stopped;
 //! - a process running the same snarf binary is stopped as a leftover helper only if it is
 //!   marked as a helper of this store (its [`HELPER_ENV`](super::HELPER_ENV) names this
 //!   run folder), does not look like a mount daemon, and neither it nor any ancestor is a
@@ -56,6 +61,30 @@ pub struct IdleSweep<'a> {
     pub processes: &'a [ProcessInfo],
     /// Pids never to touch besides the caller's family (e.g. the mount daemon).
     pub protected: &'a [u32],
+    /// The caller's uid: only processes of this very user are stopped.
+    pub uid: u32,
+    /// The caller's PID namespace: pids of entries written elsewhere mean other processes.
+    pub pid_ns: Option<u64>,
+}
+
+/// Whether `p` is provably a snarf process of the caller: the same executable, the same
+/// user, the same PID namespace, and not init.
+fn ours(p: &ProcessInfo, sweep: &IdleSweep<'_>) -> bool {
+    p.pid > 1
+        && p.same_binary
+        && p.uid == Some(sweep.uid)
+        && sweep.pid_ns.is_some()
+        && p.pid_ns == sweep.pid_ns
+}
+
+/// Whether a snarf command line runs a job (`snarf backup ...`): its first argument that is
+/// not an option is `backup`. A mount daemon, `snarf pids` or a restore are never jobs.
+pub fn is_job_cmdline(cmdline: &[String]) -> bool {
+    cmdline
+        .iter()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .is_some_and(|a| a == "backup")
 }
 
 /// Decides which processes to stop; idle user jobs first, then helpers, each in pid order.
@@ -78,6 +107,14 @@ pub fn plan_stop_idle(sweep: &IdleSweep<'_>) -> Vec<Victim> {
                 && e.state == ProcState::Idle
                 && e.works_on(sweep.repo)
                 && !untouchable.contains(&e.pid)
+                && e.pid_ns.is_some()
+                && e.pid_ns == sweep.pid_ns
+                && sweep.processes.iter().any(|p| {
+                    p.pid == e.pid
+                        && p.start_time == e.start_time
+                        && ours(p, sweep)
+                        && is_job_cmdline(&p.cmdline)
+                })
         })
         .map(|e| Victim {
             pid: e.pid,
@@ -106,7 +143,7 @@ pub fn plan_stop_idle(sweep: &IdleSweep<'_>) -> Vec<Victim> {
         .processes
         .iter()
         .filter(|p| {
-            p.same_binary
+            ours(p, sweep)
                 && p.helper_of.as_deref() == Some(sweep.run_dir)
                 && !looks_like_mount_daemon(&p.cmdline)
                 && !untouchable.contains(&p.pid)
@@ -179,6 +216,8 @@ mod tests {
 
     const RUN: &str = "/srv/store/run";
     const REPO: &str = "/srv/repo";
+    const UID: u32 = 1000;
+    const NS: u64 = 4026531836;
 
     fn entry(pid: u32, kind: ProcType, state: ProcState, repo: &str) -> Entry {
         Entry {
@@ -196,6 +235,8 @@ mod tests {
             ppid,
             start_time: e.start_time,
             same_binary: true,
+            uid: Some(UID),
+            pid_ns: Some(NS),
             helper_of: None,
             cmdline: vec!["snarf".into(), "backup".into()],
         }
@@ -207,6 +248,8 @@ mod tests {
             ppid,
             start_time: 5,
             same_binary: true,
+            uid: Some(UID),
+            pid_ns: Some(NS),
             helper_of: marker.map(PathBuf::from),
             cmdline: vec!["/usr/bin/snarf".into(), "helper".into()],
         }
@@ -227,6 +270,8 @@ mod tests {
                 entries: &self.entries,
                 processes: &self.procs,
                 protected: &self.protected,
+                uid: UID,
+                pid_ns: Some(NS),
             })
             .into_iter()
             .map(|v| (v.pid, v.reason))
@@ -362,6 +407,73 @@ mod tests {
         p.helper_of = Some(RUN.into());
         p.ppid = 1;
         assert_eq!(w.plan(100), vec![(80, StopReason::Helper)]);
+    }
+
+    #[test]
+    fn only_provable_snarf_jobs_of_this_user_and_namespace_are_stopped() {
+        let mut w = world(vec![
+            entry(20, ProcType::User, ProcState::Idle, REPO),
+            entry(21, ProcType::User, ProcState::Idle, REPO),
+            entry(22, ProcType::User, ProcState::Idle, REPO),
+            entry(23, ProcType::User, ProcState::Idle, REPO),
+            entry(24, ProcType::User, ProcState::Idle, REPO),
+            entry(25, ProcType::User, ProcState::Idle, REPO),
+            entry(26, ProcType::User, ProcState::Idle, REPO),
+            entry(27, ProcType::User, ProcState::Idle, REPO),
+            entry(1, ProcType::User, ProcState::Idle, REPO),
+        ]);
+        fn p(w: &mut World, pid: u32) -> &mut ProcessInfo {
+            w.procs.iter_mut().find(|p| p.pid == pid).unwrap()
+        }
+        // 21: `sleep 300` planted with its real start time.
+        p(&mut w, 21).same_binary = false;
+        p(&mut w, 21).cmdline = vec!["sleep".into(), "300".into()];
+        // 22: another user's snarf job.
+        p(&mut w, 22).uid = Some(0);
+        // 23: a snarf job whose uids could not be read or disagree.
+        p(&mut w, 23).uid = None;
+        // 24: a snarf process in another PID namespace (its pid means something else here).
+        p(&mut w, 24).pid_ns = Some(NS + 1);
+        // 25: snarf, but not a job: the mount daemon, named in a planted entry.
+        p(&mut w, 25).cmdline = vec!["snarf".into(), "mount".into(), "/s".into()];
+        // 26: an entry written in another namespace, whatever process has that pid here.
+        w.entries[6].pid_ns = Some(NS + 1);
+        // 27: an entry of an older snarf, without a namespace: not provably ours.
+        w.entries[7].pid_ns = None;
+        // 1: init, even if it were snarf (a container whose init is snarf).
+        p(&mut w, 1).same_binary = true;
+        p(&mut w, 1).cmdline = vec!["snarf".into(), "backup".into()];
+        assert_eq!(w.plan(100), vec![(20, StopReason::IdleUserJob)]);
+    }
+
+    #[test]
+    fn helpers_must_be_provably_ours_too() {
+        let mut w = world(vec![]);
+        let mut other_user = helper(60, 1, Some(RUN));
+        other_user.uid = Some(0);
+        let mut other_ns = helper(61, 1, Some(RUN));
+        other_ns.pid_ns = None;
+        w.procs
+            .extend([other_user, other_ns, helper(62, 1, Some(RUN))]);
+        assert_eq!(w.plan(100), vec![(62, StopReason::Helper)]);
+    }
+
+    #[test]
+    fn job_command_lines() {
+        let cl = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(is_job_cmdline(&cl(&["snarf", "backup", "/m", "s"])));
+        assert!(is_job_cmdline(&cl(&[
+            "/usr/bin/snarf",
+            "backup",
+            "--repo=/r",
+            "--",
+            "/m",
+            "s"
+        ])));
+        assert!(!is_job_cmdline(&cl(&["snarf", "mount", "/s", "/m"])));
+        assert!(!is_job_cmdline(&cl(&["snarf", "pids", "backup"])));
+        assert!(!is_job_cmdline(&cl(&["snarf"])));
+        assert!(!is_job_cmdline(&cl(&[])));
     }
 
     #[test]

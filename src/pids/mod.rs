@@ -7,11 +7,12 @@
 //! The registry file `run/pids` is JSON lines, one process per line, in registration order:
 //!
 //! ```text
-//! {"pid":4242,"start_time":81234,"boot_id":"6f1c…","type":"user","state":"idle","job":"","repo":"/srv/repo","registered":1714557600,"cmdline":["snarf","backup","nightly"]}
+//! {"pid":4242,"start_time":81234,"boot_id":"6f1c…","type":"user","state":"idle","job":"","repo":"/srv/repo","registered":1714557600,"cmdline":["snarf","backup","nightly"],"pid_ns":4026531836}
 //! ```
 //!
 //! `start_time` is field 22 of /proc/PID/stat (clock ticks since boot), `boot_id` is
-//! /proc/sys/kernel/random/boot_id, `type` is user|cron|remote|sshpipe, `state` is
+//! /proc/sys/kernel/random/boot_id, `pid_ns` the inode of /proc/PID/ns/pid (a pid means
+//! another process in another PID namespace), `type` is user|cron|remote|sshpipe, `state` is
 //! idle|running|finishing, `registered` is seconds since the Unix epoch. Unknown fields are
 //! ignored and `job`, `repo`, `cmdline` may be missing, so the format can grow. Changes are
 //! made under an flock on `run/pids.lock`; the lock file is deleted with the registry.

@@ -107,7 +107,11 @@ impl Kid {
     fn spawn(role: &str, run: &Path, env: &[(&str, &str)], marker: Option<&Path>) -> Kid {
         let exe = std::env::current_exe().unwrap();
         let mut cmd = Command::new(exe);
+        // "backup" first: the children play snarf jobs, and the idle policy only stops a
+        // process whose command line is a job's (`snarf backup ...`). To the test harness it
+        // is one more name filter, matching no test.
         cmd.args([
+            "backup",
             "--exact",
             "pids::process_tests::child_role",
             "--nocapture",
@@ -252,6 +256,7 @@ fn planted_entry_with_live_pid_but_wrong_start_time_is_cleaned() {
         repo: String::new(),
         registered: 0,
         cmdline: vec![],
+        pid_ns: procfs::self_pid_namespace(),
     };
     let wrong = Entry {
         start_time: start_time + 1,

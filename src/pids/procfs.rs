@@ -1,7 +1,8 @@
 //! What the registry needs to know about processes, read from /proc: a process's start
-//! time and parent, the boot id, whether a process runs the same snarf binary, and the
-//! helper marker in its environment. Missing processes are `None`, never errors, because
-//! processes vanish between any two reads.
+//! time and parent, the boot id, whether a process runs the same snarf binary (also when
+//! that binary has since been replaced on disk), its user and PID namespace, and the helper
+//! marker in its environment. Missing processes are `None`, never errors, because processes
+//! vanish between any two reads.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -125,6 +126,88 @@ pub fn self_cmdline() -> Vec<String> {
     read_cmdline(Path::new("/proc/self"))
 }
 
+/// The PID namespace a process is in (the inode of `/proc/PID/ns/pid`); `None` when it
+/// cannot be read (gone, or another user's process).
+fn pid_namespace_at(dir: &Path) -> Option<u64> {
+    std::fs::metadata(dir.join("ns/pid")).ok().map(|m| m.ino())
+}
+
+/// This process's PID namespace. Pids recorded in one namespace mean other processes in
+/// another, so entries carry it.
+pub fn self_pid_namespace() -> Option<u64> {
+    pid_namespace_at(Path::new("/proc/self"))
+}
+
+/// The `Uid:` line of /proc/PID/status: the process's uid when its real, effective, saved
+/// and filesystem uids all agree; `None` otherwise (a setuid process in transition is not
+/// anyone's to stop) or when unreadable.
+fn uid_at(dir: &Path) -> Option<u32> {
+    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    parse_uid(&status)
+}
+
+/// Parses the uid out of /proc/PID/status text; see [`uid_at`].
+pub fn parse_uid(status: &str) -> Option<u32> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let ids: Vec<u32> = line
+        .split_whitespace()
+        .map(|w| w.parse().ok())
+        .collect::<Option<Vec<u32>>>()?;
+    let first = *ids.first()?;
+    (ids.len() == 4 && ids.iter().all(|&u| u == first)).then_some(first)
+}
+
+/// The `NSpid:` line of /proc/PID/status: the process's pid in each PID namespace it is in,
+/// outermost first (so the last one is the pid it sees itself as).
+pub fn parse_nspid(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether this process is in the initial PID namespace, from which every process of the
+/// machine is visible (its `NSpid:` line has a single pid).
+pub fn in_initial_pid_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| parse_nspid(&s).len() == 1)
+        .unwrap_or(false)
+}
+
+/// What `/proc/PID/exe` says a process runs: the path, with the kernel's " (deleted)" suffix
+/// taken off and remembered (the file was replaced or removed since it started).
+fn exe_path(dir: &Path) -> Option<(PathBuf, bool)> {
+    use std::os::unix::ffi::OsStrExt;
+    let link = std::fs::read_link(dir.join("exe")).ok()?;
+    match link.as_os_str().as_bytes().strip_suffix(b" (deleted)") {
+        Some(rest) => Some((PathBuf::from(std::ffi::OsStr::from_bytes(rest)), true)),
+        None => Some((link, false)),
+    }
+}
+
+/// Whether a process runs the same snarf as this one: the very same file, or a file at the
+/// same path that was replaced since one of the two started (an upgrade while jobs run), so
+/// `/proc/PID/exe` of one of them ends in " (deleted)".
+pub fn same_executable(
+    own: (u64, u64),
+    own_path: Option<&(PathBuf, bool)>,
+    theirs: Option<(u64, u64)>,
+    their_path: Option<&(PathBuf, bool)>,
+) -> bool {
+    if theirs == Some(own) {
+        return true;
+    }
+    match (own_path, their_path) {
+        (Some((a, a_deleted)), Some((b, b_deleted))) => a == b && (*a_deleted || *b_deleted),
+        _ => false,
+    }
+}
+
 /// A live process as the idle policy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessInfo {
@@ -134,8 +217,13 @@ pub struct ProcessInfo {
     pub ppid: u32,
     /// Start time in clock ticks since boot.
     pub start_time: u64,
-    /// Whether it runs the same executable file as this process (/proc/PID/exe).
+    /// Whether it runs the same snarf executable as this process (/proc/PID/exe; see
+    /// [`same_executable`]).
     pub same_binary: bool,
+    /// Its uid, when real, effective, saved and filesystem uids agree.
+    pub uid: Option<u32>,
+    /// Its PID namespace (inode of /proc/PID/ns/pid), when readable.
+    pub pid_ns: Option<u64>,
     /// The `run/` folder named by its [`HELPER_ENV`] variable, if it has one.
     pub helper_of: Option<PathBuf>,
     /// Its command line.
@@ -155,6 +243,7 @@ pub struct ProcFs;
 impl ProcessSource for ProcFs {
     fn processes(&self) -> io::Result<Vec<ProcessInfo>> {
         let own_exe = std::fs::metadata("/proc/self/exe").map(|m| (m.dev(), m.ino()))?;
+        let own_path = exe_path(Path::new("/proc/self"));
         let mut out = Vec::new();
         for dirent in std::fs::read_dir("/proc")? {
             let Ok(dirent) = dirent else { continue };
@@ -174,9 +263,11 @@ impl ProcessSource for ProcFs {
             if stat.exited() {
                 continue;
             }
-            let same_binary = std::fs::metadata(dir.join("exe"))
-                .map(|m| (m.dev(), m.ino()) == own_exe)
-                .unwrap_or(false);
+            let theirs = std::fs::metadata(dir.join("exe"))
+                .ok()
+                .map(|m| (m.dev(), m.ino()));
+            let same_binary =
+                same_executable(own_exe, own_path.as_ref(), theirs, exe_path(&dir).as_ref());
             // The environment is only read for our own binary: it is all the policy needs.
             let helper_of = if same_binary {
                 helper_marker(&dir)
@@ -188,6 +279,8 @@ impl ProcessSource for ProcFs {
                 ppid: stat.ppid,
                 start_time: stat.start_time,
                 same_binary,
+                uid: uid_at(&dir),
+                pid_ns: pid_namespace_at(&dir),
                 helper_of,
                 cmdline: read_cmdline(&dir),
             });
@@ -269,5 +362,59 @@ mod tests {
         let mine = all.iter().find(|p| p.pid == me).unwrap();
         assert!(mine.same_binary);
         assert!(all.iter().any(|p| p.pid == mine.ppid || mine.ppid == 0));
+        // SAFETY: getuid cannot fail.
+        assert_eq!(mine.uid, Some(unsafe { libc::getuid() }));
+        assert_eq!(mine.pid_ns, self_pid_namespace());
+        assert!(mine.pid_ns.is_some());
+    }
+
+    #[test]
+    fn uid_and_nspid_lines() {
+        let status =
+            "Name:\tsnarf\nUid:\t1000\t1000\t1000\t1000\nGid:\t5\t5\t5\t5\nNSpid:\t4242\t7\n";
+        assert_eq!(parse_uid(status), Some(1000));
+        assert_eq!(parse_nspid(status), vec![4242, 7]);
+        // A process whose uids disagree (setuid) or that has no Uid line is nobody's.
+        assert_eq!(parse_uid("Uid:\t1000\t0\t0\t0\n"), None);
+        assert_eq!(parse_uid("Uid:\t1000\n"), None);
+        assert_eq!(parse_uid("Name: x\n"), None);
+        assert_eq!(parse_nspid("Name: x\n"), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_replaced_binary_at_the_same_path_is_still_snarf() {
+        let p = |s: &str, d: bool| Some((PathBuf::from(s), d));
+        let own = (1, 10);
+        // Same file.
+        assert!(same_executable(own, None, Some((1, 10)), None));
+        // Upgraded while running: one side's exe link ends in " (deleted)".
+        assert!(same_executable(
+            own,
+            p("/usr/bin/snarf", false).as_ref(),
+            Some((1, 11)),
+            p("/usr/bin/snarf", true).as_ref()
+        ));
+        assert!(same_executable(
+            own,
+            p("/usr/bin/snarf", true).as_ref(),
+            Some((1, 11)),
+            p("/usr/bin/snarf", false).as_ref()
+        ));
+        // Another program, or another file at the same path that nobody replaced.
+        assert!(!same_executable(
+            own,
+            p("/usr/bin/snarf", false).as_ref(),
+            Some((1, 12)),
+            p("/usr/bin/sleep", true).as_ref()
+        ));
+        assert!(!same_executable(
+            own,
+            p("/usr/bin/snarf", false).as_ref(),
+            Some((2, 10)),
+            p("/usr/bin/snarf", false).as_ref()
+        ));
+        assert!(!same_executable(own, None, None, None));
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(exe_path(dir.path()), None);
     }
 }

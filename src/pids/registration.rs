@@ -95,6 +95,7 @@ impl Registry {
             repo: new.repo,
             registered,
             cmdline: procfs::self_cmdline(),
+            pid_ns: procfs::self_pid_namespace(),
         };
         self.update(|entries| put(entries, &entry))?;
         let inner = Arc::new(Inner {

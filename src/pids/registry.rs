@@ -28,6 +28,50 @@ pub fn is_alive(entry: &Entry, boot_id: &str, stat: Option<Stat>) -> bool {
         && stat.is_some_and(|s| !s.exited() && s.start_time == entry.start_time)
 }
 
+/// Whether the process of an entry written in another PID namespace still runs: `Some` when
+/// that can be told (a process of that namespace with that pid there and that start time is
+/// visible here, or no process of that namespace is left and this process sees them all),
+/// `None` when it cannot (the namespace is not visible from here, e.g. it is an ancestor).
+fn alive_elsewhere(entry: &Entry) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = entry.pid_ns?;
+    let mut namespace_seen = false;
+    for dirent in std::fs::read_dir("/proc").ok()?.flatten() {
+        let dir = dirent.path();
+        if dirent
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_none()
+        {
+            continue;
+        }
+        if std::fs::metadata(dir.join("ns/pid")).map(|m| m.ino()).ok() != Some(ns) {
+            continue;
+        }
+        namespace_seen = true;
+        let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
+            continue;
+        };
+        if procfs::parse_nspid(&status).last() != Some(&entry.pid) {
+            continue;
+        }
+        let Some(pid) = dirent.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        return Some(is_alive(
+            entry,
+            &entry.boot_id,
+            procfs::read_stat(pid).ok().flatten(),
+        ));
+    }
+    if namespace_seen || procfs::in_initial_pid_namespace() {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// The process registry of one store, living in its `run/` folder.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -97,8 +141,22 @@ impl Registry {
             );
         }
         let boot = procfs::boot_id().map_err(|e| Error::proc("reading the boot id", e))?;
+        let own_ns = procfs::self_pid_namespace();
         let mut entries = Vec::with_capacity(on_disk.len());
         for e in &on_disk {
+            let foreign = e.pid_ns.is_some() && e.pid_ns != own_ns;
+            if foreign && e.boot_id == boot {
+                // Its pid names another process here; look for it in its own namespace.
+                match alive_elsewhere(e) {
+                    Some(false) => log::debug!(
+                        "removing dead registry entry for pid {} of PID namespace {:?}",
+                        e.pid,
+                        e.pid_ns
+                    ),
+                    Some(true) | None => entries.push(e.clone()),
+                }
+                continue;
+            }
             match procfs::read_stat(e.pid) {
                 Ok(stat) if is_alive(e, &boot, stat) => entries.push(e.clone()),
                 Ok(_) => log::debug!("removing dead registry entry for pid {}", e.pid),
@@ -322,6 +380,91 @@ mod tests {
         let mode = std::fs::metadata(reg.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(!dir.path().join(TEMP_FILE).exists());
+    }
+
+    /// A `sleep` that is pid 1 of a new PID namespace, and its pid out here; both killed
+    /// when dropped.
+    struct InNamespace {
+        unshare: std::process::Child,
+        host_pid: u32,
+    }
+
+    impl InNamespace {
+        fn start() -> Option<InNamespace> {
+            let unshare = std::process::Command::new("unshare")
+                .args(["--pid", "--fork", "--", "sleep", "300"])
+                .spawn()
+                .ok()?;
+            let parent = unshare.id();
+            let mut guard = InNamespace {
+                unshare,
+                host_pid: 0,
+            };
+            for _ in 0..500 {
+                let child = std::fs::read_dir("/proc").unwrap().flatten().find_map(|d| {
+                    let pid: u32 = d.file_name().to_str()?.parse().ok()?;
+                    let stat = procfs::read_stat(pid).ok()??;
+                    (stat.ppid == parent).then_some(pid)
+                });
+                if let Some(pid) = child {
+                    guard.host_pid = pid;
+                    return Some(guard);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            None
+        }
+    }
+
+    impl Drop for InNamespace {
+        fn drop(&mut self) {
+            if self.host_pid != 0 {
+                // SAFETY: kill with the pid of a process this test started.
+                unsafe { libc::kill(self.host_pid as i32, libc::SIGKILL) };
+            }
+            let _ = self.unshare.kill();
+            let _ = self.unshare.wait();
+        }
+    }
+
+    #[test]
+    fn an_entry_of_another_pid_namespace_is_judged_there() {
+        use std::os::unix::fs::MetadataExt;
+        if !procfs::in_initial_pid_namespace() {
+            return;
+        }
+        let Some(mut inner) = InNamespace::start() else {
+            eprintln!("skipping: unshare --pid is not available here");
+            return;
+        };
+        let ns = std::fs::metadata(format!("/proc/{}/ns/pid", inner.host_pid))
+            .unwrap()
+            .ino();
+        let start_time = procfs::read_stat(inner.host_pid)
+            .unwrap()
+            .unwrap()
+            .start_time;
+        // The entry the job inside wrote: pid 1 (of its namespace), its start time.
+        let entry = Entry {
+            pid: 1,
+            start_time,
+            pid_ns: Some(ns),
+            ..me()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new(dir.path());
+        reg.store(std::slice::from_ref(&entry)).unwrap();
+        // Out here pid 1 is init, with another start time: the entry is still alive.
+        assert_eq!(reg.list().unwrap(), vec![entry.clone()]);
+        // SAFETY: kill with the pid of a process this test started.
+        unsafe { libc::kill(inner.host_pid as i32, libc::SIGKILL) };
+        inner.host_pid = 0;
+        let _ = inner.unshare.wait();
+        let start = std::time::Instant::now();
+        while !reg.list().unwrap().is_empty() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(5));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     #[test]

@@ -84,6 +84,9 @@ impl Registry {
             entries: &entries,
             processes: &processes,
             protected: &protected,
+            // SAFETY: geteuid cannot fail.
+            uid: unsafe { libc::geteuid() },
+            pid_ns: procfs::self_pid_namespace(),
         });
         let stopped = terminate(&victims, opts.grace);
         for s in &stopped {
