@@ -231,7 +231,7 @@ impl Session for Client {
     }
 
     fn ack(&self, items: &[AckItem]) -> Result<()> {
-        for part in items.chunks(proto::MAX_PAYLOAD / proto::ACK_LEN) {
+        for part in items.chunks(proto::MAX_ACKS_PER_FRAME) {
             self.send(
                 &Msg::Ack {
                     count: part.len() as u32,

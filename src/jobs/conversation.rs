@@ -6,15 +6,26 @@
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::proto::{self, BatchItem, Msg};
+use super::proto::{self, BatchItem, Incoming, Msg};
 use super::released::Released;
-use super::service::{JobService, Session};
+use super::service::{JobService, PeerAlive, Session};
 use super::{Error, Result};
 use crate::snapshot::Engine;
 
 /// Most snarfs one batch carries, whatever the job asks.
 pub const MAX_BATCH: usize = 64;
+/// How long a peer has, from the start of the conversation, to say hello (the stream's read
+/// timeout decides how often this is looked at).
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Who the engine side talks to, as far as it can tell.
+#[derive(Clone, Default)]
+pub struct Peer {
+    /// Whether its process is still alive (a local socket's peer); `None` when unknown.
+    pub alive: Option<PeerAlive>,
+}
 
 /// Something a job did, for listings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,13 +83,39 @@ pub fn serve_stream(
     writer: &mut dyn Write,
     events: &mut dyn FnMut(Event<'_>),
     cancelled: &dyn Fn() -> Option<String>,
+    peer: &Peer,
 ) -> std::io::Result<End> {
-    let service = JobService::new(engine.clone(), released.cloned());
+    let mut service = JobService::new(engine.clone(), released.cloned());
+    if let Some(alive) = &peer.alive {
+        service = service.with_peer(alive.clone());
+    }
+    let began = Instant::now();
     let mut greeted = false;
     let mut payload = Vec::new();
     loop {
-        let Some((msg, body)) = proto::read_frame(reader)? else {
-            return Ok(End::Closed);
+        // A malformed or oversized frame ends this conversation, told why when possible.
+        let (msg, body) = match proto::read_frame_from(reader, &proto::FROM_JOB) {
+            Ok(Incoming::Frame(m, b)) => (m, b),
+            Ok(Incoming::End) => return Ok(End::Closed),
+            Ok(Incoming::Idle) if !greeted && began.elapsed() >= HELLO_DEADLINE => {
+                return Ok(End::ProtocolError(format!(
+                    "no hello within {} s",
+                    HELLO_DEADLINE.as_secs()
+                )))
+            }
+            Ok(Incoming::Idle) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let why = e.to_string();
+                let _ = proto::write_frame(
+                    writer,
+                    &Msg::Error {
+                        message: format!("protocol error: {why}"),
+                    },
+                    &[],
+                );
+                return Ok(End::ProtocolError(why));
+            }
+            Err(e) => return Err(e),
         };
         payload.clear();
         if matches!(

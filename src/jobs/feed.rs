@@ -32,6 +32,16 @@ pub struct FeedVolume {
     pub only: Option<SnarfSet>,
 }
 
+/// Why a job may acknowledge a snarf: the feed handed it out, or the plan reuses it from
+/// the volume's base (an unchanged snarf of an incremental backup, never handed out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    /// Handed to the job, so its data went through the daemon.
+    Handed,
+    /// Planned as reused from the base backup.
+    Reused,
+}
+
 /// A snarf handed to the job: the position of its volume in the feed's list, and its index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Handed {
@@ -270,9 +280,57 @@ impl Feed {
         }
     }
 
+    /// Whether the job may acknowledge snarf `snarf` of the volume at position `vol`, and
+    /// why: only a snarf of the plan that was handed out, or one the plan reuses from the
+    /// base (not in an incremental volume's send set). The error says what is wrong.
+    pub fn ack_kind(&self, vol: usize, snarf: u64) -> Result<AckKind, String> {
+        let q = self.queue.lock();
+        let v = q.vols.get(vol).ok_or_else(|| {
+            format!(
+                "an ack names volume {vol} of the plan, which has {}",
+                q.vols.len()
+            )
+        })?;
+        let name = &self.names[vol];
+        if snarf >= v.count {
+            return Err(format!(
+                "an ack names snarf {snarf} of volume \"{name}\", which has {} snarfs",
+                v.count
+            ));
+        }
+        if v.handed.contains(snarf) {
+            return Ok(AckKind::Handed);
+        }
+        match &v.only {
+            Some(only) if !only.contains(snarf) => Ok(AckKind::Reused),
+            _ => Err(format!(
+                "an ack names snarf {snarf} of volume \"{name}\", which was never handed to this job"
+            )),
+        }
+    }
+
+    /// The length of snarf `snarf` of the volume at position `vol` as the snapshot froze it;
+    /// `None` past the volume's end (computed without overflow for any `snarf`).
+    pub fn snarf_len(&self, vol: usize, snarf: u64) -> Option<u32> {
+        let sv = self.snap.volume(self.names.get(vol)?)?;
+        let ss = sv.volume.snarf_size();
+        let start = snarf.checked_mul(ss)?;
+        let left = sv.attr.size.checked_sub(start).filter(|l| *l > 0)?;
+        u32::try_from(left.min(ss)).ok()
+    }
+
+    /// Whether a backup already stored snarf `snarf` of the volume at position `vol` for
+    /// this snapshot (its pre-image is freed, reads come from that backup).
+    pub fn is_stored(&self, vol: usize, snarf: u64) -> bool {
+        self.names
+            .get(vol)
+            .and_then(|n| self.snap.volume(n))
+            .is_some_and(|sv| sv.is_stored(snarf))
+    }
+
     /// The backup stored snarf `snarf` of the volume at position `vol`: its pre-image is
-    /// freed unless another snapshot needs it. Any snarf of the volume may be acknowledged,
-    /// handed out or not (an incremental backup reuses unchanged ones from its base).
+    /// freed unless another snapshot needs it. The caller has checked the acknowledgement
+    /// ([`Feed::ack_kind`]).
     pub fn ack(&self, vol: usize, snarf: u64) {
         let id = self.queue.lock().vols.get(vol).map(|v| v.id);
         if let Some(id) = id {

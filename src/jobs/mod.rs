@@ -34,12 +34,14 @@ pub mod server;
 pub mod service;
 
 pub use error::{Error, Result};
-pub use feed::{Feed, FeedStats, FeedVolume, Handed};
+pub use feed::{AckKind, Feed, FeedStats, FeedVolume, Handed};
 pub use pipeline::{BackupOptions, Progress, Summary, VolumeSummary};
 pub use plan::{FullReason, Mode, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
 pub use released::{read_snapshot, Released};
 pub use server::{JobPhase, JobServer, JobStatus};
 pub use service::{JobService, Session, SnarfData};
 
+#[cfg(test)]
+mod ack_tests;
 #[cfg(test)]
 mod tests;

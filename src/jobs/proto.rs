@@ -37,6 +37,15 @@
 //! chunk reference ([`ChunkRef::encode`]). `done: true` with no items means every planned
 //! snarf was sent. If either side sees the stream end, the job is over: the daemon drops the
 //! job's feed (the snapshot stays readable) and the job abandons its backup.
+//!
+//! # A peer is never trusted
+//!
+//! The daemon reads a job's frames with [`read_frame_from`] and [`FROM_JOB`] limits: a head
+//! that announces more than the message it carries may have (a header over 1 MiB, any
+//! payload on a message that has none, an ack payload that is not `count` records, more than
+//! [`MAX_ACKS_PER_FRAME`] records) ends the connection before anything is allocated, and
+//! what is read is allocated as it arrives, never as announced. What an ack claims is
+//! checked by the daemon before it frees anything (see [`super::service`]).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -57,6 +66,56 @@ pub const MAX_HEADER: usize = 1 << 20;
 pub const MAX_PAYLOAD: usize = 64 << 20;
 /// Bytes of one acknowledgement record.
 pub const ACK_LEN: usize = 4 + 8 + REF_LEN;
+/// Most acknowledgement records in one frame (the job splits longer lists).
+pub const MAX_ACKS_PER_FRAME: usize = 4096;
+/// Longest a frame may take to arrive once its first byte has, before the peer is cut off.
+pub const FRAME_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What a reader accepts in a frame, per message.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest header.
+    pub header: usize,
+    /// Largest payload the given message may carry; a frame announcing more is refused
+    /// before its payload is read.
+    pub payload: fn(&Msg) -> usize,
+}
+
+/// What the daemon accepts from a job: small headers, and a payload only on `ack`, of
+/// exactly `count` records.
+pub const FROM_JOB: Limits = Limits {
+    header: MAX_HEADER,
+    payload: job_payload,
+};
+
+/// What a job accepts from the daemon.
+pub const FROM_DAEMON: Limits = Limits {
+    header: MAX_HEADER,
+    payload: any_payload,
+};
+
+fn any_payload(_: &Msg) -> usize {
+    MAX_PAYLOAD
+}
+
+fn job_payload(msg: &Msg) -> usize {
+    match msg {
+        Msg::Ack { count } if (*count as usize) <= MAX_ACKS_PER_FRAME => *count as usize * ACK_LEN,
+        _ => 0,
+    }
+}
+
+/// What a read of the next frame found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A whole frame.
+    Frame(Msg, Vec<u8>),
+    /// The stream ended cleanly between frames.
+    End,
+    /// The stream's read timeout passed before the first byte of a frame: nothing is lost,
+    /// the caller may look around and read again.
+    Idle,
+}
 
 /// A message: a request from the job or an answer from the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +241,11 @@ pub fn encode_acks(items: &[AckItem]) -> Vec<u8> {
 
 /// Decodes an `ack` payload of `count` records.
 pub fn decode_acks(count: u32, payload: &[u8]) -> std::io::Result<Vec<AckItem>> {
+    if count as usize > MAX_ACKS_PER_FRAME {
+        return Err(bad(format!(
+            "an ack of {count} records; one frame carries at most {MAX_ACKS_PER_FRAME}"
+        )));
+    }
     if payload.len() != count as usize * ACK_LEN {
         return Err(bad(format!(
             "an ack of {count} records carries {} bytes, not {}",
@@ -232,13 +296,37 @@ pub fn write_frame<W: Write + ?Sized>(w: &mut W, msg: &Msg, payload: &[u8]) -> s
     w.flush()
 }
 
-/// Reads one frame. `Ok(None)` when the stream ends cleanly between frames.
+/// Reads one frame from the daemon (the job's side). `Ok(None)` when the stream ends
+/// cleanly between frames.
 pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> std::io::Result<Option<(Msg, Vec<u8>)>> {
-    let mut head = [0u8; 12];
+    match read_frame_from(r, &FROM_DAEMON)? {
+        Incoming::Frame(m, p) => Ok(Some((m, p))),
+        Incoming::End => Ok(None),
+        // The job's socket has a read timeout only to notice a hung daemon.
+        Incoming::Idle => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the mount daemon did not answer in time",
+        )),
+    }
+}
+
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads exactly `buf.len()` bytes of a frame that has begun, retrying reads that time out
+/// until [`FRAME_DEADLINE`] after `started`.
+fn read_within<R: Read + ?Sized>(
+    r: &mut R,
+    buf: &mut [u8],
+    started: std::time::Instant,
+) -> std::io::Result<()> {
     let mut got = 0;
-    while got < head.len() {
-        match r.read(&mut head[got..]) {
-            Ok(0) if got == 0 => return Ok(None),
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
             Ok(0) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -247,6 +335,56 @@ pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> std::io::Result<Option<(Msg, V
             }
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if timed_out(&e) && started.elapsed() < FRAME_DEADLINE => {}
+            Err(e) if timed_out(&e) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "a frame did not arrive whole within {} s",
+                        FRAME_DEADLINE.as_secs()
+                    ),
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads `len` bytes of a frame that has begun into a vector that grows as bytes arrive, so
+/// an announced length costs nothing until the peer really sends that much.
+fn read_vec<R: Read + ?Sized>(
+    r: &mut R,
+    len: usize,
+    started: std::time::Instant,
+) -> std::io::Result<Vec<u8>> {
+    const STEP: usize = 64 << 10;
+    let mut out = Vec::with_capacity(len.min(STEP));
+    while out.len() < len {
+        let at = out.len();
+        let n = (len - at).min(STEP);
+        out.resize(at + n, 0);
+        read_within(r, &mut out[at..], started)?;
+    }
+    Ok(out)
+}
+
+/// Reads one frame within `limits`; see [`Incoming`]. A head announcing more than the
+/// limits allow, a header that is not a message, or a payload longer than that message may
+/// carry is an `InvalidData` error, found before the payload is read.
+pub fn read_frame_from<R: Read + ?Sized>(r: &mut R, limits: &Limits) -> std::io::Result<Incoming> {
+    let mut head = [0u8; 12];
+    let started;
+    loop {
+        match r.read(&mut head) {
+            Ok(0) => return Ok(Incoming::End),
+            Ok(n) => {
+                started = std::time::Instant::now();
+                read_within(r, &mut head[n..], started)?;
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if timed_out(&e) => return Ok(Incoming::Idle),
             Err(e) => return Err(e),
         }
     }
@@ -258,17 +396,44 @@ pub fn read_frame<R: Read + ?Sized>(r: &mut R) -> std::io::Result<Option<(Msg, V
     }
     let hlen = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
     let plen = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
-    if hlen > MAX_HEADER || plen > MAX_PAYLOAD {
+    if hlen > limits.header || plen > MAX_PAYLOAD {
         return Err(bad(format!(
             "frame too large: header {hlen} bytes, payload {plen} bytes"
         )));
     }
-    let mut header = vec![0u8; hlen];
-    r.read_exact(&mut header)?;
+    let header = read_vec(r, hlen, started)?;
     let msg: Msg = serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
-    let mut payload = vec![0u8; plen];
-    r.read_exact(&mut payload)?;
-    Ok(Some((msg, payload)))
+    let allowed = (limits.payload)(&msg);
+    if plen > allowed {
+        return Err(bad(format!(
+            "a {} frame announces {plen} payload bytes; it may carry at most {allowed}",
+            msg.name()
+        )));
+    }
+    let payload = read_vec(r, plen, started)?;
+    Ok(Incoming::Frame(msg, payload))
+}
+
+impl Msg {
+    /// The message's name on the wire (`hello`, `ack`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Msg::Hello { .. } => "hello",
+            Msg::Welcome { .. } => "welcome",
+            Msg::Describe { .. } => "describe",
+            Msg::Snapshot { .. } => "snapshot",
+            Msg::Plan { .. } => "plan",
+            Msg::Planned { .. } => "planned",
+            Msg::Next { .. } => "next",
+            Msg::Batch { .. } => "batch",
+            Msg::Ack { .. } => "ack",
+            Msg::Committing => "committing",
+            Msg::Done { .. } => "done",
+            Msg::Abort { .. } => "abort",
+            Msg::Bye => "bye",
+            Msg::Error { .. } => "error",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +475,61 @@ mod tests {
         }
         let mut r = &b"GET / HTTP/1.1\r\n\r\n"[..];
         assert!(read_frame(&mut r).is_err());
+    }
+
+    /// A head for a frame of `header` bytes announcing `payload` bytes.
+    fn head(header: &[u8], payload: u32) -> Vec<u8> {
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        b.extend_from_slice(&payload.to_le_bytes());
+        b.extend_from_slice(header);
+        b
+    }
+
+    #[test]
+    fn a_jobs_frames_may_only_announce_what_their_message_carries() {
+        let read = |bytes: &[u8]| read_frame_from(&mut &bytes[..], &FROM_JOB);
+        // Any payload on a message that has none, even a small one, before it is read.
+        let e = read(&head(br#"{"msg":"next","max":1}"#, 1)).unwrap_err();
+        assert!(e.to_string().contains("at most 0"), "{e}");
+        // 64 MiB announced by a hello: refused without reading (the stream holds none).
+        let e = read(&head(
+            br#"{"msg":"hello","version":1,"job":"x","pid":1}"#,
+            64 << 20,
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("at most 0"), "{e}");
+        // An ack announcing more than its records, or too many records.
+        let e = read(&head(br#"{"msg":"ack","count":1}"#, ACK_LEN as u32 + 1)).unwrap_err();
+        assert!(e.to_string().contains("at most 76"), "{e}");
+        let e = read(&head(br#"{"msg":"ack","count":4294967295}"#, 64 << 20)).unwrap_err();
+        assert!(e.to_string().contains("at most 0"), "{e}");
+        // Over the absolute limits.
+        let mut huge = MAGIC.to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        huge.extend_from_slice(&0u32.to_le_bytes());
+        assert!(read(&huge).unwrap_err().to_string().contains("too large"));
+        // A header that is not JSON, or is cut short.
+        assert!(read(&head(b"\xff\xfe", 0)).is_err());
+        let mut cut = head(br#"{"msg":"committing"}"#, 0);
+        cut.truncate(cut.len() - 3);
+        assert_eq!(
+            read(&cut).unwrap_err().kind(),
+            std::io::ErrorKind::UnexpectedEof
+        );
+        // A good ack passes; an empty stream is the end.
+        let acks = encode_acks(&[AckItem {
+            vol: 0,
+            snarf: 1,
+            chunk: ChunkRef::zero(4096),
+        }]);
+        let mut ok = head(br#"{"msg":"ack","count":1}"#, acks.len() as u32);
+        ok.extend_from_slice(&acks);
+        assert!(
+            matches!(read(&ok).unwrap(), Incoming::Frame(Msg::Ack { count: 1 }, p) if p == acks)
+        );
+        assert_eq!(read(&[]).unwrap(), Incoming::End);
+        assert!(decode_acks(MAX_ACKS_PER_FRAME as u32 + 1, &[]).is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Error, Result};
 use crate::repo::chunk::REF_LEN;
-use crate::repo::{ChunkId, ChunkRef, PackId, Repo};
+use crate::repo::{ChunkRef, PackId, Repo};
 use crate::snapshot::{Engine, SnapState, Snapshot};
 use crate::store::VolumeId;
 
@@ -59,7 +59,7 @@ pub struct Released {
     dir: PathBuf,
     store_id: String,
     tables: Mutex<HashMap<u64, Arc<SnapTable>>>,
-    cache: Mutex<VecDeque<(ChunkId, Arc<Vec<u8>>)>>,
+    cache: Mutex<VecDeque<(ChunkRef, Arc<Vec<u8>>)>>,
 }
 
 impl std::fmt::Debug for Released {
@@ -123,8 +123,56 @@ impl Released {
         Ok(t)
     }
 
+    /// Pins `packs` of `repo` for `snap` (those not pinned yet), so no gc that starts from
+    /// now on removes them while the snapshot may read from them.
+    pub fn pin(&self, snap: &Arc<Snapshot>, repo: &Repo, packs: &[PackId]) -> Result<()> {
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let t = self.table(snap)?;
+        let mut inner = t.inner.lock();
+        let rn = Self::repo_number(&t, &mut inner, snap, repo)?;
+        let mut seen = HashSet::new();
+        let new: Vec<PackId> = packs
+            .iter()
+            .copied()
+            .filter(|p| !inner.pinned[rn].contains(p) && seen.insert(*p))
+            .collect();
+        if !new.is_empty() {
+            repo.pin(&t.pin, &new)?;
+            inner.pinned[rn].extend(new);
+        }
+        Ok(())
+    }
+
+    /// The table's number for `repo`, added (with its meta file, before any pin) if new.
+    fn repo_number(
+        t: &SnapTable,
+        inner: &mut TableInner,
+        snap: &Snapshot,
+        repo: &Repo,
+    ) -> Result<usize> {
+        if let Some(n) = inner.repos.iter().position(|r| r.path() == repo.path()) {
+            return Ok(n);
+        }
+        inner.repos.push(repo.clone());
+        inner.pinned.push(HashSet::new());
+        // Written before the first pin, so a crash leaves enough to unpin.
+        let meta = Meta {
+            pin: t.pin.clone(),
+            snapshot: snap.name().to_string(),
+            repos: inner.repos.iter().map(|r| r.path().to_path_buf()).collect(),
+        };
+        let path = t.dir.join("meta.json");
+        let text = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Protocol(e.to_string()))?;
+        std::fs::write(&path, text)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        Ok(inner.repos.len() - 1)
+    }
+
     /// Records that snarfs of `snap` are stored in `repo` at the given chunks, pinning
-    /// packs not pinned yet. Call it before freeing the pre-images.
+    /// packs not pinned yet. Call it before freeing the pre-images. Every snarf must be
+    /// inside its volume in the snapshot (the caller checked the acknowledgement).
     pub fn record(
         &self,
         snap: &Arc<Snapshot>,
@@ -134,40 +182,26 @@ impl Released {
         if items.is_empty() {
             return Ok(());
         }
+        for (vol, snarf, _) in items {
+            let inside = snap
+                .volume_by_id(*vol)
+                .is_some_and(|sv| *snarf < sv.snarf_count());
+            if !inside {
+                return Err(Error::Protocol(format!(
+                    "snarf {snarf} of volume {vol:016x} is not in snapshot \"{}\"",
+                    snap.name()
+                )));
+            }
+        }
+        let packs: Vec<PackId> = items
+            .iter()
+            .filter(|(_, _, c)| !c.is_zero())
+            .map(|(_, _, c)| c.pack)
+            .collect();
+        self.pin(snap, repo, &packs)?;
         let t = self.table(snap)?;
         let mut inner = t.inner.lock();
-        let rn = match inner.repos.iter().position(|r| r.path() == repo.path()) {
-            Some(n) => n,
-            None => {
-                inner.repos.push(repo.clone());
-                inner.pinned.push(HashSet::new());
-                // Written before the first pin, so a crash leaves enough to unpin.
-                let meta = Meta {
-                    pin: t.pin.clone(),
-                    snapshot: snap.name().to_string(),
-                    repos: inner.repos.iter().map(|r| r.path().to_path_buf()).collect(),
-                };
-                let path = t.dir.join("meta.json");
-                let text =
-                    serde_json::to_vec_pretty(&meta).map_err(|e| Error::Protocol(e.to_string()))?;
-                std::fs::write(&path, text)
-                    .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-                inner.repos.len() - 1
-            }
-        };
-        let new: Vec<PackId> = {
-            let mut seen = HashSet::new();
-            items
-                .iter()
-                .filter(|(_, _, c)| !c.is_zero())
-                .map(|(_, _, c)| c.pack)
-                .filter(|p| !inner.pinned[rn].contains(p) && seen.insert(*p))
-                .collect()
-        };
-        if !new.is_empty() {
-            repo.pin(&t.pin, &new)?;
-            inner.pinned[rn].extend(new);
-        }
+        let rn = Self::repo_number(&t, &mut inner, snap, repo)?;
         for (vol, snarf, chunk) in items {
             let file = match inner.files.get(vol) {
                 Some(f) => f.clone(),
@@ -189,7 +223,8 @@ impl Released {
             let mut rec = [0u8; RECORD_LEN as usize];
             rec[..REF_LEN].copy_from_slice(&chunk.encode());
             rec[REF_LEN..REF_LEN + 4].copy_from_slice(&(rn as u32).to_le_bytes());
-            file.write_all_at(&rec, snarf * RECORD_LEN)
+            let at = record_offset(*snarf)?;
+            file.write_all_at(&rec, at)
                 .map_err(|e| Error::io(format!("writing {}", t.dir.display()), e))?;
         }
         Ok(())
@@ -210,7 +245,7 @@ impl Released {
             return Ok(None);
         };
         let mut rec = [0u8; RECORD_LEN as usize];
-        match file.read_exact_at(&mut rec, snarf * RECORD_LEN) {
+        match file.read_exact_at(&mut rec, record_offset(snarf)?) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(Error::io(format!("reading {}", t.dir.display()), e)),
@@ -253,24 +288,28 @@ impl Released {
             ))
             .into());
         };
-        let start = offset as usize;
-        let end = start + buf.len();
-        if end > chunk.raw_len as usize {
-            return Err(crate::snapshot::Error::Internal(format!(
-                "read of bytes {start}..{end} of a {}-byte snarf",
-                chunk.raw_len
-            ))
-            .into());
-        }
+        let range = usize::try_from(offset)
+            .ok()
+            .and_then(|start| Some(start..start.checked_add(buf.len())?))
+            .filter(|r| r.end <= chunk.raw_len as usize)
+            .ok_or_else(|| {
+                Error::from(crate::snapshot::Error::Internal(format!(
+                    "read of {} bytes at {offset} of a {}-byte snarf",
+                    buf.len(),
+                    chunk.raw_len
+                )))
+            })?;
         if chunk.is_zero() {
             buf.fill(0);
             return Ok(());
         }
+        // Keyed by the whole reference: the same id with another length is another chunk
+        // (a bad record must not get a cached chunk of another size).
         let cached = self
             .cache
             .lock()
             .iter()
-            .find(|(id, _)| *id == chunk.id)
+            .find(|(r, _)| *r == chunk)
             .map(|(_, d)| d.clone());
         let data = match cached {
             Some(d) => d,
@@ -291,11 +330,19 @@ impl Released {
                 if c.len() >= CACHE_CHUNKS {
                     c.pop_front();
                 }
-                c.push_back((chunk.id, d.clone()));
+                c.push_back((chunk, d.clone()));
                 d
             }
         };
-        buf.copy_from_slice(&data[start..end]);
+        let bytes = data.get(range).ok_or_else(|| {
+            Error::from(crate::snapshot::Error::Internal(format!(
+                "chunk {} holds {} bytes, not the {} its record says",
+                chunk.id.short(),
+                data.len(),
+                chunk.raw_len
+            )))
+        })?;
+        buf.copy_from_slice(bytes);
         Ok(())
     }
 
@@ -383,6 +430,16 @@ pub fn read_snapshot(
         done += n;
     }
     Ok(len)
+}
+
+/// Where snarf `snarf`'s record is in a table file; an error rather than a wrapped offset
+/// for a snarf no volume can have.
+fn record_offset(snarf: u64) -> Result<u64> {
+    snarf.checked_mul(RECORD_LEN).ok_or_else(|| {
+        Error::Protocol(format!(
+            "snarf {snarf} is beyond any volume (its table record would be past 2^64 bytes)"
+        ))
+    })
 }
 
 fn drop_table(t: &SnapTable) {

@@ -6,6 +6,12 @@
 //! tables. A janitor drops those tables (and their repository pins) once their snapshot is
 //! released. The server also keeps the job listing: every connected job, and the last few
 //! that ended, with their progress.
+//!
+//! A peer is never trusted: at most [`MAX_CONNECTIONS`] are served at once (the rest are
+//! told so and closed at once, without a thread), a connection must say hello within
+//! [`HELLO_DEADLINE`](super::conversation::HELLO_DEADLINE) and send each frame whole within
+//! [`FRAME_DEADLINE`](super::proto::FRAME_DEADLINE), frames are bounded by what their message
+//! may carry, and a panic while serving one connection ends that connection only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, BufWriter};
@@ -19,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::conversation::{serve_stream, End, Event};
+use super::conversation::{serve_stream, End, Event, Peer};
 use super::released::Released;
 use super::{Error, Result};
 use crate::snapshot::Engine;
@@ -28,6 +34,10 @@ use crate::snapshot::Engine;
 pub const SOCKET: &str = "daemon.sock";
 /// Ended jobs kept in the listing.
 const HISTORY: usize = 32;
+/// Most job connections served at once.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How often a waiting connection looks at its deadlines (the socket's read timeout).
+const POLL: Duration = Duration::from_secs(1);
 
 /// Longest socket path bind(2) and connect(2) take (sun_path is 108 bytes with its NUL).
 const SUN_PATH_MAX: usize = 107;
@@ -117,6 +127,8 @@ struct Shared {
     next_conn: AtomicU64,
     janitor_wake: (Mutex<bool>, Condvar),
     default_repo: Mutex<Option<PathBuf>>,
+    /// Connections being served now.
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -187,6 +199,7 @@ impl JobServer {
             next_conn: AtomicU64::new(1),
             janitor_wake: (Mutex::new(false), Condvar::new()),
             default_repo: Mutex::new(None),
+            connections: std::sync::atomic::AtomicUsize::new(0),
         });
         let workers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = {
@@ -380,17 +393,30 @@ fn accept_loop(
                 continue;
             }
         };
+        if shared.connections.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+            refuse(stream);
+            continue;
+        }
         let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let Ok(copy) = stream.try_clone() else {
             continue;
         };
         shared.streams.lock().insert(conn, copy);
+        shared.connections.fetch_add(1, Ordering::AcqRel);
         let s2 = shared.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("snarf-job-{conn}"))
             .spawn(move || {
-                serve(&s2, conn, stream);
+                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    serve(&s2, conn, stream)
+                }));
+                if let Err(p) = served {
+                    let why = crate::fuse::panic_message(p.as_ref());
+                    log::error!("serving backup job connection {conn} panicked: {why}; that connection is closed");
+                    s2.end(conn, JobPhase::Failed(format!("the daemon failed serving it: {why}")));
+                }
                 s2.streams.lock().remove(&conn);
+                s2.connections.fetch_sub(1, Ordering::AcqRel);
             });
         match spawned {
             Ok(h) => {
@@ -401,9 +427,54 @@ fn accept_loop(
             Err(e) => {
                 log::warn!("cannot start a thread for a backup job: {e}");
                 shared.streams.lock().remove(&conn);
+                shared.connections.fetch_sub(1, Ordering::AcqRel);
             }
         }
     }
+}
+
+/// Tells a connection over the limit why it is not served, without blocking on it.
+fn refuse(stream: UnixStream) {
+    log::warn!("refused a backup job connection: {MAX_CONNECTIONS} are connected already");
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+    let mut w = &stream;
+    let _ = super::proto::write_frame(
+        &mut w,
+        &super::proto::Msg::Error {
+            message: format!(
+                "the mount serves at most {MAX_CONNECTIONS} backup jobs at once; try again when one has ended"
+            ),
+        },
+        &[],
+    );
+}
+
+/// The process at the other end of a local socket, by pid and start time, so whether it is
+/// still alive can be asked later (pid reuse is told apart by the start time).
+fn peer_of(stream: &UnixStream) -> Option<(u32, u64)> {
+    use std::os::unix::io::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt fills at most `len` bytes of the ucred we own.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 || cred.pid <= 0 {
+        return None;
+    }
+    let pid = cred.pid as u32;
+    let stat = crate::pids::procfs::read_stat(pid).ok()??;
+    Some((pid, stat.start_time))
 }
 
 fn janitor_loop(shared: Arc<Shared>) {
@@ -440,7 +511,23 @@ fn serve(shared: &Shared, conn: u64, stream: UnixStream) {
             ended_at: None,
         },
     );
-    let result = stream.try_clone().and_then(|r| {
+    // Whether the job's process still runs is asked before its acknowledgements free
+    // anything; a peer whose process cannot be identified has none of them trusted.
+    let peer = Peer {
+        alive: Some(match peer_of(&stream) {
+            Some((pid, start)) => Arc::new(move || {
+                matches!(crate::pids::procfs::read_stat(pid),
+                    Ok(Some(s)) if !s.exited() && s.start_time == start)
+            }),
+            None => Arc::new(|| false),
+        }),
+    };
+    // Answers are written only to a job waiting for one; a peer that stops reading is cut
+    // off instead of holding this thread forever.
+    let timeouts = stream
+        .set_read_timeout(Some(POLL))
+        .and_then(|()| stream.set_write_timeout(Some(Duration::from_secs(60))));
+    let result = timeouts.and_then(|()| stream.try_clone()).and_then(|r| {
         let mut reader = BufReader::with_capacity(1 << 16, r);
         let mut writer = BufWriter::with_capacity(1 << 20, stream);
         let mut events = |e: Event<'_>| {
@@ -476,6 +563,7 @@ fn serve(shared: &Shared, conn: u64, stream: UnixStream) {
             &mut writer,
             &mut events,
             &cancelled,
+            &peer,
         )
     });
     let phase = match result {

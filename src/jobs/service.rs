@@ -2,19 +2,50 @@
 //! data in the feed's order, take acknowledgements. The daemon's socket server drives one per
 //! connection; in direct mode (no mount) the job drives one in-process. Either way the same
 //! [`Session`] calls reach it.
+//!
+//! # Acknowledgements are checked, not believed
+//!
+//! An ack makes the daemon free a pre-image and read that snarf of the snapshot from the
+//! repository from then on, so a wrong one would make the snapshot read wrong bytes. Every
+//! ack is refused (the job is told why and its connection ends; nothing is freed) unless:
+//!
+//! 1. it names a volume of the plan and a snarf inside the snapshot's frozen size, and the
+//!    chunk has exactly that snarf's length, with a well-formed reference (a zero chunk is
+//!    the zero marker, a stored one names a pack and 1..=raw_len stored bytes);
+//! 2. the snarf was handed to this job, or the plan reuses it from the base (an unchanged
+//!    snarf of an incremental volume);
+//! 3. with a mount (an untrusted peer): a handed snarf's chunk id is the blake3 of the bytes
+//!    the snapshot holds there (all zeros for a zero chunk), read back from the pre-image or
+//!    the live file; a reused snarf's chunk is the very record the base backup holds;
+//! 4. the packs are pinned first, then the chunk is found in its sealed pack's hash-checked
+//!    trailer at that offset with those lengths, and only then, with the job's process
+//!    still alive (so it still holds the repository lock, and no gc that could delete the
+//!    pack can have started before the pin), is the snarf recorded and its pre-image freed.
+//!
+//! A snarf a backup already stored for this snapshot is skipped: its first record stays.
 
+use std::collections::{HashSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
-use super::feed::{Feed, Handed};
+use super::feed::{AckKind, Feed, Handed};
 use super::plan::{self, Plan, PlanRequest, SnapshotDesc};
 use super::proto::AckItem;
 use super::released::Released;
 use super::{Error, Result};
-use crate::repo::Repo;
+use crate::repo::{ChunkId, ChunkRef, PackId, Repo, VolumeReader};
 use crate::snapshot::{self, Engine, Snapshot};
+
+/// Whether the job's process is still alive; asked after pinning, before freeing.
+pub type PeerAlive = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Sealed packs whose trailers were read lately, for checking acks (acks come in pack order).
+const TRAILERS_KEPT: usize = 4;
+
+/// A chunk as a trailer lists it: id, offset, stored and raw length.
+type Listed = (ChunkId, u64, u32, u32);
 
 /// One snarf's data as a job receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +86,8 @@ struct Active {
     snap: Arc<Snapshot>,
     feed: Feed,
     repo: Option<Repo>,
+    /// Per feed volume, its base backup's table, for checking reused snarfs (with a mount).
+    bases: Vec<Option<VolumeReader>>,
 }
 
 /// The engine side of one job; see the module documentation.
@@ -63,6 +96,45 @@ pub struct JobService {
     released: Option<Arc<Released>>,
     active: OnceLock<Active>,
     buf: Mutex<Vec<u8>>,
+    peer_alive: Option<PeerAlive>,
+    trailers: Mutex<VecDeque<(PackId, HashSet<Listed>)>>,
+}
+
+/// One acknowledgement that passed the checks that need no repository.
+struct Checked {
+    vol: usize,
+    snarf: u64,
+    chunk: ChunkRef,
+    kind: AckKind,
+}
+
+/// A refused acknowledgement: the job is told this, and its connection ends.
+fn refused(why: String) -> Error {
+    Error::Protocol(format!("acknowledgement refused: {why}"))
+}
+
+/// Checks a chunk reference's shape for a snarf of `len` bytes.
+fn check_shape(c: &ChunkRef, len: u32) -> std::result::Result<(), String> {
+    if c.raw_len != len {
+        return Err(format!(
+            "it names a chunk of {} bytes for a snarf of {len}",
+            c.raw_len
+        ));
+    }
+    if c.pack.is_none() {
+        // Only the zero marker has no pack.
+        if *c != ChunkRef::zero(len) {
+            return Err("a chunk without a pack that is not the zero-snarf marker".into());
+        }
+        return Ok(());
+    }
+    if c.stored_len == 0 || c.stored_len > c.raw_len {
+        return Err(format!(
+            "a stored chunk of {} bytes cannot hold {} raw bytes",
+            c.stored_len, c.raw_len
+        ));
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for JobService {
@@ -80,9 +152,122 @@ impl JobService {
             released,
             active: OnceLock::new(),
             buf: Mutex::new(Vec::new()),
+            peer_alive: None,
+            trailers: Mutex::new(VecDeque::new()),
         }
     }
 
+    /// The same, asking `alive` whether the job's process still runs before it frees
+    /// anything an acknowledgement names (see the module documentation).
+    pub fn with_peer(mut self, alive: PeerAlive) -> JobService {
+        self.peer_alive = Some(alive);
+        self
+    }
+
+    /// The checks of an ack that need no repository: place, length, shape, provenance.
+    /// `None` for a snarf already stored for this snapshot (nothing to do).
+    fn check_place(&self, a: &Active, it: &AckItem) -> Result<Option<Checked>> {
+        let vol = it.vol as usize;
+        let kind = a.feed.ack_kind(vol, it.snarf).map_err(refused)?;
+        let len = a.feed.snarf_len(vol, it.snarf).ok_or_else(|| {
+            refused(format!(
+                "snarf {} of volume position {vol} is past the volume's end",
+                it.snarf
+            ))
+        })?;
+        check_shape(&it.chunk, len).map_err(|why| {
+            refused(format!(
+                "snarf {} of volume position {vol}: {why}",
+                it.snarf
+            ))
+        })?;
+        if a.feed.is_stored(vol, it.snarf) {
+            return Ok(None);
+        }
+        Ok(Some(Checked {
+            vol,
+            snarf: it.snarf,
+            chunk: it.chunk,
+            kind,
+        }))
+    }
+
+    /// A handed snarf's chunk must hold exactly the bytes the snapshot has there. `false`
+    /// when another job's backup stored the snarf meanwhile (nothing left to do).
+    fn check_content(&self, a: &Active, c: &Checked) -> Result<bool> {
+        let mut buf = std::mem::take(&mut *self.buf.lock());
+        let read = a.feed.read(
+            Handed {
+                vol: c.vol,
+                snarf: c.snarf,
+            },
+            &mut buf,
+        );
+        let nonzero = match read {
+            Ok(nz) => nz,
+            Err(snapshot::Error::StoredInBackup { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let same = if c.chunk.is_zero() {
+            !nonzero
+        } else {
+            nonzero && ChunkId::of(&buf) == c.chunk.id
+        };
+        *self.buf.lock() = buf;
+        if same {
+            return Ok(true);
+        }
+        let name = &a.feed.volume_names()[c.vol];
+        log::warn!(
+            "snapshot \"{}\": refused an ack for snarf {} of \"{name}\": chunk {} does not hold the snapshot's bytes",
+            a.snap.name(),
+            c.snarf,
+            c.chunk.id.short()
+        );
+        Err(refused(format!(
+            "chunk {} named for snarf {} of volume \"{name}\" does not hold the snapshot's bytes there",
+            c.chunk.id.short(),
+            c.snarf
+        )))
+    }
+
+    /// Reused snarfs must be acknowledged with the very records of the base backup.
+    fn check_reused(&self, a: &Active, reused: &[&Checked]) -> Result<()> {
+        let mut i = 0;
+        while i < reused.len() {
+            // A run of consecutive snarfs of one volume, read from the base in one go.
+            let first = reused[i];
+            let mut n = 1;
+            while i + n < reused.len()
+                && reused[i + n].vol == first.vol
+                && reused[i + n].snarf == first.snarf + n as u64
+            {
+                n += 1;
+            }
+            let name = &a.feed.volume_names()[first.vol];
+            let base = a.bases.get(first.vol).and_then(Option::as_ref).ok_or_else(|| {
+                refused(format!(
+                    "volume \"{name}\" is not reused from a base, so snarf {} cannot be acknowledged as reused",
+                    first.snarf
+                ))
+            })?;
+            let refs = base.chunk_refs(first.snarf, n as u64)?;
+            for (k, c) in reused[i..i + n].iter().enumerate() {
+                if refs.get(k) != Some(&c.chunk) {
+                    return Err(refused(format!(
+                        "snarf {} of volume \"{name}\" is acknowledged as reused from backup {}, which holds another chunk there",
+                        c.snarf,
+                        base.backup()
+                    )));
+                }
+            }
+            i += n;
+        }
+        Ok(())
+    }
+
+    /// A stored chunk must be listed, exactly so, in the hash-checked trailer of its
+    /// sealed pack in `repo`.
     fn snapshot(&self, name: &str) -> Result<Arc<Snapshot>> {
         let snap = self.engine.snapshot(name)?;
         match snap.state() {
@@ -144,6 +329,48 @@ impl JobService {
             data,
         })
     }
+
+    fn check_in_pack(&self, repo: &Repo, c: &ChunkRef) -> Result<()> {
+        let listed: Listed = (c.id, c.offset, c.stored_len, c.raw_len);
+        let mut cache = self.trailers.lock();
+        if !cache.iter().any(|(p, _)| *p == c.pack) {
+            let path = repo.pack_path(&c.pack);
+            let file = std::fs::File::open(&path).map_err(|e| {
+                refused(format!(
+                    "the chunk's pack {} cannot be opened ({e}); it is not sealed in the repository",
+                    path.display()
+                ))
+            })?;
+            let entries =
+                crate::repo::pack::read_trailer(&file, &c.pack).map_err(|(at, why)| {
+                    refused(format!(
+                        "pack {} is not a sealed pack ({why} at {at})",
+                        path.display()
+                    ))
+                })?;
+            if cache.len() >= TRAILERS_KEPT {
+                cache.pop_front();
+            }
+            let set = entries
+                .iter()
+                .map(|e| (e.id, e.offset, e.stored_len, e.raw_len))
+                .collect();
+            cache.push_back((c.pack, set));
+        }
+        let listed_there = cache
+            .iter()
+            .any(|(p, set)| *p == c.pack && set.contains(&listed));
+        if listed_there {
+            return Ok(());
+        }
+        Err(refused(format!(
+            "pack {} of {} does not list chunk {} at offset {} with those lengths",
+            c.pack,
+            repo.path().display(),
+            c.id.short(),
+            c.offset
+        )))
+    }
 }
 
 impl Session for JobService {
@@ -163,9 +390,30 @@ impl Session for JobService {
             Some(_) => Some(Repo::open_quiet(repo)?),
             None => None,
         };
+        // With a mount, reused snarfs are checked against the base backups' own tables.
+        let mut bases = Vec::with_capacity(planned.len());
+        for pv in &planned {
+            let reader = match (&repo, pv.base()) {
+                (Some(repo), Some(backup)) => {
+                    let name = req
+                        .bases
+                        .iter()
+                        .find(|b| b.volume_id == pv.id && b.backup == backup)
+                        .map_or(pv.name.as_str(), |b| b.name.as_str());
+                    Some(VolumeReader::open(repo, backup, name)?)
+                }
+                _ => None,
+            };
+            bases.push(reader);
+        }
         let sets = volumes.iter().map(|v| v.only.clone()).collect();
         let feed = Feed::new(self.engine.clone(), snap.clone(), volumes)?;
-        let _ = self.active.set(Active { snap, feed, repo });
+        let _ = self.active.set(Active {
+            snap,
+            feed,
+            repo,
+            bases,
+        });
         Ok(Plan {
             volumes: planned,
             sets,
@@ -187,22 +435,60 @@ impl Session for JobService {
 
     fn ack(&self, items: &[AckItem]) -> Result<()> {
         let a = self.active()?;
-        let mut ids = Vec::with_capacity(items.len());
+        let mut checked = Vec::with_capacity(items.len());
         for it in items {
-            let id = a.feed.volume_id(it.vol as usize).ok_or_else(|| {
-                Error::Protocol(format!(
-                    "an ack names volume {} of the plan, which has fewer",
-                    it.vol
-                ))
-            })?;
-            ids.push((id, it.snarf, it.chunk));
+            if let Some(c) = self.check_place(a, it)? {
+                checked.push(c);
+            }
         }
         if let (Some(released), Some(repo)) = (&self.released, &a.repo) {
-            // Recorded and pinned first: a reader who misses the pre-image finds the chunk.
+            // A peer: nothing it says is freed before it is verified.
+            let mut keep = Vec::with_capacity(checked.len());
+            for c in &checked {
+                keep.push(c.kind == AckKind::Reused || self.check_content(a, c)?);
+            }
+            let mut keep = keep.into_iter();
+            checked.retain(|_| keep.next().unwrap_or(false));
+            let mut reused: Vec<&Checked> = checked
+                .iter()
+                .filter(|c| c.kind == AckKind::Reused)
+                .collect();
+            reused.sort_by_key(|c| (c.vol, c.snarf));
+            self.check_reused(a, &reused)?;
+            let packs: Vec<PackId> = checked
+                .iter()
+                .filter(|c| !c.chunk.is_zero())
+                .map(|c| c.chunk.pack)
+                .collect();
+            // Pinned before the packs are looked at: a gc that starts from here on keeps
+            // them, and one that started earlier needed the lock the job holds.
+            released.pin(&a.snap, repo, &packs)?;
+            for c in checked
+                .iter()
+                .filter(|c| c.kind == AckKind::Handed && !c.chunk.is_zero())
+            {
+                self.check_in_pack(repo, &c.chunk)?;
+            }
+            if let Some(alive) = &self.peer_alive {
+                if !alive() {
+                    return Err(refused(
+                        "the job's process has ended, so it no longer holds the repository lock and its acknowledgements cannot be trusted; the pre-images stay".into(),
+                    ));
+                }
+            }
+            let mut ids = Vec::with_capacity(checked.len());
+            for c in &checked {
+                let id = a
+                    .feed
+                    .volume_id(c.vol)
+                    .ok_or_else(|| refused(format!("volume position {} left the plan", c.vol)))?;
+                ids.push((id, c.snarf, c.chunk));
+            }
+            // Recorded before the pre-images go: a reader who misses one finds the chunk.
             released.record(&a.snap, repo, &ids)?;
         }
-        for it in items {
-            a.feed.ack(it.vol as usize, it.snarf);
+        for c in &checked {
+            a.feed.ack(c.vol, c.snarf);
         }
         Ok(())
     }
