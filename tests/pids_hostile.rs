@@ -3,18 +3,40 @@
 //! with that process's real pid and start time, must never get it signalled.
 
 use std::os::unix::fs::MetadataExt;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use snarf::pids::{procfs, Registry, StopOptions};
 
-/// A child this test started, killed by its pid when dropped.
-struct Started(Child);
+/// A `sleep 300` this test started through `sh`, so it is not a descendant of the test (the
+/// policy never stops its caller's own children anyway); killed by its pid when dropped.
+struct Orphan {
+    pid: u32,
+    start_time: u64,
+}
 
-impl Drop for Started {
+impl Orphan {
+    fn start() -> Orphan {
+        let out = Command::new("sh")
+            .args(["-c", "sleep 300 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .unwrap();
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let start_time = procfs::read_stat(pid).unwrap().unwrap().start_time;
+        Orphan { pid, start_time }
+    }
+
+    fn running(&self) -> bool {
+        matches!(procfs::read_stat(self.pid), Ok(Some(s)) if !s.exited() && s.start_time == self.start_time)
+    }
+}
+
+impl Drop for Orphan {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if self.running() {
+            // SAFETY: kill with the pid of the process this test started, checked just now.
+            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        }
     }
 }
 
@@ -43,8 +65,8 @@ fn planted_line(pid: u32, repo: &str) -> String {
 fn a_planted_entry_for_a_process_that_is_not_a_snarf_job_is_never_signalled() {
     let dir = tempfile::tempdir().unwrap();
     let repo = "/srv/repo";
-    let mut sleeper = Started(Command::new("sleep").arg("300").spawn().unwrap());
-    let pid = sleeper.0.id();
+    let sleeper = Orphan::start();
+    let pid = sleeper.pid;
     std::fs::write(
         dir.path().join("pids"),
         format!("{}\n", planted_line(pid, repo)),
@@ -66,7 +88,7 @@ fn a_planted_entry_for_a_process_that_is_not_a_snarf_job_is_never_signalled() {
     );
     std::thread::sleep(Duration::from_millis(100));
     assert!(
-        sleeper.0.try_wait().unwrap().is_none(),
+        sleeper.running(),
         "`sleep 300` was signalled because a registry line said it was an idle snarf job"
     );
     // The entry is left as it is (its process is alive), to be seen and removed by hand.
