@@ -9,7 +9,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::time::Duration;
 
-use mounted::{read, snarf, snarf_ok, Mounted};
+use mounted::{read, snarf, Mounted};
 
 fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
     match r {
@@ -411,7 +411,15 @@ fn a_stale_mount_is_explained_and_cleared() {
         err.contains("stale mount") && err.contains("snarf umount"),
         "{err}"
     );
-    snarf_ok(&["umount", m.mnt.to_str().unwrap()]);
+    // The stale mount is cleared, and umount says the store was not closed (the daemon was
+    // killed), with a non-zero status.
+    let out = snarf(&["umount", m.mnt.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        err.contains("cleared the stale mount") && err.contains("ended without closing"),
+        "{err}"
+    );
     assert!(!m.is_mounted());
     m.mount(&[]);
     assert!(m.path("live").exists());

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use super::{CliError, CliResult};
 use crate::control;
 use crate::repo::{self, Policy, Repo, RepoInitOptions};
-use crate::units::Bytes;
+use crate::units::{parse_size, Bytes};
 
 /// Arguments of `snarf repo`.
 #[derive(Debug, Args)]
@@ -33,11 +33,10 @@ struct RepoInitArgs {
     repo: PathBuf,
     /// zstd compression level for stored chunks: 1 (fastest) to 19 (smallest). Chunks that
     /// do not get smaller are stored uncompressed whatever the level.
-    #[arg(long, default_value_t = repo::DEFAULT_COMPRESSION, value_name = "LEVEL",
-          value_parser = clap::value_parser!(i32).range(1..=19))]
+    #[arg(long, default_value_t = repo::DEFAULT_COMPRESSION, value_name = "LEVEL")]
     compression: i32,
     /// Size at which a pack file is sealed (e.g. 32M). Bigger packs mean fewer files.
-    #[arg(long, default_value = "32M", value_parser = super::numbers::size_between(4 << 10, 4 << 30), value_name = "SIZE")]
+    #[arg(long, default_value = "32M", value_parser = parse_size, value_name = "SIZE")]
     pack_size: u64,
 }
 
