@@ -300,6 +300,7 @@ fn reused_snarfs_must_be_acknowledged_with_the_base_backups_own_records() {
                     backup: base.to_string(),
                     name: "v".into(),
                     epoch: a.epoch(),
+                    session_id: Some(engine.store().session_id().to_string()),
                     size: orig.len() as u64,
                     snarf_size: SNARF as u32,
                 }],
