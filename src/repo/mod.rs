@@ -162,7 +162,13 @@ impl Repo {
                 });
             }
         } else {
+            // The folders made here need their names durable too, or a power cut after
+            // init (or after the first backups) takes the whole repository with it.
+            let missing: Vec<&Path> = path.ancestors().take_while(|a| !a.exists()).collect();
             std::fs::create_dir_all(path).ctx(|| format!("creating {}", path.display()))?;
+            for dir in missing.iter().rev() {
+                fsx::sync_dir(dir.parent().unwrap_or(Path::new(".")))?;
+            }
         }
         for sub in config::FOLDERS {
             fsx::ensure_dir(&path.join(sub))?;
