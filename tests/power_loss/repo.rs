@@ -260,7 +260,7 @@ pub fn base_image(dir: &Path) -> (Image, Found) {
     };
     let check = dir.join("base-check");
     std::fs::create_dir_all(&check).expect("mount point");
-    let r = verify(&img, &check, Expect::Is(&BASE), &[], None);
+    let r = verify(&img, &check, Expect::Is(&BASE), &[], None).map(|_| ());
     found.cut("8 acknowledged backups, then the power cut".into(), r);
     (img, found)
 }
@@ -311,13 +311,142 @@ fn case(
             Ok(Some((strict, torn, reported))) => {
                 found.reached.push(point);
                 let r = verify(&strict, &again, expect, &reported, Some(point));
-                found.cut(format!("{label} (strict)"), r);
+                found.cut(format!("{label} (strict)"), r.map(|_| ()));
                 let r = verify(&torn, &again, expect, &reported, Some(point));
-                found.cut(format!("{label} (torn, seed {torn_seed})"), r);
+                found.cut(format!("{label} (torn, seed {torn_seed})"), r.map(|_| ()));
             }
         }
         found
     })
+}
+
+/// One cut taken while a child ran.
+struct Shot {
+    image: Image,
+    /// What it was taken before.
+    op: &'static str,
+    /// How many durable reports the parent had read by then.
+    reported: usize,
+}
+
+/// One case: `scenario` runs to its end on `start` unarmed, and a strict cut is taken
+/// before every fsync it makes (the instants between fault points included: between two
+/// sealed packs, between two deleted backups), then once more after it ended. Each cut
+/// holds `old` or `new`; once one holds `new`, every later one must (finishing only goes
+/// forward), and the cut after the end must (the commit was acknowledged).
+fn sweep(
+    scenario: Scenario,
+    label: String,
+    start: Arc<Image>,
+    old: &'static [u64],
+    new: &'static [u64],
+) -> Case {
+    use crate::powerfs::Op;
+    use std::io::BufRead;
+    Box::new(move |dir: &Path| {
+        let mut found = Found::default();
+        let run = dir.join("run");
+        let again = dir.join("again");
+        let shots = Arc::new(parking_lot::Mutex::new(Vec::<Shot>::new()));
+        let reported = Arc::new(parking_lot::Mutex::new(Vec::<Reported>::new()));
+        let ran = (|| -> Result<Image, String> {
+            std::fs::create_dir_all(&run).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(&again).map_err(|e| e.to_string())?;
+            let pm =
+                PowerMount::mount(Model::from_image(&start), &run).map_err(|e| e.to_string())?;
+            let (shots_in, reported_in) = (shots.clone(), reported.clone());
+            pm.set_hook(Box::new(move |op, m| {
+                let op = match op {
+                    Op::FileSync => "a file fsync",
+                    Op::DirSync => "a folder fsync",
+                    _ => return,
+                };
+                let n = reported_in.lock().len();
+                shots_in.lock().push(Shot {
+                    image: m.cut(None),
+                    op,
+                    reported: n,
+                });
+            }));
+            let mut child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+                .args(["--exact", "child_role", "--nocapture", "--test-threads=1"])
+                .env(ROLE, scenario.role())
+                .env("SNARF_POWER_REPO", run.join(REPO))
+                .env_remove(fault::ENV)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("spawning the child: {e}"))?;
+            let out = child.stdout.take().ok_or("no stdout")?;
+            for line in std::io::BufReader::new(out).lines() {
+                let line = line.map_err(|e| e.to_string())?;
+                reported.lock().extend(parse_reported(&line));
+            }
+            let status = child.wait().map_err(|e| e.to_string())?;
+            pm.clear_hook();
+            if !status.success() {
+                return Err(format!("the {} child failed: {status}", scenario.role()));
+            }
+            Ok(pm.cut(None))
+        })();
+        let end = match ran {
+            Ok(end) => end,
+            Err(e) => {
+                found.cut(label, Err(e));
+                return found;
+            }
+        };
+        let reported = std::mem::take(&mut *reported.lock());
+        let mut shots = std::mem::take(&mut *shots.lock());
+        shots.push(Shot {
+            image: end,
+            op: "nothing: the run had ended",
+            reported: reported.len(),
+        });
+        let last = shots.len() - 1;
+        let mut seen = std::collections::HashSet::new();
+        let mut committed = false;
+        for (i, shot) in shots.into_iter().enumerate() {
+            if !seen.insert(shot.image.fingerprint()) && i != last {
+                continue;
+            }
+            let expect = if i == last || committed {
+                Expect::Is(new)
+            } else {
+                Expect::Either(old, new)
+            };
+            let at = format!("{i} of {label}, before {}", shot.op);
+            let r = verify(
+                &shot.image,
+                &again,
+                expect,
+                &reported[..shot.reported],
+                Some(&at),
+            );
+            if let Ok(seeds) = &r {
+                committed |= seeds == new;
+            }
+            found.cut(at, r.map(|_| ()));
+        }
+        found
+    })
+}
+
+/// The sweeps: a backup and a prune on the base repository, cut before every fsync.
+pub fn sweeps(base: Arc<Image>) -> Vec<(String, Case)> {
+    let b = "every fsync of a backup".to_string();
+    let p = "every fsync of a prune".to_string();
+    vec![
+        (
+            b.clone(),
+            sweep(Scenario::Backup, b, base.clone(), &BASE, &AFTER_BACKUP),
+        ),
+        (
+            p.clone(),
+            sweep(Scenario::Prune, p, base, &BASE, &AFTER_PRUNE),
+        ),
+    ]
 }
 
 /// Every repository case: each scenario at each fault point.
@@ -364,7 +493,7 @@ fn verify(
     expect: Expect,
     reported: &[Reported],
     point: Option<&str>,
-) -> Result<(), String> {
+) -> Result<Vec<u64>, String> {
     let pm = PowerMount::mount(Model::from_image(img), mnt).map_err(|e| e.to_string())?;
     let path = mnt.join(REPO);
     let at = point
@@ -431,7 +560,8 @@ fn verify(
                 rep.unreferenced_packs.len()
             ));
         }
-        restore_equals(&repo, id.as_str(), 50, 100_000)
+        restore_equals(&repo, id.as_str(), 50, 100_000)?;
+        Ok(seeds)
     });
     drop(pm);
     if result.is_err() {
