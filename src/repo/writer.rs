@@ -385,6 +385,9 @@ impl BackupWriter {
             .mode(0o600)
             .open(&log_path)
             .ctx(|| format!("creating {}", log_path.display()))?;
+        // The log's name must be durable before a sealed pack relies on it: after a power
+        // cut, recovery finds an abandoned transfer's packs only through the log.
+        fsx::sync_dir(&tmp)?;
         let index = Index::open(&repo.index_dir())?;
         let shared = Arc::new(Shared {
             known: Known::new(repo.clone(), index),
