@@ -11,6 +11,7 @@ mod common;
 mod powerfs;
 mod repo;
 mod runner;
+mod store;
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -193,7 +194,9 @@ fn power_cut_at_every_fault_point_completes_forward_and_loses_nothing() {
         let img = repo::crashed_image(&base, dir.path(), first).unwrap();
         recovery.push((first, Arc::new(img)));
     }
-    let mut cases = repo::sweeps(base.clone());
+    // The store's life first: its cuts are checked by follow-up cases on every worker.
+    let mut cases = vec![store::case()];
+    cases.extend(repo::sweeps(base.clone()));
     cases.extend(repo::cases(base, recovery));
     // SNARF_POWER_ONLY=TEXT runs only the cases whose name contains TEXT (when debugging
     // one); the coverage assertion then does not apply.

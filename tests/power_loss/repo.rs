@@ -355,7 +355,7 @@ fn sweep(
             let pm =
                 PowerMount::mount(Model::from_image(&start), &run).map_err(|e| e.to_string())?;
             let (shots_in, reported_in) = (shots.clone(), reported.clone());
-            pm.set_hook(Box::new(move |op, m| {
+            pm.set_hook(Box::new(move |op, _ino, m| {
                 let op = match op {
                     Op::FileSync => "a file fsync",
                     Op::DirSync => "a folder fsync",

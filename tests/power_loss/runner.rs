@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 /// What one case found.
 #[derive(Default)]
@@ -16,6 +16,9 @@ pub struct Found {
     pub cuts: Vec<(String, Result<(), String>)>,
     /// Fault points the case's process was killed at.
     pub reached: Vec<&'static str>,
+    /// Cases to run next (say, the checks of cuts this case took), so they spread over the
+    /// workers.
+    pub more: Vec<(String, Case)>,
 }
 
 impl Found {
@@ -56,50 +59,77 @@ impl Tally {
     }
 }
 
+/// The work left: queued cases and how many are running (they may queue more).
+struct Work {
+    queue: VecDeque<(String, Case)>,
+    running: usize,
+    next_dir: usize,
+}
+
 /// Runs `cases` on `threads` workers; a case that panics counts as one failed cut.
 pub fn run(cases: Vec<(String, Case)>, threads: usize, scratch: &Path) -> Tally {
-    let queue: Arc<Mutex<VecDeque<(usize, String, Case)>>> = Arc::new(Mutex::new(
-        cases
-            .into_iter()
-            .enumerate()
-            .map(|(i, (n, c))| (i, n, c))
-            .collect(),
+    let work = Arc::new((
+        Mutex::new(Work {
+            queue: cases.into_iter().collect(),
+            running: 0,
+            next_dir: 0,
+        }),
+        Condvar::new(),
     ));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let workers: Vec<_> = (0..threads.max(1))
         .map(|_| {
-            let queue = queue.clone();
+            let work = work.clone();
             let tally = tally.clone();
             let scratch: PathBuf = scratch.to_path_buf();
             std::thread::spawn(move || loop {
-                let Some((i, name, case)) = queue.lock().pop_front() else {
-                    return;
+                let (name, case, n) = {
+                    let (lock, cv) = &*work;
+                    let mut w = lock.lock();
+                    loop {
+                        if let Some((name, case)) = w.queue.pop_front() {
+                            w.running += 1;
+                            w.next_dir += 1;
+                            break (name, case, w.next_dir);
+                        }
+                        if w.running == 0 {
+                            return;
+                        }
+                        cv.wait(&mut w);
+                    }
                 };
-                let dir = scratch.join(format!("case{i}"));
-                if let Err(e) = std::fs::create_dir_all(&dir) {
-                    tally
-                        .lock()
-                        .cuts
-                        .push((name, Err(format!("scratch folder: {e}"))));
-                    continue;
-                }
-                let found = catch_unwind(AssertUnwindSafe(|| case(&dir)));
+                let dir = scratch.join(format!("case{n}"));
+                let found = match std::fs::create_dir_all(&dir) {
+                    Ok(()) => catch_unwind(AssertUnwindSafe(|| case(&dir))),
+                    Err(e) => Ok(Found {
+                        cuts: vec![(name.clone(), Err(format!("scratch folder: {e}")))],
+                        ..Found::default()
+                    }),
+                };
                 let _ = std::fs::remove_dir_all(&dir);
-                let mut t = tally.lock();
-                match found {
-                    Ok(f) => {
-                        t.cuts.extend(f.cuts);
-                        t.reached.extend(f.reached);
+                let more = {
+                    let mut t = tally.lock();
+                    match found {
+                        Ok(f) => {
+                            t.cuts.extend(f.cuts);
+                            t.reached.extend(f.reached);
+                            f.more
+                        }
+                        Err(p) => {
+                            t.cuts
+                                .push((name, Err(format!("case panicked: {}", panic_text(&p)))));
+                            Vec::new()
+                        }
                     }
-                    Err(p) => {
-                        let why = p
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_else(|| "panicked".into());
-                        t.cuts.push((name, Err(format!("case panicked: {why}"))));
-                    }
+                };
+                let (lock, cv) = &*work;
+                let mut w = lock.lock();
+                w.running -= 1;
+                // Follow-ups first: they finish what is already under way.
+                for c in more.into_iter().rev() {
+                    w.queue.push_front(c);
                 }
+                cv.notify_all();
             })
         })
         .collect();
@@ -111,14 +141,17 @@ pub fn run(cases: Vec<(String, Case)>, threads: usize, scratch: &Path) -> Tally 
         .unwrap_or_default()
 }
 
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".into())
+}
+
 /// Runs `f`, turning a panic into an error (the shared helpers panic on failure).
 pub fn checked<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(p) => Err(p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panicked".into())),
+        Err(p) => Err(panic_text(&p)),
     }
 }

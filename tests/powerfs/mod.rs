@@ -50,8 +50,10 @@ pub enum Op {
     Data,
 }
 
-/// Called before each operation with the model as it is just before it.
-pub type Hook = Box<dyn FnMut(Op, &Model) + Send>;
+/// Called before each operation with the inode it is about (the file synced or written, the
+/// folder whose entries change; the source folder of a rename) and the model as it is just
+/// before it. It runs inside the filesystem: it must not touch the mount.
+pub type Hook = Box<dyn FnMut(Op, u64, &Model) + Send>;
 
 /// A folder's entries as opendir saw them.
 type Listing = Vec<(std::ffi::OsString, u64, Kind)>;
@@ -65,11 +67,16 @@ struct Shared {
 }
 
 impl Shared {
-    /// Runs the hook (outside no lock but the model's), then `f` on the model.
-    fn change<T>(&self, op: Op, f: impl FnOnce(&mut Model) -> model::Res<T>) -> model::Res<T> {
+    /// Runs the hook (under the model's lock), then `f` on the model.
+    fn change<T>(
+        &self,
+        op: Op,
+        ino: u64,
+        f: impl FnOnce(&mut Model) -> model::Res<T>,
+    ) -> model::Res<T> {
         let mut m = self.model.lock();
         if let Some(h) = self.hook.lock().as_mut() {
-            h(op, &m);
+            h(op, ino, &m);
         }
         f(&mut m)
     }
@@ -133,7 +140,7 @@ impl PowerFs {
         kind: Kind,
         perm: u16,
     ) -> model::Res<FileAttr> {
-        self.shared.change(Op::Create, |m| {
+        self.shared.change(Op::Create, parent.0, |m| {
             let ino = m.create(parent.0, name, kind, perm, req.uid(), req.gid())?;
             stat(m, ino)
         })
@@ -187,7 +194,7 @@ impl Filesystem for PowerFs {
         reply: ReplyAttr,
     ) {
         let op = if size.is_some() { Op::Data } else { Op::Create };
-        let r = self.shared.change(op, |m| {
+        let r = self.shared.change(op, ino.0, |m| {
             if let Some(len) = size {
                 m.set_len(ino.0, len)?;
             }
@@ -251,7 +258,7 @@ impl Filesystem for PowerFs {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self
             .shared
-            .change(Op::Remove, |m| m.remove(parent.0, name, false))
+            .change(Op::Remove, parent.0, |m| m.remove(parent.0, name, false))
         {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -261,7 +268,7 @@ impl Filesystem for PowerFs {
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self
             .shared
-            .change(Op::Remove, |m| m.remove(parent.0, name, true))
+            .change(Op::Remove, parent.0, |m| m.remove(parent.0, name, true))
         {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -284,7 +291,7 @@ impl Filesystem for PowerFs {
             return reply.error(Errno::EINVAL);
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        match self.shared.change(Op::Rename, |m| {
+        match self.shared.change(Op::Rename, parent.0, |m| {
             m.rename(parent.0, name, newparent.0, newname, noreplace)
         }) {
             Ok(()) => reply.ok(),
@@ -332,7 +339,7 @@ impl Filesystem for PowerFs {
     ) {
         match self
             .shared
-            .change(Op::Data, |m| m.write(ino.0, offset, data))
+            .change(Op::Data, ino.0, |m| m.write(ino.0, offset, data))
         {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(errno(e)),
@@ -359,7 +366,7 @@ impl Filesystem for PowerFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.shared.change(Op::FileSync, |m| m.fsync(ino.0)) {
+        match self.shared.change(Op::FileSync, ino.0, |m| m.fsync(ino.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -430,7 +437,7 @@ impl Filesystem for PowerFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.shared.change(Op::DirSync, |m| m.fsync(ino.0)) {
+        match self.shared.change(Op::DirSync, ino.0, |m| m.fsync(ino.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
@@ -451,7 +458,7 @@ impl Filesystem for PowerFs {
         reply: ReplyCreate,
     ) {
         let perm = (mode & !umask & 0o7777) as u16;
-        let r = self.shared.change(Op::Create, |m| {
+        let r = self.shared.change(Op::Create, parent.0, |m| {
             let ino = match m.lookup(parent.0, name) {
                 Ok(_) if flags & libc::O_EXCL != 0 => return Err(libc::EEXIST),
                 Ok(ino) => {
@@ -486,7 +493,7 @@ impl Filesystem for PowerFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let r = self.shared.change(Op::Data, |m| {
+        let r = self.shared.change(Op::Data, ino.0, |m| {
             let (_, _, size, _) = m.stat(ino.0)?;
             let end = offset.checked_add(length).ok_or(libc::EFBIG)?;
             if mode == 0 {

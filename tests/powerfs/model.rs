@@ -603,6 +603,26 @@ impl Model {
         Ok(())
     }
 
+    /// The path of an inode as programs see it now ("/" for the root), if it has a name.
+    pub fn path(&self, ino: Ino) -> Option<String> {
+        if ino == ROOT {
+            return Some("/".into());
+        }
+        let mut todo = vec![(ROOT, String::new())];
+        while let Some((dir, prefix)) = todo.pop() {
+            for (name, child) in &self.nodes.get(&dir)?.entries {
+                let p = format!("{prefix}/{}", name.to_string_lossy());
+                if *child == ino {
+                    return Some(p);
+                }
+                if self.nodes.get(child).is_some_and(|c| c.kind == Kind::Dir) {
+                    todo.push((*child, p));
+                }
+            }
+        }
+        None
+    }
+
     /// A folder's entries with their kinds, sorted by name.
     pub fn entries(&self, ino: Ino) -> Res<Vec<(OsString, Ino, Kind)>> {
         let d = self.dir(ino)?;

@@ -1,0 +1,586 @@
+//! The store's own state under power loss: settings, the catalogue (`state/store.json`),
+//! the stamps, the open marker and the process registry. A store and its repository live
+//! on a power-cut filesystem; the real programs run a store's life on it (`snarf init`, a
+//! mount, volumes created, written and fsynced, grown and shrunk under a snapshot, a backup
+//! job through the mount, a clean unmount, a second session with an incremental backup),
+//! and a cut is taken before every fsync of the store's files (strict) and before every
+//! folder fsync (torn as well). At each cut the store must open (with its old or its new
+//! state, never broken); if it was open at the cut, it must say its changed-snarf tracking
+//! is lost, and a backup must then read every volume in full; every write acknowledged by
+//! an fsync must be there; a backup of what it holds restores byte-exact (so an incremental
+//! backup trusted only correct tracking); and the process registry must parse.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use snarf::store::Store;
+
+use crate::common::{snarf, volume_data};
+use crate::powerfs::{Image, Model, Op, PowerMount};
+use crate::runner::{checked, Case, Found};
+
+/// The store and the repository inside the power-cut filesystem.
+const STORE: &str = "store";
+const REPO: &str = "repo";
+
+/// Whether the store is open during a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// No process has it open: a cut finds it as the last close left it.
+    Closed,
+    /// Being opened or closed: a cut may find either.
+    Changing,
+    /// A mount serves it: a cut must leave tracking lost.
+    Open,
+}
+
+/// A fact acknowledged to a program: once step `after` returned, it must survive a cut.
+#[derive(Clone, Debug)]
+struct Ack {
+    after: usize,
+    volume: &'static str,
+    what: Fact,
+}
+
+#[derive(Clone, Debug)]
+enum Fact {
+    /// `len` bytes of pattern `seed` at `offset` (fsynced).
+    Data { offset: u64, seed: u64, len: usize },
+    /// The volume's size (set, then fsynced).
+    Size(u64),
+}
+
+/// The contents of a write: pattern `seed`.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    volume_data(seed, len)
+}
+
+/// Paths of one run of the scenario.
+struct Ctx {
+    power: PathBuf,
+    mnt: PathBuf,
+}
+
+impl Ctx {
+    fn store(&self) -> PathBuf {
+        self.power.join(STORE)
+    }
+    fn repo(&self) -> PathBuf {
+        self.power.join(REPO)
+    }
+    fn live(&self, vol: &str) -> PathBuf {
+        self.mnt.join("live").join(vol)
+    }
+}
+
+fn run_ok(args: &[&str]) -> Result<String, String> {
+    let (code, out, err) = snarf(args);
+    if code == 0 {
+        Ok(out)
+    } else {
+        Err(format!("snarf {args:?} failed ({code}): {out} {err}"))
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+/// Writes `len` bytes of pattern `seed` at `offset` of a live volume and fsyncs it.
+fn write_synced(path: &Path, offset: u64, seed: u64, len: usize) -> Result<(), String> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    f.write_all_at(&pattern(seed, len), offset)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// Sets a live volume's size (creating it) and fsyncs it and live/.
+fn set_size_synced(ctx: &Ctx, vol: &str, size: u64) -> Result<(), String> {
+    let path = ctx.live(vol);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    f.set_len(size)
+        .and_then(|_| f.sync_all())
+        .and_then(|_| std::fs::File::open(ctx.mnt.join("live"))?.sync_all())
+        .map_err(|e| format!("resizing {}: {e}", path.display()))
+}
+
+/// The mount daemon of one run; dropping it unmounts and stops the daemon it started.
+struct Daemon {
+    mnt: PathBuf,
+    pid: Option<i32>,
+}
+
+impl Daemon {
+    fn mount(ctx: &Ctx) -> Result<Daemon, String> {
+        let out = run_ok(&[
+            "mount",
+            s(&ctx.store()),
+            s(&ctx.mnt),
+            "--repo",
+            s(&ctx.repo()),
+        ])?;
+        let pid = out
+            .split("daemon pid ")
+            .nth(1)
+            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|t| t.parse().ok());
+        Ok(Daemon {
+            mnt: ctx.mnt.clone(),
+            pid,
+        })
+    }
+
+    fn unmount(mut self) -> Result<(), String> {
+        run_ok(&["umount", s(&self.mnt)])?;
+        self.wait_gone(Duration::from_secs(30));
+        self.pid = None;
+        Ok(())
+    }
+
+    fn alive(&self) -> bool {
+        self.pid.is_some_and(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|st| {
+                    !st.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(false)
+        })
+    }
+
+    fn wait_gone(&self, limit: Duration) -> bool {
+        let t = std::time::Instant::now();
+        while self.alive() {
+            if t.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.pid.is_none() {
+            return;
+        }
+        let _ = snarf(&["umount", "--lazy", s(&self.mnt)]);
+        if !self.wait_gone(Duration::from_secs(20)) {
+            if let Some(pid) = self.pid {
+                // Only the daemon this guard started, by its pid.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                self.wait_gone(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// One step of the store's life.
+struct Step {
+    name: &'static str,
+    phase: Phase,
+}
+
+/// The steps, in order; [`run_scenario`] carries them out.
+const STEPS: &[Step] = &[
+    Step {
+        name: "snarf init",
+        phase: Phase::Changing,
+    },
+    Step {
+        name: "snarf repo init",
+        phase: Phase::Closed,
+    },
+    Step {
+        name: "snarf mount",
+        phase: Phase::Changing,
+    },
+    Step {
+        name: "create volume a (2 MiB) and write 256 KiB at 0",
+        phase: Phase::Open,
+    },
+    Step {
+        name: "create volume b (1 MiB) and write 128 KiB at 0",
+        phase: Phase::Open,
+    },
+    Step {
+        name: "snapshot s1 and back it up through the mount",
+        phase: Phase::Open,
+    },
+    Step {
+        name: "write a at 1 MiB",
+        phase: Phase::Open,
+    },
+    Step {
+        name: "grow a to 3 MiB and write at 2.5 MiB",
+        phase: Phase::Open,
+    },
+    Step {
+        name: "shrink b to 512 KiB while s1 holds it",
+        phase: Phase::Open,
+    },
+    Step {
+        name: "release s1",
+        phase: Phase::Open,
+    },
+    Step {
+        name: "snarf umount (clean close)",
+        phase: Phase::Changing,
+    },
+    Step {
+        name: "snarf mount again",
+        phase: Phase::Changing,
+    },
+    Step {
+        name: "write a at 256 KiB",
+        phase: Phase::Open,
+    },
+    Step {
+        name: "snapshot s2 and back it up through the mount (incremental)",
+        phase: Phase::Open,
+    },
+    Step {
+        name: "snarf umount again",
+        phase: Phase::Changing,
+    },
+];
+
+/// Carries out step `i`; returns what it acknowledged.
+fn do_step(i: usize, ctx: &Ctx, daemon: &mut Option<Daemon>) -> Result<Vec<Ack>, String> {
+    let ack = |volume, what| Ack {
+        after: i,
+        volume,
+        what,
+    };
+    let data = |volume, offset, seed, len| ack(volume, Fact::Data { offset, seed, len });
+    Ok(match i {
+        0 => {
+            run_ok(&["init", s(&ctx.store())])?;
+            vec![]
+        }
+        1 => {
+            run_ok(&["repo", "init", s(&ctx.repo()), "--pack-size", "256K"])?;
+            vec![]
+        }
+        2 | 11 => {
+            *daemon = Some(Daemon::mount(ctx)?);
+            vec![]
+        }
+        3 => {
+            set_size_synced(ctx, "a", 2 << 20)?;
+            write_synced(&ctx.live("a"), 0, 11, 256 << 10)?;
+            vec![data("a", 0, 11, 256 << 10), ack("a", Fact::Size(2 << 20))]
+        }
+        4 => {
+            set_size_synced(ctx, "b", 1 << 20)?;
+            write_synced(&ctx.live("b"), 0, 12, 128 << 10)?;
+            vec![data("b", 0, 12, 128 << 10), ack("b", Fact::Size(1 << 20))]
+        }
+        5 | 13 => {
+            let snap = if i == 5 { "s1" } else { "s2" };
+            std::fs::create_dir(ctx.mnt.join("snapshots").join(snap))
+                .map_err(|e| format!("mkdir snapshots/{snap}: {e}"))?;
+            run_ok(&["backup", s(&ctx.mnt), snap])?;
+            vec![]
+        }
+        6 => {
+            write_synced(&ctx.live("a"), 1 << 20, 13, 128 << 10)?;
+            vec![data("a", 1 << 20, 13, 128 << 10)]
+        }
+        7 => {
+            set_size_synced(ctx, "a", 3 << 20)?;
+            write_synced(&ctx.live("a"), 5 << 19, 14, 64 << 10)?;
+            vec![
+                data("a", 5 << 19, 14, 64 << 10),
+                ack("a", Fact::Size(3 << 20)),
+            ]
+        }
+        8 => {
+            set_size_synced(ctx, "b", 512 << 10)?;
+            vec![ack("b", Fact::Size(512 << 10))]
+        }
+        9 => {
+            std::fs::remove_dir(ctx.mnt.join("snapshots/s1"))
+                .map_err(|e| format!("rmdir snapshots/s1: {e}"))?;
+            vec![]
+        }
+        10 | 14 => {
+            daemon.take().ok_or("no daemon to unmount")?.unmount()?;
+            vec![]
+        }
+        12 => {
+            write_synced(&ctx.live("a"), 256 << 10, 15, 64 << 10)?;
+            vec![data("a", 256 << 10, 15, 64 << 10)]
+        }
+        _ => return Err(format!("no step {i}")),
+    })
+}
+
+/// A cut taken during the scenario.
+struct Shot {
+    image: Image,
+    step: usize,
+    what: String,
+}
+
+/// The scenario as one case: runs the store's life taking cuts, then queues a check of
+/// every distinct cut.
+pub fn case() -> (String, Case) {
+    let name = "the store's life".to_string();
+    let label = name.clone();
+    (
+        name,
+        Box::new(move |dir: &Path| {
+            let mut found = Found::default();
+            let shots = Arc::new(Mutex::new(Vec::<Shot>::new()));
+            let acks = match scenario(dir, shots.clone()) {
+                Ok(a) => a,
+                Err(e) => {
+                    found.cut(label, Err(e));
+                    return found;
+                }
+            };
+            let mut seen = std::collections::HashSet::new();
+            let shots = std::mem::take(&mut *shots.lock());
+            let total = shots.len();
+            for (i, shot) in shots.into_iter().enumerate() {
+                if !seen.insert(shot.image.fingerprint()) {
+                    continue;
+                }
+                let acks = due(&acks, shot.step);
+                let cut_name = format!(
+                    "store cut {i} of {total}, during \"{}\", before {}",
+                    STEPS[shot.step].name, shot.what
+                );
+                let check_name = cut_name.clone();
+                found.more.push((
+                    cut_name.clone(),
+                    Box::new(move |dir: &Path| {
+                        let mut f = Found::default();
+                        let r = verify(&shot.image, dir, shot.step, &acks);
+                        f.cut(check_name, r);
+                        f
+                    }),
+                ));
+            }
+            found
+        }),
+    )
+}
+
+/// What a cut during `step` must show: the facts acknowledged before it, a size only as last
+/// acknowledged, and not a size the step itself is changing (it may show either).
+fn due(acks: &[Ack], step: usize) -> Vec<Ack> {
+    let changing = |vol: &str| {
+        acks.iter()
+            .any(|a| a.after == step && a.volume == vol && matches!(a.what, Fact::Size(_)))
+    };
+    let mut out: Vec<Ack> = Vec::new();
+    for a in acks.iter().filter(|a| a.after < step) {
+        if matches!(a.what, Fact::Size(_)) {
+            if changing(a.volume) {
+                continue;
+            }
+            out.retain(|o| !(o.volume == a.volume && matches!(o.what, Fact::Size(_))));
+        }
+        out.push(a.clone());
+    }
+    out
+}
+
+/// Runs the steps on a fresh power-cut filesystem, taking cuts; returns the acknowledgements.
+fn scenario(dir: &Path, shots: Arc<Mutex<Vec<Shot>>>) -> Result<Vec<Ack>, String> {
+    let ctx = Ctx {
+        power: dir.join("power"),
+        mnt: dir.join("mnt"),
+    };
+    std::fs::create_dir_all(&ctx.power).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&ctx.mnt).map_err(|e| e.to_string())?;
+    let pm = PowerMount::empty(&ctx.power).map_err(|e| e.to_string())?;
+    let step = Arc::new(AtomicUsize::new(0));
+    {
+        let step = step.clone();
+        let mut torn_seed = 7000;
+        pm.set_hook(Box::new(move |op, ino, m| {
+            if !matches!(op, Op::FileSync | Op::DirSync) {
+                return;
+            }
+            let path = m.path(ino).unwrap_or_else(|| "an unlinked file".into());
+            if path == format!("/{REPO}") || path.starts_with(&format!("/{REPO}/")) {
+                // The repository has its own suite.
+                return;
+            }
+            let at = step.load(Ordering::SeqCst);
+            let what = format!(
+                "the {} of {path}",
+                if op == Op::FileSync {
+                    "fsync"
+                } else {
+                    "folder fsync"
+                }
+            );
+            let mut v = shots.lock();
+            v.push(Shot {
+                image: m.cut(None),
+                step: at,
+                what: what.clone(),
+            });
+            if op == Op::DirSync {
+                torn_seed += 1;
+                let mut rng =
+                    <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(torn_seed);
+                v.push(Shot {
+                    image: m.cut(Some(&mut rng)),
+                    step: at,
+                    what: format!("{what} (torn, seed {torn_seed})"),
+                });
+            }
+        }));
+    }
+    let mut daemon: Option<Daemon> = None;
+    let mut acks = Vec::new();
+    let result = (|| {
+        for (i, st) in STEPS.iter().enumerate() {
+            step.store(i, Ordering::SeqCst);
+            acks.extend(
+                do_step(i, &ctx, &mut daemon).map_err(|e| format!("step \"{}\": {e}", st.name))?,
+            );
+        }
+        Ok(())
+    })();
+    // Unmount (and stop the daemon) before the power-cut filesystem goes.
+    drop(daemon);
+    pm.clear_hook();
+    drop(pm);
+    result.map(|_| acks)
+}
+
+/// Checks one cut taken during step `step` (see the module documentation).
+fn verify(img: &Image, dir: &Path, step: usize, acks: &[Ack]) -> Result<(), String> {
+    let power = dir.join("power");
+    std::fs::create_dir_all(&power).map_err(|e| e.to_string())?;
+    let pm = PowerMount::mount(Model::from_image(img), &power).map_err(|e| e.to_string())?;
+    let store = power.join(STORE);
+    let repo = power.join(REPO);
+    let phase = STEPS[step].phase;
+    let r = checked(|| {
+        if !store.join("snarf.toml").exists() {
+            // Old state: no store yet. Only a cut during init may find that.
+            return if step == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the store is gone: {:?}",
+                    img.listing()
+                        .iter()
+                        .map(|(p, _)| p.as_str())
+                        .collect::<Vec<_>>()
+                ))
+            };
+        }
+        // It opens, and says whether its tracking survived.
+        let st = Store::open(&store, "power-loss check")
+            .map_err(|e| format!("the store does not open: {e}"))?;
+        let unclean = st.recovered_unclean();
+        if phase == Phase::Open && !unclean {
+            return Err("the store was open at the cut, yet it trusts its tracking".into());
+        }
+        let mut contents = std::collections::BTreeMap::new();
+        for (name, vol) in st.volumes() {
+            let mut buf = vec![0u8; vol.size() as usize];
+            let n = vol
+                .pread(&mut buf, 0)
+                .map_err(|e| format!("reading volume {name}: {e}"))?;
+            buf.truncate(n);
+            contents.insert(name, buf);
+        }
+        if unclean {
+            // Left unclean, so the backup below sees what the cut left.
+            drop(st);
+        } else {
+            st.close().map_err(|e| format!("closing the store: {e}"))?;
+            drop(st);
+        }
+        // Everything acknowledged is there.
+        for a in acks {
+            let Some(v) = contents.get(a.volume) else {
+                return Err(format!(
+                    "volume {} is gone, though a write to it was fsynced",
+                    a.volume
+                ));
+            };
+            match &a.what {
+                Fact::Size(size) => {
+                    if v.len() as u64 != *size {
+                        return Err(format!(
+                            "volume {} is {} bytes, though its size {size} was fsynced",
+                            a.volume,
+                            v.len()
+                        ));
+                    }
+                }
+                Fact::Data { offset, seed, len } => {
+                    let at = *offset as usize;
+                    if v.get(at..at + len) != Some(&pattern(*seed, *len)[..]) {
+                        return Err(format!(
+                            "volume {} lost the {len} bytes fsynced at {offset}",
+                            a.volume
+                        ));
+                    }
+                }
+            }
+        }
+        // The process registry parses.
+        if let Ok(text) = std::fs::read_to_string(store.join("run/pids")) {
+            let (_, bad) = snarf::pids::entry::parse_registry(&text);
+            if !bad.is_empty() {
+                return Err(format!("run/pids has {} damaged lines", bad.len()));
+            }
+        }
+        // A backup of what the store holds restores it byte-exact; after an unclean stop
+        // it must not have trusted the tracking.
+        if repo.join("repo.json").exists() && !contents.is_empty() {
+            let out = run_ok(&["backup", s(&store), "check", "--repo", s(&repo)])?;
+            if unclean && out.contains(": incremental from") {
+                return Err(format!(
+                    "after an unclean stop a backup still trusted the tracking: {out}"
+                ));
+            }
+            let id = out
+                .lines()
+                .find_map(|l| l.strip_prefix("backup "))
+                .and_then(|l| l.split_whitespace().next())
+                .ok_or_else(|| format!("no backup id in {out}"))?
+                .to_string();
+            let dest = tempfile::tempdir().map_err(|e| e.to_string())?;
+            run_ok(&["restore", s(&repo), &id, s(dest.path())])?;
+            for (name, want) in &contents {
+                let got = std::fs::read(dest.path().join(name)).map_err(|e| e.to_string())?;
+                if &got != want {
+                    return Err(format!(
+                        "volume {name} restored from the backup after the cut differs from the volume ({out})"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    });
+    drop(pm);
+    r
+}
