@@ -543,16 +543,19 @@ impl Store {
             e => e,
         })?;
         let id = random_u64();
-        let made = Volume::new(id, self.snarf_size().trailing_zeros(), file, epoch, None).and_then(
-            |vol| {
+        // The file's name must be durable before the catalogue names it, or a power cut
+        // loses the volume with every write an fsync acknowledged.
+        let made = files::sync_dir(&self.root.join("volumes"))
+            .map_err(|e| Error::io(format!("creating volume \"{name}\""), e))
+            .and_then(|_| Volume::new(id, self.snarf_size().trailing_zeros(), file, epoch, None))
+            .and_then(|vol| {
                 if size > 0 {
                     let mut st = vol.write_state();
                     vol.set_len(&mut st, size, epoch)?;
                     st.set_size(size);
                 }
                 Ok(vol)
-            },
-        );
+            });
         let vol = match made {
             Ok(vol) => Arc::new(vol),
             Err(e) => {
@@ -599,6 +602,7 @@ impl Store {
         };
         let dir = self.root.join("volumes");
         std::fs::rename(dir.join(from), dir.join(to))
+            .and_then(|_| files::sync_dir(&dir))
             .map_err(|e| Error::io(format!("renaming volume \"{from}\" to \"{to}\""), e))?;
         map.remove(from);
         map.insert(to.to_string(), vol.clone());
@@ -635,6 +639,8 @@ impl Store {
     fn retire_file(&self, name: &str, vol: &Volume) -> Result<()> {
         let to = self.root.join("retired").join(format!("{:016x}", vol.id()));
         std::fs::rename(self.root.join("volumes").join(name), &to)
+            .and_then(|_| files::sync_dir(&self.root.join("retired")))
+            .and_then(|_| files::sync_dir(&self.root.join("volumes")))
             .map_err(|e| Error::io(format!("deleting volume \"{name}\""), e))?;
         vol.retire(to);
         Ok(())
