@@ -554,7 +554,7 @@ impl Engine {
     /// volume writes it or reports the error: a resize is not made to fail by it.
     fn note_logical_size(&self, vol: &Volume, st: &VolumeState) {
         let size = (st.phys_len() > st.size()).then_some(st.size());
-        if let Err(e) = self.store.set_logical_size(vol.id(), size) {
+        if let Err(e) = self.store.set_logical_size(vol, size) {
             log::warn!(
                 "the logical size of volume {:016x} could not be recorded now (the next fsync tries again): {e}",
                 vol.id()

@@ -666,13 +666,32 @@ impl Store {
 
     /// Records (or clears, with `None`) a volume's logical size while its backing file is
     /// longer, durably, before the caller goes on. If that fails the change is kept in
-    /// memory and written by the next [`Store::flush_meta`] or catalogue change.
-    pub fn set_logical_size(&self, id: VolumeId, size: Option<u64>) -> Result<()> {
+    /// memory and written by the next [`Store::flush_meta`] or catalogue change. The caller
+    /// holds the volume's state lock.
+    pub fn set_logical_size(&self, vol: &Volume, size: Option<u64>) -> Result<()> {
+        let id = vol.id();
+        let old = self.meta.lock().logical_sizes.get(&id).copied();
+        // The record hides bytes past the logical end; it may only change once the file's
+        // new length (or the zeros now there) is durable, or a power cut brings those bytes
+        // back.
+        let synced = if old.is_some() && old != size {
+            vol.sync_data()
+        } else {
+            Ok(())
+        };
         let mut meta = self.meta.lock();
         let changed = match size {
             Some(size) => meta.logical_sizes.insert(id, size) != Some(size),
             None => meta.logical_sizes.remove(&id).is_some(),
         };
+        if synced.is_err() {
+            // Pending: the next fsync of the volume syncs its data first, then writes it.
+            if changed {
+                self.meta_dirty
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+            return synced;
+        }
         if changed || self.meta_dirty.load(std::sync::atomic::Ordering::Acquire) {
             self.persist(&meta)?;
         }
