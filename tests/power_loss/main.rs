@@ -217,6 +217,11 @@ fn power_cut_at_every_fault_point_completes_forward_and_loses_nothing() {
         tally.summary(),
         started.elapsed()
     );
+    if std::env::var_os("SNARF_POWER_VERBOSE").is_some() {
+        for (name, r) in &tally.cuts {
+            eprintln!("{} {name}", if r.is_ok() { "passed" } else { "FAILED" });
+        }
+    }
     for (name, r) in tally.failures() {
         eprintln!("FAILED {name}: {}", r.as_ref().err().unwrap());
     }

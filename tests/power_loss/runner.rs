@@ -50,12 +50,9 @@ impl Tally {
     pub fn summary(&self) -> String {
         let n = self.cuts.len();
         let passed = n - self.failures().len();
-        let pct = if n == 0 {
-            0.0
-        } else {
-            passed as f64 * 100.0 / n as f64
-        };
-        format!("power-cut points: {n}, passed: {passed} ({pct:.0}%)")
+        // Rounded down, so one failure never shows as 100%.
+        let pct = (passed * 100).checked_div(n).unwrap_or(0);
+        format!("power-cut points: {n}, passed: {passed} ({pct}%)")
     }
 }
 

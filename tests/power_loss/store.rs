@@ -27,8 +27,12 @@ use crate::runner::{checked, Case, Found};
 const STORE: &str = "store";
 const REPO: &str = "repo";
 
+/// Torn cuts taken beside each strict one (each keeps another random part of what was not
+/// synced).
+const TORN_PER_CUT: u64 = 3;
+
 /// Whether the store is open during a step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Phase {
     /// No process has it open: a cut finds it as the last close left it.
     Closed,
@@ -335,8 +339,14 @@ fn do_step(i: usize, ctx: &Ctx, daemon: &mut Option<Daemon>) -> Result<Vec<Ack>,
 /// A cut taken during the scenario.
 struct Shot {
     image: Image,
-    step: usize,
-    what: String,
+    /// When it was taken, for people.
+    when: String,
+    /// Whether the store was open, opening or closing, or closed.
+    phase: Phase,
+    /// Acknowledgements of the steps before this one are due.
+    due_from: usize,
+    /// The step under way, whose own size changes may or may not show.
+    running: Option<usize>,
 }
 
 /// The scenario as one case: runs the store's life taking cuts, then queues a check of
@@ -360,20 +370,24 @@ pub fn case() -> (String, Case) {
             let shots = std::mem::take(&mut *shots.lock());
             let total = shots.len();
             for (i, shot) in shots.into_iter().enumerate() {
-                if !seen.insert(shot.image.fingerprint()) {
+                // The same image means the same thing only under the same expectations.
+                let key = (
+                    shot.image.fingerprint(),
+                    shot.due_from,
+                    shot.running,
+                    shot.phase,
+                );
+                if !seen.insert(key) {
                     continue;
                 }
-                let acks = due(&acks, shot.step);
-                let cut_name = format!(
-                    "store cut {i} of {total}, during \"{}\", before {}",
-                    STEPS[shot.step].name, shot.what
-                );
+                let acks = due(&acks, shot.due_from, shot.running);
+                let cut_name = format!("store cut {i} of {total}, {}", shot.when);
                 let check_name = cut_name.clone();
                 found.more.push((
                     cut_name.clone(),
                     Box::new(move |dir: &Path| {
                         let mut f = Found::default();
-                        let r = verify(&shot.image, dir, shot.step, &acks);
+                        let r = verify(&shot.image, dir, shot.phase, shot.due_from, &acks);
                         f.cut(check_name, r);
                         f
                     }),
@@ -384,15 +398,15 @@ pub fn case() -> (String, Case) {
     )
 }
 
-/// What a cut during `step` must show: the facts acknowledged before it, a size only as last
-/// acknowledged, and not a size the step itself is changing (it may show either).
-fn due(acks: &[Ack], step: usize) -> Vec<Ack> {
+/// What a cut must show: the facts acknowledged by steps before `due_from`, a size only as
+/// last acknowledged, and not a size the `running` step is changing (it may show either).
+fn due(acks: &[Ack], due_from: usize, running: Option<usize>) -> Vec<Ack> {
     let changing = |vol: &str| {
         acks.iter()
-            .any(|a| a.after == step && a.volume == vol && matches!(a.what, Fact::Size(_)))
+            .any(|a| Some(a.after) == running && a.volume == vol && matches!(a.what, Fact::Size(_)))
     };
     let mut out: Vec<Ack> = Vec::new();
-    for a in acks.iter().filter(|a| a.after < step) {
+    for a in acks.iter().filter(|a| a.after < due_from) {
         if matches!(a.what, Fact::Size(_)) {
             if changing(a.volume) {
                 continue;
@@ -416,6 +430,7 @@ fn scenario(dir: &Path, shots: Arc<Mutex<Vec<Shot>>>) -> Result<Vec<Ack>, String
     let step = Arc::new(AtomicUsize::new(0));
     {
         let step = step.clone();
+        let shots = shots.clone();
         let mut torn_seed = 7000;
         pm.set_hook(Box::new(move |op, ino, m| {
             if !matches!(op, Op::FileSync | Op::DirSync) {
@@ -435,21 +450,24 @@ fn scenario(dir: &Path, shots: Arc<Mutex<Vec<Shot>>>) -> Result<Vec<Ack>, String
                     "folder fsync"
                 }
             );
+            let when = format!("during \"{}\", before {what}", STEPS[at].name);
+            let shot = |image, when| Shot {
+                image,
+                when,
+                phase: STEPS[at].phase,
+                due_from: at,
+                running: Some(at),
+            };
             let mut v = shots.lock();
-            v.push(Shot {
-                image: m.cut(None),
-                step: at,
-                what: what.clone(),
-            });
-            if op == Op::DirSync {
+            v.push(shot(m.cut(None), when.clone()));
+            for _ in 0..TORN_PER_CUT {
                 torn_seed += 1;
                 let mut rng =
                     <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(torn_seed);
-                v.push(Shot {
-                    image: m.cut(Some(&mut rng)),
-                    step: at,
-                    what: format!("{what} (torn, seed {torn_seed})"),
-                });
+                v.push(shot(
+                    m.cut(Some(&mut rng)),
+                    format!("{when} (torn, seed {torn_seed})"),
+                ));
             }
         }));
     }
@@ -461,6 +479,19 @@ fn scenario(dir: &Path, shots: Arc<Mutex<Vec<Shot>>>) -> Result<Vec<Ack>, String
             acks.extend(
                 do_step(i, &ctx, &mut daemon).map_err(|e| format!("step \"{}\": {e}", st.name))?,
             );
+            // And a cut once it returned: what it did is acknowledged.
+            let image = pm.cut(None);
+            shots.lock().push(Shot {
+                image,
+                when: format!("after \"{}\" returned", st.name),
+                phase: if daemon.is_some() {
+                    Phase::Open
+                } else {
+                    Phase::Closed
+                },
+                due_from: i + 1,
+                running: None,
+            });
         }
         Ok(())
     })();
@@ -471,22 +502,27 @@ fn scenario(dir: &Path, shots: Arc<Mutex<Vec<Shot>>>) -> Result<Vec<Ack>, String
     result.map(|_| acks)
 }
 
-/// Checks one cut taken during step `step` (see the module documentation).
-fn verify(img: &Image, dir: &Path, step: usize, acks: &[Ack]) -> Result<(), String> {
+/// Checks one cut (see the module documentation).
+fn verify(
+    img: &Image,
+    dir: &Path,
+    phase: Phase,
+    due_from: usize,
+    acks: &[Ack],
+) -> Result<(), String> {
     let power = dir.join("power");
     std::fs::create_dir_all(&power).map_err(|e| e.to_string())?;
     let pm = PowerMount::mount(Model::from_image(img), &power).map_err(|e| e.to_string())?;
     let store = power.join(STORE);
     let repo = power.join(REPO);
-    let phase = STEPS[step].phase;
     let r = checked(|| {
         if !store.join("snarf.toml").exists() {
-            // Old state: no store yet. Only a cut during init may find that.
-            return if step == 0 {
+            // Old state: no store yet. Only a cut before init returned may find that.
+            return if due_from == 0 {
                 Ok(())
             } else {
                 Err(format!(
-                    "the store is gone: {:?}",
+                    "the store is gone, though snarf init returned: {:?}",
                     img.listing()
                         .iter()
                         .map(|(p, _)| p.as_str())
@@ -500,6 +536,9 @@ fn verify(img: &Image, dir: &Path, step: usize, acks: &[Ack]) -> Result<(), Stri
         let unclean = st.recovered_unclean();
         if phase == Phase::Open && !unclean {
             return Err("the store was open at the cut, yet it trusts its tracking".into());
+        }
+        if phase == Phase::Closed && unclean {
+            return Err("the store was closed cleanly before the cut, yet says it was not".into());
         }
         let mut contents = std::collections::BTreeMap::new();
         for (name, vol) in st.volumes() {
