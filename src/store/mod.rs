@@ -255,6 +255,11 @@ impl Store {
                 });
             }
         }
+        let missing: Vec<PathBuf> = root
+            .ancestors()
+            .take_while(|a| !a.exists())
+            .map(Path::to_path_buf)
+            .collect();
         for sub in [
             "",
             "volumes",
@@ -267,6 +272,18 @@ impl Store {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        // Every folder made here is durable by name before the settings file, written last,
+        // makes the directory a store: a power cut leaves a whole store or none.
+        let state = root.join("state");
+        let parents = missing
+            .iter()
+            .rev()
+            .filter_map(|d| d.parent())
+            .chain([root, state.as_path()]);
+        for dir in parents {
+            files::sync_dir(dir)
+                .map_err(|e| Error::io(format!("syncing folder {}", dir.display()), e))?;
         }
         set_mode(&root.join("run"), 0o700)?;
         set_mode(&root.join("spill"), 0o700)?;
