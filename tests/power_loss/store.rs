@@ -381,13 +381,14 @@ pub fn case() -> (String, Case) {
                     continue;
                 }
                 let acks = due(&acks, shot.due_from, shot.running);
+                let origin = dir.join("power");
                 let cut_name = format!("store cut {i} of {total}, {}", shot.when);
                 let check_name = cut_name.clone();
                 found.more.push((
                     cut_name.clone(),
                     Box::new(move |dir: &Path| {
                         let mut f = Found::default();
-                        let r = verify(&shot.image, dir, shot.phase, shot.due_from, &acks);
+                        let r = verify(&shot.image, &origin, dir, shot.phase, shot.due_from, &acks);
                         f.cut(check_name, r);
                         f
                     }),
@@ -505,6 +506,7 @@ fn scenario(dir: &Path, shots: Arc<Mutex<Vec<Shot>>>) -> Result<Vec<Ack>, String
 /// Checks one cut (see the module documentation).
 fn verify(
     img: &Image,
+    origin: &Path,
     dir: &Path,
     phase: Phase,
     due_from: usize,
@@ -592,6 +594,9 @@ fn verify(
                 return Err(format!("run/pids has {} damaged lines", bad.len()));
             }
         }
+        if due_from >= 2 && !repo.join("repo.json").exists() {
+            return Err("the repository is gone, though snarf repo init returned".into());
+        }
         // A backup of what the store holds restores it byte-exact; after an unclean stop
         // it must not have trusted the tracking.
         if repo.join("repo.json").exists() && !contents.is_empty() {
@@ -621,5 +626,56 @@ fn verify(
         Ok(())
     });
     drop(pm);
+    r?;
+    if img
+        .get(&format!("{REPO}/pins"))
+        .is_some_and(|p| !p.entries.is_empty())
+    {
+        pins_released(img, origin, dir)?;
+    }
+    Ok(())
+}
+
+/// Where the pins check mounts images: one at a time, at the path the scenario used.
+static ORIGIN: Mutex<()> = Mutex::new(());
+
+/// A snapshot does not outlive its daemon: the next daemon on the store lets go of every
+/// pin the last one held, so the repository can collect those packs. The daemon finds the
+/// repositories by the paths the last one wrote, so the image is mounted where it was.
+fn pins_released(img: &Image, origin: &Path, dir: &Path) -> Result<(), String> {
+    let _one = ORIGIN.lock();
+    std::fs::create_dir_all(origin).map_err(|e| e.to_string())?;
+    let r = (|| {
+        let pm = PowerMount::mount(Model::from_image(img), origin).map_err(|e| e.to_string())?;
+        let repo = origin.join(REPO);
+        let ctx = Ctx {
+            power: origin.to_path_buf(),
+            mnt: dir.join("mnt"),
+        };
+        let r = checked(|| {
+            std::fs::create_dir_all(&ctx.mnt).map_err(|e| e.to_string())?;
+            Daemon::mount(&ctx)?.unmount()?;
+            match pins(&repo) {
+                0 => Ok(()),
+                left => Err(format!(
+                    "{left} repository pins of snapshots from before the cut are still held after a new mount came and went"
+                )),
+            }
+        });
+        drop(pm);
+        r
+    })();
+    let _ = std::fs::remove_dir(origin);
     r
+}
+
+/// How many pins the repository holds.
+fn pins(repo: &Path) -> usize {
+    std::fs::read_dir(repo.join("pins"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0)
 }
