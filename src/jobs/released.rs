@@ -9,7 +9,8 @@
 //! [`ChunkRef`] encoding, the repository number u32 LE, 4 reserved bytes; an all-zero record
 //! means "not stored"). `meta.json` beside them lists the pin name and the repositories, so a
 //! daemon that crashed is cleaned up at its next start. Nothing here is fsynced except the
-//! pins: snapshots do not outlive the daemon.
+//! pins and `meta.json`, which must outlive a power cut as long as its pin does: snapshots
+//! do not outlive the daemon.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -24,6 +25,7 @@ use super::{Error, Result};
 use crate::repo::chunk::REF_LEN;
 use crate::repo::{ChunkRef, PackId, Repo};
 use crate::snapshot::{Engine, SnapState, Snapshot};
+use crate::store::files::sync_dir;
 use crate::store::VolumeId;
 
 /// Bytes of one record.
@@ -165,7 +167,14 @@ impl Released {
         };
         let path = t.dir.join("meta.json");
         let text = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Protocol(e.to_string()))?;
+        // Durable with every folder above it up to run/, or a power cut loses it while the
+        // pin stays, and no later daemon knows to let go of the pin.
+        let released = t.dir.parent();
         std::fs::write(&path, text)
+            .and_then(|_| File::open(&path)?.sync_all())
+            .and_then(|_| sync_dir(&t.dir))
+            .and_then(|_| released.map_or(Ok(()), sync_dir))
+            .and_then(|_| released.and_then(Path::parent).map_or(Ok(()), sync_dir))
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         Ok(inner.repos.len() - 1)
     }
