@@ -56,6 +56,10 @@ enum Fact {
     Data { offset: u64, seed: u64, len: usize },
     /// The volume's size (set, then fsynced).
     Size(u64),
+    /// Renamed (then live/ fsynced): what was true of it is true of the new name.
+    RenamedTo(&'static str),
+    /// Deleted (then live/ fsynced): no such volume.
+    Gone,
 }
 
 /// The contents of a write: pattern `seed`.
@@ -195,75 +199,102 @@ impl Drop for Daemon {
     }
 }
 
+/// What a step does.
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    /// `snarf init`.
+    Init,
+    /// `snarf repo init`.
+    RepoInit,
+    /// `snarf mount`.
+    Mount,
+    /// `snarf umount`.
+    Unmount,
+    /// Sets a volume's size (creating it), fsyncs it and live/.
+    Size(&'static str, u64),
+    /// Writes pattern `seed` of `len` bytes at an offset and fsyncs.
+    Write(&'static str, u64, u64, usize),
+    /// mkdir snapshots/NAME, then `snarf backup MOUNTPOINT NAME`.
+    Backup(&'static str),
+    /// rmdir snapshots/NAME.
+    Release(&'static str),
+    /// mv live/FROM live/TO, then fsync of live/.
+    Rename(&'static str, &'static str),
+    /// rm live/NAME, then fsync of live/.
+    Delete(&'static str),
+}
+
 /// One step of the store's life.
 struct Step {
     name: &'static str,
     phase: Phase,
+    action: Action,
 }
 
-/// The steps, in order; [`run_scenario`] carries them out.
+const fn step(name: &'static str, phase: Phase, action: Action) -> Step {
+    Step {
+        name,
+        phase,
+        action,
+    }
+}
+
+use Action::*;
+use Phase::{Changing, Closed, Open};
+
+/// The steps, in order.
 const STEPS: &[Step] = &[
-    Step {
-        name: "snarf init",
-        phase: Phase::Changing,
-    },
-    Step {
-        name: "snarf repo init",
-        phase: Phase::Closed,
-    },
-    Step {
-        name: "snarf mount",
-        phase: Phase::Changing,
-    },
-    Step {
-        name: "create volume a (2 MiB) and write 256 KiB at 0",
-        phase: Phase::Open,
-    },
-    Step {
-        name: "create volume b (1 MiB) and write 128 KiB at 0",
-        phase: Phase::Open,
-    },
-    Step {
-        name: "snapshot s1 and back it up through the mount",
-        phase: Phase::Open,
-    },
-    Step {
-        name: "write a at 1 MiB",
-        phase: Phase::Open,
-    },
-    Step {
-        name: "grow a to 3 MiB and write at 2.5 MiB",
-        phase: Phase::Open,
-    },
-    Step {
-        name: "shrink b to 512 KiB while s1 holds it",
-        phase: Phase::Open,
-    },
-    Step {
-        name: "release s1",
-        phase: Phase::Open,
-    },
-    Step {
-        name: "snarf umount (clean close)",
-        phase: Phase::Changing,
-    },
-    Step {
-        name: "snarf mount again",
-        phase: Phase::Changing,
-    },
-    Step {
-        name: "write a at 256 KiB",
-        phase: Phase::Open,
-    },
-    Step {
-        name: "snapshot s2 and back it up through the mount (incremental)",
-        phase: Phase::Open,
-    },
-    Step {
-        name: "snarf umount again",
-        phase: Phase::Changing,
-    },
+    step("snarf init", Changing, Init),
+    step("snarf repo init", Closed, RepoInit),
+    step("snarf mount", Changing, Mount),
+    step("create volume a (2 MiB)", Open, Size("a", 2 << 20)),
+    step(
+        "write 256 KiB at 0 of a",
+        Open,
+        Write("a", 0, 11, 256 << 10),
+    ),
+    step("create volume b (1 MiB)", Open, Size("b", 1 << 20)),
+    step(
+        "write 128 KiB at 0 of b",
+        Open,
+        Write("b", 0, 12, 128 << 10),
+    ),
+    step(
+        "snapshot s1, back it up through the mount",
+        Open,
+        Backup("s1"),
+    ),
+    step("write a at 1 MiB", Open, Write("a", 1 << 20, 13, 128 << 10)),
+    step("grow a to 3 MiB", Open, Size("a", 3 << 20)),
+    step(
+        "write a at 2.5 MiB",
+        Open,
+        Write("a", 5 << 19, 14, 64 << 10),
+    ),
+    step(
+        "shrink b to 512 KiB while s1 holds it",
+        Open,
+        Size("b", 512 << 10),
+    ),
+    step("release s1", Open, Release("s1")),
+    step("rename volume b to c", Open, Rename("b", "c")),
+    step("snarf umount (clean close)", Changing, Unmount),
+    step("snarf mount again", Changing, Mount),
+    step(
+        "write a at 256 KiB",
+        Open,
+        Write("a", 256 << 10, 15, 64 << 10),
+    ),
+    step("delete volume c", Open, Delete("c")),
+    step("snapshot s2, back it up (incremental)", Open, Backup("s2")),
+    step("snarf umount again", Changing, Unmount),
 ];
+
+fn sync_live(ctx: &Ctx) -> Result<(), String> {
+    std::fs::File::open(ctx.mnt.join("live"))
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("fsync of live/: {e}"))
+}
 
 /// Carries out step `i`; returns what it acknowledged.
 fn do_step(i: usize, ctx: &Ctx, daemon: &mut Option<Daemon>) -> Result<Vec<Ack>, String> {
@@ -272,67 +303,53 @@ fn do_step(i: usize, ctx: &Ctx, daemon: &mut Option<Daemon>) -> Result<Vec<Ack>,
         volume,
         what,
     };
-    let data = |volume, offset, seed, len| ack(volume, Fact::Data { offset, seed, len });
-    Ok(match i {
-        0 => {
+    Ok(match STEPS[i].action {
+        Init => {
             run_ok(&["init", s(&ctx.store())])?;
             vec![]
         }
-        1 => {
+        RepoInit => {
             run_ok(&["repo", "init", s(&ctx.repo()), "--pack-size", "256K"])?;
             vec![]
         }
-        2 | 11 => {
+        Mount => {
             *daemon = Some(Daemon::mount(ctx)?);
             vec![]
         }
-        3 => {
-            set_size_synced(ctx, "a", 2 << 20)?;
-            write_synced(&ctx.live("a"), 0, 11, 256 << 10)?;
-            vec![data("a", 0, 11, 256 << 10), ack("a", Fact::Size(2 << 20))]
+        Unmount => {
+            daemon.take().ok_or("no daemon to unmount")?.unmount()?;
+            vec![]
         }
-        4 => {
-            set_size_synced(ctx, "b", 1 << 20)?;
-            write_synced(&ctx.live("b"), 0, 12, 128 << 10)?;
-            vec![data("b", 0, 12, 128 << 10), ack("b", Fact::Size(1 << 20))]
+        Size(vol, size) => {
+            set_size_synced(ctx, vol, size)?;
+            vec![ack(vol, Fact::Size(size))]
         }
-        5 | 13 => {
-            let snap = if i == 5 { "s1" } else { "s2" };
+        Write(vol, offset, seed, len) => {
+            write_synced(&ctx.live(vol), offset, seed, len)?;
+            vec![ack(vol, Fact::Data { offset, seed, len })]
+        }
+        Backup(snap) => {
             std::fs::create_dir(ctx.mnt.join("snapshots").join(snap))
                 .map_err(|e| format!("mkdir snapshots/{snap}: {e}"))?;
             run_ok(&["backup", s(&ctx.mnt), snap])?;
             vec![]
         }
-        6 => {
-            write_synced(&ctx.live("a"), 1 << 20, 13, 128 << 10)?;
-            vec![data("a", 1 << 20, 13, 128 << 10)]
-        }
-        7 => {
-            set_size_synced(ctx, "a", 3 << 20)?;
-            write_synced(&ctx.live("a"), 5 << 19, 14, 64 << 10)?;
-            vec![
-                data("a", 5 << 19, 14, 64 << 10),
-                ack("a", Fact::Size(3 << 20)),
-            ]
-        }
-        8 => {
-            set_size_synced(ctx, "b", 512 << 10)?;
-            vec![ack("b", Fact::Size(512 << 10))]
-        }
-        9 => {
-            std::fs::remove_dir(ctx.mnt.join("snapshots/s1"))
-                .map_err(|e| format!("rmdir snapshots/s1: {e}"))?;
+        Release(snap) => {
+            std::fs::remove_dir(ctx.mnt.join("snapshots").join(snap))
+                .map_err(|e| format!("rmdir snapshots/{snap}: {e}"))?;
             vec![]
         }
-        10 | 14 => {
-            daemon.take().ok_or("no daemon to unmount")?.unmount()?;
-            vec![]
+        Rename(from, to) => {
+            std::fs::rename(ctx.live(from), ctx.live(to))
+                .map_err(|e| format!("mv live/{from} live/{to}: {e}"))?;
+            sync_live(ctx)?;
+            vec![ack(from, Fact::RenamedTo(to))]
         }
-        12 => {
-            write_synced(&ctx.live("a"), 256 << 10, 15, 64 << 10)?;
-            vec![data("a", 256 << 10, 15, 64 << 10)]
+        Delete(vol) => {
+            std::fs::remove_file(ctx.live(vol)).map_err(|e| format!("rm live/{vol}: {e}"))?;
+            sync_live(ctx)?;
+            vec![ack(vol, Fact::Gone)]
         }
-        _ => return Err(format!("no step {i}")),
     })
 }
 
@@ -399,23 +416,48 @@ pub fn case() -> (String, Case) {
     )
 }
 
-/// What a cut must show: the facts acknowledged by steps before `due_from`, a size only as
-/// last acknowledged, and not a size the `running` step is changing (it may show either).
+/// What a cut must show: the facts acknowledged by steps before `due_from`, each volume
+/// under its last acknowledged name, a size only as last acknowledged; nothing about the
+/// volumes the `running` step is changing, which may show either way.
 fn due(acks: &[Ack], due_from: usize, running: Option<usize>) -> Vec<Ack> {
-    let changing = |vol: &str| {
-        acks.iter()
-            .any(|a| Some(a.after) == running && a.volume == vol && matches!(a.what, Fact::Size(_)))
-    };
+    let mut busy: Vec<&str> = Vec::new();
+    for a in acks.iter().filter(|a| Some(a.after) == running) {
+        busy.push(a.volume);
+        if let Fact::RenamedTo(to) = a.what {
+            busy.push(to);
+        }
+    }
     let mut out: Vec<Ack> = Vec::new();
     for a in acks.iter().filter(|a| a.after < due_from) {
-        if matches!(a.what, Fact::Size(_)) {
-            if changing(a.volume) {
-                continue;
+        match a.what {
+            Fact::RenamedTo(to) => {
+                out.retain(|o| o.volume != to);
+                for o in out.iter_mut().filter(|o| o.volume == a.volume) {
+                    o.volume = to;
+                }
+                out.push(Ack {
+                    after: a.after,
+                    volume: a.volume,
+                    what: Fact::Gone,
+                });
             }
-            out.retain(|o| !(o.volume == a.volume && matches!(o.what, Fact::Size(_))));
+            Fact::Gone => {
+                out.retain(|o| o.volume != a.volume);
+                out.push(a.clone());
+            }
+            Fact::Size(_) => {
+                out.retain(|o| {
+                    !(o.volume == a.volume && matches!(o.what, Fact::Size(_) | Fact::Gone))
+                });
+                out.push(a.clone());
+            }
+            Fact::Data { .. } => {
+                out.retain(|o| !(o.volume == a.volume && matches!(o.what, Fact::Gone)));
+                out.push(a.clone());
+            }
         }
-        out.push(a.clone());
     }
+    out.retain(|a| !busy.contains(&a.volume));
     out
 }
 
@@ -485,11 +527,7 @@ fn scenario(dir: &Path, shots: Arc<Mutex<Vec<Shot>>>) -> Result<Vec<Ack>, String
             shots.lock().push(Shot {
                 image,
                 when: format!("after \"{}\" returned", st.name),
-                phase: if daemon.is_some() {
-                    Phase::Open
-                } else {
-                    Phase::Closed
-                },
+                phase: if daemon.is_some() { Open } else { Closed },
                 due_from: i + 1,
                 running: None,
             });
@@ -560,14 +598,22 @@ fn verify(
         }
         // Everything acknowledged is there.
         for a in acks {
-            let Some(v) = contents.get(a.volume) else {
-                return Err(format!(
-                    "volume {} is gone, though a write to it was fsynced",
-                    a.volume
-                ));
-            };
-            match &a.what {
-                Fact::Size(size) => {
+            let vol = contents.get(a.volume);
+            match (&a.what, vol) {
+                (Fact::Gone, None) => {}
+                (Fact::Gone, Some(_)) => {
+                    return Err(format!(
+                        "volume {} is back, though its deletion or rename and an fsync of live/ returned",
+                        a.volume
+                    ))
+                }
+                (_, None) => {
+                    return Err(format!(
+                        "volume {} is gone, though what was done to it was fsynced",
+                        a.volume
+                    ))
+                }
+                (Fact::Size(size), Some(v)) => {
                     if v.len() as u64 != *size {
                         return Err(format!(
                             "volume {} is {} bytes, though its size {size} was fsynced",
@@ -576,7 +622,7 @@ fn verify(
                         ));
                     }
                 }
-                Fact::Data { offset, seed, len } => {
+                (Fact::Data { offset, seed, len }, Some(v)) => {
                     let at = *offset as usize;
                     if v.get(at..at + len) != Some(&pattern(*seed, *len)[..]) {
                         return Err(format!(
@@ -585,6 +631,7 @@ fn verify(
                         ));
                     }
                 }
+                (Fact::RenamedTo(_), Some(_)) => {}
             }
         }
         // The process registry parses.
