@@ -211,12 +211,14 @@ fn power_cut_at_every_fault_point_completes_forward_and_loses_nothing() {
         .filter(|p| !tally.reached.contains(*p))
         .collect();
     eprintln!(
-        "fault points reached: {} of {}; {} in {:.0?}",
+        "fault points reached: {} of {}; torn cuts: {}, {} of them keeping unsynced changes; {:.0?}",
         tally.reached.len(),
         snarf::repo::fault::POINTS.len(),
-        tally.summary(),
+        tally.torn.0,
+        tally.torn.1,
         started.elapsed()
     );
+    eprintln!("{}", tally.summary());
     if std::env::var_os("SNARF_POWER_VERBOSE").is_some() {
         for (name, r) in &tally.cuts {
             eprintln!("{} {name}", if r.is_ok() { "passed" } else { "FAILED" });

@@ -312,6 +312,10 @@ fn case(
                 found.reached.push(point);
                 let r = verify(&strict, &again, expect, &reported, Some(point));
                 found.cut(format!("{label} (strict)"), r.map(|_| ()));
+                found.torn.0 += 1;
+                if torn.fingerprint() != strict.fingerprint() {
+                    found.torn.1 += 1;
+                }
                 let r = verify(&torn, &again, expect, &reported, Some(point));
                 found.cut(format!("{label} (torn, seed {torn_seed})"), r.map(|_| ()));
             }

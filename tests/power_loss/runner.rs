@@ -19,6 +19,8 @@ pub struct Found {
     /// Cases to run next (say, the checks of cuts this case took), so they spread over the
     /// workers.
     pub more: Vec<(String, Case)>,
+    /// Torn cuts checked, and how many of them kept some change a strict cut loses.
+    pub torn: (usize, usize),
 }
 
 impl Found {
@@ -38,6 +40,8 @@ pub struct Tally {
     pub cuts: Vec<(String, Result<(), String>)>,
     /// Every fault point some case reached.
     pub reached: BTreeSet<&'static str>,
+    /// Torn cuts checked, and how many kept some change a strict cut loses.
+    pub torn: (usize, usize),
 }
 
 impl Tally {
@@ -110,6 +114,8 @@ pub fn run(cases: Vec<(String, Case)>, threads: usize, scratch: &Path) -> Tally 
                         Ok(f) => {
                             t.cuts.extend(f.cuts);
                             t.reached.extend(f.reached);
+                            t.torn.0 += f.torn.0;
+                            t.torn.1 += f.torn.1;
                             f.more
                         }
                         Err(p) => {

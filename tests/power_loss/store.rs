@@ -364,6 +364,8 @@ struct Shot {
     due_from: usize,
     /// The step under way, whose own size changes may or may not show.
     running: Option<usize>,
+    /// For a torn cut: whether it kept something the strict cut beside it lost.
+    torn: Option<bool>,
 }
 
 /// The scenario as one case: runs the store's life taking cuts, then queues a check of
@@ -396,6 +398,10 @@ pub fn case() -> (String, Case) {
                 );
                 if !seen.insert(key) {
                     continue;
+                }
+                if let Some(differs) = shot.torn {
+                    found.torn.0 += 1;
+                    found.torn.1 += differs as usize;
                 }
                 let acks = due(&acks, shot.due_from, shot.running);
                 let origin = dir.join("power");
@@ -494,22 +500,28 @@ fn scenario(dir: &Path, shots: Arc<Mutex<Vec<Shot>>>) -> Result<Vec<Ack>, String
                 }
             );
             let when = format!("during \"{}\", before {what}", STEPS[at].name);
-            let shot = |image, when| Shot {
+            let shot = |image, when, torn| Shot {
                 image,
                 when,
                 phase: STEPS[at].phase,
                 due_from: at,
                 running: Some(at),
+                torn,
             };
+            let strict = m.cut(None);
+            let strict_print = strict.fingerprint();
             let mut v = shots.lock();
-            v.push(shot(m.cut(None), when.clone()));
+            v.push(shot(strict, when.clone(), None));
             for _ in 0..TORN_PER_CUT {
                 torn_seed += 1;
                 let mut rng =
                     <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(torn_seed);
+                let image = m.cut(Some(&mut rng));
+                let differs = image.fingerprint() != strict_print;
                 v.push(shot(
-                    m.cut(Some(&mut rng)),
+                    image,
                     format!("{when} (torn, seed {torn_seed})"),
+                    Some(differs),
                 ));
             }
         }));
@@ -530,6 +542,7 @@ fn scenario(dir: &Path, shots: Arc<Mutex<Vec<Shot>>>) -> Result<Vec<Ack>, String
                 phase: if daemon.is_some() { Open } else { Closed },
                 due_from: i + 1,
                 running: None,
+                torn: None,
             });
         }
         Ok(())
