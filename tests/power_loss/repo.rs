@@ -382,12 +382,19 @@ fn sweep(
                 .stderr(Stdio::null())
                 .spawn()
                 .map_err(|e| format!("spawning the child: {e}"))?;
-            let out = child.stdout.take().ok_or("no stdout")?;
-            for line in std::io::BufReader::new(out).lines() {
-                let line = line.map_err(|e| e.to_string())?;
-                reported.lock().extend(parse_reported(&line));
+            let read = child.stdout.take().ok_or("no stdout").map(|out| {
+                for line in std::io::BufReader::new(out).lines() {
+                    let line = line.map_err(|e| e.to_string())?;
+                    reported.lock().extend(parse_reported(&line));
+                }
+                Ok::<(), String>(())
+            });
+            if !matches!(read, Ok(Ok(()))) {
+                // Only the child this case started, which is not reaped yet.
+                let _ = child.kill();
             }
             let status = child.wait().map_err(|e| e.to_string())?;
+            read??;
             pm.clear_hook();
             if !status.success() {
                 return Err(format!("the {} child failed: {status}", scenario.role()));
