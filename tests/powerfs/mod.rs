@@ -519,7 +519,8 @@ impl Filesystem for PowerFs {
     }
 }
 
-/// A mounted power-cut filesystem; dropping it unmounts (lazily, so it never hangs).
+/// A mounted power-cut filesystem; dropping it unmounts (lazily, so it never hangs and never
+/// stays behind).
 pub struct PowerMount {
     /// Where it is mounted.
     pub path: PathBuf,
@@ -589,15 +590,22 @@ impl PowerMount {
     }
 
     /// Unmounts now.
-    pub fn unmount(mut self) {
-        self.session.take();
+    pub fn unmount(self) {
+        drop(self);
     }
 }
 
 impl Drop for PowerMount {
     fn drop(&mut self) {
-        // Dropping the session detaches the mount (MNT_DETACH); the serving threads end
-        // when the last user lets go.
+        // Detached first (MNT_DETACH), so a file still open under it never leaves the mount
+        // behind; the serving threads end when the last user lets go. fuser's own unmount
+        // after that finds nothing mounted there and only logs it.
+        if self.session.is_some() {
+            if let Ok(c) = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()) {
+                // SAFETY: umount2 with a valid C string and a flag.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
         self.session.take();
     }
 }
