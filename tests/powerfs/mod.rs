@@ -4,6 +4,11 @@
 //! [`model`] holds the state and the durability rules; this module only links fuser's
 //! callbacks to it and mounts it.
 //!
+//! Why a filesystem rather than an I/O layer swapped into `src/repo`: it sees every syscall
+//! every process makes — the store, the process registry, the daemon's pins, `std::fs` calls
+//! that bypass any helper — with no test-only code in the product, and the kernel itself
+//! decides what reaches it (close and flush make nothing durable; only fsync does).
+//!
 //! A test mounts a [`PowerMount`], runs programs on it, then takes [`PowerMount::cut`]: the
 //! image a power cut at that instant leaves. Mounting that image again (a new session, so
 //! the kernel has nothing cached) is the reboot. A hook can take images at chosen
