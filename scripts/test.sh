@@ -19,4 +19,5 @@ if [ "${#need[@]}" -gt 0 ]; then
   fi
 fi
 
-exec cargo test "$@"
+# The kill -9 and power-loss suites need the crash-test fault points.
+exec cargo test --features fault-injection "$@"

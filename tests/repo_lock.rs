@@ -86,7 +86,7 @@ fn spawn_child(role: &str, repo: &Path, prefix: &[&str]) -> Child {
     cmd.args(["--exact", "child_role", "--nocapture", "--test-threads=1"])
         .env(ROLE, role)
         .env("SNARF_TEST_REPO", repo)
-        .env_remove(snarf::repo::fault::ENV)
+        .env_remove("SNARF_FAULT_POINT")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());

@@ -1,13 +1,14 @@
-//! Fault injection for crash tests. When the environment variable `SNARF_FAULT_POINT` names a
-//! point, the process kills itself with SIGKILL the first time it reaches that point, so a
+//! Fault injection for crash tests. Built with the cargo feature `fault-injection` (the test
+//! command `scripts/test.sh` passes it), the environment variable named by [`ENV`] arms a
+//! point: the process kills itself with SIGKILL the first time it reaches that point, so a
 //! test can stop a backup or prune at every step where a crash could leave a partial state
-//! and prove that the next open completes it. Only the repository code reads the variable.
-//! Tests of error paths can also make the I/O step after a point fail once on their own
+//! and prove that the next open completes it. Without the feature, [`point`] compiles to
+//! nothing and no build reads the variable, so release builds hold no fault points. Unit
+//! tests of error paths can also make the I/O step after a point fail once on their own
 //! thread ([`fail_once_after`]), e.g. a folder fsync after a rename.
 
-use std::sync::OnceLock;
-
-/// The environment variable that arms one fault point.
+/// The environment variable that arms one fault point (read only with `fault-injection`).
+#[cfg(feature = "fault-injection")]
 pub const ENV: &str = "SNARF_FAULT_POINT";
 
 /// Every fault point, in roughly the order a backup followed by a prune reaches them.
@@ -74,6 +75,7 @@ pub const POINTS: &[&str] = &[
     "adopt.tmp-removed",
 ];
 
+#[cfg(test)]
 thread_local! {
     /// A point after which the next I/O step fails, on this thread only (so tests running
     /// side by side in one process do not disturb each other).
@@ -82,12 +84,14 @@ thread_local! {
 
 /// Makes the I/O step that follows point `name` (in `fsx`, the directory fsync after a
 /// rename) fail once with EIO on this thread: tests of what a failing disk leaves behind.
+#[cfg(test)]
 pub fn fail_once_after(name: &'static str) {
     debug_assert!(is_point(name), "fault point {name} is not a fault point");
     FAIL_AFTER.with(|f| f.set(Some(name)));
 }
 
 /// The injected error armed by [`fail_once_after`] for `name` on this thread, disarming it.
+#[cfg(test)]
 pub(crate) fn injected(name: Option<&'static str>) -> std::io::Result<()> {
     let hit = FAIL_AFTER.with(|f| {
         let hit = name.is_some() && f.get() == name;
@@ -99,6 +103,13 @@ pub(crate) fn injected(name: Option<&'static str>) -> std::io::Result<()> {
     if hit {
         return Err(std::io::Error::from_raw_os_error(libc::EIO));
     }
+    Ok(())
+}
+
+/// No error is ever injected outside unit tests.
+#[cfg(not(test))]
+#[inline(always)]
+pub(crate) fn injected(_name: Option<&'static str>) -> std::io::Result<()> {
     Ok(())
 }
 
@@ -118,14 +129,24 @@ pub const REPAIR_POINTS: &[&str] = &[
 ];
 
 /// The armed point, read once per process.
+#[cfg(feature = "fault-injection")]
 fn armed() -> Option<&'static str> {
-    static ARMED: OnceLock<Option<String>> = OnceLock::new();
+    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     ARMED
         .get_or_init(|| std::env::var(ENV).ok().filter(|s| !s.is_empty()))
         .as_deref()
 }
 
+/// Kills the process with SIGKILL if `name` is the armed point (a no-op without the
+/// `fault-injection` feature).
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn point(name: &'static str) {
+    debug_assert!(is_point(name), "fault point {name} is not a fault point");
+}
+
 /// Kills the process with SIGKILL if `name` is the armed point.
+#[cfg(feature = "fault-injection")]
 pub fn point(name: &'static str) {
     debug_assert!(is_point(name), "fault point {name} is not a fault point");
     if armed() == Some(name) {
@@ -192,6 +213,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "fault-injection")]
     fn unarmed_points_do_nothing() {
         for p in POINTS {
             if armed() != Some(p) {

@@ -66,10 +66,10 @@
 //! # Readers, writers, crashes
 //!
 //! Writers (backup, prune, finishing, recovery) hold the lock; readers take none and only
-//! ever see committed backups (a backup is listed once its manifest exists). Setting
-//! `SNARF_FAULT_POINT` to a name in [`fault::POINTS`] (or [`fault::REPAIR_POINTS`]) makes
-//! the process SIGKILL itself there, so tests crash it at every step; whatever was committed
-//! is completed by the next open.
+//! ever see committed backups (a backup is listed once its manifest exists). In builds with
+//! the `fault-injection` feature, setting `SNARF_FAULT_POINT` to a name in [`fault::POINTS`]
+//! (or [`fault::REPAIR_POINTS`]) makes the process SIGKILL itself there, so tests crash it at
+//! every step; whatever was committed is completed by the next open.
 
 pub mod check;
 pub mod chunk;
@@ -87,6 +87,7 @@ pub mod pack;
 pub mod prune;
 pub mod reader;
 pub mod repair;
+pub mod table;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

@@ -9,11 +9,10 @@
 //! leaves no visible backup, and its sealed packs are adopted for later deduplication.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -33,6 +32,9 @@ use super::manifest::{self, BackupStats, Manifest, Table, VolumeEntry, MANIFEST_
 use super::pack::PackWriter;
 use super::prune::Policy;
 use super::Repo;
+
+mod sealer;
+use sealer::{SealCtx, SealJob, SealProgress};
 
 /// Receives durability reports; called from whichever thread sealed the pack.
 pub type DurableSink = Arc<dyn Fn(Durable) + Send + Sync>;
@@ -250,111 +252,6 @@ pub struct BackupWriter {
     seal_tx: Option<SyncSender<SealJob>>,
     sealer: Option<JoinHandle<()>>,
     handed_over: bool,
-}
-
-/// A pack to seal (if any) and the snarfs to report durable once it is.
-struct SealJob {
-    pack: Option<PackWriter>,
-    pending: Vec<(VolumeSlot, u64, ChunkId)>,
-}
-
-/// What the sealer thread works with, shared with the writer.
-struct SealCtx {
-    repo: Repo,
-    tmp: PathBuf,
-    shared: Arc<Shared>,
-    sink: Option<DurableSink>,
-    state: Arc<Mutex<State>>,
-    pack_log: Mutex<File>,
-    progress: Mutex<SealProgress>,
-    idle: Condvar,
-}
-
-/// Sealings queued or running, and the first failure.
-#[derive(Default)]
-struct SealProgress {
-    in_flight: usize,
-    error: Option<Error>,
-    failed: Option<String>,
-}
-
-impl SealCtx {
-    /// The sealer thread: seals queued packs in order until the writer lets go.
-    fn run(self: Arc<SealCtx>, jobs: Receiver<SealJob>) {
-        for job in jobs {
-            let result = self.seal(job);
-            let mut p = self.progress.lock();
-            p.in_flight -= 1;
-            if let Err(e) = result {
-                if p.failed.is_none() {
-                    p.failed = Some(e.to_string());
-                    p.error = Some(e);
-                }
-            }
-            self.idle.notify_all();
-        }
-    }
-
-    /// Seals one pack: finish, log, publish, then report its snarfs durable.
-    fn seal(&self, job: SealJob) -> Result<()> {
-        if self.progress.lock().failed.is_some() {
-            // An earlier pack failed; nothing after it may be reported durable.
-            if let Some(pack) = job.pack {
-                let id = pack.id();
-                drop(pack);
-                fsx::remove_if_exists(&self.repo.packs_dir().join(super::pack::part_name(&id)))?;
-            }
-            return Ok(());
-        }
-        let finished = match job.pack {
-            Some(pack) => {
-                let finished = pack.finish()?;
-                // Logged before the rename, so recovery finds every pack that may have been
-                // sealed.
-                let log = self.tmp.join(PACK_LOG);
-                {
-                    let mut f = self.pack_log.lock();
-                    f.write_all(format!("{}\n", finished.id).as_bytes())
-                        .and_then(|_| f.sync_data())
-                        .ctx(|| format!("writing {}", log.display()))?;
-                }
-                fault::point("pack.logged");
-                finished.publish()?;
-                Some(finished)
-            }
-            None => None,
-        };
-        let mut events = Vec::new();
-        {
-            let mut st = self.state.lock();
-            let mut fresh = self.shared.fresh.write();
-            if let Some(finished) = &finished {
-                st.new_packs.push(finished.id);
-                st.known_packs.insert(finished.id);
-                st.stats.packs += 1;
-                for e in &finished.entries {
-                    if let Some(f) = fresh.get_mut(&e.id) {
-                        f.sealed = true;
-                    }
-                }
-            }
-            for (slot, snarf, id) in job.pending {
-                if let Some(f) = fresh.get(&id) {
-                    events.push(Durable {
-                        slot,
-                        snarf,
-                        chunk: f.r,
-                    });
-                }
-            }
-        }
-        if let Some(sink) = &self.sink {
-            for e in events {
-                sink(e);
-            }
-        }
-        Ok(())
-    }
 }
 
 impl BackupWriter {
