@@ -71,6 +71,7 @@
 //! (or [`fault::REPAIR_POINTS`]) makes the process SIGKILL itself there, so tests crash it at
 //! every step; whatever was committed is completed by the next open.
 
+pub mod backend;
 pub mod check;
 pub mod chunk;
 pub mod config;

@@ -1,0 +1,87 @@
+//! Where a repository's objects live: one [`Backend`] trait with object-store semantics, so
+//! an S3 bucket fits it natively and a local folder ([`LocalDir`]) is just one
+//! implementation; ssh (a client of `snarf serve`) and S3 are the others to come, and the
+//! repository logic above runs unchanged over all of them.
+//!
+//! The operations and what each guarantees when it returns:
+//! - [`Backend::read`], [`Backend::read_range`], [`Backend::size`]: whole objects, byte ranges
+//!   (restore and `backups/` never fetch whole packs), sizes;
+//! - [`Backend::write`]: atomic whole-object replace, durable;
+//! - [`Backend::create`]: create-only, durable, [`Created::AlreadyExists`] if the key is taken
+//!   (a filesystem's link(2), S3's `If-None-Match: *`): the commit points use it;
+//! - [`Backend::upload`]: a streaming writer for packs, visible only once finished;
+//! - [`Backend::list`], [`Backend::delete`]: listings of one folder (every name validated into
+//!   a [`Key`]) and durable deletion;
+//! - [`Backend::lock`]: the repository lock (a flock for a folder).
+//!
+//! Keys are typed ([`Key`]): a name from a listing becomes a key only if it is a name snarf
+//! makes, so nothing read back becomes a path unchecked. The trait is object-safe so that
+//! decorators can wrap it as rustic's backend decorators do (fault injection for the crash
+//! suites, a local cache of metadata objects and retries for remote backends).
+
+pub mod key;
+pub mod local;
+
+use std::time::Duration;
+
+pub use key::{FinishingName, Key, Kind, ObjectId};
+pub use local::LocalDir;
+
+use super::error::Result;
+
+/// What [`Backend::create`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The object did not exist and now does, durably.
+    Created,
+    /// An object of that key existed already; it was left as it was.
+    AlreadyExists,
+}
+
+/// A streaming upload of one object, visible under its key only once [`Upload::finish`]
+/// returns; dropped unfinished, it leaves nothing visible.
+pub trait Upload: Send {
+    /// Appends bytes.
+    fn write(&mut self, data: &[u8]) -> Result<()>;
+    /// Bytes written so far.
+    fn len(&self) -> u64;
+    /// True when nothing was written yet.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Makes the object durable and visible under its key.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// A held repository lock; released when dropped.
+pub trait LockGuard: Send + Sync + std::fmt::Debug {}
+
+/// Storage for one repository's objects (see the module documentation).
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Where the repository is, for messages (a path or a URL).
+    fn location(&self) -> String;
+    /// The whole object, `None` if it does not exist. Objects larger than `cap` bytes are
+    /// refused unread (a hostile or damaged object cannot make a reader allocate without end).
+    fn read(&self, key: &Key, cap: u64) -> Result<Option<Vec<u8>>>;
+    /// Exactly `len` bytes at `offset`; a missing object or a short one is an error.
+    fn read_range(&self, key: &Key, offset: u64, len: u64) -> Result<Vec<u8>>;
+    /// The object's size, `None` if it does not exist.
+    fn size(&self, key: &Key) -> Result<Option<u64>>;
+    /// Replaces the object atomically; durable when it returns.
+    fn write(&self, key: &Key, data: &[u8]) -> Result<()>;
+    /// Creates the object only if the key is free; durable when it returns.
+    fn create(&self, key: &Key, data: &[u8]) -> Result<Created>;
+    /// Starts a streaming upload of a new object (a pack).
+    fn upload(&self, key: &Key) -> Result<Box<dyn Upload>>;
+    /// The objects of one kind with their sizes, in no particular order. Names that are not
+    /// keys snarf makes are skipped (and logged), never returned.
+    fn list(&self, kind: Kind) -> Result<Vec<(Key, u64)>>;
+    /// Deletes the object durably; `false` if it did not exist.
+    fn delete(&self, key: &Key) -> Result<bool>;
+    /// Takes the repository lock for `holder` (a description for messages), waiting up to
+    /// `wait` if given; fails at once with `Error::Locked` naming the holder otherwise.
+    fn lock(&self, holder: &str, wait: Option<Duration>) -> Result<Box<dyn LockGuard>>;
+    /// Removes what crashed writers left that no key names (temporary files, unfinished
+    /// uploads). Only a holder of the lock may call it.
+    fn sweep_leftovers(&self) -> Result<u64>;
+}
