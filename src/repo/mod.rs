@@ -89,6 +89,7 @@ pub mod prune;
 pub mod reader;
 pub mod repair;
 pub mod table;
+pub mod tree;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
