@@ -82,6 +82,7 @@ pub mod frame;
 pub mod fsx;
 pub mod ids;
 pub mod index;
+pub mod index2;
 mod known;
 pub mod lock;
 pub mod manifest;

@@ -1,0 +1,376 @@
+//! The blob index (format 2): which frame of which pack holds each blob. Like format 1 it
+//! is a set of immutable *runs* of fixed 64-byte records ([`BlobRef`] encodings) sorted by
+//! blob id and searched by binary search, so a lookup reads a few records and memory does
+//! not grow with the repository; unlike format 1 a run is an object (`index/<id>`) read with
+//! range reads through the backend, and its fan-out table is a footer, so a run of any size
+//! is streamed out as one upload and is visible only when whole.
+//!
+//! ```text
+//! 0..        records sorted by blob id, 64 bytes each
+//! footer     256 u64 LE (entry b = number of records whose id's first byte <= b),
+//!            record count u64 LE, magic "SNARFIX2"   (2064 bytes)
+//! ```
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use super::backend::{Backend, Key, Kind, ObjectId};
+use super::error::{Error, Fix, Result};
+use super::ids::ChunkId;
+use super::pack2::{BlobRef, REF_LEN};
+
+const MAGIC: &[u8; 8] = b"SNARFIX2";
+const FOOTER_LEN: u64 = 256 * 8 + 8 + 8;
+/// Records read per range read when a run is streamed.
+const STREAM_RECORDS: u64 = 16 * 1024;
+
+/// One run, opened for lookups.
+pub struct Run {
+    backend: Arc<dyn Backend>,
+    key: Key,
+    count: u64,
+    ends: Box<[u64; 256]>,
+}
+
+impl Run {
+    /// Opens run `key` of `size` bytes and validates its footer.
+    pub fn open(backend: Arc<dyn Backend>, key: Key, size: u64) -> Result<Run> {
+        let damaged = |why: String| Error::Damaged {
+            repo: backend.location().into(),
+            path: key.name().into(),
+            why,
+            fix: Fix::RepairIndex,
+        };
+        if size < FOOTER_LEN || !(size - FOOTER_LEN).is_multiple_of(REF_LEN as u64) {
+            return Err(damaged(format!(
+                "its size {size} is not that of an index run"
+            )));
+        }
+        let foot = backend.read_range(&key, size - FOOTER_LEN, FOOTER_LEN)?;
+        if &foot[FOOTER_LEN as usize - 8..] != MAGIC {
+            return Err(damaged("it is not a format 2 index run".into()));
+        }
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&foot[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let count = u64_at(256 * 8);
+        let mut ends = Box::new([0u64; 256]);
+        let mut last = 0;
+        for (b, end) in ends.iter_mut().enumerate() {
+            *end = u64_at(b * 8);
+            if *end < last {
+                return Err(damaged("its fan-out table is not ascending".into()));
+            }
+            last = *end;
+        }
+        if count != (size - FOOTER_LEN) / REF_LEN as u64 || ends[255] != count {
+            return Err(damaged(format!(
+                "its footer's {count} records do not match its size {size}"
+            )));
+        }
+        Ok(Run {
+            backend,
+            key,
+            count,
+            ends,
+        })
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// True when the run has no records.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The run's key.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    fn records(&self, first: u64, n: u64) -> Result<Vec<BlobRef>> {
+        let raw = self
+            .backend
+            .read_range(&self.key, first * REF_LEN as u64, n * REF_LEN as u64)?;
+        raw.chunks_exact(REF_LEN)
+            .map(|rec| {
+                let mut b = [0u8; REF_LEN];
+                b.copy_from_slice(rec);
+                BlobRef::decode(&b).ok_or_else(|| Error::Damaged {
+                    repo: self.backend.location().into(),
+                    path: self.key.name().into(),
+                    why: "it holds a blank or impossible record".into(),
+                    fix: Fix::RepairIndex,
+                })
+            })
+            .collect()
+    }
+
+    /// The record of `id`, if this run has one.
+    pub fn lookup(&self, id: &ChunkId) -> Result<Option<BlobRef>> {
+        let b = id.0[0] as usize;
+        let mut lo = if b == 0 { 0 } else { self.ends[b - 1] };
+        let mut hi = self.ends[b];
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let r = self.records(mid, 1)?[0];
+            match r.id.cmp(id) {
+                std::cmp::Ordering::Equal => return Ok(Some(r)),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Streams the records in order, checking that they are sorted.
+    pub fn iter(&self) -> RunIter<'_> {
+        RunIter {
+            run: self,
+            next: 0,
+            buf: Vec::new(),
+            last: None,
+        }
+    }
+}
+
+/// Sequential reader of a run's records.
+pub struct RunIter<'a> {
+    run: &'a Run,
+    next: u64,
+    buf: Vec<BlobRef>,
+    last: Option<ChunkId>,
+}
+
+impl Iterator for RunIter<'_> {
+    type Item = Result<BlobRef>;
+    fn next(&mut self) -> Option<Result<BlobRef>> {
+        if self.buf.is_empty() {
+            if self.next >= self.run.count {
+                return None;
+            }
+            let n = STREAM_RECORDS.min(self.run.count - self.next);
+            match self.run.records(self.next, n) {
+                Ok(mut v) => {
+                    v.reverse();
+                    self.buf = v;
+                }
+                Err(e) => {
+                    self.next = self.run.count;
+                    return Some(Err(e));
+                }
+            }
+            self.next += n;
+        }
+        let r = self.buf.pop()?;
+        if self.last.is_some_and(|l| r.id < l) {
+            self.next = self.run.count;
+            self.buf.clear();
+            return Some(Err(Error::Damaged {
+                repo: self.run.backend.location().into(),
+                path: self.run.key.name().into(),
+                why: "its records are not sorted".into(),
+                fix: Fix::RepairIndex,
+            }));
+        }
+        self.last = Some(r.id);
+        Some(Ok(r))
+    }
+}
+
+/// Writes a new run from records sorted by id (equal ids keep the first) as one upload;
+/// returns its key and record count.
+pub fn write_run(
+    backend: &dyn Backend,
+    records: impl Iterator<Item = Result<BlobRef>>,
+) -> Result<(Key, u64)> {
+    let key = Key::Index(ObjectId::generate());
+    let mut out = backend.upload(&key)?;
+    let mut ends = [0u64; 256];
+    let mut count = 0u64;
+    let mut last: Option<ChunkId> = None;
+    let mut buf = Vec::with_capacity(1 << 20);
+    for r in records {
+        let r = r?;
+        if let Some(prev) = last {
+            if prev == r.id {
+                continue;
+            }
+            if prev > r.id {
+                return Err(Error::BadArgument(format!(
+                    "index run {key} was given unsorted records"
+                )));
+            }
+        }
+        last = Some(r.id);
+        buf.extend_from_slice(&r.encode());
+        if buf.len() >= 1 << 20 {
+            out.write(&buf)?;
+            buf.clear();
+        }
+        ends[r.id.0[0] as usize] += 1;
+        count += 1;
+    }
+    let mut total = 0;
+    for n in ends {
+        total += n;
+        buf.extend_from_slice(&total.to_le_bytes());
+    }
+    buf.extend_from_slice(&count.to_le_bytes());
+    buf.extend_from_slice(MAGIC);
+    out.write(&buf)?;
+    out.finish()?;
+    Ok((key, count))
+}
+
+/// The index: every run in `index/`.
+pub struct Index {
+    runs: Vec<Run>,
+}
+
+impl Index {
+    /// Opens every run the backend lists.
+    pub fn open(backend: &Arc<dyn Backend>) -> Result<Index> {
+        let mut listed = backend.list(Kind::Index)?;
+        listed.sort();
+        let runs = listed
+            .into_iter()
+            .map(|(k, size)| Run::open(backend.clone(), k, size))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Index { runs })
+    }
+
+    /// The runs.
+    pub fn runs(&self) -> &[Run] {
+        &self.runs
+    }
+
+    /// Every record of `id`, one per run that has it, in run order: a caller that finds
+    /// one unusable (its pack gone) tries the next.
+    pub fn lookup_all(&self, id: &ChunkId) -> Result<Vec<BlobRef>> {
+        let mut out = Vec::new();
+        for run in &self.runs {
+            if let Some(r) = run.lookup(id)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Total records over all runs (duplicates counted).
+    pub fn records(&self) -> u64 {
+        self.runs.iter().map(Run::len).sum()
+    }
+
+    /// All records of all runs merged in id order (duplicates kept, adjacent).
+    pub fn merged(&self) -> Merge<'_> {
+        Merge {
+            sources: self.runs.iter().map(Run::iter).collect(),
+            heap: BinaryHeap::new(),
+            primed: false,
+        }
+    }
+}
+
+/// Merges sorted record streams into one sorted stream.
+pub struct Merge<'a> {
+    sources: Vec<RunIter<'a>>,
+    heap: BinaryHeap<Reverse<(ChunkId, usize, [u8; REF_LEN])>>,
+    primed: bool,
+}
+
+impl Merge<'_> {
+    fn pull(&mut self, i: usize) -> Result<()> {
+        if let Some(r) = self.sources[i].next() {
+            let r = r?;
+            self.heap.push(Reverse((r.id, i, r.encode())));
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Merge<'_> {
+    type Item = Result<BlobRef>;
+    fn next(&mut self) -> Option<Result<BlobRef>> {
+        if !self.primed {
+            self.primed = true;
+            for i in 0..self.sources.len() {
+                if let Err(e) = self.pull(i) {
+                    return Some(Err(e));
+                }
+            }
+        }
+        let Reverse((_, i, rec)) = self.heap.pop()?;
+        if let Err(e) = self.pull(i) {
+            return Some(Err(e));
+        }
+        BlobRef::decode(&rec).map(Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::backend::LocalDir;
+    use crate::repo::ids::PackId;
+    use crate::repo::pack2::BlobKind;
+
+    fn rec(n: u32) -> BlobRef {
+        BlobRef {
+            id: ChunkId::of(&n.to_le_bytes()),
+            kind: BlobKind::Data,
+            pack: PackId([n as u8 | 1; 16]),
+            frame_offset: 32 + u64::from(n) * 10,
+            frame_len: 100,
+            within: n % 16 * 65536,
+            len: 65536,
+        }
+    }
+
+    fn sorted(range: std::ops::Range<u32>) -> Vec<BlobRef> {
+        let mut v: Vec<BlobRef> = range.map(rec).collect();
+        v.sort_by_key(|r| r.id);
+        v
+    }
+
+    fn backend() -> (tempfile::TempDir, Arc<dyn Backend>) {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalDir::new(dir.path());
+        b.create_layout().unwrap();
+        (dir, Arc::new(b))
+    }
+
+    #[test]
+    fn runs_find_every_record_merge_in_order_and_damage_is_named() {
+        let (_d, b) = backend();
+        let recs = sorted(0..40_000);
+        let (k1, n) = write_run(b.as_ref(), recs.iter().map(|r| Ok(*r))).unwrap();
+        assert_eq!(n, 40_000);
+        write_run(b.as_ref(), sorted(39_000..41_000).into_iter().map(Ok)).unwrap();
+        write_run(b.as_ref(), std::iter::empty()).unwrap();
+        let idx = Index::open(&b).unwrap();
+        assert_eq!(idx.runs().len(), 3);
+        for r in recs.iter().step_by(97) {
+            assert_eq!(idx.lookup_all(&r.id).unwrap()[0], *r);
+        }
+        assert_eq!(idx.lookup_all(&rec(39_500).id).unwrap().len(), 2);
+        assert!(idx.lookup_all(&ChunkId::of(b"absent")).unwrap().is_empty());
+        let merged: Vec<BlobRef> = idx.merged().map(|r| r.unwrap()).collect();
+        assert_eq!(merged.len(), 42_000);
+        assert!(merged.windows(2).all(|w| w[0].id <= w[1].id));
+        // Unsorted input is refused; a damaged run says it is and names the fix.
+        let mut rev = sorted(0..10);
+        rev.reverse();
+        assert!(write_run(b.as_ref(), rev.into_iter().map(Ok)).is_err());
+        let lb = LocalDir::new(std::path::Path::new(&b.location()));
+        std::fs::write(lb.path_of(&k1), b"garbage of no use").unwrap();
+        let msg = Index::open(&b).err().unwrap().to_string();
+        assert!(msg.contains("snarf repair index"), "{msg}");
+    }
+}
