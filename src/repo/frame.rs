@@ -33,7 +33,13 @@ pub trait Seal: Send + Sync {
     /// Bytes a sealed text is longer than its plain text.
     fn overhead(&self) -> usize;
     /// Seals `plain` as the `counter`th text of object `object`.
-    fn seal(&self, object: &[u8], counter: u64, ad: &[u8], plain: Vec<u8>) -> Vec<u8>;
+    fn seal(
+        &self,
+        object: &[u8],
+        counter: u64,
+        ad: &[u8],
+        plain: Vec<u8>,
+    ) -> super::Result<Vec<u8>>;
     /// Opens a sealed text, or says why it is not authentic.
     fn open(
         &self,
@@ -54,8 +60,8 @@ impl Seal for Plain {
     fn overhead(&self) -> usize {
         0
     }
-    fn seal(&self, _: &[u8], _: u64, _: &[u8], plain: Vec<u8>) -> Vec<u8> {
-        plain
+    fn seal(&self, _: &[u8], _: u64, _: &[u8], plain: Vec<u8>) -> super::Result<Vec<u8>> {
+        Ok(plain)
     }
     fn open(&self, _: &[u8], _: u64, _: &[u8], sealed: Vec<u8>) -> Result<Vec<u8>, String> {
         Ok(sealed)

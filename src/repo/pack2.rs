@@ -207,7 +207,7 @@ impl PackWriter {
             offset,
             &ad(&self.id, "frame"),
             frame::encode(&raw, level),
-        );
+        )?;
         let frame_len = u32::try_from(sealed.len())
             .map_err(|_| Error::BadArgument("a sealed frame of more than 4 GiB".into()))?;
         self.out.write(&sealed)?;
@@ -235,7 +235,7 @@ impl PackWriter {
         for b in &self.blobs {
             trailer.extend_from_slice(&b.encode());
         }
-        let sealed = seal.seal(&self.id.0, TRAILER_TEXT, &ad(&self.id, "trailer"), trailer);
+        let sealed = seal.seal(&self.id.0, TRAILER_TEXT, &ad(&self.id, "trailer"), trailer)?;
         let mut hasher = blake3::Hasher::new();
         hasher.update(&self.id.0);
         hasher.update(&sealed);
@@ -439,5 +439,46 @@ mod tests {
             read_frame(&b, &Plain, &refs[5]).and_then(|raw| blob_of(&Plain, &raw, &refs[5], "r"));
         assert!(hit.is_err(), "a damaged frame must not give data");
         assert!(read_trailer(&b, &Plain, &PackId::generate(), size).is_err());
+    }
+
+    #[test]
+    fn an_encrypted_pack_holds_no_plaintext_and_every_flipped_byte_is_detected() {
+        use crate::repo::crypto::{Aead, MasterKey};
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalDir::new(dir.path());
+        b.create_layout().unwrap();
+        let seal = Aead::new(MasterKey::generate().unwrap());
+        let id = PackId::generate();
+        let mut w = PackWriter::create(&b, id).unwrap();
+        let secret = b"TOP SECRET snarf volume text ".repeat(2000);
+        let bid = seal.blob_id(&secret);
+        let refs = w
+            .append_frame(&seal, 3, &[(bid, BlobKind::Data, &secret)])
+            .unwrap();
+        let (_, size) = w.finish(&seal).unwrap();
+        let path = b.path_of(&Key::Pack(id));
+        let good = std::fs::read(&path).unwrap();
+        assert!(
+            !good.windows(10).any(|x| x == b"TOP SECRET"),
+            "plaintext in the pack"
+        );
+        assert!(
+            !good.windows(32).any(|x| x == ChunkId::of(&secret).0),
+            "a plain id in the pack"
+        );
+        let raw = read_frame(&b, &seal, &refs[0]).unwrap();
+        assert_eq!(blob_of(&seal, &raw, &refs[0], "r").unwrap(), secret);
+        for at in (HEADER_LEN as usize..good.len()).step_by(7) {
+            let mut t = good.clone();
+            t[at] ^= 0x01;
+            std::fs::write(&path, &t).unwrap();
+            let trailer = read_trailer(&b, &seal, &id, size);
+            let blob =
+                read_frame(&b, &seal, &refs[0]).and_then(|raw| blob_of(&seal, &raw, &refs[0], "r"));
+            assert!(
+                trailer.is_err() || blob.is_err(),
+                "a flip at {at} went unnoticed"
+            );
+        }
     }
 }
