@@ -72,6 +72,7 @@
 //! every step; whatever was committed is completed by the next open.
 
 pub mod backend;
+pub mod backup2;
 pub mod check;
 pub mod chunk;
 pub mod config;
