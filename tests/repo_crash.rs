@@ -73,6 +73,16 @@ fn child_role() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(OWN);
+    if role == "faulty" {
+        // Three backup objects created through the fault decorator; killed at the armed one.
+        use snarf::repo::backend::{faulty::Faulty, Backend, Key, LocalDir};
+        let b = Faulty::new(LocalDir::new(&repo_path));
+        for s in 0..3u64 {
+            let id = snarf::repo::BackupId::generate(1_800_000_000 + s);
+            b.create(&Key::Backup(id), b"object").expect("create");
+        }
+        std::process::exit(0);
+    }
     if role == "repair" {
         // Before any open: the repository may be one only a repair can open.
         snarf::repo::repair::repair_index(&repo_path, &mut |_| {}).expect("repair");
@@ -548,4 +558,35 @@ fn a_finishing_stuck_on_a_damaged_index_completes_after_repair_index() {
     let (n, _, last) = recover_and_verify(&path, "finish.index", 90);
     assert_eq!(n, 3);
     assert_eq!(last["resumed"], true, "{last}");
+}
+
+#[test]
+fn the_backend_decorator_kills_at_the_numbered_operation_armed() {
+    use snarf::repo::backend::{Kind, LocalDir};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("objects");
+    LocalDir::new(&path).create_layout().expect("layout");
+    let status = spawn_child("faulty", &path, 0, 0, OWN, Some("create.backups#2"))
+        .wait()
+        .expect("wait");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the point was not reached ({status})"
+    );
+    // Killed right after the second create returned: two objects, durable, and no third.
+    let b = LocalDir::new(&path);
+    assert_eq!(
+        snarf::repo::backend::Backend::list(&b, Kind::Backup)
+            .expect("list")
+            .len(),
+        2
+    );
+    let status = spawn_child("faulty", &path, 0, 0, OWN, Some("create.backups#9"))
+        .wait()
+        .expect("wait");
+    assert!(
+        status.success(),
+        "an unreached point must not kill ({status})"
+    );
 }

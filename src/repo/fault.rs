@@ -160,6 +160,21 @@ pub fn point(name: &'static str) {
     }
 }
 
+/// Kills the process with SIGKILL if `name`, a point the backend decorator numbers as it
+/// goes (`create.backups#1`, see `backend::faulty`), is the armed point.
+#[cfg(feature = "fault-injection")]
+pub fn dynamic_point(name: &str) {
+    if armed() == Some(name) {
+        log::warn!("fault point {name} reached: killing this process");
+        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+        // SIGKILL cannot be caught; this only runs if kill(2) itself failed.
+        std::process::abort();
+    }
+}
+
 /// A pair of points around one durable file replacement: after the data is written but before
 /// its fsync, and after the rename but before the directory fsync.
 #[derive(Debug, Clone, Copy, Default)]

@@ -15,10 +15,13 @@
 //! - [`Backend::lock`]: the repository lock (a flock for a folder).
 //!
 //! Keys are typed ([`Key`]): a name from a listing becomes a key only if it is a name snarf
-//! makes, so nothing read back becomes a path unchecked. The trait is object-safe so that
-//! decorators can wrap it as rustic's backend decorators do (fault injection for the crash
-//! suites, a local cache of metadata objects and retries for remote backends).
+//! makes, so nothing read back becomes a path unchecked. Decorators wrap the trait as
+//! rustic's backend decorators do: `faulty` (with the `fault-injection` feature) makes
+//! every durable operation a numbered fault point for the crash suites; a local cache of
+//! metadata objects and retries for remote backends are to come with them.
 
+#[cfg(feature = "fault-injection")]
+pub mod faulty;
 pub mod key;
 pub mod local;
 
