@@ -8,6 +8,8 @@
 #   * fio: sequential 1 MiB writes with fdatasync, and random 4 KiB writes, into live/
 #     without a snapshot, with a fresh snapshot (first writes capture pre-images) and again
 #     over already-preserved snarfs, each as a ratio to the same fio job on a raw file;
+#   * live/ in its default direct-I/O mode against the kernel's buffered path (--live-io):
+#     sequential durable writes, random writes with and without fdatasync, reads;
 #   * the daemon's peak memory (VmHWM).
 #
 # Needs root (FUSE). Installs fio on Debian when missing.
@@ -49,10 +51,11 @@ now() { date +%s.%N; }
 rate() { awk -v b="$bytes" -v s="$1" 'BEGIN { printf "%.0f", b / 1048576 / s }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 timed() { local t0 t1; t0=$(now); "$@" >/dev/null; t1=$(now); awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }'; }
-fio_job() { # file rw bs extra... → "bandwidth_KiB/s iops"
+fio_job() { # file rw bs extra... → "bandwidth_KiB/s iops" of the job's writes, or reads
   local file=$1 rw=$2 bs=$3; shift 3
   fio --name=bench --filename="$file" --size="$size" --rw="$rw" --bs="$bs" --ioengine=psync \
-      --output-format=terse --terse-version=3 "$@" 2>/dev/null | awk -F';' '{ print $48, $49 }'
+      --output-format=terse --terse-version=3 "$@" 2>/dev/null |
+    awk -F';' -v rw="$rw" '{ if (rw ~ /read/) print $7, $8; else print $48, $49 }'
 }
 
 echo "snarf mount benchmark: $mib MiB volume, store in $work, $(nproc) cores"
@@ -146,6 +149,47 @@ echo "(pre-images held at the end of the random-write snapshot, memory/disk: $he
 echo
 
 peak=$(awk '/VmHWM/ { print $2, $3 }' "/proc/$daemon/status")
+
+# ---------- live/ in direct I/O (the default) against the kernel's buffered path ----------
+# The same jobs on a live volume under each mode, interleaved over three rounds (median kept):
+# the mount is remounted between modes, so each round pays one remount per mode.
+iofile=live/io.img
+live_suite() { # → "seq_write_KiB/s rnd_write_iops rnd_sync_iops seq_read_s rnd_read_iops"
+  local f=$mnt/$iofile a b c d e
+  a=$(fio_job "$f" write 1M --io_size=256M --fdatasync=1 --end_fsync=1 | awk '{ print $1 }')
+  b=$(fio_job "$f" randwrite 4k --time_based --runtime="$runtime" --randseed=11 | awk '{ print $2 }')
+  c=$(fio_job "$f" randwrite 4k --time_based --runtime="$runtime" --randseed=12 --fdatasync=1 | awk '{ print $2 }')
+  d=$(timed dd if="$f" of=/dev/null bs=1M status=none)
+  e=$(fio_job "$f" randread 4k --time_based --runtime="$runtime" --randseed=13 | awk '{ print $2 }')
+  echo "$a $b $c $d $e"
+}
+remount() {
+  "$snarf" umount -- "$mnt" >/dev/null
+  "$snarf" mount --live-io="$1" -- "$store" "$mnt" >/dev/null
+}
+dd if=/dev/urandom of="$mnt/$iofile" bs=1M count="$mib" status=none conv=fsync
+declare -a dseq drnd dsync dread drr bseq brnd bsync bread brr
+for round in 1 2 3; do
+  remount direct; sync
+  read -r a b c d e < <(live_suite); dseq+=("$a"); drnd+=("$b"); dsync+=("$c"); dread+=("$d"); drr+=("$e")
+  remount buffered; sync
+  read -r a b c d e < <(live_suite); bseq+=("$a"); brnd+=("$b"); bsync+=("$c"); bread+=("$d"); brr+=("$e")
+done
+remount direct
+printf '%-52s %14s %14s %10s\n' "live/ I/O mode" "direct" "buffered" "direct/buf"
+row() { printf '%-52s %14s %14s %10s\n' "$1" "$2" "$3" "$(ratio "$4" "$5")x"; }
+ds=$(median "${dseq[@]}"); bs=$(median "${bseq[@]}")
+row "seq 1 MiB writes + fdatasync" "$(kib "$ds")" "$(kib "$bs")" "$ds" "$bs"
+dr=$(median "${drnd[@]}"); br=$(median "${brnd[@]}")
+row "random 4 KiB writes" "$dr IOPS" "$br IOPS" "$dr" "$br"
+dy=$(median "${dsync[@]}"); by=$(median "${bsync[@]}")
+row "random 4 KiB writes + fdatasync" "$dy IOPS" "$by IOPS" "$dy" "$by"
+dd_=$(median3 "${dread[@]}"); bd_=$(median3 "${bread[@]}")
+row "sequential read, dd bs=1M" "$(rate "$dd_") MiB/s" "$(rate "$bd_") MiB/s" "$bd_" "$dd_"
+dq=$(median "${drr[@]}"); bq=$(median "${brr[@]}")
+row "random 4 KiB reads" "$dq IOPS" "$bq IOPS" "$dq" "$bq"
+echo "(direct/buf above 1.00x means direct I/O is faster; the rule: direct is the default if no row is below 0.90x)"
+echo
 echo "daemon peak memory (VmHWM): $peak (pre-image memory budget 256 MiB)"
 # A limit of this machine, for reading the first-pass figures: faulting in fresh memory.
 t=$(timed dd if=/dev/zero of=/dev/null bs=1G count=1 status=none)

@@ -19,7 +19,7 @@ use clap::Args;
 use super::{logging, numbers, CliError, CliResult};
 use crate::daemon::jobs::JobLauncher;
 use crate::daemon::record::{self, Phase, RecordFile};
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, LiveIo};
 use crate::fuse::{self, MountOptions};
 use crate::mounts;
 use crate::snapshot::{Engine, EngineOptions};
@@ -63,6 +63,11 @@ pub struct MountArgs {
     /// Seconds a writer may wait for pre-image room before a snapshot is broken (0 to 86400).
     #[arg(long, value_parser = numbers::break_after)]
     pub break_after: Option<f64>,
+    /// How live/ files go through the kernel: `direct` (each write(2) of up to 1 MiB is
+    /// entirely in or entirely out of a snapshot taken while it runs) or `buffered` (the
+    /// kernel's page cache; a write may be split across a snapshot instant).
+    #[arg(long, value_enum, default_value_t = LiveIo::Direct)]
+    pub live_io: LiveIo,
     /// Repository shown under backups/ and used by jobs started from control/jobs
     /// (overrides the store's `repository` setting).
     #[arg(long)]
@@ -196,6 +201,7 @@ fn daemon_argv(args: &MountArgs, store: &Path, mountpoint: &Path) -> Vec<std::ff
     if let Some(v) = args.break_after {
         argv.push(format!("--break-after={v}").into());
     }
+    argv.push(format!("--live-io={}", args.live_io.name()).into());
     if let Some(repo) = &args.repo {
         let mut a = std::ffi::OsString::from("--repo=");
         a.push(repo);
@@ -293,7 +299,11 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
             .repo
             .as_ref()
             .map(|r| r.canonicalize().unwrap_or_else(|_| r.clone()));
-        let daemon = Arc::new(Daemon::new(engine.clone()).with_repository(repo));
+        let daemon = Arc::new(
+            Daemon::new(engine.clone())
+                .with_repository(repo)
+                .with_live_io(args.live_io),
+        );
         // Backup jobs (separate `snarf backup` processes) talk to the daemon on run/daemon.sock.
         if let Err(e) = daemon.start_job_server() {
             let _ = engine.close();

@@ -51,6 +51,34 @@ pub struct Daemon {
     /// The job server's released-snarf tables, kept apart so snapshot reads (a hot path)
     /// take only a shared lock.
     released: parking_lot::RwLock<Option<Arc<crate::jobs::Released>>>,
+    /// How `live/` files go through the kernel.
+    live_io: LiveIo,
+}
+
+/// How the kernel passes `live/` reads and writes to the daemon.
+///
+/// With `Direct` (FOPEN_DIRECT_IO) every write(2) of up to the mount's max_write (1 MiB)
+/// reaches the daemon as one request, so it is entirely before or entirely after a
+/// snapshot. With `Buffered` the kernel may cut a write that is not page-aligned into
+/// several requests, and a snapshot taken meanwhile can hold only a part of it; only writes
+/// that returned before the snapshot are then guaranteed whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LiveIo {
+    /// Each write(2) of up to max_write bytes is atomic with respect to snapshots.
+    #[default]
+    Direct,
+    /// Through the kernel's page cache: writes may be split across a snapshot instant.
+    Buffered,
+}
+
+impl LiveIo {
+    /// The name used on the command line and in mount options.
+    pub fn name(self) -> &'static str {
+        match self {
+            LiveIo::Direct => "direct",
+            LiveIo::Buffered => "buffered",
+        }
+    }
 }
 
 impl std::fmt::Debug for Daemon {
@@ -84,6 +112,7 @@ impl Daemon {
             jobs: jobs::JobManager::default(),
             job_server: Mutex::new(None),
             released: parking_lot::RwLock::new(None),
+            live_io: LiveIo::default(),
         }
     }
 
@@ -200,6 +229,17 @@ impl Daemon {
             self.repo_path = path;
         }
         self
+    }
+
+    /// Sets how `live/` files go through the kernel (see [`LiveIo`]).
+    pub fn with_live_io(mut self, live_io: LiveIo) -> Daemon {
+        self.live_io = live_io;
+        self
+    }
+
+    /// How `live/` files go through the kernel.
+    pub fn live_io(&self) -> LiveIo {
+        self.live_io
     }
 
     /// The default repository's path, if one is configured.

@@ -142,6 +142,15 @@ impl Filesystem for Adapter {
             let _ = config.set_max_readahead(max);
         }
         let _ = config.set_max_background(64);
+        // Live volumes may be opened with direct I/O; shared mmap of them (SQLite's -shm
+        // file, programs that map a disk image) must still work. Kernels before 6.6 lack
+        // the flag and refuse shared maps of direct-I/O files.
+        if config
+            .add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_err()
+        {
+            log::info!("this kernel cannot mmap direct-I/O files; shared maps of live/ files fail with ENODEV (mount with --live-io buffered if a program needs them)");
+        }
         Ok(())
     }
 

@@ -87,7 +87,8 @@ pub struct Opened {
     pub fh: u64,
     /// Keep the kernel's page cache across opens (snapshot files never change).
     pub keep_cache: bool,
-    /// Bypass the page cache (control files, whose contents are made per read).
+    /// Bypass the page cache: control files, whose contents are made per read, and live
+    /// volumes in the direct I/O mode, so each write(2) reaches the engine whole.
     pub direct_io: bool,
 }
 
@@ -592,7 +593,8 @@ impl SnarfFs {
                     self.engine().resize(&v, 0)?;
                 }
                 let cursor = v.error_cursor();
-                (Handle::Volume(v, cursor), false, false)
+                let direct = self.daemon.live_io() == crate::daemon::LiveIo::Direct;
+                (Handle::Volume(v, cursor), false, direct)
             }
             Node::SnapFile(s, name) => {
                 if writing {
