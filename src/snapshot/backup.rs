@@ -124,10 +124,11 @@ impl Engine {
         let count = sv.snarf_count();
         let mut set = SnarfSet::new(count);
         let st = vol.read_state();
-        for i in 0..count {
-            // Stamps only grow, so one no newer than the checkpoint settles it.
-            if st.stamp(i) <= since {
-                continue;
+        // Stamps only grow, so a snarf whose stamp is no newer than the checkpoint is
+        // settled without looking further; unwritten groups are skipped whole.
+        st.for_each_newer(since, |i, _| {
+            if i >= count {
+                return;
             }
             let _stripe = self.stripes.read(vol.id(), i);
             let as_of_snapshot = match self.cache.first_epoch_for(vol.id(), i, snap.epoch()) {
@@ -139,7 +140,7 @@ impl Engine {
             if as_of_snapshot > since {
                 set.insert(i);
             }
-        }
+        });
         Ok(Changed::Snarfs(set))
     }
 

@@ -50,7 +50,7 @@ impl Engine {
                 return Err(why.into());
             }
             let from = offset.min(st.size());
-            let step = self.preserve(vol, &st, from, end, epoch);
+            let step = self.preserve(vol, &st, from, end, epoch)?;
             if step != Step::Done {
                 return Ok(step);
             }
@@ -62,7 +62,7 @@ impl Engine {
         // The write extends the volume: grow and write under the exclusive hold.
         let mut st = vol.write_state();
         let from = offset.min(st.size());
-        let mut step = self.preserve(vol, &st, from, end, epoch);
+        let mut step = self.preserve(vol, &st, from, end, epoch)?;
         if step == Step::Done && end > st.size() {
             step = self.grow_locked(vol, &mut st, end, epoch)?;
         }
@@ -95,7 +95,7 @@ impl Engine {
         let mut st = vol.write_state();
         let old = st.size();
         if new_size > old {
-            let mut step = self.preserve(vol, &st, old, new_size, epoch);
+            let mut step = self.preserve(vol, &st, old, new_size, epoch)?;
             if step == Step::Done {
                 step = self.grow_locked(vol, &mut st, new_size, epoch)?;
             }
@@ -182,26 +182,36 @@ impl Engine {
 
     /// Captures pre-images for every existing snarf overlapping `[from, end)` whose first
     /// write in `epoch` this is and that a live snapshot needs, and stamps them `epoch`.
-    fn preserve(&self, vol: &Volume, st: &VolumeState, from: u64, end: u64, epoch: u64) -> Step {
+    /// The only error is memory for the stamps themselves, found before anything changed.
+    fn preserve(
+        &self,
+        vol: &Volume,
+        st: &VolumeState,
+        from: u64,
+        end: u64,
+        epoch: u64,
+    ) -> Result<Step> {
         if from >= end {
-            return Step::Done;
+            return Ok(Step::Done);
         }
         let shift = vol.snarf_shift();
         let first = from >> shift;
         let last = ((end - 1) >> shift).min(st.snarf_count().saturating_sub(1));
         if st.snarf_count() == 0 || first > last {
-            return Step::Done;
+            return Ok(Step::Done);
         }
         for i in first..=last {
             if st.stamp(i) >= epoch {
                 continue;
             }
+            // Before anything is captured: setting the stamp afterwards must not fail.
+            st.prepare_stamp(i)?;
             let step = self.capture(vol, st, i, epoch);
             if step != Step::Done {
-                return step;
+                return Ok(step);
             }
         }
-        Step::Done
+        Ok(Step::Done)
     }
 
     /// The slow path of `preserve` for one snarf. Never an error: a full or failing spill
