@@ -53,6 +53,9 @@ mod lifecycle_tests;
 #[cfg(test)]
 mod limits_tests;
 
+#[cfg(test)]
+mod sparse_tests;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -2,8 +2,8 @@
 //! snapshot's epoch where there is one and from the live file elsewhere, and whether a
 //! snarf is known to be a hole without reading it.
 
-use super::{Engine, Error, Result, SnapVolume, Snapshot};
-use crate::store::{Volume, VolumeState};
+use super::{Engine, Error, Result, SnapVolume, Snapshot, SnarfSet};
+use crate::store::{Volume, VolumeId, VolumeState};
 
 impl Engine {
     /// Reads a volume as the snapshot froze it; returns the bytes read (short at its end).
@@ -121,5 +121,106 @@ impl Engine {
             return zero;
         }
         st.stamp(index) <= snap.epoch() && vol.snarf_is_hole(index)
+    }
+}
+
+impl Engine {
+    /// Whether the pre-image a snapshot sees for snarf `index` is all zeros; `false` when
+    /// it has none there.
+    fn zero_preimage(&self, snap: &Snapshot, vol: VolumeId, index: u64) -> bool {
+        let _stripe = self.stripes.read(vol, index);
+        self.cache.is_zero(vol, index, snap.epoch()) == Some(true)
+    }
+
+    /// The first snarf at or after `from` of a snapshot's volume that may hold data; every
+    /// snarf from `from` up to it reads as zeros through the snapshot. `None`: zeros to the
+    /// end. Holes of the live file are skipped with `SEEK_DATA`, and unwritten groups of
+    /// stamps in one step, so a sparse volume costs in proportion to its data.
+    pub fn next_data_snarf(&self, snap: &Snapshot, sv: &SnapVolume, from: u64) -> Option<u64> {
+        let vol = &sv.volume;
+        let count = sv.snarf_count();
+        let shift = vol.snarf_shift();
+        let epoch = snap.epoch();
+        let st = vol.read_state();
+        let mut i = from;
+        while i < count {
+            // The live file is looked at before the stamps: a hole there is the snapshot's
+            // content unless a write since the snapshot began (its stamp is set first).
+            let live = match vol.seek(i << shift, true) {
+                Ok(Some(at)) => (at >> shift).clamp(i, count),
+                Ok(None) => count,
+                Err(_) => return Some(i),
+            };
+            let mut j = i;
+            while let Some(k) = st.first_newer(j, epoch).filter(|&k| k < live) {
+                if !self.zero_preimage(snap, vol.id(), k) {
+                    return Some(k);
+                }
+                j = k + 1;
+            }
+            if live >= count {
+                return None;
+            }
+            // Live data: the snapshot's too, unless rewritten since over a zero pre-image.
+            if st.stamp(live) <= epoch || !self.zero_preimage(snap, vol.id(), live) {
+                return Some(live);
+            }
+            i = live + 1;
+        }
+        None
+    }
+
+    /// The first snarf at or after `from` of a snapshot's volume known to read as zeros
+    /// (`None`: none is known before the end). Only whole snarfs that are holes of the live
+    /// file (and were not written since the snapshot, or were over a zero pre-image) count,
+    /// so an answer may come later than the first zeros but never marks data as a hole.
+    pub fn next_hole_snarf(&self, snap: &Snapshot, sv: &SnapVolume, from: u64) -> Option<u64> {
+        let vol = &sv.volume;
+        let count = sv.snarf_count();
+        let shift = vol.snarf_shift();
+        let size = 1u64 << shift;
+        let epoch = snap.epoch();
+        let st = vol.read_state();
+        let mut i = from;
+        while i < count {
+            let hole = match vol.seek(i << shift, false) {
+                Ok(Some(at)) => at,
+                Ok(None) => return None,
+                Err(_) => return None,
+            };
+            let c = hole.div_ceil(size).max(i);
+            if c >= count {
+                return None;
+            }
+            // Snarf `c` starts in a hole; it is one if no data follows within it.
+            let whole = match vol.seek(c << shift, true) {
+                Ok(Some(data)) => data >= (c + 1) << shift,
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if !whole {
+                i = c + 1;
+                continue;
+            }
+            if st.stamp(c) <= epoch || self.zero_preimage(snap, vol.id(), c) {
+                return Some(c);
+            }
+            i = c + 1;
+        }
+        None
+    }
+
+    /// The snarfs of a snapshot's volume that may hold data; every other one reads as
+    /// zeros, so a backup records those without reading them.
+    pub fn data_snarfs(&self, snap: &Snapshot, sv: &SnapVolume) -> SnarfSet {
+        let count = sv.snarf_count();
+        let mut set = SnarfSet::new(count);
+        let mut i = 0;
+        while let Some(d) = self.next_data_snarf(snap, sv, i) {
+            let end = self.next_hole_snarf(snap, sv, d + 1).unwrap_or(count);
+            set.insert_range(d, end);
+            i = end;
+        }
+        set
     }
 }
