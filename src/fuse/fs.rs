@@ -971,18 +971,14 @@ impl SnarfFs {
                     return Err(enxio());
                 }
                 let shift = sv.volume.snarf_shift();
-                let count = sv.snarf_count();
-                let mut index = offset >> shift;
-                while index < count {
-                    let hole = self.engine().snapshot_snarf_is_hole(s, sv, index);
-                    if hole == (whence == Seek::Hole) {
-                        return Ok((index << shift).max(offset).min(size));
-                    }
-                    index += 1;
-                }
+                let index = offset >> shift;
+                let at = |snarf: u64| (snarf << shift).max(offset).min(size);
                 match whence {
-                    Seek::Hole => Ok(size),
-                    Seek::Data => Err(enxio()),
+                    Seek::Data => match self.engine().next_data_snarf(s, sv, index) {
+                        Some(snarf) => Ok(at(snarf)),
+                        None => Err(enxio()),
+                    },
+                    Seek::Hole => Ok(self.engine().next_hole_snarf(s, sv, index).map_or(size, at)),
                 }
             }
             Handle::Backup(r) => {

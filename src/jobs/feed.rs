@@ -192,6 +192,7 @@ impl Feed {
                 })?;
             let count = sv.snarf_count();
             remaining += match &fv.only {
+                Some(s) if s.capacity() <= count => s.count(),
                 Some(s) => s.iter().take_while(|&i| i < count).count() as u64,
                 None => count,
             };

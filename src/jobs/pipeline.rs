@@ -14,17 +14,19 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use super::base::{find_bases, Source};
-use super::plan::{Mode, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
+use super::plan::{snarf_len, Mode, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
 use super::proto::AckItem;
 use super::service::{Session, SnarfData};
 use super::{Error, Result};
-use crate::repo::{BackupId, Durable, NewBackup, PreparedChunk, Repo, VolumeReader, VolumeSlot};
+use crate::repo::{
+    BackupId, ChunkRef, Durable, NewBackup, PreparedChunk, Repo, VolumeReader, VolumeSlot,
+};
 use crate::snapshot::SnarfSet;
 
 /// What to back up, and how.
@@ -94,7 +96,8 @@ pub struct VolumeSummary {
     pub snarfs: u64,
     /// Snarfs read from the snapshot.
     pub read: u64,
-    /// Snarfs taken unchanged from the base.
+    /// Snarfs taken unchanged from the base (incremental), or recorded as zeros without
+    /// being read because the snapshot has holes there (full).
     pub reused: u64,
 }
 
@@ -177,14 +180,19 @@ impl Failure {
 /// Unchanged snarfs reused per turn of the write loop when nothing new is ready.
 const REUSE_WINDOW: u64 = 1024;
 
-/// Unchanged snarfs of an incremental volume still to be reused from its base.
+/// Snarfs of a volume that are not sent, still to be recorded: unchanged ones of an
+/// incremental volume, reused from its base, or the holes of a full one, as zeros.
 struct Reuse {
     slot: VolumeSlot,
     vol: usize,
-    reader: VolumeReader,
+    /// The base's table; `None`: the snarfs not sent are holes.
+    reader: Option<VolumeReader>,
     sent: SnarfSet,
     next: u64,
     count: u64,
+    /// Size and snarf size of the volume (for the length of each zero snarf).
+    size: u64,
+    snarf_size: u32,
 }
 
 /// Runs one backup job to the end: plan, transfer, commit. `progress` is called now and
@@ -231,7 +239,20 @@ fn run_job(
         opts.snapshot,
         std::process::id()
     );
+    // The snarfs sent per volume, once planned: a zero snarf that was not sent (a hole, or
+    // unchanged zeros reused from the base) is not acknowledged, since the daemon holds
+    // nothing of it worth freeing, and a sparse volume has millions of them.
+    let sent_sets: Arc<OnceLock<Vec<Option<SnarfSet>>>> = Arc::default();
+    let sink_sets = sent_sets.clone();
     new.on_durable = Some(Arc::new(move |d: Durable| {
+        if d.chunk.is_zero() {
+            let sent = sink_sets
+                .get()
+                .and_then(|sets| sets.get(d.slot.0)?.as_ref());
+            if sent.is_some_and(|set| !set.contains(d.snarf)) {
+                return;
+            }
+        }
         sink_acks.lock().push(AckItem {
             vol: d.slot.0 as u32,
             snarf: d.snarf,
@@ -254,6 +275,7 @@ fn run_job(
         },
         repo.path(),
     )?;
+    let _ = sent_sets.set(plan.sets.clone());
     let result = transfer(session, repo, &writer, &plan, &acks, opts, start, progress);
     let (read, reused, bytes_read, zero_bytes) = match result {
         Ok(r) => r,
@@ -353,15 +375,20 @@ fn transfer(
         let slot = writer.add_volume(&v.name, v.size, v.snarf_size)?;
         debug_assert_eq!(slot.0, n);
         slots.push(slot);
-        if let (Some(base), Some(set)) = (base_of(v, plan, n), &plan.sets[n]) {
-            let base_name = base_name(repo, base, v)?;
+        if let Some(set) = &plan.sets[n] {
+            let reader = match base_of(v, plan, n) {
+                Some(base) => Some(repo.volume_reader(base, &base_name(repo, base, v)?)?),
+                None => None,
+            };
             reuse.push(Reuse {
                 slot,
                 vol: n,
-                reader: repo.volume_reader(base, &base_name)?,
+                reader,
                 sent: set.clone(),
                 next: 0,
                 count: v.snarfs,
+                size: v.size,
+                snarf_size: v.snarf_size,
             });
         }
     }
@@ -573,14 +600,22 @@ fn write_loop(
             let r = &mut reuse[reuse_i];
             let first = r.next;
             let end = (first + REUSE_WINDOW).min(r.count);
-            // Shorter than the window where the base volume was smaller: those snarfs
-            // are new and must all have been sent.
-            let refs = r.reader.chunk_refs(first, end - first)?;
-            for i in first + refs.len() as u64..end {
-                if !r.sent.contains(i) {
-                    r.reader.chunk_ref(i)?;
+            let refs = match &r.reader {
+                Some(reader) => {
+                    // Shorter than the window where the base volume was smaller: those
+                    // snarfs are new and must all have been sent.
+                    let refs = reader.chunk_refs(first, end - first)?;
+                    for i in first + refs.len() as u64..end {
+                        if !r.sent.contains(i) {
+                            reader.chunk_ref(i)?;
+                        }
+                    }
+                    refs
                 }
-            }
+                None => (first..end)
+                    .map(|i| ChunkRef::zero(snarf_len(r.size, r.snarf_size as u64, i) as u32))
+                    .collect(),
+            };
             r.next = end;
             let mut run_start = 0usize;
             for k in 0..=refs.len() {

@@ -201,6 +201,10 @@ pub struct PlannedVolume {
     pub to_send_bytes: u64,
     /// Full or incremental.
     pub kind: VolumeKind,
+    /// Snarfs of a full volume known to read as zeros (holes): never read or sent, the
+    /// job records them as zeros. When not 0, the plan carries the set of snarfs sent.
+    #[serde(default)]
+    pub zeros: u64,
 }
 
 impl PlannedVolume {
@@ -211,10 +215,16 @@ impl PlannedVolume {
             VolumeKind::Full { .. } => None,
         }
     }
+
+    /// Whether the plan carries the set of snarfs sent for this volume (not all are).
+    pub fn has_set(&self) -> bool {
+        self.base().is_some() || self.zeros > 0
+    }
 }
 
-/// A plan as the job receives it: per volume, what is sent and, for incremental volumes,
-/// exactly which snarfs (the job reuses the others from the base).
+/// A plan as the job receives it: per volume, what is sent and, where not all snarfs are,
+/// exactly which (the job reuses the others from the base of an incremental volume, and
+/// records them as zeros for a full one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// The volumes, in the order snarfs name them (`vol` is a position in this list).
@@ -224,7 +234,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The sets as a payload: each incremental volume's set in order ([`SnarfSet::to_bytes`]).
+    /// The sets as a payload: the set of each volume that has one
+    /// ([`PlannedVolume::has_set`]), in order ([`SnarfSet::to_bytes`]: runs, so the
+    /// payload grows with the runs of snarfs sent, not with the volumes' sizes).
     pub fn sets_payload(&self) -> Vec<u8> {
         self.sets
             .iter()
@@ -238,10 +250,9 @@ impl Plan {
         let mut at = 0usize;
         let mut sets = Vec::with_capacity(volumes.len());
         for v in &volumes {
-            if v.base().is_some() {
-                let n = v.snarfs.div_ceil(8) as usize;
-                let set = SnarfSet::from_bytes(v.snarfs, payload.get(at..at + n)?)?;
-                at += n;
+            if v.has_set() {
+                let (set, used) = SnarfSet::from_bytes(v.snarfs, payload.get(at..)?)?;
+                at += used;
                 sets.push(Some(set));
             } else {
                 sets.push(None);
@@ -254,6 +265,14 @@ impl Plan {
 /// Length of snarf `i` of a volume of `size` bytes.
 pub fn snarf_len(size: u64, snarf_size: u64, i: u64) -> u64 {
     size.saturating_sub(i * snarf_size).min(snarf_size)
+}
+
+/// Bytes of the snarfs in `set` of a volume of `size` bytes (only the last snarf can be
+/// short), counted by runs.
+fn sent_bytes(set: &SnarfSet, size: u64, ss: u64) -> u64 {
+    set.runs()
+        .map(|(a, b)| (b * ss).min(size).saturating_sub(a * ss))
+        .sum()
 }
 
 /// Makes the plan: the answer for the job, and what the feed hands out.
@@ -313,11 +332,18 @@ pub fn plan(
                 (VolumeKind::Full { reason }, None)
             }
         };
+        let mut zeros = 0;
+        let only = match only {
+            Some(set) => Some(set),
+            None => {
+                // Holes are never read: only snarfs that may hold data are sent.
+                let data = engine.data_snarfs(snap, sv);
+                zeros = count - data.count();
+                (zeros > 0).then_some(data)
+            }
+        };
         let (to_send, to_send_bytes) = match &only {
-            Some(set) => (
-                set.count(),
-                set.iter().map(|i| snarf_len(size, ss, i)).sum::<u64>(),
-            ),
+            Some(set) => (set.count(), sent_bytes(set, size, ss)),
             None => (count, size),
         };
         planned.push(PlannedVolume {
@@ -329,6 +355,7 @@ pub fn plan(
             to_send,
             to_send_bytes,
             kind,
+            zeros,
         });
         feed.push(FeedVolume { name, only });
     }

@@ -114,6 +114,10 @@ pub fn format_summary(s: &Summary) -> String {
     let _ = writeln!(out, "backup {} of snapshot {}", s.backup, s.snapshot);
     for v in &s.volumes {
         let how = match &v.kind {
+            VolumeKind::Full { reason } if v.reused > 0 => format!(
+                "full ({reason}): read {} snarfs, {} holes recorded without reading",
+                v.read, v.reused
+            ),
             VolumeKind::Full { reason } => format!("full ({reason}): read {} snarfs", v.read),
             VolumeKind::Incremental { base, old_size } => {
                 let resized = match old_size {

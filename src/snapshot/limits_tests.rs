@@ -144,7 +144,7 @@ fn store_with_saved_stamps(root: &Path) -> (u64, PathBuf) {
     e.write(&v, 3 * snarf, &vec![2u8; snarf as usize]).unwrap();
     let stamps = root.join("state/stamps").join(format!("{:016x}", v.id()));
     e.close().unwrap();
-    assert_eq!(std::fs::metadata(&stamps).unwrap().len(), 64);
+    assert!(std::fs::metadata(&stamps).unwrap().len() > 0);
     (checkpoint, stamps)
 }
 
@@ -179,7 +179,7 @@ fn stamps_newer_than_the_store_are_never_trusted_and_copy_on_write_stays_on() {
 
 #[test]
 fn a_stamps_file_of_the_wrong_length_loses_tracking_instead_of_hiding_changes() {
-    for len in [0usize, 56, 72, 1 << 20] {
+    for len in [0usize, 8, 56, 72, 1 << 20] {
         let dir = tempfile::tempdir().unwrap();
         let root = new_store(dir.path(), 64 << 10);
         let (checkpoint, stamps) = store_with_saved_stamps(&root);

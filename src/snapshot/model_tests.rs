@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::*;
-use crate::store::{InitOptions, Store};
+use crate::store::{InitOptions, Store, VolumeId};
 
 const SNARF: u64 = 4096;
 

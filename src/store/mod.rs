@@ -23,6 +23,7 @@ pub mod files;
 pub mod lineage;
 pub mod name;
 pub mod settings;
+pub mod stamps;
 pub mod volume;
 
 use std::collections::BTreeMap;
@@ -31,7 +32,6 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -424,7 +424,8 @@ impl Store {
                     })?;
                     // The stamps were saved for the untrimmed file; the trimmed snarfs go.
                     if let Some(st) = stamps.as_mut() {
-                        st.truncate(size.div_ceil(settings.snarf_size) as usize);
+                        // Shrinking stamps needs no memory.
+                        let _ = st.resize(size.div_ceil(settings.snarf_size), 0);
                     }
                 }
             }
@@ -804,49 +805,20 @@ fn changed_after(file: &Path, stamps: &Path) -> bool {
 }
 
 /// Reads a volume's saved stamps: exactly `count` of them, each older than `first_epoch`
-/// (they were saved by an earlier session). Anything else is refused with the reason, and
-/// the file is never read whole into memory first, whatever its size. `None`: there is no
-/// stamps file (a volume adopted, or never closed cleanly).
+/// (they were saved by an earlier session). Anything else is refused with the reason; the
+/// file is read as a stream and memory grows only with what it validly describes. `None`:
+/// there is no stamps file (a volume adopted, or never closed cleanly).
 fn load_stamps(
     path: &Path,
     count: u64,
     first_epoch: u64,
-) -> Result<Option<Vec<AtomicU64>>, String> {
-    use std::io::Read;
+) -> Result<Option<stamps::Stamps>, String> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("it cannot be opened: {e}")),
     };
-    let len = file
-        .metadata()
-        .map_err(|e| format!("it cannot be read: {e}"))?
-        .len();
-    if Some(len) != count.checked_mul(8) {
-        return Err(format!(
-            "it holds {len} bytes, but the volume's {count} snarfs need {}",
-            count.saturating_mul(8)
-        ));
-    }
-    let mut stamps = Vec::new();
-    stamps
-        .try_reserve_exact(count as usize)
-        .map_err(|_| format!("not enough memory for {count} stamps"))?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
-    let mut word = [0u8; 8];
-    for i in 0..count {
-        reader
-            .read_exact(&mut word)
-            .map_err(|e| format!("it cannot be read: {e}"))?;
-        let stamp = u64::from_le_bytes(word);
-        if stamp >= first_epoch {
-            return Err(format!(
-                "snarf {i} has stamp {stamp:#x}, newer than any epoch the store has used (before {first_epoch:#x})"
-            ));
-        }
-        stamps.push(AtomicU64::new(stamp));
-    }
-    Ok(Some(stamps))
+    stamps::Stamps::load(file, count, first_epoch).map(Some)
 }
 
 fn load_meta(root: &Path) -> Result<StoreMeta> {

@@ -2,10 +2,10 @@
 //! the last write to each snarf (the stamp), which drives both copy-on-write and
 //! changed-snarf tracking.
 //!
-//! Stamps cost 8 bytes per snarf and are the only per-snarf memory a volume holds, so a
-//! 1 TiB volume of 64 KiB snarfs costs 128 MiB of bookkeeping. That is why a volume may
-//! have at most [`MAX_SNARFS`] snarfs: every size that enters (create, truncate, a write
-//! past the end, a file found at open) is checked against [`max_volume_size`], and the
+//! Stamps ([`Stamps`]) cost memory in proportion to the snarfs written, at most 8 bytes
+//! per snarf once a volume is written all over. A volume may have at most [`MAX_SNARFS`]
+//! snarfs, which bounds that worst case: every size that enters (create, truncate, a
+//! write past the end, a file found at open) is checked against [`max_volume_size`], and
 //! stamps are allocated fallibly, so a size the engine cannot serve is an error, never an
 //! abort. A volume file found larger than that is listed but *not served*: it can be read,
 //! truncated to a size that is served, renamed or deleted; writes are refused (EFBIG).
@@ -25,14 +25,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::stamps::{NoMemory, Stamps};
 use super::{Error, Result};
 
 /// A volume's identity inside its store; stays the same across renames, so incremental
 /// backups and snapshots follow the data, not the name.
 pub type VolumeId = u64;
 
-/// Most snarfs one volume may have: 2^28, so its stamps take at most 2 GiB of memory
-/// (16 TiB volumes with the default 64 KiB snarfs).
+/// Most snarfs one volume may have: 2^28, so its stamps take at most 2 GiB of memory even
+/// when every snarf was written (16 TiB volumes with the default 64 KiB snarfs).
 pub const MAX_SNARFS: u64 = 1 << 28;
 
 /// Largest volume size served with snarfs of `1 << snarf_shift` bytes.
@@ -81,7 +82,7 @@ pub struct VolumeState {
     /// Length of the backing file; larger than `size` while a snapshot still needs data
     /// past a shrink.
     phys_len: u64,
-    stamps: Vec<AtomicU64>,
+    stamps: Stamps,
     /// log2 of the snarf size (to tell whether the stamps cover the file).
     shift: u32,
 }
@@ -111,21 +112,17 @@ fn snarfs_for(len: u64, shift: u32) -> u64 {
     len.div_ceil(1u64 << shift)
 }
 
-/// `count` stamps of value `epoch`, allocated fallibly.
-fn new_stamps(count: u64, epoch: u64) -> Result<Vec<AtomicU64>> {
-    let mut v = Vec::new();
-    reserve_stamps(&mut v, count)?;
-    v.resize_with(count as usize, || AtomicU64::new(epoch));
-    Ok(v)
+/// The store error for stamps of `count` snarfs that did not fit in memory.
+fn no_memory(count: u64, e: NoMemory) -> Error {
+    Error::OutOfMemory {
+        what: format!("changed-snarf stamps of a volume of {count} snarfs"),
+        bytes: e.bytes,
+    }
 }
 
-/// Makes room for `count` stamps in all, failing cleanly when memory cannot be had.
-fn reserve_stamps(v: &mut Vec<AtomicU64>, count: u64) -> Result<()> {
-    let more = (count as usize).saturating_sub(v.len());
-    v.try_reserve_exact(more).map_err(|_| Error::OutOfMemory {
-        what: format!("changed-snarf stamps for {count} snarfs"),
-        bytes: count.saturating_mul(8),
-    })
+/// `count` stamps of value `epoch`.
+fn new_stamps(count: u64, epoch: u64) -> Result<Stamps> {
+    Stamps::new(count, epoch).map_err(|e| no_memory(count, e))
 }
 
 impl Volume {
@@ -138,16 +135,16 @@ impl Volume {
         snarf_shift: u32,
         file: File,
         tracked_since: u64,
-        stamps: Option<Vec<AtomicU64>>,
+        stamps: Option<Stamps>,
     ) -> Result<Volume> {
         let meta = file
             .metadata()
             .map_err(|e| Error::io(format!("reading attributes of volume {id:016x}"), e))?;
         let len = meta.len();
         let count = snarfs_for(len, snarf_shift);
-        let stamps: Vec<AtomicU64> = match stamps {
-            Some(saved) if saved.len() as u64 == count => saved,
-            _ if len > max_volume_size(snarf_shift) => Vec::new(),
+        let stamps: Stamps = match stamps {
+            Some(saved) if saved.len() == count => saved,
+            _ if len > max_volume_size(snarf_shift) => new_stamps(0, 0)?,
             // Saved stamps that do not fit the file would hide changes: never used. (The
             // store checks them first; zero stamps here only pair with tracking that
             // starts now.)
@@ -157,7 +154,10 @@ impl Volume {
                     why: "its stamps do not match the volume file's length".into(),
                 })
             }
-            None => new_stamps(count, 0).unwrap_or_default(),
+            None => match new_stamps(count, 0) {
+                Ok(stamps) => stamps,
+                Err(_) => new_stamps(0, 0)?,
+            },
         };
         let mtime = meta_time(meta.modified());
         Ok(Volume {
@@ -205,10 +205,11 @@ impl Volume {
         } else {
             Error::OutOfMemory {
                 what: format!(
-                    "changed-snarf stamps for {} snarfs",
+                    "changed-snarf stamps of a volume of {} snarfs",
                     snarfs_for(st.phys_len, self.snarf_shift)
                 ),
-                bytes: snarfs_for(st.phys_len, self.snarf_shift).saturating_mul(8),
+                bytes: (snarfs_for(st.phys_len, self.snarf_shift) / super::stamps::GROUP)
+                    .saturating_mul(64),
             }
         })
     }
@@ -457,42 +458,42 @@ impl Volume {
             state.phys_len = len;
             return Ok(());
         }
-        reserve_stamps(&mut state.stamps, count)?;
-        self.file
-            .set_len(len)
-            .map_err(|e| Error::io(format!("resizing volume {:016x}", self.id), e))?;
-        state.phys_len = len;
-        if count < state.stamps.len() as u64 {
-            state.stamps.truncate(count as usize);
-            state.stamps.shrink_to_fit();
-        } else {
+        let old = state.stamps.len();
+        if count > old {
             state
                 .stamps
-                .resize_with(count as usize, || AtomicU64::new(epoch));
+                .resize(count, epoch)
+                .map_err(|e| no_memory(count, e))?;
+        }
+        if let Err(e) = self.file.set_len(len) {
+            if count > old {
+                // Shrinking stamps needs no memory.
+                let _ = state.stamps.resize(old, epoch);
+            }
+            return Err(Error::io(format!("resizing volume {:016x}", self.id), e));
+        }
+        state.phys_len = len;
+        if count < old {
+            let _ = state.stamps.resize(count, epoch);
         }
         Ok(())
     }
 
-    /// Writes the stamps as little-endian u64s, for saving on clean close.
+    /// Writes the stamps in their saved form ([`Stamps::save`]), for a clean close.
     pub(super) fn write_stamps(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let st = self.state.read();
-        for s in &st.stamps {
-            out.write_all(&s.load(Ordering::Relaxed).to_le_bytes())?;
-        }
-        Ok(())
+        self.state.read().stamps.save(out)
     }
 
     /// Bytes of memory the volume's bookkeeping uses.
     pub fn metadata_bytes(&self) -> usize {
-        std::mem::size_of::<Volume>()
-            + self.state.read().stamps.capacity() * std::mem::size_of::<AtomicU64>()
+        std::mem::size_of::<Volume>() + self.state.read().stamps.bytes()
     }
 }
 
 impl VolumeState {
     /// Whether the stamps cover the backing file (see [`Volume::unserved`]).
     pub fn served(&self) -> bool {
-        self.stamps.len() as u64 == snarfs_for(self.phys_len, self.shift)
+        self.stamps.len() == snarfs_for(self.phys_len, self.shift)
     }
 
     /// Logical size in bytes.
@@ -507,22 +508,37 @@ impl VolumeState {
 
     /// Number of snarfs with a stamp (covering the backing file).
     pub fn snarf_count(&self) -> u64 {
-        self.stamps.len() as u64
+        self.stamps.len()
     }
 
     /// Epoch of the last write to snarf `index`; 0 if never written since tracking began.
     pub fn stamp(&self, index: u64) -> u64 {
-        self.stamps
-            .get(index as usize)
-            .map(|s| s.load(Ordering::Acquire))
-            .unwrap_or(0)
+        self.stamps.get(index)
     }
 
-    /// Records that snarf `index` was written in `epoch`.
+    /// Makes sure the stamp of snarf `index` can be set without memory; call it before a
+    /// write into the snarf changes anything, since this is the step that can fail.
+    pub fn prepare_stamp(&self, index: u64) -> Result<()> {
+        self.stamps
+            .prepare(index)
+            .map_err(|e| no_memory(self.stamps.len(), e))
+    }
+
+    /// Records that snarf `index` was written in `epoch` (prepared with
+    /// [`VolumeState::prepare_stamp`]).
     pub fn set_stamp(&self, index: u64, epoch: u64) {
-        if let Some(s) = self.stamps.get(index as usize) {
-            s.store(epoch, Ordering::Release);
-        }
+        self.stamps.set(index, epoch);
+    }
+
+    /// Calls `f` with each snarf whose stamp is newer than `since`, and its stamp, in
+    /// ascending order; unwritten groups of snarfs cost one comparison each.
+    pub fn for_each_newer(&self, since: u64, f: impl FnMut(u64, u64)) {
+        self.stamps.for_each_newer(since, f)
+    }
+
+    /// The first snarf at or after `from` whose stamp is newer than `epoch`.
+    pub fn first_newer(&self, from: u64, epoch: u64) -> Option<u64> {
+        self.stamps.first_newer(from, epoch)
     }
 
     /// Sets the logical size; the caller keeps the backing file at least this long.
