@@ -2,6 +2,8 @@
 //! comment wherever the errno is not the obvious one, so a new error cannot slip through
 //! as a silent EIO.
 
+use crate::jobs;
+use crate::pids;
 use crate::repo;
 use crate::snapshot;
 use crate::store;
@@ -82,42 +84,75 @@ impl From<store::Error> for FsError {
     }
 }
 
-impl From<snapshot::Error> for FsError {
-    fn from(e: snapshot::Error) -> FsError {
-        let errno = match &e {
-            snapshot::Error::Store(inner) => store_errno(inner),
-            snapshot::Error::NoSuchSnapshot(_) | snapshot::Error::NoSuchVolume { .. } => {
-                libc::ENOENT
-            }
-            snapshot::Error::SnapshotExists(_) => libc::EEXIST,
-            // A broken snapshot can no longer give the data it promised: an I/O error,
-            // as a failed disk would give, with the reason in the log and status.
-            snapshot::Error::Broken { .. } => libc::EIO,
-            // Released under an open file: the file is gone, like an NFS stale handle.
-            snapshot::Error::Released { .. } => libc::ESTALE,
-            // Only reaches here when the repository could not serve the snarf either.
-            snapshot::Error::StoredInBackup { .. } => libc::EIO,
-            snapshot::Error::TooLarge { .. } => libc::EFBIG,
-            // The volume that stops it is too large to serve (or its bookkeeping does
-            // not fit in memory): the errno of that volume's own refusal.
-            snapshot::Error::Unserved { why, .. } => store_errno(why),
-            snapshot::Error::Io { source, .. } => io_errno(source),
-            snapshot::Error::Internal(_) => libc::EIO,
-        };
-        FsError::new(errno, e.to_string())
+/// The errno for a snapshot-engine error.
+fn snapshot_errno(e: &snapshot::Error) -> i32 {
+    match e {
+        snapshot::Error::Store(inner) => store_errno(inner),
+        snapshot::Error::NoSuchSnapshot(_) | snapshot::Error::NoSuchVolume { .. } => libc::ENOENT,
+        snapshot::Error::SnapshotExists(_) => libc::EEXIST,
+        // A broken snapshot can no longer give the data it promised: an I/O error,
+        // as a failed disk would give, with the reason in the log and status.
+        snapshot::Error::Broken { .. } => libc::EIO,
+        // Released under an open file: the file is gone, like an NFS stale handle.
+        snapshot::Error::Released { .. } => libc::ESTALE,
+        // Only reaches here when the repository could not serve the snarf either.
+        snapshot::Error::StoredInBackup { .. } => libc::EIO,
+        snapshot::Error::TooLarge { .. } => libc::EFBIG,
+        // The volume that stops it is too large to serve (or its bookkeeping does
+        // not fit in memory): the errno of that volume's own refusal.
+        snapshot::Error::Unserved { why, .. } => store_errno(why),
+        snapshot::Error::Io { source, .. } => io_errno(source),
+        snapshot::Error::Internal(_) => libc::EIO,
     }
 }
 
-impl From<crate::jobs::Error> for FsError {
-    fn from(e: crate::jobs::Error) -> FsError {
-        match e {
-            crate::jobs::Error::Snapshot(inner) => inner.into(),
-            crate::jobs::Error::Store(inner) => inner.into(),
-            crate::jobs::Error::Repo(inner) => inner.into(),
-            // The repository could not give back a snarf a backup stored (missing, damaged
-            // or unreadable): the data is not there, as with a failed disk.
-            other => FsError::new(libc::EIO, other.to_string()),
-        }
+impl From<snapshot::Error> for FsError {
+    fn from(e: snapshot::Error) -> FsError {
+        FsError::new(snapshot_errno(&e), e.to_string())
+    }
+}
+
+/// The errno for a process-registry error (a job's bookkeeping; the mount's own requests
+/// never consult the registry, so one surfacing here means the daemon's store is unwell).
+fn pids_errno(e: &pids::Error) -> i32 {
+    match e {
+        pids::Error::Io { source, .. } => io_errno(source),
+        // /proc could not be read, or the signal watcher not set up: nothing the caller
+        // asked for is wrong, the machine is; an I/O error as a failing disk would give.
+        pids::Error::Proc { .. } | pids::Error::Signals { .. } => libc::EIO,
+        // The store's run/ folder went away under the daemon: the store is unusable.
+        pids::Error::NoRunDir { .. } => libc::EIO,
+    }
+}
+
+/// The errno for a jobs-layer error (snapshot reads that fall back to a backup's
+/// repository, and the job services behind the control files).
+fn jobs_errno(e: &jobs::Error) -> i32 {
+    match e {
+        jobs::Error::Snapshot(inner) => snapshot_errno(inner),
+        jobs::Error::Store(inner) => store_errno(inner),
+        jobs::Error::Repo(inner) => repo_errno(inner),
+        jobs::Error::Pids(inner) => pids_errno(inner),
+        jobs::Error::Io { source, .. } => io_errno(source),
+        // The repository could not give back a snarf a backup stored (missing, damaged
+        // or unreadable): the data is not there, as with a failed disk.
+        jobs::Error::FreedSnarf(_) => libc::EIO,
+        // A released-snarf table that does not follow its format is damage, not a bad
+        // request: EIO, with the table named in the log.
+        jobs::Error::Protocol(_) => libc::EIO,
+        // The rest happen only inside a running backup job, never on a request to the
+        // mount; should one surface, the caller's data could not be given: EIO.
+        jobs::Error::Plan(_)
+        | jobs::Error::RepoGone { .. }
+        | jobs::Error::DaemonGone(_)
+        | jobs::Error::Refused(_)
+        | jobs::Error::Stopped(_) => libc::EIO,
+    }
+}
+
+impl From<jobs::Error> for FsError {
+    fn from(e: jobs::Error) -> FsError {
+        FsError::new(jobs_errno(&e), e.to_string())
     }
 }
 
@@ -178,5 +213,28 @@ mod tests {
         }
         .into();
         assert_eq!(e.errno, libc::ENAMETOOLONG);
+    }
+
+    #[test]
+    fn job_errors_keep_the_errno_of_the_layer_below() {
+        let released = snapshot::Error::Released { name: "s".into() };
+        let e: FsError = jobs::Error::Snapshot(released).into();
+        assert_eq!(e.errno, libc::ESTALE);
+        let gone = repo::Error::NoSuchBackup {
+            repo: "/r".into(),
+            id: "b".into(),
+        };
+        let e: FsError = jobs::Error::Repo(gone).into();
+        assert_eq!(e.errno, libc::ENOENT);
+        // The OS's own errno comes through a job's I/O error, as through every other layer.
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e: FsError = jobs::Error::io("writing a released table", full).into();
+        assert_eq!(e.errno, libc::ENOSPC);
+        let quota = std::io::Error::from_raw_os_error(libc::EDQUOT);
+        let e: FsError = jobs::Error::Pids(pids::Error::io("writing run/pids", quota)).into();
+        assert_eq!(e.errno, libc::EDQUOT);
+        let e: FsError = jobs::Error::FreedSnarf("snarf 3 is missing".into()).into();
+        assert_eq!(e.errno, libc::EIO);
+        assert!(e.message.contains("snarf 3"), "{}", e.message);
     }
 }
