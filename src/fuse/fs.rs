@@ -653,14 +653,14 @@ impl SnarfFs {
         match self.node(parent)? {
             Node::LiveDir => {
                 let name = utf8(name)?;
-                let vol =
-                    match self.engine().create_volume(name, 0) {
-                        Ok(v) => v,
-                        Err(crate::snapshot::Error::Store(crate::store::Error::VolumeExists(
-                            _,
-                        ))) if flags & libc::O_EXCL == 0 => self.engine().volume(name)?,
-                        Err(e) => return Err(e.into()),
-                    };
+                let vol = match self.engine().create_volume(name, 0).map_err(FsError::from) {
+                    Ok(v) => v,
+                    // open(O_CREAT) without O_EXCL opens the volume if it exists already.
+                    Err(e) if e.errno == libc::EEXIST && flags & libc::O_EXCL == 0 => {
+                        self.engine().volume(name)?
+                    }
+                    Err(e) => return Err(e),
+                };
                 let entry = self.looked_up(Node::Volume(vol.clone()))?;
                 let opened = self.open(caller, entry.attr.ino, flags)?;
                 Ok((entry, opened))
