@@ -1,10 +1,12 @@
 //! The mount daemon's services beside FUSE: it carries out commands written to the
 //! control files and builds the tables read from them. The FUSE adapter calls in here and
-//! only translates; this is where "create NAME" becomes a snapshot.
+//! only translates; this is where "create NAME" becomes a snapshot, and [`policy`] is where
+//! the mount's rules (who may command it) are decided.
 //!
 //! This layer sits between `fuse` (above) and `control`, `jobs` and `snapshot` (below).
 
 pub mod jobs;
+pub mod policy;
 pub mod record;
 
 use std::path::{Path, PathBuf};

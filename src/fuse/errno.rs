@@ -2,6 +2,7 @@
 //! comment wherever the errno is not the obvious one, so a new error cannot slip through
 //! as a silent EIO.
 
+use crate::daemon::policy::Denied;
 use crate::jobs;
 use crate::pids;
 use crate::repo;
@@ -153,6 +154,20 @@ fn jobs_errno(e: &jobs::Error) -> i32 {
 impl From<jobs::Error> for FsError {
     fn from(e: jobs::Error) -> FsError {
         FsError::new(jobs_errno(&e), e.to_string())
+    }
+}
+
+/// The errno for a request the mount's rules refuse.
+fn denied_errno(e: &Denied) -> i32 {
+    match e {
+        // Permission to write the file, as the kernel's own check of its bits would say.
+        Denied::ControlWriter { .. } => libc::EACCES,
+    }
+}
+
+impl From<Denied> for FsError {
+    fn from(e: Denied) -> FsError {
+        FsError::new(denied_errno(&e), e.to_string())
     }
 }
 

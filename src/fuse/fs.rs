@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use super::errno::FsError;
 use super::inode::{self, Inodes, Node};
 use crate::control::ControlFile;
+use crate::daemon::policy::Owner;
 use crate::daemon::Daemon;
 use crate::repo::VolumeReader;
 use crate::snapshot::{Engine, SnapState, Snapshot};
@@ -198,8 +199,8 @@ pub struct SnarfFs {
     inodes: Inodes,
     handles: DashMap<u64, Arc<Handle>>,
     next_fh: AtomicU64,
-    uid: u32,
-    gid: u32,
+    /// The mounting user: the owner shown on every inode, and whom the rules favour.
+    owner: Owner,
     mounted_at: SystemTime,
 }
 
@@ -224,8 +225,7 @@ impl SnarfFs {
             inodes: Inodes::default(),
             handles: DashMap::new(),
             next_fh: AtomicU64::new(1),
-            uid,
-            gid,
+            owner: Owner { uid, gid },
             mounted_at: SystemTime::now(),
         }
     }
@@ -260,8 +260,8 @@ impl SnarfFs {
             kind: Kind::Dir,
             perm,
             nlink: 2,
-            uid: self.uid,
-            gid: self.gid,
+            uid: self.owner.uid,
+            gid: self.owner.gid,
             blksize: BLKSIZE,
         }
     }
@@ -284,8 +284,8 @@ impl SnarfFs {
             kind: Kind::File,
             perm,
             nlink: 1,
-            uid: self.uid,
-            gid: self.gid,
+            uid: self.owner.uid,
+            gid: self.owner.gid,
             blksize: BLKSIZE,
         }
     }
@@ -430,8 +430,8 @@ impl SnarfFs {
             Node::Volume(vol) => {
                 let a = vol.attr();
                 if set.mode.is_some_and(|m| m & 0o7777 != 0o600)
-                    || set.uid.is_some_and(|u| u != self.uid)
-                    || set.gid.is_some_and(|g| g != self.gid)
+                    || set.uid.is_some_and(|u| u != self.owner.uid)
+                    || set.gid.is_some_and(|g| g != self.owner.gid)
                 {
                     return Err(FsError::not_permitted(
                         "live volumes keep owner-only permissions and the mount owner; chmod and chown are not supported",
@@ -452,7 +452,7 @@ impl SnarfFs {
             }
             // `echo cmd > control/x` truncates first; there is nothing to truncate.
             Node::Control(f) if set.size == Some(0) && set.mode.is_none() && f.takes_commands() => {
-                self.check_owner(caller, *f)?;
+                self.owner.may_command(caller.uid, *f)?;
             }
             Node::SnapDir(_) | Node::SnapFile(..) => {
                 return Err(FsError::read_only("snapshots are read-only"));
@@ -570,19 +570,6 @@ impl SnarfFs {
             .ok_or_else(|| FsError::new(libc::EBADF, format!("no open file with handle {fh}")))
     }
 
-    fn check_owner(&self, caller: Caller, file: ControlFile) -> FsResult<()> {
-        if caller.uid != 0 && caller.uid != self.uid {
-            return Err(FsError::new(
-                libc::EACCES,
-                format!(
-                    "uid {} may not write {file}: only the mount's owner or root may",
-                    caller.uid
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     /// Opens `ino` with open(2) `flags`.
     pub fn open(&self, caller: Caller, ino: u64, flags: i32) -> FsResult<Opened> {
         let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -625,7 +612,7 @@ impl SnarfFs {
                     if !f.takes_commands() {
                         return Err(FsError::new(libc::EACCES, format!("{f} is read-only")));
                     }
-                    self.check_owner(caller, f)?;
+                    self.owner.may_command(caller.uid, f)?;
                 }
                 (
                     Handle::Control(f, Mutex::new(ControlBuf::default())),
@@ -764,7 +751,7 @@ impl SnarfFs {
             Handle::Snap(..) => Err(FsError::read_only("snapshot files are read-only")),
             Handle::Backup(..) => Err(FsError::read_only("backups are read-only")),
             Handle::Control(f, cbuf) => {
-                self.check_owner(caller, *f)?;
+                self.owner.may_command(caller.uid, *f)?;
                 let result = self.daemon.control_write(*f, data);
                 let mut cbuf = cbuf.lock();
                 cbuf.answered = true;
