@@ -1,7 +1,7 @@
 //! The mount daemon's services beside FUSE: it carries out commands written to the
 //! control files and builds the tables read from them. The FUSE adapter calls in here and
 //! only translates; this is where "create NAME" becomes a snapshot, and [`policy`] is where
-//! the mount's rules (who may command it) are decided.
+//! the mount's rules (who may command it, what owner and mode volumes keep) are decided.
 //!
 //! This layer sits between `fuse` (above) and `control`, `jobs` and `snapshot` (below).
 

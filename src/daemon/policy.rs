@@ -1,8 +1,11 @@
 //! The mount's rules, decided here and asked for by the FUSE adapter: who may command the
-//! daemon through the control files. `fuse/` turns a refusal into its errno and holds no
+//! daemon through the control files, and which owner and mode live volumes keep. `fuse/` turns a refusal into its errno and holds no
 //! rule of its own, so a rule is changed (and tested) in one place, without a kernel.
 
 use crate::control::ControlFile;
+
+/// Permission bits of every live volume: owner-only, since a volume holds a whole disk.
+pub const VOLUME_PERM: u16 = 0o600;
 
 /// A request the mount's rules refuse, with the rule it breaks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -15,6 +18,9 @@ pub enum Denied {
         /// The control file.
         file: ControlFile,
     },
+    /// Live volumes keep [`VOLUME_PERM`] and the mount's owner.
+    #[error("live volumes keep owner-only permissions and the mount owner; chmod and chown are not supported")]
+    VolumeAttrs,
 }
 
 /// The user who mounted the store: the owner of everything the mount shows.
@@ -36,6 +42,24 @@ impl Owner {
         } else {
             Err(Denied::ControlWriter { uid, file })
         }
+    }
+
+    /// Whether a chmod or chown of a live volume keeps its rules: mode [`VOLUME_PERM`] and
+    /// the mount owner's ids. One that keeps them (as `cp -p` or `rsync -a` ask) is allowed
+    /// and changes nothing; the file type bits of `mode` are not a permission.
+    pub fn may_set_volume_attrs(
+        &self,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<(), Denied> {
+        if mode.is_some_and(|m| m & 0o7777 != u32::from(VOLUME_PERM))
+            || uid.is_some_and(|u| u != self.uid)
+            || gid.is_some_and(|g| g != self.gid)
+        {
+            return Err(Denied::VolumeAttrs);
+        }
+        Ok(())
     }
 }
 
@@ -65,5 +89,26 @@ mod tests {
         let root = Owner { uid: 0, gid: 0 };
         assert!(root.may_command(0, ControlFile::Jobs).is_ok());
         assert!(root.may_command(1000, ControlFile::Jobs).is_err());
+    }
+
+    #[test]
+    fn volumes_keep_owner_only_mode_and_the_mount_owner() {
+        let ok = |mode, uid, gid| OWNER.may_set_volume_attrs(mode, uid, gid);
+        assert_eq!(ok(None, None, None), Ok(()));
+        assert_eq!(ok(Some(0o600), Some(1000), Some(1000)), Ok(()));
+        // The file type bits a chmod carries are not permissions.
+        assert_eq!(ok(Some(libc::S_IFREG | 0o600), None, None), Ok(()));
+        for mode in [0o644, 0o400, 0o700, 0o4600, 0o1600, 0o2600, 0, 0o7777] {
+            assert_eq!(
+                ok(Some(mode), None, None),
+                Err(Denied::VolumeAttrs),
+                "{mode:o}"
+            );
+        }
+        for id in [0, 999, 1001, u32::MAX] {
+            assert_eq!(ok(None, Some(id), None), Err(Denied::VolumeAttrs));
+            assert_eq!(ok(None, None, Some(id)), Err(Denied::VolumeAttrs));
+        }
+        assert!(Denied::VolumeAttrs.to_string().contains("chmod and chown"));
     }
 }

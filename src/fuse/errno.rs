@@ -162,6 +162,8 @@ fn denied_errno(e: &Denied) -> i32 {
     match e {
         // Permission to write the file, as the kernel's own check of its bits would say.
         Denied::ControlWriter { .. } => libc::EACCES,
+        // A chmod or chown the filesystem does not allow, as chown(2) answers.
+        Denied::VolumeAttrs => libc::EPERM,
     }
 }
 

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use super::errno::FsError;
 use super::inode::{self, Inodes, Node};
 use crate::control::ControlFile;
-use crate::daemon::policy::Owner;
+use crate::daemon::policy::{Owner, VOLUME_PERM};
 use crate::daemon::Daemon;
 use crate::repo::VolumeReader;
 use crate::snapshot::{Engine, SnapState, Snapshot};
@@ -312,7 +312,7 @@ impl SnarfFs {
                     a.allocated,
                     to_time(a.mtime_ns),
                     to_time(a.ctime_ns),
-                    0o600,
+                    VOLUME_PERM,
                 );
                 (attr, LIVE_TTL)
             }
@@ -429,14 +429,8 @@ impl SnarfFs {
         match &node {
             Node::Volume(vol) => {
                 let a = vol.attr();
-                if set.mode.is_some_and(|m| m & 0o7777 != 0o600)
-                    || set.uid.is_some_and(|u| u != self.owner.uid)
-                    || set.gid.is_some_and(|g| g != self.owner.gid)
-                {
-                    return Err(FsError::not_permitted(
-                        "live volumes keep owner-only permissions and the mount owner; chmod and chown are not supported",
-                    ));
-                }
+                self.owner
+                    .may_set_volume_attrs(set.mode, set.uid, set.gid)?;
                 if let Some(size) = set.size {
                     if size != a.size {
                         self.engine().resize(vol, size)?;
