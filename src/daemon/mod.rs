@@ -1,7 +1,8 @@
 //! The mount daemon's services beside FUSE: it carries out commands written to the
 //! control files and builds the tables read from them. The FUSE adapter calls in here and
 //! only translates; this is where "create NAME" becomes a snapshot, and [`policy`] is where
-//! the mount's rules (who may command it, what owner and mode volumes keep) are decided.
+//! the mount's rules (who may command it, what owner and mode volumes keep,
+//! how much a reader of `backups/` caches) are decided.
 //!
 //! This layer sits between `fuse` (above) and `control`, `jobs` and `snapshot` (below).
 
@@ -22,7 +23,7 @@ use crate::control::{
 };
 use crate::jobs::JobServer;
 use crate::pids::Registry;
-use crate::repo::{self, Manifest, Repo};
+use crate::repo::{self, Manifest, Repo, VolumeReader};
 use crate::snapshot::{Engine, SnapState, Snapshot};
 
 /// Something the kernel must forget because it changed behind its back (a snapshot
@@ -269,6 +270,22 @@ impl Daemon {
         };
         repo.complete_pending()?;
         repo.list_backups()
+    }
+
+    /// Opens volume `volume` of backup `id` of the default repository for a reader of
+    /// `backups/`, with the read cache each open file gets ([`policy::BACKUP_READ_CACHE`]);
+    /// `None` when no repository is configured.
+    pub fn open_backup_volume(
+        &self,
+        id: &str,
+        volume: &str,
+    ) -> Result<Option<VolumeReader>, repo::Error> {
+        let Some(repo) = self.repository()? else {
+            return Ok(None);
+        };
+        let reader = repo.volume_reader(id, volume)?;
+        reader.set_cache_bytes(policy::BACKUP_READ_CACHE);
+        Ok(Some(reader))
     }
 
     /// The jobs started through `control/jobs`.

@@ -1,11 +1,17 @@
 //! The mount's rules, decided here and asked for by the FUSE adapter: who may command the
-//! daemon through the control files, and which owner and mode live volumes keep. `fuse/` turns a refusal into its errno and holds no
+//! daemon through the control files, which owner and mode live volumes keep, and how much a
+//! reader of `backups/` may cache. `fuse/` turns a refusal into its errno and holds no
 //! rule of its own, so a rule is changed (and tested) in one place, without a kernel.
 
 use crate::control::ControlFile;
 
 /// Permission bits of every live volume: owner-only, since a volume holds a whole disk.
 pub const VOLUME_PERM: u16 = 0o600;
+
+/// Bytes of decompressed chunks each open file of `backups/` may cache: enough that a
+/// reader going through a file in kernel-sized pieces decompresses each chunk once, small
+/// enough that many open files do not crowd the daemon's memory.
+pub const BACKUP_READ_CACHE: usize = 16 << 20;
 
 /// A request the mount's rules refuse, with the rule it breaks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -178,9 +178,6 @@ impl std::fmt::Debug for Handle {
     }
 }
 
-/// Decompressed chunks each open file of `backups/` may cache.
-const BACKUP_READ_CACHE: usize = 16 << 20;
-
 /// What a control file descriptor reads back: the table as it was at the first read (so a
 /// read in pieces is consistent), or, once a command was written, its answer or refusal.
 /// The answer is read from its start whatever the file offset (the write moved it).
@@ -593,12 +590,10 @@ impl SnarfFs {
                 if writing {
                     return Err(FsError::read_only("backups are read-only"));
                 }
-                let repo = self
+                let reader = self
                     .daemon
-                    .repository()?
+                    .open_backup_volume(m.id.as_str(), &name)?
                     .ok_or_else(|| FsError::not_found("no repository is configured"))?;
-                let reader = repo.volume_reader(m.id.as_str(), &name)?;
-                reader.set_cache_bytes(BACKUP_READ_CACHE);
                 (Handle::Backup(Box::new(reader)), true, false)
             }
             Node::Control(f) => {
