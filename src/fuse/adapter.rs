@@ -31,6 +31,7 @@ pub struct Adapter {
     max_io: u32,
     fault: Arc<Fault>,
     /// Test hook ([`super::PANIC_ON_LOOKUP_ENV`]): a lookup of this name panics.
+    #[cfg(feature = "fault-injection")]
     panic_on_lookup: Option<std::ffi::OsString>,
 }
 
@@ -42,6 +43,7 @@ impl Adapter {
             fs,
             max_io,
             fault,
+            #[cfg(feature = "fault-injection")]
             panic_on_lookup: std::env::var_os(super::PANIC_ON_LOOKUP_ENV),
         }
     }
@@ -156,6 +158,7 @@ impl Filesystem for Adapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.guarded("lookup", move || {
+            #[cfg(feature = "fault-injection")]
             if self.panic_on_lookup.as_deref() == Some(name) {
                 panic!("test hook: lookup of {name:?}");
             }

@@ -38,8 +38,10 @@ pub use fs::SnarfFs;
 pub const MAX_IO: u32 = 1 << 20;
 
 /// Test hook: when set, a lookup of a name equal to its value panics inside the adapter, so
-/// tests can prove that a panic on a FUSE thread unmounts cleanly (like
-/// `SNARF_FAULT_POINT` for the repository, it is read once when the mount starts).
+/// tests can prove that a panic on a FUSE thread unmounts cleanly. Like `SNARF_FAULT_POINT`
+/// for the repository, it is read once when the mount starts, and only by builds with the
+/// cargo feature `fault-injection`: release builds hold no such hook.
+#[cfg(feature = "fault-injection")]
 pub const PANIC_ON_LOOKUP_ENV: &str = "SNARF_TEST_PANIC_ON_LOOKUP";
 
 /// Panics caught on the FUSE threads of one session. The first one starts an unmount; the
