@@ -45,6 +45,9 @@ mod write;
 mod model_tests;
 
 #[cfg(test)]
+pub(crate) mod oracle;
+
+#[cfg(test)]
 mod concurrency_tests;
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
-//! Randomized model test of the engine against an oracle: plain in-memory copies of every
-//! volume, and of every volume at every snapshot. Random unaligned writes crossing snarfs,
-//! takes, releases, reads, resizes, renames, deletes and backup acknowledgements, with
-//! tiny budgets that force spilling and breaking. Any mismatch fails with the seed, which
+//! Randomized model test of the engine against the oracle of `oracle.rs`: plain in-memory
+//! copies of every volume, and of every volume at every snapshot. Random unaligned writes
+//! crossing snarfs, takes, releases, reads, resizes, renames, deletes and backup
+//! acknowledgements, with tiny budgets that force spilling and breaking. Any mismatch fails with the seed, which
 //! replays with `SNARF_MODEL_SEED=<seed> cargo test model_`.
 
 use std::collections::BTreeMap;
@@ -10,31 +10,18 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::oracle::{expected, Oracle};
 use super::*;
 use crate::store::{InitOptions, Store, VolumeId};
 
 const SNARF: u64 = 4096;
 
-struct OracleVolume {
-    id: u64,
-    data: Vec<u8>,
-}
-
-struct OracleSnapshot {
-    name: String,
-    volumes: BTreeMap<String, OracleVolume>,
-    /// (volume id, snarf) pairs acknowledged as stored by a backup: reads may come back as
-    /// `StoredInBackup` instead of data.
-    acked: Vec<(u64, u64)>,
-    broken: bool,
-}
-
 struct Model {
     rng: ChaCha8Rng,
     seed: u64,
     engine: Engine,
-    live: BTreeMap<String, OracleVolume>,
-    snaps: Vec<OracleSnapshot>,
+    /// What the engine should show.
+    oracle: Oracle,
     next_vol: u64,
     next_snap: u64,
     /// Engine volume id for each oracle volume id.
@@ -80,8 +67,7 @@ impl Model {
             rng: ChaCha8Rng::seed_from_u64(seed),
             seed,
             engine,
-            live: BTreeMap::new(),
-            snaps: Vec::new(),
+            oracle: Oracle::default(),
             next_vol: 0,
             next_snap: 0,
             ids: BTreeMap::new(),
@@ -96,11 +82,11 @@ impl Model {
     }
 
     fn pick_live(&mut self) -> Option<String> {
-        if self.live.is_empty() {
+        if self.oracle.live.is_empty() {
             return None;
         }
-        let n = self.rng.random_range(0..self.live.len());
-        self.live.keys().nth(n).cloned()
+        let n = self.rng.random_range(0..self.oracle.live.len());
+        self.oracle.live.keys().nth(n).cloned()
     }
 
     fn random_bytes(&mut self, len: usize) -> Vec<u8> {
@@ -133,7 +119,7 @@ impl Model {
     }
 
     fn op_create(&mut self, step: usize) {
-        if self.live.len() >= 4 {
+        if self.oracle.live.len() >= 4 {
             return;
         }
         let name = format!("v{}", self.next_vol);
@@ -143,22 +129,15 @@ impl Model {
             .engine
             .create_volume(&name, size)
             .unwrap_or_else(|e| self.fail(step, format!("create {name}: {e}")));
-        let id = self.next_vol;
+        let id = self.oracle.create(&name, size);
         self.ids.insert(id, vol.id());
-        self.live.insert(
-            name,
-            OracleVolume {
-                id,
-                data: vec![0; size as usize],
-            },
-        );
     }
 
     fn op_write(&mut self, step: usize) {
         let Some(name) = self.pick_live() else {
             return self.op_create(step);
         };
-        let size = self.live[&name].data.len() as u64;
+        let size = self.oracle.live[&name].data.len() as u64;
         let len = self.rng.random_range(1..3 * SNARF + 100) as usize;
         let offset = if self.rng.random_ratio(1, 10) || size == 0 {
             size + self.rng.random_range(0..2 * SNARF) // extending, maybe with a gap
@@ -173,16 +152,11 @@ impl Model {
             self.fail(step, format!("write {name} @{offset}+{len}: {e}"));
         }
         self.check_captures_announced(step, vol.id(), &held_before);
-        let o = self.live.get_mut(&name).unwrap();
-        let end = offset as usize + len;
-        if o.data.len() < end {
-            o.data.resize(end, 0);
-        }
-        o.data[offset as usize..end].copy_from_slice(&data);
+        self.oracle.write(&name, offset, &data);
     }
 
     fn op_take(&mut self, step: usize) {
-        if self.snaps.len() >= 5 {
+        if self.oracle.snaps.len() >= 5 {
             return self.op_release(step);
         }
         let name = format!("s{}", self.next_snap);
@@ -190,33 +164,15 @@ impl Model {
         if let Err(e) = self.engine.take(&name) {
             self.fail(step, format!("take {name}: {e}"));
         }
-        let volumes = self
-            .live
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.clone(),
-                    OracleVolume {
-                        id: v.id,
-                        data: v.data.clone(),
-                    },
-                )
-            })
-            .collect();
-        self.snaps.push(OracleSnapshot {
-            name,
-            volumes,
-            acked: Vec::new(),
-            broken: false,
-        });
+        self.oracle.take(&name);
     }
 
     fn op_release(&mut self, step: usize) {
-        if self.snaps.is_empty() {
+        if self.oracle.snaps.is_empty() {
             return;
         }
-        let n = self.rng.random_range(0..self.snaps.len());
-        let s = self.snaps.remove(n);
+        let n = self.rng.random_range(0..self.oracle.snaps.len());
+        let s = self.oracle.release_at(n);
         if let Err(e) = self.engine.release(&s.name) {
             self.fail(step, format!("release {}: {e}", s.name));
         }
@@ -295,7 +251,7 @@ impl Model {
     fn sync_broken(&mut self) {
         for info in self.engine.list() {
             if let SnapState::Broken(_) = info.state {
-                if let Some(s) = self.snaps.iter_mut().find(|s| s.name == info.name) {
+                if let Some(s) = self.oracle.snaps.iter_mut().find(|s| s.name == info.name) {
                     s.broken = true;
                 }
             }
@@ -311,11 +267,12 @@ impl Model {
         len: usize,
     ) {
         self.sync_broken();
-        let s = &self.snaps[si];
+        let s = &self.oracle.snaps[si];
         let snap = self.engine.snapshot(&s.name).unwrap();
         let mut buf = vec![0xAAu8; len];
         let got = self.engine.read_snapshot(&snap, vname, offset, &mut buf);
         let ov = &s.volumes[vname];
+        let want = expected(&ov.data, offset, len);
         if s.broken {
             if !matches!(got, Err(Error::Broken { .. })) {
                 self.fail(
@@ -325,13 +282,9 @@ impl Model {
             }
             return;
         }
-        let want_len = (ov.data.len() as u64)
-            .saturating_sub(offset)
-            .min(len as u64) as usize;
         match got {
-            Ok(0) if want_len == 0 => {}
-            Ok(n) if n == want_len => {
-                let want = &ov.data[offset as usize..offset as usize + n];
+            Ok(0) if want.is_empty() => {}
+            Ok(n) if n == want.len() => {
                 if &buf[..n] != want {
                     let first = buf[..n]
                         .iter()
@@ -352,8 +305,9 @@ impl Model {
             Ok(n) => self.fail(
                 step,
                 format!(
-                    "snapshot {} {vname} @{offset}: read {n} bytes, want {want_len}",
-                    s.name
+                    "snapshot {} {vname} @{offset}: read {n} bytes, want {}",
+                    s.name,
+                    want.len()
                 ),
             ),
             Err(Error::StoredInBackup { snarf, .. }) => {
@@ -375,30 +329,30 @@ impl Model {
     }
 
     fn op_read_snapshot(&mut self, step: usize) {
-        if self.snaps.is_empty() {
+        if self.oracle.snaps.is_empty() {
             return;
         }
-        let si = self.rng.random_range(0..self.snaps.len());
-        let vols: Vec<String> = self.snaps[si].volumes.keys().cloned().collect();
+        let si = self.rng.random_range(0..self.oracle.snaps.len());
+        let vols: Vec<String> = self.oracle.snaps[si].volumes.keys().cloned().collect();
         if vols.is_empty() {
             return;
         }
         let vname = vols[self.rng.random_range(0..vols.len())].clone();
-        let size = self.snaps[si].volumes[&vname].data.len() as u64;
+        let size = self.oracle.snaps[si].volumes[&vname].data.len() as u64;
         let offset = self.rng.random_range(0..size + 10);
         let len = self.rng.random_range(1..3 * SNARF as usize + 50);
         self.check_snapshot_range(step, si, &vname, offset, len);
     }
 
     fn op_verify_all(&mut self, step: usize) {
-        for si in 0..self.snaps.len() {
-            let vols: Vec<(String, usize)> = self.snaps[si]
+        for si in 0..self.oracle.snaps.len() {
+            let vols: Vec<(String, usize)> = self.oracle.snaps[si]
                 .volumes
                 .iter()
                 .map(|(n, v)| (n.clone(), v.data.len()))
                 .collect();
             for (vname, size) in vols {
-                if self.snaps[si].acked.iter().any(|_| true) {
+                if self.oracle.snaps[si].acked.iter().any(|_| true) {
                     // Snarf by snarf, so acked snarfs are told apart from the rest.
                     let mut off = 0;
                     while off < size {
@@ -410,8 +364,8 @@ impl Model {
                 }
             }
         }
-        for name in self.live.keys().cloned().collect::<Vec<_>>() {
-            self.check_live(step, &name, 0, self.live[&name].data.len() + 1);
+        for name in self.oracle.live.keys().cloned().collect::<Vec<_>>() {
+            self.check_live(step, &name, 0, self.oracle.live[&name].data.len() + 1);
         }
     }
 
@@ -422,9 +376,8 @@ impl Model {
             .engine
             .read(&vol, offset, &mut buf)
             .unwrap_or_else(|e| self.fail(step, format!("live read {name}: {e}")));
-        let data = &self.live[name].data;
-        let want_len = (data.len() as u64).saturating_sub(offset).min(len as u64) as usize;
-        if n != want_len || (n > 0 && buf[..n] != data[offset as usize..offset as usize + n]) {
+        let data = &self.oracle.live[name].data;
+        if buf[..n] != *expected(data, offset, len) {
             self.fail(step, format!("live volume {name} differs @{offset}+{len}"));
         }
         if vol.size() != data.len() as u64 {
@@ -437,7 +390,7 @@ impl Model {
 
     fn op_read_live(&mut self, step: usize) {
         let Some(name) = self.pick_live() else { return };
-        let size = self.live[&name].data.len() as u64;
+        let size = self.oracle.live[&name].data.len() as u64;
         let offset = self.rng.random_range(0..size + 10);
         let len = self.rng.random_range(1..3 * SNARF as usize);
         self.check_live(step, &name, offset, len);
@@ -445,7 +398,7 @@ impl Model {
 
     fn op_resize(&mut self, step: usize) {
         let Some(name) = self.pick_live() else { return };
-        let size = self.live[&name].data.len() as u64;
+        let size = self.oracle.live[&name].data.len() as u64;
         let new_size = match self.rng.random_range(0..3) {
             0 => self.rng.random_range(0..size + 1),
             1 => size + self.rng.random_range(0..4 * SNARF),
@@ -455,11 +408,7 @@ impl Model {
         if let Err(e) = self.engine.resize(&vol, new_size) {
             self.fail(step, format!("resize {name} to {new_size}: {e}"));
         }
-        self.live
-            .get_mut(&name)
-            .unwrap()
-            .data
-            .resize(new_size as usize, 0);
+        self.oracle.resize(&name, new_size);
     }
 
     fn op_rename(&mut self, step: usize) {
@@ -474,10 +423,7 @@ impl Model {
         if let Err(e) = self.engine.rename_volume(&from, &to) {
             self.fail(step, format!("rename {from} to {to}: {e}"));
         }
-        if from != to {
-            let v = self.live.remove(&from).unwrap();
-            self.live.insert(to, v);
-        }
+        self.oracle.rename(&from, &to);
     }
 
     fn op_delete(&mut self, step: usize) {
@@ -485,15 +431,15 @@ impl Model {
         if let Err(e) = self.engine.delete_volume(&name) {
             self.fail(step, format!("delete {name}: {e}"));
         }
-        self.live.remove(&name);
+        self.oracle.delete(&name);
     }
 
     fn op_ack(&mut self, _step: usize) {
-        if self.snaps.is_empty() {
+        if self.oracle.snaps.is_empty() {
             return;
         }
-        let si = self.rng.random_range(0..self.snaps.len());
-        let vols: Vec<(String, u64, usize)> = self.snaps[si]
+        let si = self.rng.random_range(0..self.oracle.snaps.len());
+        let vols: Vec<(String, u64, usize)> = self.oracle.snaps[si]
             .volumes
             .iter()
             .map(|(n, v)| (n.clone(), v.id, v.data.len()))
@@ -507,27 +453,35 @@ impl Model {
             return;
         }
         let index = self.rng.random_range(0..count);
-        let snap = self.engine.snapshot(&self.snaps[si].name).unwrap();
+        let snap = self.engine.snapshot(&self.oracle.snaps[si].name).unwrap();
         self.engine.release_snarf(&snap, self.ids[&oid], index);
-        self.snaps[si].acked.push((oid, index));
+        self.oracle.snaps[si].acked.push((oid, index));
     }
 
     /// Every snarf whose contents differ between an older and a newer snapshot must be
     /// reported changed (no false negatives).
     fn op_changed(&mut self, step: usize) {
         self.sync_broken();
-        if self.snaps.len() < 2 {
+        if self.oracle.snaps.len() < 2 {
             return;
         }
-        let a = self.rng.random_range(0..self.snaps.len() - 1);
-        let b = self.rng.random_range(a + 1..self.snaps.len());
-        if self.snaps[b].broken {
+        let a = self.rng.random_range(0..self.oracle.snaps.len() - 1);
+        let b = self.rng.random_range(a + 1..self.oracle.snaps.len());
+        if self.oracle.snaps[b].broken {
             return;
         }
-        let since = self.engine.snapshot(&self.snaps[a].name).unwrap().epoch();
-        let snap_b = self.engine.snapshot(&self.snaps[b].name).unwrap();
-        for (vname, vb) in &self.snaps[b].volumes {
-            let Some(va) = self.snaps[a].volumes.values().find(|v| v.id == vb.id) else {
+        let since = self
+            .engine
+            .snapshot(&self.oracle.snaps[a].name)
+            .unwrap()
+            .epoch();
+        let snap_b = self.engine.snapshot(&self.oracle.snaps[b].name).unwrap();
+        for (vname, vb) in &self.oracle.snaps[b].volumes {
+            let Some(va) = self.oracle.snaps[a]
+                .volumes
+                .values()
+                .find(|v| v.id == vb.id)
+            else {
                 continue;
             };
             let changed = match self.engine.changed_snarfs(&snap_b, vname, since) {
@@ -549,7 +503,7 @@ impl Model {
                         step,
                         format!(
                             "snarf {i} of {vname} differs between {} and {} but is not reported changed",
-                            self.snaps[a].name, self.snaps[b].name
+                            self.oracle.snaps[a].name, self.oracle.snaps[b].name
                         ),
                     );
                 }
@@ -580,7 +534,7 @@ fn run_model(seed_base: u64, steps: usize, mem: u64, disk: u64) -> (u64, u64) {
             m.step(step);
         }
         m.op_verify_all(steps);
-        let names: Vec<String> = m.snaps.iter().map(|s| s.name.clone()).collect();
+        let names: Vec<String> = m.oracle.snaps.iter().map(|s| s.name.clone()).collect();
         for n in names {
             m.engine.release(&n).unwrap();
         }
