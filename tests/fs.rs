@@ -591,6 +591,25 @@ fn rename_and_unlink_act_on_live_volumes_only() {
     assert_eq!(t.read("snapshots/s/b"), b"aaaa");
 }
 
+/// rename(2) names a missing source (ENOENT) before a taken target (EEXIST), also with
+/// RENAME_NOREPLACE (found by the reference test).
+#[test]
+fn rename_noreplace_of_a_missing_volume_is_enoent() {
+    let t = Fs::new();
+    t.volume("taken", b"kept");
+    let r = t.fs.rename(
+        inode::LIVE,
+        name("gone"),
+        inode::LIVE,
+        name("taken"),
+        true,
+        false,
+    );
+    assert_eq!(errno("RENAME_NOREPLACE of nothing", r), libc::ENOENT);
+    assert_eq!(t.names("live"), ["taken"]);
+    assert_eq!(t.read("live/taken"), b"kept");
+}
+
 #[test]
 fn every_refusal_has_its_errno() {
     let t = Fs::new();

@@ -883,8 +883,13 @@ impl SnarfFs {
                     .to_str()
                     .ok_or_else(|| FsError::not_found("no such volume"))?;
                 let new = utf8(new_name)?;
-                if no_replace && self.engine().volume(new).is_ok() {
-                    return Err(FsError::new(libc::EEXIST, format!("volume {new} exists")));
+                if no_replace {
+                    // As rename(2): a missing source is ENOENT before a taken target is
+                    // EEXIST.
+                    self.engine().volume(old)?;
+                    if self.engine().volume(new).is_ok() {
+                        return Err(FsError::new(libc::EEXIST, format!("volume {new} exists")));
+                    }
                 }
                 Ok(self.engine().rename_volume(old, new)?)
             }
