@@ -16,6 +16,9 @@ pub mod errno;
 pub mod fs;
 pub mod inode;
 
+#[cfg(test)]
+mod reftests;
+
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
