@@ -1,8 +1,9 @@
 //! The filesystem the mount shows, as plain Rust: inode numbers and names in, attributes,
-//! data and errors out. It is not tied to fuser, so tests drive it without a kernel;
-//! `adapter.rs` links fuser's callbacks to it. Policy lives in the engine and the daemon;
-//! this file decides only what each path *is* (the layout of DESIGN.md) and which errno a
-//! refusal gets.
+//! data and errors out. It is not tied to fuser, so tests drive it without a kernel
+//! (`tests/fs.rs`, and `reftests.rs` against the snapshot oracle); `adapter.rs` links
+//! fuser's callbacks to it. Policy lives in the engine and the daemon (`daemon::policy`
+//! says who may command the mount and what volumes keep); this file decides only what each
+//! path *is* (the layout of DESIGN.md) and which errno a refusal gets.
 
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};

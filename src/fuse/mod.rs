@@ -1,7 +1,8 @@
 //! The FUSE adapter: inode table, attributes and errno mapping over the layers below. It
 //! translates kernel requests into engine and daemon calls and holds no policy of its own.
 //!
-//! * [`fs`] is the filesystem as plain Rust (tests drive it without a kernel);
+//! * [`fs`] is the filesystem as plain Rust (`tests/fs.rs` drives it without a kernel, and
+//!   `reftests.rs` checks it against the snapshot oracle);
 //! * [`adapter`] links fuser's callbacks to it;
 //! * [`errno`] maps every error of the layers below to an errno;
 //! * [`inode`] numbers the objects the mount shows.
