@@ -9,15 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::builder::PossibleValue;
 use clap::{Args, ValueEnum};
 
 use super::{CliError, CliResult};
 use crate::jobs::client::Client;
 use crate::jobs::pipeline::{self, BackupOptions};
 use crate::jobs::progress::{format_summary, ProgressDisplay};
-use crate::jobs::report::{self, JobReport, ReportedState};
+use crate::jobs::report::{self, JobReport};
 use crate::jobs::server::SOCKET;
-use crate::jobs::{JobService, Mode, Session};
+use crate::jobs::{BackupRequest, JobService, JobState, Mode, Session};
 use crate::mounts;
 use crate::pids::{exit_on_signals, NewEntry, ProcState, ProcType, Registry, StopOptions};
 use crate::repo::Repo;
@@ -27,24 +28,15 @@ use crate::store::{Settings, Store};
 /// Set by the cron runner so its jobs register as `cron`, which a user's job never stops.
 pub const PROCESS_TYPE_ENV: &str = "SNARF_PROCESS_TYPE";
 
-/// Full, incremental or auto.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ModeArg {
-    /// Read every snarf.
-    Full,
-    /// Read only snarfs changed since the volume's last backup; fail if that is unknown.
-    Incremental,
-    /// Incremental where the changed-snarf tracking allows, full otherwise.
-    Auto,
-}
+/// The backup modes as clap values: the jobs layer's own words and help, so the command
+/// line and `control/jobs` take the same modes.
+impl ValueEnum for Mode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Mode::ALL
+    }
 
-impl From<ModeArg> for Mode {
-    fn from(m: ModeArg) -> Mode {
-        match m {
-            ModeArg::Full => Mode::Full,
-            ModeArg::Incremental => Mode::Incremental,
-            ModeArg::Auto => Mode::Auto,
-        }
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.as_str()).help(self.help()))
     }
 }
 
@@ -84,8 +76,8 @@ pub struct BackupArgs {
     pub volumes: Vec<String>,
     /// full: read every snarf; incremental: only changed ones (fail if unknown); auto:
     /// incremental where possible.
-    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
-    pub mode: ModeArg,
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
     /// zstd level for new chunks, 1 (fastest) to 19 (smallest); default the repository's.
     #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(i32).range(1..=19))]
     pub compression: Option<i32>,
@@ -161,29 +153,19 @@ fn mountpoint_of(target: &Path) -> Result<PathBuf, CliError> {
 
 /// `--wait` / `--detach`: submits the job through `control/jobs` and follows it there.
 fn submit(args: &BackupArgs) -> CliResult {
-    use crate::control::words::quote_word;
     let mountpoint = mountpoint_of(&args.target)?;
-    let mut command = format!("backup {}", quote_word(&args.snapshot));
-    if let Some(repo) = &args.repo {
-        let repo = std::path::absolute(repo).unwrap_or_else(|_| repo.clone());
-        command.push_str(&format!(
-            " repo={}",
-            quote_word(&repo.display().to_string())
-        ));
-    }
-    if !args.volumes.is_empty() {
-        command.push_str(&format!(" volumes={}", quote_word(&args.volumes.join(","))));
-    }
-    let mode = match args.mode {
-        ModeArg::Full => "full",
-        ModeArg::Incremental => "incremental",
-        ModeArg::Auto => "auto",
+    let request = BackupRequest {
+        snapshot: args.snapshot.clone(),
+        repo: args
+            .repo
+            .as_ref()
+            .map(|repo| std::path::absolute(repo).unwrap_or_else(|_| repo.clone())),
+        volumes: (!args.volumes.is_empty()).then(|| args.volumes.clone()),
+        mode: args.mode,
+        kind: process_type()?,
     };
-    command.push_str(&format!(" mode={mode}"));
-    let kind = process_type()?;
-    if kind != ProcType::User {
-        command.push_str(&format!(" type={}", kind.as_str()));
-    }
+    // The grammar's own rendering of the command, so it parses back to this request.
+    let command = crate::control::Command::Backup(request).to_string();
     let id = super::control_cmds::send(&mountpoint, "jobs", &command)?
         .trim()
         .to_string();
@@ -209,7 +191,6 @@ fn follow(mountpoint: &Path, id: &str) -> CliResult {
         let row = rows.into_iter().find(|r| r.id == id).ok_or_else(|| {
             CliError::new(format!("job {id} is no longer listed in control/jobs"))
         })?;
-        use crate::control::JobState;
         match row.state {
             JobState::Done => {
                 if tty {
@@ -399,7 +380,7 @@ pub fn backup(args: BackupArgs) -> CliResult {
     if !args.volumes.is_empty() {
         opts.volumes = Some(args.volumes.clone());
     }
-    opts.mode = args.mode.into();
+    opts.mode = args.mode;
     opts.compression = args.compression;
     opts.lock_wait = args.lock_wait.map(Duration::from_secs);
     if let Some(n) = args.threads {
@@ -412,7 +393,7 @@ pub fn backup(args: BackupArgs) -> CliResult {
         .as_deref()
         .map(|id| Reporter::new(report::report_path(&store.join("run"), id)));
     if let Some(r) = reporter.as_mut() {
-        r.write(ReportedState::Running, None, None, None, None);
+        r.write(JobState::Running, None, None, None, None);
     }
 
     let stop_idle = |daemon: Option<u32>| {
@@ -466,13 +447,7 @@ pub fn backup(args: BackupArgs) -> CliResult {
         Err(e) => {
             let e = job_error(e);
             if let Some(r) = reporter.as_mut() {
-                r.write(
-                    ReportedState::Failed,
-                    None,
-                    None,
-                    Some(e.message.clone()),
-                    None,
-                );
+                r.write(JobState::Failed, None, None, Some(e.message.clone()), None);
             }
             return Err(e);
         }
@@ -480,7 +455,7 @@ pub fn backup(args: BackupArgs) -> CliResult {
     let text = format_summary(&summary);
     if let Some(r) = reporter.as_mut() {
         r.write(
-            ReportedState::Done,
+            JobState::Done,
             None,
             Some(summary.backup.to_string()),
             None,
@@ -520,9 +495,9 @@ impl Reporter {
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
         {
             let state = if committing {
-                ReportedState::Finishing
+                JobState::Finishing
             } else {
-                ReportedState::Running
+                JobState::Running
             };
             self.write(state, Some(*p), None, None, None);
         }
@@ -530,7 +505,7 @@ impl Reporter {
 
     fn write(
         &mut self,
-        state: ReportedState,
+        state: JobState,
         p: Option<crate::jobs::Progress>,
         backup_id: Option<String>,
         error: Option<String>,
@@ -594,7 +569,7 @@ fn direct(
 #[cfg(test)]
 mod tests {
     use super::super::{Cli, Command};
-    use crate::control::{BackupMode, BackupRequest};
+    use crate::jobs::{BackupRequest, Mode};
     use crate::pids::ProcType;
     use clap::Parser;
     use std::path::{Path, PathBuf};
@@ -613,7 +588,7 @@ mod tests {
                 snapshot: snapshot.into(),
                 repo: None,
                 volumes: Some(vec![volume.into(), "plain".into()]),
-                mode: BackupMode::Incremental,
+                mode: Mode::Incremental,
                 kind: ProcType::User,
             };
             let mut argv: Vec<std::ffi::OsString> = vec!["snarf".into()];
@@ -633,7 +608,7 @@ mod tests {
             assert_eq!(args.volumes, vec![volume.to_string(), "plain".into()]);
             assert_eq!(args.repo, Some(PathBuf::from(repo)));
             assert_eq!(args.job_id.as_deref(), Some("17-3"));
-            assert_eq!(args.mode, super::ModeArg::Incremental);
+            assert_eq!(args.mode, Mode::Incremental);
         }
     }
 }

@@ -6,6 +6,7 @@ use proptest::prelude::*;
 
 use super::table::tests::{assert_well_formed, awk_fields};
 use super::*;
+use crate::jobs::{BackupRequest, Mode};
 
 fn any_file() -> impl Strategy<Value = ControlFile> {
     proptest::sample::select(ControlFile::ALL.to_vec())
@@ -77,11 +78,7 @@ fn command() -> impl Strategy<Value = Command> {
             name().prop_filter("no comma", |n| !n.contains(',')),
             1..4,
         )),
-        proptest::sample::select(vec![
-            BackupMode::Full,
-            BackupMode::Incremental,
-            BackupMode::Auto,
-        ]),
+        proptest::sample::select(Mode::ALL.to_vec()),
         proptest::sample::select(crate::pids::ProcType::ALL.to_vec()),
     )
         .prop_map(|(snapshot, repo, volumes, mode, kind)| {

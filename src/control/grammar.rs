@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use super::file::ControlFile;
 use super::words::{quote_word, split_words};
+use crate::jobs::{BackupRequest, Mode};
 use crate::pids::ProcType;
 use crate::store::validate_name;
 
@@ -48,44 +49,6 @@ pub enum Command {
     },
 }
 
-/// What `backup` asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackupRequest {
-    /// The snapshot to back up.
-    pub snapshot: String,
-    /// Repository (absolute path); `None` means the store's default repository.
-    pub repo: Option<PathBuf>,
-    /// Volumes to include; `None` means every volume of the snapshot.
-    pub volumes: Option<Vec<String>>,
-    /// Full, incremental, or let snarf choose.
-    pub mode: BackupMode,
-    /// The process type the job registers as: `user` unless a cron runner says `cron`.
-    pub kind: ProcType,
-}
-
-/// How much a backup reads.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum BackupMode {
-    /// Read every snarf.
-    Full,
-    /// Read only snarfs changed since the last backup; fails if tracking was lost.
-    Incremental,
-    /// Incremental when tracking allows, full otherwise.
-    #[default]
-    Auto,
-}
-
-impl BackupMode {
-    /// The word used in commands.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackupMode::Full => "full",
-            BackupMode::Incremental => "incremental",
-            BackupMode::Auto => "auto",
-        }
-    }
-}
-
 impl fmt::Display for Command {
     /// The command in the grammar's own form: parsing it gives the same command back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -102,7 +65,7 @@ impl fmt::Display for Command {
                 if let Some(vols) = &b.volumes {
                     write!(f, " {}", quote_word(&format!("volumes={}", vols.join(","))))?;
                 }
-                if b.mode != BackupMode::Auto {
+                if b.mode != Mode::Auto {
                     write!(f, " mode={}", b.mode.as_str())?;
                 }
                 if b.kind != ProcType::User {
@@ -401,13 +364,7 @@ impl Parser<'_> {
                     .to_string(),
             ));
         };
-        let mut req = BackupRequest {
-            snapshot: self.name("snapshot", snapshot)?,
-            repo: None,
-            volumes: None,
-            mode: BackupMode::Auto,
-            kind: ProcType::User,
-        };
+        let mut req = BackupRequest::new(&self.name("snapshot", snapshot)?);
         let mut seen = BTreeSet::new();
         for word in options {
             let Some((key, value)) = word.split_once('=') else {
@@ -504,19 +461,16 @@ impl Parser<'_> {
         })
     }
 
-    fn mode(&self, value: &str) -> Result<BackupMode, Rejection> {
-        [BackupMode::Full, BackupMode::Incremental, BackupMode::Auto]
-            .into_iter()
-            .find(|m| m.as_str() == value)
-            .ok_or_else(|| {
-                self.reject(
-                    RejectKind::BadValue,
-                    format!(
-                        "mode=\"{}\" is not a backup mode; write mode=full, mode=incremental or mode=auto",
-                        shown(value)
-                    ),
-                )
-            })
+    fn mode(&self, value: &str) -> Result<Mode, Rejection> {
+        Mode::from_word(value).ok_or_else(|| {
+            self.reject(
+                RejectKind::BadValue,
+                format!(
+                    "mode=\"{}\" is not a backup mode; write mode=full, mode=incremental or mode=auto",
+                    shown(value)
+                ),
+            )
+        })
     }
 }
 
@@ -548,7 +502,7 @@ mod tests {
             snapshot: snapshot.into(),
             repo: None,
             volumes: None,
-            mode: BackupMode::Auto,
+            mode: Mode::Auto,
             kind: ProcType::User,
         }
     }
@@ -590,7 +544,7 @@ mod tests {
             Command::Backup(BackupRequest {
                 repo: Some("/srv/backups".into()),
                 volumes: Some(vec!["vm1.img".into(), "db".into()]),
-                mode: BackupMode::Incremental,
+                mode: Mode::Incremental,
                 ..backup("nightly")
             })
         );
@@ -599,7 +553,7 @@ mod tests {
             panic!()
         };
         assert_eq!(b.snapshot, "a=b");
-        assert_eq!(b.mode, BackupMode::Full);
+        assert_eq!(b.mode, Mode::Full);
         assert_eq!(
             ok(Jobs, "backup s \"repo=/with space\""),
             Command::Backup(BackupRequest {
@@ -901,7 +855,7 @@ mod tests {
             Command::Backup(BackupRequest {
                 repo: Some("/a b".into()),
                 volumes: Some(vec!["v 1".into(), "v2".into()]),
-                mode: BackupMode::Full,
+                mode: Mode::Full,
                 ..backup("s")
             }),
         ];

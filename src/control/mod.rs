@@ -11,6 +11,9 @@
 //! [`StatusReport`]; `render_*` turns them into aligned text tables (see [`table`] for the
 //! escaping that keeps `awk` field counts stable) and `render_*_json` into the `.json`
 //! twins.
+//!
+//! The job words themselves (a backup request, its mode, a job's state) are the jobs
+//! layer's ([`crate::jobs::vocab`]); this layer only parses and renders them.
 
 pub mod file;
 pub mod grammar;
@@ -22,12 +25,10 @@ pub mod words;
 mod fuzz_tests;
 
 pub use file::ControlFile;
-pub use grammar::{
-    parse, BackupMode, BackupRequest, Command, RejectKind, Rejection, MAX_COMMAND_BYTES,
-};
+pub use grammar::{parse, Command, RejectKind, Rejection, MAX_COMMAND_BYTES};
 pub use rows::{
     render_finishing, render_finishing_json, render_jobs, render_jobs_json, render_pids,
     render_pids_json, render_snapshots, render_status, render_status_json, FinishingRow,
-    FinishingState, JobRow, JobState, PidRow, SnapshotState, SnapshotStatus, StatusReport, Usage,
+    FinishingState, JobRow, PidRow, SnapshotState, SnapshotStatus, StatusReport, Usage,
     VolumeStatus,
 };

@@ -9,39 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::table::{rate, size, time, Table};
+use crate::jobs::JobState;
 use crate::pids::{Entry, ProcState, ProcType};
-
-/// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobState {
-    /// Waiting to start.
-    Queued,
-    /// Transferring data.
-    Running,
-    /// Committing the backup (goes forward even after a crash).
-    Finishing,
-    /// Committed.
-    Done,
-    /// Ended with an error (see the reason).
-    Failed,
-    /// Cancelled before it committed.
-    Cancelled,
-}
-
-impl JobState {
-    /// The lowercase word shown in tables.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Running => "running",
-            JobState::Finishing => "finishing",
-            JobState::Done => "done",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
-        }
-    }
-}
 
 /// One line of `control/jobs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

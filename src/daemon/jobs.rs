@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::control::{BackupMode, BackupRequest, JobRow, JobState};
-use crate::jobs::report::{self, JobReport, ReportedState};
+use crate::control::JobRow;
+use crate::jobs::report::{self, JobReport};
+use crate::jobs::{BackupRequest, JobState};
 use crate::snapshot::Engine;
 
 /// How long finished jobs stay listed.
@@ -99,14 +100,7 @@ pub(crate) fn backup_argv(
         "backup".into(),
         opt("repo", repository.as_os_str()),
         opt("job-id", OsStr::new(id)),
-        opt(
-            "mode",
-            OsStr::new(match req.mode {
-                BackupMode::Full => "full",
-                BackupMode::Incremental => "incremental",
-                BackupMode::Auto => "auto",
-            }),
-        ),
+        opt("mode", OsStr::new(req.mode.as_str())),
     ];
     for v in req.volumes.iter().flatten() {
         argv.push(opt("volume", OsStr::new(v)));
@@ -227,7 +221,7 @@ impl JobManager {
             let report_path = report::report_path(run_dir, &job.id);
             if let Some(r) = JobReport::read(&report_path) {
                 job.state = match r.state {
-                    ReportedState::Finishing => JobState::Finishing,
+                    JobState::Finishing => JobState::Finishing,
                     _ => JobState::Running,
                 };
                 job.last_report = Some(r);
@@ -246,7 +240,7 @@ impl JobManager {
             // alone is not enough (a process that printed its help also exits 0).
             let committed = report
                 .as_ref()
-                .filter(|r| r.state == ReportedState::Done)
+                .filter(|r| r.state == JobState::Done)
                 .and_then(|r| r.backup_id.clone());
             if let (true, Some(id)) = (status.success(), &committed) {
                 job.state = JobState::Done;

@@ -21,7 +21,7 @@ use crate::control::{
     render_pids_json, render_status, render_status_json, Command, ControlFile, SnapshotState,
     SnapshotStatus, StatusReport, Usage, VolumeStatus,
 };
-use crate::jobs::JobServer;
+use crate::jobs::{JobPhase, JobServer, JobState};
 use crate::pids::Registry;
 use crate::repo::{self, Manifest, Repo, VolumeReader};
 use crate::snapshot::{Engine, SnapState, Snapshot};
@@ -210,9 +210,9 @@ impl Daemon {
                 kind: kind.into(),
                 pid: Some(j.pid),
                 state: match j.phase {
-                    crate::jobs::JobPhase::Starting => control::JobState::Queued,
-                    crate::jobs::JobPhase::Committing => control::JobState::Finishing,
-                    _ => control::JobState::Running,
+                    JobPhase::Starting => JobState::Queued,
+                    JobPhase::Committing => JobState::Finishing,
+                    _ => JobState::Running,
                 },
                 reason: String::new(),
                 done_bytes: j.sent_bytes,
@@ -467,14 +467,7 @@ impl Daemon {
             running_jobs: self
                 .job_rows()
                 .iter()
-                .filter(|r| {
-                    matches!(
-                        r.state,
-                        control::JobState::Queued
-                            | control::JobState::Running
-                            | control::JobState::Finishing
-                    )
-                })
+                .filter(|r| r.state.is_active())
                 .count() as u64,
         }
     }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::plan::{Mode, PlanRequest};
+use super::plan::PlanRequest;
 use super::proto::AckItem;
 use super::released::{read_snapshot, Released};
 use super::service::{JobService, Session};
+use super::vocab::Mode;
 use super::Error;
 use crate::repo::{ChunkRef, Durable, NewBackup, Repo, RepoInitOptions};
 use crate::snapshot::{Engine, EngineOptions};

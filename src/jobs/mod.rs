@@ -18,6 +18,8 @@
 //! * [`pipeline`]: reader → hashing/compression workers → writer, with bounded queues.
 //! * [`progress`]: the progress bar or lines, and the summary.
 //! * [`report`]: the report file a job started through `control/jobs` keeps for the daemon.
+//! * [`vocab`]: the words every layer above shares: a [`BackupRequest`], its [`Mode`], a
+//!   job's [`JobState`].
 
 pub mod base;
 pub mod client;
@@ -32,14 +34,16 @@ pub mod released;
 pub mod report;
 pub mod server;
 pub mod service;
+pub mod vocab;
 
 pub use error::{Error, Result};
 pub use feed::{AckKind, Feed, FeedStats, FeedVolume, Handed};
 pub use pipeline::{BackupOptions, Progress, Summary, VolumeSummary};
-pub use plan::{FullReason, Mode, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
+pub use plan::{FullReason, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
 pub use released::{read_snapshot, Released};
 pub use server::{JobPhase, JobServer, JobStatus};
 pub use service::{JobService, Session, SnarfData};
+pub use vocab::{BackupRequest, JobState, Mode};
 
 #[cfg(test)]
 mod ack_tests;

@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::base::{find_bases, Source};
-use super::plan::{snarf_len, Mode, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
+use super::plan::{snarf_len, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
 use super::proto::AckItem;
 use super::service::{Session, SnarfData};
+use super::vocab::Mode;
 use super::{Error, Result};
 use crate::repo::{
     BackupId, ChunkRef, Durable, NewBackup, PreparedChunk, Repo, VolumeReader, VolumeSlot,

@@ -6,32 +6,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::feed::FeedVolume;
+use super::vocab::Mode;
 use super::{Error, Result};
 use crate::snapshot::{Changed, Engine, Snapshot, SnarfSet};
-
-/// How much a backup reads.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Every snarf.
-    Full,
-    /// Only snarfs changed since the volume's last backup; fails when that cannot be known.
-    Incremental,
-    /// Incremental where possible, full otherwise.
-    #[default]
-    Auto,
-}
-
-impl Mode {
-    /// The word used on the command line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Full => "full",
-            Mode::Incremental => "incremental",
-            Mode::Auto => "auto",
-        }
-    }
-}
 
 /// One volume of a snapshot, as the job first learns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

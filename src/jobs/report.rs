@@ -6,25 +6,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Where a job is, in its own words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReportedState {
-    /// Transferring snarfs.
-    Running,
-    /// Committing the backup.
-    Finishing,
-    /// Committed.
-    Done,
-    /// Ended with an error.
-    Failed,
-}
+use super::vocab::JobState;
 
 /// The contents of a report file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobReport {
-    /// Where the job is.
-    pub state: ReportedState,
+    /// Where the job is, in its own words: running, finishing, done or failed.
+    pub state: JobState,
     /// Bytes transferred so far.
     pub done_bytes: u64,
     /// Bytes to transfer in all, once planned.
@@ -79,7 +67,7 @@ mod tests {
         let path = dir.path().join("j1.json");
         assert_eq!(JobReport::read(&path), None);
         let r = JobReport {
-            state: ReportedState::Running,
+            state: JobState::Running,
             done_bytes: 10,
             total_bytes: Some(100),
             rate_bytes_per_sec: Some(5),

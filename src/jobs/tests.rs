@@ -13,9 +13,10 @@ use rand_chacha::ChaCha8Rng;
 
 use super::client::Client;
 use super::pipeline::{self, BackupOptions, Summary};
-use super::plan::{FullReason, Mode, Plan, PlanRequest, SnapshotDesc, VolumeKind};
+use super::plan::{FullReason, Plan, PlanRequest, SnapshotDesc, VolumeKind};
 use super::proto::AckItem;
 use super::service::{JobService, Session, SnarfData};
+use super::vocab::Mode;
 use super::{read_snapshot, JobServer, Result};
 use crate::repo::{Repo, RepoInitOptions};
 use crate::snapshot::{Engine, EngineOptions, Snapshot};
