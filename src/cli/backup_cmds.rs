@@ -18,15 +18,13 @@ use crate::jobs::pipeline::{self, BackupOptions};
 use crate::jobs::progress::{format_summary, ProgressDisplay};
 use crate::jobs::report::{self, JobReport};
 use crate::jobs::server::SOCKET;
+use crate::jobs::spec::{opt, PROCESS_TYPE_ENV};
 use crate::jobs::{BackupRequest, JobService, JobState, Mode, Session};
 use crate::mounts;
 use crate::pids::{exit_on_signals, NewEntry, ProcState, ProcType, Registry, StopOptions};
 use crate::repo::Repo;
 use crate::snapshot::{Engine, EngineOptions};
 use crate::store::{Settings, Store};
-
-/// Set by the cron runner so its jobs register as `cron`, which a user's job never stops.
-pub const PROCESS_TYPE_ENV: &str = "SNARF_PROCESS_TYPE";
 
 /// The backup modes as clap values: the jobs layer's own words and help, so the command
 /// line and `control/jobs` take the same modes.
@@ -69,14 +67,14 @@ pub struct BackupArgs {
     pub snapshot: String,
     /// The repository (default: the mount's `--repo`, else the store's configured
     /// repository, `snarf init --repo`).
-    #[arg(long, value_name = "REPO")]
+    #[arg(long = opt::REPO, value_name = "REPO")]
     pub repo: Option<PathBuf>,
     /// Back up only this volume (repeat for more; default: every volume of the snapshot).
-    #[arg(long = "volume", value_name = "NAME")]
+    #[arg(long = opt::VOLUME, value_name = "NAME")]
     pub volumes: Vec<String>,
     /// full: read every snarf; incremental: only changed ones (fail if unknown); auto:
     /// incremental where possible.
-    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    #[arg(long = opt::MODE, value_enum, default_value_t = Mode::Auto)]
     pub mode: Mode,
     /// zstd level for new chunks, 1 (fastest) to 19 (smallest); default the repository's.
     #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(i32).range(1..=19))]
@@ -100,7 +98,7 @@ pub struct BackupArgs {
     pub threads: Option<usize>,
     /// Internal: the id of a job the mount daemon started through control/jobs; the job
     /// keeps STORE/run/jobs/ID.json up to date for it.
-    #[arg(long, hide = true, value_name = "ID")]
+    #[arg(long = opt::JOB_ID, hide = true, value_name = "ID")]
     pub job_id: Option<String>,
 }
 
@@ -569,6 +567,7 @@ fn direct(
 #[cfg(test)]
 mod tests {
     use super::super::{Cli, Command};
+    use crate::jobs::spec::BackupSpec;
     use crate::jobs::{BackupRequest, Mode};
     use crate::pids::ProcType;
     use clap::Parser;
@@ -592,12 +591,15 @@ mod tests {
                 kind: ProcType::User,
             };
             let mut argv: Vec<std::ffi::OsString> = vec!["snarf".into()];
-            argv.extend(crate::daemon::jobs::backup_argv(
-                Path::new("/mnt/-m"),
-                &req,
-                Path::new(repo),
-                "17-3",
-            ));
+            argv.extend(
+                BackupSpec {
+                    mountpoint: Path::new("/mnt/-m"),
+                    request: &req,
+                    repository: Path::new(repo),
+                    job_id: "17-3",
+                }
+                .argv(),
+            );
             let cli = Cli::try_parse_from(&argv)
                 .unwrap_or_else(|e| panic!("{argv:?} does not parse: {e}"));
             let Command::Backup(args) = cli.command else {

@@ -72,6 +72,7 @@ enum Command {
     /// Unmount a store, waiting until its daemon has flushed and closed it.
     Umount(mount_cmds::UmountArgs),
     /// Back up a snapshot into a repository (incremental when possible), as its own process.
+    #[command(name = crate::jobs::spec::SUBCOMMAND)]
     Backup(backup_cmds::BackupArgs),
     /// Take, release or list snapshots of a mounted store.
     Snapshot(control_cmds::SnapshotArgs),

@@ -3,7 +3,6 @@
 //! (progress, state), its exit. Finished jobs stay listed for a day (at most 100 of them),
 //! so a script that started one can read how it ended.
 
-use std::ffi::{OsStr, OsString};
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -14,6 +13,7 @@ use parking_lot::Mutex;
 
 use crate::control::JobRow;
 use crate::jobs::report::{self, JobReport};
+use crate::jobs::spec::BackupSpec;
 use crate::jobs::{BackupRequest, JobState};
 use crate::snapshot::Engine;
 
@@ -82,35 +82,6 @@ fn last_line(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// The arguments of the `snarf backup` process for a job: every option in `--key=value`
-/// form, then `--`, then the positional arguments. Names come from users (a snapshot may be
-/// called `--help`, a volume `-v`), so nothing they chose can be read as an option.
-pub(crate) fn backup_argv(
-    mountpoint: &Path,
-    req: &BackupRequest,
-    repository: &Path,
-    id: &str,
-) -> Vec<OsString> {
-    let opt = |key: &str, value: &OsStr| {
-        let mut a = OsString::from(format!("--{key}="));
-        a.push(value);
-        a
-    };
-    let mut argv: Vec<OsString> = vec![
-        "backup".into(),
-        opt("repo", repository.as_os_str()),
-        opt("job-id", OsStr::new(id)),
-        opt("mode", OsStr::new(req.mode.as_str())),
-    ];
-    for v in req.volumes.iter().flatten() {
-        argv.push(opt("volume", OsStr::new(v)));
-    }
-    argv.push("--".into());
-    argv.push(mountpoint.as_os_str().to_owned());
-    argv.push(req.snapshot.clone().into());
-    argv
-}
-
 impl JobManager {
     /// Allows starting jobs (the mount knows its mount point only once mounted).
     pub fn set_launcher(&self, launcher: JobLauncher) {
@@ -159,10 +130,15 @@ impl JobManager {
         let log2 = log
             .try_clone()
             .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let spec = BackupSpec {
+            mountpoint: &launcher.mountpoint,
+            request: req,
+            repository,
+            job_id: &id,
+        };
         let mut cmd = Command::new(&launcher.exe);
-        cmd.args(backup_argv(&launcher.mountpoint, req, repository, &id));
         // The job registers in the process registry with the type its requester gave.
-        cmd.env("SNARF_PROCESS_TYPE", req.kind.as_str());
+        cmd.args(spec.argv()).envs(spec.env());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2));

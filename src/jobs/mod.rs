@@ -18,6 +18,8 @@
 //! * [`pipeline`]: reader → hashing/compression workers → writer, with bounded queues.
 //! * [`progress`]: the progress bar or lines, and the summary.
 //! * [`report`]: the report file a job started through `control/jobs` keeps for the daemon.
+//! * [`spec`]: the command line of a job process, shared by the daemon that starts it and
+//!   the `snarf backup` that parses it.
 //! * [`vocab`]: the words every layer above shares: a [`BackupRequest`], its [`Mode`], a
 //!   job's [`JobState`].
 
@@ -34,6 +36,7 @@ pub mod released;
 pub mod report;
 pub mod server;
 pub mod service;
+pub mod spec;
 pub mod vocab;
 
 pub use error::{Error, Result};
