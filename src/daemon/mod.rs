@@ -143,7 +143,8 @@ impl Daemon {
     }
 
     /// Reads a snapshot's volume; snarfs whose pre-images were freed after a backup stored
-    /// them are read back from that backup's repository (hash-checked).
+    /// them are read back from that backup's repository (hash-checked). The one snapshot
+    /// read the mount makes.
     pub fn read_snapshot(
         &self,
         snap: &Snapshot,
@@ -152,29 +153,8 @@ impl Daemon {
         buf: &mut [u8],
     ) -> crate::jobs::Result<usize> {
         let released = self.released.read().clone();
-        crate::jobs::read_snapshot(&self.engine, released.as_deref(), snap, volume, offset, buf)
-    }
-
-    /// Reads bytes `offset_in_snarf..` of one snarf of a snapshot that a backup stored (after
-    /// the engine's `read_snapshot` answered `StoredInBackup`), from the repository.
-    pub fn read_released(
-        &self,
-        snap: &Snapshot,
-        volume: &str,
-        snarf: u64,
-        offset_in_snarf: u64,
-        buf: &mut [u8],
-    ) -> crate::jobs::Result<()> {
-        let released = self.released.read().clone();
-        match released {
-            Some(r) => r.read(snap, volume, snarf, offset_in_snarf, buf),
-            None => Err(crate::snapshot::Error::StoredInBackup {
-                snapshot: snap.name().to_string(),
-                volume: volume.to_string(),
-                snarf,
-            }
-            .into()),
-        }
+        self.engine
+            .read_snapshot_through(snap, volume, offset, buf, released.as_deref())
     }
 
     /// Backup jobs connected to the job server now (started here or from a shell).

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 
 use super::plan::PlanRequest;
 use super::proto::AckItem;
-use super::released::{read_snapshot, Released};
+use super::released::Released;
 use super::service::{JobService, Session};
 use super::vocab::Mode;
 use super::Error;
@@ -158,12 +158,16 @@ fn acks_are_verified_before_any_preimage_is_freed() {
     ack(2, good).unwrap();
     assert!(!held(), "a verified ack did not free the pre-image");
     let mut buf = vec![0u8; orig.len()];
-    let n = read_snapshot(&engine, Some(&released), &snap, "v", 0, &mut buf).unwrap();
+    let n = engine
+        .read_snapshot_through(&snap, "v", 0, &mut buf, Some(&*released))
+        .unwrap();
     assert_eq!(n, orig.len());
     assert!(buf == orig, "the snapshot reads other bytes after the ack");
     // A second ack of a stored snarf, even a wrong one, changes nothing.
     ack(2, chunk_of(3)).unwrap();
-    read_snapshot(&engine, Some(&released), &snap, "v", 0, &mut buf).unwrap();
+    engine
+        .read_snapshot_through(&snap, "v", 0, &mut buf, Some(&*released))
+        .unwrap();
     assert!(buf == orig);
     drop(writer);
 }

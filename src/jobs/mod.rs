@@ -13,7 +13,8 @@
 //!   the job's end; the engine's end over any stream; the daemon's socket server and job
 //!   listing.
 //! * [`released`]: where acknowledged snarfs were stored, so snapshot reads still work
-//!   after their pre-images are freed.
+//!   after their pre-images are freed (the repository behind the snapshot layer's
+//!   [`StoredSnarfs`](crate::snapshot::StoredSnarfs)).
 //! * [`base`]: what a backup records of its source, and finding the base of an incremental.
 //! * [`pipeline`]: reader → hashing/compression workers → writer, with bounded queues.
 //! * [`progress`]: the progress bar or lines, and the summary.
@@ -43,7 +44,7 @@ pub use error::{Error, Result};
 pub use feed::{AckKind, Feed, FeedStats, FeedVolume, Handed};
 pub use pipeline::{BackupOptions, Progress, Summary, VolumeSummary};
 pub use plan::{FullReason, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
-pub use released::{read_snapshot, Released};
+pub use released::Released;
 pub use server::{JobPhase, JobServer, JobStatus};
 pub use service::{JobService, Session, SnarfData};
 pub use vocab::{BackupRequest, JobState, Mode};

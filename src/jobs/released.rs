@@ -1,6 +1,7 @@
 //! Snarfs a snapshot handed to a backup: once a job has stored a snarf, the daemon frees its
 //! pre-image, so a later read of that snarf through the snapshot must come from the
-//! repository. This table remembers, per snapshot, where each acknowledged snarf was
+//! repository; [`Released`] is that source of the snapshot layer's reads
+//! ([`crate::snapshot::StoredSnarfs`]). This table remembers, per snapshot, where each acknowledged snarf was
 //! stored, and keeps those packs from garbage collection (a repository *pin*) until the
 //! snapshot is released, even if the backup that stored them is abandoned.
 //!
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::{Error, Result};
 use crate::repo::chunk::REF_LEN;
 use crate::repo::{ChunkRef, PackId, Repo};
-use crate::snapshot::{Engine, SnapState, Snapshot};
+use crate::snapshot::{SnapState, Snapshot, StoredSnarfs};
 use crate::store::files::sync_dir;
 use crate::store::VolumeId;
 
@@ -393,52 +394,21 @@ impl Released {
     }
 }
 
-/// Reads a snapshot like [`Engine::read_snapshot`], except that snarfs a backup stored (whose
-/// pre-images were freed) are read back from the repository through `released`.
-pub fn read_snapshot(
-    engine: &Engine,
-    released: Option<&Released>,
-    snap: &Snapshot,
-    volume: &str,
-    offset: u64,
-    buf: &mut [u8],
-) -> Result<usize> {
-    match engine.read_snapshot(snap, volume, offset, buf) {
-        Err(crate::snapshot::Error::StoredInBackup { .. }) => {}
-        other => return Ok(other?),
+/// Snapshot reads plug the repository in here: a snarf a backup stored is read back from
+/// the repository it was stored in.
+impl StoredSnarfs for Released {
+    type Error = Error;
+
+    fn read_stored(
+        &self,
+        snap: &Snapshot,
+        volume: &str,
+        snarf: u64,
+        within: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        self.read(snap, volume, snarf, within, buf)
     }
-    let Some(released) = released else {
-        return Ok(engine.read_snapshot(snap, volume, offset, buf)?);
-    };
-    let sv = snap
-        .volume(volume)
-        .ok_or_else(|| crate::snapshot::Error::NoSuchVolume {
-            snapshot: snap.name().to_string(),
-            volume: volume.to_string(),
-        })?;
-    let size = sv.attr.size;
-    if offset >= size {
-        return Ok(0);
-    }
-    let len = (size - offset).min(buf.len() as u64) as usize;
-    let ss = sv.volume.snarf_size();
-    let mut done = 0usize;
-    while done < len {
-        let pos = offset + done as u64;
-        let snarf = pos / ss;
-        let within = pos % ss;
-        let n = ((ss - within) as usize).min(len - done);
-        let piece = &mut buf[done..done + n];
-        match engine.read_snapshot(snap, volume, pos, piece) {
-            Ok(_) => {}
-            Err(crate::snapshot::Error::StoredInBackup { .. }) => {
-                released.read(snap, volume, snarf, within, piece)?
-            }
-            Err(e) => return Err(e.into()),
-        }
-        done += n;
-    }
-    Ok(len)
 }
 
 /// Where snarf `snarf`'s record is in a table file; an error rather than a wrapped offset

@@ -17,7 +17,7 @@ use super::plan::{FullReason, Plan, PlanRequest, SnapshotDesc, VolumeKind};
 use super::proto::AckItem;
 use super::service::{JobService, Session, SnarfData};
 use super::vocab::Mode;
-use super::{read_snapshot, JobServer, Result};
+use super::{JobServer, Result};
 use crate::repo::{Repo, RepoInitOptions};
 use crate::snapshot::{Engine, EngineOptions, Snapshot};
 use crate::store::{Budgets, InitOptions, Store};
@@ -115,15 +115,15 @@ fn read_all(e: &Engine, server: Option<&JobServer>, snap: &Snapshot, vol: &str) 
     let mut pos = 0;
     while pos < size {
         let n = (size - pos).min(100_000);
-        let got = read_snapshot(
-            e,
-            server.map(|s| s.released().as_ref()),
-            snap,
-            vol,
-            pos as u64,
-            &mut out[pos..pos + n],
-        )
-        .unwrap();
+        let got = e
+            .read_snapshot_through(
+                snap,
+                vol,
+                pos as u64,
+                &mut out[pos..pos + n],
+                server.map(|s| s.released().as_ref()),
+            )
+            .unwrap();
         assert_eq!(got, n);
         pos += n;
     }
