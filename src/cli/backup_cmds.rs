@@ -12,14 +12,15 @@ use std::time::Duration;
 use clap::builder::PossibleValue;
 use clap::{Args, ValueEnum};
 
+use super::progress::ProgressDisplay;
 use super::{CliError, CliResult};
 use crate::jobs::client::Client;
 use crate::jobs::pipeline::{self, BackupOptions};
-use crate::jobs::progress::{format_summary, ProgressDisplay};
+use crate::jobs::progress::format_summary;
 use crate::jobs::report::{self, JobReport};
 use crate::jobs::server::SOCKET;
 use crate::jobs::spec::{opt, PROCESS_TYPE_ENV};
-use crate::jobs::{BackupRequest, JobService, JobState, Mode, Session};
+use crate::jobs::{BackupRequest, JobService, JobState, Mode, Progress, ProgressSink, Session};
 use crate::mounts;
 use crate::pids::{exit_on_signals, NewEntry, ProcState, ProcType, Registry, StopOptions};
 use crate::repo::Repo;
@@ -385,12 +386,14 @@ pub fn backup(args: BackupArgs) -> CliResult {
         opts.workers = n.max(1);
     }
     let label = format!("backup {}", args.snapshot);
-    let mut display = ProgressDisplay::new(&label, std::io::stderr().is_terminal());
-    let mut reporter = args
-        .job_id
-        .as_deref()
-        .map(|id| Reporter::new(report::report_path(&store.join("run"), id)));
-    if let Some(r) = reporter.as_mut() {
+    let mut shown = Shown {
+        display: ProgressDisplay::new(&label, std::io::stderr().is_terminal()),
+        reporter: args
+            .job_id
+            .as_deref()
+            .map(|id| Reporter::new(report::report_path(&store.join("run"), id))),
+    };
+    if let Some(r) = shown.reporter.as_mut() {
         r.write(JobState::Running, None, None, None, None);
     }
 
@@ -425,19 +428,16 @@ pub fn backup(args: BackupArgs) -> CliResult {
     let result = match client {
         Some(client) => {
             stop_idle(client.daemon_pid());
-            pipeline::run(&client, &repo, &opts, &mut |p| {
-                display.update(p);
-                if let Some(r) = reporter.as_mut() {
-                    r.progress(p);
-                }
-            })
+            pipeline::run(&client, &repo, &opts, &mut shown)
         }
         None => {
             stop_idle(None);
-            direct(&store, &repo, &opts, &mut display, &mut reporter)
+            direct(&store, &repo, &opts, &mut shown)
         }
     };
-    display.finish();
+    // The job finished its display already; this covers one that failed before it began.
+    shown.finish();
+    let mut reporter = shown.reporter.take();
     let _ = registration.set_state(ProcState::Idle);
     drop(registration);
     let summary = match result {
@@ -464,12 +464,32 @@ pub fn backup(args: BackupArgs) -> CliResult {
     Ok(())
 }
 
+/// Everything `snarf backup` reports a job's progress to: stderr, and for a job started
+/// through control/jobs its report file.
+struct Shown {
+    display: ProgressDisplay,
+    reporter: Option<Reporter>,
+}
+
+impl ProgressSink for Shown {
+    fn report(&mut self, p: &Progress) {
+        self.display.report(p);
+        if let Some(r) = self.reporter.as_mut() {
+            r.report(p);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.display.finish();
+    }
+}
+
 /// Keeps the report file of a job started through control/jobs up to date (at most once a
 /// second while it runs).
 struct Reporter {
     path: PathBuf,
     last: Option<std::time::Instant>,
-    progress: crate::jobs::Progress,
+    progress: Progress,
 }
 
 impl Reporter {
@@ -484,7 +504,7 @@ impl Reporter {
         }
     }
 
-    fn progress(&mut self, p: &crate::jobs::Progress) {
+    fn report(&mut self, p: &Progress) {
         self.progress = *p;
         let committing = p.done_snarfs == p.total_snarfs && p.total_snarfs > 0;
         if committing
@@ -504,7 +524,7 @@ impl Reporter {
     fn write(
         &mut self,
         state: JobState,
-        p: Option<crate::jobs::Progress>,
+        p: Option<Progress>,
         backup_id: Option<String>,
         error: Option<String>,
         summary: Option<String>,
@@ -533,8 +553,7 @@ fn direct(
     store: &Path,
     repo: &Repo,
     opts: &BackupOptions,
-    display: &mut ProgressDisplay,
-    reporter: &mut Option<Reporter>,
+    progress: &mut dyn ProgressSink,
 ) -> crate::jobs::Result<crate::jobs::Summary> {
     let holder = format!(
         "snarf backup {} (pid {})",
@@ -549,12 +568,7 @@ fn direct(
         .map_err(crate::jobs::Error::from)
         .and_then(|_| {
             let service = JobService::new(engine.clone(), None);
-            let r = pipeline::run(&service, repo, opts, &mut |p| {
-                display.update(p);
-                if let Some(rep) = reporter.as_mut() {
-                    rep.progress(p);
-                }
-            });
+            let r = pipeline::run(&service, repo, opts, progress);
             drop(service);
             r
         });

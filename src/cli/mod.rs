@@ -7,6 +7,7 @@ mod demo_cmd;
 mod logging;
 mod mount_cmds;
 mod numbers;
+mod progress;
 mod repo_cmds;
 mod store_cmds;
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::plan::PlanRequest;
+use super::progress::NoProgress;
 use super::proto::AckItem;
 use super::released::Released;
 use super::service::{JobService, Session};
@@ -282,7 +283,7 @@ fn reused_snarfs_must_be_acknowledged_with_the_base_backups_own_records() {
         &direct,
         &repo,
         &super::pipeline::BackupOptions::new("a"),
-        &mut |_| {},
+        &mut NoProgress,
     )
     .unwrap()
     .backup;

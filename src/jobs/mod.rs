@@ -17,7 +17,8 @@
 //!   [`StoredSnarfs`](crate::snapshot::StoredSnarfs)).
 //! * [`base`]: what a backup records of its source, and finding the base of an incremental.
 //! * [`pipeline`]: reader → hashing/compression workers → writer, with bounded queues.
-//! * [`progress`]: the progress bar or lines, and the summary.
+//! * [`progress`]: what a job reports its progress to (the terminal is the command line's),
+//!   and the words of its summary.
 //! * [`report`]: the report file a job started through `control/jobs` keeps for the daemon.
 //! * [`spec`]: the command line of a job process, shared by the daemon that starts it and
 //!   the `snarf backup` that parses it.
@@ -42,8 +43,9 @@ pub mod vocab;
 
 pub use error::{Error, Result};
 pub use feed::{AckKind, Feed, FeedStats, FeedVolume, Handed};
-pub use pipeline::{BackupOptions, Progress, Summary, VolumeSummary};
+pub use pipeline::{BackupOptions, Summary, VolumeSummary};
 pub use plan::{FullReason, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
+pub use progress::{NoProgress, Progress, ProgressSink};
 pub use released::Released;
 pub use server::{JobPhase, JobServer, JobStatus};
 pub use service::{JobService, Session, SnarfData};

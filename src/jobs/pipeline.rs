@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 
 use super::base::{find_bases, Source};
 use super::plan::{snarf_len, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
+use super::progress::{Progress, ProgressSink};
 use super::proto::AckItem;
 use super::service::{Session, SnarfData};
 use super::vocab::Mode;
@@ -67,21 +68,6 @@ impl BackupOptions {
             ack_batch: 256,
         }
     }
-}
-
-/// Where a job is, for progress displays.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Progress {
-    /// Bytes of snarfs read and stored so far.
-    pub done_bytes: u64,
-    /// Bytes of snarfs to read in all.
-    pub total_bytes: u64,
-    /// Snarfs stored so far (read or reused).
-    pub done_snarfs: u64,
-    /// Snarfs in all.
-    pub total_snarfs: u64,
-    /// Seconds since the transfer started.
-    pub elapsed: f64,
 }
 
 /// What happened to one volume.
@@ -196,15 +182,17 @@ struct Reuse {
     snarf_size: u32,
 }
 
-/// Runs one backup job to the end: plan, transfer, commit. `progress` is called now and
-/// then from the calling thread.
+/// Runs one backup job to the end: plan, transfer, commit. `progress` hears now and then
+/// from the calling thread, and is finished when the job ends, however it ends.
 pub fn run(
     session: &dyn Session,
     repo: &Repo,
     opts: &BackupOptions,
-    progress: &mut dyn FnMut(&Progress),
+    progress: &mut dyn ProgressSink,
 ) -> Result<Summary> {
-    run_job(session, repo, opts, progress).map_err(|e| explain_missing_repo(e, repo))
+    let result = run_job(session, repo, opts, progress);
+    progress.finish();
+    result.map_err(|e| explain_missing_repo(e, repo))
 }
 
 /// A repository failure whose cause is that the repository itself went away is reported
@@ -223,7 +211,7 @@ fn run_job(
     session: &dyn Session,
     repo: &Repo,
     opts: &BackupOptions,
-    progress: &mut dyn FnMut(&Progress),
+    progress: &mut dyn ProgressSink,
 ) -> Result<Summary> {
     let start = Instant::now();
     let desc = session.describe(&opts.snapshot)?;
@@ -368,7 +356,7 @@ fn transfer(
     acks: &Mutex<Vec<AckItem>>,
     opts: &BackupOptions,
     start: Instant,
-    progress: &mut dyn FnMut(&Progress),
+    progress: &mut dyn ProgressSink,
 ) -> Result<Counts> {
     let mut slots = Vec::new();
     let mut reuse = Vec::new();
@@ -549,7 +537,7 @@ fn write_loop(
     start: Instant,
     read: &mut [u64],
     reused: &mut [u64],
-    progress: &mut dyn FnMut(&Progress),
+    progress: &mut dyn ProgressSink,
 ) -> Result<()> {
     let mut last_ack = Instant::now();
     let mut last_progress = Instant::now();
@@ -649,12 +637,12 @@ fn write_loop(
         if last_progress.elapsed() >= Duration::from_millis(100) {
             last_progress = Instant::now();
             prog.elapsed = start.elapsed().as_secs_f64();
-            progress(&prog);
+            progress.report(&prog);
         }
     }
     let batch: Vec<AckItem> = std::mem::take(&mut *acks.lock());
     session.ack(&batch)?;
     prog.elapsed = start.elapsed().as_secs_f64();
-    progress(&prog);
+    progress.report(&prog);
     Ok(())
 }

@@ -1,104 +1,51 @@
-//! Showing a job: a progress bar on a terminal (bytes, rate, ETA), plain lines every few
-//! seconds otherwise (cron logs stay short), both on stderr; and the summary printed at the
-//! end on stdout.
+//! A job's progress: what it reports ([`Progress`]), whom it reports to ([`ProgressSink`],
+//! modelled on rustic_core's progress traits, so this library holds no terminal code; the
+//! command line's bar and lines implement it), and the words of the summary of a finished
+//! job ([`format_summary`]).
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
-use super::pipeline::{Progress, Summary};
+use super::pipeline::Summary;
 use super::plan::VolumeKind;
 use crate::units::Bytes;
 
-/// How often plain progress lines are printed.
-pub const PLAIN_EVERY: Duration = Duration::from_secs(5);
-
-/// A job's progress on stderr.
-pub struct ProgressDisplay {
-    label: String,
-    tty: bool,
-    bar: Option<ProgressBar>,
-    last_line: Option<Instant>,
+/// Where a job is, for progress displays.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Progress {
+    /// Bytes of snarfs read and stored so far.
+    pub done_bytes: u64,
+    /// Bytes of snarfs to read in all.
+    pub total_bytes: u64,
+    /// Snarfs stored so far (read or reused).
+    pub done_snarfs: u64,
+    /// Snarfs in all.
+    pub total_snarfs: u64,
+    /// Seconds since the transfer started.
+    pub elapsed: f64,
 }
 
-impl ProgressDisplay {
-    /// A display for the job `label`; a bar when `tty`, lines otherwise.
-    pub fn new(label: &str, tty: bool) -> ProgressDisplay {
-        // Made at the first update, once the total is known, so it never shows 0 of 0.
-        let bar = None;
-        ProgressDisplay {
-            label: label.to_string(),
-            tty,
-            bar,
-            last_line: None,
-        }
-    }
+/// What a job reports its progress to: a terminal, a report file, a test, nothing.
+pub trait ProgressSink {
+    /// The job is at `p`; called now and then from the job's calling thread.
+    fn report(&mut self, p: &Progress);
 
-    /// Shows `p`.
-    pub fn update(&mut self, p: &Progress) {
-        if self.tty && self.bar.is_none() {
-            let b =
-                ProgressBar::with_draw_target(Some(p.total_bytes), ProgressDrawTarget::stderr());
-            // The bar takes what is left of the terminal's width, so the line never wraps.
-            let style = ProgressStyle::with_template(
-                "{msg} {percent:>3}% {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} [{wide_bar}]",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("#>-");
-            b.set_style(style);
-            b.set_message(self.label.clone());
-            self.bar = Some(b);
-        }
-        if let Some(b) = &self.bar {
-            b.set_length(p.total_bytes);
-            b.set_position(p.done_bytes.min(p.total_bytes));
-            return;
-        }
-        if self.last_line.is_some_and(|t| t.elapsed() < PLAIN_EVERY) {
-            return;
-        }
-        self.last_line = Some(Instant::now());
-        eprintln!("{}", plain_line(&self.label, p));
-    }
-
-    /// Clears the bar (the summary follows on stdout).
-    pub fn finish(&mut self) {
-        if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
-        }
-    }
+    /// The job has ended, committed or not: clear whatever `report` drew.
+    fn finish(&mut self) {}
 }
 
-impl Drop for ProgressDisplay {
-    fn drop(&mut self) {
-        self.finish();
-    }
+/// Progress reported nowhere (rustic_core's `NoProgressBars`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl ProgressSink for NoProgress {
+    fn report(&mut self, _p: &Progress) {}
 }
 
-/// One plain progress line: percentage, bytes, rate and ETA.
-pub fn plain_line(label: &str, p: &Progress) -> String {
-    let pct = if p.total_bytes == 0 {
-        100.0
-    } else {
-        p.done_bytes as f64 * 100.0 / p.total_bytes as f64
-    };
-    let rate = if p.elapsed > 0.0 {
-        p.done_bytes as f64 / p.elapsed
-    } else {
-        0.0
-    };
-    let eta = if rate > 0.0 && p.total_bytes > p.done_bytes {
-        format!("{:.0} s", (p.total_bytes - p.done_bytes) as f64 / rate)
-    } else {
-        "-".into()
-    };
-    format!(
-        "{label}: {pct:.0}% ({} of {}), {}/s, ETA {eta}",
-        Bytes(p.done_bytes),
-        Bytes(p.total_bytes),
-        Bytes(rate as u64)
-    )
+/// A closure takes each report, and has nothing to clear.
+impl<F: FnMut(&Progress)> ProgressSink for F {
+    fn report(&mut self, p: &Progress) {
+        self(p)
+    }
 }
 
 fn ratio(r: Option<f64>) -> String {

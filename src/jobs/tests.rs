@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use super::client::Client;
 use super::pipeline::{self, BackupOptions, Summary};
 use super::plan::{FullReason, Plan, PlanRequest, SnapshotDesc, VolumeKind};
+use super::progress::{NoProgress, Progress};
 use super::proto::AckItem;
 use super::service::{JobService, Session, SnarfData};
 use super::vocab::Mode;
@@ -105,7 +106,7 @@ fn opts(snapshot: &str) -> BackupOptions {
 
 fn direct(s: &Setup, o: &BackupOptions) -> Result<Summary> {
     let svc = JobService::new(s.engine.clone(), None);
-    pipeline::run(&svc, &s.repo, o, &mut |_| {})
+    pipeline::run(&svc, &s.repo, o, &mut NoProgress)
 }
 
 fn read_all(e: &Engine, server: Option<&JobServer>, snap: &Snapshot, vol: &str) -> Vec<u8> {
@@ -178,7 +179,10 @@ fn backup_over_the_socket_under_writes_restores_the_frozen_contents() {
     let client = Client::connect(server.socket(), "test job").unwrap();
     assert_eq!(client.welcome().pid, std::process::id());
     let mut calls = 0;
-    let sum = pipeline::run(&client, &s.repo, &opts("s1"), &mut |_| calls += 1).unwrap();
+    let sum = pipeline::run(&client, &s.repo, &opts("s1"), &mut |_: &Progress| {
+        calls += 1
+    })
+    .unwrap();
     stop.store(true, Ordering::Relaxed);
     assert!(w.join().unwrap() > 0, "the writer wrote during the backup");
     assert!(calls > 0, "progress was reported");
@@ -393,7 +397,7 @@ fn preimage_memory_stays_low_while_a_volume_under_write_load_is_backed_up() {
         })
     };
     let client = Client::connect(server.socket(), "load").unwrap();
-    let sum = pipeline::run(&client, &s.repo, &opts("s"), &mut |_| {}).unwrap();
+    let sum = pipeline::run(&client, &s.repo, &opts("s"), &mut NoProgress).unwrap();
     // Keep writing a little after the job: nothing more is captured for the snapshot.
     std::thread::sleep(Duration::from_millis(50));
     stop.store(true, Ordering::Relaxed);
@@ -478,7 +482,7 @@ fn a_job_that_dies_mid_transfer_leaves_the_snapshot_readable_and_no_backup() {
     };
     let mut o = opts("s");
     o.batch = 4;
-    let e = pipeline::run(&dying, &s.repo, &o, &mut |_| {}).unwrap_err();
+    let e = pipeline::run(&dying, &s.repo, &o, &mut NoProgress).unwrap_err();
     assert!(matches!(e, super::Error::DaemonGone(_)), "{e}");
     assert!(e.to_string().contains("nothing was committed"), "{e}");
     assert!(
@@ -506,7 +510,7 @@ fn a_job_that_dies_mid_transfer_leaves_the_snapshot_readable_and_no_backup() {
 
     // A new job backs it up from where things are.
     let client = Client::connect(server.socket(), "again").unwrap();
-    let sum = pipeline::run(&client, &s.repo, &opts("s"), &mut |_| {}).unwrap();
+    let sum = pipeline::run(&client, &s.repo, &opts("s"), &mut NoProgress).unwrap();
     stop.store(true, Ordering::Relaxed);
     w.join().unwrap();
     assert!(restore(&s.repo, sum.backup.as_str(), "v") == frozen);
@@ -583,7 +587,7 @@ fn a_daemon_that_stops_mid_job_fails_it_cleanly() {
     };
     let mut o = opts("s");
     o.batch = 2;
-    let e = pipeline::run(&job, &s.repo, &o, &mut |_| {}).unwrap_err();
+    let e = pipeline::run(&job, &s.repo, &o, &mut NoProgress).unwrap_err();
     assert!(matches!(e, super::Error::DaemonGone(_)), "{e}");
     assert!(s.repo.list_backups().unwrap().is_empty());
     assert!(!socket.exists(), "the socket goes with the server");
@@ -605,7 +609,7 @@ fn the_socket_works_under_a_store_path_too_long_for_a_socket_address() {
     let server = JobServer::start(s.engine.clone(), &deep).unwrap();
     assert!(server.socket().exists());
     let client = Client::connect(server.socket(), "deep").unwrap();
-    let sum = pipeline::run(&client, &s.repo, &opts("s"), &mut |_| {}).unwrap();
+    let sum = pipeline::run(&client, &s.repo, &opts("s"), &mut NoProgress).unwrap();
     assert_eq!(sum.bytes_read, 256 << 10);
 }
 
@@ -657,7 +661,7 @@ fn a_cancelled_job_commits_nothing_and_is_listed_as_cancelled() {
     };
     let mut o = opts("s");
     o.batch = 2;
-    let e = pipeline::run(&job, &s.repo, &o, &mut |_| {})
+    let e = pipeline::run(&job, &s.repo, &o, &mut NoProgress)
         .unwrap_err()
         .to_string();
     assert!(
@@ -769,7 +773,7 @@ fn released_snarf_tables_grow_with_the_data_a_backup_stored_not_with_the_volume(
     let snap = s.engine.take("t").unwrap();
     let server = JobServer::start(s.engine.clone(), &s.engine.store().run_dir()).unwrap();
     let client = Client::connect(server.socket(), "test job").unwrap();
-    let sum = pipeline::run(&client, &s.repo, &opts("t"), &mut |_| {}).unwrap();
+    let sum = pipeline::run(&client, &s.repo, &opts("t"), &mut NoProgress).unwrap();
     drop(client);
     assert_eq!(sum.snarfs_read(), 16);
     let tables = allocated(&s.engine.store().run_dir().join(crate::jobs::released::DIR));
