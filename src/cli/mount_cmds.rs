@@ -373,13 +373,17 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
     daemon.jobs().stop_all(Duration::from_secs(10));
     // Then the socket goes: any job still connected fails; pins kept for snapshot reads go.
     daemon.stop_job_server();
-    let closed = engine.close().map_err(|e| e.to_string());
+    let closed = engine.close();
     match &closed {
         Ok(()) => log::info!("unmounted {}; store closed cleanly", mountpoint.display()),
         Err(e) => log::error!("closing the store after unmount: {e}"),
     }
     if let Some(r) = record.as_mut() {
-        if let Err(e) = r.finish(closed.clone()) {
+        let how = match &closed {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e as &(dyn std::error::Error + 'static)),
+        };
+        if let Err(e) = r.finish(how) {
             log::error!(
                 "cannot record how the store was closed in {}: {e}",
                 r.path().display()

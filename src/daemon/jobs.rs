@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::error::{Error, Result};
 use crate::control::JobRow;
 use crate::jobs::report::{self, JobReport};
 use crate::jobs::spec::BackupSpec;
@@ -100,25 +101,23 @@ impl JobManager {
         engine: &Engine,
         req: &BackupRequest,
         repository: &Path,
-    ) -> Result<String, String> {
-        let launcher = self.launcher.lock().clone().ok_or_else(|| {
-            "this daemon cannot start jobs (it is not serving a mount)".to_string()
-        })?;
-        let snap = engine.snapshot(&req.snapshot).map_err(|e| e.to_string())?;
-        if let Some(vols) = &req.volumes {
-            for v in vols {
-                if snap.volume(v).is_none() {
-                    return Err(format!(
-                        "snapshot \"{}\" has no volume named \"{v}\"",
-                        req.snapshot
-                    ));
+    ) -> Result<String> {
+        let launcher = self.launcher.lock().clone().ok_or(Error::NotServing)?;
+        let snap = engine.snapshot(&req.snapshot)?;
+        for v in req.volumes.iter().flatten() {
+            if snap.volume(v).is_none() {
+                return Err(crate::snapshot::Error::NoSuchVolume {
+                    snapshot: req.snapshot.clone(),
+                    volume: v.clone(),
                 }
+                .into());
             }
         }
-        crate::repo::Repo::open_quiet(repository).map_err(|e| e.to_string())?;
+        crate::repo::Repo::open_quiet(repository)?;
         let id = self.new_id();
         let dir = report::reports_dir(&launcher.run_dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let log_path = report::log_path(&launcher.run_dir, &id);
         let log = OpenOptions::new()
             .create(true)
@@ -126,10 +125,10 @@ impl JobManager {
             .write(true)
             .mode(0o600)
             .open(&log_path)
-            .map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+            .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
         let log2 = log
             .try_clone()
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+            .map_err(|e| Error::io(log_path.display().to_string(), e))?;
         let spec = BackupSpec {
             mountpoint: &launcher.mountpoint,
             request: req,
@@ -144,7 +143,7 @@ impl JobManager {
             .stderr(Stdio::from(log2));
         let child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start the backup process: {e}"))?;
+            .map_err(|e| Error::io("cannot start the backup process", e))?;
         log::info!(
             "job {id}: backup of snapshot \"{}\" to {} started (pid {})",
             req.snapshot,
@@ -171,17 +170,17 @@ impl JobManager {
 
     /// Cancels a job: its process is asked to stop (SIGTERM); nothing of it is committed
     /// unless it had already entered finishing, which always completes.
-    pub fn cancel(&self, id: &str) -> Result<String, String> {
+    pub fn cancel(&self, id: &str) -> Result<String> {
         let mut jobs = self.jobs.lock();
         let job = jobs
             .iter_mut()
             .find(|j| j.id == id)
-            .ok_or_else(|| format!("no job with id {id}; see control/jobs for the ids"))?;
+            .ok_or_else(|| Error::NoSuchJob(id.to_string()))?;
         if job.finished.is_some() {
-            return Err(format!(
-                "job {id} has already ended ({})",
-                job.state.as_str()
-            ));
+            return Err(Error::JobEnded {
+                id: id.to_string(),
+                state: job.state,
+            });
         }
         job.cancel_requested = true;
         // SAFETY: kill with the pid of a child we started and have not reaped yet, so the

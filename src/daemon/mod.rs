@@ -6,9 +6,12 @@
 //!
 //! This layer sits between `fuse` (above) and `control`, `jobs` and `snapshot` (below).
 
+pub mod error;
 pub mod jobs;
 pub mod policy;
 pub mod record;
+
+pub use error::{Error, Result};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -290,27 +293,18 @@ impl Daemon {
     }
 
     /// Carries out one write to a control file. `Ok` holds the answer read back on the same
-    /// descriptor; `Err` the reason the write failed, with the accepted form.
-    pub fn control_write(&self, file: ControlFile, input: &[u8]) -> Result<String, String> {
-        let command = control::parse(file, input).map_err(|r| r.message())?;
-        let refused = |what: String| {
-            format!(
-                "{file}: {what}\naccepted commands (one per write):\n{}",
-                file.usage()
-            )
-        };
+    /// descriptor; `Err` why the write failed, whose [`Error::answer`] is read back instead.
+    pub fn control_write(&self, file: ControlFile, input: &[u8]) -> Result<String> {
+        let command = control::parse(file, input)?;
+        let refused = |why: Error| Error::refused(file, why);
         match command {
             Command::CreateSnapshot { name } => {
-                self.engine
-                    .take(&name)
-                    .map_err(|e| refused(e.to_string()))?;
+                self.engine.take(&name).map_err(|e| refused(e.into()))?;
                 self.changed(Changed::Snapshot(name.clone()));
                 Ok(format!("created snapshot {name}\n"))
             }
             Command::ReleaseSnapshot { name } => {
-                self.engine
-                    .release(&name)
-                    .map_err(|e| refused(e.to_string()))?;
+                self.engine.release(&name).map_err(|e| refused(e.into()))?;
                 self.changed(Changed::Snapshot(name.clone()));
                 Ok(format!("released snapshot {name}\n"))
             }
@@ -318,11 +312,7 @@ impl Daemon {
                 let repo = match (&req.repo, &self.repo_path) {
                     (Some(r), _) => r.clone(),
                     (None, Some(r)) => r.clone(),
-                    (None, None) => {
-                        return Err(refused(
-                            "no repository given and none configured: add repo=/PATH, or mount with --repo (or snarf init --repo)".into(),
-                        ))
-                    }
+                    (None, None) => return Err(refused(Error::NoRepository)),
                 };
                 let id = self
                     .jobs

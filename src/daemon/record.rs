@@ -111,13 +111,16 @@ impl RecordFile {
         Ok(RecordFile { file, path, record })
     }
 
-    /// Records how the close went, in place, and fsyncs it.
-    pub fn finish(&mut self, closed: Result<(), String>) -> std::io::Result<()> {
+    /// Records how the close went (the error, if it failed), in place, and fsyncs it.
+    pub fn finish(
+        &mut self,
+        closed: Result<(), &(dyn std::error::Error + 'static)>,
+    ) -> std::io::Result<()> {
         self.record.phase = match &closed {
             Ok(()) => Phase::Closed,
             Err(_) => Phase::CloseFailed,
         };
-        self.record.error = closed.err();
+        self.record.error = closed.err().map(|e| e.to_string());
         self.record.at = super::now_secs();
         self.file.write_all_at(&encode(&self.record)?, 0)?;
         self.file.sync_data()
@@ -155,8 +158,8 @@ mod tests {
         assert_eq!((r.phase, r.pid), (Phase::Serving, std::process::id()));
         assert!(is_running(&r));
         let len = std::fs::metadata(f.path()).unwrap().len();
-        f.finish(Err("closing the store: No space left on device".repeat(200)))
-            .unwrap();
+        let full = std::io::Error::other("closing the store: No space left on device".repeat(200));
+        f.finish(Err(&full)).unwrap();
         let r = read(dir.path()).unwrap();
         assert_eq!(r.phase, Phase::CloseFailed);
         assert!(r.error.unwrap().starts_with("closing the store: No space"));

@@ -141,6 +141,11 @@ fn jobs_errno(e: &jobs::Error) -> i32 {
         // A released-snarf table that does not follow its format is damage, not a bad
         // request: EIO, with the table named in the log.
         jobs::Error::Protocol(_) => libc::EIO,
+        // A cancel of the job server (control/jobs answers it in text, as the daemon's
+        // refusal): should one surface as an errno, what kill(2) would say.
+        jobs::Error::NoSuchJob(_) | jobs::Error::JobEnded(_) => libc::ESRCH,
+        // Committing is never undone: busy, not failed.
+        jobs::Error::Committing(_) => libc::EBUSY,
         // The rest happen only inside a running backup job, never on a request to the
         // mount; should one surface, the caller's data could not be given: EIO.
         jobs::Error::Plan(_)

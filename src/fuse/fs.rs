@@ -751,7 +751,8 @@ impl SnarfFs {
                         cbuf.text = Some(answer.into_bytes());
                         Ok(data.len() as u32)
                     }
-                    Err(reason) => {
+                    Err(refused) => {
+                        let reason = refused.answer();
                         log::info!(
                             "{f}: refused {:?}: {reason}",
                             String::from_utf8_lossy(&data[..data.len().min(200)])

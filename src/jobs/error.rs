@@ -43,6 +43,15 @@ pub enum Error {
     /// The job was stopped (a signal, or the daemon is shutting down).
     #[error("the backup was stopped: {0}; nothing was committed")]
     Stopped(String),
+    /// No connected job has this id or pid.
+    #[error("no job {0}; control/jobs lists them")]
+    NoSuchJob(String),
+    /// The job has ended; there is nothing left to cancel.
+    #[error("job {0} has already ended")]
+    JobEnded(String),
+    /// The job is committing its backup, which is never undone.
+    #[error("job {0} is committing its backup; a commit is never undone")]
+    Committing(String),
     /// An I/O error with context.
     #[error("{context}: {source}")]
     Io {

@@ -274,20 +274,17 @@ impl JobServer {
 
     /// Cancels a running job by its id (`J3`) or pid: it is refused at its next request and
     /// commits nothing. A job already committing is not stopped (finishing goes forward).
-    pub fn cancel(&self, id: &str, reason: &str) -> std::result::Result<String, String> {
+    pub fn cancel(&self, id: &str, reason: &str) -> Result<String> {
         let mut jobs = self.shared.jobs.lock();
         let found = jobs
             .values_mut()
             .find(|t| t.status.id.eq_ignore_ascii_case(id) || t.status.pid.to_string() == id);
         match found {
-            None => Err(format!("no job {id}; control/jobs lists them")),
-            Some(t) if t.status.phase.ended() => {
-                Err(format!("job {} has already ended", t.status.id))
+            None => Err(Error::NoSuchJob(id.to_string())),
+            Some(t) if t.status.phase.ended() => Err(Error::JobEnded(t.status.id.clone())),
+            Some(t) if t.status.phase == JobPhase::Committing => {
+                Err(Error::Committing(t.status.id.clone()))
             }
-            Some(t) if t.status.phase == JobPhase::Committing => Err(format!(
-                "job {} is committing its backup; a commit is never undone",
-                t.status.id
-            )),
             Some(t) => {
                 t.cancel = Some(reason.to_string());
                 Ok(format!("cancelling job {}\n", t.status.id))

@@ -640,6 +640,7 @@ fn a_cancelled_job_commits_nothing_and_is_listed_as_cancelled() {
                     .server
                     .cancel("J999", "x")
                     .unwrap_err()
+                    .to_string()
                     .contains("no job J999"));
             }
             self.inner.next(max)
@@ -681,6 +682,7 @@ fn a_cancelled_job_commits_nothing_and_is_listed_as_cancelled() {
     assert!(server
         .cancel(&id, "again")
         .unwrap_err()
+        .to_string()
         .contains("already ended"));
 }
 
