@@ -5,6 +5,7 @@
 //! `cli` → `fuse` → `control` → `jobs` → `pids` → `repo` → `snapshot` → `store`.
 //! Everything below `fuse` is plain Rust that tests drive without a kernel mount.
 
+pub mod chain;
 pub mod cli;
 pub mod control;
 pub mod daemon;

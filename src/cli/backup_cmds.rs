@@ -302,7 +302,7 @@ fn process_type() -> Result<ProcType, CliError> {
 }
 
 fn job_error(e: crate::jobs::Error) -> CliError {
-    if e.is_disk_full() && !e.to_string().contains("disk is full") {
+    if e.is_disk_full() && !e.says_repository_is_full() {
         return CliError::new(format!(
             "{e}\na disk is full; nothing was committed: free space and run the backup again"
         ));
@@ -586,6 +586,24 @@ mod tests {
     use crate::pids::ProcType;
     use clap::Parser;
     use std::path::{Path, PathBuf};
+
+    /// A full disk gets its advice however the failing thing is named.
+    #[test]
+    fn a_full_disk_is_advised_whatever_the_names_say() {
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e = crate::jobs::Error::io("spilling snapshot \"disk is full\"", full);
+        let message = super::job_error(e).message;
+        assert!(
+            message.contains("a disk is full; nothing was committed"),
+            "{message}"
+        );
+        let locked = crate::repo::Error::Locked {
+            path: "/srv/No space left on device".into(),
+            holder: "x".into(),
+        };
+        let message = super::job_error(locked.into()).message;
+        assert!(!message.contains("disk is full"), "{message}");
+    }
 
     /// The argv the daemon builds for a job parses back to exactly what was asked, whatever
     /// the names look like: nothing a user named is read as an option.

@@ -71,29 +71,58 @@ impl Error {
         }
     }
 
-    /// Whether the error comes from a full disk somewhere below.
+    /// Whether the error comes from a full disk somewhere below (an errno in the chain
+    /// of causes, never words in a message).
     pub fn is_disk_full(&self) -> bool {
-        let mut e: Option<&(dyn std::error::Error + 'static)> = Some(self);
-        while let Some(cur) = e {
-            if let Some(io) = cur.downcast_ref::<std::io::Error>() {
-                if io.raw_os_error() == Some(libc::ENOSPC) {
-                    return true;
-                }
-            }
-            e = cur.source();
-        }
-        false
+        crate::chain::is_disk_full(self)
+    }
+
+    /// Whether the message already tells that the repository's disk is full, and what to do.
+    pub fn says_repository_is_full(&self) -> bool {
+        matches!(self, Error::Repo(e) if crate::chain::is_disk_full(e))
     }
 }
 
 fn describe_repo_error(e: &crate::repo::Error) -> String {
-    let text = e.to_string();
-    if text.contains("No space left on device") || text.contains("os error 28") {
-        format!("{text}\nthe repository's disk is full: nothing was committed; free space (for example `snarf prune`) and run the backup again")
+    if crate::chain::is_disk_full(e) {
+        format!("{e}\nthe repository's disk is full: nothing was committed; free space (for example `snarf prune`) and run the backup again")
     } else {
-        text
+        e.to_string()
     }
 }
 
 /// Result of the jobs layer.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn locked_at(path: &str) -> Error {
+        crate::repo::Error::Locked {
+            path: path.into(),
+            holder: "snarf prune (pid 7)".into(),
+        }
+        .into()
+    }
+
+    #[test]
+    fn a_full_repository_disk_is_told_by_its_errno_not_by_words() {
+        // A repository whose path reads like a full disk is only locked.
+        let e = locked_at("/srv/No space left on device (os error 28)/repo");
+        assert!(!e.is_disk_full() && !e.says_repository_is_full());
+        assert!(!e.to_string().contains("disk is full"), "{e}");
+        // A full disk the OS reports by kind alone is one.
+        let full =
+            crate::repo::Error::io("writing pack 1f", std::io::ErrorKind::StorageFull.into());
+        let e = Error::from(full);
+        assert!(e.is_disk_full() && e.says_repository_is_full());
+        assert!(
+            e.to_string().contains("the repository's disk is full"),
+            "{e}"
+        );
+        // Full below the repository layer is a full disk too, but not the repository's.
+        let e = Error::io("spilling", std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(e.is_disk_full() && !e.says_repository_is_full());
+    }
+}
