@@ -14,6 +14,7 @@ use clap::{Args, ValueEnum};
 
 use super::progress::ProgressDisplay;
 use super::{CliError, CliResult};
+use crate::chain::ErrorChain;
 use crate::jobs::client::Client;
 use crate::jobs::pipeline::{self, BackupOptions};
 use crate::jobs::progress::format_summary;
@@ -275,12 +276,14 @@ fn resolve(target: &Path) -> Result<Target, CliError> {
         if path.join("control").is_dir() && path.join("snapshots").is_dir() {
             return Err(CliError::new(format!(
                 "{} looks like a snarf mount, but the mount table does not name its store: {e}",
-                path.display()
+                path.display(),
+                e = e.chain()
             )));
         }
         return Err(CliError::new(format!(
             "{} is neither a snarf mount point nor a store: {e}",
-            path.display()
+            path.display(),
+            e = e.chain()
         )));
     }
     let socket = store.join("run").join(SOCKET);
@@ -302,12 +305,11 @@ fn process_type() -> Result<ProcType, CliError> {
 }
 
 fn job_error(e: crate::jobs::Error) -> CliError {
-    if e.is_disk_full() && !e.says_repository_is_full() {
-        return CliError::new(format!(
-            "{e}\na disk is full; nothing was committed: free space and run the backup again"
-        ));
+    let text = e.chain().to_string();
+    match e.disk_full_advice() {
+        Some(advice) => CliError::new(format!("{text}\n{advice}")),
+        None => CliError::new(text),
     }
-    CliError::new(e)
 }
 
 /// `snarf backup`.
@@ -361,19 +363,17 @@ pub fn backup(args: BackupArgs) -> CliResult {
     let repo_path = std::path::absolute(&repo_path).unwrap_or(repo_path);
     let repo = Repo::open(&repo_path)?;
     let kind = process_type()?;
-    exit_on_signals().map_err(CliError::new)?;
+    exit_on_signals()?;
     let registry = Registry::new(store.join("run"));
-    let registration = registry
-        .register(
-            NewEntry::new(kind)
-                .repo(repo.path().display().to_string())
-                .job(match &args.job_id {
-                    Some(id) => format!("{id} {job}"),
-                    None => job.clone(),
-                })
-                .state(ProcState::Running),
-        )
-        .map_err(CliError::new)?;
+    let registration = registry.register(
+        NewEntry::new(kind)
+            .repo(repo.path().display().to_string())
+            .job(match &args.job_id {
+                Some(id) => format!("{id} {job}"),
+                None => job.clone(),
+            })
+            .state(ProcState::Running),
+    )?;
 
     let mut opts = BackupOptions::new(&args.snapshot);
     if !args.volumes.is_empty() {
@@ -421,7 +421,7 @@ pub fn backup(args: BackupArgs) -> CliResult {
                     );
                 }
             }
-            Err(e) => log::warn!("could not stop idle snarf processes: {e}"),
+            Err(e) => log::warn!("could not stop idle snarf processes: {}", e.chain()),
         }
     };
 

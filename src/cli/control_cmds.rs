@@ -157,9 +157,7 @@ pub fn pids(args: PidsArgs) -> CliResult {
         return Ok(());
     }
     crate::store::Settings::load(&args.path)?;
-    let entries = Registry::new(args.path.join("run"))
-        .list()
-        .map_err(|e| CliError::new(e.to_string()))?;
+    let entries = Registry::new(args.path.join("run")).list()?;
     let rows: Vec<control::PidRow> = entries.iter().map(Into::into).collect();
     if args.json {
         print!("{}", control::render_pids_json(&rows));

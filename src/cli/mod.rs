@@ -33,19 +33,22 @@ impl CliError {
     }
 }
 
-/// Converts any layer's error into a command-line failure.
+/// Converts any layer's error into a command-line failure, with its causes.
 macro_rules! impl_from_layer_error {
     ($($t:ty),*) => {$(
         impl From<$t> for CliError {
             fn from(e: $t) -> CliError {
-                CliError::new(e)
+                CliError::new(crate::chain::Chain::new(&e))
             }
         }
     )*};
 }
 impl_from_layer_error!(
     crate::store::Error,
+    crate::snapshot::Error,
     crate::repo::Error,
+    crate::pids::Error,
+    crate::daemon::Error,
     crate::units::SizeParseError,
     std::io::Error
 );

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::{logging, numbers, CliError, CliResult};
+use crate::chain::ErrorChain;
 use crate::daemon::jobs::JobLauncher;
 use crate::daemon::record::{self, Phase, RecordFile};
 use crate::daemon::{Daemon, LiveIo};
@@ -294,7 +295,7 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
         if let Some(v) = args.break_after {
             opts.budgets.break_after_secs = v;
         }
-        let engine = Arc::new(Engine::new(st, opts).map_err(|e| CliError::new(e.to_string()))?);
+        let engine = Arc::new(Engine::new(st, opts)?);
         let repo = args
             .repo
             .as_ref()
@@ -307,7 +308,10 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
         // Backup jobs (separate `snarf backup` processes) talk to the daemon on run/daemon.sock.
         if let Err(e) = daemon.start_job_server() {
             let _ = engine.close();
-            return Err(CliError::new(format!("cannot serve backup jobs: {e}")));
+            return Err(CliError::new(format!(
+                "cannot serve backup jobs: {}",
+                e.chain()
+            )));
         }
         let mount_opts = MountOptions {
             threads: args.threads,
@@ -376,7 +380,7 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
     let closed = engine.close();
     match &closed {
         Ok(()) => log::info!("unmounted {}; store closed cleanly", mountpoint.display()),
-        Err(e) => log::error!("closing the store after unmount: {e}"),
+        Err(e) => log::error!("closing the store after unmount: {}", e.chain()),
     }
     if let Some(r) = record.as_mut() {
         let how = match &closed {
@@ -391,7 +395,7 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
         }
     }
     if let Err(e) = closed {
-        return Err(CliError::new(format!("closing the store: {e}")));
+        return Err(CliError::new(format!("closing the store: {}", e.chain())));
     }
     served.map_err(|e| CliError::new(format!("the FUSE session failed: {e}")))
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 
 use super::{CliError, CliResult};
+use crate::chain::ErrorChain;
 use crate::control;
 use crate::repo::{self, Policy, Repo, RepoInitOptions};
 use crate::units::{parse_size, Bytes};
@@ -419,7 +420,10 @@ pub fn finishing(args: FinishingArgs) -> CliResult {
         match Repo::open_quiet(path).and_then(|r| r.finishing_status()) {
             Ok(status) => rows.push(control::FinishingRow::from_status(&shown, &status)),
             Err(e) => {
-                rows.push(control::FinishingRow::unreadable(&shown, &e.to_string()));
+                rows.push(control::FinishingRow::unreadable(
+                    &shown,
+                    &e.chain().to_string(),
+                ));
                 failed = Some(e);
             }
         }

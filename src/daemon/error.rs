@@ -3,6 +3,7 @@
 //! daemon could not carry out is [`Error::Refused`], naming the file, with the cause. Either
 //! way [`Error::answer`] is the text read back on the same descriptor.
 
+use crate::chain::ErrorChain;
 use crate::control::{ControlFile, Rejection};
 use crate::jobs::JobState;
 
@@ -13,11 +14,12 @@ pub enum Error {
     #[error(transparent)]
     Rejected(#[from] Rejection),
     /// A command of `file` that could not be carried out.
-    #[error("{file}: {source}")]
+    #[error("{file}")]
     Refused {
         /// The file written to.
         file: ControlFile,
         /// Why.
+        #[source]
         source: Box<Error>,
     },
     /// From the snapshot engine (no such snapshot or volume, a name taken, a broken one).
@@ -44,11 +46,12 @@ pub enum Error {
         state: JobState,
     },
     /// An I/O error with context.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -76,10 +79,11 @@ impl Error {
         match self {
             Error::Rejected(r) => r.message(),
             Error::Refused { file, .. } => format!(
-                "{self}\naccepted commands (one per write):\n{}",
+                "{}\naccepted commands (one per write):\n{}",
+                self.chain(),
                 file.usage()
             ),
-            other => format!("{other}\n"),
+            other => format!("{}\n", other.chain()),
         }
     }
 }

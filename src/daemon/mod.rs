@@ -19,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
+use crate::chain::ErrorChain;
 use crate::control::{
     self, render_finishing, render_finishing_json, render_jobs, render_jobs_json, render_pids,
     render_pids_json, render_status, render_status_json, Command, ControlFile, SnapshotState,
@@ -337,7 +338,7 @@ impl Daemon {
                 let rows: Vec<control::PidRow> = match self.registry.list() {
                     Ok(entries) => entries.iter().map(Into::into).collect(),
                     Err(e) => {
-                        log::warn!("reading the process registry: {e}");
+                        log::warn!("reading the process registry: {}", e.chain());
                         Vec::new()
                     }
                 };
@@ -375,7 +376,7 @@ impl Daemon {
                 // Opened without completing anything, so a cut-off finishing shows as it is.
                 match Repo::open_quiet(p).and_then(|r| r.finishing_status()) {
                     Ok(status) => control::FinishingRow::from_status(&shown, &status),
-                    Err(e) => control::FinishingRow::unreadable(&shown, &e.to_string()),
+                    Err(e) => control::FinishingRow::unreadable(&shown, &e.chain().to_string()),
                 }
             })
             .collect()

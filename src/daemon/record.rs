@@ -120,7 +120,9 @@ impl RecordFile {
             Ok(()) => Phase::Closed,
             Err(_) => Phase::CloseFailed,
         };
-        self.record.error = closed.err().map(|e| e.to_string());
+        self.record.error = closed
+            .err()
+            .map(|e| crate::chain::Chain::new(e).to_string());
         self.record.at = super::now_secs();
         self.file.write_all_at(&encode(&self.record)?, 0)?;
         self.file.sync_data()

@@ -2,6 +2,7 @@
 //! comment wherever the errno is not the obvious one, so a new error cannot slip through
 //! as a silent EIO.
 
+use crate::chain::ErrorChain;
 use crate::daemon::policy::Denied;
 use crate::jobs;
 use crate::pids;
@@ -81,7 +82,7 @@ fn store_errno(e: &store::Error) -> i32 {
 
 impl From<store::Error> for FsError {
     fn from(e: store::Error) -> FsError {
-        FsError::new(store_errno(&e), e.to_string())
+        FsError::new(store_errno(&e), e.chain().to_string())
     }
 }
 
@@ -109,7 +110,7 @@ fn snapshot_errno(e: &snapshot::Error) -> i32 {
 
 impl From<snapshot::Error> for FsError {
     fn from(e: snapshot::Error) -> FsError {
-        FsError::new(snapshot_errno(&e), e.to_string())
+        FsError::new(snapshot_errno(&e), e.chain().to_string())
     }
 }
 
@@ -158,7 +159,7 @@ fn jobs_errno(e: &jobs::Error) -> i32 {
 
 impl From<jobs::Error> for FsError {
     fn from(e: jobs::Error) -> FsError {
-        FsError::new(jobs_errno(&e), e.to_string())
+        FsError::new(jobs_errno(&e), e.chain().to_string())
     }
 }
 
@@ -174,7 +175,7 @@ fn denied_errno(e: &Denied) -> i32 {
 
 impl From<Denied> for FsError {
     fn from(e: Denied) -> FsError {
-        FsError::new(denied_errno(&e), e.to_string())
+        FsError::new(denied_errno(&e), e.chain().to_string())
     }
 }
 
@@ -204,7 +205,7 @@ fn repo_errno(e: &repo::Error) -> i32 {
 
 impl From<repo::Error> for FsError {
     fn from(e: repo::Error) -> FsError {
-        FsError::new(repo_errno(&e), e.to_string())
+        FsError::new(repo_errno(&e), e.chain().to_string())
     }
 }
 

@@ -12,6 +12,7 @@ use super::proto::{self, BatchItem, Incoming, Msg};
 use super::released::Released;
 use super::service::{JobService, PeerAlive, Session};
 use super::{Error, Result};
+use crate::chain::ErrorChain;
 use crate::snapshot::Engine;
 
 /// Most snarfs one batch carries, whatever the job asks.
@@ -227,7 +228,7 @@ pub fn serve_stream(
             Err(e) => proto::write_frame(
                 writer,
                 &Msg::Error {
-                    message: e.to_string(),
+                    message: e.chain().to_string(),
                 },
                 &[],
             )?,

@@ -11,7 +11,7 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] crate::store::Error),
     /// From the repository (locked, missing, damaged, disk full).
-    #[error("{}", describe_repo_error(.0))]
+    #[error(transparent)]
     Repo(#[from] crate::repo::Error),
     /// From the process registry.
     #[error(transparent)]
@@ -53,11 +53,12 @@ pub enum Error {
     #[error("job {0} is committing its backup; a commit is never undone")]
     Committing(String),
     /// An I/O error with context.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What snarf was doing.
         context: String,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -77,17 +78,16 @@ impl Error {
         crate::chain::is_disk_full(self)
     }
 
-    /// Whether the message already tells that the repository's disk is full, and what to do.
-    pub fn says_repository_is_full(&self) -> bool {
-        matches!(self, Error::Repo(e) if crate::chain::is_disk_full(e))
-    }
-}
-
-fn describe_repo_error(e: &crate::repo::Error) -> String {
-    if crate::chain::is_disk_full(e) {
-        format!("{e}\nthe repository's disk is full: nothing was committed; free space (for example `snarf prune`) and run the backup again")
-    } else {
-        e.to_string()
+    /// What to do about the full disk the error comes from, if it comes from one: the
+    /// repository's, or another (a job's temporary files, the store's).
+    pub fn disk_full_advice(&self) -> Option<&'static str> {
+        if !self.is_disk_full() {
+            return None;
+        }
+        Some(match self {
+            Error::Repo(_) => "the repository's disk is full: nothing was committed; free space (for example `snarf prune`) and run the backup again",
+            _ => "a disk is full; nothing was committed: free space and run the backup again",
+        })
     }
 }
 
@@ -110,19 +110,17 @@ mod tests {
     fn a_full_repository_disk_is_told_by_its_errno_not_by_words() {
         // A repository whose path reads like a full disk is only locked.
         let e = locked_at("/srv/No space left on device (os error 28)/repo");
-        assert!(!e.is_disk_full() && !e.says_repository_is_full());
-        assert!(!e.to_string().contains("disk is full"), "{e}");
+        assert!(!e.is_disk_full() && e.disk_full_advice().is_none(), "{e}");
         // A full disk the OS reports by kind alone is one.
         let full =
             crate::repo::Error::io("writing pack 1f", std::io::ErrorKind::StorageFull.into());
         let e = Error::from(full);
-        assert!(e.is_disk_full() && e.says_repository_is_full());
-        assert!(
-            e.to_string().contains("the repository's disk is full"),
-            "{e}"
-        );
+        assert!(e.is_disk_full());
+        let advice = e.disk_full_advice().unwrap_or_default();
+        assert!(advice.contains("the repository's disk is full"), "{advice}");
         // Full below the repository layer is a full disk too, but not the repository's.
         let e = Error::io("spilling", std::io::Error::from_raw_os_error(libc::ENOSPC));
-        assert!(e.is_disk_full() && !e.says_repository_is_full());
+        let advice = e.disk_full_advice().unwrap_or_default();
+        assert!(advice.starts_with("a disk is full"), "{advice}");
     }
 }

@@ -26,6 +26,7 @@ use super::proto::AckItem;
 use super::service::{Session, SnarfData};
 use super::vocab::Mode;
 use super::{Error, Result};
+use crate::chain::ErrorChain;
 use crate::repo::{
     BackupId, ChunkRef, Durable, NewBackup, PreparedChunk, Repo, VolumeReader, VolumeSlot,
 };
@@ -201,7 +202,7 @@ pub fn explain_missing_repo(e: Error, repo: &Repo) -> Error {
     match e {
         Error::Repo(_) | Error::Io { .. } if !repo.is_present() => Error::RepoGone {
             repo: repo.path().to_path_buf(),
-            detail: e.to_string(),
+            detail: e.chain().to_string(),
         },
         e => e,
     }
@@ -269,7 +270,7 @@ fn run_job(
     let (read, reused, bytes_read, zero_bytes) = match result {
         Ok(r) => r,
         Err(e) => {
-            session.abort(&e.to_string());
+            session.abort(&e.chain().to_string());
             drop(writer);
             return Err(e);
         }
@@ -278,7 +279,7 @@ fn run_job(
     let id = match writer.commit() {
         Ok(id) => id,
         Err(e) => {
-            session.abort(&e.to_string());
+            session.abort(&e.chain().to_string());
             return Err(e.into());
         }
     };
@@ -286,7 +287,10 @@ fn run_job(
     let last: Vec<AckItem> = std::mem::take(&mut *acks.lock());
     if let Err(e) = session.ack(&last).and_then(|_| session.done(id.as_str())) {
         // The backup is committed; the daemon only misses the chance to free pre-images.
-        log::warn!("backup {id} is committed, but telling the mount daemon failed: {e}");
+        log::warn!(
+            "backup {id} is committed, but telling the mount daemon failed: {}",
+            e.chain()
+        );
     }
     let manifest = repo.backup(id.as_str())?;
     let stats = manifest.stats;

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::{Error, Result};
+use crate::chain::ErrorChain;
 use crate::repo::chunk::REF_LEN;
 use crate::repo::{ChunkRef, PackId, Repo};
 use crate::snapshot::{SnapState, Snapshot, StoredSnarfs};
@@ -333,7 +334,8 @@ impl Released {
                             ""
                         } else {
                             "; the repository is no longer there: put it back at that path to read this snapshot again"
-                        }
+                        },
+                        e = e.chain()
                     ))
                 })?);
                 let mut c = self.cache.lock();
@@ -430,7 +432,8 @@ fn drop_table(t: &SnapTable) {
                 t.pin,
                 repo.path().display(),
                 repo.path().display(),
-                t.pin
+                t.pin,
+                e = e.chain()
             );
         }
     }
@@ -445,7 +448,8 @@ fn unpin_all(pin: &str, repos: &[PathBuf]) {
             Ok(()) => {}
             Err(e) => log::warn!(
                 "could not remove pin {pin} left in {} by an earlier mount: {e}",
-                path.display()
+                path.display(),
+                e = e.chain()
             ),
         }
     }

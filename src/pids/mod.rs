@@ -50,25 +50,28 @@ pub enum Error {
         path: PathBuf,
     },
     /// /proc could not tell who a process is.
-    #[error("cannot identify processes ({context}: {source}); snarf needs /proc mounted (mount -t proc proc /proc)")]
+    #[error("cannot identify processes, for which snarf needs /proc mounted (mount -t proc proc /proc): {context}")]
     Proc {
         /// What snarf was reading.
         context: String,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
     /// SIGTERM/SIGINT handling could not be set up.
-    #[error("cannot watch for SIGTERM and SIGINT: {source}; the process would leave its registry entry behind when stopped, so it does not start")]
+    #[error("cannot watch for SIGTERM and SIGINT, so the process does not start (it would leave its registry entry behind when stopped)")]
     Signals {
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
     /// Reading or writing a registry file failed.
-    #[error("{context}: {source}; check the store's run/ folder is writable")]
+    #[error("{context} (check the store's run/ folder is writable)")]
     Io {
         /// What snarf was doing.
         context: String,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
 }

@@ -11,6 +11,7 @@ use super::entry::{Entry, ProcState, ProcType};
 use super::procfs;
 use super::registry::Registry;
 use super::{Error, Result};
+use crate::chain::ErrorChain;
 
 /// What a process says about itself when it registers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +154,10 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         if let Err(e) = self.inner.remove() {
-            log::warn!("could not remove this process from the registry: {e}");
+            log::warn!(
+                "could not remove this process from the registry: {}",
+                e.chain()
+            );
         }
     }
 }
@@ -226,7 +230,10 @@ fn remove_all_registrations() {
     let live: Vec<Arc<Inner>> = LIVE.lock().iter().filter_map(Weak::upgrade).collect();
     for inner in live {
         if let Err(e) = inner.remove() {
-            log::warn!("could not remove this process from the registry: {e}");
+            log::warn!(
+                "could not remove this process from the registry: {}",
+                e.chain()
+            );
         }
     }
 }

@@ -18,6 +18,7 @@ use super::manifest::{read_manifest, Table};
 use super::pack::{self, TrailerEntry};
 use super::reader;
 use super::Repo;
+use crate::chain::ErrorChain;
 
 /// One thing wrong, located as precisely as possible.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +138,7 @@ pub(crate) fn check(
             })
         }
         Ok(_) => {}
-        Err(e) => rep.problem(e.to_string()),
+        Err(e) => rep.problem(e.chain().to_string()),
     }
 
     // Packs and their trailers.
@@ -153,7 +154,7 @@ pub(crate) fn check(
         let file = match reader::open_pack(repo, id) {
             Ok(f) => f,
             Err(e) => {
-                rep.problem(e.to_string());
+                rep.problem(e.chain().to_string());
                 continue;
             }
         };
@@ -183,7 +184,7 @@ pub(crate) fn check(
     match Index::open(&repo.index_dir()) {
         Err(e) => {
             index_usable = false;
-            rep.problem(format!("the index cannot be opened: {e}"))
+            rep.problem(format!("the index cannot be opened: {}", e.chain()))
         }
         Ok(idx) => {
             let total = idx.records();
@@ -199,7 +200,7 @@ pub(crate) fn check(
                     Ok(r) => r,
                     Err(e) => {
                         index_usable = false;
-                        rep.problem(format!("the index is damaged: {e}"));
+                        rep.problem(format!("the index is damaged: {}", e.chain()));
                         break;
                     }
                 };
@@ -243,7 +244,7 @@ pub(crate) fn check(
             let file = match reader::open_pack(repo, id) {
                 Ok(f) => f,
                 Err(e) => {
-                    rep.problem(e.to_string());
+                    rep.problem(e.chain().to_string());
                     continue;
                 }
             };
@@ -258,7 +259,7 @@ pub(crate) fn check(
                 done += 1;
                 rep.chunks_read += 1;
                 if let Err(err) = reader::fetch(repo, &file, &e.chunk_ref(*id)) {
-                    damaged.insert((*id, e.offset), err.to_string());
+                    damaged.insert((*id, e.offset), err.chain().to_string());
                 }
             }
         }
@@ -298,7 +299,8 @@ pub(crate) fn check(
             Ok(m) => m,
             Err(e) => {
                 rep.problems.push(whole(format!(
-                    "{e}; until then it is neither listed nor restorable, and gc keeps the packs its tables use"
+                    "{}; until then it is neither listed nor restorable, and gc keeps the packs its tables use",
+                    e.chain()
                 )));
                 continue;
             }
@@ -318,7 +320,7 @@ pub(crate) fn check(
             ) {
                 Ok(t) => t,
                 Err(e) => {
-                    rep.problems.push(at(None, e.to_string()));
+                    rep.problems.push(at(None, e.chain().to_string()));
                     continue;
                 }
             };

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::finishing::{Record, Step};
 use super::tests::{backup, restore_all, small_repo, volume_data};
 use super::*;
+use crate::chain::ErrorChain;
 
 /// Packs holding the data of backup `id`.
 fn packs_of(repo: &Repo, id: &BackupId, volume: &str) -> Vec<PackId> {
@@ -87,7 +88,7 @@ fn a_failed_folder_fsync_after_the_finishing_record_keeps_the_backup_committed()
         w.put(slot, i, p.prepare(&data[s..e]).unwrap()).unwrap();
     }
     let err = w.commit().unwrap_err();
-    let msg = err.to_string();
+    let msg = err.chain().to_string();
     assert!(matches!(err, Error::FinishingStuck { .. }), "{msg}");
     assert!(
         msg.contains(id.as_str()) && msg.contains("Input/output error"),

@@ -46,7 +46,7 @@ pub enum Error {
     },
     /// A pending finishing (or the recovery of an abandoned transfer) cannot be completed,
     /// so nothing new can be written until it is; read-only commands still work.
-    #[error("repository {repo}: {what} cannot be completed: {source}\nuntil it is, nothing new can be written to the repository; read-only commands still work: `snarf backups {repo}`, `snarf restore {repo} ID DIR`, `snarf check {repo}`")]
+    #[error("repository {repo}: {what} cannot be completed, and until it is nothing new can be written to the repository (read-only commands still work: `snarf backups {repo}`, `snarf restore {repo} ID DIR`, `snarf check {repo}`)")]
     FinishingStuck {
         /// The repository.
         repo: PathBuf,
@@ -117,7 +117,7 @@ pub enum Error {
         why: String,
     },
     /// Data of a backup cannot be read back correctly; names the exact place.
-    #[error("backup {backup}, volume \"{volume}\", byte offset {offset}: {source}")]
+    #[error("backup {backup}, volume \"{volume}\", byte offset {offset}")]
     VolumeData {
         /// The backup.
         backup: String,
@@ -148,7 +148,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// An I/O error, with what was being done.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What snarf was doing.
         context: String,

@@ -19,6 +19,7 @@ use super::index::Index;
 use super::pack::{self, TrailerEntry};
 use super::reader;
 use super::Repo;
+use crate::chain::ErrorChain;
 
 /// Packs whose trailers are kept; past it the table starts over.
 const KEPT_PACKS: usize = 256;
@@ -72,7 +73,7 @@ impl Known {
         }
         // Read outside the lock: other preparers go on meanwhile.
         let read = reader::open_pack(&self.repo, id)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.chain().to_string())
             .and_then(|f| {
                 pack::read_trailer(&f, id)
                     .map_err(|(offset, why)| format!("it is damaged at offset {offset}: {why}"))

@@ -119,6 +119,7 @@ pub use writer::{
     BackupWriter, Durable, DurableSink, NewBackup, PreparedChunk, Preparer, VolumeSlot,
 };
 
+use crate::chain::ErrorChain;
 use error::IoContext;
 
 /// Options of a new repository.
@@ -236,7 +237,7 @@ impl Repo {
         match result {
             Ok(()) => *stuck = None,
             Err(e) => {
-                let why = e.to_string();
+                let why = e.chain().to_string();
                 // Said once per reason: the daemon retries at every listing of backups/.
                 if stuck.as_deref() != Some(why.as_str()) {
                     log::warn!("{why}");
@@ -361,7 +362,7 @@ impl Repo {
             match manifest::read_manifest(self.path(), &id) {
                 Ok(m) => out.push(m),
                 Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => log::warn!("skipping backup {id}: {e}"),
+                Err(e) => log::warn!("skipping backup {id}: {}", e.chain()),
             }
         }
         Ok(out)

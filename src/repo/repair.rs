@@ -31,6 +31,7 @@ use super::manifest::read_manifest;
 use super::pack;
 use super::reader;
 use super::Repo;
+use crate::chain::ErrorChain;
 
 /// Records sorted in memory before a run is written: 64 MiB of records, so the rebuild of
 /// any repository stays within a fixed amount of memory (runs are merged by streaming).
@@ -86,7 +87,7 @@ pub fn repair_index(
     let repo = Repo::open_quiet(path)?;
     rebuild(&repo, &mut report, progress)?;
     if let Err(e) = repo.settle_locked(&lock) {
-        report.still_stuck = Some(e.to_string());
+        report.still_stuck = Some(e.chain().to_string());
     }
     Ok(report)
 }
@@ -196,7 +197,7 @@ fn rebuild(
 
 /// The verified trailer of one pack as index records, or why it cannot be used.
 fn pack_refs(repo: &Repo, id: &PackId) -> std::result::Result<Vec<ChunkRef>, String> {
-    let file = reader::open_pack(repo, id).map_err(|e| e.to_string())?;
+    let file = reader::open_pack(repo, id).map_err(|e| e.chain().to_string())?;
     let entries = pack::read_trailer(&file, id)
         .map_err(|(offset, why)| format!("damaged at offset {offset}: {why}"))?;
     Ok(entries.iter().map(|e| e.chunk_ref(*id)).collect())

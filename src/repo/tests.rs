@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::*;
+use crate::chain::ErrorChain;
 
 const SNARF: u32 = 64 << 10;
 
@@ -302,7 +303,11 @@ fn flipped_byte_is_named_by_check_reader_and_restore() {
 
     let fresh = repo.volume_reader(id.as_str(), "disk").unwrap();
     let mut buf = vec![0u8; 10];
-    let err = fresh.read_at(offset + 3, &mut buf).unwrap_err().to_string();
+    let err = fresh
+        .read_at(offset + 3, &mut buf)
+        .unwrap_err()
+        .chain()
+        .to_string();
     assert!(
         err.contains(id.as_str())
             && err.contains("\"disk\"")
@@ -315,6 +320,7 @@ fn flipped_byte_is_named_by_check_reader_and_restore() {
     let err = repo
         .restore(id.as_str(), None, dest.path(), &mut |_| {})
         .unwrap_err()
+        .chain()
         .to_string();
     assert!(err.contains(&format!("byte offset {offset}")), "{err}");
     assert!(
@@ -343,6 +349,7 @@ fn missing_pack_is_a_clear_error() {
     let err = repo
         .restore(id.as_str(), None, dest.path(), &mut |_| {})
         .unwrap_err()
+        .chain()
         .to_string();
     assert!(
         err.contains(&format!("pack {} is missing", r.pack)),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::SnapshotInfo;
 use super::{store, validate_name, Engine, Error, Result, SnapState, SnapVolume, Snapshot};
+use crate::chain::ErrorChain;
 use crate::store::VolumeId;
 
 impl Engine {
@@ -48,7 +49,10 @@ impl Engine {
                     Ok(()) if !vol.is_deleted() => self.note_logical_size(vol, &st),
                     Ok(()) => {}
                     Err(e) => {
-                        log::warn!("could not give back space past the end of a volume: {e}")
+                        log::warn!(
+                            "could not give back space past the end of a volume: {}",
+                            e.chain()
+                        )
                     }
                 }
             }

@@ -143,11 +143,12 @@ pub enum Error {
         why: store::Error,
     },
     /// An I/O error, with what was being done.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What snarf was doing.
         context: String,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
     /// An internal rule was found broken; this is a bug in snarf.

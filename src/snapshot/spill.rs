@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::{Error, Result};
+use crate::chain::ErrorChain;
 
 /// Slot allocator and I/O over the spill file.
 #[derive(Debug)]
@@ -118,9 +119,12 @@ impl SpillFile {
     pub fn record_failure(&self, e: &Error) {
         let mut s = self.slots.lock();
         if !s.closed() {
-            log::warn!("pre-images cannot be spilled to disk for now: {e}");
+            log::warn!(
+                "pre-images cannot be spilled to disk for now: {}",
+                e.chain()
+            );
         }
-        s.failed = Some((Instant::now(), e.to_string()));
+        s.failed = Some((Instant::now(), e.chain().to_string()));
         self.failing.store(true, Ordering::Release);
     }
 

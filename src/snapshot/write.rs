@@ -4,6 +4,7 @@
 use super::preimage::{Preimage, Reservation, Stored};
 use super::throttle::Step;
 use super::{store, Capture, Engine, Error, Location, Result};
+use crate::chain::ErrorChain;
 use crate::store::{Volume, VolumeId, VolumeState};
 
 /// Whether a buffer is all zeros (checked 16 bytes at a time).
@@ -109,8 +110,9 @@ impl Engine {
                 // is recorded as such, exactly as when a snapshot needs it.
                 if let Err(e) = vol.set_len(&mut st, keep, epoch) {
                     log::warn!(
-                        "could not give back the space past the new end of volume {:016x}: {e}",
-                        vol.id()
+                        "could not give back the space past the new end of volume {:016x}: {}",
+                        vol.id(),
+                        e.chain()
                     );
                 }
             }
@@ -140,7 +142,8 @@ impl Engine {
                         vol: vol.id(),
                         from: zero_end,
                         reason: format!(
-                            "the data kept past the end of a shrunk volume could not be kept while it grew again: {e}"
+                            "the data kept past the end of a shrunk volume could not be kept while it grew again: {}",
+                            e.chain()
                         ),
                     });
                 }
@@ -164,8 +167,9 @@ impl Engine {
         let size = (st.phys_len() > st.size()).then_some(st.size());
         if let Err(e) = self.store.set_logical_size(vol, size) {
             log::warn!(
-                "the logical size of volume {:016x} could not be recorded now (the next fsync tries again): {e}",
-                vol.id()
+                "the logical size of volume {:016x} could not be recorded now (the next fsync tries again): {}",
+                vol.id(),
+                e.chain()
             );
         }
     }
@@ -264,7 +268,8 @@ impl Engine {
                         first: w,
                         last: epoch - 1,
                         reason: format!(
-                            "the old contents of snarf {index} of a volume could not be read to keep them: {e}"
+                            "the old contents of snarf {index} of a volume could not be read to keep them: {}",
+                            e.chain()
                         ),
                     };
                 }

@@ -133,11 +133,12 @@ pub enum Error {
         why: String,
     },
     /// An I/O error, with what was being done.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What snarf was doing.
         context: String,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
 }

@@ -12,6 +12,7 @@ use super::super::ids::{BackupId, PackId};
 use super::super::index::Index;
 use super::super::manifest::{read_manifest, Table};
 use super::super::Repo;
+use crate::chain::ErrorChain;
 
 /// Marker file: some packs may be unreferenced; the next finishing collects them.
 pub(crate) const GC_MARKER: &str = "gc-pending";
@@ -94,7 +95,7 @@ pub(crate) fn referenced_packs(repo: &Repo, skip: &[BackupId]) -> Result<Referen
                 }
             }
             Ok(None) => trouble.push("it has no manifest".to_string()),
-            Err(e) => trouble.push(format!("its manifest is damaged ({e})")),
+            Err(e) => trouble.push(format!("its manifest is damaged ({})", e.chain())),
         }
         let mut unreadable = Vec::new();
         for t in &tables {
@@ -112,7 +113,7 @@ pub(crate) fn referenced_packs(repo: &Repo, skip: &[BackupId]) -> Result<Referen
                 // A table a valid manifest lists but that is gone references nothing.
                 Err(Error::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound && !path.exists() => {}
-                Err(e) => unreadable.push(format!("table {t} cannot be read ({e})")),
+                Err(e) => unreadable.push(format!("table {t} cannot be read ({})", e.chain())),
             }
         }
         if !unreadable.is_empty() {

@@ -13,6 +13,7 @@ use super::super::Repo;
 use super::gc::GC_MARKER;
 use super::read_pack_refs;
 use super::record::may_name_backup;
+use crate::chain::ErrorChain;
 
 /// The transfer folders in `tmp/`: real folders named by a valid backup id. Anything else
 /// there is not snarf's, is left alone and does not count as work for recovery: its name
@@ -84,7 +85,10 @@ pub(crate) fn recover_transfer(repo: &Repo, id: &BackupId) -> Result<()> {
             match read_pack_refs(repo, &pack_id) {
                 Ok(r) => refs.extend(r),
                 // Left for gc: unreferenced packs are deleted there.
-                Err(e) => log::warn!("not adopting a pack of abandoned transfer {name}: {e}"),
+                Err(e) => log::warn!(
+                    "not adopting a pack of abandoned transfer {name}: {}",
+                    e.chain()
+                ),
             }
         }
     }

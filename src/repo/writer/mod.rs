@@ -32,6 +32,7 @@ use super::manifest::{self, BackupStats, Manifest, Table, VolumeEntry, MANIFEST_
 use super::pack::PackWriter;
 use super::prune::Policy;
 use super::Repo;
+use crate::chain::ErrorChain;
 
 mod sealer;
 use sealer::{SealCtx, SealJob, SealProgress};
@@ -748,8 +749,9 @@ impl Drop for BackupWriter {
     fn drop(&mut self) {
         if let Err(e) = self.abandon_inner() {
             log::warn!(
-                "abandoning backup {}: {e}; the next backup will clean up",
-                self.id
+                "abandoning backup {}: {}; the next backup will clean up",
+                self.id,
+                e.chain()
             );
         }
     }

@@ -17,6 +17,7 @@ use super::super::fsx;
 use super::super::pack::PackWriter;
 use super::super::Repo;
 use super::{ChunkId, Durable, DurableSink, Shared, State, VolumeSlot, PACK_LOG};
+use crate::chain::ErrorChain;
 
 /// A pack to seal (if any) and the snarfs to report durable once it is.
 pub(super) struct SealJob {
@@ -53,7 +54,7 @@ impl SealCtx {
             p.in_flight -= 1;
             if let Err(e) = result {
                 if p.failed.is_none() {
-                    p.failed = Some(e.to_string());
+                    p.failed = Some(e.chain().to_string());
                     p.error = Some(e);
                 }
             }
