@@ -196,11 +196,14 @@ pub fn run(
     result.map_err(|e| explain_missing_repo(e, repo))
 }
 
-/// A repository failure whose cause is that the repository itself went away is reported
-/// as that, since the raw error only names some file inside it.
+/// A failure whose cause is that the repository itself went away is reported as that,
+/// since the raw error only names some file inside it. Whoever met the missing repository
+/// first (this job writing a pack, or the mount daemon writing a pin on the job's behalf
+/// and answering with a refusal) is a race, so every failure but a stop counts.
 pub fn explain_missing_repo(e: Error, repo: &Repo) -> Error {
     match e {
-        Error::Repo(_) | Error::Io { .. } if !repo.is_present() => Error::RepoGone {
+        Error::Stopped(_) | Error::RepoGone { .. } => e,
+        e if !repo.is_present() => Error::RepoGone {
             repo: repo.path().to_path_buf(),
             detail: e.chain().to_string(),
         },

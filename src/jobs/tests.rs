@@ -793,3 +793,34 @@ fn released_snarf_tables_grow_with_the_data_a_backup_stored_not_with_the_volume(
             .all(|&b| b == 0));
     }
 }
+
+#[test]
+fn a_repository_gone_mid_job_is_named_whoever_met_it_first() {
+    use super::Error;
+    let s = setup(1 << 20, 1 << 20, 1 << 20);
+    let moved = s.dir.path().join("repo.moved");
+    std::fs::rename(s.repo.path(), &moved).unwrap();
+    // The daemon meets the missing folder first when it writes a pin for the job, and its
+    // refusal is what the job hears.
+    let refusal = Error::Refused(format!(
+        "renaming {0}/pins/.x.tmp to {0}/pins/x: No such file or directory (os error 2)",
+        s.repo.path().display()
+    ));
+    let io = Error::Io {
+        context: "creating folder pins".into(),
+        source: std::io::Error::from_raw_os_error(libc::ENOENT),
+    };
+    for e in [refusal, io, Error::Protocol("cut short".into())] {
+        match pipeline::explain_missing_repo(e, &s.repo) {
+            Error::RepoGone { repo, .. } => assert_eq!(repo, s.repo.path()),
+            other => panic!("not named as a missing repository: {other}"),
+        }
+    }
+    // A stop is a stop, whatever happened to the repository meanwhile.
+    let stop = pipeline::explain_missing_repo(Error::Stopped("SIGTERM".into()), &s.repo);
+    assert!(matches!(stop, Error::Stopped(_)), "{stop}");
+    // With the repository in place, errors stay what they are.
+    std::fs::rename(&moved, s.repo.path()).unwrap();
+    let kept = pipeline::explain_missing_repo(Error::Refused("no".into()), &s.repo);
+    assert!(matches!(kept, Error::Refused(_)), "{kept}");
+}
