@@ -2,7 +2,9 @@
 //! being written, and backs them up into a deduplicated, crash-safe repository.
 //!
 //! The layers depend on each other in one direction only, top to bottom (see DESIGN.md):
-//! `cli` → `fuse` → `control` → `jobs` → `pids` → `repo` → `snapshot` → `store`.
+//! `cli` → `fuse` → `control` → `jobs` → `pids` → `repo` → `snapshot` → `store`, and
+//! under them all `sys`, the one place each operating-system chore (durable files, locks,
+//! the clock, /proc) is done.
 //! Everything below `fuse` is plain Rust that tests drive without a kernel mount.
 
 pub mod chain;
@@ -16,4 +18,5 @@ pub mod pids;
 pub mod repo;
 pub mod snapshot;
 pub mod store;
+pub mod sys;
 pub mod units;

@@ -43,12 +43,15 @@ pub fn log_path(run_dir: &Path, job: &str) -> PathBuf {
 }
 
 impl JobReport {
-    /// Replaces the report file atomically (a reader sees the old or the new one).
+    /// Replaces the report file atomically and durably (a reader sees the old or the new
+    /// one, also after a power cut), mode 0600.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, json)?;
-        std::fs::rename(&tmp, path)
+        Ok(crate::sys::durable::replace(
+            path,
+            &json,
+            crate::sys::durable::PRIVATE,
+        )?)
     }
 
     /// Reads a report file; `None` if there is none (yet) or it is unreadable.
@@ -77,5 +80,30 @@ mod tests {
         };
         r.write(&path).unwrap();
         assert_eq!(JobReport::read(&path), Some(r));
+    }
+
+    #[test]
+    fn a_report_is_private_and_never_written_through_a_planted_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let path = dir.path().join("j2.json");
+        // The temporary name reports were written to before.
+        std::os::unix::fs::symlink(&victim, dir.path().join("j2.json.tmp")).unwrap();
+        let r = JobReport {
+            state: JobState::Done,
+            done_bytes: 1,
+            total_bytes: Some(1),
+            rate_bytes_per_sec: None,
+            backup_id: Some("20240501-120000-abcd".into()),
+            error: None,
+            summary: Some("repo /srv/repo".into()),
+        };
+        r.write(&path).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(JobReport::read(&path), Some(r));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

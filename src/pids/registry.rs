@@ -3,22 +3,22 @@
 //! deleted (with its lock file) when it becomes empty.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::entry::{format_registry, parse_registry, Entry};
 use super::procfs::{self, Stat};
 use super::{Error, Result};
+use crate::sys::durable;
 
 /// File name of the registry inside the run folder.
 pub const REGISTRY_FILE: &str = "pids";
 /// File name of the lock that serialises changes to the registry.
 pub const LOCK_FILE: &str = "pids.lock";
-/// Temporary file a new registry is written to before it is renamed into place. One fixed
-/// name is enough because only the lock holder writes it; a copy left by a killed writer is
-/// simply overwritten.
+/// The fixed temporary name older versions wrote the registry to; removed if one is left.
+/// New registries are written under a hidden name of their own ([`durable::replace`]).
 const TEMP_FILE: &str = "pids.tmp";
 
 /// Whether `entry` describes a live process: same boot, a process with that pid exists and
@@ -231,12 +231,8 @@ impl Registry {
     /// Waiters on the old file notice it is gone (see [`Registry::lock`]).
     fn remove_lock_file(&self, lock: &Locked) -> Result<()> {
         let _ = &lock.file;
-        let path = self.lock_path();
-        match std::fs::remove_file(&path) {
-            Ok(()) => self.sync_run_dir(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
-        }
+        durable::remove(&self.lock_path())?;
+        Ok(())
     }
 
     fn load(&self) -> Result<(Vec<Entry>, Vec<super::entry::BadLine>)> {
@@ -249,43 +245,30 @@ impl Registry {
     }
 
     /// Replaces the registry file atomically (temporary file, fsync, rename, directory
-    /// fsync), or deletes it when `entries` is empty.
+    /// fsync), or deletes it durably when `entries` is empty.
     fn store(&self, entries: &[Entry]) -> Result<()> {
         let path = self.path();
-        let tmp = self.run_dir.join(TEMP_FILE);
+        // Only the lock holder writes the registry, so a temporary file of it found now was
+        // left by a writer that was killed.
+        let tmp_prefix = format!(".{REGISTRY_FILE}{}", durable::TMP_MARK);
+        durable::remove_leftovers(&self.run_dir, |name| {
+            name == TEMP_FILE || name.starts_with(&tmp_prefix)
+        })?;
         if entries.is_empty() {
-            let _ = std::fs::remove_file(&tmp);
-            return match std::fs::remove_file(&path) {
-                Ok(()) => self.sync_run_dir(),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
-            };
+            durable::remove(&path)?;
+            return Ok(());
         }
         let text = format_registry(entries);
-        let written = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            // A temporary file left by someone with a laxer umask must not leak its mode.
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::io(format!("writing {}", path.display()), e));
-        }
-        self.sync_run_dir()
+        durable::replace(&path, text.as_bytes(), durable::PRIVATE)?;
+        Ok(())
     }
+}
 
-    fn sync_run_dir(&self) -> Result<()> {
-        File::open(&self.run_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(format!("syncing {}", self.run_dir.display()), e))
+/// The registry's I/O error for a failed durable-file step, with what was being done.
+impl From<crate::sys::Error> for Error {
+    fn from(e: crate::sys::Error) -> Error {
+        let (context, source) = e.into_parts();
+        Error::io(context, source)
     }
 }
 
@@ -294,6 +277,7 @@ mod tests {
     use super::*;
     use crate::pids::entry::tests::sample;
     use crate::pids::entry::ProcState;
+    use std::os::unix::fs::PermissionsExt;
 
     /// An entry for this very process, which is certainly alive.
     fn me() -> Entry {
@@ -380,6 +364,28 @@ mod tests {
         let mode = std::fs::metadata(reg.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(!dir.path().join(TEMP_FILE).exists());
+    }
+
+    #[test]
+    fn a_link_planted_at_a_temporary_name_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let reg = Registry::new(dir.path());
+        std::os::unix::fs::symlink(&victim, dir.path().join(TEMP_FILE)).unwrap();
+        reg.update(|e| e.push(me())).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(reg.read_unlocked().unwrap().len(), 1);
+        let mode = std::fs::metadata(reg.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // The planted link was a leftover name and is gone; only the registry, its lock
+        // and the victim remain.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [REGISTRY_FILE, LOCK_FILE, "victim"]);
     }
 
     /// A `sleep` that is pid 1 of a new PID namespace, and its pid out here; both killed

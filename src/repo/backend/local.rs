@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use super::super::fault::FilePoints;
 use super::super::fsx;
 use super::super::lock::RepoLock;
 use super::{Backend, Created, Key, Kind, LockGuard, Upload};
+use crate::sys::durable;
 
 /// Open files of immutable objects (packs, index runs) kept for range reads.
 const OPEN_FILES: usize = 32;
@@ -128,17 +128,6 @@ impl LocalDir {
     }
 }
 
-/// A unique hidden name beside `path` with `mark` in it, for a temporary file.
-fn hidden_beside(path: &Path, mark: &str) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}{mark}{}.{n}", std::process::id()))
-}
-
 impl Backend for LocalDir {
     fn location(&self) -> String {
         self.root.display().to_string()
@@ -193,39 +182,19 @@ impl Backend for LocalDir {
     }
 
     fn create(&self, key: &Key, data: &[u8]) -> Result<Created> {
-        let dir = self.folder_for(key)?;
-        let path = self.path_of(key);
-        let tmp = hidden_beside(&path, fsx::TMP_MARK);
-        let result = (|| {
-            let mut f = fsx::create_new(&tmp)?;
-            f.write_all(data)
-                .and_then(|_| f.sync_all())
-                .ctx(|| format!("writing {}", tmp.display()))?;
-            drop(f);
-            match std::fs::hard_link(&tmp, &path) {
-                Ok(()) => Ok(Created::Created),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    Ok(Created::AlreadyExists)
-                }
-                Err(e) => Err(Error::io(
-                    format!("creating {} from {}", path.display(), tmp.display()),
-                    e,
-                )),
-            }
-        })();
-        let _ = std::fs::remove_file(&tmp);
-        let created = result?;
-        fsx::sync_dir(&dir)?;
-        Ok(created)
+        self.folder_for(key)?;
+        let made = durable::create_exclusive(&self.path_of(key), data, durable::PRIVATE)?;
+        Ok(match made {
+            durable::Created::Created => Created::Created,
+            durable::Created::AlreadyExists => Created::AlreadyExists,
+        })
     }
 
     fn upload(&self, key: &Key) -> Result<Box<dyn Upload>> {
-        let dir = self.folder_for(key)?;
+        self.folder_for(key)?;
         let path = self.path_of(key);
-        let part = hidden_beside(&path, PART_MARK);
-        let file = fsx::create_new(&part)?;
+        let (part, file) = durable::create_hidden(&path, PART_MARK, durable::PRIVATE)?;
         Ok(Box::new(LocalUpload {
-            dir,
             path,
             part,
             out: Some(BufWriter::with_capacity(1 << 20, file)),
@@ -344,7 +313,6 @@ impl Backend for LocalDir {
 
 /// An upload to a hidden part file, renamed into place when finished.
 struct LocalUpload {
-    dir: PathBuf,
     path: PathBuf,
     part: PathBuf,
     out: Option<BufWriter<File>>,
@@ -382,12 +350,7 @@ impl Upload for LocalUpload {
             .into_inner()
             .map_err(|e| e.into_error())
             .ctx(|| format!("writing {}", part.display()))?;
-        file.sync_all()
-            .ctx(|| format!("syncing {}", part.display()))?;
-        drop(file);
-        std::fs::rename(&part, &self.path)
-            .ctx(|| format!("renaming {} to {}", part.display(), self.path.display()))?;
-        fsx::sync_dir(&self.dir)
+        Ok(durable::install(file, &part, &self.path)?)
     }
 }
 

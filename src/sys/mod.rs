@@ -1,0 +1,64 @@
+//! What snarf asks of the operating system, each done in one place: durable files
+//! ([`durable`]: write new, replace atomically, fsync folders, make and remove entries
+//! durably), file locks ([`lock`]: flock), the clock and the UTC calendar ([`clock`]), and
+//! facts about processes read from /proc ([`proc`]). Every layer above uses these instead of
+//! its own copy, so a rule such as "fsync the folder after a rename" is written once and
+//! holds everywhere. It depends on no other layer of snarf.
+
+pub mod durable;
+
+use std::path::Path;
+
+/// An operating-system error with what snarf was doing when it happened.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {io}")]
+pub struct Error {
+    /// What snarf was doing, e.g. "syncing folder /srv/store/state".
+    pub context: String,
+    /// The OS error. Printed with the context and not given as the source, so a reporter
+    /// that walks the chain does not print it twice; layers take it apart ([`Error::into_parts`]).
+    pub io: std::io::Error,
+}
+
+impl Error {
+    /// An error while doing `what` to `path`, e.g. `Error::at("syncing folder", dir, e)`.
+    pub fn at(what: &str, path: &Path, io: std::io::Error) -> Error {
+        Error {
+            context: format!("{what} {}", path.display()),
+            io,
+        }
+    }
+
+    /// The context and the OS error, for a layer's own I/O error variant.
+    pub fn into_parts(self) -> (String, std::io::Error) {
+        (self.context, self.io)
+    }
+
+    /// The OS error alone, for callers whose own message already names the file.
+    pub fn into_io(self) -> std::io::Error {
+        self.io
+    }
+}
+
+/// An `io::Error` of the same kind whose message carries the context (for callers that
+/// speak `std::io::Result`).
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> std::io::Error {
+        std::io::Error::new(e.io.kind(), e.to_string())
+    }
+}
+
+/// Result of the sys layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Maps an `io::Result` into [`Result`] with a context built only on error.
+pub(crate) trait Context<T> {
+    /// Adds `what path` as the context of an error.
+    fn at(self, what: &str, path: &Path) -> Result<T>;
+}
+
+impl<T> Context<T> for std::io::Result<T> {
+    fn at(self, what: &str, path: &Path) -> Result<T> {
+        self.map_err(|e| Error::at(what, path, e))
+    }
+}
