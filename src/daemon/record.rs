@@ -107,7 +107,7 @@ impl RecordFile {
         file.write_all_at(&encode(&record)?, 0)?;
         file.set_len(RECORD_BYTES as u64)?;
         file.sync_all()?;
-        File::open(run_dir)?.sync_all()?;
+        crate::sys::durable::sync_dir(run_dir)?;
         Ok(RecordFile { file, path, record })
     }
 

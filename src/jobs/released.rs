@@ -29,6 +29,7 @@ use crate::repo::{ChunkRef, PackId, Repo};
 use crate::snapshot::{SnapState, Snapshot, StoredSnarfs};
 use crate::store::files::sync_dir;
 use crate::store::VolumeId;
+use crate::sys::durable;
 
 /// Bytes of one record.
 pub const RECORD_LEN: u64 = 72;
@@ -172,9 +173,10 @@ impl Released {
         // Durable with every folder above it up to run/, or a power cut loses it while the
         // pin stays, and no later daemon knows to let go of the pin.
         let released = t.dir.parent();
-        std::fs::write(&path, text)
-            .and_then(|_| File::open(&path)?.sync_all())
-            .and_then(|_| sync_dir(&t.dir))
+        // Replaced atomically: a meta file cut while naming a second repository must still
+        // name the first, whose pin would otherwise stay for ever.
+        durable::replace(&path, &text, durable::PRIVATE)
+            .map_err(crate::sys::Error::into_io)
             .and_then(|_| released.map_or(Ok(()), sync_dir))
             .and_then(|_| released.and_then(Path::parent).map_or(Ok(()), sync_dir))
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
