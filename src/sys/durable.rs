@@ -345,6 +345,7 @@ pub fn create_exclusive(path: &Path, data: &[u8], mode: u32) -> Result<Created> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::ErrorChain;
     use std::os::unix::fs::PermissionsExt;
 
     fn mode(p: &Path) -> u32 {
@@ -393,7 +394,7 @@ mod tests {
                 Step::Renamed => Ok(()),
             })
             .unwrap_err();
-        assert!(e.to_string().contains("stop"), "{e}");
+        assert!(e.chain().to_string().contains("stop"), "{e}");
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
         assert_eq!(names(dir.path()), ["f"]);
         // A failure after the rename is the folder fsync's: the new file is in place.

@@ -6,17 +6,20 @@
 //! holds everywhere. It depends on no other layer of snarf.
 
 pub mod durable;
+pub mod lock;
 
 use std::path::Path;
 
-/// An operating-system error with what snarf was doing when it happened.
+/// An operating-system error with what snarf was doing when it happened. Like every layer's
+/// error it words only its own level and returns the OS error from `source()` (a reporter
+/// walks the chain once, `crate::chain`); layers take it apart ([`Error::into_parts`]).
 #[derive(Debug, thiserror::Error)]
-#[error("{context}: {io}")]
+#[error("{context}")]
 pub struct Error {
     /// What snarf was doing, e.g. "syncing folder /srv/store/state".
     pub context: String,
-    /// The OS error. Printed with the context and not given as the source, so a reporter
-    /// that walks the chain does not print it twice; layers take it apart ([`Error::into_parts`]).
+    /// The OS error.
+    #[source]
     pub io: std::io::Error,
 }
 
@@ -40,11 +43,11 @@ impl Error {
     }
 }
 
-/// An `io::Error` of the same kind whose message carries the context (for callers that
-/// speak `std::io::Result`).
+/// An `io::Error` of the same kind whose message carries the context, then the OS error
+/// (for callers that speak `std::io::Result`, whose one message is all a reader sees).
 impl From<Error> for std::io::Error {
     fn from(e: Error) -> std::io::Error {
-        std::io::Error::new(e.io.kind(), e.to_string())
+        std::io::Error::new(e.io.kind(), format!("{}: {}", e.context, e.io))
     }
 }
 
