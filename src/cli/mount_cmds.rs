@@ -25,6 +25,7 @@ use crate::fuse::{self, MountOptions};
 use crate::mounts;
 use crate::snapshot::{Engine, EngineOptions};
 use crate::store::{Settings, Store};
+use crate::sys::lock;
 
 /// The descriptor the background daemon reports readiness on.
 const READY_FD: i32 = 3;
@@ -582,14 +583,8 @@ fn wait_for_store_release(store: &Path, timeout: Duration) -> CliResult {
         let Ok(f) = File::open(&lock) else {
             return Ok(());
         };
-        // SAFETY: flock on a descriptor we own.
-        let free = unsafe {
-            libc::flock(
-                std::os::unix::io::AsRawFd::as_raw_fd(&f),
-                libc::LOCK_SH | libc::LOCK_NB,
-            )
-        } == 0;
-        if free {
+        // Free only once the lock is taken; any failure to take it is waited out.
+        if matches!(lock::try_lock(&f, lock::Kind::Shared), Ok(true)) {
             return Ok(());
         }
         if start.elapsed() > timeout {

@@ -5,13 +5,12 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::entry::{format_registry, parse_registry, Entry};
 use super::procfs::{self, Stat};
 use super::{Error, Result};
-use crate::sys::durable;
+use crate::sys::{durable, lock};
 
 /// File name of the registry inside the run folder.
 pub const REGISTRY_FILE: &str = "pids";
@@ -202,17 +201,8 @@ impl Registry {
                         Error::io(format!("opening {}", path.display()), e)
                     }
                 })?;
-            loop {
-                // SAFETY: flock on a descriptor this function owns.
-                let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-                if r == 0 {
-                    break;
-                }
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(Error::io(format!("locking {}", path.display()), e));
-                }
-            }
+            lock::lock(&file, lock::Kind::Exclusive)
+                .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
             let held = file
                 .metadata()
                 .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;

@@ -11,12 +11,12 @@
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::error::{Error, IoContext, Result};
 use super::ids::{format_utc, now_secs};
+use crate::sys::lock as sys_lock;
 
 /// Name of the lock file in a repository.
 pub const LOCK_FILE: &str = "lock";
@@ -242,7 +242,8 @@ impl RepoLock {
     fn attempt(repo: &Path, command: &str) -> Result<Attempt> {
         let path = repo.join(LOCK_FILE);
         let file = open_lock_file(&path)?;
-        let got = flock_nb(&file, libc::LOCK_EX).ctx(|| format!("locking {}", path.display()))?;
+        let got = sys_lock::try_lock(&file, sys_lock::Kind::Exclusive)
+            .ctx(|| format!("locking {}", path.display()))?;
         if !got {
             // Held: by whom is only for the message.
             return Ok(Attempt::Busy(describe_busy(&read_all(&file))));
@@ -308,20 +309,6 @@ fn open_lock_file(path: &Path) -> Result<File> {
         .ctx(|| format!("opening lock file {}", path.display()))
 }
 
-/// flock(2) without blocking: true if taken, false if another descriptor holds it.
-fn flock_nb(file: &File, how: libc::c_int) -> std::io::Result<bool> {
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) } == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
-    }
-}
-
 fn same_file(file: &File, path: &Path) -> bool {
     match (file.metadata(), std::fs::symlink_metadata(path)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
@@ -349,7 +336,7 @@ pub fn is_held(repo: &Path) -> bool {
         return false;
     };
     // An error other than "held" (no flock support) says nothing; treat it as free.
-    matches!(flock_nb(&file, libc::LOCK_SH), Ok(false))
+    matches!(sys_lock::try_lock(&file, sys_lock::Kind::Shared), Ok(false))
 }
 
 /// The holder named in a repository's lock file, if its lock is held (a held lock whose
@@ -431,7 +418,7 @@ mod tests {
         assert!(!h.may_be_alive());
         // A holder that took the flock but still shows the dead one's name.
         let held = open_lock_file(&dir.path().join(LOCK_FILE)).unwrap();
-        assert!(flock_nb(&held, libc::LOCK_EX).unwrap());
+        assert!(sys_lock::try_lock(&held, sys_lock::Kind::Exclusive).unwrap());
         held.write_all_at(h.to_text().as_bytes(), 0).unwrap();
         assert!(is_held(dir.path()));
         let err = RepoLock::try_acquire(dir.path(), "snarf prune").unwrap_err();

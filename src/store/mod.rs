@@ -30,12 +30,13 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
+
+use crate::sys::lock;
 
 pub use name::validate_name;
 pub use settings::{Budgets, Settings};
@@ -952,9 +953,8 @@ fn lock_store(root: &Path, holder: &str) -> Result<File> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    // SAFETY: flock on a descriptor we own.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
+    // Not taken for any reason (held, or no lock support): the store is not ours to open.
+    if !matches!(lock::try_lock(&file, lock::Kind::Exclusive), Ok(true)) {
         let mut who = String::new();
         let _ = file.read_to_string(&mut who);
         let who = who.trim();
