@@ -92,7 +92,7 @@ impl JobManager {
     fn new_id(&self) -> String {
         let mut seq = self.seq.lock();
         *seq += 1;
-        format!("{}-{}", crate::daemon::now_secs(), *seq)
+        format!("{}-{}", crate::sys::clock::now_secs(), *seq)
     }
 
     /// Starts a backup job; returns its id, or why it cannot start.
@@ -156,7 +156,7 @@ impl JobManager {
             child: Some(child),
             state: JobState::Running,
             reason: String::new(),
-            started: crate::daemon::now_secs(),
+            started: crate::sys::clock::now_secs(),
             finished: None,
             snapshot: req.snapshot.clone(),
             repository: repository.to_path_buf(),

@@ -15,7 +15,6 @@ pub use error::{Error, Result};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
@@ -442,12 +441,4 @@ impl Daemon {
                 .count() as u64,
         }
     }
-}
-
-/// Seconds since the Unix epoch now.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -94,7 +94,7 @@ impl RecordFile {
             mountpoint: mountpoint.to_path_buf(),
             phase: Phase::Serving,
             error: None,
-            at: super::now_secs(),
+            at: crate::sys::clock::now_secs(),
         };
         let path = run_dir.join(FILE);
         let file = OpenOptions::new()
@@ -123,7 +123,7 @@ impl RecordFile {
         self.record.error = closed
             .err()
             .map(|e| crate::chain::Chain::new(e).to_string());
-        self.record.at = super::now_secs();
+        self.record.at = crate::sys::clock::now_secs();
         self.file.write_all_at(&encode(&self.record)?, 0)?;
         self.file.sync_data()
     }

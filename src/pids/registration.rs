@@ -3,7 +3,6 @@
 //! dead ones) when dropped or when SIGTERM/SIGINT arrives (see [`exit_on_signals`]).
 
 use std::sync::{Arc, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
@@ -82,10 +81,7 @@ impl Registry {
         let (pid, start_time) =
             procfs::self_identity().map_err(|e| Error::proc("reading /proc/self/stat", e))?;
         let boot_id = procfs::boot_id().map_err(|e| Error::proc("reading the boot id", e))?;
-        let registered = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let registered = crate::sys::clock::now_secs();
         let entry = Entry {
             pid,
             start_time,

@@ -4,7 +4,8 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::sys::clock;
 
 /// Writes bytes as lowercase hex.
 fn hex(bytes: &[u8]) -> String {
@@ -97,10 +98,7 @@ impl fmt::Debug for PackId {
 /// Ids need uniqueness, not secrecy, so no random number generator is needed.
 pub fn unique_bytes() -> [u8; 32] {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = clock::now().as_nanos();
     let mut h = blake3::Hasher::new();
     h.update(&nanos.to_le_bytes());
     h.update(&std::process::id().to_le_bytes());
@@ -191,12 +189,9 @@ impl fmt::Debug for BackupId {
     }
 }
 
-/// Seconds since the Unix epoch now.
+/// Seconds since the Unix epoch now (the one clock, [`crate::sys::clock`]).
 pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    clock::now_secs()
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).

@@ -100,12 +100,9 @@ pub struct VolumeAttr {
     pub allocated: u64,
 }
 
-/// Current time in nanoseconds since the Unix epoch.
+/// Current time in nanoseconds since the Unix epoch (the one clock, [`crate::sys::clock`]).
 pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    crate::sys::clock::now_ns()
 }
 
 fn snarfs_for(len: u64, shift: u32) -> u64 {

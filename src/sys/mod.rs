@@ -5,6 +5,7 @@
 //! its own copy, so a rule such as "fsync the folder after a rename" is written once and
 //! holds everywhere. It depends on no other layer of snarf.
 
+pub mod clock;
 pub mod durable;
 pub mod lock;
 

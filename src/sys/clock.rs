@@ -1,0 +1,77 @@
+//! The one clock (wall time since the Unix epoch, read once per call) and the UTC calendar
+//! over it, from jiff rather than hand-written day arithmetic. Times snarf records (backup
+//! ids, manifests, job and lock records, volume times) all come from here. A clock set before
+//! 1970 reads as the epoch; a time past what the calendar holds (the year 9999) is shown as
+//! its last second, so a damaged record never makes a date panic or overflow.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jiff::civil::{Date, DateTime};
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+
+/// Time since the Unix epoch now (zero if the clock is set before it).
+pub fn now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
+/// Whole seconds since the Unix epoch now.
+pub fn now_secs() -> u64 {
+    now().as_secs()
+}
+
+/// Nanoseconds since the Unix epoch now (saturating in the year 2262).
+pub fn now_ns() -> i64 {
+    i64::try_from(now().as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// The UTC date and time of a Unix time in seconds (the calendar's last second past it).
+pub fn utc(unix_secs: u64) -> DateTime {
+    let secs = i64::try_from(unix_secs)
+        .unwrap_or(i64::MAX)
+        .min(Timestamp::MAX.as_second());
+    let ts = Timestamp::from_second(secs).unwrap_or(Timestamp::MAX);
+    TimeZone::UTC.to_datetime(ts)
+}
+
+/// The first day of the Unix calendar, 1970-01-01.
+const EPOCH_DAY: Date = Date::constant(1970, 1, 1);
+
+/// More days than lie between 1970-01-01 and either end of the calendar (-9999, 9999).
+const DAY_LIMIT: i64 = 12_500 * 366;
+
+/// The date of a day number since 1970-01-01 (clamped to the calendar's range).
+pub fn date_of_day(days: i64) -> Date {
+    let hours = days.clamp(-DAY_LIMIT, DAY_LIMIT) * 24;
+    EPOCH_DAY.saturating_add(SignedDuration::from_hours(hours))
+}
+
+/// The day number since 1970-01-01 of a date.
+pub fn day_of_date(date: Date) -> i64 {
+    date.duration_since(EPOCH_DAY).as_hours().div_euclid(24)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_reads_now() {
+        let a = now_secs();
+        assert!(a > 1_700_000_000, "{a}");
+        assert!(now_ns() / 1_000_000_000 >= a as i64);
+    }
+
+    #[test]
+    fn absurd_times_and_days_stay_inside_the_calendar() {
+        assert_eq!(utc(u64::MAX), utc(Timestamp::MAX.as_second() as u64));
+        assert_eq!(utc(u64::MAX).year(), 9999);
+        assert_eq!(date_of_day(i64::MAX).year(), 9999);
+        assert_eq!(date_of_day(i64::MIN).year(), -9999);
+        for d in [-719_468i64, -1, 0, 1, 19_000, 2_900_000] {
+            assert_eq!(day_of_date(date_of_day(d)), d);
+        }
+    }
+}
