@@ -1,9 +1,11 @@
 //! Names of things in a repository: chunk ids (blake3 of the uncompressed data), pack ids
 //! (random 128-bit), backup ids (`YYYYMMDD-HHMMSS-xxxx`, UTC, so they sort by time), and the
-//! small UTC calendar arithmetic that backup ids and retention need.
+//! UTC calendar that backup ids and retention need (jiff's, through [`crate::sys::clock`]).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use jiff::civil::Date;
 
 use crate::sys::clock;
 
@@ -194,41 +196,37 @@ pub fn now_secs() -> u64 {
     clock::now_secs()
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+/// Days since 1970-01-01 of a proleptic Gregorian date; a day past the end of its month
+/// counts on into the next, a month or year the calendar cannot hold is clamped to it.
 pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = m as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
+    let y = y.clamp(-9999, 9999) as i16;
+    let m = m.clamp(1, 12) as i8;
+    // Always a real date after the clamps.
+    Date::new(y, m, 1).map_or(0, clock::day_of_date) + i64::from(d) - 1
 }
 
 /// The date (year, month, day) of a day number since 1970-01-01.
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    (y, m, d)
+    ymd(clock::date_of_day(z))
+}
+
+fn ymd(date: Date) -> (i64, u32, u32) {
+    (
+        date.year().into(),
+        date.month().unsigned_abs().into(),
+        date.day().unsigned_abs().into(),
+    )
 }
 
 /// ((year, month, day), (hour, minute, second)) of a Unix time, in UTC.
 pub fn utc_parts(unix_secs: u64) -> ((i64, u32, u32), (u32, u32, u32)) {
-    let days = (unix_secs / 86400) as i64;
-    let rem = unix_secs % 86400;
+    let t = clock::utc(unix_secs);
     (
-        civil_from_days(days),
+        ymd(t.date()),
         (
-            (rem / 3600) as u32,
-            (rem / 60 % 60) as u32,
-            (rem % 60) as u32,
+            t.hour().unsigned_abs().into(),
+            t.minute().unsigned_abs().into(),
+            t.second().unsigned_abs().into(),
         ),
     )
 }
@@ -241,13 +239,8 @@ pub fn format_utc(unix_secs: u64) -> String {
 
 /// The ISO 8601 (year, week) of a day number since 1970-01-01.
 pub fn iso_week(days: i64) -> (i64, u32) {
-    // 1970-01-01 was a Thursday; ISO weekday 1 = Monday.
-    let weekday = (days + 3).rem_euclid(7) + 1;
-    // The Thursday of this week decides the ISO year.
-    let thursday = days - weekday + 4;
-    let (year, _, _) = civil_from_days(thursday);
-    let jan1 = days_from_civil(year, 1, 1);
-    (year, ((thursday - jan1) / 7 + 1) as u32)
+    let week = clock::date_of_day(days).iso_week_date();
+    (week.year().into(), week.week().unsigned_abs().into())
 }
 
 #[cfg(test)]
@@ -288,6 +281,18 @@ mod tests {
         assert_eq!(BackupId::parse(d.as_str()), Some(d.clone()));
         let e = BackupId::generate_after(1_700_000_100, Some(&d));
         assert!(e.as_str().starts_with("20231114-221500-"));
+    }
+
+    #[test]
+    fn a_time_past_the_calendar_still_makes_a_valid_id_and_date() {
+        // A clock or a damaged record far in the future: the calendar's last second, not a
+        // year of twelve digits that no id parser takes back.
+        let id = BackupId::generate(u64::MAX);
+        assert_eq!(BackupId::parse(id.as_str()), Some(id.clone()), "{id}");
+        assert!(id.as_str().starts_with("9999"), "{id}");
+        assert!(format_utc(u64::MAX).starts_with("9999-12-"));
+        assert_eq!(civil_from_days(i64::MAX).0, 9999);
+        assert_eq!(iso_week(i64::MIN).0, -9999);
     }
 
     #[test]
