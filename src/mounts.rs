@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use rustix::mount::UnmountFlags;
+
 /// The filesystem type snarf mounts show in the mount table.
 pub const FSTYPE: &str = "fuse.snarf";
 
@@ -83,17 +85,16 @@ pub fn is_stale(path: &Path) -> bool {
 /// mount is detached now and goes once its last file is closed.
 pub fn unmount(path: &Path, lazy: bool) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if crate::sys::proc::euid() == 0 {
         let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte")
         })?;
-        let flags = if lazy { libc::MNT_DETACH } else { 0 };
-        // SAFETY: umount2 with a valid C string and plain flags.
-        if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-            return Ok(());
-        }
-        return Err(std::io::Error::last_os_error());
+        let flags = if lazy {
+            UnmountFlags::DETACH
+        } else {
+            UnmountFlags::empty()
+        };
+        return Ok(rustix::mount::unmount(c.as_c_str(), flags)?);
     }
     let mut cmd = std::process::Command::new("fusermount3");
     cmd.arg("-u");

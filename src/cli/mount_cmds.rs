@@ -219,17 +219,10 @@ fn daemon_argv(args: &MountArgs, store: &Path, mountpoint: &Path) -> Vec<std::ff
 fn launch(args: &MountArgs, store: &Path, mountpoint: &Path) -> CliResult {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::new(format!("cannot find the snarf executable: {e}")))?;
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 fills the two descriptors.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(CliError::new(format!(
-            "cannot make a pipe: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: both descriptors were just created and are owned here.
-    let (mut rd, wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-    let wr_fd = fds[1];
+    let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| CliError::new(format!("cannot make a pipe: {}", std::io::Error::from(e))))?;
+    let (mut rd, wr) = (File::from(rd), File::from(wr));
+    let wr_fd = std::os::fd::AsRawFd::as_raw_fd(&wr);
     let mut cmd = Command::new(exe);
     cmd.args(daemon_argv(args, store, mountpoint));
     cmd.stdin(Stdio::null())

@@ -17,6 +17,7 @@ use crate::jobs::report::{self, JobReport};
 use crate::jobs::spec::BackupSpec;
 use crate::jobs::{BackupRequest, JobState};
 use crate::snapshot::Engine;
+use crate::sys::proc::{self, Signal};
 
 /// How long finished jobs stay listed.
 const KEEP_FINISHED: Duration = Duration::from_secs(24 * 3600);
@@ -183,9 +184,9 @@ impl JobManager {
             });
         }
         job.cancel_requested = true;
-        // SAFETY: kill with the pid of a child we started and have not reaped yet, so the
-        // pid cannot have been reused.
-        unsafe { libc::kill(job.pid as i32, libc::SIGTERM) };
+        // The pid of a child we started and have not reaped yet, so it cannot have been
+        // reused; one that has just exited is reaped at the next refresh.
+        let _ = proc::kill(job.pid, Signal::TERM);
         Ok(format!("cancelling job {id}\n"))
     }
 
@@ -310,8 +311,8 @@ impl JobManager {
         let mut jobs = self.jobs.lock();
         for j in jobs.iter_mut().filter(|j| j.child.is_some()) {
             j.cancel_requested = true;
-            // SAFETY: our own unreaped child.
-            unsafe { libc::kill(j.pid as i32, libc::SIGTERM) };
+            // Our own unreaped child.
+            let _ = proc::kill(j.pid, Signal::TERM);
         }
         for j in jobs.iter_mut() {
             if let Some(child) = j.child.as_mut() {

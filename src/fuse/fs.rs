@@ -907,15 +907,13 @@ impl SnarfFs {
         let root = self.engine().store().root();
         let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
             .map_err(|_| FsError::new(libc::EIO, "store path holds a NUL byte"))?;
-        // SAFETY: statvfs fills the struct we pass; the path is a valid C string.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(FsError::new(
+        let st = rustix::fs::statvfs(path.as_c_str()).map_err(|e| {
+            let e = std::io::Error::from(e);
+            FsError::new(
                 e.raw_os_error().unwrap_or(libc::EIO),
                 format!("statfs of the store: {e}"),
-            ));
-        }
+            )
+        })?;
         Ok(StatFs {
             blocks: st.f_blocks,
             bfree: st.f_bfree,

@@ -33,8 +33,10 @@ use std::sync::Arc;
 use parking_lot::{Condvar, Mutex};
 
 use fuser::{Config, INodeNo, MountOption, Session, SessionACL};
+use rustix::mount::MountFlags;
 
 use crate::daemon::{Changed, Daemon};
+use crate::sys::proc;
 pub use errno::FsError;
 pub use fs::SnarfFs;
 
@@ -166,8 +168,7 @@ pub fn mount(
     mountpoint: &Path,
     opts: &MountOptions,
 ) -> std::io::Result<Mounted> {
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = (proc::uid(), proc::gid());
     let fs = Arc::new(SnarfFs::new(daemon, uid, gid));
     let mut config = Config::default();
     config.mount_options = vec![
@@ -190,8 +191,7 @@ pub fn mount(
     config.clone_fd = true;
     let fault = Arc::new(Fault::default());
     let adapter = adapter::Adapter::new(fs.clone(), MAX_IO, fault.clone());
-    // SAFETY: geteuid cannot fail.
-    let session = if unsafe { libc::geteuid() } == 0 {
+    let session = if proc::euid() == 0 {
         // fuser's own mount(2) always says type "fuse"; mounting ourselves gives the
         // "fuse.snarf" type that mount(8), fstab and `snarf umount` recognise.
         let dev = mount_as_root(mountpoint, opts, uid, gid)?;
@@ -248,24 +248,14 @@ fn mount_as_root(
     let target = c(mountpoint.as_os_str().as_bytes())?;
     let fstype = c(crate::mounts::FSTYPE.as_bytes())?;
     let data = c(data.as_bytes())?;
-    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
-    // SAFETY: all pointers are valid C strings that outlive the call.
-    let r = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(std::io::Error::new(
+    let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOATIME;
+    rustix::mount::mount(&*source, &*target, &*fstype, flags, &*data).map_err(|e| {
+        let e = std::io::Error::from(e);
+        std::io::Error::new(
             e.kind(),
             format!("mount(2) of {}: {e}", mountpoint.display()),
-        ));
-    }
+        )
+    })?;
     Ok(OwnedFd::from(dev))
 }
 

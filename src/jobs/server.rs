@@ -449,27 +449,8 @@ fn refuse(stream: UnixStream) {
 /// The process at the other end of a local socket, by pid and start time, so whether it is
 /// still alive can be asked later (pid reuse is told apart by the start time).
 fn peer_of(stream: &UnixStream) -> Option<(u32, u64)> {
-    use std::os::unix::io::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt fills at most `len` bytes of the ucred we own.
-    let r = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 || cred.pid <= 0 {
-        return None;
-    }
-    let pid = cred.pid as u32;
+    let cred = rustix::net::sockopt::socket_peercred(stream).ok()?;
+    let pid = u32::try_from(cred.pid.as_raw_pid()).ok()?;
     let stat = crate::pids::procfs::read_stat(pid).ok()??;
     Some((pid, stat.start_time))
 }

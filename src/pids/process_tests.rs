@@ -350,14 +350,14 @@ fn stop_idle_stops_older_idle_user_job_and_helpers_only() {
 
 #[test]
 fn sigterm_and_sigint_leave_no_entry_behind() {
-    for sig in [libc::SIGTERM, libc::SIGINT] {
+    use crate::sys::proc::{self, Signal};
+    for (signal, sig) in [(Signal::TERM, libc::SIGTERM), (Signal::INT, libc::SIGINT)] {
         let dir = tempfile::tempdir().unwrap();
         let reg = Registry::new(dir.path());
         let mut kid = Kid::spawn("register", dir.path(), &[(JOB, "busy")], None);
         kid.wait_ready();
         assert_eq!(reg.list().unwrap().len(), 1);
-        // SAFETY: kill has no memory-safety preconditions; the pid is our live child.
-        assert_eq!(unsafe { libc::kill(kid.pid() as libc::pid_t, sig) }, 0);
+        proc::kill(kid.pid(), signal).unwrap();
         let status = kid.wait_keeping_stdin();
         assert_eq!(status.signal(), Some(sig), "{status}");
         assert!(!reg.path().exists(), "entry left after signal {sig}");

@@ -363,7 +363,7 @@ mod tests {
         assert!(mine.same_binary);
         assert!(all.iter().any(|p| p.pid == mine.ppid || mine.ppid == 0));
         // SAFETY: getuid cannot fail.
-        assert_eq!(mine.uid, Some(unsafe { libc::getuid() }));
+        assert_eq!(mine.uid, Some(crate::sys::proc::uid()));
         assert_eq!(mine.pid_ns, self_pid_namespace());
         assert!(mine.pid_ns.is_some());
     }

@@ -415,8 +415,7 @@ mod tests {
     impl Drop for InNamespace {
         fn drop(&mut self) {
             if self.host_pid != 0 {
-                // SAFETY: kill with the pid of a process this test started.
-                unsafe { libc::kill(self.host_pid as i32, libc::SIGKILL) };
+                let _ = crate::sys::proc::kill(self.host_pid, crate::sys::proc::Signal::KILL);
             }
             let _ = self.unshare.kill();
             let _ = self.unshare.wait();
@@ -452,8 +451,7 @@ mod tests {
         reg.store(std::slice::from_ref(&entry)).unwrap();
         // Out here pid 1 is init, with another start time: the entry is still alive.
         assert_eq!(reg.list().unwrap(), vec![entry.clone()]);
-        // SAFETY: kill with the pid of a process this test started.
-        unsafe { libc::kill(inner.host_pid as i32, libc::SIGKILL) };
+        crate::sys::proc::kill(inner.host_pid, crate::sys::proc::Signal::KILL).unwrap();
         inner.host_pid = 0;
         let _ = inner.unshare.wait();
         let start = std::time::Instant::now();

@@ -4,13 +4,14 @@
 //! so a pid reused in the meantime is never signalled.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use super::idle::{plan_stop_idle, IdleSweep, StopReason, Victim};
 use super::procfs::{self, ProcFs, ProcessSource};
 use super::registry::Registry;
 use super::{Error, Result};
+use crate::sys::proc::{self, Signal};
 
 /// How [`Registry::stop_idle`] behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,8 +85,7 @@ impl Registry {
             entries: &entries,
             processes: &processes,
             protected: &protected,
-            // SAFETY: geteuid cannot fail.
-            uid: unsafe { libc::geteuid() },
+            uid: proc::euid(),
             pid_ns: procfs::self_pid_namespace(),
         });
         let stopped = terminate(&victims, opts.grace);
@@ -127,7 +127,7 @@ enum Target {
 impl Target {
     /// Opens the process and checks it is still the one the policy saw.
     fn open(v: &Victim) -> io::Result<Option<Target>> {
-        let target = match pidfd_open(v.pid) {
+        let target = match proc::pidfd_open(v.pid) {
             Ok(fd) => Target::Fd(fd),
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Target::Pid(v.pid, v.start_time),
@@ -138,46 +138,21 @@ impl Target {
         Ok(same_process(v.pid, v.start_time).then_some(target))
     }
 
-    fn signal(&self, sig: libc::c_int) -> io::Result<()> {
-        let r = match self {
-            // SAFETY: pidfd_send_signal with a pidfd we own and a null siginfo.
-            Target::Fd(fd) => unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd.as_raw_fd(),
-                    sig,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            },
+    fn signal(&self, sig: Signal) -> io::Result<()> {
+        match self {
+            Target::Fd(fd) => proc::pidfd_signal(fd, sig),
             Target::Pid(pid, start) => {
                 if !same_process(*pid, *start) {
                     return Err(io::Error::from_raw_os_error(libc::ESRCH));
                 }
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe { libc::kill(*pid as libc::pid_t, sig) as libc::c_long }
+                proc::kill(*pid, sig)
             }
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
         }
     }
 
     fn exited(&self) -> bool {
         match self {
-            Target::Fd(fd) => {
-                let mut p = libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd, zero timeout. A pidfd polls readable once the
-                // process has exited, reaped or not.
-                let n = unsafe { libc::poll(&mut p, 1, 0) };
-                n > 0
-            }
+            Target::Fd(fd) => proc::pidfd_exited(fd),
             Target::Pid(pid, start) => !same_process(*pid, *start),
         }
     }
@@ -185,16 +160,6 @@ impl Target {
 
 fn same_process(pid: u32, start_time: u64) -> bool {
     matches!(procfs::read_stat(pid), Ok(Some(s)) if !s.exited() && s.start_time == start_time)
-}
-
-fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// SIGTERM to every victim, SIGKILL to those still there after `grace`. Never panics and
@@ -206,7 +171,7 @@ pub fn terminate(victims: &[Victim], grace: Duration) -> Vec<Stopped> {
         let outcome = match Target::open(v) {
             Ok(None) => Outcome::AlreadyGone,
             Err(e) => Outcome::Failed(format!("cannot open process {}: {e}", v.pid)),
-            Ok(Some(t)) => match t.signal(libc::SIGTERM) {
+            Ok(Some(t)) => match t.signal(Signal::TERM) {
                 Ok(()) => {
                     pending.push((results.len(), t));
                     Outcome::Terminated
@@ -223,7 +188,7 @@ pub fn terminate(victims: &[Victim], grace: Duration) -> Vec<Stopped> {
     }
     wait_for_exit(&mut pending, grace);
     for (i, t) in &pending {
-        results[*i].outcome = match t.signal(libc::SIGKILL) {
+        results[*i].outcome = match t.signal(Signal::KILL) {
             Ok(()) => Outcome::Killed,
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Outcome::Terminated,
             Err(e) => Outcome::Failed(format!("cannot send SIGKILL to {}: {e}", results[*i].pid)),

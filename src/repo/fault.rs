@@ -151,10 +151,7 @@ pub fn point(name: &'static str) {
     debug_assert!(is_point(name), "fault point {name} is not a fault point");
     if armed() == Some(name) {
         log::warn!("fault point {name} reached: killing this process");
-        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
+        let _ = crate::sys::proc::kill(std::process::id(), crate::sys::proc::Signal::KILL);
         // SIGKILL cannot be caught; this only runs if kill(2) itself failed.
         std::process::abort();
     }
@@ -166,10 +163,7 @@ pub fn point(name: &'static str) {
 pub fn dynamic_point(name: &str) {
     if armed() == Some(name) {
         log::warn!("fault point {name} reached: killing this process");
-        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
+        let _ = crate::sys::proc::kill(std::process::id(), crate::sys::proc::Signal::KILL);
         // SIGKILL cannot be caught; this only runs if kill(2) itself failed.
         std::process::abort();
     }

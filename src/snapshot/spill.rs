@@ -9,7 +9,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -168,32 +167,30 @@ impl SpillFile {
     }
 
     fn copy_in_inner(&self, slot: u32, src: &File, offset: u64, len: u64) -> Result<()> {
-        let mut src_off = offset as libc::loff_t;
-        let mut dst_off = (slot as u64 * self.slot_size) as libc::loff_t;
+        let mut src_off = offset;
+        let mut dst_off = slot as u64 * self.slot_size;
         let mut left = len as usize;
         while left > 0 {
-            // SAFETY: both descriptors are owned and open; the offsets are plain integers
-            // the kernel updates.
-            let n = unsafe {
-                libc::copy_file_range(
-                    src.as_raw_fd(),
-                    &mut src_off,
-                    self.file.as_raw_fd(),
-                    &mut dst_off,
-                    left,
-                    0,
-                )
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
+            let copied = rustix::fs::copy_file_range(
+                src,
+                Some(&mut src_off),
+                &self.file,
+                Some(&mut dst_off),
+                left,
+            );
+            let n = match copied {
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    return Err(Error::io(
+                        "copying a pre-image into the spill file",
+                        e.into(),
+                    ))
                 }
-                return Err(Error::io("copying a pre-image into the spill file", e));
-            }
+            };
             if n == 0 {
                 // Past the end of the source: the rest of the snarf reads as zeros.
-                let mut at = dst_off as u64;
+                let mut at = dst_off;
                 while left > 0 {
                     let k = left.min(ZEROS.len());
                     self.file
@@ -204,7 +201,7 @@ impl SpillFile {
                 }
                 return Ok(());
             }
-            left -= n as usize;
+            left -= n;
         }
         Ok(())
     }

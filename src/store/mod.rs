@@ -998,9 +998,8 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 /// A random 64-bit number from the kernel, for ids that must not collide.
 pub fn random_u64() -> u64 {
     let mut buf = [0u8; 8];
-    // SAFETY: getrandom writes at most buf.len() bytes into buf.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n != buf.len() as isize {
+    let n = rustix::rand::getrandom(&mut buf, rustix::rand::GetRandomFlags::empty());
+    if !matches!(n, Ok(8)) {
         // getrandom cannot fail for 8 bytes once the pool is ready; fall back to the
         // clock and pid rather than panicking.
         let t = volume::now_ns() as u64;

@@ -18,7 +18,6 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -373,22 +372,19 @@ impl Volume {
     /// Next offset at or after `offset` holding data (`SEEK_DATA`) or a hole (`SEEK_HOLE`)
     /// in the backing file; `None` when there is none before the end.
     pub fn seek(&self, offset: u64, data: bool) -> Result<Option<u64>> {
-        let whence = if data {
-            libc::SEEK_DATA
-        } else {
-            libc::SEEK_HOLE
+        // The shared file position this moves is never used: all I/O is pread/pwrite.
+        let from = match data {
+            true => rustix::fs::SeekFrom::Data(offset),
+            false => rustix::fs::SeekFrom::Hole(offset),
         };
-        // SAFETY: lseek on a file descriptor we own; the shared file position it moves is
-        // never used, because all I/O goes through pread/pwrite.
-        let r = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, whence) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                return Ok(None);
-            }
-            return Err(Error::io(format!("seeking in volume {:016x}", self.id), e));
+        match rustix::fs::seek(&self.file, from) {
+            Ok(at) => Ok(Some(at)),
+            Err(rustix::io::Errno::NXIO) => Ok(None),
+            Err(e) => Err(Error::io(
+                format!("seeking in volume {:016x}", self.id),
+                e.into(),
+            )),
         }
-        Ok(Some(r as u64))
     }
 
     /// Zeroes `len` bytes at `offset` in the backing file, freeing whole blocks.
@@ -396,16 +392,8 @@ impl Volume {
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: fallocate on a file descriptor we own, with plain integer arguments.
-        let r = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if r == 0 {
+        let punch = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+        if rustix::fs::fallocate(&self.file, punch, offset, len).is_ok() {
             return Ok(());
         }
         // Filesystems without hole punching get explicit zeros.

@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod durable;
 pub mod lock;
+pub mod proc;
 
 use std::path::Path;
 
