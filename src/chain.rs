@@ -5,6 +5,8 @@
 //! Causes are found by type, not read as text: whether a disk was full somewhere below is
 //! the errno of an `io::Error` in the chain, not words in a message (which a repository or
 //! snapshot name could contain, and which a message need not repeat).
+//! The text of a panic payload is here too, for the places that catch a panic and report it
+//! (the FUSE adapter, the job server), so neither depends on the other for it.
 
 use std::error::Error;
 use std::fmt;
@@ -64,6 +66,17 @@ pub fn is_disk_full(e: &(dyn Error + 'static)) -> bool {
     io_errors(e).any(|io| {
         io.raw_os_error() == Some(libc::ENOSPC) || io.kind() == std::io::ErrorKind::StorageFull
     })
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
 }
 
 #[cfg(test)]

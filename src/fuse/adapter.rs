@@ -52,7 +52,7 @@ impl Adapter {
     fn guarded(&self, op: &'static str, f: impl FnOnce()) {
         if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(f)) {
             self.fault
-                .record(op, super::panic_message(payload.as_ref()));
+                .record(op, crate::chain::panic_message(payload.as_ref()));
         }
     }
 }

@@ -100,17 +100,6 @@ impl Fault {
     }
 }
 
-/// The text of a panic payload (`panic!` with a literal or a formatted message).
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".to_string()
-    }
-}
-
 /// Unmounts `mountpoint` if it is still this store's mount: normally, or detached lazily
 /// when files are open there (they keep being served until closed).
 fn unmount_ours(mountpoint: &Path, source: &str) {

@@ -408,7 +408,7 @@ fn accept_loop(
                     serve(&s2, conn, stream)
                 }));
                 if let Err(p) = served {
-                    let why = crate::fuse::panic_message(p.as_ref());
+                    let why = crate::chain::panic_message(p.as_ref());
                     log::error!("serving backup job connection {conn} panicked: {why}; that connection is closed");
                     s2.end(conn, JobPhase::Failed(format!("the daemon failed serving it: {why}")));
                 }
