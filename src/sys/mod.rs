@@ -1,9 +1,10 @@
 //! What snarf asks of the operating system, each done in one place: durable files
 //! ([`durable`]: write new, replace atomically, fsync folders, make and remove entries
 //! durably), file locks ([`lock`]: flock), the clock and the UTC calendar ([`clock`]), and
-//! facts about processes read from /proc ([`proc`]). Every layer above uses these instead of
-//! its own copy, so a rule such as "fsync the folder after a rename" is written once and
-//! holds everywhere. It depends on no other layer of snarf.
+//! processes ([`proc`]: signals by pid or pidfd, who we run as). Every layer above uses these
+//! instead of its own copy, so a rule such as "fsync the folder after a rename" is written
+//! once and holds everywhere. It depends on no other layer of snarf; system calls go through
+//! rustix, so the few `unsafe` blocks left in snarf are where no safe call exists.
 
 pub mod clock;
 pub mod durable;
