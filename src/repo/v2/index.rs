@@ -15,10 +15,10 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use super::backend::{Backend, Key, Kind, ObjectId};
-use super::error::{Error, Fix, Result};
-use super::ids::ChunkId;
-use super::pack2::{BlobRef, REF_LEN};
+use super::pack::{BlobRef, REF_LEN};
+use crate::repo::backend::{Backend, Key, Kind, ObjectId};
+use crate::repo::error::{Error, Fix, Result};
+use crate::repo::ids::ChunkId;
 
 const MAGIC: &[u8; 8] = b"SNARFIX2";
 const FOOTER_LEN: u64 = 256 * 8 + 8 + 8;
@@ -319,7 +319,7 @@ mod tests {
     use super::*;
     use crate::repo::backend::LocalDir;
     use crate::repo::ids::PackId;
-    use crate::repo::pack2::BlobKind;
+    use crate::repo::v2::pack::BlobKind;
 
     fn rec(n: u32) -> BlobRef {
         BlobRef {

@@ -13,8 +13,8 @@
 //! 5..     the raw bytes (codec 0) or one zstd frame of them (codec 1)
 //! ```
 
-use super::chunk;
-use super::ids::ChunkId;
+use crate::repo::ids::ChunkId;
+use crate::repo::v1::chunk;
 
 /// Raw bytes a frame holds at most by default: 16 snarfs of 64 KiB.
 pub const DEFAULT_FRAME_BYTES: usize = 1 << 20;
@@ -39,7 +39,7 @@ pub trait Seal: Send + Sync {
         counter: u64,
         ad: &[u8],
         plain: Vec<u8>,
-    ) -> super::Result<Vec<u8>>;
+    ) -> crate::repo::Result<Vec<u8>>;
     /// Opens a sealed text, or says why it is not authentic.
     fn open(
         &self,
@@ -60,7 +60,7 @@ impl Seal for Plain {
     fn overhead(&self) -> usize {
         0
     }
-    fn seal(&self, _: &[u8], _: u64, _: &[u8], plain: Vec<u8>) -> super::Result<Vec<u8>> {
+    fn seal(&self, _: &[u8], _: u64, _: &[u8], plain: Vec<u8>) -> crate::repo::Result<Vec<u8>> {
         Ok(plain)
     }
     fn open(&self, _: &[u8], _: u64, _: &[u8], sealed: Vec<u8>) -> Result<Vec<u8>, String> {

@@ -7,13 +7,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::backend::Key;
 use super::crypto;
-use super::error::{Error, Fix, Result};
 use super::frame::Seal;
-use super::ids::BackupId;
-use super::manifest::BackupStats;
-use super::pack2::{BlobKind, BlobRef, MAX_BLOB, REF_LEN};
+use super::pack::{BlobKind, BlobRef, MAX_BLOB, REF_LEN};
+use crate::repo::backend::Key;
+use crate::repo::error::{Error, Fix, Result};
+use crate::repo::ids::BackupId;
+use crate::repo::v1::manifest::BackupStats;
 
 /// Backup object format version.
 pub const FORMAT: u32 = 2;
@@ -169,9 +169,9 @@ impl BackupObject {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::crypto::{Aead, MasterKey};
-    use crate::repo::frame::Plain;
     use crate::repo::ids::{ChunkId, PackId};
+    use crate::repo::v2::crypto::{Aead, MasterKey};
+    use crate::repo::v2::frame::Plain;
 
     fn object() -> BackupObject {
         let id = BackupId::generate(1_800_000_000);

@@ -26,10 +26,10 @@
 //! 61..64  blob length, u24 (0 only in a blank record)
 //! ```
 
-use super::backend::{Backend, Key, Upload};
-use super::error::{Error, Result};
 use super::frame::{self, Seal};
-use super::ids::{ChunkId, PackId};
+use crate::repo::backend::{Backend, Key, Upload};
+use crate::repo::error::{Error, Result};
+use crate::repo::ids::{ChunkId, PackId};
 
 /// Magic at the start of a pack.
 const MAGIC: &[u8; 8] = b"SNARFPK2";
@@ -366,7 +366,7 @@ pub fn blob_of(seal: &dyn Seal, frame_raw: &[u8], r: &BlobRef, location: &str) -
 mod tests {
     use super::*;
     use crate::repo::backend::LocalDir;
-    use crate::repo::frame::Plain;
+    use crate::repo::v2::frame::Plain;
 
     #[test]
     fn records_round_trip_and_impossible_ones_are_refused() {
@@ -443,7 +443,7 @@ mod tests {
 
     #[test]
     fn an_encrypted_pack_holds_no_plaintext_and_every_flipped_byte_is_detected() {
-        use crate::repo::crypto::{Aead, MasterKey};
+        use crate::repo::v2::crypto::{Aead, MasterKey};
         let dir = tempfile::tempdir().unwrap();
         let b = LocalDir::new(dir.path());
         b.create_layout().unwrap();
