@@ -9,6 +9,8 @@ pub mod fault;
 pub mod fsx;
 pub mod ids;
 pub mod lock;
+pub mod report;
+pub mod retention;
 pub mod v1;
 pub mod v2;
 
