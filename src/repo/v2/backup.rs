@@ -7,9 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::chunk::{BlobKind, ChunkRef, MAX_BLOB, REF_LEN};
 use super::crypto;
 use super::frame::Seal;
-use super::pack::{BlobKind, BlobRef, MAX_BLOB, REF_LEN};
 use crate::repo::backend::Key;
 use crate::repo::error::{Error, Fix, Result};
 use crate::repo::ids::BackupId;
@@ -37,7 +37,7 @@ pub struct VolumeRoot {
 
 impl VolumeRoot {
     /// The root's reference (validated by [`BackupObject::decode`]).
-    pub fn root_ref(&self) -> Option<BlobRef> {
+    pub fn root_ref(&self) -> Option<ChunkRef> {
         self.root.as_deref().and_then(decode_ref)
     }
 }
@@ -66,11 +66,11 @@ pub struct BackupObject {
 }
 
 /// Hex of a reference, for the JSON.
-pub fn encode_ref(r: &BlobRef) -> String {
+pub fn encode_ref(r: &ChunkRef) -> String {
     r.encode().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn decode_ref(s: &str) -> Option<BlobRef> {
+fn decode_ref(s: &str) -> Option<ChunkRef> {
     if s.len() != REF_LEN * 2 {
         return None;
     }
@@ -78,7 +78,7 @@ fn decode_ref(s: &str) -> Option<BlobRef> {
     for (i, byte) in b.iter_mut().enumerate() {
         *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
-    BlobRef::decode(&b)
+    ChunkRef::decode(&b)
 }
 
 impl BackupObject {
@@ -175,14 +175,14 @@ mod tests {
 
     fn object() -> BackupObject {
         let id = BackupId::generate(1_800_000_000);
-        let root = BlobRef {
+        let root = ChunkRef {
             id: ChunkId::of(b"root page"),
             kind: BlobKind::Page,
             pack: PackId::generate(),
-            frame_offset: 32,
-            frame_len: 100,
+            offset: 32,
+            stored_len: 100,
             within: 0,
-            len: 90,
+            raw_len: 90,
         };
         BackupObject {
             format: FORMAT,

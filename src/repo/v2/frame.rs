@@ -50,6 +50,10 @@ pub trait Seal: Send + Sync {
     ) -> Result<Vec<u8>, String>;
     /// The id of a blob's raw bytes (keyed in encrypted repositories, so ids reveal nothing).
     fn blob_id(&self, raw: &[u8]) -> ChunkId;
+    /// True for the identity seal of a plain repository.
+    fn is_plain(&self) -> bool {
+        false
+    }
 }
 
 /// The seal of a plain repository: texts pass unchanged, ids are plain blake3.
@@ -68,6 +72,9 @@ impl Seal for Plain {
     }
     fn blob_id(&self, raw: &[u8]) -> ChunkId {
         ChunkId::of(raw)
+    }
+    fn is_plain(&self) -> bool {
+        true
     }
 }
 

@@ -2,6 +2,7 @@
 //! encryption seam. The building blocks are here; the repository on top is being built.
 
 pub mod backup;
+pub mod chunk;
 pub mod crypto;
 pub mod frame;
 pub mod index;

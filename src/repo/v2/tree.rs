@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::repo::v1::chunk::{ChunkRef, REF_LEN};
+use super::chunk::{ChunkRef, REF_LEN};
 
 /// Snarfs one leaf page maps.
 pub const LEAF_SNARFS: u64 = 1024;
@@ -452,6 +452,7 @@ impl Reader {
 mod tests {
     use super::*;
     use crate::repo::ids::{ChunkId, PackId};
+    use crate::repo::v2::chunk::BlobKind;
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -473,9 +474,11 @@ mod tests {
             });
             Ok(ChunkRef {
                 id,
+                kind: BlobKind::Page,
                 pack: PackId([9; 16]),
-                offset: 0,
+                offset: 32,
                 stored_len: raw.len() as u32,
+                within: 0,
                 raw_len: raw.len() as u32,
             })
         }
@@ -492,9 +495,11 @@ mod tests {
     fn chunk(i: u64, gen: u64) -> ChunkRef {
         ChunkRef {
             id: ChunkId::of(&[i.to_le_bytes(), gen.to_le_bytes()].concat()),
+            kind: BlobKind::Data,
             pack: PackId([7; 16]),
-            offset: i * 100,
+            offset: 32 + i * 100,
             stored_len: 50,
+            within: 0,
             raw_len: 65536,
         }
     }
