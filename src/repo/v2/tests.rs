@@ -192,6 +192,26 @@ fn an_unchanged_incremental_shares_every_page_and_identical_data_is_stored_once(
 }
 
 #[test]
+fn index_runs_are_merged_as_backups_accumulate_and_lookups_still_deduplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::init(local(dir.path()), &opts()).unwrap();
+    let mut base = backup(&repo, 1, None);
+    for g in 2..12 {
+        base = backup(&repo, g, Some(&base));
+        let runs = repo.backend().list(Kind::Index).unwrap().len();
+        assert!(runs <= 8, "{runs} index runs after {g} backups");
+    }
+    for b in repo.list_backups().unwrap() {
+        let g = b.source["g"].as_u64().unwrap();
+        assert_eq!(read_all(&repo, &b), volume(g));
+    }
+    // Everything is still found: the same data again stores no chunk.
+    assert_eq!(backup(&repo, 11, None).stats.new_chunks, 0);
+    let report = repo.check(true, &mut |_| {}).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+#[test]
 fn prune_deletes_backups_and_gc_their_packs_while_the_kept_ones_restore() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repository::init(local(dir.path()), &opts()).unwrap();

@@ -445,8 +445,16 @@ impl Writer {
                 )))
             }
         }
+        // Upkeep after the commit: a failure does not undo the backup, and the next commit
+        // merges again.
         if st.index.runs().len() + 1 > MERGE_RUNS {
-            super::gc::merge_index(&self.repo, &[])?;
+            if let Err(e) = super::gc::merge_index(&self.repo, &[]) {
+                log::warn!(
+                    "{}: backup {} is committed, but merging the index failed: {e}",
+                    self.repo.location(),
+                    self.id
+                );
+            }
         }
         Ok(self.id.clone())
     }
