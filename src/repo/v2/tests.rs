@@ -211,6 +211,71 @@ fn index_runs_are_merged_as_backups_accumulate_and_lookups_still_deduplicate() {
     assert!(report.is_ok(), "{:?}", report.problems);
 }
 
+/// A folder whose index runs cannot be deleted (a permission or disk problem).
+#[derive(Debug)]
+struct StuckIndex(LocalDir);
+
+impl Backend for StuckIndex {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    fn read(&self, key: &Key, cap: u64) -> crate::repo::Result<Option<Vec<u8>>> {
+        self.0.read(key, cap)
+    }
+    fn read_range(&self, key: &Key, offset: u64, len: u64) -> crate::repo::Result<Vec<u8>> {
+        self.0.read_range(key, offset, len)
+    }
+    fn size(&self, key: &Key) -> crate::repo::Result<Option<u64>> {
+        self.0.size(key)
+    }
+    fn write(&self, key: &Key, data: &[u8]) -> crate::repo::Result<()> {
+        self.0.write(key, data)
+    }
+    fn create(&self, key: &Key, data: &[u8]) -> crate::repo::Result<crate::repo::backend::Created> {
+        self.0.create(key, data)
+    }
+    fn upload(&self, key: &Key) -> crate::repo::Result<Box<dyn crate::repo::backend::Upload>> {
+        self.0.upload(key)
+    }
+    fn list(&self, kind: Kind) -> crate::repo::Result<Vec<(Key, u64)>> {
+        self.0.list(kind)
+    }
+    fn delete(&self, key: &Key) -> crate::repo::Result<bool> {
+        if key.kind() == Kind::Index {
+            return Err(crate::repo::Error::BadArgument(
+                "index runs are stuck".into(),
+            ));
+        }
+        self.0.delete(key)
+    }
+    fn lock(
+        &self,
+        holder: &str,
+        wait: Option<std::time::Duration>,
+    ) -> crate::repo::Result<Box<dyn crate::repo::backend::LockGuard>> {
+        self.0.lock(holder, wait)
+    }
+    fn sweep_leftovers(&self) -> crate::repo::Result<u64> {
+        self.0.sweep_leftovers()
+    }
+}
+
+#[test]
+fn a_failed_index_merge_after_the_commit_does_not_fail_the_committed_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    local(dir.path());
+    let repo = Repository::init(Arc::new(StuckIndex(LocalDir::new(dir.path()))), &opts()).unwrap();
+    let mut base = backup(&repo, 1, None);
+    // Past 8 runs every commit tries to merge, and each merge fails to delete the old runs.
+    for g in 2..11 {
+        base = backup(&repo, g, Some(&base));
+    }
+    assert_eq!(repo.backup_ids().unwrap().len(), 10);
+    assert_eq!(read_all(&repo, &base), volume(10));
+    let report = repo.check(true, &mut |_| {}).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
 #[test]
 fn prune_deletes_backups_and_gc_their_packs_while_the_kept_ones_restore() {
     let dir = tempfile::tempdir().unwrap();
