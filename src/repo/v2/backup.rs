@@ -142,6 +142,14 @@ impl BackupObject {
                     v.name, v.snarf_size
                 ));
             }
+            if v.size > i64::MAX as u64
+                || v.size.div_ceil(u64::from(v.snarf_size)) > crate::store::volume::MAX_SNARFS
+            {
+                return Err(format!(
+                    "volume \"{}\" has an impossible size of {} bytes",
+                    v.name, v.size
+                ));
+            }
             if let Some(hex) = &v.root {
                 match decode_ref(hex) {
                     Some(r) if r.kind == BlobKind::Page => {}
@@ -249,6 +257,8 @@ mod tests {
         bad(&|x| x.volumes[1].name = "vm1.img".into());
         bad(&|x| x.volumes[0].snarf_size = 0);
         bad(&|x| x.volumes[0].snarf_size = 64 << 20);
+        bad(&|x| x.volumes[0].size = u64::MAX);
+        bad(&|x| x.volumes[0].size = (1 << 28) * u64::from(x.volumes[0].snarf_size) + 1);
         bad(&|x| x.volumes[0].root = Some("00".repeat(64)));
         bad(&|x| x.volumes[0].root = Some("zz".into()));
         bad(&|x| x.host = "a\nb".into());

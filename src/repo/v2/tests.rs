@@ -422,6 +422,10 @@ fn hostile_volume_arguments_are_refused() {
         .unwrap();
     assert!(w.add_volume("../x", 4096, SNARF, None).is_err());
     assert!(w.add_volume("v", 4096, 0, None).is_err());
+    assert!(w.add_volume("v", u64::MAX, SNARF, None).is_err());
+    assert!(w
+        .add_volume("v", (1 << 28) * u64::from(SNARF) + 1, SNARF, None)
+        .is_err());
     let s = w.add_volume("v", 10_000, SNARF, None).unwrap();
     assert!(w.add_volume("v", 4096, SNARF, None).is_err());
     assert!(w.put(s, 3, &[1; 4096]).is_err(), "past the end");

@@ -168,6 +168,14 @@ impl Writer {
                 "snarf size {snarf_size} is not allowed: use 1 byte to 8 MiB"
             )));
         }
+        if size > i64::MAX as u64
+            || size.div_ceil(u64::from(snarf_size)) > crate::store::volume::MAX_SNARFS
+        {
+            return Err(Error::BadArgument(format!(
+                "volume \"{name}\" of {size} bytes has more than {} snarfs of {snarf_size} bytes",
+                crate::store::volume::MAX_SNARFS
+            )));
+        }
         let base = match base {
             None => None,
             Some((b, vol)) => {
