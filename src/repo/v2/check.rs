@@ -112,21 +112,22 @@ impl Repository {
                 report.snarfs += snarfs;
                 let mut bad: Vec<String> = Vec::new();
                 let mut read = 0u64;
-                let walked = super::gc::walk(self, &id, &v.name, snarfs, v.root_ref(), &mut |r| {
-                    referenced.insert(r.pack);
-                    if !held.get(&r.pack).is_some_and(|t| t.contains(r)) {
-                        bad.push(format!(
-                            "blob {} is not in pack {} where its tree says it is",
-                            r.id.short(),
-                            r.pack
-                        ));
-                    } else if read_data && r.kind.is_data() {
-                        read += 1;
-                        if let Err(e) = self.read_blob(r) {
-                            bad.push(e.to_string());
+                let walked =
+                    super::gc::walk(self, &id, &v.name, snarfs, v.root_ref(), None, &mut |r| {
+                        referenced.insert(r.pack);
+                        if !held.get(&r.pack).is_some_and(|t| t.contains(r)) {
+                            bad.push(format!(
+                                "blob {} is not in pack {} where its tree says it is",
+                                r.id.short(),
+                                r.pack
+                            ));
+                        } else if read_data && r.kind.is_data() {
+                            read += 1;
+                            if let Err(e) = self.read_blob(r) {
+                                bad.push(e.to_string());
+                            }
                         }
-                    }
-                });
+                    });
                 report.chunks_read += read;
                 if let Err(e) = walked {
                     bad.push(e.to_string());

@@ -100,6 +100,7 @@ pub fn merge_index(repo: &Repository, drop: &[PackId]) -> Result<()> {
 /// nothing rather than a pack a damaged backup still needs.
 pub fn referenced(repo: &Repository) -> Result<HashSet<PackId>> {
     let mut packs = HashSet::new();
+    let mut leaves = HashSet::new();
     for id in repo.backup_ids()? {
         let Some(b) = repo.read_backup(&id)? else {
             continue;
@@ -111,6 +112,7 @@ pub fn referenced(repo: &Repository) -> Result<HashSet<PackId>> {
                 &v.name,
                 snarf_count(v.size, v.snarf_size),
                 v.root_ref(),
+                Some(&mut leaves),
                 &mut |r| {
                     packs.insert(r.pack);
                 },
@@ -131,13 +133,17 @@ pub fn referenced(repo: &Repository) -> Result<HashSet<PackId>> {
     Ok(packs)
 }
 
-/// Calls `f` with every page and every chunk of a tree.
+/// Calls `f` with every page and every chunk of a tree. With `visited`, a leaf page met
+/// before (shared with a tree walked earlier, as the unchanged leaves of incrementals are)
+/// is not read again: its chunks were given already, so a walk over many backups costs in
+/// proportion to what changed between them.
 pub fn walk(
     repo: &Repository,
     backup: &BackupId,
     volume: &str,
     snarfs: u64,
     root: Option<ChunkRef>,
+    mut visited: Option<&mut HashSet<ChunkRef>>,
     f: &mut dyn FnMut(&ChunkRef),
 ) -> Result<()> {
     let damaged = |e: tree::TreeError| match e {
@@ -155,12 +161,19 @@ pub fn walk(
     }
     let mut k = 0;
     while let Some(leaf) = t.next_nonzero_leaf(repo, k).map_err(damaged)? {
+        k = leaf + 1;
+        if let Some(seen) = visited.as_deref_mut() {
+            if let Some(r) = t.leaf_ref(repo, leaf).map_err(damaged)? {
+                if !seen.insert(r) {
+                    continue;
+                }
+            }
+        }
         for e in t.leaf(repo, leaf).map_err(damaged)? {
             if let Entry::Chunk(r) = e {
                 f(&r);
             }
         }
-        k = leaf + 1;
     }
     Ok(())
 }

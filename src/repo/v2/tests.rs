@@ -276,6 +276,92 @@ fn a_failed_index_merge_after_the_commit_does_not_fail_the_committed_backup() {
     assert!(report.is_ok(), "{:?}", report.problems);
 }
 
+/// A folder that counts range reads.
+#[derive(Debug)]
+struct Counting(LocalDir, std::sync::atomic::AtomicU64);
+
+impl Backend for Counting {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    fn read(&self, key: &Key, cap: u64) -> crate::repo::Result<Option<Vec<u8>>> {
+        self.0.read(key, cap)
+    }
+    fn read_range(&self, key: &Key, offset: u64, len: u64) -> crate::repo::Result<Vec<u8>> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.read_range(key, offset, len)
+    }
+    fn size(&self, key: &Key) -> crate::repo::Result<Option<u64>> {
+        self.0.size(key)
+    }
+    fn write(&self, key: &Key, data: &[u8]) -> crate::repo::Result<()> {
+        self.0.write(key, data)
+    }
+    fn create(&self, key: &Key, data: &[u8]) -> crate::repo::Result<crate::repo::backend::Created> {
+        self.0.create(key, data)
+    }
+    fn upload(&self, key: &Key) -> crate::repo::Result<Box<dyn crate::repo::backend::Upload>> {
+        self.0.upload(key)
+    }
+    fn list(&self, kind: Kind) -> crate::repo::Result<Vec<(Key, u64)>> {
+        self.0.list(kind)
+    }
+    fn delete(&self, key: &Key) -> crate::repo::Result<bool> {
+        self.0.delete(key)
+    }
+    fn lock(
+        &self,
+        holder: &str,
+        wait: Option<std::time::Duration>,
+    ) -> crate::repo::Result<Box<dyn crate::repo::backend::LockGuard>> {
+        self.0.lock(holder, wait)
+    }
+    fn sweep_leftovers(&self) -> crate::repo::Result<u64> {
+        self.0.sweep_leftovers()
+    }
+}
+
+#[test]
+fn gc_reads_each_shared_leaf_once_however_many_backups_share_it() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    local(dir.path());
+    let counting = Arc::new(Counting(LocalDir::new(dir.path()), Default::default()));
+    let repo = Repository::init(counting.clone(), &opts()).unwrap();
+    // 40 leaves with one chunk each: more pages than the reader's frame cache holds.
+    let snarfs = 40 * 1024;
+    let size = snarfs * u64::from(SNARF);
+    let w = repo
+        .begin_backup(NewBackup::new("wide", serde_json::json!({})))
+        .unwrap();
+    let slot = w.add_volume("vm1", size, SNARF, None).unwrap();
+    for leaf in 0..40u64 {
+        let d = snarf(1, 7 * leaf * 150).unwrap_or_else(|| vec![leaf as u8 + 1; SNARF as usize]);
+        w.put(slot, leaf * 1024, &d).unwrap();
+    }
+    let first = repo.backup(w.commit().unwrap().as_str()).unwrap();
+    let reads = |repo: &Repository| {
+        let fresh = Repository::open(repo.backend().clone()).unwrap();
+        let before = counting.1.load(Ordering::Relaxed);
+        gc::referenced(&fresh).unwrap();
+        counting.1.load(Ordering::Relaxed) - before
+    };
+    let one = reads(&repo);
+    for _ in 0..9 {
+        let w = repo
+            .begin_backup(NewBackup::new("same", serde_json::json!({})))
+            .unwrap();
+        w.add_volume("vm1", size, SNARF, Some((&first, "vm1")))
+            .unwrap();
+        w.commit().unwrap();
+    }
+    let ten = reads(&repo);
+    assert!(
+        ten < 2 * one,
+        "one backup: {one} reads, ten sharing its leaves: {ten}"
+    );
+}
+
 #[test]
 fn prune_deletes_backups_and_gc_their_packs_while_the_kept_ones_restore() {
     let dir = tempfile::tempdir().unwrap();
