@@ -10,6 +10,7 @@ use super::chunk::ChunkRef;
 use super::index::Index;
 use super::pack;
 use super::repository::Repository;
+use crate::chain::ErrorChain;
 use crate::repo::backend::{Key, Kind};
 use crate::repo::error::Result;
 use crate::repo::ids::PackId;
@@ -60,12 +61,16 @@ impl Repository {
             }
         }
         match Index::open(backend) {
-            Err(e) => report.problems.push(problem(None, None, e.to_string())),
+            Err(e) => report
+                .problems
+                .push(problem(None, None, e.chain().to_string())),
             Ok(index) => {
                 for r in index.merged() {
                     match r {
                         Err(e) => {
-                            report.problems.push(problem(None, None, e.to_string()));
+                            report
+                                .problems
+                                .push(problem(None, None, e.chain().to_string()));
                             break;
                         }
                         Ok(r) => {
@@ -101,7 +106,7 @@ impl Repository {
                 Err(e) => {
                     report
                         .problems
-                        .push(problem(Some(id.as_str()), None, e.to_string()));
+                        .push(problem(Some(id.as_str()), None, e.chain().to_string()));
                     continue;
                 }
             };
@@ -124,13 +129,13 @@ impl Repository {
                         } else if read_data && r.kind.is_data() {
                             read += 1;
                             if let Err(e) = self.read_blob(r) {
-                                bad.push(e.to_string());
+                                bad.push(e.chain().to_string());
                             }
                         }
                     });
                 report.chunks_read += read;
                 if let Err(e) = walked {
-                    bad.push(e.to_string());
+                    bad.push(e.chain().to_string());
                 }
                 for what in bad {
                     report

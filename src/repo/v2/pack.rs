@@ -19,6 +19,7 @@
 
 use super::chunk::{BlobKind, ChunkRef, MAX_BLOB, PACK_HEADER_LEN as HEADER_LEN, REF_LEN};
 use super::frame::{self, Seal};
+use crate::chain::ErrorChain;
 use crate::repo::backend::{Backend, Key, Upload};
 use crate::repo::error::{Error, Result};
 use crate::repo::ids::{ChunkId, PackId};
@@ -204,7 +205,7 @@ pub fn read_trailer(
     let read = |off: u64, len: u64| {
         backend
             .read_range(key, off, len)
-            .map_err(|e| (off, format!("it cannot be read ({e})")))
+            .map_err(|e| (off, format!("it cannot be read ({})", e.chain())))
     };
     if size < HEADER_LEN + FOOTER_LEN {
         return Err((0, format!("it is only {size} bytes long")));
@@ -280,7 +281,7 @@ fn read_legacy_trailer(
     let read_at = |buf: &mut [u8], off: u64| {
         let data = backend
             .read_range(key, off, buf.len() as u64)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+            .map_err(|e| std::io::Error::other(e.chain().to_string()))?;
         buf.copy_from_slice(&data);
         Ok(())
     };

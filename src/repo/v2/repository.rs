@@ -20,6 +20,7 @@ use super::config::{self, Config, Encryption};
 use super::frame::{Plain, Seal};
 use super::pack;
 use super::tree::PageStore;
+use crate::chain::ErrorChain;
 use crate::repo::backend::{Backend, Key, Kind, LockGuard, StateName};
 use crate::repo::error::{Error, Result};
 use crate::repo::ids::{self, BackupId, PackId};
@@ -178,7 +179,7 @@ impl Repository {
             match self.read_backup(&id) {
                 Ok(Some(b)) => out.push(b),
                 Ok(None) => {}
-                Err(e) => log::warn!("skipping backup {id}: {e}"),
+                Err(e) => log::warn!("skipping backup {id}: {}", e.chain()),
             }
         }
         Ok(out)

@@ -11,6 +11,7 @@ use super::backup::BackupObject;
 use super::chunk::{BlobKind, ChunkRef};
 use super::tree::Entry;
 use super::*;
+use crate::chain::ErrorChain;
 use crate::repo::backend::{Backend, Key, Kind, LocalDir};
 use crate::repo::retention::Policy;
 
@@ -485,12 +486,12 @@ fn damage_is_found_by_check_and_is_an_error_on_read_never_wrong_data() {
     let s = (0..SNARFS)
         .find(|s| r.entry(*s).unwrap() == Entry::Chunk(victim))
         .unwrap();
-    let e = r.read_snarf(s).unwrap_err().to_string();
+    let e = r.read_snarf(s).unwrap_err().chain().to_string();
     assert!(e.contains(&victim.pack.to_string()), "{e}");
     // A missing pack is named.
     std::fs::remove_file(&path).unwrap();
     let e = fresh.volume_reader(b1.id.as_str(), "vm1").unwrap();
-    let msg = e.read_snarf(s).unwrap_err().to_string();
+    let msg = e.read_snarf(s).unwrap_err().chain().to_string();
     assert!(msg.contains("missing"), "{msg}");
     // A backup object that is not one is damage, skipped by listings and named by check.
     let obj = dir.path().join(Key::Backup(b1.id.clone()).name());

@@ -22,6 +22,7 @@ use super::index::{self, Index};
 use super::pack::PackWriter;
 use super::repository::Repository;
 use super::tree::{self, Builder, Entry, PageStore, TreeError, LEAF_SNARFS};
+use crate::chain::ErrorChain;
 use crate::repo::backend::{Created, LockGuard};
 use crate::repo::error::{Error, Result};
 use crate::repo::ids::{self, BackupId, PackId};
@@ -458,9 +459,10 @@ impl Writer {
         if st.index.runs().len() + 1 > MERGE_RUNS {
             if let Err(e) = super::gc::merge_index(&self.repo, &[]) {
                 log::warn!(
-                    "{}: backup {} is committed, but merging the index failed: {e}",
+                    "{}: backup {} is committed, but merging the index failed: {}",
                     self.repo.location(),
-                    self.id
+                    self.id,
+                    e.chain()
                 );
             }
         }
