@@ -8,10 +8,12 @@
 //! config                 the repository's format file
 //! keys/<id>              key slots (32 hex digits)
 //! packs/<xx>/<id>        packs, fanned out by the first byte of their id (32 hex digits)
+//! packs/<id>.pack        format 1 packs an upgraded repository keeps (legacy packs)
 //! index/<id>             index runs (32 hex digits)
 //! backups/<id>           committed backups (YYYYMMDD-HHMMSS-xxxx)
 //! finishing/<name>       finishing records (a backup id, or prune-<32 hex digits>)
 //! pins/<name>            pins (a name the store's naming rules accept)
+//! state/<name>           small state objects: last-finishing, gc-pending
 //! ```
 
 use std::fmt;
@@ -35,17 +37,20 @@ pub enum Kind {
     Finishing,
     /// `pins/`.
     Pin,
+    /// `state/`.
+    State,
 }
 
 impl Kind {
     /// Every kind that is a folder of objects (all but `config`).
-    pub const FOLDERS: [Kind; 6] = [
+    pub const FOLDERS: [Kind; 7] = [
         Kind::KeySlot,
         Kind::Pack,
         Kind::Index,
         Kind::Backup,
         Kind::Finishing,
         Kind::Pin,
+        Kind::State,
     ];
 
     /// The folder's name (`config` for the format file).
@@ -58,6 +63,7 @@ impl Kind {
             Kind::Backup => "backups",
             Kind::Finishing => "finishing",
             Kind::Pin => "pins",
+            Kind::State => "state",
         }
     }
 }
@@ -95,6 +101,27 @@ pub enum FinishingName {
     Prune(ObjectId),
 }
 
+/// The small state objects of `state/`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub enum StateName {
+    /// What the last completed finishing did.
+    LastFinishing,
+    /// Marker: some packs may be unreferenced; the next finishing collects them.
+    GcPending,
+}
+
+impl StateName {
+    /// Every state object.
+    pub const ALL: [StateName; 2] = [StateName::LastFinishing, StateName::GcPending];
+
+    fn name(self) -> &'static str {
+        match self {
+            StateName::LastFinishing => "last-finishing",
+            StateName::GcPending => "gc-pending",
+        }
+    }
+}
+
 /// The name of an object in a repository.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub enum Key {
@@ -104,6 +131,8 @@ pub enum Key {
     KeySlot(ObjectId),
     /// A pack.
     Pack(PackId),
+    /// A format 1 pack kept by an upgrade.
+    LegacyPack(PackId),
     /// An index run.
     Index(ObjectId),
     /// A committed backup.
@@ -112,6 +141,8 @@ pub enum Key {
     Finishing(FinishingName),
     /// A pin: packs kept from gc for a reader outside the repository.
     Pin(String),
+    /// A state object.
+    State(StateName),
 }
 
 /// Longest pin name accepted (the store's name rules allow 255 bytes too).
@@ -128,11 +159,12 @@ impl Key {
         match self {
             Key::Config => Kind::Config,
             Key::KeySlot(_) => Kind::KeySlot,
-            Key::Pack(_) => Kind::Pack,
+            Key::Pack(_) | Key::LegacyPack(_) => Kind::Pack,
             Key::Index(_) => Kind::Index,
             Key::Backup(_) => Kind::Backup,
             Key::Finishing(_) => Kind::Finishing,
             Key::Pin(_) => Kind::Pin,
+            Key::State(_) => Kind::State,
         }
     }
 
@@ -145,11 +177,13 @@ impl Key {
                 let hex = id.to_string();
                 format!("packs/{}/{hex}", &hex[..2])
             }
+            Key::LegacyPack(id) => format!("packs/{id}.pack"),
             Key::Index(id) => format!("index/{id}"),
             Key::Backup(id) => format!("backups/{id}"),
             Key::Finishing(FinishingName::Backup(id)) => format!("finishing/{id}"),
             Key::Finishing(FinishingName::Prune(id)) => format!("finishing/prune-{id}"),
             Key::Pin(name) => format!("pins/{name}"),
+            Key::State(s) => format!("state/{}", s.name()),
         }
     }
 
@@ -160,6 +194,10 @@ impl Key {
             Kind::Config => (name.is_empty()).then_some(Key::Config),
             Kind::KeySlot => ObjectId::parse(name).map(Key::KeySlot),
             Kind::Pack => {
+                if let Some(hex) = name.strip_suffix(".pack") {
+                    let id = PackId::parse(hex)?;
+                    return (id.to_string() == hex).then_some(Key::LegacyPack(id));
+                }
                 let (fan, hex) = name.split_once('/')?;
                 let id = PackId::parse(hex)?;
                 let own = id.to_string();
@@ -175,6 +213,10 @@ impl Key {
                 None => BackupId::parse(name).map(|id| Key::Finishing(FinishingName::Backup(id))),
             },
             Kind::Pin => Key::pin(name),
+            Kind::State => StateName::ALL
+                .into_iter()
+                .find(|s| s.name() == name)
+                .map(Key::State),
         }
     }
 }
@@ -211,6 +253,9 @@ mod tests {
             Key::Finishing(FinishingName::Backup(backup)),
             Key::Finishing(FinishingName::Prune(obj)),
             Key::pin("snapshot-abc-1f").unwrap(),
+            Key::LegacyPack(pack),
+            Key::State(StateName::LastFinishing),
+            Key::State(StateName::GcPending),
         ];
         for k in keys {
             let name = k.name();
@@ -245,6 +290,9 @@ mod tests {
             (Kind::KeySlot, upper.clone()),
             (Kind::Pack, format!("{}/{upper}", &hex[..2])),
             (Kind::Config, "x".to_string()),
+            (Kind::Pack, format!("{upper}.pack")),
+            (Kind::Pack, format!("{hex}.part")),
+            (Kind::State, "other".to_string()),
         ] {
             assert_eq!(Key::parse(kind, &name), None, "{kind:?} {name:?}");
         }

@@ -229,7 +229,14 @@ impl Backend for LocalDir {
                 if fan.starts_with('.') {
                     continue;
                 }
-                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let ty = entry.file_type();
+                if fan.ends_with(".pack") && ty.as_ref().is_ok_and(|t| t.is_file()) {
+                    // A format 1 pack an upgrade kept; its name is checked by Key::parse.
+                    let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                    names.push((fan, len));
+                    continue;
+                }
+                if !ty.is_ok_and(|t| t.is_dir()) {
                     log::warn!(
                         "{}: ignoring {}, which is not a pack folder",
                         self.root.display(),

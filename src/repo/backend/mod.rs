@@ -27,7 +27,7 @@ pub mod local;
 
 use std::time::Duration;
 
-pub use key::{FinishingName, Key, Kind, ObjectId};
+pub use key::{FinishingName, Key, Kind, ObjectId, StateName};
 pub use local::LocalDir;
 
 use super::error::Result;

@@ -228,11 +228,24 @@ pub fn read_trailer(
         .metadata()
         .map_err(|e| (0, format!("cannot stat it ({e})")))?
         .len();
+    parse_trailer(len, id, &|buf, off| fsx::read_exact_at(file, buf, off))
+}
+
+/// Reads into a buffer at an offset (a file's pread, or a storage backend's range read).
+pub type ReadAt<'a> = &'a dyn Fn(&mut [u8], u64) -> std::io::Result<()>;
+
+/// [`read_trailer`] for a pack of `len` bytes read through `read_at` (format 2 reads format
+/// 1 packs an upgrade kept through its storage backend).
+pub fn parse_trailer(
+    len: u64,
+    id: &PackId,
+    read_at: ReadAt<'_>,
+) -> std::result::Result<Vec<TrailerEntry>, (u64, String)> {
     if len < HEADER_LEN + FOOTER_LEN {
         return Err((0, format!("it is only {len} bytes long")));
     }
     let mut header = [0u8; HEADER_LEN as usize];
-    fsx::read_exact_at(file, &mut header, 0).map_err(|e| (0, format!("cannot read it ({e})")))?;
+    read_at(&mut header, 0).map_err(|e| (0, format!("cannot read it ({e})")))?;
     if &header[..8] != MAGIC || header[8..24] != id.0 {
         return Err((
             0,
@@ -241,7 +254,7 @@ pub fn read_trailer(
     }
     let foot_at = len - FOOTER_LEN;
     let mut footer = [0u8; FOOTER_LEN as usize];
-    fsx::read_exact_at(file, &mut footer, foot_at)
+    read_at(&mut footer, foot_at)
         .map_err(|e| (foot_at, format!("cannot read its footer ({e})")))?;
     if &footer[40..] != END_MAGIC {
         return Err((foot_at, "its footer is missing (the pack is torn)".into()));
@@ -258,7 +271,7 @@ pub fn read_trailer(
         ))?;
     let trailer_at = foot_at - trailer_len;
     let mut trailer = vec![0u8; trailer_len as usize];
-    fsx::read_exact_at(file, &mut trailer, trailer_at)
+    read_at(&mut trailer, trailer_at)
         .map_err(|e| (trailer_at, format!("cannot read its trailer ({e})")))?;
     let mut hasher = blake3::Hasher::new();
     hasher.update(&id.0);

@@ -1,122 +1,38 @@
 //! Packs (format 2): frames of blobs in one object of tens of MiB, uploaded through the
 //! backend (a pack is visible only once complete) and self-describing: the sealed trailer
 //! lists every blob, so a pack left by a killed backup can be adopted into the index from
-//! its trailer alone. Format 1 packs (`pack`) are read by their own module.
+//! its trailer alone.
 //!
 //! ```text
 //! 0..8     magic "SNARFPK2"
 //! 8..24    pack id
-//! 24..32   reserved, zero
+//! 24..32   creation time, Unix seconds u64 LE (gc keeps young unreferenced packs)
 //! 32..     frames, back to back, each sealed as text number = its offset
 //! trailer  sealed as text number u64::MAX: one 64-byte blob record per blob
 //! footer   48 bytes: sealed trailer length u64 LE, blake3(pack id ‖ sealed trailer),
 //!          magic "SNARFEN2"
 //! ```
 //!
-//! A blob record (also the 64-byte encoding of a [`BlobRef`] in index runs and tree pages),
-//! little-endian:
-//!
-//! ```text
-//! 0..32   blob id
-//! 32..48  pack id
-//! 48..53  frame offset in the pack, u40 (packs are at most 4 GiB and a frame)
-//! 53..57  sealed frame length, u32
-//! 57..60  offset of the blob in the frame's raw bytes, u24
-//! 60      kind: 0 data, 1 tree page
-//! 61..64  blob length, u24 (0 only in a blank record)
-//! ```
+//! A blob record is the 64-byte encoding of a [`ChunkRef`] (see `chunk`). Format 1 packs
+//! (`packs/<id>.pack`, kept by `snarf repo upgrade`) are read here too: their chunks are
+//! [`BlobKind::Legacy`] blobs, each its own "frame".
 
-use super::backend::{Backend, Key, Upload};
-use super::error::{Error, Result};
+use super::chunk::{BlobKind, ChunkRef, MAX_BLOB, PACK_HEADER_LEN as HEADER_LEN, REF_LEN};
 use super::frame::{self, Seal};
-use super::ids::{ChunkId, PackId};
+use crate::chain::ErrorChain;
+use crate::repo::backend::{Backend, Key, Upload};
+use crate::repo::error::{Error, Result};
+use crate::repo::ids::{ChunkId, PackId};
 
 /// Magic at the start of a pack.
 const MAGIC: &[u8; 8] = b"SNARFPK2";
 /// Magic at the very end.
 const END_MAGIC: &[u8; 8] = b"SNARFEN2";
-/// Bytes before the first frame.
-pub const HEADER_LEN: u64 = 32;
+
 /// Bytes of the footer.
 const FOOTER_LEN: u64 = 48;
-/// Bytes of one encoded [`BlobRef`].
-pub const REF_LEN: usize = 64;
 /// The text number of the trailer, which no frame can have.
 const TRAILER_TEXT: u64 = u64::MAX;
-/// Largest blob: 8 MiB (a snarf is at most 1 MiB, a page far less).
-pub const MAX_BLOB: u32 = 8 << 20;
-
-/// What a blob is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BlobKind {
-    /// A snarf's data.
-    Data,
-    /// A tree page.
-    Page,
-}
-
-/// Where a blob is: its frame in a pack and its place in the frame's raw bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BlobRef {
-    /// The blob's id.
-    pub id: ChunkId,
-    /// What it is.
-    pub kind: BlobKind,
-    /// The pack.
-    pub pack: PackId,
-    /// Offset of the sealed frame in the pack.
-    pub frame_offset: u64,
-    /// Length of the sealed frame.
-    pub frame_len: u32,
-    /// Offset of the blob in the frame's raw bytes.
-    pub within: u32,
-    /// The blob's length.
-    pub len: u32,
-}
-
-impl BlobRef {
-    /// The 64-byte record (see the module documentation).
-    pub fn encode(&self) -> [u8; REF_LEN] {
-        let mut b = [0u8; REF_LEN];
-        b[0..32].copy_from_slice(&self.id.0);
-        b[32..48].copy_from_slice(&self.pack.0);
-        b[48..53].copy_from_slice(&self.frame_offset.to_le_bytes()[..5]);
-        b[53..57].copy_from_slice(&self.frame_len.to_le_bytes());
-        b[57..60].copy_from_slice(&self.within.to_le_bytes()[..3]);
-        b[60] = match self.kind {
-            BlobKind::Data => 0,
-            BlobKind::Page => 1,
-        };
-        b[61..64].copy_from_slice(&self.len.to_le_bytes()[..3]);
-        b
-    }
-
-    /// Decodes a record; `None` if it is blank or impossible (an unknown kind, a blob
-    /// larger than [`MAX_BLOB`], a frame inside the header or empty).
-    pub fn decode(b: &[u8; REF_LEN]) -> Option<BlobRef> {
-        let le = |s: &[u8]| {
-            let mut x = [0u8; 8];
-            x[..s.len()].copy_from_slice(s);
-            u64::from_le_bytes(x)
-        };
-        let kind = match b[60] {
-            0 => BlobKind::Data,
-            1 => BlobKind::Page,
-            _ => return None,
-        };
-        let r = BlobRef {
-            id: ChunkId(b[0..32].try_into().ok()?),
-            pack: PackId(b[32..48].try_into().ok()?),
-            frame_offset: le(&b[48..53]),
-            frame_len: le(&b[53..57]) as u32,
-            within: le(&b[57..60]) as u32,
-            kind,
-            len: le(&b[61..64]) as u32,
-        };
-        (r.len > 0 && r.len <= MAX_BLOB && r.frame_offset >= HEADER_LEN && r.frame_len > 0)
-            .then_some(r)
-    }
-}
 
 /// The associated data binding a sealed text to its pack and to what it is.
 fn ad(pack: &PackId, what: &str) -> Vec<u8> {
@@ -131,7 +47,7 @@ pub struct PackWriter {
     id: PackId,
     out: Box<dyn Upload>,
     len: u64,
-    blobs: Vec<BlobRef>,
+    blobs: Vec<ChunkRef>,
 }
 
 impl PackWriter {
@@ -141,6 +57,7 @@ impl PackWriter {
         let mut header = [0u8; HEADER_LEN as usize];
         header[..8].copy_from_slice(MAGIC);
         header[8..24].copy_from_slice(&id.0);
+        header[24..32].copy_from_slice(&crate::repo::ids::now_secs().to_le_bytes());
         out.write(&header)?;
         Ok(PackWriter {
             id,
@@ -172,7 +89,7 @@ impl PackWriter {
         seal: &dyn Seal,
         level: i32,
         blobs: &[(ChunkId, BlobKind, &[u8])],
-    ) -> Result<Vec<BlobRef>> {
+    ) -> Result<Vec<ChunkRef>> {
         let mut raw = Vec::with_capacity(blobs.iter().map(|b| b.2.len()).sum());
         let mut places = Vec::with_capacity(blobs.len());
         for (id, kind, data) in blobs {
@@ -212,16 +129,16 @@ impl PackWriter {
             .map_err(|_| Error::BadArgument("a sealed frame of more than 4 GiB".into()))?;
         self.out.write(&sealed)?;
         self.len += sealed.len() as u64;
-        let refs: Vec<BlobRef> = places
+        let refs: Vec<ChunkRef> = places
             .into_iter()
-            .map(|(id, kind, within, len)| BlobRef {
+            .map(|(id, kind, within, raw_len)| ChunkRef {
                 id,
                 kind,
                 pack: self.id,
-                frame_offset: offset,
-                frame_len,
+                offset,
+                stored_len: frame_len,
                 within,
-                len,
+                raw_len,
             })
             .collect();
         self.blobs.extend_from_slice(&refs);
@@ -230,7 +147,7 @@ impl PackWriter {
 
     /// Writes the sealed trailer and footer and finishes the upload: from here on the pack
     /// is durable and visible. Returns its blobs and size.
-    pub fn finish(mut self, seal: &dyn Seal) -> Result<(Vec<BlobRef>, u64)> {
+    pub fn finish(mut self, seal: &dyn Seal) -> Result<(Vec<ChunkRef>, u64)> {
         let mut trailer = Vec::with_capacity(self.blobs.len() * REF_LEN);
         for b in &self.blobs {
             trailer.extend_from_slice(&b.encode());
@@ -251,19 +168,44 @@ impl PackWriter {
     }
 }
 
-/// Reads and verifies the trailer of pack `id` of `size` bytes. The error gives the offset
-/// and the problem.
+/// The key of the pack holding `r`: a format 1 pack for a legacy blob.
+pub fn pack_key(r: &ChunkRef) -> Key {
+    match r.kind {
+        BlobKind::Legacy => Key::LegacyPack(r.pack),
+        _ => Key::Pack(r.pack),
+    }
+}
+
+/// When pack `key` was written (Unix seconds), from its header; `None` for a format 1 pack,
+/// which is older than any format 2 repository.
+pub fn created(backend: &dyn Backend, key: &Key) -> Result<Option<u64>> {
+    if matches!(key, Key::LegacyPack(_)) {
+        return Ok(None);
+    }
+    let h = backend.read_range(key, 0, HEADER_LEN)?;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[24..32]);
+    Ok(Some(u64::from_le_bytes(b)))
+}
+
+/// Reads and verifies the trailer of pack `key` of `size` bytes (a format 2 pack, or a
+/// format 1 pack an upgrade kept, whose chunks become legacy blobs; only a plain
+/// repository has those). The error gives the offset and the problem.
 pub fn read_trailer(
     backend: &dyn Backend,
     seal: &dyn Seal,
-    id: &PackId,
+    key: &Key,
     size: u64,
-) -> std::result::Result<Vec<BlobRef>, (u64, String)> {
-    let key = Key::Pack(*id);
+) -> std::result::Result<Vec<ChunkRef>, (u64, String)> {
+    let id = match key {
+        Key::Pack(id) => id,
+        Key::LegacyPack(id) => return read_legacy_trailer(backend, seal, key, id, size),
+        _ => return Err((0, format!("{key} is not a pack"))),
+    };
     let read = |off: u64, len: u64| {
         backend
-            .read_range(&key, off, len)
-            .map_err(|e| (off, format!("it cannot be read ({e})")))
+            .read_range(key, off, len)
+            .map_err(|e| (off, format!("it cannot be read ({})", e.chain())))
     };
     if size < HEADER_LEN + FOOTER_LEN {
         return Err((0, format!("it is only {size} bytes long")));
@@ -312,8 +254,8 @@ pub fn read_trailer(
     for rec in plain.chunks_exact(REF_LEN) {
         let mut b = [0u8; REF_LEN];
         b.copy_from_slice(rec);
-        let r = BlobRef::decode(&b)
-            .filter(|r| r.pack == *id && r.frame_offset + u64::from(r.frame_len) <= trailer_at)
+        let r = ChunkRef::decode(&b)
+            .filter(|r| r.pack == *id && r.offset + u64::from(r.stored_len) <= trailer_at)
             .ok_or((
                 trailer_at,
                 "its trailer lists a blob outside its frames".to_string(),
@@ -323,28 +265,87 @@ pub fn read_trailer(
     Ok(out)
 }
 
+fn read_legacy_trailer(
+    backend: &dyn Backend,
+    seal: &dyn Seal,
+    key: &Key,
+    id: &PackId,
+    size: u64,
+) -> std::result::Result<Vec<ChunkRef>, (u64, String)> {
+    if !seal.is_plain() {
+        return Err((
+            0,
+            "a format 1 pack cannot be part of an encrypted repository".into(),
+        ));
+    }
+    let read_at = |buf: &mut [u8], off: u64| {
+        let data = backend
+            .read_range(key, off, buf.len() as u64)
+            .map_err(|e| std::io::Error::other(e.chain().to_string()))?;
+        buf.copy_from_slice(&data);
+        Ok(())
+    };
+    let entries = crate::repo::v1::pack::parse_trailer(size, id, &read_at)?;
+    entries
+        .into_iter()
+        .map(|e| {
+            let r = ChunkRef {
+                id: e.id,
+                kind: BlobKind::Legacy,
+                pack: *id,
+                offset: e.offset,
+                stored_len: e.stored_len,
+                within: 0,
+                raw_len: e.raw_len,
+            };
+            ChunkRef::decode(&r.encode()).ok_or((
+                e.offset,
+                format!(
+                    "its trailer lists chunk {} that format 2 cannot address",
+                    e.id.short()
+                ),
+            ))
+        })
+        .collect()
+}
+
 /// The raw bytes of the frame holding `r` (opened, decompressed); the caller caches them.
-pub fn read_frame(backend: &dyn Backend, seal: &dyn Seal, r: &BlobRef) -> Result<Vec<u8>> {
+/// A legacy blob's frame is the chunk itself.
+pub fn read_frame(backend: &dyn Backend, seal: &dyn Seal, r: &ChunkRef) -> Result<Vec<u8>> {
     let damaged = |why: String| Error::PackDamaged {
         repo: backend.location().into(),
         pack: r.pack.to_string(),
-        offset: r.frame_offset,
+        offset: r.offset,
         why,
     };
-    let sealed = backend.read_range(&Key::Pack(r.pack), r.frame_offset, u64::from(r.frame_len))?;
+    if r.kind == BlobKind::Legacy {
+        if !seal.is_plain() {
+            return Err(damaged(
+                "a format 1 chunk cannot be part of an encrypted repository".into(),
+            ));
+        }
+        let stored = backend.read_range(&pack_key(r), r.offset, u64::from(r.stored_len))?;
+        return if r.stored_len < r.raw_len {
+            zstd::bulk::decompress(&stored, r.raw_len as usize)
+                .map_err(|e| damaged(format!("chunk {} does not decompress ({e})", r.id.short())))
+        } else {
+            Ok(stored)
+        };
+    }
+    let sealed = backend.read_range(&Key::Pack(r.pack), r.offset, u64::from(r.stored_len))?;
     let plain = seal
-        .open(&r.pack.0, r.frame_offset, &ad(&r.pack, "frame"), sealed)
+        .open(&r.pack.0, r.offset, &ad(&r.pack, "frame"), sealed)
         .map_err(|why| damaged(format!("its frame is not authentic ({why})")))?;
     frame::decode(&plain).map_err(damaged)
 }
 
 /// The bytes of blob `r` out of its frame's raw bytes, checked against its id.
-pub fn blob_of(seal: &dyn Seal, frame_raw: &[u8], r: &BlobRef, location: &str) -> Result<Vec<u8>> {
-    let end = r.within as usize + r.len as usize;
+pub fn blob_of(seal: &dyn Seal, frame_raw: &[u8], r: &ChunkRef, location: &str) -> Result<Vec<u8>> {
+    let end = r.within as usize + r.raw_len as usize;
     let damaged = |why: String| Error::PackDamaged {
         repo: location.into(),
         pack: r.pack.to_string(),
-        offset: r.frame_offset,
+        offset: r.offset,
         why,
     };
     let data = frame_raw.get(r.within as usize..end).ok_or_else(|| {
@@ -353,7 +354,12 @@ pub fn blob_of(seal: &dyn Seal, frame_raw: &[u8], r: &BlobRef, location: &str) -
             r.id.short()
         ))
     })?;
-    if seal.blob_id(data) != r.id {
+    let id = match r.kind {
+        // Format 1 chunk ids are plain blake3 (legacy blobs exist only in plain repositories).
+        BlobKind::Legacy => ChunkId::of(data),
+        _ => seal.blob_id(data),
+    };
+    if id != r.id {
         return Err(damaged(format!(
             "blob {} fails its hash check",
             r.id.short()
@@ -366,28 +372,7 @@ pub fn blob_of(seal: &dyn Seal, frame_raw: &[u8], r: &BlobRef, location: &str) -
 mod tests {
     use super::*;
     use crate::repo::backend::LocalDir;
-    use crate::repo::frame::Plain;
-
-    #[test]
-    fn records_round_trip_and_impossible_ones_are_refused() {
-        let r = BlobRef {
-            id: ChunkId::of(b"x"),
-            kind: BlobKind::Page,
-            pack: PackId::generate(),
-            frame_offset: (1 << 39) + 5,
-            frame_len: 123_456,
-            within: (1 << 20) + 3,
-            len: MAX_BLOB,
-        };
-        assert_eq!(BlobRef::decode(&r.encode()), Some(r));
-        assert_eq!(BlobRef::decode(&[0; REF_LEN]), None);
-        let mut bad = r.encode();
-        bad[61] = 7;
-        assert_eq!(BlobRef::decode(&bad), None);
-        let mut big = r;
-        big.len = MAX_BLOB + 1;
-        assert_eq!(BlobRef::decode(&big.encode()), None);
-    }
+    use crate::repo::v2::frame::Plain;
 
     #[test]
     fn a_pack_of_frames_reads_back_blob_by_blob_and_tampering_is_found() {
@@ -413,9 +398,9 @@ mod tests {
         assert_eq!(all.len(), 17);
         assert_eq!(b.size(&Key::Pack(id)).unwrap(), Some(size));
         // One frame for 16 blobs, compressed far below 16 x 48 KiB.
-        assert!(refs.iter().all(|r| r.frame_offset == HEADER_LEN));
-        assert!(refs[0].frame_len < 20_000, "{}", refs[0].frame_len);
-        let trailer = read_trailer(&b, &Plain, &id, size).unwrap();
+        assert!(refs.iter().all(|r| r.offset == HEADER_LEN));
+        assert!(refs[0].stored_len < 20_000, "{}", refs[0].stored_len);
+        let trailer = read_trailer(&b, &Plain, &Key::Pack(id), size).unwrap();
         assert_eq!(trailer, all);
         let raw = read_frame(&b, &Plain, &refs[5]).unwrap();
         assert_eq!(blob_of(&Plain, &raw, &refs[5], "r").unwrap(), text[5]);
@@ -431,19 +416,19 @@ mod tests {
         let at = t.len() - 48 - 10;
         t[at] ^= 1;
         std::fs::write(&path, &t).unwrap();
-        assert!(read_trailer(&b, &Plain, &id, size).is_err());
+        assert!(read_trailer(&b, &Plain, &Key::Pack(id), size).is_err());
         let mut f = good;
         f[HEADER_LEN as usize + 10] ^= 0xff;
         std::fs::write(&path, &f).unwrap();
         let hit =
             read_frame(&b, &Plain, &refs[5]).and_then(|raw| blob_of(&Plain, &raw, &refs[5], "r"));
         assert!(hit.is_err(), "a damaged frame must not give data");
-        assert!(read_trailer(&b, &Plain, &PackId::generate(), size).is_err());
+        assert!(read_trailer(&b, &Plain, &Key::Pack(PackId::generate()), size).is_err());
     }
 
     #[test]
     fn an_encrypted_pack_holds_no_plaintext_and_every_flipped_byte_is_detected() {
-        use crate::repo::crypto::{Aead, MasterKey};
+        use crate::repo::v2::crypto::{Aead, MasterKey};
         let dir = tempfile::tempdir().unwrap();
         let b = LocalDir::new(dir.path());
         b.create_layout().unwrap();
@@ -472,7 +457,7 @@ mod tests {
             let mut t = good.clone();
             t[at] ^= 0x01;
             std::fs::write(&path, &t).unwrap();
-            let trailer = read_trailer(&b, &seal, &id, size);
+            let trailer = read_trailer(&b, &seal, &Key::Pack(id), size);
             let blob =
                 read_frame(&b, &seal, &refs[0]).and_then(|raw| blob_of(&seal, &raw, &refs[0], "r"));
             assert!(
@@ -480,5 +465,43 @@ mod tests {
                 "a flip at {at} went unnoticed"
             );
         }
+    }
+    #[test]
+    fn format_1_packs_read_as_legacy_blobs_in_plain_repositories_only() {
+        use crate::repo::v1::pack::PackWriter as V1Writer;
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalDir::new(dir.path());
+        b.create_layout().unwrap();
+        let id = PackId::generate();
+        let text = b"format one chunk ".repeat(4000);
+        let random: Vec<u8> = (0..5000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let mut w = V1Writer::create(&dir.path().join("packs"), id).unwrap();
+        let z = crate::repo::v1::chunk::compress(&text, 3).unwrap();
+        w.append(ChunkId::of(&text), &z, text.len() as u32).unwrap();
+        w.append(ChunkId::of(&random), &random, random.len() as u32)
+            .unwrap();
+        let done = w.finish().unwrap();
+        done.publish().unwrap();
+        let key = Key::LegacyPack(id);
+        let listed = b.list(crate::repo::backend::Kind::Pack).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, key);
+        let refs = read_trailer(&b, &Plain, &key, listed[0].1).unwrap();
+        assert_eq!(refs.len(), 2);
+        assert!(refs
+            .iter()
+            .all(|r| r.kind == BlobKind::Legacy && pack_key(r) == key));
+        for (r, want) in refs.iter().zip([&text[..], &random[..]]) {
+            let raw = read_frame(&b, &Plain, r).unwrap();
+            assert_eq!(blob_of(&Plain, &raw, r, "here").unwrap(), want);
+        }
+        assert_eq!(created(&b, &key).unwrap(), None);
+        let seal = crate::repo::v2::crypto::Aead::new(
+            crate::repo::v2::crypto::MasterKey::generate().unwrap(),
+        );
+        assert!(read_trailer(&b, &seal, &key, listed[0].1).is_err());
+        assert!(read_frame(&b, &seal, &refs[0]).is_err());
     }
 }

@@ -7,13 +7,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::backend::Key;
+use super::chunk::{BlobKind, ChunkRef, MAX_BLOB, REF_LEN};
 use super::crypto;
-use super::error::{Error, Fix, Result};
 use super::frame::Seal;
-use super::ids::BackupId;
-use super::manifest::BackupStats;
-use super::pack2::{BlobKind, BlobRef, MAX_BLOB, REF_LEN};
+use crate::repo::backend::Key;
+use crate::repo::error::{Error, Fix, Result};
+use crate::repo::ids::BackupId;
+use crate::repo::v1::manifest::BackupStats;
 
 /// Backup object format version.
 pub const FORMAT: u32 = 2;
@@ -37,7 +37,7 @@ pub struct VolumeRoot {
 
 impl VolumeRoot {
     /// The root's reference (validated by [`BackupObject::decode`]).
-    pub fn root_ref(&self) -> Option<BlobRef> {
+    pub fn root_ref(&self) -> Option<ChunkRef> {
         self.root.as_deref().and_then(decode_ref)
     }
 }
@@ -66,11 +66,11 @@ pub struct BackupObject {
 }
 
 /// Hex of a reference, for the JSON.
-pub fn encode_ref(r: &BlobRef) -> String {
+pub fn encode_ref(r: &ChunkRef) -> String {
     r.encode().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn decode_ref(s: &str) -> Option<BlobRef> {
+fn decode_ref(s: &str) -> Option<ChunkRef> {
     if s.len() != REF_LEN * 2 {
         return None;
     }
@@ -78,7 +78,7 @@ fn decode_ref(s: &str) -> Option<BlobRef> {
     for (i, byte) in b.iter_mut().enumerate() {
         *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
-    BlobRef::decode(&b)
+    ChunkRef::decode(&b)
 }
 
 impl BackupObject {
@@ -142,6 +142,14 @@ impl BackupObject {
                     v.name, v.snarf_size
                 ));
             }
+            if v.size > i64::MAX as u64
+                || v.size.div_ceil(u64::from(v.snarf_size)) > crate::store::volume::MAX_SNARFS
+            {
+                return Err(format!(
+                    "volume \"{}\" has an impossible size of {} bytes",
+                    v.name, v.size
+                ));
+            }
             if let Some(hex) = &v.root {
                 match decode_ref(hex) {
                     Some(r) if r.kind == BlobKind::Page => {}
@@ -169,20 +177,20 @@ impl BackupObject {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::crypto::{Aead, MasterKey};
-    use crate::repo::frame::Plain;
     use crate::repo::ids::{ChunkId, PackId};
+    use crate::repo::v2::crypto::{Aead, MasterKey};
+    use crate::repo::v2::frame::Plain;
 
     fn object() -> BackupObject {
         let id = BackupId::generate(1_800_000_000);
-        let root = BlobRef {
+        let root = ChunkRef {
             id: ChunkId::of(b"root page"),
             kind: BlobKind::Page,
             pack: PackId::generate(),
-            frame_offset: 32,
-            frame_len: 100,
+            offset: 32,
+            stored_len: 100,
             within: 0,
-            len: 90,
+            raw_len: 90,
         };
         BackupObject {
             format: FORMAT,
@@ -249,6 +257,8 @@ mod tests {
         bad(&|x| x.volumes[1].name = "vm1.img".into());
         bad(&|x| x.volumes[0].snarf_size = 0);
         bad(&|x| x.volumes[0].snarf_size = 64 << 20);
+        bad(&|x| x.volumes[0].size = u64::MAX);
+        bad(&|x| x.volumes[0].size = (1 << 28) * u64::from(x.volumes[0].snarf_size) + 1);
         bad(&|x| x.volumes[0].root = Some("00".repeat(64)));
         bad(&|x| x.volumes[0].root = Some("zz".into()));
         bad(&|x| x.host = "a\nb".into());

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{Error, Fix, IoContext, Result};
 use super::ids::BackupId;
 pub use super::table::Table;
+pub use crate::repo::report::BackupStats;
 
 /// Manifest format version.
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -70,23 +71,6 @@ impl VolumeEntry {
     pub fn snarfs(&self) -> u64 {
         snarf_count(self.size, self.snarf_size)
     }
-}
-
-/// What a backup added to the repository.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BackupStats {
-    /// Chunks this backup stored for the first time.
-    pub new_chunks: u64,
-    /// Bytes of pack data those chunks take.
-    pub new_stored_bytes: u64,
-    /// Uncompressed bytes of those chunks.
-    pub new_raw_bytes: u64,
-    /// Snarfs that were already in the repository (deduplicated or reused).
-    pub dedup_snarfs: u64,
-    /// Snarfs that were all zeros.
-    pub zero_snarfs: u64,
-    /// Packs this backup wrote.
-    pub packs: u64,
 }
 
 /// Number of snarfs of a volume.

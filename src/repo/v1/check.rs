@@ -7,7 +7,6 @@
 //! (about 40 bytes per chunk), so about 100 bytes per chunk in the repository.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 
 use super::chunk::ChunkRef;
 use super::error::Result;
@@ -20,84 +19,7 @@ use super::reader;
 use super::Repo;
 use crate::chain::ErrorChain;
 
-/// One thing wrong, located as precisely as possible.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The backup affected, if any.
-    pub backup: Option<String>,
-    /// The volume affected, if any.
-    pub volume: Option<String>,
-    /// Byte offset in the volume, if any.
-    pub offset: Option<u64>,
-    /// What is wrong.
-    pub what: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(b) = &self.backup {
-            write!(f, "backup {b}")?;
-            if let Some(v) = &self.volume {
-                write!(f, ", volume \"{v}\"")?;
-            }
-            if let Some(o) = self.offset {
-                write!(f, ", byte offset {o}")?;
-            }
-            write!(f, ": ")?;
-        }
-        f.write_str(&self.what)
-    }
-}
-
-/// Progress of a check.
-#[derive(Debug, Clone)]
-pub struct CheckProgress {
-    /// "packs", "index", "data" or "backups".
-    pub phase: &'static str,
-    /// Units done in this phase.
-    pub done: u64,
-    /// Units in this phase.
-    pub total: u64,
-}
-
-/// The result of a check.
-#[derive(Debug, Clone, Default)]
-pub struct CheckReport {
-    /// Committed backups checked.
-    pub backups: u64,
-    /// Volumes checked.
-    pub volumes: u64,
-    /// Snarf records checked.
-    pub snarfs: u64,
-    /// Sealed packs.
-    pub packs: u64,
-    /// Chunks in packs.
-    pub chunks: u64,
-    /// Chunks read and hash-checked (with `read_data`).
-    pub chunks_read: u64,
-    /// Index records.
-    pub index_records: u64,
-    /// Packs no committed backup references (not an error: the next gc removes them).
-    pub unreferenced_packs: Vec<PackId>,
-    /// Everything wrong; empty means the repository is sound.
-    pub problems: Vec<Problem>,
-}
-
-impl CheckReport {
-    /// True when nothing is wrong.
-    pub fn is_ok(&self) -> bool {
-        self.problems.is_empty()
-    }
-
-    fn problem(&mut self, what: String) {
-        self.problems.push(Problem {
-            backup: None,
-            volume: None,
-            offset: None,
-            what,
-        });
-    }
-}
+pub use crate::repo::report::{CheckProgress, CheckReport, Problem};
 
 /// A pack's trailer, sorted by offset for lookups.
 struct PackInfo {

@@ -7,10 +7,11 @@ use serde::{Deserialize, Serialize};
 use super::super::error::{Error, Fix, Result};
 use super::super::fault::FilePoints;
 use super::super::fsx;
-use super::super::ids::{format_utc, now_secs, BackupId, PackId};
+use super::super::ids::{now_secs, BackupId, PackId};
 use super::super::lock::hostname;
 use super::super::prune::Policy;
 use super::super::Repo;
+pub use crate::repo::report::{FinishingStatus, LastFinishing};
 
 /// What the last completed finishing did.
 pub(crate) const LAST_FILE: &str = "last-finishing.json";
@@ -133,88 +134,6 @@ impl Record {
             policy: Some(policy),
             doomed: Some(doomed),
             new_packs: Vec::new(),
-        }
-    }
-}
-
-/// What a finishing did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastFinishing {
-    /// "backup" or "prune".
-    pub kind: String,
-    /// The backup committed, if a backup.
-    pub backup: Option<String>,
-    /// When it started, Unix seconds.
-    pub started: u64,
-    /// When it completed, Unix seconds.
-    pub finished: u64,
-    /// Whether it was resumed after an interruption.
-    pub resumed: bool,
-    /// Backups deleted by retention.
-    pub removed: Vec<String>,
-    /// Packs deleted.
-    pub packs_removed: u64,
-    /// Bytes freed by deleting packs.
-    pub freed_bytes: u64,
-    /// Damaged backups gc went around, each with what it kept for them.
-    #[serde(default)]
-    pub damaged: Vec<String>,
-}
-
-impl LastFinishing {
-    /// True when every backup it names is a valid id: it is printed one record per line.
-    fn is_sane(&self) -> bool {
-        let valid = |s: &String| BackupId::parse(s).is_some();
-        matches!(self.kind.as_str(), "backup" | "prune")
-            && self.backup.as_ref().is_none_or(valid)
-            && self.removed.iter().all(valid)
-            && self.damaged.iter().all(|d| !d.contains('\n'))
-    }
-}
-
-/// Finishing state of a repository.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FinishingStatus {
-    /// Nothing under way; what the last finishing did, if known.
-    Idle(Option<LastFinishing>),
-    /// A finishing is under way or was interrupted.
-    Active {
-        /// "backup" or "prune".
-        kind: String,
-        /// The backup being committed.
-        backup: Option<String>,
-        /// Step number (1-6).
-        step: u32,
-        /// Step name.
-        step_name: String,
-        /// When it started, Unix seconds.
-        started: u64,
-        /// Whether it was resumed after an interruption.
-        resumed: bool,
-        /// The process holding the lock now, if any.
-        holder: Option<String>,
-    },
-}
-
-impl FinishingStatus {
-    /// One line for people: "idle" or "backup 2026… step 2 (index), started …".
-    pub fn describe(&self) -> String {
-        match self {
-            FinishingStatus::Idle(_) => "idle".into(),
-            FinishingStatus::Active {
-                kind,
-                backup,
-                step,
-                step_name,
-                started,
-                resumed,
-                ..
-            } => format!(
-                "{kind} {} at step {step} ({step_name}), started {} UTC{}",
-                backup.as_deref().unwrap_or("-"),
-                format_utc(*started),
-                if *resumed { ", resumed" } else { "" }
-            ),
         }
     }
 }

@@ -1,27 +1,32 @@
 //! The blob index (format 2): which frame of which pack holds each blob. Like format 1 it
-//! is a set of immutable *runs* of fixed 64-byte records ([`BlobRef`] encodings) sorted by
+//! is a set of immutable *runs* of fixed 64-byte records ([`ChunkRef`] encodings) sorted by
 //! blob id and searched by binary search, so a lookup reads a few records and memory does
 //! not grow with the repository; unlike format 1 a run is an object (`index/<id>`) read with
 //! range reads through the backend, and its fan-out table is a footer, so a run of any size
-//! is streamed out as one upload and is visible only when whole.
+//! is streamed out as one upload and is visible only when whole. Each run also lists the
+//! packs it covers (every blob of each is in it), so the packs that no run covers are found
+//! without reading records: those of a killed backup, to be adopted.
 //!
 //! ```text
 //! 0..        records sorted by blob id, 64 bytes each
+//! packs      the pack ids the run covers, 16 bytes each, sorted
 //! footer     256 u64 LE (entry b = number of records whose id's first byte <= b),
-//!            record count u64 LE, magic "SNARFIX2"   (2064 bytes)
+//!            record count u64 LE, pack count u64 LE, magic "SNARFIX2"   (2072 bytes)
 //! ```
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use super::backend::{Backend, Key, Kind, ObjectId};
-use super::error::{Error, Fix, Result};
-use super::ids::ChunkId;
-use super::pack2::{BlobRef, REF_LEN};
+use super::chunk::{ChunkRef, REF_LEN};
+use crate::repo::backend::{Backend, Key, Kind, ObjectId};
+use crate::repo::error::{Error, Fix, Result};
+use crate::repo::ids::{ChunkId, PackId};
 
 const MAGIC: &[u8; 8] = b"SNARFIX2";
-const FOOTER_LEN: u64 = 256 * 8 + 8 + 8;
+const FOOTER_LEN: u64 = 256 * 8 + 8 + 8 + 8;
+/// Bytes of one pack id in the pack table.
+const PACK_LEN: u64 = 16;
 /// Records read per range read when a run is streamed.
 const STREAM_RECORDS: u64 = 16 * 1024;
 
@@ -30,6 +35,7 @@ pub struct Run {
     backend: Arc<dyn Backend>,
     key: Key,
     count: u64,
+    packs: u64,
     ends: Box<[u64; 256]>,
 }
 
@@ -42,7 +48,7 @@ impl Run {
             why,
             fix: Fix::RepairIndex,
         };
-        if size < FOOTER_LEN || !(size - FOOTER_LEN).is_multiple_of(REF_LEN as u64) {
+        if size < FOOTER_LEN {
             return Err(damaged(format!(
                 "its size {size} is not that of an index run"
             )));
@@ -57,6 +63,7 @@ impl Run {
             u64::from_le_bytes(b)
         };
         let count = u64_at(256 * 8);
+        let packs = u64_at(256 * 8 + 8);
         let mut ends = Box::new([0u64; 256]);
         let mut last = 0;
         for (b, end) in ends.iter_mut().enumerate() {
@@ -66,17 +73,41 @@ impl Run {
             }
             last = *end;
         }
-        if count != (size - FOOTER_LEN) / REF_LEN as u64 || ends[255] != count {
+        let body = count
+            .checked_mul(REF_LEN as u64)
+            .and_then(|r| packs.checked_mul(PACK_LEN).and_then(|p| r.checked_add(p)));
+        if body != Some(size - FOOTER_LEN) || ends[255] != count {
             return Err(damaged(format!(
-                "its footer's {count} records do not match its size {size}"
+                "its footer's {count} records and {packs} packs do not match its size {size}"
             )));
         }
         Ok(Run {
             backend,
             key,
             count,
+            packs,
             ends,
         })
+    }
+
+    /// The packs the run covers.
+    pub fn packs(&self) -> Result<Vec<PackId>> {
+        if self.packs == 0 {
+            return Ok(Vec::new());
+        }
+        let raw = self.backend.read_range(
+            &self.key,
+            self.count * REF_LEN as u64,
+            self.packs * PACK_LEN,
+        )?;
+        Ok(raw
+            .chunks_exact(PACK_LEN as usize)
+            .map(|c| {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(c);
+                PackId(b)
+            })
+            .collect())
     }
 
     /// Number of records.
@@ -94,7 +125,7 @@ impl Run {
         &self.key
     }
 
-    fn records(&self, first: u64, n: u64) -> Result<Vec<BlobRef>> {
+    fn records(&self, first: u64, n: u64) -> Result<Vec<ChunkRef>> {
         let raw = self
             .backend
             .read_range(&self.key, first * REF_LEN as u64, n * REF_LEN as u64)?;
@@ -102,7 +133,7 @@ impl Run {
             .map(|rec| {
                 let mut b = [0u8; REF_LEN];
                 b.copy_from_slice(rec);
-                BlobRef::decode(&b).ok_or_else(|| Error::Damaged {
+                ChunkRef::decode(&b).ok_or_else(|| Error::Damaged {
                     repo: self.backend.location().into(),
                     path: self.key.name().into(),
                     why: "it holds a blank or impossible record".into(),
@@ -113,7 +144,7 @@ impl Run {
     }
 
     /// The record of `id`, if this run has one.
-    pub fn lookup(&self, id: &ChunkId) -> Result<Option<BlobRef>> {
+    pub fn lookup(&self, id: &ChunkId) -> Result<Option<ChunkRef>> {
         let b = id.0[0] as usize;
         let mut lo = if b == 0 { 0 } else { self.ends[b - 1] };
         let mut hi = self.ends[b];
@@ -144,13 +175,13 @@ impl Run {
 pub struct RunIter<'a> {
     run: &'a Run,
     next: u64,
-    buf: Vec<BlobRef>,
+    buf: Vec<ChunkRef>,
     last: Option<ChunkId>,
 }
 
 impl Iterator for RunIter<'_> {
-    type Item = Result<BlobRef>;
-    fn next(&mut self) -> Option<Result<BlobRef>> {
+    type Item = Result<ChunkRef>;
+    fn next(&mut self) -> Option<Result<ChunkRef>> {
         if self.buf.is_empty() {
             if self.next >= self.run.count {
                 return None;
@@ -184,31 +215,34 @@ impl Iterator for RunIter<'_> {
     }
 }
 
-/// Writes a new run from records sorted by id (equal ids keep the first) as one upload;
-/// returns its key and record count.
+/// Writes a new run from records sorted by id (equal records once) as one upload, listing
+/// `packs` as the packs it covers; returns its key and record count.
 pub fn write_run(
     backend: &dyn Backend,
-    records: impl Iterator<Item = Result<BlobRef>>,
+    records: impl Iterator<Item = Result<ChunkRef>>,
+    packs: &[PackId],
 ) -> Result<(Key, u64)> {
     let key = Key::Index(ObjectId::generate());
     let mut out = backend.upload(&key)?;
     let mut ends = [0u64; 256];
     let mut count = 0u64;
-    let mut last: Option<ChunkId> = None;
+    let mut last: Option<ChunkRef> = None;
     let mut buf = Vec::with_capacity(1 << 20);
     for r in records {
         let r = r?;
         if let Some(prev) = last {
-            if prev == r.id {
+            // A blob stored twice (two packs) keeps both records: either may be the one
+            // whose pack survives.
+            if prev == r {
                 continue;
             }
-            if prev > r.id {
+            if prev.id > r.id {
                 return Err(Error::BadArgument(format!(
                     "index run {key} was given unsorted records"
                 )));
             }
         }
-        last = Some(r.id);
+        last = Some(r);
         buf.extend_from_slice(&r.encode());
         if buf.len() >= 1 << 20 {
             out.write(&buf)?;
@@ -217,12 +251,19 @@ pub fn write_run(
         ends[r.id.0[0] as usize] += 1;
         count += 1;
     }
+    let mut packs = packs.to_vec();
+    packs.sort();
+    packs.dedup();
+    for p in &packs {
+        buf.extend_from_slice(&p.0);
+    }
     let mut total = 0;
     for n in ends {
         total += n;
         buf.extend_from_slice(&total.to_le_bytes());
     }
     buf.extend_from_slice(&count.to_le_bytes());
+    buf.extend_from_slice(&(packs.len() as u64).to_le_bytes());
     buf.extend_from_slice(MAGIC);
     out.write(&buf)?;
     out.finish()?;
@@ -253,12 +294,21 @@ impl Index {
 
     /// Every record of `id`, one per run that has it, in run order: a caller that finds
     /// one unusable (its pack gone) tries the next.
-    pub fn lookup_all(&self, id: &ChunkId) -> Result<Vec<BlobRef>> {
+    pub fn lookup_all(&self, id: &ChunkId) -> Result<Vec<ChunkRef>> {
         let mut out = Vec::new();
         for run in &self.runs {
             if let Some(r) = run.lookup(id)? {
                 out.push(r);
             }
+        }
+        Ok(out)
+    }
+
+    /// The packs some run covers.
+    pub fn packs(&self) -> Result<std::collections::HashSet<PackId>> {
+        let mut out = std::collections::HashSet::new();
+        for r in &self.runs {
+            out.extend(r.packs()?);
         }
         Ok(out)
     }
@@ -296,8 +346,8 @@ impl Merge<'_> {
 }
 
 impl Iterator for Merge<'_> {
-    type Item = Result<BlobRef>;
-    fn next(&mut self) -> Option<Result<BlobRef>> {
+    type Item = Result<ChunkRef>;
+    fn next(&mut self) -> Option<Result<ChunkRef>> {
         if !self.primed {
             self.primed = true;
             for i in 0..self.sources.len() {
@@ -310,7 +360,7 @@ impl Iterator for Merge<'_> {
         if let Err(e) = self.pull(i) {
             return Some(Err(e));
         }
-        BlobRef::decode(&rec).map(Ok)
+        ChunkRef::decode(&rec).map(Ok)
     }
 }
 
@@ -318,23 +368,22 @@ impl Iterator for Merge<'_> {
 mod tests {
     use super::*;
     use crate::repo::backend::LocalDir;
-    use crate::repo::ids::PackId;
-    use crate::repo::pack2::BlobKind;
+    use crate::repo::v2::chunk::BlobKind;
 
-    fn rec(n: u32) -> BlobRef {
-        BlobRef {
+    fn rec(n: u32) -> ChunkRef {
+        ChunkRef {
             id: ChunkId::of(&n.to_le_bytes()),
             kind: BlobKind::Data,
             pack: PackId([n as u8 | 1; 16]),
-            frame_offset: 32 + u64::from(n) * 10,
-            frame_len: 100,
+            offset: 32 + u64::from(n) * 10,
+            stored_len: 100,
             within: n % 16 * 65536,
-            len: 65536,
+            raw_len: 65536,
         }
     }
 
-    fn sorted(range: std::ops::Range<u32>) -> Vec<BlobRef> {
-        let mut v: Vec<BlobRef> = range.map(rec).collect();
+    fn sorted(range: std::ops::Range<u32>) -> Vec<ChunkRef> {
+        let mut v: Vec<ChunkRef> = range.map(rec).collect();
         v.sort_by_key(|r| r.id);
         v
     }
@@ -350,24 +399,33 @@ mod tests {
     fn runs_find_every_record_merge_in_order_and_damage_is_named() {
         let (_d, b) = backend();
         let recs = sorted(0..40_000);
-        let (k1, n) = write_run(b.as_ref(), recs.iter().map(|r| Ok(*r))).unwrap();
+        let p1 = [PackId([3; 16]), PackId([1; 16])];
+        let (k1, n) = write_run(b.as_ref(), recs.iter().map(|r| Ok(*r)), &p1).unwrap();
         assert_eq!(n, 40_000);
-        write_run(b.as_ref(), sorted(39_000..41_000).into_iter().map(Ok)).unwrap();
-        write_run(b.as_ref(), std::iter::empty()).unwrap();
+        write_run(
+            b.as_ref(),
+            sorted(39_000..41_000).into_iter().map(Ok),
+            &[PackId([2; 16])],
+        )
+        .unwrap();
+        write_run(b.as_ref(), std::iter::empty(), &[]).unwrap();
         let idx = Index::open(&b).unwrap();
         assert_eq!(idx.runs().len(), 3);
+        let packs = idx.packs().unwrap();
+        assert_eq!(packs.len(), 3);
+        assert!(packs.contains(&PackId([2; 16])));
         for r in recs.iter().step_by(97) {
             assert_eq!(idx.lookup_all(&r.id).unwrap()[0], *r);
         }
         assert_eq!(idx.lookup_all(&rec(39_500).id).unwrap().len(), 2);
         assert!(idx.lookup_all(&ChunkId::of(b"absent")).unwrap().is_empty());
-        let merged: Vec<BlobRef> = idx.merged().map(|r| r.unwrap()).collect();
+        let merged: Vec<ChunkRef> = idx.merged().map(|r| r.unwrap()).collect();
         assert_eq!(merged.len(), 42_000);
         assert!(merged.windows(2).all(|w| w[0].id <= w[1].id));
         // Unsorted input is refused; a damaged run says it is and names the fix.
         let mut rev = sorted(0..10);
         rev.reverse();
-        assert!(write_run(b.as_ref(), rev.into_iter().map(Ok)).is_err());
+        assert!(write_run(b.as_ref(), rev.into_iter().map(Ok), &[]).is_err());
         let lb = LocalDir::new(std::path::Path::new(&b.location()));
         std::fs::write(lb.path_of(&k1), b"garbage of no use").unwrap();
         let msg = Index::open(&b).err().unwrap().to_string();

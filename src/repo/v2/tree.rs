@@ -51,7 +51,7 @@ pub enum TreeError {
     },
     /// The store failed to read or write a page.
     #[error(transparent)]
-    Store(#[from] super::Error),
+    Store(#[from] crate::repo::Error),
 }
 
 /// Result of tree operations.
@@ -60,9 +60,9 @@ pub type TreeResult<T> = std::result::Result<T, TreeError>;
 /// Where pages are kept: they are blobs of the repository.
 pub trait PageStore: Send + Sync {
     /// Stores a page's bytes (deduplicated by content) and returns its reference.
-    fn put_page(&self, raw: &[u8]) -> super::Result<ChunkRef>;
+    fn put_page(&self, raw: &[u8]) -> crate::repo::Result<ChunkRef>;
     /// The bytes of the page at `r`, verified against its id.
-    fn get_page(&self, r: &ChunkRef) -> super::Result<Arc<Vec<u8>>>;
+    fn get_page(&self, r: &ChunkRef) -> crate::repo::Result<Arc<Vec<u8>>>;
 }
 
 /// The shape of a volume's tree: how many snarfs, and how deep.
@@ -233,7 +233,7 @@ impl Builder {
     pub fn put_leaf(&mut self, store: &dyn PageStore, k: u64, entries: &[Entry]) -> TreeResult<()> {
         let want = self.geometry.leaf_len(k);
         if entries.len() as u64 != want {
-            return Err(TreeError::Store(super::Error::BadArgument(format!(
+            return Err(TreeError::Store(crate::repo::Error::BadArgument(format!(
                 "leaf {k} needs {want} entries, not {}",
                 entries.len()
             ))));
@@ -249,7 +249,7 @@ impl Builder {
     /// Takes leaf `k` as it is in another tree (`None`: all zeros), without reading it.
     pub fn set_leaf(&mut self, k: u64, r: Option<ChunkRef>) -> TreeResult<()> {
         let slot = self.leaves.get_mut(k as usize).ok_or_else(|| {
-            TreeError::Store(super::Error::BadArgument(format!(
+            TreeError::Store(crate::repo::Error::BadArgument(format!(
                 "the tree has no leaf {k}"
             )))
         })?;
@@ -268,7 +268,7 @@ impl Builder {
         let mut level: Vec<Option<ChunkRef>> = Vec::with_capacity(self.leaves.len());
         for (k, l) in self.leaves.into_iter().enumerate() {
             level.push(l.ok_or_else(|| {
-                TreeError::Store(super::Error::BadArgument(format!(
+                TreeError::Store(crate::repo::Error::BadArgument(format!(
                     "leaf {k} of the tree was never given"
                 )))
             })?);
@@ -344,7 +344,7 @@ impl Reader {
     /// The reference of leaf `k` (`None`: all zeros), reading only interior pages.
     pub fn leaf_ref(&self, store: &dyn PageStore, k: u64) -> TreeResult<Option<ChunkRef>> {
         if k >= self.geometry.leaves() {
-            return Err(TreeError::Store(super::Error::BadArgument(format!(
+            return Err(TreeError::Store(crate::repo::Error::BadArgument(format!(
                 "the tree has {} leaves; leaf {k} does not exist",
                 self.geometry.leaves()
             ))));
@@ -452,6 +452,7 @@ impl Reader {
 mod tests {
     use super::*;
     use crate::repo::ids::{ChunkId, PackId};
+    use crate::repo::v2::chunk::BlobKind;
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -464,7 +465,7 @@ mod tests {
     }
 
     impl PageStore for Mem {
-        fn put_page(&self, raw: &[u8]) -> super::super::Result<ChunkRef> {
+        fn put_page(&self, raw: &[u8]) -> crate::repo::Result<ChunkRef> {
             let id = ChunkId::of(raw);
             let mut p = self.pages.lock();
             p.entry(id).or_insert_with(|| {
@@ -473,28 +474,32 @@ mod tests {
             });
             Ok(ChunkRef {
                 id,
+                kind: BlobKind::Page,
                 pack: PackId([9; 16]),
-                offset: 0,
+                offset: 32,
                 stored_len: raw.len() as u32,
+                within: 0,
                 raw_len: raw.len() as u32,
             })
         }
-        fn get_page(&self, r: &ChunkRef) -> super::super::Result<Arc<Vec<u8>>> {
+        fn get_page(&self, r: &ChunkRef) -> crate::repo::Result<Arc<Vec<u8>>> {
             self.reads.fetch_add(1, Ordering::Relaxed);
             self.pages
                 .lock()
                 .get(&r.id)
                 .cloned()
-                .ok_or_else(|| super::super::Error::BadArgument("no such page".into()))
+                .ok_or_else(|| crate::repo::Error::BadArgument("no such page".into()))
         }
     }
 
     fn chunk(i: u64, gen: u64) -> ChunkRef {
         ChunkRef {
             id: ChunkId::of(&[i.to_le_bytes(), gen.to_le_bytes()].concat()),
+            kind: BlobKind::Data,
             pack: PackId([7; 16]),
-            offset: i * 100,
+            offset: 32 + i * 100,
             stored_len: 50,
+            within: 0,
             raw_len: 65536,
         }
     }

@@ -13,8 +13,8 @@
 //! 5..     the raw bytes (codec 0) or one zstd frame of them (codec 1)
 //! ```
 
-use super::chunk;
-use super::ids::ChunkId;
+use crate::repo::ids::ChunkId;
+use crate::repo::v1::chunk;
 
 /// Raw bytes a frame holds at most by default: 16 snarfs of 64 KiB.
 pub const DEFAULT_FRAME_BYTES: usize = 1 << 20;
@@ -39,7 +39,7 @@ pub trait Seal: Send + Sync {
         counter: u64,
         ad: &[u8],
         plain: Vec<u8>,
-    ) -> super::Result<Vec<u8>>;
+    ) -> crate::repo::Result<Vec<u8>>;
     /// Opens a sealed text, or says why it is not authentic.
     fn open(
         &self,
@@ -50,6 +50,10 @@ pub trait Seal: Send + Sync {
     ) -> Result<Vec<u8>, String>;
     /// The id of a blob's raw bytes (keyed in encrypted repositories, so ids reveal nothing).
     fn blob_id(&self, raw: &[u8]) -> ChunkId;
+    /// True for the identity seal of a plain repository.
+    fn is_plain(&self) -> bool {
+        false
+    }
 }
 
 /// The seal of a plain repository: texts pass unchanged, ids are plain blake3.
@@ -60,7 +64,7 @@ impl Seal for Plain {
     fn overhead(&self) -> usize {
         0
     }
-    fn seal(&self, _: &[u8], _: u64, _: &[u8], plain: Vec<u8>) -> super::Result<Vec<u8>> {
+    fn seal(&self, _: &[u8], _: u64, _: &[u8], plain: Vec<u8>) -> crate::repo::Result<Vec<u8>> {
         Ok(plain)
     }
     fn open(&self, _: &[u8], _: u64, _: &[u8], sealed: Vec<u8>) -> Result<Vec<u8>, String> {
@@ -68,6 +72,9 @@ impl Seal for Plain {
     }
     fn blob_id(&self, raw: &[u8]) -> ChunkId {
         ChunkId::of(raw)
+    }
+    fn is_plain(&self) -> bool {
+        true
     }
 }
 

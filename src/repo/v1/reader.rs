@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use super::ids::{ChunkId, PackId};
 use super::manifest::{Manifest, Table, VolumeEntry};
 use super::pack;
 use super::Repo;
+pub use crate::repo::report::{RestoreProgress, RestoreSummary};
 
 /// Default size of a reader's cache of decompressed chunks.
 pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
@@ -340,30 +341,6 @@ impl VolumeReader {
         }
         Ok(done)
     }
-}
-
-/// Progress of a restore.
-#[derive(Debug, Clone)]
-pub struct RestoreProgress {
-    /// Volume being restored.
-    pub volume: String,
-    /// Bytes done over all volumes.
-    pub done: u64,
-    /// Bytes to do over all volumes.
-    pub total: u64,
-}
-
-/// What a restore did.
-#[derive(Debug, Clone, Default)]
-pub struct RestoreSummary {
-    /// Files written.
-    pub files: Vec<PathBuf>,
-    /// Total bytes of the volumes.
-    pub bytes: u64,
-    /// Bytes left as holes (zero snarfs).
-    pub hole_bytes: u64,
-    /// Seconds taken.
-    pub seconds: f64,
 }
 
 /// Restores volumes of a backup into `dest` (see [`Repo::restore`]).

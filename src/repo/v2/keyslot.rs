@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::crypto::{random, MasterKey, KEY_LEN};
-use super::error::{Error, Result};
+use crate::repo::error::{Error, Result};
 
 /// Slot format version.
 const FORMAT: u32 = 1;
@@ -147,8 +147,8 @@ impl KeySlot {
             salt: hex(&salt),
             nonce: hex(&nonce),
             wrapped: hex(&wrapped),
-            created: super::ids::now_secs(),
-            host: super::lock::hostname(),
+            created: crate::repo::ids::now_secs(),
+            host: crate::repo::lock::hostname(),
             label: label.chars().filter(|c| !c.is_control()).collect(),
         })
     }

@@ -22,9 +22,9 @@ use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::error::{Error, Result};
 use super::frame::Seal;
-use super::ids::ChunkId;
+use crate::repo::error::{Error, Result};
+use crate::repo::ids::ChunkId;
 
 /// Bytes of an AES-256-GCM tag.
 pub const TAG_LEN: usize = 16;
@@ -196,7 +196,7 @@ fn object_ad(name: &str, what: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::frame::Plain;
+    use crate::repo::v2::frame::Plain;
 
     #[test]
     fn sealed_texts_open_only_with_their_key_object_counter_and_place() {

@@ -1,19 +1,14 @@
 //! Retention, borg style: keep the newest N backups, then the newest backup of each of the
 //! last N days, ISO weeks and months that have backups (UTC). A backup kept by one rule does
-//! not count towards the next. The backup named by `current` is always kept. A prune is
-//! carried out as a finishing (record first, then delete backups, then collect packs), so an
-//! interrupted prune completes forward at the next open.
+//! not count towards the next. The newest backup (`current`) is always kept. Both formats
+//! carry a prune out as a finishing, so an interrupted prune completes forward.
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
-use super::fault::FilePoints;
-use super::finishing::{self, Record};
 use super::ids::{civil_from_days, iso_week, BackupId};
-use super::manifest::Manifest;
-use super::Repo;
 
 /// How many backups to keep.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,9 +49,13 @@ pub struct Decision {
 }
 
 /// Applies `policy` to `backups`; newest first.
-pub fn select(backups: &[Manifest], policy: &Policy, current: Option<&BackupId>) -> Vec<Decision> {
-    let mut list: Vec<(BackupId, u64)> =
-        backups.iter().map(|m| (m.id.clone(), m.created)).collect();
+/// `backups` are (id, creation time) pairs.
+pub fn select(
+    backups: &[(BackupId, u64)],
+    policy: &Policy,
+    current: Option<&BackupId>,
+) -> Vec<Decision> {
+    let mut list: Vec<(BackupId, u64)> = backups.to_vec();
     // Newest first; ids break ties between equal times and are time-ordered themselves.
     list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
     let mut kept: HashMap<BackupId, String> = HashMap::new();
@@ -133,81 +132,14 @@ pub struct PruneReport {
     pub damaged: Vec<String>,
 }
 
-/// Runs a prune (see the module documentation).
-pub(crate) fn prune(repo: &Repo, policy: &Policy, dry_run: bool) -> Result<PruneReport> {
-    policy.validate()?;
-    let lock = repo.lock("snarf prune", None)?;
-    let backups = repo.list_backups()?;
-    let decisions = select(&backups, policy, repo.current()?.as_ref());
-    let doomed: Vec<BackupId> = decisions
-        .iter()
-        .filter(|d| !d.keep)
-        .map(|d| d.id.clone())
-        .collect();
-    if dry_run {
-        let (packs_removed, freed_bytes, damaged) = would_free(repo, &doomed)?;
-        return Ok(PruneReport {
-            decisions,
-            dry_run,
-            packs_removed,
-            freed_bytes,
-            damaged,
-        });
-    }
-    let record = Record::for_prune(*policy, doomed);
-    finishing::begin(
-        repo,
-        &record,
-        FilePoints::pair("record.prune.written", "record.prune.renamed"),
-    )?;
-    let out = finishing::run(repo, &lock, record)?;
-    Ok(PruneReport {
-        decisions,
-        dry_run,
-        packs_removed: out.packs_removed,
-        freed_bytes: out.freed_bytes,
-        damaged: out.damaged,
-    })
-}
-
-/// Packs and bytes that deleting `doomed` would free (all unreferenced packs included), by
-/// gc's own rules, and the damaged backups gc would go around.
-fn would_free(repo: &Repo, doomed: &[BackupId]) -> Result<(u64, u64, Vec<String>)> {
-    let refs = finishing::referenced_packs(repo, doomed)?;
-    if !refs.complete {
-        return Ok((0, 0, refs.damaged));
-    }
-    let (sealed, _) = finishing::packs_on_disk(repo)?;
-    let gone: Vec<_> = sealed
-        .iter()
-        .filter(|(id, _)| !refs.packs.contains(id))
-        .collect();
-    Ok((
-        gone.len() as u64,
-        gone.iter().map(|(_, l)| l).sum(),
-        refs.damaged,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::repo::ids::days_from_civil;
-    use crate::repo::manifest::{BackupStats, MANIFEST_FORMAT};
 
-    fn at(y: i64, m: u32, d: u32, h: u64) -> Manifest {
+    fn at(y: i64, m: u32, d: u32, h: u64) -> (BackupId, u64) {
         let t = days_from_civil(y, m, d) as u64 * 86400 + h * 3600;
-        Manifest {
-            format: MANIFEST_FORMAT,
-            id: BackupId::generate(t),
-            created: t,
-            created_utc: String::new(),
-            snapshot: "s".into(),
-            host: "h".into(),
-            source: serde_json::Value::Null,
-            volumes: vec![],
-            stats: BackupStats::default(),
-        }
+        (BackupId::generate(t), t)
     }
 
     fn kept(d: &[Decision]) -> Vec<u64> {
@@ -216,7 +148,7 @@ mod tests {
 
     #[test]
     fn keep_last_keeps_the_newest() {
-        let b: Vec<Manifest> = (1..=5).map(|d| at(2026, 1, d, 0)).collect();
+        let b: Vec<(BackupId, u64)> = (1..=5).map(|d| at(2026, 1, d, 0)).collect();
         let d = select(
             &b,
             &Policy {
@@ -225,7 +157,7 @@ mod tests {
             },
             None,
         );
-        assert_eq!(kept(&d), vec![b[4].created, b[3].created]);
+        assert_eq!(kept(&d), vec![b[4].1, b[3].1]);
         assert_eq!(d[0].reason, "last #1");
     }
 
@@ -245,10 +177,7 @@ mod tests {
             },
             None,
         );
-        let expect: Vec<u64> = [4u32, 3, 2]
-            .iter()
-            .map(|&d| at(2026, 3, d, 13).created)
-            .collect();
+        let expect: Vec<u64> = [4u32, 3, 2].iter().map(|&d| at(2026, 3, d, 13).1).collect();
         assert_eq!(kept(&d), expect);
     }
 
@@ -270,7 +199,7 @@ mod tests {
         };
         let d = select(&b, &p, None);
         let k = kept(&d);
-        let day = |m, d| at(2026, m, d, 12).created;
+        let day = |m, d| at(2026, m, d, 12).1;
         // last: Feb 28; daily: Feb 27, 26 (Feb 28's day is used but already kept);
         // weekly: Feb 28 is in week 9 (kept) -> next week 8's newest is Feb 22, then week 7's
         // Feb 15; monthly: February kept already -> January 31, and no third month exists.
@@ -293,14 +222,14 @@ mod tests {
 
     #[test]
     fn current_is_always_kept_and_empty_policy_is_refused() {
-        let b: Vec<Manifest> = (1..=3).map(|d| at(2026, 5, d, 0)).collect();
+        let b: Vec<(BackupId, u64)> = (1..=3).map(|d| at(2026, 5, d, 0)).collect();
         let d = select(
             &b,
             &Policy {
                 keep_last: 1,
                 ..Policy::default()
             },
-            Some(&b[0].id),
+            Some(&b[0].0),
         );
         assert_eq!(kept(&d).len(), 2);
         assert!(Policy::default().validate().is_err());

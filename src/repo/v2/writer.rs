@@ -1,0 +1,506 @@
+//! Writing a format 2 backup. Snarfs are put in any order; new chunks of one volume that
+//! arrive together are compressed as one *frame* (up to `frame_bytes` raw), frames fill
+//! packs, and a pack is uploaded whole when it reaches the pack size. Dedup stays per
+//! snarf: a chunk already in the repository (index) or in this backup is only referenced.
+//!
+//! A volume's tree is built at commit: a leaf with no snarf put is taken from the base
+//! backup's tree by reference (an incremental writes only the pages its changes touch) or
+//! is all zeros (a full backup never reads holes); a leaf with snarfs put is the base
+//! leaf's entries overlaid with them. Commit then uploads the last pack, writes the
+//! backup's index run (its new chunks and pages, listing its packs) and creates
+//! `backups/<id>`: that create is the commit point. Nothing before it is visible as a
+//! backup; a killed writer's packs are adopted into the index by the next one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::backup::{BackupObject, VolumeRoot, FORMAT};
+use super::chunk::{is_all_zero, BlobKind, ChunkId, ChunkRef};
+use super::index::{self, Index};
+use super::pack::PackWriter;
+use super::repository::Repository;
+use super::tree::{self, Builder, Entry, PageStore, TreeError, LEAF_SNARFS};
+use crate::chain::ErrorChain;
+use crate::repo::backend::{Created, LockGuard};
+use crate::repo::error::{Error, Result};
+use crate::repo::ids::{self, BackupId, PackId};
+use crate::repo::report::BackupStats;
+use crate::repo::v1::manifest::{snarf_count, snarf_len};
+
+/// Index runs past which a commit merges them into one.
+const MERGE_RUNS: usize = 8;
+
+/// What a new backup is.
+#[derive(Debug, Clone)]
+pub struct NewBackup {
+    /// Name of the snapshot it is taken from.
+    pub snapshot: String,
+    /// Opaque caller data stored in the backup object.
+    pub source: serde_json::Value,
+    /// Host name to record; this host if `None`.
+    pub host: Option<String>,
+    /// Wait this long for the repository lock; fail at once if `None`.
+    pub lock_wait: Option<std::time::Duration>,
+    /// Description of this writer for the lock, e.g. "snarf backup nightly".
+    pub command: String,
+}
+
+impl NewBackup {
+    /// A backup of `snapshot` with caller data `source` and defaults for the rest.
+    pub fn new(snapshot: &str, source: serde_json::Value) -> NewBackup {
+        NewBackup {
+            snapshot: snapshot.to_string(),
+            source,
+            host: None,
+            lock_wait: None,
+            command: format!("snarf backup {snapshot}"),
+        }
+    }
+}
+
+/// A volume of the backup being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Slot(pub usize);
+
+/// What one put snarf is, until commit.
+#[derive(Debug, Clone, Copy)]
+enum Put {
+    Zero,
+    /// A chunk: its reference is in `seen` once its frame is written.
+    Chunk(ChunkId),
+}
+
+struct Volume {
+    name: String,
+    size: u64,
+    snarf_size: u32,
+    base: Option<tree::Reader>,
+    put: BTreeMap<u64, Put>,
+}
+
+/// Chunks of one volume waiting to be compressed together.
+struct Pending {
+    slot: usize,
+    bytes: usize,
+    blobs: Vec<(ChunkId, Vec<u8>)>,
+}
+
+struct State {
+    index: Index,
+    pack: Option<PackWriter>,
+    /// Where each blob of this backup or of the index it reused is (`None`: in `pending`).
+    seen: HashMap<ChunkId, Option<ChunkRef>>,
+    /// Blobs this backup stored, for its index run.
+    new: Vec<ChunkRef>,
+    packs: Vec<PackId>,
+    pending: Option<Pending>,
+    volumes: Vec<Volume>,
+    stats: BackupStats,
+}
+
+/// A backup being written; dropped without [`Writer::commit`], it leaves only packs that
+/// the next writer adopts (or gc deletes past its grace period).
+pub struct Writer {
+    repo: Repository,
+    _lock: Box<dyn LockGuard>,
+    id: BackupId,
+    new: NewBackup,
+    host: String,
+    state: Mutex<State>,
+}
+
+impl Repository {
+    /// Starts writing a backup: takes the lock (see [`NewBackup::lock_wait`]) and adopts
+    /// the packs of killed writers into the index.
+    pub fn begin_backup(&self, new: NewBackup) -> Result<Writer> {
+        let lock = self.lock(&new.command, new.lock_wait)?;
+        super::gc::adopt(self)?;
+        let index = Index::open(self.backend())?;
+        let last = self.backup_ids()?.pop();
+        let id = BackupId::generate_after(ids::now_secs(), last.as_ref());
+        let host = new.host.clone().unwrap_or_else(crate::repo::lock::hostname);
+        Ok(Writer {
+            repo: self.clone(),
+            _lock: lock,
+            id,
+            new,
+            host,
+            state: Mutex::new(State {
+                index,
+                pack: None,
+                seen: HashMap::new(),
+                new: Vec::new(),
+                packs: Vec::new(),
+                pending: None,
+                volumes: Vec::new(),
+                stats: BackupStats::default(),
+            }),
+        })
+    }
+}
+
+impl Writer {
+    /// The id the backup will have.
+    pub fn id(&self) -> &BackupId {
+        &self.id
+    }
+
+    /// Counts of what was written so far.
+    pub fn stats(&self) -> BackupStats {
+        self.state.lock().stats.clone()
+    }
+
+    /// Adds a volume of `size` bytes in snarfs of `snarf_size`. With `base` (a committed
+    /// backup and its volume), snarfs never put are those of the base; without, they are
+    /// zeros (holes that were never read).
+    pub fn add_volume(
+        &self,
+        name: &str,
+        size: u64,
+        snarf_size: u32,
+        base: Option<(&BackupObject, &str)>,
+    ) -> Result<Slot> {
+        crate::store::validate_name("volume", name)
+            .map_err(|e| Error::BadArgument(e.to_string()))?;
+        if snarf_size == 0 || snarf_size > super::chunk::MAX_BLOB {
+            return Err(Error::BadArgument(format!(
+                "snarf size {snarf_size} is not allowed: use 1 byte to 8 MiB"
+            )));
+        }
+        if size > i64::MAX as u64
+            || size.div_ceil(u64::from(snarf_size)) > crate::store::volume::MAX_SNARFS
+        {
+            return Err(Error::BadArgument(format!(
+                "volume \"{name}\" of {size} bytes has more than {} snarfs of {snarf_size} bytes",
+                crate::store::volume::MAX_SNARFS
+            )));
+        }
+        let base = match base {
+            None => None,
+            Some((b, vol)) => {
+                let v = b.volumes.iter().find(|v| v.name == vol).ok_or_else(|| {
+                    Error::NoSuchVolume {
+                        backup: b.id.to_string(),
+                        volume: vol.to_string(),
+                        known: b
+                            .volumes
+                            .iter()
+                            .map(|v| v.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    }
+                })?;
+                if v.snarf_size != snarf_size {
+                    return Err(Error::BadArgument(format!(
+                        "volume \"{name}\" has snarfs of {snarf_size} bytes, but its base in backup {} has {}",
+                        b.id, v.snarf_size
+                    )));
+                }
+                Some(tree::Reader::new(
+                    snarf_count(v.size, v.snarf_size),
+                    v.root_ref(),
+                ))
+            }
+        };
+        let mut st = self.state.lock();
+        if st.volumes.iter().any(|v| v.name == name) {
+            return Err(Error::BadArgument(format!(
+                "volume \"{name}\" was added to backup {} twice",
+                self.id
+            )));
+        }
+        st.volumes.push(Volume {
+            name: name.to_string(),
+            size,
+            snarf_size,
+            base,
+            put: BTreeMap::new(),
+        });
+        Ok(Slot(st.volumes.len() - 1))
+    }
+
+    /// Puts snarf `snarf` of a volume with its data (whose length must be the snarf's).
+    pub fn put(&self, slot: Slot, snarf: u64, data: &[u8]) -> Result<()> {
+        let mut st = self.state.lock();
+        let v = st
+            .volumes
+            .get(slot.0)
+            .ok_or_else(|| Error::BadArgument(format!("no volume slot {}", slot.0)))?;
+        let count = snarf_count(v.size, v.snarf_size);
+        if snarf >= count {
+            return Err(Error::BadArgument(format!(
+                "volume \"{}\" has {count} snarfs; there is no snarf {snarf}",
+                v.name
+            )));
+        }
+        let want = snarf_len(v.size, v.snarf_size, snarf);
+        if data.len() != want as usize {
+            return Err(Error::BadArgument(format!(
+                "snarf {snarf} of volume \"{}\" is {want} bytes, not {}",
+                v.name,
+                data.len()
+            )));
+        }
+        if is_all_zero(data) {
+            st.volumes[slot.0].put.insert(snarf, Put::Zero);
+            st.stats.zero_snarfs += 1;
+            return Ok(());
+        }
+        let id = self.repo.seal().blob_id(data);
+        st.volumes[slot.0].put.insert(snarf, Put::Chunk(id));
+        if st.seen.contains_key(&id) {
+            st.stats.dedup_snarfs += 1;
+            return Ok(());
+        }
+        if let Some(r) = st
+            .index
+            .lookup_all(&id)?
+            .into_iter()
+            .find(|r| r.kind.is_data())
+        {
+            st.seen.insert(id, Some(r));
+            st.stats.dedup_snarfs += 1;
+            return Ok(());
+        }
+        st.seen.insert(id, None);
+        st.stats.new_chunks += 1;
+        st.stats.new_raw_bytes += data.len() as u64;
+        let full = st.pending.as_ref().is_some_and(|p| {
+            p.slot != slot.0 || p.bytes + data.len() > self.repo.config().frame_bytes as usize
+        });
+        if full {
+            self.flush_frame(&mut st)?;
+        }
+        let p = st.pending.get_or_insert_with(|| Pending {
+            slot: slot.0,
+            bytes: 0,
+            blobs: Vec::new(),
+        });
+        p.bytes += data.len();
+        p.blobs.push((id, data.to_vec()));
+        Ok(())
+    }
+
+    /// Writes blobs as one frame into the current pack, sealing the pack when full.
+    fn write_frame(
+        &self,
+        st: &mut State,
+        kind: BlobKind,
+        blobs: &[(ChunkId, &[u8])],
+    ) -> Result<Vec<ChunkRef>> {
+        let mut pack = match st.pack.take() {
+            Some(p) => p,
+            None => PackWriter::create(self.repo.backend().as_ref(), PackId::generate())?,
+        };
+        let list: Vec<(ChunkId, BlobKind, &[u8])> =
+            blobs.iter().map(|(id, d)| (*id, kind, *d)).collect();
+        let before = pack.len();
+        let refs = pack.append_frame(self.repo.seal(), self.repo.config().compression, &list)?;
+        st.stats.new_stored_bytes += pack.len() - before;
+        for r in &refs {
+            st.seen.insert(r.id, Some(*r));
+        }
+        st.pack = Some(pack);
+        if st
+            .pack
+            .as_ref()
+            .is_some_and(|p| p.len() >= self.repo.config().pack_target)
+        {
+            self.seal_pack(st)?;
+        }
+        Ok(refs)
+    }
+
+    fn flush_frame(&self, st: &mut State) -> Result<()> {
+        let Some(p) = st.pending.take() else {
+            return Ok(());
+        };
+        let blobs: Vec<(ChunkId, &[u8])> =
+            p.blobs.iter().map(|(id, d)| (*id, d.as_slice())).collect();
+        self.write_frame(st, BlobKind::Data, &blobs)?;
+        Ok(())
+    }
+
+    fn seal_pack(&self, st: &mut State) -> Result<()> {
+        if let Some(pack) = st.pack.take() {
+            let id = pack.id();
+            let (refs, _) = pack.finish(self.repo.seal())?;
+            st.new.extend(refs);
+            st.packs.push(id);
+            st.stats.packs += 1;
+        }
+        Ok(())
+    }
+
+    /// Builds one volume's tree; returns its root and the number of zero snarfs.
+    fn build_tree(&self, st: &mut State, v: &Volume) -> Result<(Option<ChunkRef>, u64)> {
+        let pages = WriterPages {
+            w: self,
+            st: Mutex::new(st),
+        };
+        let snarfs = snarf_count(v.size, v.snarf_size);
+        let mut b = Builder::new(snarfs);
+        let leaves = b.geometry().leaves();
+        let same = v
+            .base
+            .as_ref()
+            .is_some_and(|r| r.geometry().snarfs == snarfs);
+        let tree_err = |e: TreeError| match e {
+            TreeError::Store(e) => e,
+            other => Error::Damaged {
+                repo: self.repo.location().into(),
+                path: format!("backups/{}", self.id).into(),
+                why: format!("the base tree of volume \"{}\": {other}", v.name),
+                fix: crate::repo::error::Fix::Check,
+            },
+        };
+        let mut zeros = 0u64;
+        for k in 0..leaves {
+            let first = k * LEAF_SNARFS;
+            let len = b.geometry().leaf_len(k);
+            let mut puts = v.put.range(first..first + len).peekable();
+            if puts.peek().is_none() && (same || v.base.is_none()) {
+                let r = match &v.base {
+                    Some(base) => base.leaf_ref(&pages, k).map_err(tree_err)?,
+                    None => None,
+                };
+                if r.is_none() {
+                    zeros += len;
+                }
+                b.set_leaf(k, r).map_err(tree_err)?;
+                continue;
+            }
+            let mut entries = vec![Entry::Zero; len as usize];
+            if let Some(base) = &v.base {
+                let bs = base.geometry().snarfs;
+                if first < bs {
+                    let bk = base.leaf(&pages, k).map_err(tree_err)?;
+                    for (i, e) in bk.into_iter().enumerate().take(len as usize) {
+                        entries[i] = e;
+                    }
+                }
+            }
+            for (&s, p) in puts {
+                entries[(s - first) as usize] = match p {
+                    Put::Zero => Entry::Zero,
+                    Put::Chunk(id) => match pages.st.lock().seen.get(id).copied().flatten() {
+                        Some(r) => Entry::Chunk(r),
+                        None => {
+                            return Err(Error::BadArgument(format!(
+                                "chunk {} of snarf {s} was never written",
+                                id.short()
+                            )))
+                        }
+                    },
+                };
+            }
+            zeros += entries.iter().filter(|e| **e == Entry::Zero).count() as u64;
+            b.put_leaf(&pages, k, &entries).map_err(tree_err)?;
+        }
+        let root = b.finish(&pages).map_err(tree_err)?;
+        Ok((root, zeros))
+    }
+
+    /// Commits the backup (see the module documentation) and returns its id.
+    pub fn commit(self) -> Result<BackupId> {
+        let mut st = self.state.lock();
+        self.flush_frame(&mut st)?;
+        let volumes = std::mem::take(&mut st.volumes);
+        let mut roots = Vec::with_capacity(volumes.len());
+        for v in &volumes {
+            let (root, zero_snarfs) = self.build_tree(&mut st, v)?;
+            roots.push(VolumeRoot {
+                name: v.name.clone(),
+                size: v.size,
+                snarf_size: v.snarf_size,
+                root: root.as_ref().map(super::backup::encode_ref),
+                zero_snarfs,
+            });
+        }
+        self.seal_pack(&mut st)?;
+        if !st.new.is_empty() {
+            let mut recs = std::mem::take(&mut st.new);
+            recs.sort_by(|a, b| a.id.cmp(&b.id).then(a.pack.cmp(&b.pack)));
+            index::write_run(
+                self.repo.backend().as_ref(),
+                recs.into_iter().map(Ok),
+                &st.packs,
+            )?;
+        }
+        let created = ids::now_secs();
+        let obj = BackupObject {
+            format: FORMAT,
+            id: self.id.clone(),
+            created,
+            created_utc: ids::format_utc(created),
+            snapshot: self.new.snapshot.clone(),
+            host: self.host.clone(),
+            source: self.new.source.clone(),
+            volumes: roots,
+            stats: st.stats.clone(),
+        };
+        obj.validate(&self.id).map_err(Error::BadArgument)?;
+        let bytes = obj.encode(self.repo.seal())?;
+        // The commit point.
+        match self.repo.backend().create(&obj.key(), &bytes)? {
+            Created::Created => {}
+            Created::AlreadyExists => {
+                return Err(Error::BadArgument(format!(
+                    "backup {} exists already in {}",
+                    self.id,
+                    self.repo.location()
+                )))
+            }
+        }
+        // Upkeep after the commit: a failure does not undo the backup, and the next commit
+        // merges again.
+        if st.index.runs().len() + 1 > MERGE_RUNS {
+            if let Err(e) = super::gc::merge_index(&self.repo, &[]) {
+                log::warn!(
+                    "{}: backup {} is committed, but merging the index failed: {}",
+                    self.repo.location(),
+                    self.id,
+                    e.chain()
+                );
+            }
+        }
+        Ok(self.id.clone())
+    }
+}
+
+/// Pages of the tree being built go into the writer's packs, one frame each (a page
+/// compresses well alone, and its reference is needed at once by its parent).
+struct WriterPages<'a> {
+    w: &'a Writer,
+    st: Mutex<&'a mut State>,
+}
+
+impl PageStore for WriterPages<'_> {
+    fn put_page(&self, raw: &[u8]) -> Result<ChunkRef> {
+        let id = self.w.repo.seal().blob_id(raw);
+        let mut st = self.st.lock();
+        if let Some(Some(r)) = st.seen.get(&id) {
+            if r.kind == BlobKind::Page {
+                return Ok(*r);
+            }
+        }
+        if let Some(r) = st
+            .index
+            .lookup_all(&id)?
+            .into_iter()
+            .find(|r| r.kind == BlobKind::Page)
+        {
+            st.seen.insert(id, Some(r));
+            return Ok(r);
+        }
+        let refs = self.w.write_frame(&mut st, BlobKind::Page, &[(id, raw)])?;
+        refs.into_iter()
+            .next()
+            .ok_or_else(|| Error::BadArgument("a frame of one page gave no reference".into()))
+    }
+    fn get_page(&self, r: &ChunkRef) -> Result<Arc<Vec<u8>>> {
+        self.w.repo.get_page(r)
+    }
+}
