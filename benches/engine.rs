@@ -165,6 +165,7 @@ fn main() {
                 break_after_secs: 600.0,
             },
             repository: None,
+            snapshots: Default::default(),
         },
     )
     .expect("creating the benchmark store");

@@ -24,7 +24,7 @@ use crate::daemon::{Daemon, LiveIo};
 use crate::fuse::{self, MountOptions};
 use crate::mounts;
 use crate::snapshot::{Engine, EngineOptions};
-use crate::store::{Settings, Store};
+use crate::store::{Durability, Settings, Store};
 use crate::sys::lock;
 
 /// The descriptor the background daemon reports readiness on.
@@ -70,6 +70,10 @@ pub struct MountArgs {
     /// kernel's page cache; a write may be split across a snapshot instant).
     #[arg(long, value_enum, default_value_t = LiveIo::Direct)]
     pub live_io: LiveIo,
+    /// What `mkdir snapshots/NAME` takes: persistent (outlives the mount, crash-safe) or
+    /// volatile (memory first, gone at unmount); overrides the store's setting.
+    #[arg(long, value_parser = numbers::durability)]
+    pub snapshots: Option<Durability>,
     /// Repository shown under backups/ and used by jobs started from control/jobs
     /// (overrides the store's `repository` setting).
     #[arg(long)]
@@ -204,6 +208,9 @@ fn daemon_argv(args: &MountArgs, store: &Path, mountpoint: &Path) -> Vec<std::ff
         argv.push(format!("--break-after={v}").into());
     }
     argv.push(format!("--live-io={}", args.live_io.name()).into());
+    if let Some(d) = args.snapshots {
+        argv.push(format!("--snapshots={}", d.as_str()).into());
+    }
     if let Some(repo) = &args.repo {
         let mut a = std::ffi::OsString::from("--repo=");
         a.push(repo);
@@ -289,16 +296,19 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
         if let Some(v) = args.break_after {
             opts.budgets.break_after_secs = v;
         }
+        if let Some(d) = args.snapshots {
+            opts.durability = d;
+        }
         let engine = Arc::new(Engine::new(st, opts)?);
         let repo = args
             .repo
             .as_ref()
             .map(|r| r.canonicalize().unwrap_or_else(|_| r.clone()));
-        let daemon = Arc::new(
-            Daemon::new(engine.clone())
-                .with_repository(repo)
-                .with_live_io(args.live_io),
-        );
+        let mut daemon = Daemon::new(engine.clone())
+            .with_repository(repo)
+            .with_live_io(args.live_io);
+        daemon.note_interrupted_jobs();
+        let daemon = Arc::new(daemon);
         // Backup jobs (separate `snarf backup` processes) talk to the daemon on run/daemon.sock.
         if let Err(e) = daemon.start_job_server() {
             let _ = engine.close();

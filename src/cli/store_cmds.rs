@@ -30,6 +30,10 @@ pub struct InitArgs {
     /// Default backup repository for jobs and the mount's backups/ folder.
     #[arg(long)]
     pub repo: Option<String>,
+    /// What `mkdir snapshots/NAME` takes: persistent (outlives the mount, crash-safe) or
+    /// volatile (memory first, gone at unmount).
+    #[arg(long, default_value = "persistent", value_parser = super::numbers::durability)]
+    pub snapshots: crate::store::Durability,
 }
 
 /// `snarf init`: creates a store.
@@ -42,6 +46,7 @@ pub fn init(args: InitArgs) -> CliResult {
             break_after_secs: args.break_after,
         },
         repository: args.repo,
+        snapshots: args.snapshots,
     };
     Store::init(&args.store, &opts)?;
     println!(
