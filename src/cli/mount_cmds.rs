@@ -56,10 +56,12 @@ pub struct MountArgs {
     /// non-root owners.
     #[arg(long)]
     pub allow_other: bool,
-    /// Memory for pre-images before they spill to disk (overrides the store's setting).
+    /// Memory for pre-images: a cache for persistent snapshots, the first home of volatile
+    /// ones' (overrides the store's setting).
     #[arg(long, value_parser = numbers::budget)]
     pub preimage_mem: Option<u64>,
-    /// Disk for spilled pre-images before writers are slowed (overrides the store's setting).
+    /// Disk for pre-images (durable and spilled) before writers are slowed (overrides the
+    /// store's setting).
     #[arg(long, value_parser = numbers::budget)]
     pub preimage_disk: Option<u64>,
     /// Seconds a writer may wait for pre-image room before a snapshot is broken (0 to 86400).

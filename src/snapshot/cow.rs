@@ -224,6 +224,7 @@ impl CowFile {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let path = dir.join(FILE);
+        let fresh = !path.exists();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -232,6 +233,11 @@ impl CowFile {
             .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io(format!("opening the pre-image store {}", path.display()), e))?;
+        if fresh {
+            // Its name is durable before anything synced into it counts on it.
+            crate::store::files::sync_dir(dir)
+                .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))?;
+        }
         let max_data = (budget / slot_size).min(MAX_SLOTS as u64) as u32;
         let cow = CowFile {
             file,

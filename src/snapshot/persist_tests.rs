@@ -205,6 +205,23 @@ fn a_deleted_volume_stays_readable_through_a_persistent_snapshot_after_a_restart
 }
 
 #[test]
+fn a_store_opened_without_the_engine_keeps_the_deleted_volumes_a_snapshot_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_store(dir.path(), 1 << 20);
+    let (e, frozen) = setup(&root);
+    e.delete_volume("v").unwrap();
+    e.close().unwrap();
+    drop(e);
+    // A tool opens and closes the store on its own: it cannot know what snapshots hold.
+    let store = Store::open(&root, "tool").unwrap();
+    store.close().unwrap();
+    drop(store);
+    let e = engine(&root);
+    assert_eq!(read_all(&e, "s", "v"), frozen);
+    assert_eq!(e.snapshot("s").unwrap().state(), SnapState::Live);
+}
+
+#[test]
 fn a_volume_changed_behind_snarfs_back_breaks_its_persistent_snapshots() {
     let dir = tempfile::tempdir().unwrap();
     let root = new_store(dir.path(), 1 << 20);

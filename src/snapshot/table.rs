@@ -196,7 +196,10 @@ pub fn append_stored(cow: &Path, epoch: u64, runs: &[(VolumeId, u64, u64)]) -> R
     f.sync_data()
         .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
     if fresh {
+        // The log's name, and the folder's own name the first time, are durable before
+        // any pre-image it stands for is freed.
         files::sync_dir(&dir).map_err(|e| Error::io(format!("syncing {}", dir.display()), e))?;
+        files::sync_dir(cow).map_err(|e| Error::io(format!("syncing {}", cow.display()), e))?;
     }
     Ok(())
 }

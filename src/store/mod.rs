@@ -452,6 +452,8 @@ impl Store {
                 &mut changed_behind,
             )?;
             vol.retire(path);
+            // Kept until an engine says whether a snapshot holds it ([`Store::take_retired`]).
+            vol.hold();
             retired.insert(rec.id, Arc::new(vol));
             kept_retired.push(rec);
         }
@@ -558,7 +560,12 @@ impl Store {
     /// Deleted volumes found at open that a snapshot may still hold; the store keeps no
     /// reference to them after this, so those nobody keeps are removed.
     pub fn take_retired(&self) -> BTreeMap<VolumeId, Arc<Volume>> {
-        std::mem::take(&mut *self.retired.lock())
+        let taken = std::mem::take(&mut *self.retired.lock());
+        for vol in taken.values() {
+            // The caller holds what it needs from here on.
+            vol.let_go();
+        }
+        taken
     }
 
     /// Whether volume `id`'s file was changed by something other than snarf while the
@@ -852,13 +859,23 @@ impl Store {
         }
         self.sync_all()?;
         // Deleted volumes still held (by a persistent snapshot) keep their file, record and
-        // stamps; the others are gone.
-        let held: Vec<(RetiredRecord, Arc<Volume>)> = self
+        // stamps; the others are gone. Those found at open that no engine looked at (the
+        // store opened on its own) are kept as they were: only an engine knows whether a
+        // snapshot holds them.
+        let mut held: Vec<(RetiredRecord, Arc<Volume>)> = self
             .held_retired
             .lock()
             .iter()
             .filter_map(|(rec, weak)| Some((rec.clone(), weak.upgrade()?)))
             .collect();
+        {
+            let meta = self.meta.lock();
+            for (id, vol) in self.retired.lock().iter() {
+                if let Some(rec) = meta.retired.iter().find(|r| r.id == *id) {
+                    held.push((rec.clone(), vol.clone()));
+                }
+            }
+        }
         let map = self.volumes.read();
         for vol in map.values().chain(held.iter().map(|(_, v)| v)) {
             if vol.unserved().is_some() {
