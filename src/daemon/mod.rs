@@ -13,6 +13,9 @@ pub mod record;
 
 pub use error::{Error, Result};
 
+#[cfg(test)]
+mod tests;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
