@@ -128,9 +128,10 @@ impl Released {
                 match self.adopt(&path, snap, meta.as_ref()) {
                     Ok(()) => continue,
                     Err(e) => log::warn!(
-                        "the released-snarf table {} of snapshot \"{}\" cannot be used: {e}",
+                        "the released-snarf table {} of snapshot \"{}\" cannot be used: {}",
                         path.display(),
-                        snap.name()
+                        snap.name(),
+                        e.chain()
                     ),
                 }
             }
@@ -158,9 +159,10 @@ impl Released {
                     let repo = Repo::open_quiet(path)
                         .map_err(|e| {
                             log::warn!(
-                                "repository {} of snapshot \"{}\" cannot be opened now ({e}); its snarfs are read from there once it is back",
+                                "repository {} of snapshot \"{}\" cannot be opened now ({}); its snarfs are read from there once it is back",
                                 path.display(),
-                                snap.name()
+                                snap.name(),
+                                e.chain()
                             )
                         })
                         .ok();
@@ -402,9 +404,10 @@ impl Released {
             None => {
                 let repo = Repo::open_quiet(&path).map_err(|e| {
                     Error::FreedSnarf(format!(
-                        "snarf {snarf} of snapshot \"{}\" was freed after a backup stored it in the repository {}, which cannot be opened ({e}); put it back at that path to read this snapshot again",
+                        "snarf {snarf} of snapshot \"{}\" was freed after a backup stored it in the repository {}, which cannot be opened ({}); put it back at that path to read this snapshot again",
                         snap.name(),
-                        path.display()
+                        path.display(),
+                        e.chain()
                     ))
                 })?;
                 inner.repos[rn] = Some(repo.clone());

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use super::{Error, Result};
+use crate::chain::ErrorChain;
 use crate::store::VolumeId;
 
 /// How long a failed write keeps the file closed before one more try.
@@ -490,7 +491,10 @@ impl CowFile {
                     s.failed = None;
                     self.failing.store(false, Ordering::Release);
                 }
-                Err(e) => log::warn!("could not give back the pre-image store's space: {e}"),
+                Err(e) => log::warn!(
+                    "could not give back the pre-image store's space: {}",
+                    e.chain()
+                ),
             }
         }
     }
@@ -521,9 +525,12 @@ impl CowFile {
     pub fn record_failure(&self, e: &Error) {
         let mut s = self.slots.lock();
         if !s.closed() {
-            log::warn!("pre-images cannot be written to disk for now: {e}");
+            log::warn!(
+                "pre-images cannot be written to disk for now: {}",
+                e.chain()
+            );
         }
-        s.failed = Some((Instant::now(), e.to_string()));
+        s.failed = Some((Instant::now(), e.chain().to_string()));
         self.failing.store(true, Ordering::Release);
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Engine, Result, SnapState, Snapshot};
+use crate::chain::ErrorChain;
 use crate::store::VolumeId;
 
 /// What an operation must do before it can go on; anything but `Done` is settled with
@@ -226,8 +227,9 @@ impl Engine {
         if victims.iter().any(|s| s.is_persistent()) {
             if let Err(e) = self.write_table() {
                 log::error!(
-                    "the broken state of snapshot \"{}\" could not be recorded ({e}); its pre-images are kept until it can be",
-                    victims[0].name()
+                    "the broken state of snapshot \"{}\" could not be recorded ({}); its pre-images are kept until it can be",
+                    victims[0].name(),
+                    e.chain()
                 );
                 self.unpersisted.lock().extend(victims);
                 return;
