@@ -1,7 +1,8 @@
 //! Persistent snapshots through a real mount: a snapshot taken with `mkdir` reads exactly
 //! what it froze after kill -9 of the daemon and after a clean unmount, byte for byte,
 //! while a volatile one ends with its mount; `control/status` says what the mount
-//! recovered; a released snapshot gives its pre-images back for good.
+//! recovered; a released snapshot gives its pre-images back for good; the snarfs a backup
+//! took off a persistent snapshot's hands are read back from the repository after kill -9.
 
 mod mounted;
 
@@ -9,7 +10,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-use mounted::{read, snarf, Mounted};
+use mounted::{read, snarf, snarf_ok, Mounted};
 
 const SNARF: usize = 64 << 10;
 
@@ -138,4 +139,51 @@ fn a_persistent_snapshot_reads_what_it_froze_after_kill_9_and_after_umount() {
     assert_eq!(fs::read_dir(m.path("snapshots")).unwrap().count(), 0);
     assert_eq!(recovery(&m, "snapshots"), None, "nothing to recover");
     assert!(read(&m.path("live/b.img")) == b[..3 * SNARF]);
+}
+
+#[test]
+fn snarfs_a_backup_freed_are_read_from_the_repository_after_kill_9() {
+    let Some(mut m) = Mounted::new(&["--snarf-size", "64K"], &[]) else {
+        return;
+    };
+    let repo = m.dir.path().join("repo");
+    snarf_ok(&["repo", "init", repo.to_str().unwrap(), "--pack-size", "1M"]);
+    let a = pattern(6, 32 * SNARF);
+    fs::write(m.path("live/a.img"), &a).unwrap();
+    fs::create_dir(m.path("snapshots/s")).unwrap();
+    overwrite_odd_snarfs(&m.path("live/a.img"), 32, 7);
+    snarf_ok(&[
+        "backup",
+        m.mnt.to_str().unwrap(),
+        "s",
+        "--repo",
+        repo.to_str().unwrap(),
+    ]);
+    // The backup took every pre-image off the mount's hands.
+    let table = fs::read_to_string(m.path("control/snapshot")).unwrap();
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("s "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[3], "0", "pre-images held after the backup: {table}");
+
+    kill_and_remount(&mut m);
+    assert!(
+        read(&m.path("snapshots/s/a.img")) == a,
+        "the snarfs the backup stored are not read back from the repository after kill -9"
+    );
+    assert_eq!(recovery(&m, "snapshots").as_deref(), Some("1"));
+    // Released: its pins in the repository go with it.
+    fs::remove_dir(m.path("snapshots/s")).unwrap();
+    m.unmount();
+    let pins = fs::read_dir(repo.join("pins"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(pins, 0, "a released snapshot's pins are held");
 }
