@@ -9,7 +9,9 @@
 //! as a database or VM would). First writes are measured twice: in a cold process, whose
 //! pre-image buffers are fresh memory the kernel must fault in and zero, and again in the
 //! same process after one snapshot cycle, when buffers are reused (the steady state of a
-//! long-running mount).
+//! long-running mount). Every snapshot case runs for persistent snapshots (pre-images
+//! durable, group-committed, before the write they protect) and for volatile ones (memory
+//! first).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use snarf::snapshot::{Engine, EngineOptions};
+use snarf::snapshot::{CacheStats, Durability, Engine, EngineOptions};
 use snarf::store::{Budgets, InitOptions, Store, Volume};
 
 const MIB: u64 = 1 << 20;
@@ -104,6 +106,75 @@ impl Report {
     }
 }
 
+/// Timings of the snapshot cases for one kind of snapshot.
+struct Cases {
+    cold_seq: Duration,
+    warm_seq: Duration,
+    kept_seq: Duration,
+    first_rnd: Duration,
+    kept_rnd: Duration,
+    first_sseq: Duration,
+    kept_sseq: Duration,
+    first_srnd: Duration,
+    kept_srnd: Duration,
+    /// Pre-images held after the cold sequential pass.
+    held: CacheStats,
+}
+
+/// First writes and preserved snarfs under snapshots of kind `d`: `ops` are the sequential,
+/// random, synced sequential and synced random writes.
+fn snapshot_cases(
+    engine: &Engine,
+    t: &dyn Target,
+    d: Durability,
+    ops: &[&Ops; 4],
+    a: &[u8],
+    b: &[u8],
+) -> Cases {
+    let [seq, rnd, synced_seq, synced_rnd] = *ops;
+    let k = d.as_str();
+    let take = |name: &str| {
+        engine
+            .take_with(&format!("{k}-{name}"), d)
+            .expect("taking a snapshot");
+    };
+    let release = |name: &str| {
+        engine.release(&format!("{k}-{name}")).expect("releasing");
+    };
+    take("cold");
+    let cold_seq = run(t, seq, b, false);
+    let kept_seq = run(t, seq, a, false);
+    let held = engine.stats().cache;
+    release("cold");
+    take("warm");
+    let warm_seq = run(t, seq, b, false);
+    release("warm");
+    take("rnd");
+    let first_rnd = run(t, rnd, b, false);
+    let kept_rnd = run(t, rnd, a, false);
+    release("rnd");
+    take("synced");
+    let first_sseq = run(t, synced_seq, a, true);
+    let kept_sseq = run(t, synced_seq, b, true);
+    release("synced");
+    take("synced-rnd");
+    let first_srnd = run(t, synced_rnd, b, true);
+    let kept_srnd = run(t, synced_rnd, a, true);
+    release("synced-rnd");
+    Cases {
+        cold_seq,
+        warm_seq,
+        kept_seq,
+        first_rnd,
+        kept_rnd,
+        first_sseq,
+        kept_sseq,
+        first_srnd,
+        kept_srnd,
+        held,
+    }
+}
+
 fn main() {
     let size = env_size("SNARF_BENCH_SIZE", 1 << 30);
     let snarf = env_size("SNARF_BENCH_SNARF", 64 << 10);
@@ -165,6 +236,7 @@ fn main() {
                 break_after_secs: 600.0,
             },
             repository: None,
+            snapshots: Default::default(),
         },
     )
     .expect("creating the benchmark store");
@@ -180,34 +252,29 @@ fn main() {
     let none_seq = run(&t, &seq, &b, false);
     let none_rnd = run(&t, &rnd, &a, false);
 
-    engine.take("cold").expect("taking a snapshot");
-    let cold_seq = run(&t, &seq, &b, false);
-    let kept_seq = run(&t, &seq, &a, false);
-    let held = engine.stats().cache;
-    engine.release("cold").expect("releasing");
-
-    engine.take("warm").expect("taking a snapshot");
-    let warm_seq = run(&t, &seq, &b, false);
-    engine.release("warm").expect("releasing");
-
-    engine.take("rnd").expect("taking a snapshot");
-    let first_rnd = run(&t, &rnd, &b, false);
-    let kept_rnd = run(&t, &rnd, &a, false);
-    engine.release("rnd").expect("releasing");
-
     let none_sseq = run(&t, &synced_seq, &b, true);
     let none_srnd = run(&t, &synced_rnd, &a, true);
-    engine.take("synced").expect("taking a snapshot");
-    let first_sseq = run(&t, &synced_seq, &a, true);
-    let kept_sseq = run(&t, &synced_seq, &b, true);
-    engine.release("synced").expect("releasing");
-    engine.take("synced-rnd").expect("taking a snapshot");
-    let first_srnd = run(&t, &synced_rnd, &b, true);
-    let kept_srnd = run(&t, &synced_rnd, &a, true);
-    engine.release("synced-rnd").expect("releasing");
+    let kinds = [Durability::Persistent, Durability::Volatile];
+    let cases: Vec<(Durability, Cases)> = kinds
+        .iter()
+        .map(|&d| {
+            (
+                d,
+                snapshot_cases(
+                    &engine,
+                    &t,
+                    d,
+                    &[&seq, &rnd, &synced_seq, &synced_rnd],
+                    &a,
+                    &b,
+                ),
+            )
+        })
+        .collect();
 
     let mut r = Report { rows: Vec::new() };
     let (sb, rn) = (size, rnd.len());
+    let (ssb, srn) = (synced_size, synced_rnd.len());
     r.add(
         "page cache: raw pwrite, sequential 1 MiB",
         mb_s(sb, raw_seq),
@@ -217,21 +284,6 @@ fn main() {
         "page cache: snarf, no snapshot, seq 1 MiB",
         mb_s(sb, none_seq),
         ratio(none_seq, raw_seq),
-    );
-    r.add(
-        "page cache: snarf, first writes (cold process), seq 1 MiB",
-        mb_s(sb, cold_seq),
-        ratio(cold_seq, raw_seq),
-    );
-    r.add(
-        "page cache: snarf, first writes (warm), seq 1 MiB",
-        mb_s(sb, warm_seq),
-        ratio(warm_seq, raw_seq),
-    );
-    r.add(
-        "page cache: snarf, preserved snarfs, seq 1 MiB",
-        mb_s(sb, kept_seq),
-        ratio(kept_seq, raw_seq),
     );
     r.add(
         "page cache: raw pwrite, random 4 KiB",
@@ -244,17 +296,6 @@ fn main() {
         ratio(none_rnd, raw_rnd),
     );
     r.add(
-        "page cache: snarf, first pass, random 4 KiB",
-        iops(rn, first_rnd),
-        ratio(first_rnd, raw_rnd),
-    );
-    r.add(
-        "page cache: snarf, preserved snarfs, random 4 KiB",
-        iops(rn, kept_rnd),
-        ratio(kept_rnd, raw_rnd),
-    );
-    let (ssb, srn) = (synced_size, synced_rnd.len());
-    r.add(
         "fdatasync each: raw pwrite, sequential 1 MiB",
         mb_s(ssb, raw_sseq),
         1.0,
@@ -263,16 +304,6 @@ fn main() {
         "fdatasync each: snarf, no snapshot, seq 1 MiB",
         mb_s(ssb, none_sseq),
         ratio(none_sseq, raw_sseq),
-    );
-    r.add(
-        "fdatasync each: snarf, first writes, seq 1 MiB",
-        mb_s(ssb, first_sseq),
-        ratio(first_sseq, raw_sseq),
-    );
-    r.add(
-        "fdatasync each: snarf, preserved snarfs, seq 1 MiB",
-        mb_s(ssb, kept_sseq),
-        ratio(kept_sseq, raw_sseq),
     );
     r.add(
         "fdatasync each: raw pwrite, random 4 KiB",
@@ -284,49 +315,104 @@ fn main() {
         iops(srn, none_srnd),
         ratio(none_srnd, raw_srnd),
     );
-    r.add(
-        "fdatasync each: snarf, first writes, random 4 KiB",
-        iops(srn, first_srnd),
-        ratio(first_srnd, raw_srnd),
-    );
-    r.add(
-        "fdatasync each: snarf, preserved snarfs, random 4 KiB",
-        iops(srn, kept_srnd),
-        ratio(kept_srnd, raw_srnd),
-    );
+    for (d, c) in &cases {
+        let k = d.as_str();
+        let rows = [
+            (
+                "page cache",
+                "first writes (cold process), seq 1 MiB",
+                mb_s(sb, c.cold_seq),
+                ratio(c.cold_seq, raw_seq),
+            ),
+            (
+                "page cache",
+                "first writes (warm), seq 1 MiB",
+                mb_s(sb, c.warm_seq),
+                ratio(c.warm_seq, raw_seq),
+            ),
+            (
+                "page cache",
+                "preserved snarfs, seq 1 MiB",
+                mb_s(sb, c.kept_seq),
+                ratio(c.kept_seq, raw_seq),
+            ),
+            (
+                "page cache",
+                "first pass, random 4 KiB",
+                iops(rn, c.first_rnd),
+                ratio(c.first_rnd, raw_rnd),
+            ),
+            (
+                "page cache",
+                "preserved snarfs, random 4 KiB",
+                iops(rn, c.kept_rnd),
+                ratio(c.kept_rnd, raw_rnd),
+            ),
+            (
+                "fdatasync each",
+                "first writes, seq 1 MiB",
+                mb_s(ssb, c.first_sseq),
+                ratio(c.first_sseq, raw_sseq),
+            ),
+            (
+                "fdatasync each",
+                "preserved snarfs, seq 1 MiB",
+                mb_s(ssb, c.kept_sseq),
+                ratio(c.kept_sseq, raw_sseq),
+            ),
+            (
+                "fdatasync each",
+                "first writes, random 4 KiB",
+                iops(srn, c.first_srnd),
+                ratio(c.first_srnd, raw_srnd),
+            ),
+            (
+                "fdatasync each",
+                "preserved snarfs, random 4 KiB",
+                iops(srn, c.kept_srnd),
+                ratio(c.kept_srnd, raw_srnd),
+            ),
+        ];
+        for (regime, case, rate, x) in rows {
+            r.add(&format!("{regime}: {k}, {case}"), rate, x);
+        }
+    }
     println!();
     r.print();
-    println!();
-    println!(
-        "cost against snarf without a snapshot (targets: first writes <= 2.0x, preserved <= 1.1x):"
-    );
-    println!(
-        "  page cache, seq 1 MiB:     first writes {:.2}x cold, {:.2}x warm; preserved {:.2}x",
-        ratio(cold_seq, none_seq),
-        ratio(warm_seq, none_seq),
-        ratio(kept_seq, none_seq)
-    );
-    println!(
-        "  page cache, random 4 KiB:  first pass {:.2}x; preserved {:.2}x",
-        ratio(first_rnd, none_rnd),
-        ratio(kept_rnd, none_rnd)
-    );
-    println!(
-        "  fdatasync, seq 1 MiB:      first writes {:.2}x; preserved {:.2}x",
-        ratio(first_sseq, none_sseq),
-        ratio(kept_sseq, none_sseq)
-    );
-    println!(
-        "  fdatasync, random 4 KiB:   first writes {:.2}x; preserved {:.2}x",
-        ratio(first_srnd, none_srnd),
-        ratio(kept_srnd, none_srnd)
-    );
-    println!(
-        "pre-images after the cold sequential pass: {} ({} MiB in memory, {} MiB spilled)",
-        held.held,
-        held.mem_used / MIB,
-        held.disk_used / MIB
-    );
+    for (d, c) in &cases {
+        println!();
+        println!(
+            "{} snapshots, cost against snarf without a snapshot (targets: first writes <= 2.0x in the page cache, <= 1.5x with fdatasync; preserved <= 1.1x):",
+            d.as_str()
+        );
+        println!(
+            "  page cache, seq 1 MiB:     first writes {:.2}x cold, {:.2}x warm; preserved {:.2}x",
+            ratio(c.cold_seq, none_seq),
+            ratio(c.warm_seq, none_seq),
+            ratio(c.kept_seq, none_seq)
+        );
+        println!(
+            "  page cache, random 4 KiB:  first pass {:.2}x; preserved {:.2}x",
+            ratio(c.first_rnd, none_rnd),
+            ratio(c.kept_rnd, none_rnd)
+        );
+        println!(
+            "  fdatasync, seq 1 MiB:      first writes {:.2}x; preserved {:.2}x",
+            ratio(c.first_sseq, none_sseq),
+            ratio(c.kept_sseq, none_sseq)
+        );
+        println!(
+            "  fdatasync, random 4 KiB:   first writes {:.2}x; preserved {:.2}x",
+            ratio(c.first_srnd, none_srnd),
+            ratio(c.kept_srnd, none_srnd)
+        );
+        println!(
+            "  pre-images after the cold sequential pass: {} ({} MiB in memory, {} MiB on disk)",
+            c.held.held,
+            c.held.mem_used / MIB,
+            c.held.disk_used / MIB
+        );
+    }
     drop(t);
     engine.close().expect("closing the store");
     let _ = std::fs::remove_dir_all(&dir);

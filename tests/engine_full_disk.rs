@@ -8,7 +8,7 @@ mod disks;
 
 use std::path::Path;
 
-use snarf::snapshot::{Engine, EngineOptions, SnapState};
+use snarf::snapshot::{Durability, Engine, EngineOptions, SnapState};
 use snarf::store::{Budgets, InitOptions, Store};
 
 const SNARF: usize = 64 << 10;
@@ -33,6 +33,12 @@ fn a_full_spill_disk_throttles_then_breaks_the_snapshot_and_writers_never_fail()
     if !disks::root_available() {
         return;
     }
+    // Durable pre-images (persistent) and spilled ones (volatile) alike.
+    full_disk_breaks(Durability::Persistent);
+    full_disk_breaks(Durability::Volatile);
+}
+
+fn full_disk_breaks(durability: Durability) {
     let fs = disks::Tmpfs::new("8M");
     let e = engine_on(
         &fs.path.join("store"),
@@ -44,10 +50,11 @@ fn a_full_spill_disk_throttles_then_breaks_the_snapshot_and_writers_never_fail()
     );
     let v = e.create_volume("v", (32 * SNARF) as u64).expect("create");
     e.write(&v, 0, &vec![1u8; 32 * SNARF]).expect("first data");
-    e.take("keep").expect("snapshot");
+    e.take_with("keep", durability).expect("snapshot");
     fs.fill("filler");
 
-    // One pre-image fits in memory, the next cannot be spilled: the disk is full.
+    // A pre-image cannot be written to the disk, which is full (a volatile snapshot's
+    // first one fits in memory).
     let start = std::time::Instant::now();
     for i in 0..32 {
         e.write(&v, (i * SNARF) as u64, &vec![2u8; SNARF])
@@ -55,15 +62,15 @@ fn a_full_spill_disk_throttles_then_breaks_the_snapshot_and_writers_never_fail()
     }
     assert!(
         start.elapsed() >= std::time::Duration::from_millis(900),
-        "writers were not throttled before the break"
+        "{durability:?}: writers were not throttled before the break"
     );
     let snap = e.snapshot("keep").expect("listed");
     match snap.state() {
         SnapState::Broken(reason) => assert!(
-            reason.contains("could not be spilled") && reason.contains("No space left"),
-            "{reason}"
+            reason.contains("could not be written to") && reason.contains("No space left"),
+            "{durability:?}: {reason}"
         ),
-        other => panic!("snapshot not broken: {other:?}"),
+        other => panic!("{durability:?}: snapshot not broken: {other:?}"),
     }
     let mut buf = vec![0u8; SNARF];
     let err = e.read_snapshot(&snap, "v", 0, &mut buf).unwrap_err();
@@ -76,7 +83,7 @@ fn a_full_spill_disk_throttles_then_breaks_the_snapshot_and_writers_never_fail()
     // Once there is room again, new snapshots spill as before.
     std::fs::remove_file(fs.path.join("filler")).expect("rm filler");
     e.release("keep").expect("release");
-    let s2 = e.take("again").expect("snapshot");
+    let s2 = e.take_with("again", durability).expect("snapshot");
     for i in 0..4 {
         e.write(&v, (i * SNARF) as u64, &vec![3u8; SNARF])
             .expect("write");

@@ -65,6 +65,7 @@ impl Fs {
             snarf_size: SNARF,
             budgets,
             repository: None,
+            snapshots: Default::default(),
         };
         Store::init(&root, &opts).expect("init");
         let store = Store::open(&root, "fs test").expect("open");

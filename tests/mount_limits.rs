@@ -132,7 +132,7 @@ fn writes_after_a_snapshot_on_a_full_store_disk_go_on_and_the_snapshot_is_broken
     let listing = fs::read_to_string(m.path("control/snapshot")).unwrap();
     assert!(
         listing.contains("broken")
-            && listing.contains("could not be spilled")
+            && listing.contains("could not be written to")
             && listing.contains("No space left"),
         "{listing}"
     );

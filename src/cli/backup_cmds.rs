@@ -51,9 +51,11 @@ Where the snapshot comes from:
               them. Reads of the snapshot keep working afterwards (from the repository).
   STORE       a store directory. If it is mounted, the same as its mount point. If not
               (direct mode), snarf opens the store itself for the length of the job (a mount
-              must wait until it ends), takes the snapshot SNAPSHOT of every volume at that
-              instant, backs it up and releases it. Nothing else can write meanwhile, so
-              SNAPSHOT only names the backup.
+              must wait until it ends). If the store holds a persistent snapshot SNAPSHOT
+              (taken by an earlier mount), that is backed up and stays; else snarf takes a
+              volatile snapshot SNAPSHOT of every volume at that instant, backs it up and
+              releases it (nothing else can write meanwhile, so SNAPSHOT only names the
+              backup).
 
 Incremental backups: a volume's next backup reads only the snarfs changed since its last
 backup in the repository (same store, same volume) and takes the rest from that backup.
@@ -547,8 +549,9 @@ impl Reporter {
     }
 }
 
-/// Direct mode: open the store, take the snapshot, back it up, release it, close cleanly
-/// (so the next backup can be incremental).
+/// Direct mode: open the store, back up its persistent snapshot of that name or take a
+/// volatile one (released at the close), close cleanly (so the next backup can be
+/// incremental).
 fn direct(
     store: &Path,
     repo: &Repo,
@@ -563,15 +566,22 @@ fn direct(
     let st = Store::open(store, &holder)?;
     let eo = EngineOptions::from_store(&st);
     let engine = Arc::new(Engine::new(st, eo)?);
-    let result = engine
-        .take(&opts.snapshot)
-        .map_err(crate::jobs::Error::from)
-        .and_then(|_| {
-            let service = JobService::new(engine.clone(), None);
-            let r = pipeline::run(&service, repo, opts, progress);
-            drop(service);
-            r
-        });
+    let existing = engine
+        .snapshot(&opts.snapshot)
+        .ok()
+        .filter(|s| s.is_persistent());
+    let taken = match existing {
+        Some(_) => Ok(()),
+        None => engine
+            .take_with(&opts.snapshot, crate::store::Durability::Volatile)
+            .map(|_| ()),
+    };
+    let result = taken.map_err(crate::jobs::Error::from).and_then(|_| {
+        let service = JobService::new(engine.clone(), None);
+        let r = pipeline::run(&service, repo, opts, progress);
+        drop(service);
+        r
+    });
     let closed = engine.close();
     let summary = result?;
     closed?;

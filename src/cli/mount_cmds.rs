@@ -24,7 +24,7 @@ use crate::daemon::{Daemon, LiveIo};
 use crate::fuse::{self, MountOptions};
 use crate::mounts;
 use crate::snapshot::{Engine, EngineOptions};
-use crate::store::{Settings, Store};
+use crate::store::{Durability, Settings, Store};
 use crate::sys::lock;
 
 /// The descriptor the background daemon reports readiness on.
@@ -56,10 +56,12 @@ pub struct MountArgs {
     /// non-root owners.
     #[arg(long)]
     pub allow_other: bool,
-    /// Memory for pre-images before they spill to disk (overrides the store's setting).
+    /// Memory for pre-images: a cache for persistent snapshots, the first home of volatile
+    /// ones' (overrides the store's setting).
     #[arg(long, value_parser = numbers::budget)]
     pub preimage_mem: Option<u64>,
-    /// Disk for spilled pre-images before writers are slowed (overrides the store's setting).
+    /// Disk for pre-images (durable and spilled) before writers are slowed (overrides the
+    /// store's setting).
     #[arg(long, value_parser = numbers::budget)]
     pub preimage_disk: Option<u64>,
     /// Seconds a writer may wait for pre-image room before a snapshot is broken (0 to 86400).
@@ -70,6 +72,10 @@ pub struct MountArgs {
     /// kernel's page cache; a write may be split across a snapshot instant).
     #[arg(long, value_enum, default_value_t = LiveIo::Direct)]
     pub live_io: LiveIo,
+    /// What `mkdir snapshots/NAME` takes: persistent (outlives the mount, crash-safe) or
+    /// volatile (memory first, gone at unmount); overrides the store's setting.
+    #[arg(long, value_parser = numbers::durability)]
+    pub snapshots: Option<Durability>,
     /// Repository shown under backups/ and used by jobs started from control/jobs
     /// (overrides the store's `repository` setting).
     #[arg(long)]
@@ -204,6 +210,9 @@ fn daemon_argv(args: &MountArgs, store: &Path, mountpoint: &Path) -> Vec<std::ff
         argv.push(format!("--break-after={v}").into());
     }
     argv.push(format!("--live-io={}", args.live_io.name()).into());
+    if let Some(d) = args.snapshots {
+        argv.push(format!("--snapshots={}", d.as_str()).into());
+    }
     if let Some(repo) = &args.repo {
         let mut a = std::ffi::OsString::from("--repo=");
         a.push(repo);
@@ -289,16 +298,19 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
         if let Some(v) = args.break_after {
             opts.budgets.break_after_secs = v;
         }
+        if let Some(d) = args.snapshots {
+            opts.durability = d;
+        }
         let engine = Arc::new(Engine::new(st, opts)?);
         let repo = args
             .repo
             .as_ref()
             .map(|r| r.canonicalize().unwrap_or_else(|_| r.clone()));
-        let daemon = Arc::new(
-            Daemon::new(engine.clone())
-                .with_repository(repo)
-                .with_live_io(args.live_io),
-        );
+        let mut daemon = Daemon::new(engine.clone())
+            .with_repository(repo)
+            .with_live_io(args.live_io);
+        daemon.note_interrupted_jobs();
+        let daemon = Arc::new(daemon);
         // Backup jobs (separate `snarf backup` processes) talk to the daemon on run/daemon.sock.
         if let Err(e) = daemon.start_job_server() {
             let _ = engine.close();

@@ -21,6 +21,12 @@ pub fn break_after(input: &str) -> Result<f64, String> {
     settings::check_break_after("--break-after", secs).map_err(message)
 }
 
+/// `--snapshots persistent|volatile`.
+pub fn durability(input: &str) -> Result<crate::store::Durability, String> {
+    crate::store::Durability::parse(input.trim())
+        .ok_or_else(|| format!("'{input}' is neither persistent nor volatile"))
+}
+
 /// `--preimage-mem SIZE` and `--preimage-disk SIZE`: a size up to 1 PiB.
 pub fn budget(input: &str) -> Result<u64, String> {
     let bytes = parse_size(input).map_err(|e| e.to_string())?;

@@ -16,10 +16,12 @@ pub struct InitArgs {
     /// Size of one snarf, the unit of copy-on-write and backup: a power of two from 4K to 1M.
     #[arg(long, default_value = "64K", value_parser = super::numbers::snarf_size)]
     pub snarf_size: u64,
-    /// Memory for pre-images (old contents kept for snapshots) before they spill to disk.
+    /// Memory for pre-images (old contents kept for snapshots): a cache of the durable ones
+    /// of persistent snapshots, the first home of a volatile snapshot's (spilled past it).
     #[arg(long, default_value = "256M", value_parser = super::numbers::budget)]
     pub preimage_mem: u64,
-    /// Disk space for spilled pre-images before writers are slowed down.
+    /// Disk space for pre-images (STORE/cow/: every one a persistent snapshot needs, and a
+    /// volatile snapshot's spilled ones) before writers are slowed down.
     #[arg(long, default_value = "4G", value_parser = super::numbers::budget)]
     pub preimage_disk: u64,
     /// Seconds a writer may be held up by full budgets before the snapshot holding the most
@@ -30,6 +32,10 @@ pub struct InitArgs {
     /// Default backup repository for jobs and the mount's backups/ folder.
     #[arg(long)]
     pub repo: Option<String>,
+    /// What `mkdir snapshots/NAME` takes: persistent (outlives the mount, crash-safe) or
+    /// volatile (memory first, gone at unmount).
+    #[arg(long, default_value = "persistent", value_parser = super::numbers::durability)]
+    pub snapshots: crate::store::Durability,
 }
 
 /// `snarf init`: creates a store.
@@ -42,6 +48,7 @@ pub fn init(args: InitArgs) -> CliResult {
             break_after_secs: args.break_after,
         },
         repository: args.repo,
+        snapshots: args.snapshots,
     };
     Store::init(&args.store, &opts)?;
     println!(

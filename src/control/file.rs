@@ -27,7 +27,7 @@ pub enum ControlFile {
 }
 
 /// Usage of `control/snapshot`.
-const SNAPSHOT_USAGE: &str = "create NAME\nrelease NAME";
+const SNAPSHOT_USAGE: &str = "create NAME [volatile|persistent]\nrelease NAME";
 /// Usage of `control/jobs`.
 const JOBS_USAGE: &str = "backup SNAPSHOT [repo=/ABSOLUTE/PATH] [volumes=NAME,NAME...] [mode=full|incremental|auto] [type=user|cron]\ncancel JOB-ID";
 

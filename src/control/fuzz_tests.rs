@@ -91,7 +91,18 @@ fn command() -> impl Strategy<Value = Command> {
             })
         });
     prop_oneof![
-        name().prop_map(|name| Command::CreateSnapshot { name }),
+        (name(), proptest::option::of(proptest::bool::ANY)).prop_map(|(name, v)| {
+            Command::CreateSnapshot {
+                name,
+                durability: v.map(|v| {
+                    if v {
+                        crate::store::Durability::Volatile
+                    } else {
+                        crate::store::Durability::Persistent
+                    }
+                }),
+            }
+        }),
         name().prop_map(|name| Command::ReleaseSnapshot { name }),
         "[a-zA-Z0-9_.:-]{1,64}".prop_map(|job| Command::Cancel { job }),
         backup,

@@ -4,7 +4,7 @@
 //! reader of the same descriptor learns why.
 //!
 //! ```text
-//! control/snapshot   create NAME | release NAME
+//! control/snapshot   create NAME [volatile | persistent] | release NAME
 //! control/jobs       backup SNAPSHOT [repo=/ABSOLUTE/PATH] [volumes=A,B] [mode=full|incremental|auto] [type=user|cron]
 //!                    cancel JOB-ID
 //! ```
@@ -30,10 +30,12 @@ pub const MAX_JOB_ID_BYTES: usize = 64;
 /// A command accepted from a control file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `create NAME` on control/snapshot.
+    /// `create NAME [volatile | persistent]` on control/snapshot.
     CreateSnapshot {
         /// Snapshot name.
         name: String,
+        /// Persistent or volatile, if said (else the mount's default).
+        durability: Option<crate::store::Durability>,
     },
     /// `release NAME` on control/snapshot.
     ReleaseSnapshot {
@@ -53,7 +55,13 @@ impl fmt::Display for Command {
     /// The command in the grammar's own form: parsing it gives the same command back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::CreateSnapshot { name } => write!(f, "create {}", quote_word(name)),
+            Command::CreateSnapshot { name, durability } => {
+                write!(f, "create {}", quote_word(name))?;
+                match durability {
+                    Some(d) => write!(f, " {}", d.as_str()),
+                    None => Ok(()),
+                }
+            }
             Command::ReleaseSnapshot { name } => write!(f, "release {}", quote_word(name)),
             Command::Cancel { job } => write!(f, "cancel {}", quote_word(job)),
             Command::Backup(b) => {
@@ -238,9 +246,7 @@ pub fn parse(file: ControlFile, input: &[u8]) -> Result<Command, Rejection> {
     };
     let p = Parser { file, args };
     match (file, verb.as_str()) {
-        (ControlFile::Snapshot, "create") => Ok(Command::CreateSnapshot {
-            name: p.only_name("create", "snapshot")?,
-        }),
+        (ControlFile::Snapshot, "create") => p.create(),
         (ControlFile::Snapshot, "release") => Ok(Command::ReleaseSnapshot {
             name: p.only_name("release", "snapshot")?,
         }),
@@ -300,6 +306,22 @@ impl Parser<'_> {
     }
 
     /// Exactly one argument, a valid `kind` name, for `verb`.
+    /// `create NAME [volatile | persistent]`.
+    fn create(&self) -> Result<Command, Rejection> {
+        if let [name, word] = self.args {
+            if let Some(d) = crate::store::Durability::parse(word) {
+                return Ok(Command::CreateSnapshot {
+                    name: self.name("snapshot", name)?,
+                    durability: Some(d),
+                });
+            }
+        }
+        Ok(Command::CreateSnapshot {
+            name: self.only_name("create", "snapshot")?,
+            durability: None,
+        })
+    }
+
     fn only_name(&self, verb: &str, kind: &'static str) -> Result<String, Rejection> {
         match self.args {
             [] => Err(self.reject(
@@ -512,6 +534,7 @@ mod tests {
         assert_eq!(
             ok(Snapshot, "create nightly\n"),
             Command::CreateSnapshot {
+                durability: None,
                 name: "nightly".into()
             }
         );
@@ -524,6 +547,7 @@ mod tests {
         assert_eq!(
             ok(Snapshot, "create \"my snap\""),
             Command::CreateSnapshot {
+                durability: None,
                 name: "my snap".into()
             }
         );
@@ -850,6 +874,11 @@ mod tests {
         let cmds = [
             Command::CreateSnapshot {
                 name: "my \"odd\" snap".into(),
+                durability: None,
+            },
+            Command::CreateSnapshot {
+                name: "v".into(),
+                durability: Some(crate::store::Durability::Volatile),
             },
             Command::Cancel { job: "j-1".into() },
             Command::Backup(BackupRequest {

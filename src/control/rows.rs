@@ -214,6 +214,31 @@ pub struct SnapshotStatus {
     pub broken_reason: String,
     /// Pre-images held for it.
     pub preimages_held: u64,
+    /// `persistent` or `volatile`.
+    #[serde(default)]
+    pub kind: String,
+}
+
+/// What the mount found when it started: persistent snapshots restored after an unmount
+/// or a crash, and what a crash left half done.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryStatus {
+    /// The store was not closed cleanly before this mount.
+    pub unclean_stop: bool,
+    /// Persistent snapshots restored readable.
+    pub snapshots: u64,
+    /// Durable pre-images restored.
+    pub preimages: u64,
+    /// Snapshots broken at this mount, each `NAME: reason`.
+    pub broken: Vec<String>,
+    /// Pre-image writes a crash cut short (their live writes never happened), dropped.
+    pub torn_preimages: u64,
+    /// Pre-images no snapshot needed any more, given back.
+    pub discarded_preimages: u64,
+    /// Regions of volumes marked as written at the crash: their snarfs count as changed.
+    pub dirty_regions: u64,
+    /// Backup jobs that were running when the last mount stopped, each `ID: what happened`.
+    pub interrupted_jobs: Vec<String>,
 }
 
 /// A resource's use against its budget, in bytes.
@@ -244,6 +269,9 @@ pub struct StatusReport {
     pub snapshots_broken: u64,
     /// Jobs running now.
     pub running_jobs: u64,
+    /// What this mount found when it started.
+    #[serde(default)]
+    pub recovery: RecoveryStatus,
 }
 
 fn yes_no(b: bool) -> String {
@@ -354,7 +382,14 @@ pub fn render_finishing(rows: &[FinishingRow]) -> String {
 /// `control/snapshot` (read without a write): one snapshot per line; the reason a
 /// snapshot broke is the last column.
 pub fn render_snapshots(rows: &[SnapshotStatus]) -> String {
-    let mut snapshots = Table::new(&["SNAPSHOT", "CREATED", "STATE", "PREIMAGES", "REASON"]);
+    let mut snapshots = Table::new(&[
+        "SNAPSHOT",
+        "CREATED",
+        "STATE",
+        "PREIMAGES",
+        "KIND",
+        "REASON",
+    ]);
     for s in rows {
         let state = match s.state {
             SnapshotState::Ok => "ok",
@@ -365,14 +400,16 @@ pub fn render_snapshots(rows: &[SnapshotStatus]) -> String {
             time(Some(s.created)),
             state.to_string(),
             s.preimages_held.to_string(),
+            s.kind.clone(),
             s.broken_reason.clone(),
         ]);
     }
     snapshots.render()
 }
 
-/// `control/status`: three tables separated by blank lines, each with its own header
-/// (VOLUME, SNAPSHOT, RESOURCE), so a script can pick a section by its first header word.
+/// `control/status`: tables separated by blank lines, each with its own header (VOLUME,
+/// SNAPSHOT, RESOURCE, then RECOVERY when this mount restored or repaired anything), so a
+/// script can pick a section by its first header word.
 pub fn render_status(report: &StatusReport) -> String {
     let mut volumes = Table::new(&["VOLUME", "SIZE", "ALLOCATED"]);
     for v in &report.volumes {
@@ -387,12 +424,45 @@ pub fn render_status(report: &StatusReport) -> String {
     resources.push(count("throttle-events", report.throttle_events));
     resources.push(count("snapshots-broken", report.snapshots_broken));
     resources.push(count("running-jobs", report.running_jobs));
-    format!(
+    let mut out = format!(
         "{}\n{}\n{}",
         volumes.render(),
         render_snapshots(&report.snapshots),
         resources.render()
-    )
+    );
+    let r = &report.recovery;
+    if *r != RecoveryStatus::default() {
+        let mut t = Table::new(&["RECOVERY", "COUNT", "DETAIL"]);
+        let row =
+            |what: &str, n: u64, detail: String| vec![what.to_string(), n.to_string(), detail];
+        t.push(vec![
+            "unclean-stop".into(),
+            yes_no(r.unclean_stop),
+            String::new(),
+        ]);
+        t.push(row("snapshots", r.snapshots, String::new()));
+        t.push(row("preimages", r.preimages, String::new()));
+        t.push(row("torn-preimages", r.torn_preimages, String::new()));
+        t.push(row(
+            "discarded-preimages",
+            r.discarded_preimages,
+            String::new(),
+        ));
+        t.push(row("dirty-regions", r.dirty_regions, String::new()));
+        t.push(row(
+            "snapshots-broken",
+            r.broken.len() as u64,
+            r.broken.join("; "),
+        ));
+        t.push(row(
+            "interrupted-jobs",
+            r.interrupted_jobs.len() as u64,
+            r.interrupted_jobs.join("; "),
+        ));
+        out.push('\n');
+        out.push_str(&t.render());
+    }
+    out
 }
 
 /// Pretty JSON with a final newline; these types always serialise.
@@ -514,6 +584,7 @@ mod tests {
                     state: SnapshotState::Ok,
                     broken_reason: String::new(),
                     preimages_held: 12,
+                    kind: "persistent".into(),
                 },
                 SnapshotStatus {
                     name: "old".into(),
@@ -521,6 +592,7 @@ mod tests {
                     state: SnapshotState::Broken,
                     broken_reason: "spill file lost after a crash".into(),
                     preimages_held: 0,
+                    kind: "volatile".into(),
                 },
             ],
             preimage_memory: Usage {
@@ -535,6 +607,7 @@ mod tests {
             throttle_events: 5,
             snapshots_broken: 1,
             running_jobs: 2,
+            recovery: RecoveryStatus::default(),
         }
     }
 
@@ -659,13 +732,38 @@ mod tests {
         let snap = sections[1];
         assert!(snap.starts_with("SNAPSHOT  "));
         assert!(
-            snap.contains("broken  0          spill file lost after a crash"),
+            snap.contains("broken  0          volatile    spill file lost after a crash"),
             "{snap}"
         );
         let res: Vec<Vec<&str>> = sections[2].lines().map(awk_fields).collect();
         assert_eq!(res[1], ["preimage-memory", "12.0MiB", "256.0MiB"]);
         assert_eq!(res[3], ["throttled-writers", "1", "-"]);
         assert_eq!(res[6], ["running-jobs", "2", "-"]);
+
+        // After a crash, a fourth section says what the mount found.
+        let mut after = status();
+        after.recovery = RecoveryStatus {
+            unclean_stop: true,
+            snapshots: 2,
+            preimages: 40,
+            broken: vec!["old: its volume \"x\" is gone from the store".into()],
+            torn_preimages: 1,
+            discarded_preimages: 3,
+            dirty_regions: 5,
+            interrupted_jobs: vec!["j-1: the mount stopped while it ran".into()],
+        };
+        let text = render_status(&after);
+        let sections: Vec<&str> = text.split("\n\n").collect();
+        assert_eq!(sections.len(), 4, "{text}");
+        assert_well_formed(&format!("{}\n", sections[3].trim_end_matches('\n')));
+        let rec: Vec<Vec<&str>> = sections[3].lines().map(awk_fields).collect();
+        assert_eq!(rec[0], ["RECOVERY", "COUNT", "DETAIL"]);
+        assert_eq!(rec[1], ["unclean-stop", "yes", "-"]);
+        assert_eq!(rec[6][..2], ["dirty-regions", "5"]);
+        assert!(
+            sections[3].contains("interrupted-jobs     1      j-1: the mount stopped"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub mod record;
 
 pub use error::{Error, Result};
 
+#[cfg(test)]
+mod tests;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -57,6 +60,9 @@ pub struct Daemon {
     /// The job server's released-snarf tables, kept apart so snapshot reads (a hot path)
     /// take only a shared lock.
     released: parking_lot::RwLock<Option<Arc<crate::jobs::Released>>>,
+    /// Jobs of an earlier mount that were still running when it stopped, with what
+    /// became of them.
+    interrupted: Vec<String>,
     /// How `live/` files go through the kernel.
     live_io: LiveIo,
 }
@@ -118,8 +124,53 @@ impl Daemon {
             jobs: jobs::JobManager::default(),
             job_server: Mutex::new(None),
             released: parking_lot::RwLock::new(None),
+            interrupted: Vec::new(),
             live_io: LiveIo::default(),
         }
+    }
+
+    /// Finds the jobs an earlier mount left running (their report files say running or
+    /// finishing) and marks them failed with what happened, for `control/status`: a job
+    /// loses its connection with the mount, so it abandons its backup, and nothing it wrote
+    /// is committed; one that had begun finishing is committed or not at the repository's
+    /// next open, as finishing always is.
+    pub fn note_interrupted_jobs(&mut self) {
+        use crate::jobs::report::{self, JobReport};
+        use crate::jobs::JobState;
+        let run = self.engine.store().run_dir();
+        let Ok(entries) = std::fs::read_dir(report::reports_dir(&run)) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Some(id) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let Some(mut r) = JobReport::read(&path) else {
+                continue;
+            };
+            let why = match r.state {
+                JobState::Running | JobState::Queued => "the mount stopped while it ran; its backup was abandoned and nothing of it was committed",
+                JobState::Finishing => "the mount stopped while it committed; the repository completes or discards that commit at its next open (see snarf finishing)",
+                JobState::Done | JobState::Failed | JobState::Cancelled => continue,
+            };
+            r.state = JobState::Failed;
+            r.error = Some(why.to_string());
+            if let Err(err) = r.write(&path) {
+                log::warn!(
+                    "could not mark job {id} failed in {}: {err}",
+                    path.display()
+                );
+            }
+            log::warn!("job {id}: {why}");
+            self.interrupted.push(format!("{id}: {why}"));
+        }
+        self.interrupted.sort();
     }
 
     /// Starts serving backup jobs on `STORE/run/daemon.sock` (the mount calls this before it
@@ -298,8 +349,11 @@ impl Daemon {
         let command = control::parse(file, input)?;
         let refused = |why: Error| Error::refused(file, why);
         match command {
-            Command::CreateSnapshot { name } => {
-                self.engine.take(&name).map_err(|e| refused(e.into()))?;
+            Command::CreateSnapshot { name, durability } => {
+                let durability = durability.unwrap_or(self.engine.options().durability);
+                self.engine
+                    .take_with(&name, durability)
+                    .map_err(|e| refused(e.into()))?;
                 self.changed(Changed::Snapshot(name.clone()));
                 Ok(format!("created snapshot {name}\n"))
             }
@@ -416,6 +470,7 @@ impl Daemon {
                     state,
                     broken_reason,
                     preimages_held: held,
+                    kind: info.durability.as_str().to_string(),
                 }
             })
             .collect();
@@ -439,6 +494,23 @@ impl Daemon {
                 .iter()
                 .filter(|r| r.state.is_active())
                 .count() as u64,
+            recovery: {
+                let r = engine.recovered();
+                control::RecoveryStatus {
+                    unclean_stop: r.unclean,
+                    snapshots: r.snapshots,
+                    preimages: r.preimages,
+                    broken: r
+                        .broken_now
+                        .iter()
+                        .map(|(n, why)| format!("{n}: {why}"))
+                        .collect(),
+                    torn_preimages: r.torn,
+                    discarded_preimages: r.discarded,
+                    dirty_regions: r.dirty_regions,
+                    interrupted_jobs: self.interrupted.clone(),
+                }
+            },
         }
     }
 }

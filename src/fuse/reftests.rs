@@ -174,6 +174,7 @@ impl Harness {
                 break_after_secs: 30.0,
             },
             repository: None,
+            snapshots: Default::default(),
         };
         Store::init(&root, &opts).expect("init");
         let store = Store::open(&root, "reftest").expect("open");

@@ -47,6 +47,8 @@ fn acks_are_verified_before_any_preimage_is_freed() {
             snarf_size: SNARF,
             budgets: Budgets::default(),
             repository: None,
+            // The volatile tier is what these tests are about.
+            snapshots: crate::store::Durability::Volatile,
         },
     )
     .unwrap();
@@ -65,7 +67,7 @@ fn acks_are_verified_before_any_preimage_is_freed() {
     let held = || engine.preimage_location(&snap, vol.id(), 2).is_some();
     assert!(held());
 
-    let released = Arc::new(Released::open(&engine.store().run_dir(), "test").unwrap());
+    let released = Arc::new(Released::open(&engine.store().run_dir(), "test", &engine).unwrap());
     let alive = Arc::new(AtomicBool::new(true));
     let a2 = alive.clone();
     let svc = JobService::new(engine.clone(), Some(released.clone()))
@@ -183,6 +185,8 @@ fn an_ack_whose_pack_was_deleted_is_refused_and_frees_nothing() {
             snarf_size: SNARF,
             budgets: Budgets::default(),
             repository: None,
+            // The volatile tier is what these tests are about.
+            snapshots: crate::store::Durability::Volatile,
         },
     )
     .unwrap();
@@ -195,7 +199,7 @@ fn an_ack_whose_pack_was_deleted_is_refused_and_frees_nothing() {
     engine.write(&vol, 0, &orig).unwrap();
     let snap = engine.take("s").unwrap();
     engine.write(&vol, 0, &vec![0xee; SNARF as usize]).unwrap();
-    let released = Arc::new(Released::open(&engine.store().run_dir(), "test").unwrap());
+    let released = Arc::new(Released::open(&engine.store().run_dir(), "test", &engine).unwrap());
     let svc = JobService::new(engine.clone(), Some(released)).with_peer(Arc::new(|| true));
     svc.describe("s").unwrap();
     svc.plan(
@@ -267,6 +271,8 @@ fn reused_snarfs_must_be_acknowledged_with_the_base_backups_own_records() {
             snarf_size: SNARF,
             budgets: Budgets::default(),
             repository: None,
+            // The volatile tier is what these tests are about.
+            snapshots: crate::store::Durability::Volatile,
         },
     )
     .unwrap();
@@ -293,7 +299,7 @@ fn reused_snarfs_must_be_acknowledged_with_the_base_backups_own_records() {
         .write(&vol, SNARF, &vec![0x77; SNARF as usize])
         .unwrap();
     engine.take("b").unwrap();
-    let released = Arc::new(Released::open(&engine.store().run_dir(), "test").unwrap());
+    let released = Arc::new(Released::open(&engine.store().run_dir(), "test", &engine).unwrap());
     let svc = JobService::new(engine.clone(), Some(released)).with_peer(Arc::new(|| true));
     let plan = svc
         .plan(

@@ -332,11 +332,27 @@ impl Feed {
     /// The backup stored snarf `snarf` of the volume at position `vol`: its pre-image is
     /// freed unless another snapshot needs it. The caller has checked the acknowledgement
     /// ([`Feed::ack_kind`]).
-    pub fn ack(&self, vol: usize, snarf: u64) {
-        let id = self.queue.lock().vols.get(vol).map(|v| v.id);
-        if let Some(id) = id {
-            self.engine.release_snarf(&self.snap, id, snarf);
+    pub fn ack(&self, vol: usize, snarf: u64) -> snapshot::Result<()> {
+        self.ack_many(&[(vol, snarf)])
+    }
+
+    /// [`Feed::ack`] for many snarfs at once: a persistent snapshot records them durably
+    /// with one sync per volume before any pre-image is freed.
+    pub fn ack_many(&self, items: &[(usize, u64)]) -> snapshot::Result<()> {
+        let ids: Vec<Option<VolumeId>> = {
+            let q = self.queue.lock();
+            q.vols.iter().map(|v| Some(v.id)).collect()
+        };
+        let mut by_vol: std::collections::BTreeMap<usize, Vec<u64>> = Default::default();
+        for &(vol, snarf) in items {
+            by_vol.entry(vol).or_default().push(snarf);
         }
+        for (vol, snarfs) in by_vol {
+            if let Some(Some(id)) = ids.get(vol) {
+                self.engine.release_snarfs(&self.snap, *id, &snarfs)?;
+            }
+        }
+        Ok(())
     }
 
     /// The volume id at position `vol`.

@@ -50,7 +50,7 @@ impl SnapshotDesc {
             epoch: snap.epoch(),
             created_ns: snap.created_ns(),
             store_id: engine.store().store_id(),
-            session_id: engine.store().session_id().to_string(),
+            session_id: snap.session_id().to_string(),
             volumes: snap
                 .volumes()
                 .iter()

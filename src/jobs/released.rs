@@ -8,10 +8,15 @@
 //! Memory stays bounded: the chunk references live in sparse files of fixed records under
 //! `STORE/run/released/EPOCH/` (one file per volume, record `i` at `72 * i`: the 64-byte
 //! [`ChunkRef`] encoding, the repository number u32 LE, 4 reserved bytes; an all-zero record
-//! means "not stored"). `meta.json` beside them lists the pin name and the repositories, so a
-//! daemon that crashed is cleaned up at its next start. Nothing here is fsynced except the
-//! pins and `meta.json`, which must outlive a power cut as long as its pin does: snapshots
-//! do not outlive the daemon.
+//! means "not stored"), so their disk use follows the snarfs recorded. `meta.json` beside
+//! them lists the pin name and the repositories, so a daemon that crashed is cleaned up at
+//! its next start; it is durable (with every folder above it up to run/) before the first
+//! pin, since it must outlive a power cut as long as its pin does.
+//!
+//! A persistent snapshot outlives the daemon, and so does its table: records are synced
+//! before the engine frees the pre-images they replace, and the next daemon adopts the
+//! tables of the snapshots the engine restored (keeping their pins). The tables of
+//! snapshots that are gone (released, broken, volatile) are removed with their pins.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -26,7 +31,7 @@ use super::{Error, Result};
 use crate::chain::ErrorChain;
 use crate::repo::chunk::REF_LEN;
 use crate::repo::{ChunkRef, PackId, Repo};
-use crate::snapshot::{SnapState, Snapshot, StoredSnarfs};
+use crate::snapshot::{Engine, SnapState, Snapshot, StoredSnarfs};
 use crate::store::files::sync_dir;
 use crate::store::VolumeId;
 use crate::sys::durable;
@@ -54,9 +59,14 @@ struct SnapTable {
 
 #[derive(Default)]
 struct TableInner {
-    repos: Vec<Repo>,
+    /// The repositories by number: open, or (adopted from an earlier daemon) not there now.
+    repos: Vec<Option<Repo>>,
+    /// Their paths, by the same number.
+    paths: Vec<PathBuf>,
     pinned: Vec<HashSet<PackId>>,
     files: HashMap<VolumeId, Arc<File>>,
+    /// Files written since their last sync.
+    unsynced: HashSet<VolumeId>,
 }
 
 /// The released-snarf tables of every snapshot of one store; see the module documentation.
@@ -76,9 +86,10 @@ impl std::fmt::Debug for Released {
 }
 
 impl Released {
-    /// Opens the tables folder in `run_dir`, removing what a previous daemon left (and its
+    /// Opens the tables folder in `run_dir`: the tables of `engine`'s live persistent
+    /// snapshots are adopted, everything else a previous daemon left is removed (with its
     /// pins).
-    pub fn open(run_dir: &Path, store_id: &str) -> Result<Released> {
+    pub fn open(run_dir: &Path, store_id: &str, engine: &Engine) -> Result<Released> {
         let dir = run_dir.join(DIR);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
@@ -88,25 +99,114 @@ impl Released {
             tables: Mutex::new(HashMap::new()),
             cache: Mutex::new(VecDeque::new()),
         };
-        r.remove_leftovers();
+        r.take_over(engine);
         Ok(r)
     }
 
-    fn remove_leftovers(&self) {
+    fn take_over(&self, engine: &Engine) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
+        let snaps: HashMap<u64, Arc<Snapshot>> = engine
+            .list()
+            .iter()
+            .filter_map(|i| engine.snapshot(&i.name).ok())
+            .filter(|s| s.is_persistent() && s.state() == SnapState::Live)
+            .map(|s| (s.epoch(), s))
+            .collect();
         for e in entries.flatten() {
             let path = e.path();
-            if let Ok(text) = std::fs::read(path.join("meta.json")) {
-                if let Ok(meta) = serde_json::from_slice::<Meta>(&text) {
-                    unpin_all(&meta.pin, &meta.repos);
+            let name = e.file_name().to_string_lossy().into_owned();
+            let meta = std::fs::read(path.join("meta.json"))
+                .ok()
+                .and_then(|text| serde_json::from_slice::<Meta>(&text).ok());
+            let snap = u64::from_str_radix(&name, 16)
+                .ok()
+                .filter(|_| name.len() == 16)
+                .and_then(|epoch| snaps.get(&epoch));
+            if let Some(snap) = snap {
+                match self.adopt(&path, snap, meta.as_ref()) {
+                    Ok(()) => continue,
+                    Err(e) => log::warn!(
+                        "the released-snarf table {} of snapshot \"{}\" cannot be used: {}",
+                        path.display(),
+                        snap.name(),
+                        e.chain()
+                    ),
                 }
+            }
+            if let Some(meta) = meta {
+                unpin_all(&meta.pin, &meta.repos);
             }
             if let Err(e) = std::fs::remove_dir_all(&path) {
                 log::warn!("removing {}: {e}", path.display());
             }
         }
+    }
+
+    /// Takes over the table an earlier daemon kept for `snap` at `dir`.
+    fn adopt(&self, dir: &Path, snap: &Arc<Snapshot>, meta: Option<&Meta>) -> Result<()> {
+        let mut inner = TableInner::default();
+        let pin = match meta {
+            Some(m) => {
+                if crate::store::validate_name("pin", &m.pin).is_err() {
+                    return Err(Error::Protocol(format!(
+                        "its pin name {:?} is not one",
+                        m.pin
+                    )));
+                }
+                for path in &m.repos {
+                    let repo = Repo::open_quiet(path)
+                        .map_err(|e| {
+                            log::warn!(
+                                "repository {} of snapshot \"{}\" cannot be opened now ({}); its snarfs are read from there once it is back",
+                                path.display(),
+                                snap.name(),
+                                e.chain()
+                            )
+                        })
+                        .ok();
+                    inner.repos.push(repo);
+                    inner.paths.push(path.clone());
+                    inner.pinned.push(HashSet::new());
+                }
+                m.pin.clone()
+            }
+            None => self.pin_name(snap),
+        };
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(vol) = name
+                .strip_suffix(".tbl")
+                .filter(|h| h.len() == 16)
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+            else {
+                continue;
+            };
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(e.path())
+                .map_err(|err| Error::io(format!("opening {}", e.path().display()), err))?;
+            inner.files.insert(vol, Arc::new(f));
+        }
+        self.tables.lock().insert(
+            snap.epoch(),
+            Arc::new(SnapTable {
+                snap: snap.clone(),
+                dir: dir.to_path_buf(),
+                pin,
+                inner: Mutex::new(inner),
+            }),
+        );
+        Ok(())
+    }
+
+    fn pin_name(&self, snap: &Snapshot) -> String {
+        let short: String = self.store_id.chars().take(16).collect();
+        format!("snapshot-{short}-{:x}", snap.epoch())
     }
 
     fn table(&self, snap: &Arc<Snapshot>) -> Result<Arc<SnapTable>> {
@@ -117,11 +217,14 @@ impl Released {
         let dir = self.dir.join(format!("{:016x}", snap.epoch()));
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let short: String = self.store_id.chars().take(16).collect();
+        if snap.is_persistent() {
+            crate::store::files::sync_dir(&self.dir)
+                .map_err(|e| Error::io(format!("syncing {}", self.dir.display()), e))?;
+        }
         let t = Arc::new(SnapTable {
             snap: snap.clone(),
             dir,
-            pin: format!("snapshot-{short}-{:x}", snap.epoch()),
+            pin: self.pin_name(snap),
             inner: Mutex::new(TableInner::default()),
         });
         tables.insert(snap.epoch(), t.clone());
@@ -157,24 +260,27 @@ impl Released {
         snap: &Snapshot,
         repo: &Repo,
     ) -> Result<usize> {
-        if let Some(n) = inner.repos.iter().position(|r| r.path() == repo.path()) {
+        if let Some(n) = inner.paths.iter().position(|p| p == repo.path()) {
+            if inner.repos[n].is_none() {
+                inner.repos[n] = Some(repo.clone());
+            }
             return Ok(n);
         }
-        inner.repos.push(repo.clone());
+        inner.repos.push(Some(repo.clone()));
+        inner.paths.push(repo.path().to_path_buf());
         inner.pinned.push(HashSet::new());
-        // Written before the first pin, so a crash leaves enough to unpin.
+        // Durable before the first pin, so a crash leaves enough to unpin (or to adopt).
         let meta = Meta {
             pin: t.pin.clone(),
             snapshot: snap.name().to_string(),
-            repos: inner.repos.iter().map(|r| r.path().to_path_buf()).collect(),
+            repos: inner.paths.clone(),
         };
         let path = t.dir.join("meta.json");
         let text = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Protocol(e.to_string()))?;
-        // Durable with every folder above it up to run/, or a power cut loses it while the
-        // pin stays, and no later daemon knows to let go of the pin.
         let released = t.dir.parent();
-        // Replaced atomically: a meta file cut while naming a second repository must still
-        // name the first, whose pin would otherwise stay for ever.
+        // Replaced atomically (the next daemon may adopt it, and a meta file cut while
+        // naming a second repository must still name the first, whose pin would otherwise
+        // stay for ever), durable with every folder above it up to run/.
         durable::replace(&path, &text, durable::PRIVATE)
             .map_err(crate::sys::Error::into_io)
             .and_then(|_| released.map_or(Ok(()), sync_dir))
@@ -215,10 +321,12 @@ impl Released {
         let t = self.table(snap)?;
         let mut inner = t.inner.lock();
         let rn = Self::repo_number(&t, &mut inner, snap, repo)?;
+        let mut created = false;
         for (vol, snarf, chunk) in items {
             let file = match inner.files.get(vol) {
                 Some(f) => f.clone(),
                 None => {
+                    created = true;
                     let path = t.dir.join(format!("{vol:016x}.tbl"));
                     let f = OpenOptions::new()
                         .read(true)
@@ -239,6 +347,20 @@ impl Released {
             let at = record_offset(*snarf)?;
             file.write_all_at(&rec, at)
                 .map_err(|e| Error::io(format!("writing {}", t.dir.display()), e))?;
+            inner.unsynced.insert(*vol);
+        }
+        if snap.is_persistent() {
+            // Durable before the engine frees the pre-images: the snapshot outlives us.
+            for vol in std::mem::take(&mut inner.unsynced) {
+                if let Some(f) = inner.files.get(&vol) {
+                    f.sync_data()
+                        .map_err(|e| Error::io(format!("syncing {}", t.dir.display()), e))?;
+                }
+            }
+            if created {
+                crate::store::files::sync_dir(&t.dir)
+                    .map_err(|e| Error::io(format!("syncing {}", t.dir.display()), e))?;
+            }
         }
         Ok(())
     }
@@ -269,12 +391,29 @@ impl Released {
             return Ok(None);
         };
         let rn = u32::from_le_bytes([rec[64], rec[65], rec[66], rec[67]]) as usize;
-        let repo = inner.repos.get(rn).cloned().ok_or_else(|| {
-            Error::Protocol(format!(
+        drop(inner);
+        let mut inner = t.inner.lock();
+        let Some(path) = inner.paths.get(rn).cloned() else {
+            return Err(Error::Protocol(format!(
                 "released-snarf table {} names repository {rn}, which it does not list",
                 t.dir.display()
-            ))
-        })?;
+            )));
+        };
+        let repo = match &inner.repos[rn] {
+            Some(repo) => repo.clone(),
+            None => {
+                let repo = Repo::open_quiet(&path).map_err(|e| {
+                    Error::FreedSnarf(format!(
+                        "snarf {snarf} of snapshot \"{}\" was freed after a backup stored it in the repository {}, which cannot be opened ({}); put it back at that path to read this snapshot again",
+                        snap.name(),
+                        path.display(),
+                        e.chain()
+                    ))
+                })?;
+                inner.repos[rn] = Some(repo.clone());
+                repo
+            }
+        };
         Ok(Some((repo, chunk)))
     }
 
@@ -378,10 +517,21 @@ impl Released {
         gone.len()
     }
 
-    /// Drops every table and pin (the daemon is stopping).
+    /// Drops every table and pin except those of live persistent snapshots, which the
+    /// next daemon adopts (the daemon is stopping).
     pub fn clear(&self) {
-        let all: Vec<Arc<SnapTable>> = self.tables.lock().drain().map(|(_, t)| t).collect();
-        for t in &all {
+        let gone: Vec<Arc<SnapTable>> = {
+            let mut tables = self.tables.lock();
+            let keys: Vec<u64> = tables
+                .iter()
+                .filter(|(_, t)| !(t.snap.is_persistent() && t.snap.state() == SnapState::Live))
+                .map(|(k, _)| *k)
+                .collect();
+            let gone = keys.iter().filter_map(|k| tables.remove(k)).collect();
+            tables.clear();
+            gone
+        };
+        for t in &gone {
             drop_table(t);
         }
         self.cache.lock().clear();
@@ -427,7 +577,11 @@ fn record_offset(snarf: u64) -> Result<u64> {
 
 fn drop_table(t: &SnapTable) {
     let inner = t.inner.lock();
-    for repo in &inner.repos {
+    for (repo, path) in inner.repos.iter().zip(&inner.paths) {
+        let Some(repo) = repo else {
+            unpin_all(&t.pin, std::slice::from_ref(path));
+            continue;
+        };
         if let Err(e) = repo.unpin(&t.pin) {
             log::warn!(
                 "could not remove pin {} from repository {}: {e}; remove {}/pins/{} by hand",

@@ -189,7 +189,11 @@ impl JobServer {
             .map_err(|e| Error::io(format!("creating the job socket {}", path.display()), e))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))?;
-        let released = Arc::new(Released::open(run_dir, &engine.store().store_id())?);
+        let released = Arc::new(Released::open(
+            run_dir,
+            &engine.store().store_id(),
+            &engine,
+        )?);
         let shared = Arc::new(Shared {
             engine,
             released,

@@ -51,6 +51,8 @@ fn setup(mem: u64, disk: u64, pack_target: u64) -> Setup {
                 break_after_secs: 60.0,
             },
             repository: None,
+            // The volatile tier is what these tests are about.
+            snapshots: crate::store::Durability::Volatile,
         },
     )
     .unwrap();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::{Changed, Engine, Error, Location, Result, Snapshot, SnarfSet};
+use super::{table, Changed, Engine, Error, Location, Result, Snapshot, SnarfSet};
 use crate::store::{Tracking, VolumeId};
 
 /// A pre-image was just captured and kept: the old contents of snarf `snarf` of volume
@@ -76,16 +76,47 @@ impl Engine {
 
     /// Records that a backup has stored snarf `index` of a snapshot's volume: the snapshot
     /// no longer needs its pre-image, which is freed unless another snapshot needs it.
-    pub fn release_snarf(&self, snap: &Snapshot, vol: VolumeId, index: u64) {
+    pub fn release_snarf(&self, snap: &Snapshot, vol: VolumeId, index: u64) -> Result<()> {
+        self.release_snarfs(snap, vol, &[index])
+    }
+
+    /// [`Engine::release_snarf`] for many snarfs of one volume. For a persistent snapshot
+    /// the snarfs are first recorded durably in its stored log (one sync for all), so after
+    /// a restart it still reads them from the backup, never from a slot reused since; if
+    /// that fails nothing is freed.
+    pub fn release_snarfs(&self, snap: &Snapshot, vol: VolumeId, indices: &[u64]) -> Result<()> {
         let Some(sv) = snap.volume_by_id(vol) else {
-            return;
+            return Ok(());
         };
-        let _stripe = self.stripes.write(vol, index);
-        if !sv.mark_stored(index) {
-            return;
+        let mut fresh: Vec<u64> = indices
+            .iter()
+            .copied()
+            .filter(|&i| i < sv.snarf_count() && !sv.is_stored(i))
+            .collect();
+        fresh.sort_unstable();
+        fresh.dedup();
+        if fresh.is_empty() {
+            return Ok(());
         }
-        drop(_stripe);
-        self.free_unneeded(vec![(vol, index)]);
+        if snap.is_persistent() {
+            let mut runs: Vec<(VolumeId, u64, u64)> = Vec::new();
+            for &i in &fresh {
+                match runs.last_mut() {
+                    Some((_, first, n)) if *first + *n == i => *n += 1,
+                    _ => runs.push((vol, i, 1)),
+                }
+            }
+            table::append_stored(&self.store.cow_dir(), snap.epoch(), &runs)?;
+        }
+        let mut freed = Vec::with_capacity(fresh.len());
+        for i in fresh {
+            let _stripe = self.stripes.write(vol, i);
+            if sv.mark_stored(i) {
+                freed.push((vol, i));
+            }
+        }
+        self.free_unneeded(freed);
+        Ok(())
     }
 
     /// Where the pre-image a snapshot sees for a snarf is held, if there is one.

@@ -52,6 +52,29 @@ impl AtomicSnarfSet {
                 .is_some_and(|(w, bit)| w.load(Ordering::Acquire) & bit != 0)
     }
 
+    /// The smallest index in the set that is at least `from`.
+    pub fn next_from(&self, from: u64) -> Option<u64> {
+        let mut i = from;
+        while i < self.len {
+            let g = (i / GROUP) as usize;
+            let start = g as u64 * GROUP;
+            if let Some(words) = self.groups[g].get() {
+                let mut k = i - start;
+                while k < GROUP {
+                    let w =
+                        words[(k / 64) as usize].load(Ordering::Acquire) & (u64::MAX << (k % 64));
+                    if w != 0 {
+                        let found = start + (k / 64) * 64 + w.trailing_zeros() as u64;
+                        return (found < self.len).then_some(found);
+                    }
+                    k = (k / 64 + 1) * 64;
+                }
+            }
+            i = start + GROUP;
+        }
+        None
+    }
+
     /// Number of indices in the set.
     pub fn count(&self) -> u64 {
         self.groups

@@ -28,6 +28,8 @@ fn engine(dir: &std::path::Path, mem: u64, disk: u64, break_after: f64) -> Engin
             break_after_secs: break_after,
         },
         repository: None,
+        // The volatile tier is what these tests are about.
+        snapshots: crate::store::Durability::Volatile,
     };
     Store::init(&root, &opts).unwrap();
     let store = Store::open(&root, "concurrency test").unwrap();

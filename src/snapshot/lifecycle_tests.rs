@@ -122,7 +122,8 @@ fn data_kept_past_a_shrink_is_trimmed_after_a_crash() {
         let e = engine(&root);
         let v = e.create_volume("v", 300_000).unwrap();
         e.write(&v, 0, &vec![9u8; 300_000]).unwrap();
-        e.take("s").unwrap();
+        // A volatile snapshot ends with the process.
+        e.take_with("s", Durability::Volatile).unwrap();
         e.resize(&v, 1000).unwrap();
         // The backing file keeps the snapshot's data...
         assert_eq!(
@@ -235,4 +236,40 @@ fn a_volume_file_changed_while_closed_loses_its_tracking() {
         Changed::Snarfs(set) => assert_eq!(set.count(), 0),
         Changed::Lost { reason } => panic!("untouched volume lost tracking: {reason}"),
     }
+}
+
+#[test]
+fn data_kept_past_a_shrink_stays_for_a_persistent_snapshot_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_store(dir.path());
+    {
+        let e = engine(&root);
+        let v = e.create_volume("v", 300_000).unwrap();
+        e.write(&v, 0, &vec![9u8; 300_000]).unwrap();
+        e.take("s").unwrap();
+        e.resize(&v, 1000).unwrap();
+        // ...and the process dies here.
+    }
+    let e = engine(&root);
+    let v = e.volume("v").unwrap();
+    assert_eq!(
+        v.size(),
+        1000,
+        "the live volume never shows the old bytes again"
+    );
+    let mut buf = vec![0u8; 300_000];
+    let s = e.snapshot("s").unwrap();
+    assert_eq!(e.read_snapshot(&s, "v", 0, &mut buf).unwrap(), 300_000);
+    assert!(
+        buf.iter().all(|&b| b == 9),
+        "the snapshot still reads what it froze"
+    );
+    let mut live = vec![1u8; 4096];
+    assert_eq!(e.read(&v, 0, &mut live).unwrap(), 1000);
+    // Released, the space goes back.
+    e.release("s").unwrap();
+    assert_eq!(
+        std::fs::metadata(root.join("volumes/v")).unwrap().len(),
+        1000
+    );
 }

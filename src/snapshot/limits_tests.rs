@@ -306,8 +306,8 @@ fn a_spill_read_error_fails_the_snapshot_reader_with_eio_never_a_writer() {
     let s = e.take("s").unwrap();
     e.write(&v, 0, &vec![2u8; snarf]).unwrap();
     assert_eq!(e.stats().cache.disk_used, snarf as u64);
-    // The spilled pre-image is lost under the engine (a failing disk).
-    let spill = root.join("spill/preimages.spill");
+    // The pre-image on disk is lost under the engine (a failing disk).
+    let spill = root.join("cow/preimages");
     std::fs::OpenOptions::new()
         .write(true)
         .open(&spill)

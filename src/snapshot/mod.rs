@@ -1,5 +1,7 @@
 //! Snapshots over the store: epochs, copy-on-write pre-image capture, the pre-image cache
-//! (memory, then spill, then writer throttling) and frozen snapshot views.
+//! (durable pre-images on disk with a memory cache for persistent snapshots; memory, then
+//! spill for volatile ones; then writer throttling), frozen snapshot views, and their
+//! recovery after a restart or a crash.
 //!
 //! How it fits together:
 //!
@@ -13,9 +15,18 @@
 //!   in the same epoch find the stamp current and go straight through.
 //! * A snapshot read of a snarf returns the pre-image covering its epoch if there is one,
 //!   otherwise the live snarf, whose stamp is then no newer than the snapshot.
-//! * Pre-images fill memory, then the spill file; when both are full, writers wait (never
-//!   fail). A writer that has waited past the limit breaks the snapshot holding the most
-//!   pre-images, as QEMU's copy-before-write filter does with on-cbw-error=break-snapshot.
+//! * A snapshot is *persistent* (the default) or *volatile*. A pre-image a persistent
+//!   snapshot needs is written to the durable pre-image store ([`cow`]) and synced, by a
+//!   group commit shared with every writer waiting, before the live write it protects is
+//!   issued; its table entry ([`table`]) is durable before `take` returns. So after an
+//!   unmount, a kill -9 or a power cut, [`recovery`] finds every persistent snapshot reading
+//!   exactly what it froze. Volatile snapshots keep today's memory-first pre-images, spilled
+//!   to disk past the memory budget, and end with the mount.
+//! * When the disk budget (durable and spilled pre-images) or, for volatile ones, both
+//!   budgets are full, writers wait (never fail). A writer that has waited past the limit
+//!   breaks the snapshot holding the most pre-images, as QEMU's copy-before-write filter does
+//!   with on-cbw-error=break-snapshot; a persistent snapshot's broken state is durable before
+//!   its pre-images are freed.
 //! * Every kept capture is announced to the registered capture watchers
 //!   ([`Engine::watch_captures`]), so a backup job sends that snarf next and frees it.
 //! * Shrinking a volume that a snapshot still needs keeps the data past the new end on disk
@@ -24,7 +35,7 @@
 //! Where each job lives: [`write`] the write path and copy-on-write capture, [`throttle`]
 //! waiting for room and breaking snapshots, [`lifecycle`] taking, releasing and retiring
 //! snapshots, [`read`] snapshot reads, [`backup`] what backup jobs ask (capture
-//! announcements, freeing stored snarfs, changed snarfs).
+//! announcements, freeing stored snarfs, changed snarfs), [`recovery`] what an open finds.
 //!
 //! Lock order, outermost first: snapshot names, epoch gate, a volume's state, a snarf's
 //! stripe, the live-snapshot table, the pre-image map. Nothing waits for budget room while
@@ -32,12 +43,14 @@
 
 mod backup;
 pub mod bitset;
+pub mod cow;
 mod lifecycle;
 pub mod preimage;
 mod read;
-pub mod spill;
+mod recovery;
 pub mod stored;
 pub mod stripes;
+pub mod table;
 mod throttle;
 pub mod view;
 mod write;
@@ -60,6 +73,9 @@ mod limits_tests;
 #[cfg(test)]
 mod sparse_tests;
 
+#[cfg(test)]
+mod persist_tests;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -68,13 +84,14 @@ use std::time::Duration;
 use parking_lot::RwLock;
 
 use crate::store::volume::ErrorCursor;
+pub use crate::store::Durability;
 use crate::store::{self, validate_name, Budgets, Store, Volume};
 use backup::Watchers;
 pub use backup::{Capture, CaptureWatcher};
 pub use bitset::SnarfSet;
 use preimage::PreimageCache;
 pub use preimage::{CacheStats, Location};
-use spill::SpillFile;
+pub use recovery::RecoveryReport;
 pub use stored::StoredSnarfs;
 use stripes::Stripes;
 use throttle::ThrottleCounters;
@@ -180,6 +197,8 @@ pub struct EngineOptions {
     pub pace_from: f64,
     /// Longest pause per captured snarf when the disk budget is full.
     pub max_pace: Duration,
+    /// What a snapshot taken without saying is (`mkdir`).
+    pub durability: Durability,
 }
 
 impl EngineOptions {
@@ -189,6 +208,7 @@ impl EngineOptions {
             budgets: store.settings().preimages.clone(),
             pace_from: 0.9,
             max_pace: Duration::from_millis(20),
+            durability: store.settings().snapshots,
         }
     }
 }
@@ -221,6 +241,8 @@ pub struct SnapshotInfo {
     pub state: SnapState,
     /// Number of volumes it holds.
     pub volumes: usize,
+    /// Persistent or volatile.
+    pub durability: Durability,
 }
 
 /// Which snarfs of a snapshot's volume changed since a checkpoint.
@@ -254,17 +276,25 @@ pub struct Engine {
     breaking: parking_lot::Mutex<()>,
     /// Told about every kept capture (backup jobs reorder their queues by them).
     watchers: Watchers,
+    /// Held while the snapshot table is written, so writes of it never interleave.
+    table_lock: parking_lot::Mutex<()>,
+    /// Broken snapshots whose state could not be made durable yet: their pre-images are
+    /// kept until it is (else a crash would bring them back live without them).
+    unpersisted: parking_lot::Mutex<Vec<Arc<Snapshot>>>,
+    /// What the open found.
+    recovered: RecoveryReport,
 }
 
 impl Engine {
-    /// Starts the engine over an open store.
+    /// Starts the engine over an open store, restoring its persistent snapshots and their
+    /// durable pre-images ([`recovery`]).
     pub fn new(store: Store, opts: EngineOptions) -> Result<Engine> {
         let snarf = store.snarf_size();
-        let spill = SpillFile::create(&store.spill_dir(), snarf, opts.budgets.disk)?;
-        let cache = PreimageCache::new(snarf, opts.budgets.memory, spill);
+        let (file, found, opened) = cow::CowFile::open(&store.cow_dir(), snarf, opts.budgets.disk)?;
+        let cache = PreimageCache::new(snarf, opts.budgets.memory, file);
         // Epoch numbers of this session start past every earlier session's.
         let first = store.first_epoch() + 1;
-        Ok(Engine {
+        let mut engine = Engine {
             store,
             opts,
             gate: RwLock::new(first),
@@ -275,7 +305,17 @@ impl Engine {
             throttle: ThrottleCounters::default(),
             breaking: parking_lot::Mutex::new(()),
             watchers: Watchers::default(),
-        })
+            table_lock: parking_lot::Mutex::new(()),
+            unpersisted: parking_lot::Mutex::new(Vec::new()),
+            recovered: RecoveryReport::default(),
+        };
+        engine.recovered = engine.recover(found, opened)?;
+        Ok(engine)
+    }
+
+    /// What the open of the engine found and restored.
+    pub fn recovered(&self) -> &RecoveryReport {
+        &self.recovered
     }
 
     /// The store underneath.
@@ -361,12 +401,21 @@ impl Engine {
         }
     }
 
-    /// Releases every snapshot and closes the store cleanly (see [`Store::close`]).
+    /// Releases every volatile snapshot and closes the store cleanly (see [`Store::close`]);
+    /// persistent snapshots stay, with their pre-images sealed on disk.
     pub fn close(&self) -> Result<()> {
-        let names: Vec<String> = self.named.read().keys().cloned().collect();
-        for name in names {
+        let volatile: Vec<String> = self
+            .named
+            .read()
+            .values()
+            .filter(|s| !s.is_persistent())
+            .map(|s| s.name().to_string())
+            .collect();
+        for name in volatile {
             self.release(&name)?;
         }
+        self.write_table()?;
+        self.cache.file().seal()?;
         Ok(self.store.close()?)
     }
 }

@@ -48,6 +48,8 @@ fn engine_with(
             break_after_secs: break_after,
         },
         repository: None,
+        // The volatile tier is what these tests are about.
+        snapshots: crate::store::Durability::Volatile,
     };
     Store::init(&root, &opts).unwrap();
     let store = Store::open(&root, "model test").unwrap();
@@ -454,7 +456,9 @@ impl Model {
         }
         let index = self.rng.random_range(0..count);
         let snap = self.engine.snapshot(&self.oracle.snaps[si].name).unwrap();
-        self.engine.release_snarf(&snap, self.ids[&oid], index);
+        self.engine
+            .release_snarf(&snap, self.ids[&oid], index)
+            .unwrap();
         self.oracle.snaps[si].acked.push((oid, index));
     }
 

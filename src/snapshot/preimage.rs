@@ -3,8 +3,14 @@
 //!
 //! Each pre-image covers a range of epochs `[first, last]`: `first` is the epoch of the write
 //! that produced the contents, `last` the epoch before the write that replaced them. Every
-//! snapshot taken in that range sees this one copy. Contents live in memory up to the memory
-//! budget, then in the spill file up to the disk budget; all-zero contents cost nothing.
+//! snapshot taken in that range sees this one copy.
+//!
+//! A pre-image a persistent snapshot needs is *durable*: written once to a slot of the
+//! pre-image store on disk ([`CowFile`]) with its record, and memory keeps a copy only while
+//! the memory budget has room, as a cache for fast reads and backups (no second copy is
+//! needed). One only volatile snapshots need lives in memory up to the memory budget, then in
+//! a slot of the same file (spilled, not synced). The disk budget bounds both kinds of slot;
+//! all-zero contents cost no data.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -12,7 +18,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use parking_lot::{Condvar, Mutex};
 
-use super::spill::SpillFile;
+use super::cow::{CowFile, Record, Ticket};
 use super::Result;
 use crate::store::VolumeId;
 
@@ -23,8 +29,33 @@ pub enum Stored {
     Zero,
     /// In memory.
     Mem(Box<[u8]>),
-    /// In a slot of the spill file.
+    /// Spilled to a slot of the pre-image file (volatile: no record, not synced).
     Spill(u32),
+    /// Durable in a slot of the pre-image file, with its record; `mem` is a cached copy.
+    Durable {
+        /// The slot.
+        slot: u32,
+        /// All zeros: the slot holds only the record.
+        zero: bool,
+        /// A copy in memory, counted in the memory budget.
+        mem: Option<Box<[u8]>>,
+    },
+}
+
+impl Stored {
+    /// Whether the contents are all zeros.
+    pub fn is_zero(&self) -> bool {
+        matches!(self, Stored::Zero | Stored::Durable { zero: true, .. })
+    }
+
+    /// Where the contents are held, for a backup's fetch order.
+    pub fn location(&self) -> Location {
+        match self {
+            Stored::Zero | Stored::Durable { zero: true, .. } => Location::Zero,
+            Stored::Mem(_) | Stored::Durable { mem: Some(_), .. } => Location::Memory,
+            Stored::Spill(_) | Stored::Durable { .. } => Location::Spill,
+        }
+    }
 }
 
 /// One captured pre-image.
@@ -65,7 +96,7 @@ pub struct CacheStats {
     pub mem_used: u64,
     /// Memory budget in bytes.
     pub mem_budget: u64,
-    /// Bytes of spill slots in use.
+    /// Bytes of data slots on disk in use (spilled and durable pre-images).
     pub disk_used: u64,
     /// Disk budget in bytes.
     pub disk_budget: u64,
@@ -80,7 +111,7 @@ pub struct PreimageCache {
     mem_used: AtomicU64,
     held: AtomicU64,
     zero: AtomicU64,
-    spill: SpillFile,
+    spill: CowFile,
     /// Snarf buffers of freed memory pre-images, reused so a capture neither allocates nor
     /// zeroes memory; together with the held ones they never exceed the memory budget.
     pool: Mutex<Vec<Box<[u8]>>>,
@@ -94,8 +125,9 @@ pub struct PreimageCache {
 }
 
 impl PreimageCache {
-    /// A cache for snarfs of `snarf_size` bytes with the given budgets and spill file.
-    pub fn new(snarf_size: u64, mem_budget: u64, spill: SpillFile) -> PreimageCache {
+    /// A cache for snarfs of `snarf_size` bytes with the given memory budget over the
+    /// pre-image file (whose budget is the disk budget).
+    pub fn new(snarf_size: u64, mem_budget: u64, spill: CowFile) -> PreimageCache {
         PreimageCache {
             map: DashMap::new(),
             snarf_size,
@@ -130,7 +162,65 @@ impl PreimageCache {
 
     /// Takes a spill slot; `None` when the disk budget is full or the spill is failing.
     pub fn reserve_spill(&self) -> Option<Reservation> {
-        self.spill.alloc().map(Reservation::Spill)
+        self.spill.alloc(true).map(Reservation::Spill)
+    }
+
+    /// The pre-image file.
+    pub fn file(&self) -> &CowFile {
+        &self.spill
+    }
+
+    /// Keeps the contents `data` of a snarf durably (see the module notes): a slot, its
+    /// data and record written, a copy kept in memory if the budget has room (else `data`
+    /// goes back to the pool). Returns the contents and the ticket to wait for before the
+    /// live write; `None` (with `data` recycled) when there is no room or the write failed,
+    /// which counts as no room.
+    pub fn keep_durable(&self, record: Record, data: Box<[u8]>) -> Option<(Stored, Ticket)> {
+        let Some(slot) = self.spill.alloc(!record.zero) else {
+            self.recycle(data);
+            return None;
+        };
+        let ticket = match self.spill.write_durable(slot, &record, &data) {
+            Ok(t) => t,
+            Err(e) => {
+                // The file now counts as full for a while. Freed first: emptying the file
+                // must not count as the failure being over, or writers would retry at once
+                // forever instead of waiting and then breaking a snapshot.
+                self.spill.free(slot, !record.zero);
+                self.spill.record_failure(&e);
+                self.recycle(data);
+                self.notify_space();
+                return None;
+            }
+        };
+        let size = self.snarf_size;
+        let cached = !record.zero
+            && !self.mem_closed()
+            && self
+                .mem_used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    (used + size <= self.mem_budget).then_some(used + size)
+                })
+                .is_ok();
+        let mem = if cached {
+            Some(data)
+        } else {
+            self.recycle(data);
+            None
+        };
+        Some((
+            Stored::Durable {
+                slot,
+                zero: record.zero,
+                mem,
+            },
+            ticket,
+        ))
+    }
+
+    /// Whether a durable slot could be taken now (the disk budget).
+    pub fn has_durable_room(&self) -> bool {
+        self.spill.has_room()
     }
 
     fn mem_closed(&self) -> bool {
@@ -138,7 +228,7 @@ impl PreimageCache {
             return false;
         }
         let mut failed = self.mem_failed.lock();
-        if failed.is_some_and(|at| at.elapsed() < super::spill::RETRY_AFTER) {
+        if failed.is_some_and(|at| at.elapsed() < super::cow::RETRY_AFTER) {
             return true;
         }
         *failed = None;
@@ -152,7 +242,7 @@ impl PreimageCache {
             Reservation::Mem => {
                 self.mem_used.fetch_sub(self.snarf_size, Ordering::AcqRel);
             }
-            Reservation::Spill(slot) => self.spill.free(slot),
+            Reservation::Spill(slot) => self.spill.free(slot, true),
         }
         self.notify_space();
     }
@@ -220,7 +310,7 @@ impl PreimageCache {
             Ok(()) => Ok(Stored::Spill(slot)),
             Err(e) => {
                 // Freed first: emptying the file must not count as the failure being over.
-                self.spill.free(slot);
+                self.spill.free(slot, true);
                 self.spill.record_failure(&e);
                 self.notify_space();
                 Err(e)
@@ -231,7 +321,7 @@ impl PreimageCache {
     /// Adds a pre-image for a snarf. The caller holds the snarf's stripe exclusively.
     pub fn insert(&self, vol: VolumeId, snarf: u64, p: Preimage) {
         self.held.fetch_add(1, Ordering::Relaxed);
-        if matches!(p.data, Stored::Zero) {
+        if p.data.is_zero() {
             self.zero.fetch_add(1, Ordering::Relaxed);
         }
         self.map.entry((vol, snarf)).or_default().push(p);
@@ -260,6 +350,18 @@ impl PreimageCache {
                 Ok(())
             }
             Stored::Spill(slot) => self.spill.read(*slot, offset, buf),
+            Stored::Durable { zero: true, .. } => {
+                buf.fill(0);
+                Ok(())
+            }
+            Stored::Durable {
+                mem: Some(bytes), ..
+            } => {
+                let start = offset as usize;
+                buf.copy_from_slice(&bytes[start..start + buf.len()]);
+                Ok(())
+            }
+            Stored::Durable { slot, .. } => self.spill.read(*slot, offset, buf),
         })
     }
 
@@ -276,7 +378,7 @@ impl PreimageCache {
         entry
             .iter()
             .find(|p| p.covers(epoch))
-            .map(|p| matches!(p.data, Stored::Zero))
+            .map(|p| p.data.is_zero())
     }
 
     /// Drops the pre-images of a snarf for which `unneeded` says yes, freeing their room.
@@ -313,12 +415,22 @@ impl PreimageCache {
         n
     }
 
-    /// Frees the storage of contents that turned out not to be needed.
+    /// Frees the storage of contents that turned out not to be needed. A durable one's
+    /// record may be read by a crash recovery before the snapshot it was for is durably
+    /// gone (it is being broken), so its slot is reused only once its record is durably
+    /// erased ([`CowFile::free_after_commit`]).
     pub fn discard(&self, data: Stored) {
-        if matches!(data, Stored::Zero) {
-            return;
+        match data {
+            Stored::Zero => return,
+            Stored::Durable { slot, zero, mem } => {
+                if let Some(bytes) = mem {
+                    self.mem_used
+                        .fetch_sub(bytes.len() as u64, Ordering::AcqRel);
+                }
+                self.spill.free_after_commit(slot, !zero);
+            }
+            other => self.release_storage_counted(other),
         }
-        self.release_storage_counted(data);
         self.notify_space();
     }
 
@@ -329,26 +441,39 @@ impl PreimageCache {
                 self.mem_used
                     .fetch_sub(bytes.len() as u64, Ordering::AcqRel);
             }
-            Stored::Spill(slot) => self.spill.free(slot),
+            Stored::Spill(slot) => self.spill.free(slot, true),
+            Stored::Durable { slot, zero, mem } => {
+                if let Some(bytes) = mem {
+                    self.mem_used
+                        .fetch_sub(bytes.len() as u64, Ordering::AcqRel);
+                }
+                self.spill.free(slot, !zero);
+            }
         }
     }
 
     fn release_storage(&self, data: Stored) {
-        match data {
-            Stored::Zero => {
-                self.zero.fetch_sub(1, Ordering::Relaxed);
-            }
-            Stored::Mem(bytes) => {
-                self.mem_used
-                    .fetch_sub(bytes.len() as u64, Ordering::AcqRel);
-            }
-            Stored::Spill(slot) => self.spill.free(slot),
+        if data.is_zero() {
+            self.zero.fetch_sub(1, Ordering::Relaxed);
         }
+        self.release_storage_counted(data);
     }
 
     /// Keys of all snarfs holding pre-images (a copy, so no map lock is held afterwards).
     pub fn keys(&self) -> Vec<(VolumeId, u64)> {
         self.map.iter().map(|e| *e.key()).collect()
+    }
+
+    /// Epoch ranges of a snarf's pre-images, with where each is held.
+    pub fn ranges_placed(&self, vol: VolumeId, snarf: u64) -> Vec<(u64, u64, Location)> {
+        self.map
+            .get(&(vol, snarf))
+            .map(|e| {
+                e.iter()
+                    .map(|p| (p.first, p.last, p.data.location()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Epoch ranges of a snarf's pre-images.
@@ -366,11 +491,7 @@ impl PreimageCache {
         entry
             .iter()
             .find(|p| p.covers(epoch))
-            .map(|p| match p.data {
-                Stored::Zero => Location::Zero,
-                Stored::Mem(_) => Location::Memory,
-                Stored::Spill(_) => Location::Spill,
-            })
+            .map(|p| p.data.location())
     }
 
     /// Figures for status.
@@ -390,10 +511,11 @@ impl PreimageCache {
         self.space_freed.notify_all();
     }
 
-    /// Waits until room may have been freed, or `timeout` passes.
-    pub fn wait_for_room(&self, timeout: Duration) {
+    /// Waits until room may have been freed (on disk, when `durable`), or `timeout`
+    /// passes.
+    pub fn wait_for_room(&self, timeout: Duration, durable: bool) {
         let mut g = self.space.lock();
-        if self.has_room() {
+        if (durable && self.has_durable_room()) || (!durable && self.has_room()) {
             return;
         }
         self.space_freed.wait_for(&mut g, timeout);
@@ -407,6 +529,6 @@ pub enum Location {
     Zero,
     /// In memory.
     Memory,
-    /// In the spill file.
+    /// On disk, in the pre-image file (spilled, or durable and not cached in memory).
     Spill,
 }

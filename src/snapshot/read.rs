@@ -29,6 +29,7 @@ impl Engine {
         let mask = vol.snarf_size() - 1;
         let st = vol.read_state();
         let epoch = snap.epoch();
+        let unsure = Self::unsure(snap, sv);
         // Consecutive snarfs the snapshot sees live are read with one pread, holding their
         // stripes until it is done; the others are read one by one.
         let mut run: Option<usize> = None;
@@ -40,8 +41,9 @@ impl Engine {
             let within = pos & mask;
             let n = ((mask + 1 - within) as usize).min(len - done);
             let guard = self.stripes.read_recursive(vol.id(), index);
-            let live =
-                st.stamp(index) <= epoch && self.cache.location(vol.id(), index, epoch).is_none();
+            let live = st.stamp(index) <= epoch
+                && !(unsure && sv.is_stored(index))
+                && self.cache.location(vol.id(), index, epoch).is_none();
             if live {
                 run.get_or_insert(done);
                 held.push(guard);
@@ -90,7 +92,8 @@ impl Engine {
         if let Some(r) = self.cache.read(vol.id(), index, snap.epoch(), within, out) {
             return r;
         }
-        if st.stamp(index) <= snap.epoch() {
+        let stored_unsure = Self::unsure(snap, sv) && sv.is_stored(index);
+        if st.stamp(index) <= snap.epoch() && !stored_unsure {
             let pos = (index << vol.snarf_shift()) + within;
             let got = vol.pread(out, pos)?;
             out[got..].fill(0);
@@ -110,6 +113,13 @@ impl Engine {
         )))
     }
 
+    /// Whether the snapshot predates an open that found its volume's stamps lost: a snarf
+    /// it handed to a backup may have been written since even where the stamp says not, so
+    /// such a snarf is read from where the backup stored it, never from the live file.
+    fn unsure(snap: &Snapshot, sv: &SnapVolume) -> bool {
+        snap.epoch() < sv.volume.uncertain_before() && sv.stored_count() > 0
+    }
+
     /// Whether snarf `index` of a snapshot's volume is all zeros without reading it, when
     /// that is cheap to know (a zero pre-image, or a hole in the live file); `false` means
     /// "not known to be zero".
@@ -120,7 +130,9 @@ impl Engine {
         if let Some(zero) = self.cache.is_zero(vol.id(), index, snap.epoch()) {
             return zero;
         }
-        st.stamp(index) <= snap.epoch() && vol.snarf_is_hole(index)
+        st.stamp(index) <= snap.epoch()
+            && !(Self::unsure(snap, sv) && sv.is_stored(index))
+            && vol.snarf_is_hole(index)
     }
 }
 
@@ -157,6 +169,12 @@ impl Engine {
                     return Some(k);
                 }
                 j = k + 1;
+            }
+            if Self::unsure(snap, sv) {
+                // A snarf handed to a backup may not be what the live file holds now.
+                if let Some(k) = sv.next_stored(i).filter(|&k| k < live) {
+                    return Some(k);
+                }
             }
             if live >= count {
                 return None;
@@ -202,7 +220,8 @@ impl Engine {
                 i = c + 1;
                 continue;
             }
-            if st.stamp(c) <= epoch || self.zero_preimage(snap, vol.id(), c) {
+            let stored_unsure = Self::unsure(snap, sv) && sv.is_stored(c);
+            if (st.stamp(c) <= epoch && !stored_unsure) || self.zero_preimage(snap, vol.id(), c) {
                 return Some(c);
             }
             i = c + 1;

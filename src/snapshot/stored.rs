@@ -126,8 +126,8 @@ mod tests {
         // pre-images are freed and only the source has them.
         engine.write(&vol, ss, &vec![7u8; ss as usize]).unwrap();
         engine.write(&vol, 3 * ss, &vec![8u8; ss as usize]).unwrap();
-        engine.release_snarf(&snap, vol.id(), 1);
-        engine.release_snarf(&snap, vol.id(), 3);
+        engine.release_snarf(&snap, vol.id(), 1).unwrap();
+        engine.release_snarf(&snap, vol.id(), 3).unwrap();
         let copy = Copy {
             bytes: old.clone(),
             snarf: ss,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Engine, Result, SnapState, Snapshot};
+use crate::chain::ErrorChain;
 use crate::store::VolumeId;
 
 /// What an operation must do before it can go on; anything but `Done` is settled with
@@ -14,9 +15,17 @@ use crate::store::VolumeId;
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Step {
     Done,
-    /// A pre-image could not be captured for lack of room (budgets full, the spill disk
-    /// full or failing, no memory): wait.
-    NeedRoom,
+    /// A pre-image could not be captured for lack of room (budgets full, the disk full or
+    /// failing, no memory): wait. `durable`: it needed a slot on disk (for a persistent
+    /// snapshot), so only disk room helps.
+    NeedRoom {
+        durable: bool,
+    },
+    /// The sync that was to make pre-images durable failed: they cannot be relied on, so
+    /// every live persistent snapshot is broken with `reason` (the writes go on).
+    DurableLost {
+        reason: String,
+    },
     /// The old contents of snarf `snarf` of `vol` could not be read to keep them: break
     /// the live snapshots with epochs in `first..=last` that need them.
     Unkeepable {
@@ -62,7 +71,12 @@ impl Engine {
     fn settle(&self, step: Step, waited: &mut Duration) {
         match step {
             Step::Done => {}
-            Step::NeedRoom => self.wait_for_room(waited),
+            Step::NeedRoom { durable } => self.wait_for_room(waited, durable),
+            Step::DurableLost { reason } => {
+                self.break_where(&reason, |s| s.is_persistent());
+                // Nothing those pre-images protected is kept any more.
+                self.cache.file().forgive();
+            }
             Step::Unkeepable {
                 vol,
                 snarf,
@@ -82,21 +96,29 @@ impl Engine {
         }
     }
 
-    /// Waits for pre-image room; breaks the snapshot holding the most pre-images once this
-    /// writer has waited past the limit, so the live write always goes on.
-    pub(super) fn wait_for_room(&self, waited: &mut Duration) {
+    /// Waits for pre-image room (on disk, when `durable`); breaks the snapshot holding the
+    /// most pre-images (on disk, when `durable`) once this writer has waited past the
+    /// limit, so the live write always goes on.
+    pub(super) fn wait_for_room(&self, waited: &mut Duration, durable: bool) {
         let start = Instant::now();
         self.throttle.waiting.fetch_add(1, Ordering::Relaxed);
         self.throttle.events.fetch_add(1, Ordering::Relaxed);
         let limit = self.opts.budgets.break_after();
+        let room = || {
+            if durable {
+                self.cache.has_durable_room()
+            } else {
+                self.cache.has_room()
+            }
+        };
         loop {
-            if self.cache.has_room() {
+            if room() {
                 break;
             }
             let so_far = *waited + start.elapsed();
             if so_far >= limit {
                 let _one_at_a_time = self.breaking.lock();
-                if self.cache.has_room() {
+                if room() {
                     // Another writer's break made room.
                     break;
                 }
@@ -110,20 +132,20 @@ impl Engine {
                 );
                 let reason = match self.cache.spill_failure() {
                     Some(why) => format!(
-                        "a writer waited {:.1} s for pre-image room because pre-images could not be spilled to {} ({why}; {usage}); free space there, or back up or release snapshots sooner",
+                        "a writer waited {:.1} s for pre-image room because pre-images could not be written to {} ({why}; {usage}); free space there, or back up or release snapshots sooner",
                         so_far.as_secs_f64(),
-                        self.store.spill_dir().display(),
+                        self.store.cow_dir().display(),
                     ),
                     None => format!(
                         "a writer waited {:.1} s for pre-image room ({usage}); back up or release snapshots sooner, or raise --preimage-mem/--preimage-disk",
                         so_far.as_secs_f64(),
                     ),
                 };
-                self.break_largest(&reason);
+                self.break_largest(&reason, durable);
                 break;
             }
             self.cache
-                .wait_for_room((limit - so_far).min(Duration::from_millis(50)));
+                .wait_for_room((limit - so_far).min(Duration::from_millis(50)), durable);
         }
         let spent = start.elapsed();
         *waited += spent;
@@ -135,7 +157,7 @@ impl Engine {
 
     /// Paces a writer that pushed pre-images into a nearly full disk budget.
     pub(super) fn pace(&self, spilled_before: u64) {
-        if self.opts.pace_from >= 1.0 || !self.cache.memory_full() {
+        if self.opts.pace_from >= 1.0 {
             return;
         }
         let fill = self.cache.disk_fill();
@@ -147,15 +169,19 @@ impl Engine {
         std::thread::sleep(self.opts.max_pace.mul_f64(over * over));
     }
 
-    /// Breaks the live snapshot that needs the most pre-images. Returns its name.
-    fn break_largest(&self, reason: &str) -> Option<String> {
+    /// Breaks the live snapshot that needs the most pre-images (held on disk, when
+    /// `on_disk`). Returns its name.
+    fn break_largest(&self, reason: &str, on_disk: bool) -> Option<String> {
         let live: Vec<Arc<Snapshot>> = self.live.read().values().cloned().collect();
         if live.is_empty() {
             return None;
         }
         let mut counts = vec![0u64; live.len()];
         for (vol, index) in self.cache.keys() {
-            for (first, last) in self.cache.ranges(vol, index) {
+            for (first, last, place) in self.cache.ranges_placed(vol, index) {
+                if on_disk && place != super::Location::Spill {
+                    continue;
+                }
                 for (n, s) in live.iter().enumerate() {
                     if (first..=last).contains(&s.epoch()) && s.needs(vol, index) {
                         counts[n] += 1;
@@ -169,10 +195,7 @@ impl Engine {
             .zip(&counts)
             .max_by(|(a, ca), (b, cb)| ca.cmp(cb).then(b.epoch().cmp(&a.epoch())))?;
         let victim = victim.clone();
-        log::warn!("breaking snapshot \"{}\": {reason}", victim.name());
-        victim.set_state(SnapState::Broken(reason.to_string()));
-        self.throttle.broken.fetch_add(1, Ordering::Relaxed);
-        self.retire_snapshot(&victim);
+        self.break_snapshots(vec![victim.clone()], reason);
         Some(victim.name().to_string())
     }
 
@@ -185,11 +208,35 @@ impl Engine {
             .filter(|s| victim(s))
             .cloned()
             .collect();
-        for snap in victims {
+        self.break_snapshots(victims, reason);
+    }
+
+    /// Breaks `victims` with `reason`: no pre-image is kept for them from now on, and once
+    /// the broken state of the persistent ones is durable (so a restart never brings them
+    /// back live without their pre-images) the pre-images only they needed are freed.
+    pub(super) fn break_snapshots(&self, victims: Vec<Arc<Snapshot>>, reason: &str) {
+        if victims.is_empty() {
+            return;
+        }
+        for snap in &victims {
             log::warn!("breaking snapshot \"{}\": {reason}", snap.name());
             snap.set_state(SnapState::Broken(reason.to_string()));
             self.throttle.broken.fetch_add(1, Ordering::Relaxed);
-            self.retire_snapshot(&snap);
+            self.live.write().remove(&snap.epoch());
+        }
+        if victims.iter().any(|s| s.is_persistent()) {
+            if let Err(e) = self.write_table() {
+                log::error!(
+                    "the broken state of snapshot \"{}\" could not be recorded ({}); its pre-images are kept until it can be",
+                    victims[0].name(),
+                    e.chain()
+                );
+                self.unpersisted.lock().extend(victims);
+                return;
+            }
+        }
+        for snap in &victims {
+            self.retire_snapshot(snap);
         }
     }
 }

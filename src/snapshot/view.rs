@@ -1,6 +1,6 @@
 //! A snapshot: the volumes, sizes and times frozen at one epoch, its state (live, broken,
-//! released) and which snarfs a backup has already stored, so their pre-images need not be
-//! kept for it.
+//! released), whether it is persistent, and which snarfs a backup has already stored, so
+//! their pre-images need not be kept for it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 
 use super::bitset::AtomicSnarfSet;
-use crate::store::{Volume, VolumeAttr, VolumeId};
+use crate::store::{Durability, Volume, VolumeAttr, VolumeId};
 
 /// One volume as a snapshot froze it.
 #[derive(Debug)]
@@ -47,6 +47,11 @@ impl SnapVolume {
             .insert(index)
     }
 
+    /// The first snarf at or after `from` a backup has stored.
+    pub fn next_stored(&self, from: u64) -> Option<u64> {
+        self.stored.get()?.next_from(from)
+    }
+
     /// How many snarfs a backup has stored.
     pub fn stored_count(&self) -> u64 {
         self.stored.get().map_or(0, |s| s.count())
@@ -70,9 +75,14 @@ pub struct Snapshot {
     name: String,
     epoch: u64,
     created_ns: i64,
+    durability: Durability,
+    /// The id of the store session it was taken in.
+    session_id: String,
     volumes: BTreeMap<String, SnapVolume>,
     by_id: HashMap<VolumeId, String>,
     state: Mutex<SnapState>,
+    /// Whether it holds its volumes ([`Volume::hold`]) still.
+    holding: std::sync::atomic::AtomicBool,
 }
 
 impl Snapshot {
@@ -80,6 +90,8 @@ impl Snapshot {
         name: String,
         epoch: u64,
         created_ns: i64,
+        durability: Durability,
+        session_id: String,
         volumes: BTreeMap<String, SnapVolume>,
     ) -> Snapshot {
         let by_id = volumes
@@ -90,10 +102,51 @@ impl Snapshot {
             name,
             epoch,
             created_ns,
+            durability,
+            session_id,
             volumes,
             by_id,
             state: Mutex::new(SnapState::Live),
+            holding: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// For a persistent snapshot: holds its volumes' files past this process (see
+    /// [`Volume::hold`]); done once.
+    pub(super) fn hold_volumes(&self) {
+        if self.is_persistent() && !self.holding.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            for sv in self.volumes.values() {
+                sv.volume.hold();
+            }
+        }
+    }
+
+    /// Lets go of what [`Snapshot::hold_volumes`] held (released or broken); done once.
+    pub(super) fn let_go_of_volumes(&self) {
+        if self
+            .holding
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            for sv in self.volumes.values() {
+                sv.volume.let_go();
+            }
+        }
+    }
+
+    /// Persistent or volatile.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Whether it outlives the mount.
+    pub fn is_persistent(&self) -> bool {
+        self.durability == Durability::Persistent
+    }
+
+    /// The id of the store session it was taken in (a backup records it, so the next one
+    /// can check this copy of the store lived through it).
+    pub fn session_id(&self) -> &str {
+        &self.session_id
     }
 
     /// The snapshot's name.

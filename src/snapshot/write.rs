@@ -1,9 +1,10 @@
 //! The write path: live writes and resizes, and the copy-on-write capture of a snarf's old
 //! contents before the first write to it after a snapshot that still needs them.
 
+use super::cow::Record;
 use super::preimage::{Preimage, Reservation, Stored};
 use super::throttle::Step;
-use super::{store, Capture, Engine, Error, Location, Result};
+use super::{store, Capture, Engine, Error, Result};
 use crate::chain::ErrorChain;
 use crate::store::{Volume, VolumeId, VolumeState};
 
@@ -186,7 +187,10 @@ impl Engine {
 
     /// Captures pre-images for every existing snarf overlapping `[from, end)` whose first
     /// write in `epoch` this is and that a live snapshot needs, and stamps them `epoch`.
-    /// The only error is memory for the stamps themselves, found before anything changed.
+    /// Returns once every pre-image captured for those snarfs (here or by another writer
+    /// in this epoch) that a persistent snapshot needs is durable, so the caller may issue
+    /// its live write. The only error is memory for the stamps themselves, found before
+    /// anything changed.
     fn preserve(
         &self,
         vol: &Volume,
@@ -204,15 +208,28 @@ impl Engine {
         if st.snarf_count() == 0 || first > last {
             return Ok(Step::Done);
         }
+        let mut ticket = 0;
         for i in first..=last {
-            if st.stamp(i) >= epoch {
-                continue;
+            if st.stamp(i) < epoch {
+                // Before anything is captured: setting the stamp afterwards must not fail.
+                st.prepare_stamp(i)?;
+                let step = self.capture(vol, st, i, epoch);
+                if step != Step::Done {
+                    return Ok(step);
+                }
             }
-            // Before anything is captured: setting the stamp afterwards must not fail.
-            st.prepare_stamp(i)?;
-            let step = self.capture(vol, st, i, epoch);
-            if step != Step::Done {
-                return Ok(step);
+            // Read after the stamp: a capture notes its ticket before it sets the stamp.
+            ticket = ticket.max(self.stripes.ticket(vol.id(), i));
+        }
+        let file = self.cache.file();
+        if !file.is_durable(ticket) {
+            if let Err(why) = file.wait(ticket) {
+                return Ok(Step::DurableLost {
+                    reason: format!(
+                        "its pre-images could not be made durable in {} ({why})",
+                        self.store.cow_dir().display()
+                    ),
+                });
             }
         }
         Ok(Step::Done)
@@ -232,8 +249,11 @@ impl Engine {
             st.set_stamp(index, epoch);
             return Step::Done;
         }
+        if self.persistent_need(id, index, w, epoch - 1) {
+            return self.capture_durable(vol, st, index, w, epoch);
+        }
         let Some(room) = self.cache.reserve() else {
-            return Step::NeedRoom;
+            return Step::NeedRoom { durable: false };
         };
         let data = match room {
             // A hole (never written) costs no copy and no budget; checked only on the
@@ -250,14 +270,14 @@ impl Engine {
                 {
                     Ok(data) => data,
                     // The spill disk is full or failing: it now counts as full.
-                    Err(_) => return Step::NeedRoom,
+                    Err(_) => return Step::NeedRoom { durable: false },
                 }
             }
             Reservation::Mem => {
                 let Some(mut contents) = self.cache.buffer() else {
                     // Memory counts as full for a while; the next try spills or waits.
                     self.cache.unreserve(room);
-                    return Step::NeedRoom;
+                    return Step::NeedRoom { durable: false };
                 };
                 if let Err(e) = vol.read_snarf(index, &mut contents) {
                     self.cache.recycle(contents);
@@ -293,11 +313,7 @@ impl Engine {
             let live = self.live.read();
             let needed = live.range(w..epoch).any(|(_, s)| s.needs(id, index));
             if needed {
-                let location = match p.data {
-                    Stored::Zero => Location::Zero,
-                    Stored::Mem(_) => Location::Memory,
-                    Stored::Spill(_) => Location::Spill,
-                };
+                let location = p.data.location();
                 self.cache.insert(id, index, p);
                 drop(live);
                 self.notify_capture(&Capture {
@@ -313,6 +329,87 @@ impl Engine {
         }
         st.set_stamp(index, epoch);
         Step::Done
+    }
+
+    /// [`Engine::capture`] of a snarf a persistent snapshot needs: its contents are read,
+    /// written to a durable slot with their record, and cached in memory if there is room;
+    /// the commit ticket is noted on the snarf's stripe for [`Engine::preserve`] to wait for.
+    fn capture_durable(
+        &self,
+        vol: &Volume,
+        st: &VolumeState,
+        index: u64,
+        w: u64,
+        epoch: u64,
+    ) -> Step {
+        let id = vol.id();
+        if !self.cache.has_durable_room() {
+            return Step::NeedRoom { durable: true };
+        }
+        let Some(mut contents) = self.cache.buffer() else {
+            return Step::NeedRoom { durable: true };
+        };
+        if let Err(e) = vol.read_snarf(index, &mut contents) {
+            self.cache.recycle(contents);
+            return Step::Unkeepable {
+                vol: id,
+                snarf: index,
+                first: w,
+                last: epoch - 1,
+                reason: format!(
+                    "the old contents of snarf {index} of a volume could not be read to keep them: {e}"
+                ),
+            };
+        }
+        let record = Record {
+            vol: id,
+            snarf: index,
+            first: w,
+            last: epoch - 1,
+            zero: is_zero(&contents),
+        };
+        // No room, or the write failed (the file now counts as full for a while).
+        let Some((data, ticket)) = self.cache.keep_durable(record, contents) else {
+            return Step::NeedRoom { durable: true };
+        };
+        let live = self.live.read();
+        if live.range(w..epoch).any(|(_, s)| s.needs(id, index)) {
+            let location = data.location();
+            self.stripes.note_ticket(id, index, ticket);
+            self.cache.insert(
+                id,
+                index,
+                Preimage {
+                    first: w,
+                    last: epoch - 1,
+                    data,
+                },
+            );
+            drop(live);
+            self.notify_capture(&Capture {
+                volume: id,
+                snarf: index,
+                first: w,
+                last: epoch - 1,
+                location,
+            });
+        } else {
+            drop(live);
+            self.cache.discard(data);
+        }
+        st.set_stamp(index, epoch);
+        Step::Done
+    }
+
+    /// Whether a live persistent snapshot with epoch in `[from, to]` needs snarf `index` of
+    /// `vol` (its pre-image must then be durable).
+    fn persistent_need(&self, vol: VolumeId, index: u64, from: u64, to: u64) -> bool {
+        from <= to
+            && self
+                .live
+                .read()
+                .range(from..=to)
+                .any(|(_, s)| s.is_persistent() && s.needs(vol, index))
     }
 
     /// Whether a live snapshot with epoch in `[from, to]` needs snarf `index` of `vol`.

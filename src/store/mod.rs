@@ -1,15 +1,16 @@
 //! The store: a directory of named volumes split into fixed-size snarfs, with the settings,
-//! spill space and run folder around them, and changed-snarf tracking that survives a clean
-//! close and is marked lost after an unclean one.
+//! pre-image space and run folder around them, and changed-snarf tracking that survives a
+//! clean close and is marked lost after an unclean one.
 //!
 //! Layout of a store directory:
 //!
 //! ```text
-//! snarf.toml          settings (format version, snarf size, budgets)
+//! snarf.toml          settings (format version, snarf size, budgets, default snapshot kind)
 //! volumes/NAME        one sparse backing file per live volume
-//! retired/ID          deleted volumes still held by a snapshot or an open file
-//! spill/              pre-images spilled past the memory budget
-//! state/store.json    volume ids, tracking checkpoints, session counter
+//! retired/ID          deleted volumes still held by a snapshot or an open file (kept
+//!                     across restarts while a persistent snapshot may hold them)
+//! cow/                the snapshot engine's: pre-images on disk, persistent snapshots
+//! state/store.json    volume ids, tracking checkpoints, session counter, deleted volumes
 //! state/stamps/ID     per-snarf last-write epochs, saved on clean close
 //! state/sessions      the sessions this copy of the store lived through (see `lineage`)
 //! run/                lock file, open marker, sockets, process registry
@@ -39,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use crate::sys::lock;
 
 pub use name::validate_name;
-pub use settings::{Budgets, Settings};
+pub use settings::{Budgets, Durability, Settings};
 pub use volume::{Volume, VolumeAttr, VolumeId, VolumeState};
 
 /// Errors of the store layer.
@@ -166,6 +167,8 @@ pub struct InitOptions {
     pub budgets: Budgets,
     /// Default repository path.
     pub repository: Option<String>,
+    /// What a snapshot taken without saying is.
+    pub snapshots: Durability,
 }
 
 impl Default for InitOptions {
@@ -174,6 +177,7 @@ impl Default for InitOptions {
             snarf_size: settings::DEFAULT_SNARF_SIZE,
             budgets: Budgets::default(),
             repository: None,
+            snapshots: Durability::default(),
         }
     }
 }
@@ -191,6 +195,9 @@ struct StoreMeta {
     /// Named checkpoints: epochs that incremental work measures changes from.
     #[serde(default)]
     checkpoints: BTreeMap<String, u64>,
+    /// Deleted volumes whose files are kept in `retired/`.
+    #[serde(default)]
+    retired: Vec<RetiredRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +205,19 @@ struct VolumeRecord {
     name: String,
     id: VolumeId,
     tracked_since: u64,
+    /// Set after stamps were lost (an unclean stop, damaged stamps): epochs before this
+    /// may have had writes the stamps do not show (see [`Volume::uncertain_before`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uncertain_before: Option<u64>,
+}
+
+/// A deleted volume whose file is kept in `retired/` while a snapshot may hold it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RetiredRecord {
+    id: VolumeId,
+    tracked_since: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uncertain_before: Option<u64>,
 }
 
 /// The answer to "which snarfs changed since this checkpoint", per volume.
@@ -227,6 +247,13 @@ pub struct Store {
     /// Volumes whose tracking restarted at this open, with why (file changed while the
     /// store was closed, damaged stamps).
     lost: BTreeMap<VolumeId, String>,
+    /// Volumes whose file was changed by something else while the store was closed.
+    changed_behind: std::collections::BTreeSet<VolumeId>,
+    /// Deleted volumes found at open, until the engine takes them.
+    retired: Mutex<BTreeMap<VolumeId, Arc<Volume>>>,
+    /// Volumes deleted while open (or taken by the engine), with their records, for a
+    /// clean close to save the stamps of those still held.
+    held_retired: Mutex<Vec<(RetiredRecord, std::sync::Weak<Volume>)>>,
     volumes: RwLock<BTreeMap<String, Arc<Volume>>>,
     meta: Mutex<StoreMeta>,
     /// Set while `meta` holds a change that could not be written yet (see
@@ -242,6 +269,8 @@ const MAX_SESSION: u64 = (1 << 32) - 2;
 /// Largest `state/store.json` read.
 const MAX_META_BYTES: u64 = 64 << 20;
 const OPEN_MARKER: &str = "run/open";
+/// Folder of the durable pre-image store and the persistent snapshots' table.
+pub const COW_DIR: &str = "cow";
 const LOCK_FILE: &str = "run/store.lock";
 
 impl Store {
@@ -266,7 +295,7 @@ impl Store {
             "",
             "volumes",
             "retired",
-            "spill",
+            COW_DIR,
             "state",
             "state/stamps",
             "run",
@@ -288,7 +317,7 @@ impl Store {
                 .map_err(|e| Error::io(format!("syncing folder {}", dir.display()), e))?;
         }
         set_mode(&root.join("run"), 0o700)?;
-        set_mode(&root.join("spill"), 0o700)?;
+        set_mode(&root.join(COW_DIR), 0o700)?;
         let meta = StoreMeta {
             store_id: new_store_id(),
             ..StoreMeta::default()
@@ -297,6 +326,7 @@ impl Store {
         let mut s = Settings::new(opts.snarf_size)?;
         s.preimages = opts.budgets.clone();
         s.repository = opts.repository.clone();
+        s.snapshots = opts.snapshots;
         s.save(root)
     }
 
@@ -320,7 +350,6 @@ impl Store {
         meta.session += 1;
         let session = meta.session;
         let first_epoch = session << 32;
-        let shift = settings.snarf_size.trailing_zeros();
         repair_meta(&mut meta, first_epoch);
 
         // Reconcile the catalogue with the files actually present: a crash between a
@@ -363,94 +392,99 @@ impl Store {
                     name: name.clone(),
                     id: random_u64(),
                     tracked_since: first_epoch,
+                    uncertain_before: None,
                 });
             }
         }
 
+        let ctx = OpenCtx {
+            root,
+            settings: &settings,
+            unclean: recovered_unclean,
+            first_epoch,
+        };
         let mut volumes = BTreeMap::new();
         let mut lost = BTreeMap::new();
+        let mut changed_behind = std::collections::BTreeSet::new();
         for rec in &mut records {
-            let stamps_path = stamps_path(root, rec.id);
             let path = vol_dir.join(&rec.name);
-            let file = open_backing(&path, false)?;
-            let file_len = file
-                .metadata()
-                .map_err(|e| Error::io(format!("reading attributes of {}", path.display()), e))?
-                .len();
-            let max = volume::max_volume_size(shift);
-            let stamps = if recovered_unclean || file_len > max {
-                Err(None)
-            } else {
-                let count = file_len.div_ceil(settings.snarf_size);
-                match load_stamps(&stamps_path, count, first_epoch) {
-                    Ok(None) => Err(None),
-                    // Written by something other than snarf while the store was closed:
-                    // the saved stamps do not know which snarfs, so nothing older can be
-                    // answered.
-                    Ok(Some(_)) if changed_after(&path, &stamps_path) => {
-                        log::warn!(
-                            "volume file {} changed while the store was not open; changed-snarf tracking for it starts now, its next backup reads it in full",
-                            path.display()
-                        );
-                        Err(Some("the volume file was changed outside snarf while the store was closed, so changed-snarf tracking was lost".to_string()))
-                    }
-                    Ok(Some(stamps)) => Ok(stamps),
-                    Err(why) => {
-                        log::warn!(
-                            "the saved stamps of volume \"{}\" ({}) cannot be used: {why}; changed-snarf tracking for it starts now, its next backup reads it in full",
-                            rec.name,
-                            stamps_path.display()
-                        );
-                        Err(Some(format!("its saved changed-snarf stamps could not be used ({why}), so changed-snarf tracking was lost")))
-                    }
-                }
-            };
-            let stamps = match stamps {
-                Ok(stamps) => Some(stamps),
-                Err(reason) => {
-                    // Without trustworthy stamps nothing older than now can be answered.
-                    rec.tracked_since = rec.tracked_since.max(first_epoch);
-                    if let Some(reason) = reason {
-                        lost.insert(rec.id, reason);
-                    }
-                    None
-                }
-            };
-            let mut stamps = stamps;
-            let _ = std::fs::remove_file(&stamps_path);
-            if let Some(&size) = meta.logical_sizes.get(&rec.id) {
-                // Only ever a shrink: a recorded size past the file would grow it.
-                if size < file_len {
-                    file.set_len(size).map_err(|e| {
-                        Error::io(format!("trimming volume file {}", path.display()), e)
-                    })?;
-                    // The stamps were saved for the untrimmed file; the trimmed snarfs go.
-                    if let Some(st) = stamps.as_mut() {
-                        // Shrinking stamps needs no memory.
-                        let _ = st.resize(size.div_ceil(settings.snarf_size), 0);
-                    }
-                }
-            }
-            let vol = Volume::new(rec.id, shift, file, rec.tracked_since, stamps)?;
-            if let Some(why) = vol.unserved() {
-                log::error!(
-                    "volume \"{}\" is not served: {why}. Reads work; writes and snapshots fail until it is truncated to a size that is served (truncate -s SIZE MOUNTPOINT/live/{}) or deleted",
-                    rec.name,
-                    rec.name
-                );
-            }
+            let vol = ctx.open_volume(
+                rec.id,
+                &rec.name,
+                &path,
+                &mut rec.tracked_since,
+                &mut rec.uncertain_before,
+                meta.logical_sizes.get(&rec.id).copied(),
+                &mut lost,
+                &mut changed_behind,
+            )?;
             volumes.insert(rec.name.clone(), Arc::new(vol));
         }
+        // Deleted volumes a persistent snapshot may still hold: loaded, not listed; the
+        // engine keeps those it needs, and the others are removed when let go.
+        let mut retired = BTreeMap::new();
+        let retired_dir = root.join("retired");
+        std::fs::create_dir_all(&retired_dir)
+            .map_err(|e| Error::io(format!("creating {}", retired_dir.display()), e))?;
+        let mut kept_retired = Vec::new();
+        for entry in std::fs::read_dir(&retired_dir)
+            .map_err(|e| Error::io(format!("reading {}", retired_dir.display()), e))?
+            .flatten()
+        {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let known = u64::from_str_radix(&name, 16)
+                .ok()
+                .filter(|_| name.len() == 16)
+                .and_then(|id| meta.retired.iter().find(|r| r.id == id).cloned());
+            let Some(mut rec) = known else {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            let vol = ctx.open_volume(
+                rec.id,
+                &format!("(deleted) {name}"),
+                &path,
+                &mut rec.tracked_since,
+                &mut rec.uncertain_before,
+                meta.logical_sizes.get(&rec.id).copied(),
+                &mut lost,
+                &mut changed_behind,
+            )?;
+            vol.retire(path);
+            // Kept until an engine says whether a snapshot holds it ([`Store::take_retired`]).
+            vol.hold();
+            retired.insert(rec.id, Arc::new(vol));
+            kept_retired.push(rec);
+        }
+        meta.retired = kept_retired;
         meta.volumes = records;
-        meta.logical_sizes.clear();
+        // A logical size is kept while the file is longer (a persistent snapshot may need
+        // the bytes past it); the engine gives the space back once nothing needs it.
+        let longer: std::collections::BTreeSet<VolumeId> = volumes
+            .values()
+            .chain(retired.values())
+            .filter(|v| v.read_state().phys_len() > v.size())
+            .map(|v| v.id())
+            .collect();
+        meta.logical_sizes.retain(|id, _| longer.contains(id));
         if recovered_unclean {
             log::warn!(
                 "store {} was not closed cleanly last time; changed-snarf tracking is lost, the next backup of each volume reads it in full",
                 root.display()
             );
         }
-        for sub in ["retired", "spill"] {
-            clear_dir(&root.join(sub))?;
+        // Spill files of stores before the durable pre-image store.
+        let spill = root.join("spill");
+        if spill.exists() {
+            clear_dir(&spill)?;
+        }
+        let cow = root.join(COW_DIR);
+        if !cow.exists() {
+            std::fs::create_dir_all(&cow)
+                .map_err(|e| Error::io(format!("creating {}", cow.display()), e))?;
+            set_mode(&cow, 0o700)?;
+            files::sync_dir(root).map_err(|e| Error::io("syncing the store folder", e))?;
         }
         // The session's id, the marker and the new session number are durable before any
         // write is served.
@@ -466,6 +500,9 @@ impl Store {
             lineage,
             recovered_unclean,
             lost,
+            changed_behind,
+            retired: Mutex::new(retired),
+            held_retired: Mutex::new(Vec::new()),
             volumes: RwLock::new(volumes),
             meta: Mutex::new(meta),
             meta_dirty: std::sync::atomic::AtomicBool::new(false),
@@ -515,9 +552,26 @@ impl Store {
         self.recovered_unclean
     }
 
-    /// Directory for pre-image spill files.
-    pub fn spill_dir(&self) -> PathBuf {
-        self.root.join("spill")
+    /// Directory of the pre-image store and the persistent snapshots' table.
+    pub fn cow_dir(&self) -> PathBuf {
+        self.root.join(COW_DIR)
+    }
+
+    /// Deleted volumes found at open that a snapshot may still hold; the store keeps no
+    /// reference to them after this, so those nobody keeps are removed.
+    pub fn take_retired(&self) -> BTreeMap<VolumeId, Arc<Volume>> {
+        let taken = std::mem::take(&mut *self.retired.lock());
+        for vol in taken.values() {
+            // The caller holds what it needs from here on.
+            vol.let_go();
+        }
+        taken
+    }
+
+    /// Whether volume `id`'s file was changed by something other than snarf while the
+    /// store was closed (a persistent snapshot of it no longer reads what it froze).
+    pub fn changed_behind(&self, id: VolumeId) -> bool {
+        self.changed_behind.contains(&id)
     }
 
     /// Directory for sockets, the process registry and markers.
@@ -567,7 +621,7 @@ impl Store {
         // loses the volume with every write an fsync acknowledged.
         let made = files::sync_dir(&self.root.join("volumes"))
             .map_err(|e| Error::io(format!("creating volume \"{name}\""), e))
-            .and_then(|_| Volume::new(id, self.snarf_size().trailing_zeros(), file, epoch, None))
+            .and_then(|_| Volume::new(id, self.snarf_size().trailing_zeros(), file, epoch, 0, None))
             .and_then(|vol| {
                 if size > 0 {
                     let mut st = vol.write_state();
@@ -590,6 +644,7 @@ impl Store {
             name: name.to_string(),
             id,
             tracked_since: epoch,
+            uncertain_before: None,
         });
         if let Err(e) = self.persist(&meta) {
             meta.volumes.retain(|r| r.id != id);
@@ -629,8 +684,7 @@ impl Store {
         vol.touch_status();
         let mut meta = self.meta.lock();
         if let Some(old) = &replaced {
-            meta.volumes.retain(|r| r.id != old.id());
-            meta.logical_sizes.remove(&old.id());
+            self.note_retired(&mut meta, old);
         }
         if let Some(rec) = meta.volumes.iter_mut().find(|r| r.id == vol.id()) {
             rec.name = to.to_string();
@@ -650,10 +704,40 @@ impl Store {
         self.retire_file(name, &vol)?;
         map.remove(name);
         let mut meta = self.meta.lock();
-        meta.volumes.retain(|r| r.id != vol.id());
-        meta.logical_sizes.remove(&vol.id());
+        self.note_retired(&mut meta, &vol);
         self.persist(&meta)?;
         Ok(vol)
+    }
+
+    /// Moves a deleted volume's record to the retired ones, so its file outlives a restart
+    /// while a snapshot may hold it (its logical size record stays with it).
+    fn note_retired(&self, meta: &mut StoreMeta, vol: &Arc<Volume>) {
+        let rec = meta.volumes.iter().find(|r| r.id == vol.id()).cloned();
+        meta.volumes.retain(|r| r.id != vol.id());
+        let retired = RetiredRecord {
+            id: vol.id(),
+            tracked_since: rec
+                .as_ref()
+                .map_or(vol.tracked_since(), |r| r.tracked_since),
+            uncertain_before: rec.and_then(|r| r.uncertain_before),
+        };
+        meta.retired.retain(|r| r.id != vol.id());
+        meta.retired.push(retired.clone());
+        self.held_retired
+            .lock()
+            .push((retired, Arc::downgrade(vol)));
+    }
+
+    /// Keeps the records of deleted volumes `vols` (taken with [`Store::take_retired`])
+    /// while they are held, so a clean close saves their stamps.
+    pub fn hold_retired(&self, vols: &[Arc<Volume>]) {
+        let meta = self.meta.lock();
+        let mut held = self.held_retired.lock();
+        for vol in vols {
+            if let Some(rec) = meta.retired.iter().find(|r| r.id == vol.id()) {
+                held.push((rec.clone(), Arc::downgrade(vol)));
+            }
+        }
     }
 
     fn retire_file(&self, name: &str, vol: &Volume) -> Result<()> {
@@ -774,21 +858,143 @@ impl Store {
             return Ok(());
         }
         self.sync_all()?;
+        // Deleted volumes still held (by a persistent snapshot) keep their file, record and
+        // stamps; the others are gone. Those found at open that no engine looked at (the
+        // store opened on its own) are kept as they were: only an engine knows whether a
+        // snapshot holds them.
+        let mut held: Vec<(RetiredRecord, Arc<Volume>)> = self
+            .held_retired
+            .lock()
+            .iter()
+            .filter_map(|(rec, weak)| Some((rec.clone(), weak.upgrade()?)))
+            .collect();
+        {
+            let meta = self.meta.lock();
+            for (id, vol) in self.retired.lock().iter() {
+                if let Some(rec) = meta.retired.iter().find(|r| r.id == *id) {
+                    held.push((rec.clone(), vol.clone()));
+                }
+            }
+        }
         let map = self.volumes.read();
-        for vol in map.values() {
+        for vol in map.values().chain(held.iter().map(|(_, v)| v)) {
             if vol.unserved().is_some() {
                 // No stamps to save: its tracking starts again at the next open.
                 continue;
             }
+            vol.sync_data()?;
             files::write_atomic_with(&stamps_path(&self.root, vol.id()), |w| vol.write_stamps(w))?;
         }
-        self.persist(&self.meta.lock())?;
+        {
+            let mut meta = self.meta.lock();
+            meta.retired = held.iter().map(|(rec, _)| rec.clone()).collect();
+            self.persist(&meta)?;
+        }
         let marker = self.root.join(OPEN_MARKER);
         std::fs::remove_file(&marker)
             .map_err(|e| Error::io(format!("removing {}", marker.display()), e))?;
         files::sync_dir(&self.root.join("run"))
             .map_err(|e| Error::io("syncing the store's run folder", e))?;
         Ok(())
+    }
+}
+
+/// What opening each volume file needs to know about the open of the store.
+struct OpenCtx<'a> {
+    root: &'a Path,
+    settings: &'a Settings,
+    /// The last session did not close cleanly.
+    unclean: bool,
+    first_epoch: u64,
+}
+
+impl OpenCtx<'_> {
+    /// Opens one volume file with its saved stamps when they can be trusted; otherwise its
+    /// tracking restarts (`tracked_since` moves to now, with the reason in `lost`) and its
+    /// stamps become lower bounds (`uncertain_before`). A recorded logical size shorter
+    /// than the file is applied without trimming it: a persistent snapshot may need the
+    /// bytes past it.
+    #[allow(clippy::too_many_arguments)]
+    fn open_volume(
+        &self,
+        id: VolumeId,
+        name: &str,
+        path: &Path,
+        tracked_since: &mut u64,
+        uncertain_before: &mut Option<u64>,
+        logical: Option<u64>,
+        lost: &mut BTreeMap<VolumeId, String>,
+        changed_behind: &mut std::collections::BTreeSet<VolumeId>,
+    ) -> Result<Volume> {
+        let stamps_path = stamps_path(self.root, id);
+        let shift = self.settings.snarf_size.trailing_zeros();
+        let file = open_backing(path, false)?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("reading attributes of {}", path.display()), e))?
+            .len();
+        let max = volume::max_volume_size(shift);
+        let stamps = if self.unclean || file_len > max {
+            Err(None)
+        } else {
+            let count = file_len.div_ceil(self.settings.snarf_size);
+            match load_stamps(&stamps_path, count, self.first_epoch) {
+                Ok(None) => Err(None),
+                // Written by something other than snarf while the store was closed: the
+                // saved stamps do not know which snarfs, so nothing older can be answered.
+                Ok(Some(_)) if changed_after(path, &stamps_path) => {
+                    log::warn!(
+                        "volume file {} changed while the store was not open; changed-snarf tracking for it starts now, its next backup reads it in full",
+                        path.display()
+                    );
+                    changed_behind.insert(id);
+                    Err(Some("the volume file was changed outside snarf while the store was closed, so changed-snarf tracking was lost".to_string()))
+                }
+                Ok(Some(stamps)) => Ok(stamps),
+                Err(why) => {
+                    log::warn!(
+                        "the saved stamps of volume \"{name}\" ({}) cannot be used: {why}; changed-snarf tracking for it starts now, its next backup reads it in full",
+                        stamps_path.display()
+                    );
+                    Err(Some(format!("its saved changed-snarf stamps could not be used ({why}), so changed-snarf tracking was lost")))
+                }
+            }
+        };
+        let stamps = match stamps {
+            Ok(stamps) => Some(stamps),
+            Err(reason) => {
+                // Without trustworthy stamps nothing older than now can be answered, and
+                // the stamps from here on are only lower bounds for what came before.
+                *tracked_since = (*tracked_since).max(self.first_epoch);
+                *uncertain_before = Some(uncertain_before.unwrap_or(0).max(self.first_epoch));
+                if let Some(reason) = reason {
+                    lost.insert(id, reason);
+                }
+                None
+            }
+        };
+        let _ = std::fs::remove_file(&stamps_path);
+        let vol = Volume::new(
+            id,
+            shift,
+            file,
+            *tracked_since,
+            uncertain_before.unwrap_or(0),
+            stamps,
+        )?;
+        if let Some(size) = logical {
+            // Only ever shorter: a recorded size past the file would grow it.
+            let mut st = vol.write_state();
+            if size < st.size() {
+                st.set_size(size);
+            }
+        }
+        if let Some(why) = vol.unserved() {
+            log::error!(
+                "volume \"{name}\" is not served: {why}. Reads work; writes and snapshots fail until it is truncated to a size that is served (truncate -s SIZE MOUNTPOINT/live/{name}) or deleted"
+            );
+        }
+        Ok(vol)
     }
 }
 

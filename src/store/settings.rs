@@ -70,6 +70,38 @@ pub fn check_budget(name: &str, bytes: u64) -> Result<u64, RangeError> {
     })
 }
 
+/// How long a snapshot lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Until it is released, across unmounts, crashes and power cuts: its table entry and
+    /// pre-images are durable before anything they protect is overwritten.
+    #[default]
+    Persistent,
+    /// As long as the mount: memory first, spilled to disk past the memory budget, never
+    /// synced, gone at unmount.
+    Volatile,
+}
+
+impl Durability {
+    /// The word used in control files and options.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Persistent => "persistent",
+            Durability::Volatile => "volatile",
+        }
+    }
+
+    /// Parses [`Durability::as_str`].
+    pub fn parse(word: &str) -> Option<Durability> {
+        match word {
+            "persistent" => Some(Durability::Persistent),
+            "volatile" => Some(Durability::Volatile),
+            _ => None,
+        }
+    }
+}
+
 /// Everything `snarf.toml` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +115,9 @@ pub struct Settings {
     /// Default backup repository for jobs and the `backups/` view, if one is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
+    /// What a snapshot taken without saying is (`mkdir`): persistent unless set.
+    #[serde(default)]
+    pub snapshots: Durability,
 }
 
 /// How much room pre-images may take before writers are slowed, and for how long.
@@ -91,7 +126,8 @@ pub struct Settings {
 pub struct Budgets {
     /// Bytes of pre-image data kept in memory.
     pub memory: u64,
-    /// Bytes of pre-image data spilled to `STORE/spill/` once memory is full.
+    /// Bytes of pre-image data on disk (`STORE/cow/`): every pre-image a persistent
+    /// snapshot needs, and those of volatile ones once memory is full.
     pub disk: u64,
     /// Seconds a writer may be held up before the snapshot holding the most pre-images is
     /// broken so live writes go on.
@@ -139,6 +175,7 @@ impl Settings {
             snarf_size,
             preimages: Budgets::default(),
             repository: None,
+            snapshots: Durability::default(),
         })
     }
 

@@ -54,6 +54,8 @@ pub struct Volume {
     /// Epoch from which this volume's stamps are trustworthy: its creation, or the open of
     /// the store if tracking was lost.
     tracked_since: u64,
+    /// Non-zero once stamps were lost (see [`Volume::uncertain_before`]).
+    uncertain_before: u64,
     state: RwLock<VolumeState>,
     mtime_ns: AtomicI64,
     ctime_ns: AtomicI64,
@@ -61,6 +63,9 @@ pub struct Volume {
     /// unlinked on drop.
     retired: Mutex<Option<PathBuf>>,
     deleted: AtomicBool,
+    /// Persistent snapshots holding this volume: while any does, a deleted volume's file
+    /// outlives this process (the next one finds the snapshot again).
+    persistent_holds: std::sync::atomic::AtomicU32,
     /// The error sequence: errors recorded so far (high 32 bits) and the errno of the
     /// latest (low 32 bits).
     errors: AtomicU64,
@@ -131,6 +136,7 @@ impl Volume {
         snarf_shift: u32,
         file: File,
         tracked_since: u64,
+        uncertain_before: u64,
         stamps: Option<Stamps>,
     ) -> Result<Volume> {
         let meta = file
@@ -161,6 +167,7 @@ impl Volume {
             snarf_shift,
             file,
             tracked_since,
+            uncertain_before,
             state: RwLock::new(VolumeState {
                 size: len,
                 phys_len: len,
@@ -171,6 +178,7 @@ impl Volume {
             ctime_ns: AtomicI64::new(mtime),
             retired: Mutex::new(None),
             deleted: AtomicBool::new(false),
+            persistent_holds: std::sync::atomic::AtomicU32::new(0),
             errors: AtomicU64::new(0),
             sync_lock: Mutex::new(()),
         })
@@ -228,6 +236,14 @@ impl Volume {
     /// The epoch from which stamps are trustworthy for changed-snarf queries.
     pub fn tracked_since(&self) -> u64 {
         self.tracked_since
+    }
+
+    /// 0, or the epoch of an open that found this volume's stamps lost (after an unclean
+    /// stop, say): for writes before it the stamps are lower bounds only, so a snarf a
+    /// snapshot older than it handed to a backup may have changed since, even where its
+    /// stamp says not.
+    pub fn uncertain_before(&self) -> u64 {
+        self.uncertain_before
     }
 
     /// Shared access for reads and writes: the size cannot change while it is held.
@@ -415,6 +431,18 @@ impl Volume {
         self.touch_status();
     }
 
+    /// A persistent snapshot now holds this volume (see [`Volume::let_go`]).
+    pub fn hold(&self) {
+        self.persistent_holds.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A persistent snapshot that held this volume was released or broken.
+    pub fn let_go(&self) {
+        let _ = self
+            .persistent_holds
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
     /// Whether the volume has been deleted from the live namespace.
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
@@ -534,6 +562,10 @@ impl VolumeState {
 
 impl Drop for Volume {
     fn drop(&mut self) {
+        if *self.persistent_holds.get_mut() > 0 {
+            // A persistent snapshot needs the file after this process.
+            return;
+        }
         if let Some(path) = self.retired.get_mut().take() {
             if let Err(e) = std::fs::remove_file(&path) {
                 log::warn!(

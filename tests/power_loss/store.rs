@@ -7,8 +7,10 @@
 //! folder fsync (torn as well). At each cut the store must open (with its old or its new
 //! state, never broken); if it was open at the cut, it must say its changed-snarf tracking
 //! is lost, and a backup must then read every volume in full; every write acknowledged by
-//! an fsync must be there; a backup of what it holds restores byte-exact (so an incremental
-//! backup trusted only correct tracking); and the process registry must parse.
+//! an fsync must be there; the persistent snapshot taken in between must be there from its
+//! mkdir to its rmdir, reading what it froze; a backup of what it holds restores byte-exact
+//! (so an incremental backup trusted only correct tracking); and the process registry must
+//! parse.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -151,7 +153,18 @@ impl Daemon {
     }
 
     fn unmount(mut self) -> Result<(), String> {
-        run_ok(&["umount", s(&self.mnt)])?;
+        // The kernel sends the release of a file or folder closed just now after close(2)
+        // returned; until the daemon has it the mount may still count as busy.
+        let mut tries = 0;
+        loop {
+            match run_ok(&["umount", s(&self.mnt)]) {
+                Err(e) if e.contains(" is busy") && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                r => break r,
+            }
+        }?;
         self.wait_gone(Duration::from_secs(30));
         self.pid = None;
         Ok(())
@@ -411,7 +424,14 @@ pub fn case() -> (String, Case) {
                     cut_name.clone(),
                     Box::new(move |dir: &Path| {
                         let mut f = Found::default();
-                        let r = verify(&shot.image, &origin, dir, shot.phase, shot.due_from, &acks);
+                        let r = verify(
+                            &shot.image,
+                            &origin,
+                            dir,
+                            shot.phase,
+                            (shot.due_from, shot.running),
+                            &acks,
+                        );
                         f.cut(check_name, r);
                         f
                     }),
@@ -469,6 +489,11 @@ fn due(acks: &[Ack], due_from: usize, running: Option<usize>) -> Vec<Ack> {
 
 /// Runs the steps on a fresh power-cut filesystem, taking cuts; returns the acknowledgements.
 fn scenario(dir: &Path, shots: Arc<Mutex<Vec<Shot>>>) -> Result<Vec<Ack>, String> {
+    assert!(
+        matches!(STEPS[S1_TAKEN].action, Backup("s1"))
+            && matches!(STEPS[S1_RELEASED].action, Release("s1")),
+        "S1_TAKEN and S1_RELEASED name the steps that take and release s1"
+    );
     let ctx = Ctx {
         power: dir.join("power"),
         mnt: dir.join("mnt"),
@@ -554,13 +579,75 @@ fn scenario(dir: &Path, shots: Arc<Mutex<Vec<Shot>>>) -> Result<Vec<Ack>, String
     result.map(|_| acks)
 }
 
+/// The steps that take and release the persistent snapshot s1.
+const S1_TAKEN: usize = 7;
+const S1_RELEASED: usize = 12;
+
+/// What s1 froze: volume `a` (2 MiB, 256 KiB of pattern 11 at 0) and `b` (1 MiB, 128 KiB
+/// of pattern 12 at 0).
+fn s1_frozen(vol: &str) -> Vec<u8> {
+    let (size, seed, len) = match vol {
+        "a" => (2 << 20, 11, 256 << 10),
+        _ => (1 << 20, 12, 128 << 10),
+    };
+    let mut v = vec![0u8; size];
+    v[..len].copy_from_slice(&pattern(seed, len));
+    v
+}
+
+/// Checks s1 where it must (or may) be: listed, live, and every snarf that is not in its
+/// backup already (read from the repository then) as it froze it.
+fn check_s1(engine: &snarf::snapshot::Engine, must: bool, may: bool) -> Result<(), String> {
+    let snap = match engine.snapshot("s1") {
+        Ok(snap) => snap,
+        Err(_) if !must => return Ok(()),
+        Err(e) => return Err(format!("the persistent snapshot s1 is gone: {e}")),
+    };
+    if !may {
+        return Err("snapshot s1 is back, though its rmdir returned".into());
+    }
+    if snap.state() != snarf::snapshot::SnapState::Live {
+        return Err(format!("snapshot s1 is {:?} after the cut", snap.state()));
+    }
+    let snarf_size = engine.store().snarf_size() as usize;
+    for vol in ["a", "b"] {
+        let want = s1_frozen(vol);
+        let size = snap
+            .volume(vol)
+            .ok_or_else(|| format!("snapshot s1 lost its volume {vol}"))?
+            .attr
+            .size as usize;
+        if size != want.len() {
+            return Err(format!(
+                "snapshot s1 says volume {vol} is {size} bytes, it froze {}",
+                want.len()
+            ));
+        }
+        let mut buf = vec![0u8; snarf_size];
+        for (i, expect) in want.chunks(snarf_size).enumerate() {
+            let at = (i * snarf_size) as u64;
+            match engine.read_snapshot(&snap, vol, at, &mut buf[..expect.len()]) {
+                Ok(_) if &buf[..expect.len()] == expect => {}
+                Ok(_) => {
+                    return Err(format!(
+                        "snapshot s1 reads other bytes than it froze in snarf {i} of volume {vol}"
+                    ))
+                }
+                Err(snarf::snapshot::Error::StoredInBackup { .. }) => {}
+                Err(e) => return Err(format!("reading snapshot s1, volume {vol}: {e}")),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks one cut (see the module documentation).
 fn verify(
     img: &Image,
     origin: &Path,
     dir: &Path,
     phase: Phase,
-    due_from: usize,
+    (due_from, running): (usize, Option<usize>),
     acks: &[Ack],
 ) -> Result<(), String> {
     let power = dir.join("power");
@@ -602,12 +689,24 @@ fn verify(
             buf.truncate(n);
             contents.insert(name, buf);
         }
+        // The persistent snapshot s1 is there from its mkdir to its rmdir, reading what
+        // it froze, whatever the writes after it left on the volumes.
+        let s1_must = due_from > S1_TAKEN
+            && (due_from < S1_RELEASED || (due_from == S1_RELEASED && running.is_none()));
+        let s1_may =
+            s1_must || (running.is_some() && (due_from == S1_TAKEN || due_from == S1_RELEASED));
+        let eo = snarf::snapshot::EngineOptions::from_store(&st);
+        let engine = snarf::snapshot::Engine::new(st, eo)
+            .map_err(|e| format!("the snapshot engine does not open: {e}"))?;
+        check_s1(&engine, s1_must, s1_may)?;
         if unclean {
             // Left unclean, so the backup below sees what the cut left.
-            drop(st);
+            drop(engine);
         } else {
-            st.close().map_err(|e| format!("closing the store: {e}"))?;
-            drop(st);
+            engine
+                .close()
+                .map_err(|e| format!("closing the store: {e}"))?;
+            drop(engine);
         }
         // Everything acknowledged is there.
         for a in acks {
@@ -705,8 +804,9 @@ fn verify(
 /// Where the pins check mounts images: one at a time, at the path the scenario used.
 static ORIGIN: Mutex<()> = Mutex::new(());
 
-/// A snapshot does not outlive its daemon: the next daemon on the store lets go of every
-/// pin the last one held, so the repository can collect those packs. The daemon finds the
+/// No pin is held for ever: the next daemon on the store lets go of every pin of a snapshot
+/// that did not survive the cut, and a persistent one that did lets go of its own when it
+/// is released, so the repository can collect those packs. The daemon finds the
 /// repositories by the paths the last one wrote, so the image is mounted where it was.
 fn pins_released(img: &Image, origin: &Path, dir: &Path) -> Result<(), String> {
     let _one = ORIGIN.lock();
@@ -720,11 +820,18 @@ fn pins_released(img: &Image, origin: &Path, dir: &Path) -> Result<(), String> {
         };
         let r = checked(|| {
             std::fs::create_dir_all(&ctx.mnt).map_err(|e| e.to_string())?;
-            Daemon::mount(&ctx)?.unmount()?;
+            let daemon = Daemon::mount(&ctx)?;
+            let snaps = std::fs::read_dir(ctx.mnt.join("snapshots"))
+                .map_err(|e| format!("listing snapshots/: {e}"))?;
+            for e in snaps.flatten() {
+                std::fs::remove_dir(e.path())
+                    .map_err(|err| format!("rmdir {}: {err}", e.path().display()))?;
+            }
+            daemon.unmount()?;
             match pins(&repo) {
                 0 => Ok(()),
                 left => Err(format!(
-                    "{left} repository pins of snapshots from before the cut are still held after a new mount came and went"
+                    "{left} repository pins of snapshots from before the cut are still held after a new mount released every snapshot and went"
                 )),
             }
         });

@@ -21,6 +21,8 @@ fn engine(dir: &std::path::Path, mem_snarfs: u64, disk_snarfs: u64) -> Arc<Engin
                 break_after_secs: 30.0,
             },
             repository: None,
+            // The volatile tier is what these tests are about.
+            snapshots: crate::store::Durability::Volatile,
         },
     )
     .unwrap();
@@ -204,7 +206,7 @@ fn acks_free_preimages_and_reads_give_the_frozen_contents() {
             assert!(!data, "snarf {} is a hole", h.snarf);
         }
         let before = e.stats().cache.held;
-        feed.ack(h.vol, h.snarf);
+        feed.ack(h.vol, h.snarf).unwrap();
         if h.snarf < 4 {
             assert_eq!(e.stats().cache.held, before - 1, "ack frees the pre-image");
         }
