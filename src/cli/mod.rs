@@ -4,8 +4,10 @@
 mod backup_cmds;
 mod control_cmds;
 mod demo_cmd;
+mod generate_cmd;
 mod logging;
 mod mount_cmds;
+mod mount_options;
 mod numbers;
 mod progress;
 mod repo_cmds;
@@ -59,7 +61,8 @@ pub type CliResult = Result<(), CliError>;
 /// snarf: live frozen snapshots of a block store over FUSE, backed up into a
 /// deduplicated, crash-safe repository.
 #[derive(Debug, Parser)]
-#[command(name = "snarf", version, about, long_about = None, propagate_version = true)]
+#[command(name = "snarf", version, about, long_about = None, propagate_version = true,
+          after_long_help = "The mount options, fstab and the control files under the mount: snarf(8). Man pages and completions: snarf generate.")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -100,6 +103,8 @@ enum Command {
     Repair(repo_cmds::RepairArgs),
     /// Show each repository's finishing state (the crash-safe commit of backups and prunes).
     Finishing(repo_cmds::FinishingArgs),
+    /// Write man pages or shell completions (for packagers and installers).
+    Generate(generate_cmd::GenerateArgs),
 }
 
 /// Parses the command line, runs the command and returns the process exit code.
@@ -125,6 +130,7 @@ pub fn main() -> i32 {
         Command::Prune(args) => repo_cmds::prune(args),
         Command::Repair(args) => repo_cmds::repair(args),
         Command::Finishing(args) => repo_cmds::finishing(args),
+        Command::Generate(args) => generate_cmd::generate(args),
     };
     match result {
         Ok(()) => 0,

@@ -75,6 +75,21 @@ impl ControlFile {
         self.name().ends_with(".json")
     }
 
+    /// What reading the file shows (or writing it does), one sentence for snarf(8).
+    pub fn summary(self) -> &'static str {
+        match self {
+            ControlFile::Snapshot => "Create and release snapshots; reads as the snapshot table.",
+            ControlFile::Jobs => "Start and cancel backup jobs; reads as the job table (id, type, state, progress, rate). A backup command reads back its job id.",
+            ControlFile::Pids => "The snarf processes registered for the store, with their types.",
+            ControlFile::Finishing => "Each repository's finishing state: idle, or the backup or prune being committed and its step.",
+            ControlFile::Status => "Volumes, snapshots (and why one broke), pre-image memory and disk against their budgets, throttling.",
+            ControlFile::JobsJson => "control/jobs as JSON.",
+            ControlFile::PidsJson => "control/pids as JSON.",
+            ControlFile::FinishingJson => "control/finishing as JSON.",
+            ControlFile::StatusJson => "control/status as JSON.",
+        }
+    }
+
     /// The accepted form of a write to this file, one command per line.
     pub fn usage(self) -> &'static str {
         match self {
