@@ -6,6 +6,7 @@ mod control_cmds;
 mod demo_cmd;
 mod generate_cmd;
 mod logging;
+mod metrics_cmd;
 mod mount_cmds;
 mod mount_options;
 mod numbers;
@@ -87,6 +88,8 @@ enum Command {
     Status(control_cmds::TableArgs),
     /// Show a mount's backup jobs with their state and progress.
     Jobs(control_cmds::TableArgs),
+    /// Print a mount's metrics (Prometheus text format), or serve them with --listen.
+    Metrics(metrics_cmd::MetricsArgs),
     /// Show the snarf processes registered for a store (by mount point or store path).
     Pids(control_cmds::PidsArgs),
     /// Manage backup repositories (`snarf repo init REPO`).
@@ -123,6 +126,7 @@ pub fn main() -> i32 {
         Command::Status(args) => control_cmds::status(args),
         Command::Jobs(args) => control_cmds::jobs(args),
         Command::Pids(args) => control_cmds::pids(args),
+        Command::Metrics(args) => metrics_cmd::metrics(args),
         Command::Repo(args) => repo_cmds::repo(args),
         Command::Backups(args) => repo_cmds::backups(args),
         Command::Restore(args) => repo_cmds::restore(args),

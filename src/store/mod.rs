@@ -20,6 +20,7 @@
 //! always older than any epoch of this one.
 
 pub mod files;
+pub mod iostats;
 pub mod lineage;
 pub mod name;
 pub mod settings;
@@ -38,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::sys::lock;
 
+pub use iostats::{IoCounts, IoStats};
 pub use name::validate_name;
 pub use settings::{Budgets, Settings};
 pub use volume::{Volume, VolumeAttr, VolumeId, VolumeState};

@@ -24,6 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::iostats::IoStats;
 use super::stamps::{NoMemory, Stamps};
 use super::{Error, Result};
 
@@ -67,6 +68,8 @@ pub struct Volume {
     /// Held across a sync of the backing file and the recording of its error, so a sync
     /// that returns clean after another met the error sees it recorded.
     sync_lock: Mutex<()>,
+    /// Reads and writes served, for metrics.
+    io: IoStats,
 }
 
 /// An open file's place in its volume's error sequence (see the module notes).
@@ -173,7 +176,13 @@ impl Volume {
             deleted: AtomicBool::new(false),
             errors: AtomicU64::new(0),
             sync_lock: Mutex::new(()),
+            io: IoStats::default(),
         })
+    }
+
+    /// The volume's read and write counters.
+    pub fn io(&self) -> &IoStats {
+        &self.io
     }
 
     /// Largest size this volume may have.
