@@ -12,7 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-use super::rows::{JobRow, JobState, SnapshotState, StatusReport};
+use super::rows::{JobRow, SnapshotState, StatusReport};
+use crate::jobs::JobState;
 
 /// The `Content-Type` of [`render_metrics`]'s output, for an HTTP answer.
 pub const METRICS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
