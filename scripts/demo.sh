@@ -97,11 +97,11 @@ snarf backup mnt nightly | tee summary-nightly.txt
 first=$(awk 'NR == 1 && $1 == "backup" { print $2 }' summary-nightly.txt)
 [ -n "$first" ] || { echo "demo: no backup id in the summary" >&2; exit 1; }
 
-say "Changes, then an incremental backup that reads only the changed snarfs"
+say "Changes, then an incremental backup that reads only the changed snarfs (handed to the mount with --wait, so control/jobs lists it)"
 sleep 1
 run mkdir mnt/snapshots/later
-printf '\n$ %s\n' "snarf backup mnt later"
-snarf backup mnt later | tee summary-later.txt
+printf '\n$ %s\n' "snarf backup mnt later --wait"
+snarf backup mnt later --wait | tee summary-later.txt
 grep -q "incremental from $first" summary-later.txt
 echo "  ok: incremental from $first"
 
