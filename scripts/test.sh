@@ -9,6 +9,11 @@ command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+# man -l renders every page snarf generate writes (tests/generate.rs).
+command -v man >/dev/null 2>&1 || need+=(man-db)
+command -v groff >/dev/null 2>&1 || need+=(groff-base)
+# The metrics test parses control/metrics with the Prometheus project's own text parser.
+/usr/bin/python3 -c 'import prometheus_client.parser' >/dev/null 2>&1 || need+=(python3-prometheus-client)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "test.sh: installing ${need[*]}" >&2

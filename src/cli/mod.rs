@@ -4,8 +4,11 @@
 mod backup_cmds;
 mod control_cmds;
 mod demo_cmd;
+mod generate_cmd;
 mod logging;
+mod metrics_cmd;
 mod mount_cmds;
+mod mount_options;
 mod numbers;
 mod progress;
 mod repo_cmds;
@@ -59,7 +62,8 @@ pub type CliResult = Result<(), CliError>;
 /// snarf: live frozen snapshots of a block store over FUSE, backed up into a
 /// deduplicated, crash-safe repository.
 #[derive(Debug, Parser)]
-#[command(name = "snarf", version, about, long_about = None, propagate_version = true)]
+#[command(name = "snarf", version, about, long_about = None, propagate_version = true,
+          after_long_help = "The mount options, fstab and the control files under the mount: snarf(8). Man pages and completions: snarf generate.")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,6 +88,8 @@ enum Command {
     Status(control_cmds::TableArgs),
     /// Show a mount's backup jobs with their state and progress.
     Jobs(control_cmds::TableArgs),
+    /// Print a mount's metrics (Prometheus text format), or serve them with --listen.
+    Metrics(metrics_cmd::MetricsArgs),
     /// Show the snarf processes registered for a store (by mount point or store path).
     Pids(control_cmds::PidsArgs),
     /// Manage backup repositories (`snarf repo init REPO`).
@@ -100,6 +106,8 @@ enum Command {
     Repair(repo_cmds::RepairArgs),
     /// Show each repository's finishing state (the crash-safe commit of backups and prunes).
     Finishing(repo_cmds::FinishingArgs),
+    /// Write man pages or shell completions (for packagers and installers).
+    Generate(generate_cmd::GenerateArgs),
 }
 
 /// Parses the command line, runs the command and returns the process exit code.
@@ -118,6 +126,7 @@ pub fn main() -> i32 {
         Command::Status(args) => control_cmds::status(args),
         Command::Jobs(args) => control_cmds::jobs(args),
         Command::Pids(args) => control_cmds::pids(args),
+        Command::Metrics(args) => metrics_cmd::metrics(args),
         Command::Repo(args) => repo_cmds::repo(args),
         Command::Backups(args) => repo_cmds::backups(args),
         Command::Restore(args) => repo_cmds::restore(args),
@@ -125,6 +134,7 @@ pub fn main() -> i32 {
         Command::Prune(args) => repo_cmds::prune(args),
         Command::Repair(args) => repo_cmds::repair(args),
         Command::Finishing(args) => repo_cmds::finishing(args),
+        Command::Generate(args) => generate_cmd::generate(args),
     };
     match result {
         Ok(()) => 0,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use super::{logging, numbers, CliError, CliResult};
+use super::{logging, mount_options, numbers, CliError, CliResult};
 use crate::chain::ErrorChain;
 use crate::daemon::jobs::JobLauncher;
 use crate::daemon::record::{self, Phase, RecordFile};
@@ -80,6 +80,10 @@ pub struct MountArgs {
     /// (overrides the store's `repository` setting).
     #[arg(long)]
     pub repo: Option<PathBuf>,
+    /// mount(8)-style options, comma-separated (threads=N, preimage_mem=SIZE, ...; see
+    /// snarf(8)); applied after the flags above. mount.snarf passes fstab's options here.
+    #[arg(short = 'o', long = "options", value_name = "OPTION[,OPTION...]")]
+    pub options: Vec<String>,
     /// Internal: descriptor on which the background daemon reports readiness.
     #[arg(long, hide = true, value_parser = clap::value_parser!(i32).range(3..=65535))]
     pub ready_fd: Option<i32>,
@@ -143,7 +147,9 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, CliError> {
 }
 
 /// `snarf mount`.
-pub fn mount(args: MountArgs) -> CliResult {
+pub fn mount(mut args: MountArgs) -> CliResult {
+    let options = std::mem::take(&mut args.options);
+    mount_options::apply(&mut args, &options).map_err(CliError::new)?;
     let in_daemon = args.foreground || args.ready_fd.is_some();
     let checked = (|| {
         let store = canonical(&args.store, "store")?;

@@ -24,6 +24,8 @@ pub enum ControlFile {
     FinishingJson,
     /// `control/status.json`: the status report as JSON (read-only).
     StatusJson,
+    /// `control/metrics`: the mount's figures in the Prometheus text format (read-only).
+    Metrics,
 }
 
 /// Usage of `control/snapshot`.
@@ -33,7 +35,7 @@ const JOBS_USAGE: &str = "backup SNAPSHOT [repo=/ABSOLUTE/PATH] [volumes=NAME,NA
 
 impl ControlFile {
     /// Every control file, in directory-listing order.
-    pub const ALL: [ControlFile; 9] = [
+    pub const ALL: [ControlFile; 10] = [
         ControlFile::Snapshot,
         ControlFile::Jobs,
         ControlFile::Pids,
@@ -43,6 +45,7 @@ impl ControlFile {
         ControlFile::PidsJson,
         ControlFile::FinishingJson,
         ControlFile::StatusJson,
+        ControlFile::Metrics,
     ];
 
     /// The file name under `control/`.
@@ -57,6 +60,7 @@ impl ControlFile {
             ControlFile::PidsJson => "pids.json",
             ControlFile::FinishingJson => "finishing.json",
             ControlFile::StatusJson => "status.json",
+            ControlFile::Metrics => "metrics",
         }
     }
 
@@ -73,6 +77,22 @@ impl ControlFile {
     /// Whether this is the JSON twin of a table.
     pub fn is_json(self) -> bool {
         self.name().ends_with(".json")
+    }
+
+    /// What reading the file shows (or writing it does), one sentence for snarf(8).
+    pub fn summary(self) -> &'static str {
+        match self {
+            ControlFile::Snapshot => "Create and release snapshots; reads as the snapshot table.",
+            ControlFile::Jobs => "Start and cancel backup jobs; reads as the job table (id, type, state, progress, rate). A backup command reads back its job id.",
+            ControlFile::Pids => "The snarf processes registered for the store, with their types.",
+            ControlFile::Finishing => "Each repository's finishing state: idle, or the backup or prune being committed and its step.",
+            ControlFile::Status => "Volumes, snapshots (and why one broke), pre-image memory and disk against their budgets, throttling.",
+            ControlFile::JobsJson => "control/jobs as JSON.",
+            ControlFile::PidsJson => "control/pids as JSON.",
+            ControlFile::FinishingJson => "control/finishing as JSON.",
+            ControlFile::StatusJson => "control/status as JSON.",
+            ControlFile::Metrics => "Pre-image memory and disk against their budgets, throttling, broken snapshots, jobs, the last backup of each volume and live I/O per volume, in the Prometheus text format 0.0.4 (snarf metrics MOUNT --listen serves it over HTTP).",
+        }
     }
 
     /// The accepted form of a write to this file, one command per line.

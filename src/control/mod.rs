@@ -17,6 +17,7 @@
 
 pub mod file;
 pub mod grammar;
+pub mod metrics;
 pub mod rows;
 pub mod table;
 pub mod words;
@@ -26,6 +27,7 @@ mod fuzz_tests;
 
 pub use file::ControlFile;
 pub use grammar::{parse, Command, RejectKind, Rejection, MAX_COMMAND_BYTES};
+pub use metrics::{render_metrics, BackupTimes, MetricsReport, VolumeIo, METRICS_CONTENT_TYPE};
 pub use rows::{
     render_finishing, render_finishing_json, render_jobs, render_jobs_json, render_pids,
     render_pids_json, render_snapshots, render_status, render_status_json, FinishingRow,

@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod jobs;
+mod metrics;
 pub mod policy;
 pub mod record;
 
@@ -384,6 +385,7 @@ impl Daemon {
         match file {
             ControlFile::Status => render_status(&self.status()),
             ControlFile::StatusJson => render_status_json(&self.status()),
+            ControlFile::Metrics => control::render_metrics(&self.metrics_report()),
             ControlFile::Snapshot => control::render_snapshots(&self.status().snapshots),
             ControlFile::Jobs => render_jobs(&self.job_rows()),
             ControlFile::JobsJson => render_jobs_json(&self.job_rows()),

@@ -371,6 +371,7 @@ impl Engine {
         let got = vol.pread(&mut buf[..len], offset)?;
         // Past the physical end (cannot happen while size <= phys_len) reads as zeros.
         buf[got..len].fill(0);
+        vol.io().record_read(len);
         Ok(len)
     }
 

@@ -38,6 +38,7 @@ impl Engine {
         let spilled_before = self.cache.stats().disk_used;
         self.until_done(|| self.write_once(vol, offset, end, data))?;
         vol.touch_data();
+        vol.io().record_write(data.len());
         self.pace(spilled_before);
         Ok(())
     }

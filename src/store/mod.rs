@@ -21,6 +21,7 @@
 //! always older than any epoch of this one.
 
 pub mod files;
+pub mod iostats;
 pub mod lineage;
 pub mod name;
 pub mod settings;
@@ -39,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::sys::lock;
 
+pub use iostats::{IoCounts, IoStats};
 pub use name::validate_name;
 pub use settings::{Budgets, Durability, Settings};
 pub use volume::{Volume, VolumeAttr, VolumeId, VolumeState};

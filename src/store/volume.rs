@@ -24,6 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::iostats::IoStats;
 use super::stamps::{NoMemory, Stamps};
 use super::{Error, Result};
 
@@ -72,6 +73,8 @@ pub struct Volume {
     /// Held across a sync of the backing file and the recording of its error, so a sync
     /// that returns clean after another met the error sees it recorded.
     sync_lock: Mutex<()>,
+    /// Reads and writes served, for metrics.
+    io: IoStats,
 }
 
 /// An open file's place in its volume's error sequence (see the module notes).
@@ -181,7 +184,13 @@ impl Volume {
             persistent_holds: std::sync::atomic::AtomicU32::new(0),
             errors: AtomicU64::new(0),
             sync_lock: Mutex::new(()),
+            io: IoStats::default(),
         })
+    }
+
+    /// The volume's read and write counters.
+    pub fn io(&self) -> &IoStats {
+        &self.io
     }
 
     /// Largest size this volume may have.

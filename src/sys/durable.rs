@@ -83,8 +83,14 @@ pub fn parent_of(path: &Path) -> &Path {
     }
 }
 
-/// Fsyncs a folder so the creates, renames and unlinks inside it are durable.
+/// Fsyncs a folder so the creates, renames and unlinks inside it are durable. The empty
+/// path (the parent of a relative name such as `store`) is the current directory.
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     File::open(dir)
         .and_then(|f| f.sync_all())
         .at("syncing folder", dir)
