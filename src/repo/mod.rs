@@ -11,6 +11,7 @@ pub mod ids;
 pub mod lock;
 pub mod report;
 pub mod retention;
+mod span;
 pub mod v1;
 pub mod v2;
 

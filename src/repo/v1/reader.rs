@@ -321,25 +321,13 @@ impl VolumeReader {
 
     /// Reads up to `buf.len()` bytes at `offset`; returns the count (0 at end of volume).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        if offset >= self.volume.size {
-            return Ok(0);
-        }
-        let want = buf.len().min((self.volume.size - offset) as usize);
-        let ss = self.volume.snarf_size as u64;
-        let mut done = 0;
-        while done < want {
-            let pos = offset + done as u64;
-            let snarf = pos / ss;
-            let within = (pos % ss) as usize;
-            let n = (want - done).min(ss as usize - within);
-            let out = &mut buf[done..done + n];
-            match self.read_snarf(snarf)? {
-                None => out.fill(0),
-                Some(d) => out.copy_from_slice(&d[within..within + n]),
-            }
-            done += n;
-        }
-        Ok(done)
+        crate::repo::span::read_at(
+            self.volume.size,
+            self.volume.snarf_size,
+            offset,
+            buf,
+            |snarf| self.read_snarf(snarf),
+        )
     }
 }
 
