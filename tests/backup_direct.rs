@@ -23,10 +23,28 @@ fn backup_id(out: &str) -> String {
 
 #[test]
 fn direct_backup_restores_equal_and_the_next_one_is_incremental() {
+    direct_backup_and_incremental("1");
+}
+
+#[test]
+fn direct_backup_into_format_2_restores_equal_and_the_next_one_is_incremental() {
+    direct_backup_and_incremental("2");
+}
+
+fn direct_backup_and_incremental(format: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("store");
     let repo = dir.path().join("repo");
-    let (code, _, err) = snarf(&["repo", "init", s(&repo), "--pack-size", "1M"]);
+    let (code, out, err) = snarf(&[
+        "repo",
+        "init",
+        s(&repo),
+        "--pack-size",
+        "1M",
+        "--format",
+        format,
+    ]);
+    assert!(out.contains(&format!("format {format}")), "{out}");
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = snarf(&["init", s(&store), "--repo", s(&repo)]);
     assert_eq!(code, 0, "{err}");
@@ -76,6 +94,7 @@ fn direct_backup_restores_equal_and_the_next_one_is_incremental() {
         "b.img",
     ]);
     assert_eq!(code, 0, "{err}");
+    let out_second = out.clone();
     assert!(
         out.contains(&format!(
             "incremental from {id}: read 0 of 49 snarfs, reused 49"
@@ -85,8 +104,17 @@ fn direct_backup_restores_equal_and_the_next_one_is_incremental() {
     assert!(!out.contains("a.img"), "{out}");
     // No process is left registered.
     assert!(!store.join("run/pids").exists(), "registry left behind");
-    let (code, out, _) = snarf(&["check", s(&repo)]);
+    let (code, out, _) = snarf(&["check", s(&repo), "--read-data"]);
     assert_eq!(code, 0, "{out}");
+    // The incremental holds b.img byte for byte.
+    let id2 = backup_id(&out_second);
+    let dest2 = dir.path().join("out2");
+    let (code, _, err) = snarf(&["restore", s(&repo), &id2, s(&dest2)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        std::fs::read(dest2.join("b.img")).expect("b") == b,
+        "b.img of the incremental differs"
+    );
 }
 
 #[test]

@@ -24,7 +24,7 @@ use crate::jobs::spec::{opt, PROCESS_TYPE_ENV};
 use crate::jobs::{BackupRequest, JobService, JobState, Mode, Progress, ProgressSink, Session};
 use crate::mounts;
 use crate::pids::{exit_on_signals, NewEntry, ProcState, ProcType, Registry, StopOptions};
-use crate::repo::Repo;
+use crate::repo::{Handle, Location};
 use crate::snapshot::{Engine, EngineOptions};
 use crate::store::{Settings, Store};
 
@@ -362,14 +362,13 @@ pub fn backup(args: BackupArgs) -> CliResult {
             })?,
     };
     // Absolute, since the mount daemon (elsewhere) reads snarfs back from it.
-    let repo_path = std::path::absolute(&repo_path).unwrap_or(repo_path);
-    let repo = Repo::open(&repo_path)?;
+    let repo = Handle::open(&Location::of_arg(&repo_path)?.absolute())?;
     let kind = process_type()?;
     exit_on_signals()?;
     let registry = Registry::new(store.join("run"));
     let registration = registry.register(
         NewEntry::new(kind)
-            .repo(repo.path().display().to_string())
+            .repo(repo.location())
             .job(match &args.job_id {
                 Some(id) => format!("{id} {job}"),
                 None => job.clone(),
@@ -412,7 +411,7 @@ pub fn backup(args: BackupArgs) -> CliResult {
             protect: daemon.into_iter().chain(recorded).collect(),
             ..StopOptions::default()
         };
-        match registry.stop_idle(&repo.path().display().to_string(), &so) {
+        match registry.stop_idle(&repo.location(), &so) {
             Ok(stopped) => {
                 for s in stopped {
                     log::info!(
@@ -554,7 +553,7 @@ impl Reporter {
 /// incremental).
 fn direct(
     store: &Path,
-    repo: &Repo,
+    repo: &Handle,
     opts: &BackupOptions,
     progress: &mut dyn ProgressSink,
 ) -> crate::jobs::Result<crate::jobs::Summary> {

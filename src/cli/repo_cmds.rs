@@ -11,7 +11,8 @@ use clap::{Args, Subcommand};
 use super::{CliError, CliResult};
 use crate::chain::ErrorChain;
 use crate::control;
-use crate::repo::{self, Policy, Repo, RepoInitOptions};
+use crate::repo::handle::InitOptions;
+use crate::repo::{self, Handle, Location, Policy};
 use crate::units::{parse_size, Bytes};
 
 /// Arguments of `snarf repo`.
@@ -39,6 +40,15 @@ struct RepoInitArgs {
     /// Size at which a pack file is sealed (e.g. 32M). Bigger packs mean fewer files.
     #[arg(long, default_value = "32M", value_parser = parse_size, value_name = "SIZE")]
     pack_size: u64,
+    /// Repository format: 2 (objects, tree manifests, frames of 16 snarfs compressed
+    /// together) or 1 (one table per volume, one compressed chunk per snarf).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=2))]
+    format: u32,
+}
+
+/// Opens the repository named on the command line, in whichever format it is.
+fn open(arg: &std::path::Path) -> Result<Handle, repo::Error> {
+    Handle::open(&Location::of_arg(arg)?)
 }
 
 /// Arguments of `snarf backups`.
@@ -223,14 +233,16 @@ impl Progress {
 pub fn repo(args: RepoArgs) -> CliResult {
     match args.command {
         RepoCommand::Init(a) => {
-            let opts = RepoInitOptions {
+            let opts = InitOptions {
+                format: a.format,
                 compression: a.compression,
                 pack_target: a.pack_size,
             };
-            Repo::init(&a.repo, &opts)?;
+            Handle::init(&Location::of_arg(&a.repo)?, &opts)?;
             println!(
-                "created repository {} (zstd level {}, packs of {})",
+                "created repository {} (format {}, zstd level {}, packs of {})",
                 a.repo.display(),
+                opts.format,
                 opts.compression,
                 Bytes(opts.pack_target)
             );
@@ -241,7 +253,7 @@ pub fn repo(args: RepoArgs) -> CliResult {
 
 /// `snarf backups`: one line per committed backup.
 pub fn backups(args: BackupsArgs) -> CliResult {
-    let repo = Repo::open(&args.repo)?;
+    let repo = open(&args.repo)?;
     if args.json {
         let all = repo.list_backups()?;
         let text = serde_json::to_string_pretty(&all)
@@ -270,7 +282,7 @@ pub fn backups(args: BackupsArgs) -> CliResult {
 
 /// `snarf restore`.
 pub fn restore(args: RestoreArgs) -> CliResult {
-    let repo = Repo::open(&args.repo)?;
+    let repo = open(&args.repo)?;
     let mut progress = Progress::new();
     let result = repo.restore(&args.backup, args.volume.as_deref(), &args.dest, &mut |p| {
         progress.update(&format!("restoring {}", p.volume), p.done, p.total, true)
@@ -291,7 +303,7 @@ pub fn restore(args: RestoreArgs) -> CliResult {
 
 /// `snarf check`: exits non-zero if anything is wrong.
 pub fn check(args: CheckArgs) -> CliResult {
-    let repo = Repo::open(&args.repo)?;
+    let repo = open(&args.repo)?;
     let mut progress = Progress::new();
     let result = repo.check(args.read_data, &mut |p| {
         progress.update(&format!("checking {}", p.phase), p.done, p.total, false)
@@ -335,7 +347,7 @@ pub fn check(args: CheckArgs) -> CliResult {
 
 /// `snarf prune`.
 pub fn prune(args: PruneArgs) -> CliResult {
-    let repo = Repo::open(&args.repo)?;
+    let repo = open(&args.repo)?;
     let policy = Policy {
         keep_last: args.keep_last,
         keep_daily: args.keep_daily,
@@ -385,6 +397,13 @@ pub fn repair(args: RepairArgs) -> CliResult {
 
 /// `snarf repair index`: exits non-zero if the repository still cannot be written to.
 fn repair_index(args: RepairIndexArgs) -> CliResult {
+    if let Ok(Handle::V2(_)) = open(&args.repo) {
+        return Err(CliError::new(format!(
+            "{} is a format 2 repository, whose index needs no rebuilding by hand: the next backup indexes the packs of killed writers from their trailers, and `snarf check {}` names any damage",
+            args.repo.display(),
+            args.repo.display()
+        )));
+    }
     let mut progress = Progress::new();
     let result = repo::repair::repair_index(&args.repo, &mut |p| {
         progress.update("reading pack trailers", p.done, p.total, false)
@@ -417,7 +436,10 @@ pub fn finishing(args: FinishingArgs) -> CliResult {
     for path in &args.repos {
         let shown = path.display().to_string();
         // Opened without completing anything, so an interrupted finishing shows as it is.
-        match Repo::open_quiet(path).and_then(|r| r.finishing_status()) {
+        match Location::of_arg(path)
+            .and_then(|l| Handle::open_quiet(&l))
+            .and_then(|r| r.finishing_status())
+        {
             Ok(status) => rows.push(control::FinishingRow::from_status(&shown, &status)),
             Err(e) => {
                 rows.push(control::FinishingRow::unreadable(

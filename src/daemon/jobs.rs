@@ -114,7 +114,7 @@ impl JobManager {
                 .into());
             }
         }
-        crate::repo::Repo::open_quiet(repository)?;
+        crate::repo::Handle::open_quiet(&crate::repo::Location::local(repository))?;
         let id = self.new_id();
         let dir = report::reports_dir(&launcher.run_dir);
         std::fs::create_dir_all(&dir)

@@ -30,7 +30,8 @@ use crate::control::{
 };
 use crate::jobs::{JobPhase, JobServer, JobState};
 use crate::pids::Registry;
-use crate::repo::{self, Manifest, Repo, VolumeReader};
+use crate::repo::handle::VolumeReader;
+use crate::repo::{self, BackupInfo, Handle, Location};
 use crate::snapshot::{Engine, SnapState, Snapshot};
 
 /// Something the kernel must forget because it changed behind its back (a snapshot
@@ -51,7 +52,7 @@ pub struct Daemon {
     /// The default repository's path, if one is configured.
     repo_path: Option<PathBuf>,
     /// The repository, once it could be opened.
-    repo: Mutex<Option<Repo>>,
+    repo: Mutex<Option<Handle>>,
     /// Repositories jobs have used, for `control/finishing`.
     known_repos: Mutex<std::collections::BTreeSet<PathBuf>>,
     /// Jobs started through `control/jobs`.
@@ -286,20 +287,20 @@ impl Daemon {
     }
 
     /// The default repository, opened on first use (it may be created after the mount).
-    pub fn repository(&self) -> Result<Option<Repo>, repo::Error> {
+    pub fn repository(&self) -> Result<Option<Handle>, repo::Error> {
         let Some(path) = &self.repo_path else {
             return Ok(None);
         };
         let mut slot = self.repo.lock();
         if slot.is_none() {
-            *slot = Some(Repo::open(path)?);
+            *slot = Some(Handle::open(&Location::local(path))?);
         }
         Ok(slot.clone())
     }
 
     /// The committed backups of the default repository, oldest first. Any finishing a
     /// job left behind is completed first, so `backups/` never shows half a commit.
-    pub fn backups(&self) -> Result<Vec<Manifest>, repo::Error> {
+    pub fn backups(&self) -> Result<Vec<BackupInfo>, repo::Error> {
         let Some(repo) = self.repository()? else {
             return Ok(Vec::new());
         };
@@ -429,7 +430,7 @@ impl Daemon {
             .map(|p| {
                 let shown = p.display().to_string();
                 // Opened without completing anything, so a cut-off finishing shows as it is.
-                match Repo::open_quiet(p).and_then(|r| r.finishing_status()) {
+                match Handle::open_quiet(&Location::local(p)).and_then(|r| r.finishing_status()) {
                     Ok(status) => control::FinishingRow::from_status(&shown, &status),
                     Err(e) => control::FinishingRow::unreadable(&shown, &e.chain().to_string()),
                 }

@@ -18,7 +18,7 @@ use super::inode::{self, Inodes, Node};
 use crate::control::ControlFile;
 use crate::daemon::policy::{Owner, VOLUME_PERM};
 use crate::daemon::Daemon;
-use crate::repo::VolumeReader;
+use crate::repo::handle::VolumeReader;
 use crate::snapshot::{Engine, SnapState, Snapshot};
 use crate::store::volume::ErrorCursor;
 use crate::store::Volume;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use crate::control::ControlFile;
-use crate::repo::Manifest;
+use crate::repo::BackupInfo;
 use crate::snapshot::Snapshot;
 use crate::store::{Volume, VolumeId};
 
@@ -51,9 +51,9 @@ pub enum Node {
     /// A frozen volume under `snapshots/NAME/`.
     SnapFile(Arc<Snapshot>, String),
     /// A committed backup's directory under `backups/`.
-    BackupDir(Arc<Manifest>),
+    BackupDir(Arc<BackupInfo>),
     /// A backed-up volume under `backups/ID/`.
-    BackupFile(Arc<Manifest>, String),
+    BackupFile(Arc<BackupInfo>, String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -287,7 +287,7 @@ fn reused_snarfs_must_be_acknowledged_with_the_base_backups_own_records() {
     let direct = JobService::new(engine.clone(), None);
     let base = super::pipeline::run(
         &direct,
-        &repo,
+        &crate::repo::Handle::V1(repo.clone()),
         &super::pipeline::BackupOptions::new("a"),
         &mut NoProgress,
     )

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::{Base, SnapshotDesc};
 use super::Result;
-use crate::repo::Repo;
+use crate::repo::Handle;
 
 /// The `kind` of sources written by snarf backup jobs.
 pub const KIND: &str = "snarf-snapshot";
@@ -81,7 +81,7 @@ impl Source {
 }
 
 /// The base of each volume of `desc` named in `names` that has one in `repo`.
-pub fn find_bases(repo: &Repo, desc: &SnapshotDesc, names: &[String]) -> Result<Vec<Base>> {
+pub fn find_bases(repo: &Handle, desc: &SnapshotDesc, names: &[String]) -> Result<Vec<Base>> {
     let mut wanted: Vec<u64> = desc
         .volumes
         .iter()

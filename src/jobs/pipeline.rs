@@ -28,7 +28,8 @@ use super::vocab::Mode;
 use super::{Error, Result};
 use crate::chain::ErrorChain;
 use crate::repo::{
-    BackupId, ChunkRef, Durable, NewBackup, PreparedChunk, Repo, VolumeReader, VolumeSlot,
+    v2, BackupId, ChunkRef, Durable, Handle, NewBackup, PreparedChunk, Repo, VolumeReader,
+    VolumeSlot,
 };
 use crate::snapshot::SnarfSet;
 
@@ -187,11 +188,14 @@ struct Reuse {
 /// from the calling thread, and is finished when the job ends, however it ends.
 pub fn run(
     session: &dyn Session,
-    repo: &Repo,
+    repo: &Handle,
     opts: &BackupOptions,
     progress: &mut dyn ProgressSink,
 ) -> Result<Summary> {
-    let result = run_job(session, repo, opts, progress);
+    let result = match repo {
+        Handle::V1(r) => run_job(session, r, opts, progress),
+        Handle::V2(r) => run_v2(session, repo, r, opts, progress),
+    };
     progress.finish();
     result.map_err(|e| explain_missing_repo(e, repo))
 }
@@ -200,11 +204,11 @@ pub fn run(
 /// since the raw error only names some file inside it. Whoever met the missing repository
 /// first (this job writing a pack, or the mount daemon writing a pin on the job's behalf
 /// and answering with a refusal) is a race, so every failure but a stop counts.
-pub fn explain_missing_repo(e: Error, repo: &Repo) -> Error {
+pub fn explain_missing_repo(e: Error, repo: &Handle) -> Error {
     match e {
         Error::Stopped(_) | Error::RepoGone { .. } => e,
         e if !repo.is_present() => Error::RepoGone {
-            repo: repo.path().to_path_buf(),
+            repo: repo.location().into(),
             detail: e.chain().to_string(),
         },
         e => e,
@@ -257,7 +261,7 @@ fn run_job(
     let bases = if opts.mode == Mode::Full {
         Vec::new()
     } else {
-        find_bases(repo, &desc, &names)?
+        find_bases(&Handle::V1(repo.clone()), &desc, &names)?
     };
     let plan = session.plan(
         &PlanRequest {
@@ -297,7 +301,25 @@ fn run_job(
     }
     let manifest = repo.backup(id.as_str())?;
     let stats = manifest.stats;
-    Ok(Summary {
+    Ok(summary(
+        id, opts, &plan, &read, &reused, bytes_read, zero_bytes, &stats, start,
+    ))
+}
+
+/// The summary of a committed job.
+#[allow(clippy::too_many_arguments)]
+fn summary(
+    id: BackupId,
+    opts: &BackupOptions,
+    plan: &Plan,
+    read: &[u64],
+    reused: &[u64],
+    bytes_read: u64,
+    zero_bytes: u64,
+    stats: &crate::repo::BackupStats,
+    start: Instant,
+) -> Summary {
+    Summary {
         backup: id,
         snapshot: opts.snapshot.clone(),
         volumes: plan
@@ -319,7 +341,167 @@ fn run_job(
         new_raw_bytes: stats.new_raw_bytes,
         new_stored_bytes: stats.new_stored_bytes,
         seconds: start.elapsed().as_secs_f64(),
-    })
+    }
+}
+
+/// A job into a format 2 repository. The writer hashes each snarf and compresses frames of
+/// consecutive new ones itself, so snarfs go to it straight from the session. A volume
+/// with a base takes every snarf not sent from the base's tree (untouched leaves by
+/// reference), a full one records them as zeros, so nothing is reused snarf by snarf.
+/// Nothing is acknowledged before the commit: the mount keeps a snapshot's pre-images until
+/// the snapshot is released, as for a snapshot no backup has read.
+fn run_v2(
+    session: &dyn Session,
+    handle: &Handle,
+    repo: &v2::Repository,
+    opts: &BackupOptions,
+    progress: &mut dyn ProgressSink,
+) -> Result<Summary> {
+    let start = Instant::now();
+    let desc = session.describe(&opts.snapshot)?;
+    let names = chosen_volumes(&desc, opts)?;
+    let source = Source::new(&desc, &names);
+    let mut new = v2::NewBackup::new(&opts.snapshot, source.to_json());
+    new.lock_wait = opts.lock_wait;
+    new.command = format!(
+        "snarf backup {} (pid {})",
+        opts.snapshot,
+        std::process::id()
+    );
+    let writer = repo.begin_backup(new)?;
+    let bases = if opts.mode == Mode::Full {
+        Vec::new()
+    } else {
+        find_bases(handle, &desc, &names)?
+    };
+    let location = handle.location();
+    let plan = session.plan(
+        &PlanRequest {
+            snapshot: opts.snapshot.clone(),
+            volumes: Some(names),
+            mode: opts.mode,
+            bases,
+        },
+        handle
+            .local_path()
+            .unwrap_or_else(|| std::path::Path::new(&location)),
+    )?;
+    let result = transfer_v2(session, repo, &writer, &plan, opts, start, progress);
+    let (read, reused, bytes_read, zero_bytes) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            session.abort(&e.chain().to_string());
+            drop(writer);
+            return Err(e);
+        }
+    };
+    session.committing();
+    let stats = writer.stats();
+    let id = match writer.commit() {
+        Ok(id) => id,
+        Err(e) => {
+            session.abort(&e.chain().to_string());
+            return Err(e.into());
+        }
+    };
+    if let Err(e) = session.done(id.as_str()) {
+        log::warn!(
+            "backup {id} is committed, but telling the mount daemon failed: {}",
+            e.chain()
+        );
+    }
+    Ok(summary(
+        id, opts, &plan, &read, &reused, bytes_read, zero_bytes, &stats, start,
+    ))
+}
+
+/// The transfer of a format 2 job, on the calling thread.
+fn transfer_v2(
+    session: &dyn Session,
+    repo: &v2::Repository,
+    writer: &v2::Writer,
+    plan: &Plan,
+    opts: &BackupOptions,
+    start: Instant,
+    progress: &mut dyn ProgressSink,
+) -> Result<Counts> {
+    let mut slots = Vec::with_capacity(plan.volumes.len());
+    for (n, v) in plan.volumes.iter().enumerate() {
+        let base = match base_of(v, plan, n) {
+            Some(id) => {
+                let b = repo.backup(id)?;
+                let name = base_name(&b.source, v);
+                Some((b, name))
+            }
+            None => None,
+        };
+        let slot = writer.add_volume(
+            &v.name,
+            v.size,
+            v.snarf_size,
+            base.as_ref().map(|(b, name)| (b, name.as_str())),
+        )?;
+        slots.push(slot);
+    }
+    let mut prog = Progress {
+        total_bytes: plan.volumes.iter().map(|v| v.to_send_bytes).sum(),
+        total_snarfs: plan.volumes.iter().map(|v| v.snarfs).sum(),
+        ..Progress::default()
+    };
+    let to_send: u64 = plan.volumes.iter().map(|v| v.to_send).sum();
+    let zeros = vec![0u8; plan.volumes.iter().map(|v| v.snarf_size).max().unwrap_or(0) as usize];
+    let mut read = vec![0u64; plan.volumes.len()];
+    let (mut bytes_read, mut zero_bytes, mut received) = (0u64, 0u64, 0u64);
+    let mut last_progress = Instant::now();
+    while let Some(batch) = session.next(opts.batch.max(1))? {
+        for d in batch {
+            let slot = *slots.get(d.vol as usize).ok_or_else(|| {
+                Error::Protocol(format!(
+                    "a snarf of volume {} of the plan, which has fewer",
+                    d.vol
+                ))
+            })?;
+            let bytes: &[u8] = match &d.data {
+                Some(b) => b,
+                None => zeros.get(..d.len as usize).ok_or_else(|| {
+                    Error::Protocol(format!(
+                        "a zero snarf of {} bytes, longer than any snarf of the plan",
+                        d.len
+                    ))
+                })?,
+            };
+            writer.put(slot, d.snarf, bytes)?;
+            received += 1;
+            bytes_read += u64::from(d.len);
+            if d.data.is_none() {
+                zero_bytes += u64::from(d.len);
+            }
+            read[d.vol as usize] += 1;
+            prog.done_snarfs += 1;
+            prog.done_bytes += u64::from(d.len);
+        }
+        if last_progress.elapsed() >= Duration::from_millis(100) {
+            last_progress = Instant::now();
+            prog.elapsed = start.elapsed().as_secs_f64();
+            progress.report(&prog);
+        }
+    }
+    if received != to_send {
+        return Err(Error::Protocol(format!(
+            "the plan promised {to_send} snarfs but {received} came"
+        )));
+    }
+    // What was not sent comes from the base's tree, or is a hole.
+    let reused: Vec<u64> = plan
+        .volumes
+        .iter()
+        .zip(&read)
+        .map(|(v, r)| v.snarfs.saturating_sub(*r))
+        .collect();
+    prog.done_snarfs += reused.iter().sum::<u64>();
+    prog.elapsed = start.elapsed().as_secs_f64();
+    progress.report(&prog);
+    Ok((read, reused, bytes_read, zero_bytes))
 }
 
 fn chosen_volumes(desc: &SnapshotDesc, opts: &BackupOptions) -> Result<Vec<String>> {
@@ -373,7 +555,10 @@ fn transfer(
         slots.push(slot);
         if let Some(set) = &plan.sets[n] {
             let reader = match base_of(v, plan, n) {
-                Some(base) => Some(repo.volume_reader(base, &base_name(repo, base, v)?)?),
+                Some(base) => {
+                    let name = base_name(&repo.backup(base)?.source, v);
+                    Some(repo.volume_reader(base, &name)?)
+                }
                 None => None,
             };
             reuse.push(Reuse {
@@ -519,14 +704,13 @@ fn base_of<'a>(v: &'a PlannedVolume, plan: &Plan, n: usize) -> Option<&'a str> {
     v.base()
 }
 
-/// The volume's name in its base backup (it may have been renamed since).
-fn base_name(repo: &Repo, base: &str, v: &PlannedVolume) -> Result<String> {
-    let m = repo.backup(base)?;
-    let src = Source::parse(&m.source);
-    Ok(src
+/// The volume's name in its base backup, from the backup's `source` (it may have been
+/// renamed since).
+fn base_name(source: &serde_json::Value, v: &PlannedVolume) -> String {
+    Source::parse(source)
         .and_then(|s| s.volumes.into_iter().find(|sv| sv.id == v.id))
         .map(|sv| sv.name)
-        .unwrap_or_else(|| v.name.clone()))
+        .unwrap_or_else(|| v.name.clone())
 }
 
 /// The writer's side of the transfer, on the calling thread.

@@ -35,7 +35,7 @@ use super::plan::{self, Plan, PlanRequest, SnapshotDesc};
 use super::proto::AckItem;
 use super::released::Released;
 use super::{Error, Result};
-use crate::repo::{ChunkId, ChunkRef, PackId, Repo, VolumeReader};
+use crate::repo::{ChunkId, ChunkRef, Handle, Location, PackId, Repo, VolumeReader};
 use crate::snapshot::{self, Engine, Snapshot};
 
 /// Whether the job's process is still alive; asked after pinning, before freeing.
@@ -387,7 +387,12 @@ impl Session for JobService {
         let (planned, volumes) = plan::plan(&self.engine, &snap, req)?;
         let repo = match &self.released {
             // The daemon reads acknowledged snarfs back from here; the job holds the lock.
-            Some(_) => Some(Repo::open_quiet(repo)?),
+            Some(_) => match Handle::open_quiet(&Location::local(repo))? {
+                Handle::V1(r) => Some(r),
+                // A format 2 job acknowledges nothing (see `pipeline::run`), and any ack it
+                // sends is refused in `ack`: the snapshot keeps its pre-images.
+                Handle::V2(_) => None,
+            },
             None => None,
         };
         // With a mount, reused snarfs are checked against the base backups' own tables.
@@ -440,6 +445,11 @@ impl Session for JobService {
             if let Some(c) = self.check_place(a, it)? {
                 checked.push(c);
             }
+        }
+        if self.released.is_some() && a.repo.is_none() && !checked.is_empty() {
+            return Err(refused(
+                "a backup into a format 2 repository acknowledges no snarfs through the mount yet, so nothing it says is freed; the snapshot keeps its pre-images until it is released".into(),
+            ));
         }
         if let (Some(released), Some(repo)) = (&self.released, &a.repo) {
             // A peer: nothing it says is freed before it is verified.

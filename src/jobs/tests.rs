@@ -19,7 +19,7 @@ use super::proto::AckItem;
 use super::service::{JobService, Session, SnarfData};
 use super::vocab::Mode;
 use super::{JobServer, Result};
-use crate::repo::{Repo, RepoInitOptions};
+use crate::repo::{Handle, Repo, RepoInitOptions};
 use crate::snapshot::{Engine, EngineOptions, Snapshot};
 use crate::store::{Budgets, InitOptions, Store};
 
@@ -108,7 +108,7 @@ fn opts(snapshot: &str) -> BackupOptions {
 
 fn direct(s: &Setup, o: &BackupOptions) -> Result<Summary> {
     let svc = JobService::new(s.engine.clone(), None);
-    pipeline::run(&svc, &s.repo, o, &mut NoProgress)
+    pipeline::run(&svc, &Handle::V1(s.repo.clone()), o, &mut NoProgress)
 }
 
 fn read_all(e: &Engine, server: Option<&JobServer>, snap: &Snapshot, vol: &str) -> Vec<u8> {
@@ -181,9 +181,12 @@ fn backup_over_the_socket_under_writes_restores_the_frozen_contents() {
     let client = Client::connect(server.socket(), "test job").unwrap();
     assert_eq!(client.welcome().pid, std::process::id());
     let mut calls = 0;
-    let sum = pipeline::run(&client, &s.repo, &opts("s1"), &mut |_: &Progress| {
-        calls += 1
-    })
+    let sum = pipeline::run(
+        &client,
+        &Handle::V1(s.repo.clone()),
+        &opts("s1"),
+        &mut |_: &Progress| calls += 1,
+    )
     .unwrap();
     stop.store(true, Ordering::Relaxed);
     assert!(w.join().unwrap() > 0, "the writer wrote during the backup");
@@ -399,7 +402,13 @@ fn preimage_memory_stays_low_while_a_volume_under_write_load_is_backed_up() {
         })
     };
     let client = Client::connect(server.socket(), "load").unwrap();
-    let sum = pipeline::run(&client, &s.repo, &opts("s"), &mut NoProgress).unwrap();
+    let sum = pipeline::run(
+        &client,
+        &Handle::V1(s.repo.clone()),
+        &opts("s"),
+        &mut NoProgress,
+    )
+    .unwrap();
     // Keep writing a little after the job: nothing more is captured for the snapshot.
     std::thread::sleep(Duration::from_millis(50));
     stop.store(true, Ordering::Relaxed);
@@ -484,7 +493,7 @@ fn a_job_that_dies_mid_transfer_leaves_the_snapshot_readable_and_no_backup() {
     };
     let mut o = opts("s");
     o.batch = 4;
-    let e = pipeline::run(&dying, &s.repo, &o, &mut NoProgress).unwrap_err();
+    let e = pipeline::run(&dying, &Handle::V1(s.repo.clone()), &o, &mut NoProgress).unwrap_err();
     assert!(matches!(e, super::Error::DaemonGone(_)), "{e}");
     assert!(e.to_string().contains("nothing was committed"), "{e}");
     assert!(
@@ -512,7 +521,13 @@ fn a_job_that_dies_mid_transfer_leaves_the_snapshot_readable_and_no_backup() {
 
     // A new job backs it up from where things are.
     let client = Client::connect(server.socket(), "again").unwrap();
-    let sum = pipeline::run(&client, &s.repo, &opts("s"), &mut NoProgress).unwrap();
+    let sum = pipeline::run(
+        &client,
+        &Handle::V1(s.repo.clone()),
+        &opts("s"),
+        &mut NoProgress,
+    )
+    .unwrap();
     stop.store(true, Ordering::Relaxed);
     w.join().unwrap();
     assert!(restore(&s.repo, sum.backup.as_str(), "v") == frozen);
@@ -589,7 +604,7 @@ fn a_daemon_that_stops_mid_job_fails_it_cleanly() {
     };
     let mut o = opts("s");
     o.batch = 2;
-    let e = pipeline::run(&job, &s.repo, &o, &mut NoProgress).unwrap_err();
+    let e = pipeline::run(&job, &Handle::V1(s.repo.clone()), &o, &mut NoProgress).unwrap_err();
     assert!(matches!(e, super::Error::DaemonGone(_)), "{e}");
     assert!(s.repo.list_backups().unwrap().is_empty());
     assert!(!socket.exists(), "the socket goes with the server");
@@ -611,7 +626,13 @@ fn the_socket_works_under_a_store_path_too_long_for_a_socket_address() {
     let server = JobServer::start(s.engine.clone(), &deep).unwrap();
     assert!(server.socket().exists());
     let client = Client::connect(server.socket(), "deep").unwrap();
-    let sum = pipeline::run(&client, &s.repo, &opts("s"), &mut NoProgress).unwrap();
+    let sum = pipeline::run(
+        &client,
+        &Handle::V1(s.repo.clone()),
+        &opts("s"),
+        &mut NoProgress,
+    )
+    .unwrap();
     assert_eq!(sum.bytes_read, 256 << 10);
 }
 
@@ -664,7 +685,7 @@ fn a_cancelled_job_commits_nothing_and_is_listed_as_cancelled() {
     };
     let mut o = opts("s");
     o.batch = 2;
-    let e = pipeline::run(&job, &s.repo, &o, &mut NoProgress)
+    let e = pipeline::run(&job, &Handle::V1(s.repo.clone()), &o, &mut NoProgress)
         .unwrap_err()
         .to_string();
     assert!(
@@ -777,7 +798,13 @@ fn released_snarf_tables_grow_with_the_data_a_backup_stored_not_with_the_volume(
     let snap = s.engine.take("t").unwrap();
     let server = JobServer::start(s.engine.clone(), &s.engine.store().run_dir()).unwrap();
     let client = Client::connect(server.socket(), "test job").unwrap();
-    let sum = pipeline::run(&client, &s.repo, &opts("t"), &mut NoProgress).unwrap();
+    let sum = pipeline::run(
+        &client,
+        &Handle::V1(s.repo.clone()),
+        &opts("t"),
+        &mut NoProgress,
+    )
+    .unwrap();
     drop(client);
     assert_eq!(sum.snarfs_read(), 16);
     let tables = allocated(&s.engine.store().run_dir().join(crate::jobs::released::DIR));
@@ -813,16 +840,20 @@ fn a_repository_gone_mid_job_is_named_whoever_met_it_first() {
         source: std::io::Error::from_raw_os_error(libc::ENOENT),
     };
     for e in [refusal, io, Error::Protocol("cut short".into())] {
-        match pipeline::explain_missing_repo(e, &s.repo) {
+        match pipeline::explain_missing_repo(e, &Handle::V1(s.repo.clone())) {
             Error::RepoGone { repo, .. } => assert_eq!(repo, s.repo.path()),
             other => panic!("not named as a missing repository: {other}"),
         }
     }
     // A stop is a stop, whatever happened to the repository meanwhile.
-    let stop = pipeline::explain_missing_repo(Error::Stopped("SIGTERM".into()), &s.repo);
+    let stop = pipeline::explain_missing_repo(
+        Error::Stopped("SIGTERM".into()),
+        &Handle::V1(s.repo.clone()),
+    );
     assert!(matches!(stop, Error::Stopped(_)), "{stop}");
     // With the repository in place, errors stay what they are.
     std::fs::rename(&moved, s.repo.path()).unwrap();
-    let kept = pipeline::explain_missing_repo(Error::Refused("no".into()), &s.repo);
+    let kept =
+        pipeline::explain_missing_repo(Error::Refused("no".into()), &Handle::V1(s.repo.clone()));
     assert!(matches!(kept, Error::Refused(_)), "{kept}");
 }

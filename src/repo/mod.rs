@@ -7,11 +7,15 @@ pub mod backend;
 pub mod error;
 pub mod fault;
 pub mod fsx;
+pub mod handle;
 pub mod ids;
+pub mod location;
 pub mod lock;
 pub mod report;
 pub mod retention;
 mod span;
+pub use handle::{BackupInfo, Handle, VolumeInfo};
+pub use location::Location;
 pub mod v1;
 pub mod v2;
 

@@ -73,6 +73,9 @@ impl<B: Backend> Backend for Faulty<B> {
     fn location(&self) -> String {
         self.inner.location()
     }
+    fn local_root(&self) -> Option<&std::path::Path> {
+        self.inner.local_root()
+    }
     fn read(&self, key: &Key, cap: u64) -> Result<Option<Vec<u8>>> {
         self.inner.read(key, cap)
     }

@@ -133,6 +133,10 @@ impl Backend for LocalDir {
         self.root.display().to_string()
     }
 
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
     fn read(&self, key: &Key, cap: u64) -> Result<Option<Vec<u8>>> {
         let path = self.path_of(key);
         let data = fsx::read_optional_capped(&path, cap)?;

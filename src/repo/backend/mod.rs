@@ -87,4 +87,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Removes what crashed writers left that no key names (temporary files, unfinished
     /// uploads). Only a holder of the lock may call it.
     fn sweep_leftovers(&self) -> Result<u64>;
+    /// The local folder holding the objects, for a backend that is one (none for remote
+    /// backends).
+    fn local_root(&self) -> Option<&std::path::Path> {
+        None
+    }
 }

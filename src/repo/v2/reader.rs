@@ -238,6 +238,49 @@ impl VolumeReader {
         }
     }
 
+    /// The first offset at or after `offset` that holds data (lseek SEEK_DATA), in whole
+    /// snarfs; `None` if only holes follow. Null subtrees are jumped over unread.
+    pub fn seek_data(&self, offset: u64) -> Result<Option<u64>> {
+        let ss = u64::from(self.volume.snarf_size);
+        let mut s = offset / ss;
+        while s < self.snarf_count() {
+            let k = s / LEAF_SNARFS;
+            let Some(leaf) = self
+                .tree
+                .next_nonzero_leaf(&self.repo, k)
+                .map_err(|e| self.tree_err(k * LEAF_SNARFS, e))?
+            else {
+                return Ok(None);
+            };
+            if leaf > k {
+                s = leaf * LEAF_SNARFS;
+            }
+            let entries = self.leaf(leaf)?;
+            let first = leaf * LEAF_SNARFS;
+            for i in (s - first)..entries.len() as u64 {
+                if entries[i as usize] != Entry::Zero {
+                    return Ok(Some(offset.max((first + i) * ss)));
+                }
+            }
+            s = first + entries.len() as u64;
+        }
+        Ok(None)
+    }
+
+    /// The first offset at or after `offset` in a hole (lseek SEEK_HOLE), in whole snarfs;
+    /// the volume size if no hole follows (the end counts as a hole, as in lseek).
+    pub fn seek_hole(&self, offset: u64) -> Result<u64> {
+        let ss = u64::from(self.volume.snarf_size);
+        let mut s = offset / ss;
+        while s < self.snarf_count() {
+            if self.entry(s)? == Entry::Zero {
+                return Ok(offset.max(s * ss));
+            }
+            s += 1;
+        }
+        Ok(self.volume.size.max(offset))
+    }
+
     /// Reads up to `buf.len()` bytes at `offset`; returns the count (0 at end of volume).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         crate::repo::span::read_at(

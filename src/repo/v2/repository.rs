@@ -125,6 +125,11 @@ impl Repository {
         self.inner.backend.location()
     }
 
+    /// The local folder holding it, if its backend is one.
+    pub fn local_path(&self) -> Option<&std::path::Path> {
+        self.inner.backend.local_root()
+    }
+
     /// The repository's settings.
     pub fn config(&self) -> &Config {
         &self.inner.config

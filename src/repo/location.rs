@@ -1,0 +1,109 @@
+//! Where a repository is, as the user writes it (`--repo`, `snarf repo init LOCATION`), and
+//! the one place a location becomes a storage [`Backend`]. Today a location is a local
+//! folder; `ssh://` and S3 locations are parsed here too when their backends exist, so
+//! every command and the mount reach every kind of repository the same way.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::backend::{Backend, LocalDir};
+use super::error::{Error, Result};
+
+/// A parsed repository location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A folder on this machine.
+    Local(PathBuf),
+}
+
+impl Location {
+    /// Parses what the user wrote. A `scheme://` prefix names a remote backend, none of
+    /// which this build has; anything else is a local path.
+    pub fn parse(text: &str) -> Result<Location> {
+        if text.is_empty() {
+            return Err(Error::BadArgument(
+                "an empty repository location; give a folder such as /srv/backups".into(),
+            ));
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            if !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '+')
+            {
+                return Err(Error::BadArgument(format!(
+                    "repository location {text:?}: this snarf knows no {scheme}:// repositories; give a local folder"
+                )));
+            }
+        }
+        Ok(Location::Local(PathBuf::from(text)))
+    }
+
+    /// The location given as a command-line path: parsed if it is text (so `ssh://…` is
+    /// recognised), a local folder if it is not (a non-UTF-8 file name).
+    pub fn of_arg(arg: &Path) -> Result<Location> {
+        match arg.to_str() {
+            Some(text) => Location::parse(text),
+            None => Ok(Location::local(arg)),
+        }
+    }
+
+    /// The location of a local folder.
+    pub fn local(path: &Path) -> Location {
+        Location::Local(path.to_path_buf())
+    }
+
+    /// The local folder, if it is one.
+    pub fn local_path(&self) -> Option<&Path> {
+        match self {
+            Location::Local(p) => Some(p),
+        }
+    }
+
+    /// The storage backend of a format 2 repository here.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        match self {
+            Location::Local(p) => Arc::new(LocalDir::new(p)),
+        }
+    }
+
+    /// The same location with a local path made absolute (a job hands it to the mount
+    /// daemon, whose working directory differs).
+    pub fn absolute(&self) -> Location {
+        match self {
+            Location::Local(p) => {
+                Location::Local(std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_local_and_unknown_schemes_are_refused() {
+        assert_eq!(
+            Location::parse("/srv/r").unwrap(),
+            Location::Local("/srv/r".into())
+        );
+        assert_eq!(
+            Location::parse("rel/dir").unwrap().local_path(),
+            Some(Path::new("rel/dir"))
+        );
+        // A colon in a file name is still a path.
+        assert!(Location::parse("a:b").is_ok());
+        let e = Location::parse("ftp://host/x").unwrap_err().to_string();
+        assert!(e.contains("ftp://"), "{e}");
+        assert!(Location::parse("").is_err());
+    }
+}
