@@ -736,3 +736,69 @@ fn backup_wait_follows_the_job_and_detach_plus_cancel_stops_one() {
     // The snapshot still reads as it was.
     assert!(read(&m.path("snapshots/s/v")) == expected);
 }
+
+#[test]
+fn a_format_2_backup_through_the_mount_under_a_writer_restores_the_snapshot_and_shows_in_backups()
+{
+    let Some(mut m) = Mounted::new(&[], &[]) else {
+        return;
+    };
+    let repo = m.dir.path().join("repo");
+    snarf_ok(&[
+        "repo",
+        "init",
+        repo.to_str().unwrap(),
+        "--pack-size",
+        "1M",
+        "--format",
+        "2",
+    ]);
+    m.unmount();
+    m.mount(&["--repo", repo.to_str().unwrap()]);
+    let vol = m.path("live/vm.img");
+    fs::write(&vol, contents(3, 12 << 20)).unwrap();
+    let writer = start_writer(&vol);
+    std::thread::sleep(Duration::from_millis(200));
+    fs::create_dir(m.path("snapshots/s1")).unwrap();
+    let snap = m.path("snapshots/s1/vm.img");
+    let expected = read(&snap);
+    // The mount's repository is the default.
+    let out = snarf_ok(&["backup", m.mnt.to_str().unwrap(), "s1"]);
+    let id = backup_id(&out);
+    assert!(out.contains("full (first backup"), "{out}");
+    assert!(
+        restore(&repo, &id, &m.dir.path().join("out1"), "vm.img") == expected,
+        "restore differs from the snapshot"
+    );
+    assert!(
+        read_uncached(&snap) == expected,
+        "snapshot reads differ after the backup"
+    );
+    fs::create_dir(m.path("snapshots/s2")).unwrap();
+    let expected2 = read(&m.path("snapshots/s2/vm.img"));
+    drop(writer);
+    let out = snarf_ok(&["backup", m.mnt.to_str().unwrap(), "s2"]);
+    assert!(out.contains(&format!("incremental from {id}")), "{out}");
+    let id2 = backup_id(&out);
+    assert!(restore(&repo, &id2, &m.dir.path().join("out2"), "vm.img") == expected2);
+    // backups/ serves both, byte for byte, with the holes seekable.
+    let mut listed: Vec<String> = fs::read_dir(m.path("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, vec![id.clone(), id2.clone()]);
+    assert!(read(&m.path(&format!("backups/{id}/vm.img"))) == expected);
+    assert!(read(&m.path(&format!("backups/{id2}/vm.img"))) == expected2);
+    let cp = m.dir.path().join("cp.img");
+    mounted::sh(&format!(
+        "cp --sparse=always {} {}",
+        m.path(&format!("backups/{id2}/vm.img")).display(),
+        cp.display()
+    ));
+    assert!(read(&cp) == expected2, "cp of backups/{id2}/vm.img differs");
+    let out = snarf_ok(&["check", repo.to_str().unwrap(), "--read-data"]);
+    assert!(out.contains("no problems found"), "{out}");
+    fs::remove_dir(m.path("snapshots/s1")).unwrap();
+    fs::remove_dir(m.path("snapshots/s2")).unwrap();
+}
