@@ -738,8 +738,7 @@ fn backup_wait_follows_the_job_and_detach_plus_cancel_stops_one() {
 }
 
 #[test]
-fn a_format_2_backup_through_the_mount_under_a_writer_restores_the_snapshot_and_shows_in_backups()
-{
+fn a_format_2_backup_through_the_mount_under_a_writer_restores_the_snapshot_and_shows_in_backups() {
     let Some(mut m) = Mounted::new(&[], &[]) else {
         return;
     };

@@ -167,6 +167,111 @@ fn backups_restore_check_prune_and_finishing_from_the_command_line() {
 }
 
 #[test]
+fn format_2_backups_restore_check_prune_and_finishing_from_the_command_line() {
+    use snarf::repo::Handle;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("r");
+    let (code, out, err) = snarf(&["repo", "init", s(&r), "--format", "2", "--pack-size", "1M"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("format 2"), "{out}");
+    let Handle::V2(repo) = Handle::open_path(&r).expect("open") else {
+        panic!("repo init --format 2 made a format 1 repository");
+    };
+    // Repository files are private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(r.join("config"))
+        .expect("config")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "config has mode {mode:o}");
+    let id1 = write_backup_v2(&repo, 1, 400_000);
+    let id2 = write_backup_v2(&repo, 2, 400_000);
+    let (code, out, _) = snarf(&["backups", s(&r)]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[1].starts_with(id1.as_str()) && lines[2].starts_with(id2.as_str()));
+    let (code, json, _) = snarf(&["backups", s(&r), "--json"]);
+    assert_eq!(code, 0);
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(parsed[1]["id"], id2.as_str());
+    assert_eq!(parsed[1]["format"], 2);
+    assert_eq!(parsed[1]["source"]["seed"], 2);
+
+    let dest = dir.path().join("out");
+    let (code, out, err) = snarf(&["restore", s(&r), id1.as_str(), s(&dest)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("restored 2 volume(s)"), "{out}");
+    for (name, data) in volumes_for(1, 400_000) {
+        assert!(
+            std::fs::read(dest.join(&name)).expect("restored") == data,
+            "{name}"
+        );
+    }
+    let (code, out, _) = snarf(&["check", s(&r), "--read-data"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no problems found"), "{out}");
+    let (code, out, _) = snarf(&["finishing", s(&r)]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().nth(1).is_some_and(|l| l.contains("idle")),
+        "{out}"
+    );
+    let (code, out, err) = snarf(&["repair", "index", s(&r)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("format 2"), "{err}");
+
+    let (code, out, _) = snarf(&["prune", s(&r), "--keep-last", "1", "--dry-run"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("would remove") && out.contains(id1.as_str()),
+        "{out}"
+    );
+    assert_eq!(repo.list_backups().expect("list").len(), 2);
+    let (code, out, _) = snarf(&["prune", s(&r), "--keep-last", "1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("1 backup(s) kept, 1 removed"), "{out}");
+    assert_eq!(repo.list_backups().expect("list").len(), 1);
+
+    // One flipped byte in a pack: check --read-data fails and says so.
+    let packs = r.join("packs");
+    let pack = walk_files(&packs).into_iter().next().expect("a pack");
+    let mut bytes = std::fs::read(&pack).expect("pack");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&pack, &bytes).expect("write");
+    let (code, out, err) = snarf(&["check", s(&r), "--read-data"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("DAMAGED"), "{out}");
+    assert!(err.contains("problem(s) found"), "{err}");
+
+    // A format 2 repository is not created over anything, and unknown schemes are named.
+    let (code, _, err) = snarf(&["repo", "init", s(&r), "--format", "2"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not empty"), "{err}");
+    let (code, _, err) = snarf(&["backups", "ftp://host/r"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("ftp://"), "{err}");
+    let (code, _, err) = snarf(&["repo", "init", s(&dir.path().join("n")), "--format", "3"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+/// Every file under `dir`, recursively.
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read_dir") {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
 fn every_repository_command_has_help() {
     for cmd in [
         &["repo", "init"][..],

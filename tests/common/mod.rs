@@ -129,3 +129,31 @@ pub fn snarf(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Writes the backup of `seed` into a format 2 repository, puts in a seeded shuffled order.
+pub fn write_backup_v2(repo: &snarf::repo::v2::Repository, seed: u64, own_size: usize) -> BackupId {
+    use rand::seq::SliceRandom;
+    let mut new = snarf::repo::v2::NewBackup::new(
+        "snap",
+        serde_json::json!({ "seed": seed, "own_size": own_size }),
+    );
+    new.lock_wait = Some(std::time::Duration::from_secs(60));
+    let w = repo.begin_backup(new).expect("begin backup");
+    let vols = volumes_for(seed, own_size);
+    let mut work = Vec::new();
+    for (name, data) in &vols {
+        let slot = w
+            .add_volume(name, data.len() as u64, SNARF, None)
+            .expect("add volume");
+        for i in 0..(data.len() as u64).div_ceil(SNARF as u64) {
+            work.push((slot, i, data));
+        }
+    }
+    work.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5eed));
+    for (slot, i, data) in work {
+        let s = (i * SNARF as u64) as usize;
+        let e = (s + SNARF as usize).min(data.len());
+        w.put(slot, i, &data[s..e]).expect("put");
+    }
+    w.commit().expect("commit")
+}
