@@ -12,6 +12,7 @@ mod mount_options;
 mod numbers;
 mod progress;
 mod repo_cmds;
+mod serve_cmd;
 mod store_cmds;
 
 use clap::{Parser, Subcommand};
@@ -108,6 +109,8 @@ enum Command {
     Finishing(repo_cmds::FinishingArgs),
     /// Write man pages or shell completions (for packagers and installers).
     Generate(generate_cmd::GenerateArgs),
+    /// Serve a repository on stdin/stdout for a client over ssh (`ssh://` repositories).
+    Serve(serve_cmd::ServeArgs),
 }
 
 /// Parses the command line, runs the command and returns the process exit code.
@@ -135,6 +138,7 @@ pub fn main() -> i32 {
         Command::Repair(args) => repo_cmds::repair(args),
         Command::Finishing(args) => repo_cmds::finishing(args),
         Command::Generate(args) => generate_cmd::generate(args),
+        Command::Serve(args) => serve_cmd::serve(args),
     };
     match result {
         Ok(()) => 0,

@@ -193,6 +193,10 @@ fn repo_errno(e: &repo::Error) -> i32 {
         | repo::Error::PackDamaged { .. }
         | repo::Error::NotARepo { .. }
         | repo::Error::UnknownFormat { .. } => libc::EIO,
+        // A remote repository that cannot be reached is a failing disk to a reader too.
+        repo::Error::Connection { .. } => libc::EIO,
+        // The far side refuses that repository to this key.
+        repo::Error::Refused { .. } => libc::EACCES,
         // Only writers meet these; a reader that does is out of its depth.
         repo::Error::NotEmpty { .. }
         | repo::Error::BadArgument(_)

@@ -147,6 +147,25 @@ pub enum Error {
         /// The file in the way.
         path: PathBuf,
     },
+    /// The far side (`snarf serve`) refused the request, e.g. a path outside its
+    /// `--restrict-to` folders.
+    #[error("{repo}: the far side refused it: {why}")]
+    Refused {
+        /// The repository (its URL).
+        repo: String,
+        /// Why, as the far side said it.
+        why: String,
+    },
+    /// The connection to a remote repository could not be made or was lost.
+    #[error("{repo}: {why}; {fix}")]
+    Connection {
+        /// The repository (its URL).
+        repo: String,
+        /// What happened.
+        why: String,
+        /// What to do about it.
+        fix: String,
+    },
     /// An I/O error, with what was being done.
     #[error("{context}")]
     Io {

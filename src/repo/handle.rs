@@ -85,7 +85,7 @@ impl Handle {
                 };
                 if let Some(path) = location.local_path() {
                     // Anything there (a format 1 repository, other files) is refused: the
-                    // format 2 layout would mix with it.
+                    // format 2 layout would mix with it. (`snarf serve` refuses the same.)
                     if let Ok(mut entries) = std::fs::read_dir(path) {
                         if entries.next().is_some() {
                             return Err(Error::NotEmpty {
@@ -93,9 +93,8 @@ impl Handle {
                             });
                         }
                     }
-                    super::backend::LocalDir::new(path).create_layout()?;
                 }
-                v2::Repository::init(location.backend(), &o).map(Handle::V2)
+                v2::Repository::init(location.backend_for_init()?, &o).map(Handle::V2)
             }
             n => Err(Error::BadArgument(format!(
                 "there is no repository format {n}; snarf writes format 1 or 2"
@@ -118,9 +117,18 @@ impl Handle {
     fn open_with(location: &Location, v1_open: fn(&Path) -> Result<v1::Repo>) -> Result<Handle> {
         match location {
             Location::Local(path) if is_v2(path) => {
-                v2::Repository::open(location.backend()).map(Handle::V2)
+                v2::Repository::open(location.backend()?).map(Handle::V2)
             }
             Location::Local(path) => v1_open(path).map(Handle::V1),
+            // Only format 2 is on the backend trait, so only it is served over ssh.
+            Location::Ssh(t) => match v2::Repository::open(location.backend()?) {
+                Err(Error::NotARepo { .. }) => Err(Error::BadArgument(format!(
+                    "{} holds no format 2 repository: create one with `snarf repo init {}`; a format 1 repository can be used only as a local folder on its own host",
+                    t.url(),
+                    t.url()
+                ))),
+                r => r.map(Handle::V2),
+            },
         }
     }
 

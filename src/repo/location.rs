@@ -1,12 +1,13 @@
 //! Where a repository is, as the user writes it (`--repo`, `snarf repo init LOCATION`), and
-//! the one place a location becomes a storage [`Backend`]. Today a location is a local
-//! folder; `ssh://` and S3 locations are parsed here too when their backends exist, so
-//! every command and the mount reach every kind of repository the same way.
+//! the one place a location becomes a storage [`Backend`]: a local folder, or
+//! `ssh://[user@]host[:port]/path` for a format 2 repository another host serves with
+//! `snarf serve` ([`SshBackend`]); S3 is to be one more arm, so every command reaches every
+//! kind of repository the same way.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::backend::{Backend, LocalDir};
+use super::backend::{Backend, LocalDir, SshBackend, SshOptions, SshTarget};
 use super::error::{Error, Result};
 
 /// A parsed repository location.
@@ -14,16 +15,22 @@ use super::error::{Error, Result};
 pub enum Location {
     /// A folder on this machine.
     Local(PathBuf),
+    /// A folder on another host, through `snarf serve` over ssh.
+    Ssh(SshTarget),
 }
 
 impl Location {
-    /// Parses what the user wrote. A `scheme://` prefix names a remote backend, none of
-    /// which this build has; anything else is a local path.
+    /// Parses what the user wrote: `ssh://…` is a repository on another host, another
+    /// `scheme://` prefix is refused (rather than taken for a folder of that name), anything
+    /// else is a local path.
     pub fn parse(text: &str) -> Result<Location> {
         if text.is_empty() {
             return Err(Error::BadArgument(
                 "an empty repository location; give a folder such as /srv/backups".into(),
             ));
+        }
+        if text.starts_with("ssh://") {
+            return SshTarget::parse(text).map(Location::Ssh);
         }
         if let Some((scheme, _)) = text.split_once("://") {
             if !scheme.is_empty()
@@ -32,7 +39,7 @@ impl Location {
                     .all(|c| c.is_ascii_alphanumeric() || c == '+')
             {
                 return Err(Error::BadArgument(format!(
-                    "repository location {text:?}: this snarf knows no {scheme}:// repositories; give a local folder"
+                    "repository location {text:?}: this snarf knows no {scheme}:// repositories; give a local folder or ssh://[user@]host[:port]/path"
                 )));
             }
         }
@@ -57,14 +64,36 @@ impl Location {
     pub fn local_path(&self) -> Option<&Path> {
         match self {
             Location::Local(p) => Some(p),
+            Location::Ssh(_) => None,
         }
     }
 
-    /// The storage backend of a format 2 repository here.
-    pub fn backend(&self) -> Arc<dyn Backend> {
-        match self {
-            Location::Local(p) => Arc::new(LocalDir::new(p)),
-        }
+    /// The storage backend of a format 2 repository here (for ssh, a connection to the far
+    /// `snarf serve`, with `SNARF_RSH` and the remote snarf path).
+    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+        self.connect(false)
+    }
+
+    /// The backend of a new repository: its folder layout is made first.
+    pub fn backend_for_init(&self) -> Result<Arc<dyn Backend>> {
+        self.connect(true)
+    }
+
+    fn connect(&self, create: bool) -> Result<Arc<dyn Backend>> {
+        Ok(match self {
+            Location::Local(p) => {
+                let b = LocalDir::new(p);
+                if create {
+                    b.create_layout()?;
+                }
+                Arc::new(b)
+            }
+            Location::Ssh(t) => Arc::new(SshBackend::connect(
+                t,
+                &SshOptions::from_env(None)?,
+                create,
+            )?),
+        })
     }
 
     /// The same location with a local path made absolute (a job hands it to the mount
@@ -74,6 +103,7 @@ impl Location {
             Location::Local(p) => {
                 Location::Local(std::path::absolute(p).unwrap_or_else(|_| p.clone()))
             }
+            Location::Ssh(t) => Location::Ssh(t.clone()),
         }
     }
 }
@@ -82,6 +112,7 @@ impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Local(p) => write!(f, "{}", p.display()),
+            Location::Ssh(t) => write!(f, "{}", t.url()),
         }
     }
 }
@@ -105,5 +136,10 @@ mod tests {
         let e = Location::parse("ftp://host/x").unwrap_err().to_string();
         assert!(e.contains("ftp://"), "{e}");
         assert!(Location::parse("").is_err());
+        match Location::parse("ssh://u@h:22/srv/r").unwrap() {
+            Location::Ssh(t) => assert_eq!(t.url(), "ssh://u@h:22/srv/r"),
+            other => panic!("{other:?}"),
+        }
+        assert!(Location::parse("ssh://-oProxyCommand=x/r").is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! Where a repository's objects live: one [`Backend`] trait with object-store semantics, so
 //! an S3 bucket fits it natively and a local folder ([`LocalDir`]) is just one
-//! implementation; ssh (a client of `snarf serve`) and S3 are the others to come, and the
-//! repository logic above runs unchanged over all of them.
+//! implementation, [`SshBackend`] (a client of `snarf serve`, whose far side is `serve` over
+//! the `wire` protocol) another, and S3 is to come; the repository logic above runs
+//! unchanged over all of them.
 //!
 //! The operations and what each guarantees when it returns:
 //! - [`Backend::read`], [`Backend::read_range`], [`Backend::size`]: whole objects, byte ranges
@@ -24,11 +25,15 @@
 pub mod faulty;
 pub mod key;
 pub mod local;
+pub mod serve;
+pub mod ssh;
+pub mod wire;
 
 use std::time::Duration;
 
 pub use key::{FinishingName, Key, Kind, ObjectId, StateName};
 pub use local::LocalDir;
+pub use ssh::{SshBackend, SshOptions, SshTarget};
 
 use super::error::Result;
 
