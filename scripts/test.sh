@@ -12,6 +12,9 @@ command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 # man -l renders every page snarf generate writes (tests/generate.rs).
 command -v man >/dev/null 2>&1 || need+=(man-db)
 command -v groff >/dev/null 2>&1 || need+=(groff-base)
+# The ssh:// repository tests (tests/repo_ssh.rs) start a real sshd and log in with ssh.
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 # The metrics test parses control/metrics with the Prometheus project's own text parser.
 /usr/bin/python3 -c 'import prometheus_client.parser' >/dev/null 2>&1 || need+=(python3-prometheus-client)
 if [ "${#need[@]}" -gt 0 ]; then

@@ -1,0 +1,199 @@
+//! A real OpenSSH server for the tests of repositories over ssh: a host key and user keys
+//! generated in a temporary folder, its own sshd_config (loopback, its own port,
+//! `StrictModes no`, authorized_keys in the folder), started with `sshd -D -f CONFIG` and
+//! killed by its PID on every path (Drop). One key logs in unrestricted; the other is
+//! forced to `snarf serve --restrict-to DIR`, as an administrator would set up a backup host.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Debian's OpenSSH server.
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+/// A running sshd on 127.0.0.1 (see the module documentation).
+pub struct Sshd {
+    child: Child,
+    /// The folder of its keys, config and logs.
+    pub dir: tempfile::TempDir,
+    /// Its port.
+    pub port: u16,
+    /// The key that logs in without restriction.
+    pub user_key: PathBuf,
+    /// The key forced to `snarf serve --restrict-to` the folder given at start.
+    pub restricted_key: PathBuf,
+}
+
+/// True if sshd and ssh are installed; a test without them says so and skips, unless
+/// SNARF_REQUIRE_SSHD=1 (CI installs them through scripts/test.sh) makes that a failure.
+pub fn available() -> bool {
+    let ok = Path::new(SSHD).exists()
+        && Command::new("ssh")
+            .arg("-V")
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        && Command::new("ssh-keygen")
+            .arg("-?")
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+    if !ok {
+        assert!(
+            std::env::var("SNARF_REQUIRE_SSHD").as_deref() != Ok("1"),
+            "SNARF_REQUIRE_SSHD=1 but openssh-server or openssh-client is missing"
+        );
+        eprintln!("skipping: install openssh-server and openssh-client to run the ssh tests");
+    }
+    ok
+}
+
+fn keygen(path: &Path) {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "snarf-test", "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .expect("ssh-keygen");
+    assert!(st.success(), "ssh-keygen {}", path.display());
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+impl Sshd {
+    /// Starts sshd; the restricted key may reach only repositories under `restrict_to`,
+    /// through the snarf binary `snarf`.
+    pub fn start(snarf: &Path, restrict_to: &Path) -> Sshd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let host_key = d.join("host_key");
+        let user_key = d.join("user_key");
+        let restricted_key = d.join("restricted_key");
+        for k in [&host_key, &user_key, &restricted_key] {
+            keygen(k);
+        }
+        let forced = format!(
+            "{} serve --restrict-to {}",
+            snarf.display(),
+            restrict_to.display()
+        );
+        assert!(!forced.contains('"'), "a quote in {forced}");
+        std::fs::write(
+            d.join("authorized_keys"),
+            format!(
+                "{}command=\"{forced}\",no-pty,no-port-forwarding,no-agent-forwarding,no-X11-forwarding {}",
+                read(&user_key.with_extension("pub")),
+                read(&restricted_key.with_extension("pub")),
+            ),
+        )
+        .unwrap();
+        // sshd refuses to start without its privilege separation folder.
+        std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let port = {
+                let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
+                l.local_addr().unwrap().port()
+            };
+            let config = d.join("sshd_config");
+            std::fs::write(
+                &config,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\n\
+                     AuthorizedKeysFile {}\nStrictModes no\nUsePAM no\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                     PubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
+                     AllowUsers *\nLogLevel ERROR\nMaxStartups 50\nMaxSessions 50\n",
+                    host_key.display(),
+                    d.join("sshd.pid").display(),
+                    d.join("authorized_keys").display(),
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(d.join("sshd.log")).unwrap();
+            let mut child = Command::new(SSHD)
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("starting sshd");
+            let until = Instant::now() + Duration::from_secs(10);
+            let up = loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break false;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break true;
+                }
+                if Instant::now() > until {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if up {
+                let pub_host = read(&host_key.with_extension("pub"));
+                std::fs::write(
+                    d.join("known_hosts"),
+                    format!("[127.0.0.1]:{port} {pub_host}"),
+                )
+                .unwrap();
+                return Sshd {
+                    child,
+                    dir,
+                    port,
+                    user_key,
+                    restricted_key,
+                };
+            }
+            last_err = read(&d.join("sshd.log"));
+        }
+        panic!("sshd did not start: {last_err}");
+    }
+
+    /// SNARF_RSH's words for logging in with `key`: only this server's host key is
+    /// trusted, only `key` is offered.
+    pub fn rsh(&self, key: &Path) -> Vec<String> {
+        let d = self.dir.path();
+        let mut v: Vec<String> = vec!["ssh".into(), "-F".into(), "/dev/null".into()];
+        v.push("-i".into());
+        v.push(key.display().to_string());
+        for o in [
+            "IdentitiesOnly=yes".to_string(),
+            format!("UserKnownHostsFile={}", d.join("known_hosts").display()),
+            "GlobalKnownHostsFile=/dev/null".to_string(),
+            "StrictHostKeyChecking=yes".to_string(),
+            "LogLevel=ERROR".to_string(),
+        ] {
+            v.push("-o".into());
+            v.push(o);
+        }
+        v
+    }
+
+    /// SNARF_RSH as one string.
+    pub fn rsh_string(&self, key: &Path) -> String {
+        shlex::try_join(self.rsh(key).iter().map(String::as_str)).unwrap()
+    }
+
+    /// The URL of `path` on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("ssh://root@127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        // Only the listener we started; the sessions it forked end with their clients.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
