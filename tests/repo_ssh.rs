@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use snarf::repo::backend::wire::{self, Msg};
 use snarf::repo::backend::{LocalDir, SshBackend, SshOptions, SshTarget};
 use snarf::repo::location::{self, Location};
 use snarf::repo::retention::Policy;
@@ -408,4 +409,122 @@ fn ssh_that_cannot_log_in_says_so_and_names_the_host_and_the_fix() {
         msg.contains("could not connect to 127.0.0.1") && msg.contains("SNARF_RSH"),
         "{msg}"
     );
+}
+
+/// `snarf serve` on pipes, without ssh.
+struct Serve {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Serve {
+    fn start(args: &[&str]) -> Serve {
+        use std::process::Stdio;
+        let mut child = std::process::Command::new(snarf_bin())
+            .arg("serve")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take().unwrap();
+        let mut output = std::io::BufReader::new(child.stdout.take().unwrap());
+        match wire::recv(&mut output).unwrap() {
+            Some(Msg::Hello { version, .. }) => assert_eq!(version, wire::VERSION),
+            other => panic!("no hello: {other:?}"),
+        }
+        Serve {
+            child,
+            input,
+            output,
+        }
+    }
+
+    fn call(&mut self, m: Msg) -> Msg {
+        wire::send(&mut self.input, &m).unwrap();
+        wire::recv(&mut self.output).unwrap().unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn serve_answers_every_request_holds_the_lock_per_connection_and_drops_a_broken_client() {
+    use snarf::repo::backend::Key;
+    let far = tempfile::tempdir().unwrap();
+    let root = far.path().join("r");
+    let path = root.to_str().unwrap().to_string();
+    let open = |create| Msg::Open {
+        id: 1,
+        path: path.clone(),
+        create,
+    };
+    let mut a = Serve::start(&["--repo", &path]);
+    assert!(matches!(a.call(open(true)), Msg::Ok { id: 1, .. }));
+    assert!(matches!(
+        a.call(Msg::Size {
+            id: 2,
+            key: Key::Config
+        }),
+        Msg::Ok {
+            id: 2,
+            flag: false,
+            ..
+        }
+    ));
+    assert!(matches!(
+        a.call(Msg::Lock {
+            id: 3,
+            holder: "first".into(),
+            wait_ms: wire::NO_WAIT
+        }),
+        Msg::Ok { id: 3, .. }
+    ));
+    // A second connection meets the first one's lock, named.
+    let mut b = Serve::start(&[]);
+    assert!(matches!(b.call(open(false)), Msg::Ok { .. }));
+    let lock = Msg::Lock {
+        id: 2,
+        holder: "second".into(),
+        wait_ms: wire::NO_WAIT,
+    };
+    match b.call(lock.clone()) {
+        Msg::Err { error, .. } => {
+            assert_eq!(error.code, wire::Code::Locked);
+            assert!(error.detail.contains("first"), "{error:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The first connection ends (EOF): its lock goes with it.
+    drop(a);
+    let waited = Msg::Lock {
+        id: 3,
+        holder: "second".into(),
+        wait_ms: 20_000,
+    };
+    assert!(matches!(b.call(waited), Msg::Ok { id: 3, .. }));
+    // A client that breaks the protocol gets a FATAL frame and the connection ends.
+    use std::io::Write;
+    b.input.write_all(&[0xff, 0xff, 0xff, 0xff]).unwrap();
+    match wire::recv(&mut b.output).unwrap() {
+        Some(Msg::Fatal { message }) => assert!(message.contains("frame"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!b.child.wait().unwrap().success());
+    // A serve started for one repository refuses another.
+    let mut c = Serve::start(&["--repo", "/elsewhere"]);
+    match c.call(open(false)) {
+        Msg::Err { error, .. } => assert_eq!(error.code, wire::Code::Refused),
+        other => panic!("{other:?}"),
+    }
+    // A request before OPEN is a protocol error.
+    let mut d = Serve::start(&[]);
+    assert!(matches!(d.call(Msg::Sweep { id: 1 }), Msg::Fatal { .. }));
 }

@@ -24,9 +24,11 @@ use super::{Backend, Created, Key, LocalDir, LockGuard, Upload};
 use crate::chain::{self, ErrorChain};
 use crate::repo::error::{Error, Fix};
 
-/// Largest object accepted by a replace or create-only PUT (they are buffered whole; packs
-/// stream as uploads instead).
+/// Most bytes buffered for replace and create-only PUTs of one connection together (they are
+/// buffered whole until FINISH; packs stream as uploads instead).
 const MAX_BUFFERED: usize = 256 << 20;
+/// Most PUTs open at once on one connection (a writer keeps a handful).
+const MAX_OPEN_PUTS: usize = 256;
 
 /// What `snarf serve` was started with.
 #[derive(Debug, Clone, Default)]
@@ -65,6 +67,8 @@ struct Session {
     restrict: Vec<PathBuf>,
     backend: Option<LocalDir>,
     puts: HashMap<u64, Put>,
+    /// Bytes held by the buffered PUTs.
+    buffered: usize,
     locks: HashMap<u64, Box<dyn LockGuard>>,
 }
 
@@ -102,6 +106,7 @@ pub fn serve(
         restrict,
         backend: None,
         puts: HashMap::new(),
+        buffered: 0,
         locks: HashMap::new(),
     };
     loop {
@@ -205,6 +210,11 @@ impl Session {
                 if self.puts.contains_key(&id) {
                     return Err(Step::Fatal(format!("PUT {id} is already open")));
                 }
+                if self.puts.len() >= MAX_OPEN_PUTS {
+                    return Err(Step::Fatal(format!(
+                        "more than {MAX_OPEN_PUTS} PUTs open at once"
+                    )));
+                }
                 let put = match mode {
                     PutMode::Upload => match b.upload(&key) {
                         Ok(u) => Put::Upload(u),
@@ -225,11 +235,13 @@ impl Session {
                 let failed = match put {
                     Put::Upload(u) => u.write(&data).err(),
                     Put::Whole(key, _, buf) => {
-                        if buf.len() + data.len() > MAX_BUFFERED {
+                        if self.buffered + data.len() > MAX_BUFFERED {
+                            self.buffered -= buf.len();
                             Some(Error::BadArgument(format!(
-                                "{key} is larger than the {MAX_BUFFERED} bytes a whole-object write may be"
+                                "{key} would take the whole-object writes in flight past {MAX_BUFFERED} bytes"
                             )))
                         } else {
+                            self.buffered += data.len();
                             buf.extend_from_slice(&data);
                             None
                         }
@@ -262,7 +274,11 @@ impl Session {
             }
             Msg::Abort { id } => match self.puts.remove(&id) {
                 Some(Put::Failed) => Ok(()),
-                Some(_) => reply(out, id, Ok((false, 0))),
+                Some(Put::Whole(_, _, data)) => {
+                    self.buffered -= data.len();
+                    reply(out, id, Ok((false, 0)))
+                }
+                Some(Put::Upload(_)) => reply(out, id, Ok((false, 0))),
                 None => Err(Step::Fatal(format!("ABORT of PUT {id}, which is not open"))),
             },
             Msg::List { id, kind } => match b.list(kind) {
