@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use snarf::repo::backend::wire::{self, Msg};
-use snarf::repo::backend::{LocalDir, SshBackend, SshOptions, SshTarget};
-use snarf::repo::location::{self, Location};
+use snarf::repo::backend::{Backend, LocalDir, SshBackend, SshOptions, SshTarget};
+use snarf::repo::location::Location;
 use snarf::repo::retention::Policy;
 use snarf::repo::v2::{gc, InitOptions, NewBackup, Repository};
 use snarf::repo::Error;
@@ -136,9 +136,11 @@ fn backups_restore_check_and_prune_over_ssh_byte_exact() {
     let far = tempfile::tempdir().unwrap();
     let sshd = Sshd::start(&snarf_bin(), far.path());
     let root = far.path().join("repo");
-    let loc = Location::parse(&sshd.url(root.to_str().unwrap())).unwrap();
+    let t = target(&sshd, &root);
     let o = ssh_opts(&sshd, &sshd.user_key);
-    let repo = Repository::init(location::backend_with(&loc, &o, true).unwrap(), &opts()).unwrap();
+    let connect =
+        |create| -> Arc<dyn Backend> { Arc::new(SshBackend::connect(&t, &o, create).unwrap()) };
+    let repo = Repository::init(connect(true), &opts()).unwrap();
     let ids: Vec<String> = (1..=3)
         .map(|g| backup(&repo, g, None).unwrap().unwrap())
         .collect();
@@ -152,7 +154,7 @@ fn backups_restore_check_and_prune_over_ssh_byte_exact() {
     }
     assert_checks(&repo);
     // Concurrent readers share one connection, each answer reaching its own caller.
-    let again = Repository::open(location::backend_with(&loc, &o, false).unwrap()).unwrap();
+    let again = Repository::open(connect(false)).unwrap();
     std::thread::scope(|s| {
         for (g, id) in ids.iter().enumerate() {
             let again = &again;
@@ -527,4 +529,109 @@ fn serve_answers_every_request_holds_the_lock_per_connection_and_drops_a_broken_
     // A request before OPEN is a protocol error.
     let mut d = Serve::start(&[]);
     assert!(matches!(d.call(Msg::Sweep { id: 1 }), Msg::Fatal { .. }));
+}
+
+/// Runs the snarf binary with ssh set up for `sshd`'s unrestricted key.
+fn snarf_cli(sshd: &Sshd, args: &[&str], remote_env: bool) -> (i32, String, String) {
+    let mut c = std::process::Command::new(snarf_bin());
+    c.args(args)
+        .env("SNARF_RSH", sshd.rsh_string(&sshd.user_key))
+        .env_remove("SNARF_REMOTE_PATH")
+        .stdin(std::process::Stdio::null());
+    if remote_env {
+        c.env("SNARF_REMOTE_PATH", snarf_bin());
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_command_line_backs_up_restores_checks_and_prunes_an_ssh_repository() {
+    if !sshd::available() {
+        return;
+    }
+    let far = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(&snarf_bin(), far.path());
+    let here = tempfile::tempdir().unwrap();
+    let url = sshd.url(far.path().join("repo").to_str().unwrap());
+    let bin = snarf_bin().display().to_string();
+    let run = |args: &[&str]| snarf_cli(&sshd, args, true);
+    // --remote-path names the far snarf as SNARF_REMOTE_PATH does.
+    let (code, out, err) = snarf_cli(
+        &sshd,
+        &[
+            "repo",
+            "init",
+            &url,
+            "--format",
+            "2",
+            "--pack-size",
+            "1M",
+            "--remote-path",
+            &bin,
+        ],
+        false,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("format 2"), "{out}");
+    let (code, _, err) = run(&["repo", "init", &url, "--format", "2"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not empty"), "{err}");
+    let store = here.path().join("store");
+    let (code, _, err) = run(&["init", store.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let a: Vec<u8> = (0..(3u32 << 20)).map(|i| (i / 4096 % 251) as u8).collect();
+    std::fs::write(store.join("volumes/a.img"), &a).unwrap();
+    let s = store.to_str().unwrap();
+    let id_of = |out: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix("backup "))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no backup id in {out:?}"))
+            .to_string()
+    };
+    let (code, out, err) = run(&["backup", s, "first", "--repo", &url]);
+    assert_eq!(code, 0, "{err}");
+    let first = id_of(&out);
+    let (code, out, err) = run(&["backup", s, "second", "--repo", &url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("incremental from"), "{out}");
+    let second = id_of(&out);
+    let (code, out, _) = run(&["backups", &url]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&first) && out.contains(&second), "{out}");
+    let dest = here.path().join("out");
+    let (code, _, err) = run(&["restore", &url, &second, dest.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        std::fs::read(dest.join("a.img")).unwrap() == a,
+        "a.img differs"
+    );
+    let (code, out, err) = run(&["check", &url, "--read-data"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("no problems found"), "{out}");
+    let (code, out, _) = run(&["prune", &url, "--keep-last", "1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 backup(s) kept, 1 removed"), "{out}");
+    let (code, out, _) = run(&["finishing", &url]);
+    assert_eq!(code, 0, "{out}");
+    // A format 1 repository on the far side is named as such, not taken for nothing.
+    let v1 = far.path().join("v1");
+    let (code, _, err) = run(&["repo", "init", v1.to_str().unwrap(), "--format", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&["backups", &sshd.url(v1.to_str().unwrap())]);
+    assert_eq!(code, 1);
+    assert!(err.contains("format 1"), "{err}");
+    // Without a far snarf: the message names the fix.
+    let (code, _, err) = snarf_cli(
+        &sshd,
+        &["backups", &url, "--remote-path", "/nonexistent/snarf"],
+        false,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("--remote-path"), "{err}");
 }

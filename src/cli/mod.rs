@@ -68,6 +68,10 @@ pub type CliResult = Result<(), CliError>;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The snarf to run on the far host of ssh:// repositories (default: `snarf` on its
+    /// PATH; also SNARF_REMOTE_PATH).
+    #[arg(long, global = true, value_name = "PATH")]
+    remote_path: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +120,9 @@ enum Command {
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if let Some(p) = &cli.remote_path {
+        crate::repo::backend::ssh::set_remote_path(p);
+    }
     if !matches!(cli.command, Command::Mount(_) | Command::Umount(_)) {
         logging::to_stderr();
     }

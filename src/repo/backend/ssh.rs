@@ -21,7 +21,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -145,6 +145,15 @@ impl SshTarget {
     }
 }
 
+/// The far snarf named on this process's command line (`--remote-path`), if any.
+static REMOTE_PATH: OnceLock<String> = OnceLock::new();
+
+/// Names the far snarf for every ssh connection of this process (the `--remote-path` flag);
+/// it takes precedence over `SNARF_REMOTE_PATH`.
+pub fn set_remote_path(path: &str) {
+    let _ = REMOTE_PATH.set(path.to_string());
+}
+
 /// How to reach the far side: the ssh command and the far snarf.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshOptions {
@@ -155,9 +164,10 @@ pub struct SshOptions {
 }
 
 impl SshOptions {
-    /// From `SNARF_RSH` and `SNARF_REMOTE_PATH`, with `remote_path` (the `--remote-path`
-    /// flag) taking precedence over the latter.
+    /// From `SNARF_RSH` and `SNARF_REMOTE_PATH`, with `remote_path` (or else the one
+    /// [`set_remote_path`] set) taking precedence over the latter.
     pub fn from_env(remote_path: Option<&str>) -> Result<SshOptions> {
+        let remote_path = remote_path.or(REMOTE_PATH.get().map(String::as_str));
         let rsh = match std::env::var("SNARF_RSH") {
             Ok(s) if !s.trim().is_empty() => split_rsh(&s)?,
             _ => vec!["ssh".to_string()],
