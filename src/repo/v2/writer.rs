@@ -45,6 +45,8 @@ pub struct NewBackup {
     pub lock_wait: Option<std::time::Duration>,
     /// Description of this writer for the lock, e.g. "snarf backup nightly".
     pub command: String,
+    /// zstd level for this backup's new frames (1 to 19); the repository's if `None`.
+    pub compression: Option<i32>,
 }
 
 impl NewBackup {
@@ -56,6 +58,7 @@ impl NewBackup {
             host: None,
             lock_wait: None,
             command: format!("snarf backup {snapshot}"),
+            compression: None,
         }
     }
 }
@@ -115,6 +118,11 @@ impl Repository {
     /// Starts writing a backup: takes the lock (see [`NewBackup::lock_wait`]) and adopts
     /// the packs of killed writers into the index.
     pub fn begin_backup(&self, new: NewBackup) -> Result<Writer> {
+        if let Some(level) = new.compression.filter(|l| !(1..=19).contains(l)) {
+            return Err(Error::BadArgument(format!(
+                "compression level {level} is not allowed: use 1 (fastest) to 19 (smallest)"
+            )));
+        }
         let lock = self.lock(&new.command, new.lock_wait)?;
         super::gc::adopt(self)?;
         let index = Index::open(self.backend())?;
@@ -297,7 +305,11 @@ impl Writer {
         let list: Vec<(ChunkId, BlobKind, &[u8])> =
             blobs.iter().map(|(id, d)| (*id, kind, *d)).collect();
         let before = pack.len();
-        let refs = pack.append_frame(self.repo.seal(), self.repo.config().compression, &list)?;
+        let level = self
+            .new
+            .compression
+            .unwrap_or(self.repo.config().compression);
+        let refs = pack.append_frame(self.repo.seal(), level, &list)?;
         st.stats.new_stored_bytes += pack.len() - before;
         for r in &refs {
             st.seen.insert(r.id, Some(*r));
