@@ -60,10 +60,23 @@ impl Location {
         }
     }
 
-    /// The storage backend of a format 2 repository here.
+    /// The storage backend of a format 2 repository here. In a `fault-injection` build
+    /// with a fault point armed or a census asked for, every durable operation on it is a
+    /// fault point (see `backend::faulty`), so the crash suites reach them in the binary.
     pub fn backend(&self) -> Arc<dyn Backend> {
         match self {
-            Location::Local(p) => Arc::new(LocalDir::new(p)),
+            Location::Local(p) => {
+                #[cfg(feature = "fault-injection")]
+                {
+                    use super::fault;
+                    if std::env::var_os(fault::ENV).is_some()
+                        || std::env::var_os(fault::CENSUS_ENV).is_some()
+                    {
+                        return Arc::new(super::backend::faulty::Faulty::new(LocalDir::new(p)));
+                    }
+                }
+                Arc::new(LocalDir::new(p))
+            }
         }
     }
 
