@@ -26,6 +26,16 @@ pub struct RepoArgs {
 enum RepoCommand {
     /// Create a new, empty backup repository.
     Init(RepoInitArgs),
+    /// Migrate a format 1 repository to format 2 in place (packs stay; safe to interrupt
+    /// and run again).
+    Upgrade(RepoUpgradeArgs),
+}
+
+/// Arguments of `snarf repo upgrade`.
+#[derive(Debug, Args)]
+struct RepoUpgradeArgs {
+    /// The format 1 repository (a local folder).
+    repo: PathBuf,
 }
 
 /// Arguments of `snarf repo init`.
@@ -248,7 +258,35 @@ pub fn repo(args: RepoArgs) -> CliResult {
             );
             Ok(())
         }
+        RepoCommand::Upgrade(a) => upgrade(a),
     }
+}
+
+/// `snarf repo upgrade`.
+fn upgrade(a: RepoUpgradeArgs) -> CliResult {
+    let location = Location::of_arg(&a.repo)?;
+    let path = location.local_path().ok_or_else(|| {
+        CliError::new(format!(
+            "{}: only a local folder can be upgraded",
+            a.repo.display()
+        ))
+    })?;
+    let r = repo::upgrade::upgrade(path, location.backend()?, &repo::upgrade::step_point)?;
+    if r.was_format_2 {
+        println!("{} is a format 2 repository already", a.repo.display());
+    } else {
+        println!(
+            "upgraded {} to format 2: {} backup(s) converted{}; its packs are kept as they are",
+            a.repo.display(),
+            r.backups + r.already,
+            if r.already > 0 {
+                format!(" ({} by an earlier, interrupted run)", r.already)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
 }
 
 /// `snarf backups`: one line per committed backup.

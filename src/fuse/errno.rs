@@ -203,7 +203,8 @@ fn repo_errno(e: &repo::Error) -> i32 {
         | repo::Error::Locked { .. }
         | repo::Error::LockTimeout { .. }
         | repo::Error::Incomplete { .. }
-        | repo::Error::DestinationExists { .. } => libc::EIO,
+        | repo::Error::DestinationExists { .. }
+        | repo::Error::UpgradeInterrupted { .. } => libc::EIO,
     }
 }
 

@@ -363,6 +363,7 @@ fn run_v2(
     let source = Source::new(&desc, &names);
     let mut new = v2::NewBackup::new(&opts.snapshot, source.to_json());
     new.lock_wait = opts.lock_wait;
+    new.compression = opts.compression;
     new.command = format!(
         "snarf backup {} (pid {})",
         opts.snapshot,

@@ -141,6 +141,13 @@ pub enum Error {
         /// Its byte offset.
         offset: u64,
     },
+    /// `snarf repo upgrade` was cut short: the repository is between formats until it is
+    /// run again.
+    #[error("{path} is being upgraded to format 2 and the upgrade was interrupted; run `snarf repo upgrade {path}` again to complete it (nothing is lost meanwhile)")]
+    UpgradeInterrupted {
+        /// The repository.
+        path: PathBuf,
+    },
     /// A restore would overwrite an existing file.
     #[error("{path} already exists; remove it or restore into another directory")]
     DestinationExists {

@@ -157,10 +157,26 @@ pub fn point(name: &'static str) {
     }
 }
 
+/// The environment variable naming a file to which every dynamic point reached is
+/// appended, one name a line: the census of a scenario run as its own process.
+#[cfg(feature = "fault-injection")]
+pub const CENSUS_ENV: &str = "SNARF_FAULT_CENSUS";
+
 /// Kills the process with SIGKILL if `name`, a point the backend decorator numbers as it
-/// goes (`create.backups#1`, see `backend::faulty`), is the armed point.
+/// goes (`create.backups#1`, see `backend::faulty`), is the armed point; records it in the
+/// census file first if one is named ([`CENSUS_ENV`]).
 #[cfg(feature = "fault-injection")]
 pub fn dynamic_point(name: &str) {
+    if let Some(path) = std::env::var_os(CENSUS_ENV) {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path);
+        if let Ok(mut f) = file {
+            let _ = writeln!(f, "{name}");
+        }
+    }
     if armed() == Some(name) {
         log::warn!("fault point {name} reached: killing this process");
         let _ = crate::sys::proc::kill(std::process::id(), crate::sys::proc::Signal::KILL);

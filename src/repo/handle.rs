@@ -116,6 +116,11 @@ impl Handle {
 
     fn open_with(location: &Location, v1_open: fn(&Path) -> Result<v1::Repo>) -> Result<Handle> {
         match location {
+            Location::Local(path) if super::upgrade::interrupted(path) => {
+                Err(Error::UpgradeInterrupted {
+                    path: path.to_path_buf(),
+                })
+            }
             Location::Local(path) if is_v2(path) => {
                 v2::Repository::open(location.backend()?).map(Handle::V2)
             }

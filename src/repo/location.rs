@@ -69,7 +69,10 @@ impl Location {
     }
 
     /// The storage backend of a format 2 repository here (for ssh, a connection to the far
-    /// `snarf serve`, with `SNARF_RSH` and the remote snarf path).
+    /// `snarf serve`, with `SNARF_RSH` and the remote snarf path). In a `fault-injection`
+    /// build with a fault point armed or a census asked for, every durable operation on a
+    /// local one is a fault point (see `backend::faulty`), so the crash suites reach them in
+    /// the binary.
     pub fn backend(&self) -> Result<Arc<dyn Backend>> {
         self.connect(false)
     }
@@ -85,6 +88,15 @@ impl Location {
                 let b = LocalDir::new(p);
                 if create {
                     b.create_layout()?;
+                }
+                #[cfg(feature = "fault-injection")]
+                {
+                    use super::fault;
+                    if std::env::var_os(fault::ENV).is_some()
+                        || std::env::var_os(fault::CENSUS_ENV).is_some()
+                    {
+                        return Ok(Arc::new(super::backend::faulty::Faulty::new(b)));
+                    }
                 }
                 Arc::new(b)
             }

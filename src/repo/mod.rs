@@ -14,6 +14,7 @@ pub mod lock;
 pub mod report;
 pub mod retention;
 mod span;
+pub mod upgrade;
 pub use handle::{BackupInfo, Handle, VolumeInfo};
 pub use location::Location;
 pub mod v1;

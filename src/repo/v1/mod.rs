@@ -195,6 +195,11 @@ impl Repo {
 
     /// Opens without completing anything (for status displays).
     pub fn open_quiet(path: &Path) -> Result<Repo> {
+        if super::upgrade::interrupted(path) {
+            return Err(Error::UpgradeInterrupted {
+                path: path.to_path_buf(),
+            });
+        }
         let config = config::read(path)?;
         Ok(Repo {
             inner: Arc::new(Inner {

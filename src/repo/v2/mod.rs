@@ -24,4 +24,4 @@ mod tests;
 
 pub use reader::VolumeReader;
 pub use repository::{InitOptions, Repository};
-pub use writer::{NewBackup, Slot, Writer};
+pub use writer::{Kept, NewBackup, Slot, Writer};

@@ -45,6 +45,22 @@ pub struct NewBackup {
     pub lock_wait: Option<std::time::Duration>,
     /// Description of this writer for the lock, e.g. "snarf backup nightly".
     pub command: String,
+    /// zstd level for this backup's new frames (1 to 19); the repository's if `None`.
+    pub compression: Option<i32>,
+    /// What an upgrade keeps of a format 1 backup (its id, time and counts); `None` for a
+    /// new backup.
+    pub kept: Option<Kept>,
+}
+
+/// A format 1 backup's id, creation time and counts, kept by `snarf repo upgrade`.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    /// Its id.
+    pub id: BackupId,
+    /// When it was made, Unix seconds.
+    pub created: u64,
+    /// What it added to the repository.
+    pub stats: BackupStats,
 }
 
 impl NewBackup {
@@ -56,6 +72,8 @@ impl NewBackup {
             host: None,
             lock_wait: None,
             command: format!("snarf backup {snapshot}"),
+            compression: None,
+            kept: None,
         }
     }
 }
@@ -70,6 +88,8 @@ enum Put {
     Zero,
     /// A chunk: its reference is in `seen` once its frame is written.
     Chunk(ChunkId),
+    /// A chunk stored already, by reference (an upgrade's format 1 chunks).
+    Ref(ChunkRef),
 }
 
 struct Volume {
@@ -116,10 +136,26 @@ impl Repository {
     /// the packs of killed writers into the index.
     pub fn begin_backup(&self, new: NewBackup) -> Result<Writer> {
         let lock = self.lock(&new.command, new.lock_wait)?;
+        self.begin_backup_locked(new, lock)
+    }
+
+    /// Starts writing a backup under a lock the caller holds already (an upgrade holds it
+    /// across many backups); completes nothing a crashed writer left but adopting its packs.
+    pub fn begin_backup_locked(&self, new: NewBackup, lock: Box<dyn LockGuard>) -> Result<Writer> {
+        if let Some(level) = new.compression.filter(|l| !(1..=19).contains(l)) {
+            return Err(Error::BadArgument(format!(
+                "compression level {level} is not allowed: use 1 (fastest) to 19 (smallest)"
+            )));
+        }
         super::gc::adopt(self)?;
         let index = Index::open(self.backend())?;
-        let last = self.backup_ids()?.pop();
-        let id = BackupId::generate_after(ids::now_secs(), last.as_ref());
+        let id = match &new.kept {
+            Some(k) => k.id.clone(),
+            None => {
+                let last = self.backup_ids()?.pop();
+                BackupId::generate_after(ids::now_secs(), last.as_ref())
+            }
+        };
         let host = new.host.clone().unwrap_or_else(crate::repo::lock::hostname);
         Ok(Writer {
             repo: self.clone(),
@@ -283,6 +319,33 @@ impl Writer {
         Ok(())
     }
 
+    /// Sets snarf `snarf` of a volume to a chunk already stored (`r`, a data blob of the
+    /// snarf's length), without reading it: an upgrade's trees point at format 1 packs.
+    pub fn put_ref(&self, slot: Slot, snarf: u64, r: ChunkRef) -> Result<()> {
+        let mut st = self.state.lock();
+        let v = st
+            .volumes
+            .get_mut(slot.0)
+            .ok_or_else(|| Error::BadArgument(format!("no volume slot {}", slot.0)))?;
+        let count = snarf_count(v.size, v.snarf_size);
+        let want = if snarf < count {
+            snarf_len(v.size, v.snarf_size, snarf)
+        } else {
+            0
+        };
+        if want == 0 || r.raw_len != want || !r.kind.is_data() {
+            return Err(Error::BadArgument(format!(
+                "snarf {snarf} of volume \"{}\" ({want} bytes) cannot be chunk {} of {} bytes",
+                v.name,
+                r.id.short(),
+                r.raw_len
+            )));
+        }
+        v.put
+            .insert(snarf, if r.is_zero() { Put::Zero } else { Put::Ref(r) });
+        Ok(())
+    }
+
     /// Writes blobs as one frame into the current pack, sealing the pack when full.
     fn write_frame(
         &self,
@@ -297,7 +360,11 @@ impl Writer {
         let list: Vec<(ChunkId, BlobKind, &[u8])> =
             blobs.iter().map(|(id, d)| (*id, kind, *d)).collect();
         let before = pack.len();
-        let refs = pack.append_frame(self.repo.seal(), self.repo.config().compression, &list)?;
+        let level = self
+            .new
+            .compression
+            .unwrap_or(self.repo.config().compression);
+        let refs = pack.append_frame(self.repo.seal(), level, &list)?;
         st.stats.new_stored_bytes += pack.len() - before;
         for r in &refs {
             st.seen.insert(r.id, Some(*r));
@@ -385,6 +452,7 @@ impl Writer {
             for (&s, p) in puts {
                 entries[(s - first) as usize] = match p {
                     Put::Zero => Entry::Zero,
+                    Put::Ref(r) => Entry::Chunk(*r),
                     Put::Chunk(id) => match pages.st.lock().seen.get(id).copied().flatten() {
                         Some(r) => Entry::Chunk(r),
                         None => {
@@ -429,7 +497,14 @@ impl Writer {
                 &st.packs,
             )?;
         }
-        let created = ids::now_secs();
+        let created = self
+            .new
+            .kept
+            .as_ref()
+            .map_or_else(ids::now_secs, |k| k.created);
+        if let Some(k) = &self.new.kept {
+            st.stats = k.stats.clone();
+        }
         let obj = BackupObject {
             format: FORMAT,
             id: self.id.clone(),
