@@ -1,6 +1,7 @@
-//! The backup repository. Format 1 (`v1`) is the format of today's repositories; format 2
-//! (`v2`, being built) holds the same backups as objects behind one storage [`backend`]
-//! trait, with tree manifests, frames and an encryption seam. Shared here: the storage
+//! The backup repository. Format 1 (`v1`) keeps tables and a finishing record in a folder;
+//! format 2 (`v2`) holds the same backups as objects behind one storage [`backend`] trait,
+//! with tree manifests, frames and an encryption seam. [`Handle`] opens either from a
+//! [`Location`], and [`upgrade`] migrates format 1 to 2. Shared here: the storage
 //! backends, ids, errors, the lock, fault injection and file helpers.
 
 pub mod backend;

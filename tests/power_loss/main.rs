@@ -10,6 +10,7 @@ mod common;
 #[path = "../powerfs/mod.rs"]
 mod powerfs;
 mod repo;
+mod repo2;
 mod runner;
 mod store;
 
@@ -165,6 +166,9 @@ fn a_mounted_power_cut_loses_what_programs_did_not_sync() {
 #[test]
 fn child_role() {
     if let Ok(role) = std::env::var(repo::ROLE) {
+        if repo2::ROLES.contains(&role.as_str()) {
+            repo2::child_role(&role);
+        }
         repo::child_role(&role);
     }
 }
@@ -189,6 +193,10 @@ fn every_power_cut_recovers_forward_and_loses_nothing() {
         panic!("{name}: {e}");
     }
     let base = Arc::new(base);
+    let (base2, base2_found) = repo2::base_image(dir.path());
+    if let Some((name, Err(e))) = base2_found.cuts.first() {
+        panic!("{name}: {e}");
+    }
     let mut recovery = Vec::new();
     for first in ["commit.tables-synced", "finish.index"] {
         let img = repo::crashed_image(&base, dir.path(), first).unwrap();
@@ -197,6 +205,7 @@ fn every_power_cut_recovers_forward_and_loses_nothing() {
     // The store's life first: its cuts are checked by follow-up cases on every worker.
     let mut cases = vec![store::case()];
     cases.extend(repo::sweeps(base.clone()));
+    cases.extend(repo2::sweeps(Arc::new(base2)));
     cases.extend(repo::cases(base, recovery));
     // SNARF_POWER_ONLY=TEXT runs only the cases whose name contains TEXT (when debugging
     // one); the coverage assertion then does not apply.
@@ -206,6 +215,7 @@ fn every_power_cut_recovers_forward_and_loses_nothing() {
     }
     let mut tally = runner::run(cases, threads(), dir.path());
     tally.cuts.extend(base_found.cuts);
+    tally.cuts.extend(base2_found.cuts);
     let unreached: Vec<_> = snarf::repo::fault::POINTS
         .iter()
         .filter(|p| !tally.reached.contains(*p))

@@ -270,6 +270,23 @@ impl Filesystem for PowerFs {
         }
     }
 
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.shared.change(Op::Create, newparent.0, |m| {
+            m.link(ino.0, newparent.0, newname)?;
+            stat(m, ino.0)
+        }) {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self
             .shared

@@ -403,6 +403,31 @@ impl Model {
         Ok(ino)
     }
 
+    /// Adds the name `new_name` in `new_parent` for the file `ino`, as link(2) does: a name
+    /// change of `new_parent`, durable once that folder is fsynced.
+    pub fn link(&mut self, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Res<()> {
+        if new_name.len() > 255 {
+            return Err(libc::ENAMETOOLONG);
+        }
+        if self.node(ino)?.kind == Kind::Dir {
+            return Err(libc::EPERM);
+        }
+        if self.dir(new_parent)?.entries.contains_key(new_name) {
+            return Err(libc::EEXIST);
+        }
+        self.node_mut(new_parent)?
+            .entries
+            .insert(new_name.to_owned(), ino);
+        let node = self.node_mut(ino)?;
+        node.nlink += 1;
+        node.attr.ctime = SystemTime::now();
+        self.record(
+            vec![(new_parent, new_name.to_owned(), Some(ino))],
+            vec![ino],
+        );
+        Ok(())
+    }
+
     /// Removes a name that is not a folder (`dir` false) or an empty folder (`dir` true).
     pub fn remove(&mut self, parent: Ino, name: &OsStr, dir: bool) -> Res<()> {
         let ino = self.lookup(parent, name)?;
@@ -415,7 +440,8 @@ impl Model {
         }
         self.node_mut(parent)?.entries.remove(name);
         let node = self.node_mut(ino)?;
-        node.nlink = 0;
+        // A file keeps its other names (hard links).
+        node.nlink = if dir { 0 } else { node.nlink.saturating_sub(1) };
         node.attr.ctime = SystemTime::now();
         if dir {
             self.node_mut(parent)?.nlink -= 1;

@@ -1,8 +1,8 @@
 //! Repository format 2: objects behind the storage backend, tree manifests, frames, and the
 //! encryption seam. [`Repository`] is a format 2 repository over any backend: backups
 //! (full, and incremental with unchanged leaves by reference), reading and restoring them,
-//! check, prune and gc. The command line and the mount still use format 1 (`repo::v1`);
-//! wiring format 2 into them is the next step.
+//! check, prune and gc. The command line, the jobs and the mount reach it through
+//! `repo::Handle`.
 
 pub mod backup;
 pub mod check;
