@@ -233,12 +233,22 @@ fn format_2_backups_restore_check_prune_and_finishing_from_the_command_line() {
     assert!(out.contains("1 backup(s) kept, 1 removed"), "{out}");
     assert_eq!(repo.list_backups().expect("list").len(), 1);
 
-    // One flipped byte in a pack: check --read-data fails and says so.
-    let packs = r.join("packs");
-    let pack = walk_files(&packs).into_iter().next().expect("a pack");
+    // One flipped byte in a frame the kept backup uses (chosen from its tree, not by
+    // chance: after the prune some packs hold only chunks no backup references until gc's
+    // grace period ends): check --read-data fails and says so.
+    let reader = repo.volume_reader(id2.as_str(), "own.img").expect("reader");
+    let c = (0..reader.snarf_count())
+        .find_map(|n| match reader.entry(n).expect("entry") {
+            snarf::repo::v2::tree::Entry::Chunk(c) => Some(c),
+            snarf::repo::v2::tree::Entry::Zero => None,
+        })
+        .expect("a stored snarf");
+    let pack = walk_files(&r.join("packs"))
+        .into_iter()
+        .find(|p| p.file_stem().and_then(|n| n.to_str()) == Some(c.pack.to_string().as_str()))
+        .expect("the pack of a kept chunk");
     let mut bytes = std::fs::read(&pack).expect("pack");
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x40;
+    bytes[(c.offset + u64::from(c.stored_len) / 2) as usize] ^= 0x40;
     std::fs::write(&pack, &bytes).expect("write");
     let (code, out, err) = snarf(&["check", s(&r), "--read-data"]);
     assert_eq!(code, 1, "{out}");
