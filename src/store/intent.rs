@@ -107,7 +107,8 @@ pub struct Expect {
     pub snarf_shift: u32,
     /// The volume file's length now.
     pub file_len: u64,
-    /// The session that stopped (the file must not be from a later one).
+    /// The session being opened (the file must not be from a later one; it is from this
+    /// one if an earlier try of this open was cut short).
     pub last_session: u64,
 }
 

@@ -1,6 +1,6 @@
 //! The store: a directory of named volumes split into fixed-size snarfs, with the settings,
 //! pre-image space and run folder around them, and changed-snarf tracking that survives a
-//! clean close and is marked lost after an unclean one.
+//! clean close (exact stamps) and an unclean one (the write-intent bitmaps, [`intent`]).
 //!
 //! Layout of a store directory:
 //!
@@ -12,6 +12,7 @@
 //! cow/                the snapshot engine's: pre-images on disk, persistent snapshots
 //! state/store.json    volume ids, tracking checkpoints, session counter, deleted volumes
 //! state/stamps/ID     per-snarf last-write epochs, saved on clean close
+//! state/intent/ID     per-volume write-intent bitmap (regions written since the last backup)
 //! state/sessions      the sessions this copy of the store lived through (see `lineage`)
 //! run/                lock file, open marker, sockets, process registry
 //! ```
@@ -344,6 +345,12 @@ impl Store {
         let mut meta = load_meta(root)?;
         let marker = root.join(OPEN_MARKER);
         let recovered_unclean = marker.exists();
+        // The marker goes down before anything of the last session is consumed (its stamps
+        // are removed as each volume opens): an open cut short is an unclean stop too, so
+        // the next one recovers from the write-intent bitmaps instead of missing stamps.
+        if !recovered_unclean {
+            files::write_atomic(&marker, format!("{}\n", std::process::id()).as_bytes())?;
+        }
         if meta.session >= MAX_SESSION {
             return Err(Error::BadState {
                 path: root.join(META_FILE),
@@ -511,7 +518,6 @@ impl Store {
         // write is served.
         let lineage = lineage::Lineage::start(root, session)?;
         save_meta(root, &meta)?;
-        files::write_atomic(&marker, format!("{}\n", std::process::id()).as_bytes())?;
 
         Ok(Store {
             root: root.to_path_buf(),
@@ -1029,7 +1035,7 @@ impl OpenCtx<'_> {
             id,
             snarf_shift: shift,
             file_len,
-            last_session: self.session - 1,
+            last_session: self.session,
         };
         // After an unclean stop the stamps are gone; the write-intent bitmap says which
         // regions may have changed since its checkpoint, if it can be trusted.
