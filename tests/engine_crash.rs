@@ -64,7 +64,8 @@ fn backup(e: &Arc<Engine>, repo: &snarf::repo::Repo, name: &str, mode: Mode) -> 
     let mut o = BackupOptions::new(name);
     o.mode = mode;
     let svc = JobService::new(e.clone(), None);
-    let summary = snarf::jobs::pipeline::run(&svc, repo, &o, &mut NoProgress).unwrap();
+    let handle = snarf::repo::Handle::V1(repo.clone());
+    let summary = snarf::jobs::pipeline::run(&svc, &handle, &o, &mut NoProgress).unwrap();
     (summary, snap.epoch())
 }
 
