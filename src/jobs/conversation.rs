@@ -198,6 +198,7 @@ pub fn serve_stream(
                 Ok(None)
             }
             Msg::Done { backup } => {
+                let _ = service.done(&backup);
                 events(Event::Done(&backup));
                 proto::write_frame(writer, &Msg::Bye, &[])?;
                 return Ok(End::Done);

@@ -508,6 +508,10 @@ impl Session for JobService {
     }
 
     fn done(&self, _backup: &str) -> Result<()> {
+        // Changed-snarf tracking's checkpoint moves to the snapshot just backed up.
+        if let Some(a) = self.active.get() {
+            self.engine.backup_committed(&a.snap);
+        }
         Ok(())
     }
 

@@ -304,10 +304,14 @@ fn lost_tracking_reads_everything_and_dedup_keeps_it_small() {
     make_volume(&s.engine, "v", &vol);
     s.engine.take("a").unwrap();
     let first = direct(&s, &opts("a")).unwrap();
-    // Dropped without a clean close: the next session cannot trust the stamps.
+    // Dropped without a clean close, and the write-intent bitmap gone: the next session
+    // cannot tell what changed.
     let root = s.dir.path().join("store");
     let Setup { dir, engine, repo } = s;
     drop(engine);
+    for f in std::fs::read_dir(root.join("state/intent")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
     let s = Setup {
         engine: open_engine(&root),
         dir,
@@ -339,6 +343,78 @@ fn lost_tracking_reads_everything_and_dedup_keeps_it_small() {
     assert_eq!(second.new_chunks, 1, "only the changed snarf is new");
     assert!(restore(&s.repo, second.backup.as_str(), "v") == vol);
     assert!(first.new_chunks > 1);
+}
+
+#[test]
+fn after_an_unclean_stop_an_incremental_reads_only_the_regions_marked_dirty() {
+    let s = setup(8 << 20, 0, 1 << 20);
+    let region = crate::store::intent::REGION_SNARFS * SNARF;
+    let v = s.engine.create_volume("v", 3 * region).unwrap();
+    let mut vol = vec![0u8; (3 * region) as usize];
+    let mut put = |e: &Engine, v: &crate::store::Volume, at: u64, d: &[u8]| {
+        e.write(v, at, d).unwrap();
+        vol[at as usize..at as usize + d.len()].copy_from_slice(d);
+    };
+    for r in 0..3 {
+        put(
+            &s.engine,
+            &v,
+            r * region + 5 * SNARF,
+            &data(r + 1, 4 * SNARF as usize),
+        );
+    }
+    s.engine.take("a").unwrap();
+    let first = direct(&s, &opts("a")).unwrap();
+    assert_eq!(first.snarfs_read(), 12);
+    // After the backup, one write into region 1, then kill: the stamps are gone.
+    put(&s.engine, &v, region + 700 * SNARF, b"after the backup");
+    let root = s.dir.path().join("store");
+    let Setup { dir, engine, repo } = s;
+    drop(v);
+    drop(engine);
+    let s = Setup {
+        engine: open_engine(&root),
+        dir,
+        repo,
+    };
+    assert_eq!(s.engine.recovered().dirty_regions, 1);
+    let v = s.engine.volume("v").unwrap();
+    put(&s.engine, &v, 2 * region + 9 * SNARF, b"in the new session");
+    s.engine.take("b").unwrap();
+    let mut o = opts("b");
+    o.mode = Mode::Incremental;
+    let second = direct(&s, &o).unwrap();
+    assert!(
+        matches!(second.volumes[0].kind, VolumeKind::Incremental { .. }),
+        "{:?}",
+        second.volumes[0].kind
+    );
+    // Region 1 whole (the region the bitmap had marked) and the one snarf the new session
+    // wrote; region 0 and the rest of region 2 not at all.
+    assert_eq!(
+        second.snarfs_read(),
+        crate::store::intent::REGION_SNARFS + 1
+    );
+    assert!(restore(&s.repo, second.backup.as_str(), "v") == vol);
+    // The backup moved the checkpoint: once more after a kill, nothing is dirty.
+    let Setup { dir, engine, repo } = s;
+    drop(v);
+    drop(engine);
+    let s = Setup {
+        engine: open_engine(&root),
+        dir,
+        repo,
+    };
+    assert_eq!(s.engine.recovered().dirty_regions, 0);
+    s.engine.take("c").unwrap();
+    o.snapshot = "c".into();
+    let third = direct(&s, &o).unwrap();
+    assert!(matches!(
+        third.volumes[0].kind,
+        VolumeKind::Incremental { .. }
+    ));
+    assert_eq!(third.snarfs_read(), 0);
+    assert!(restore(&s.repo, third.backup.as_str(), "v") == vol);
 }
 
 #[test]

@@ -172,7 +172,26 @@ impl Engine {
                 set.insert(i);
             }
         });
+        // After an unclean stop the stamps of what came before it are gone: the regions its
+        // write-intent bitmap had marked stand for them.
+        if let Some(intent) = vol.intent() {
+            let (regions, at) = intent.recovered();
+            if since < at {
+                let span = crate::store::intent::REGION_SNARFS;
+                for &r in regions.iter().filter(|&&r| r * span < count) {
+                    set.insert_range(r * span, ((r + 1) * span).min(count));
+                }
+            }
+        }
         Ok(Changed::Snarfs(set))
+    }
+
+    /// A backup of `snap` was committed: each of its volumes' write-intent bitmaps moves its
+    /// checkpoint to the snapshot, so the regions not written since are cleared.
+    pub fn backup_committed(&self, snap: &Snapshot) {
+        for sv in snap.volumes().values() {
+            self.store.backup_committed(&sv.volume, snap.epoch());
+        }
     }
 
     /// Number of pre-images a snapshot needs (shared ones counted for each snapshot).

@@ -69,7 +69,7 @@ fn bad_names_say_which_rule() {
 }
 
 #[test]
-fn tracking_survives_a_clean_close_and_is_lost_after_an_unclean_one() {
+fn tracking_survives_a_clean_close_and_an_unclean_one_through_the_write_intent_bitmap() {
     let dir = tempfile::tempdir().unwrap();
     let root = new_store(dir.path());
     let snarf = 64 * 1024;
@@ -99,12 +99,17 @@ fn tracking_survives_a_clean_close_and_is_lost_after_an_unclean_one() {
     }
     let e = engine(&root);
     assert!(e.store().recovered_unclean());
+    assert_eq!(e.recovered().dirty_regions, 1);
     let s = e.take("after-crash").unwrap();
+    // The one region (16 snarfs of a 1024-snarf region) was marked: every snarf of it
+    // counts as changed, a superset of what was written.
     match e.changed_snarfs(&s, "v", checkpoint).unwrap() {
-        Changed::Lost { reason } => assert!(reason.contains("not closed cleanly"), "{reason}"),
-        Changed::Snarfs(set) => panic!("tracking trusted after an unclean stop: {set:?}"),
+        Changed::Snarfs(set) => {
+            assert_eq!(set.iter().collect::<Vec<_>>(), (0..16).collect::<Vec<_>>())
+        }
+        Changed::Lost { reason } => panic!("tracking lost after an unclean stop: {reason}"),
     }
-    // A checkpoint taken in this session works again.
+    // A checkpoint taken in this session is answered by the stamps alone.
     let since = s.epoch();
     let v = e.volume("v").unwrap();
     e.write(&v, 0, b"z").unwrap();
@@ -112,6 +117,81 @@ fn tracking_survives_a_clean_close_and_is_lost_after_an_unclean_one() {
     assert!(
         matches!(e.changed_snarfs(&s2, "v", since).unwrap(), Changed::Snarfs(set) if set.iter().eq([0]))
     );
+}
+
+/// The store's bitmap file of the only volume.
+fn intent_file(root: &std::path::Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(root.join("state/intent"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files.remove(0)
+}
+
+#[test]
+fn tracking_is_lost_after_an_unclean_stop_when_the_bitmap_cannot_be_trusted() {
+    type Spoil = fn(&std::path::Path, &std::path::Path);
+    let cases: [(&str, Spoil, &str); 4] = [
+        (
+            "missing",
+            |b, _| std::fs::remove_file(b).unwrap(),
+            "is missing",
+        ),
+        (
+            "truncated",
+            |b, _| {
+                let f = std::fs::OpenOptions::new().write(true).open(b).unwrap();
+                f.set_len(4096).unwrap();
+            },
+            "truncated",
+        ),
+        (
+            "corrupt",
+            |b, _| {
+                let mut d = std::fs::read(b).unwrap();
+                d[4096 + 64] ^= 0x10;
+                std::fs::write(b, d).unwrap();
+            },
+            "damaged page",
+        ),
+        (
+            "volume grown behind snarf's back",
+            |_, v| {
+                let f = std::fs::OpenOptions::new().write(true).open(v).unwrap();
+                f.set_len(20 * 64 * 1024).unwrap();
+            },
+            "changed while the store was not open",
+        ),
+    ];
+    for (what, spoil, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let root = new_store(dir.path());
+        let snarf = 64 * 1024;
+        let checkpoint;
+        {
+            let e = engine(&root);
+            let v = e.create_volume("v", 16 * snarf).unwrap();
+            e.write(&v, 0, &vec![1u8; 16 * snarf as usize]).unwrap();
+            checkpoint = e.take("base").unwrap().epoch();
+            e.write(&v, 3 * snarf, b"x").unwrap();
+            // Dropped without close: an unclean stop.
+        }
+        let bitmap = intent_file(&root);
+        spoil(&bitmap, &root.join("volumes/v"));
+        let e = engine(&root);
+        assert_eq!(e.recovered().dirty_regions, 0, "{what}");
+        let s = e.take("after").unwrap();
+        match e.changed_snarfs(&s, "v", checkpoint).unwrap() {
+            Changed::Lost { reason } => assert!(
+                reason.contains(want)
+                    && (what.starts_with("volume")
+                        || reason.contains(&bitmap.display().to_string())),
+                "{what}: {reason}"
+            ),
+            Changed::Snarfs(set) => panic!("{what}: a bitmap that cannot be trusted was: {set:?}"),
+        }
+    }
 }
 
 #[test]

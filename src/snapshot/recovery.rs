@@ -66,6 +66,11 @@ impl Engine {
         for (id, v) in &retired {
             by_id.entry(*id).or_insert_with(|| v.clone());
         }
+        report.dirty_regions = by_id
+            .values()
+            .filter_map(|v| v.intent())
+            .map(|i| i.recovered().0.len() as u64)
+            .sum();
         let mut snaps = Vec::new();
         for e in table::load(&cow, first_epoch)? {
             let mut volumes = BTreeMap::new();

@@ -209,6 +209,9 @@ impl Engine {
         if st.snarf_count() == 0 || first > last {
             return Ok(Step::Done);
         }
+        // The regions' write-intent bits go to disk while the pre-images are captured; both
+        // are durable before the caller issues its write.
+        let marked = vol.mark_written(first, last);
         let mut ticket = 0;
         for i in first..=last {
             if st.stamp(i) < epoch {
@@ -233,6 +236,7 @@ impl Engine {
                 });
             }
         }
+        vol.wait_marked(marked)?;
         Ok(Step::Done)
     }
 

@@ -1,6 +1,6 @@
 //! The store: a directory of named volumes split into fixed-size snarfs, with the settings,
 //! pre-image space and run folder around them, and changed-snarf tracking that survives a
-//! clean close and is marked lost after an unclean one.
+//! clean close (exact stamps) and an unclean one (the write-intent bitmaps, [`intent`]).
 //!
 //! Layout of a store directory:
 //!
@@ -12,6 +12,7 @@
 //! cow/                the snapshot engine's: pre-images on disk, persistent snapshots
 //! state/store.json    volume ids, tracking checkpoints, session counter, deleted volumes
 //! state/stamps/ID     per-snarf last-write epochs, saved on clean close
+//! state/intent/ID     per-volume write-intent bitmap (regions written since the last backup)
 //! state/sessions      the sessions this copy of the store lived through (see `lineage`)
 //! run/                lock file, open marker, sockets, process registry
 //! ```
@@ -21,6 +22,7 @@
 //! always older than any epoch of this one.
 
 pub mod files;
+pub mod intent;
 pub mod iostats;
 pub mod lineage;
 pub mod name;
@@ -271,6 +273,8 @@ const MAX_SESSION: u64 = (1 << 32) - 2;
 /// Largest `state/store.json` read.
 const MAX_META_BYTES: u64 = 64 << 20;
 const OPEN_MARKER: &str = "run/open";
+/// Folder of the volumes' write-intent bitmaps.
+const INTENT_DIR: &str = "state/intent";
 /// Folder of the durable pre-image store and the persistent snapshots' table.
 pub const COW_DIR: &str = "cow";
 const LOCK_FILE: &str = "run/store.lock";
@@ -300,6 +304,7 @@ impl Store {
             COW_DIR,
             "state",
             "state/stamps",
+            INTENT_DIR,
             "run",
         ] {
             let dir = root.join(sub);
@@ -340,6 +345,12 @@ impl Store {
         let mut meta = load_meta(root)?;
         let marker = root.join(OPEN_MARKER);
         let recovered_unclean = marker.exists();
+        // The marker goes down before anything of the last session is consumed (its stamps
+        // are removed as each volume opens): an open cut short is an unclean stop too, so
+        // the next one recovers from the write-intent bitmaps instead of missing stamps.
+        if !recovered_unclean {
+            files::write_atomic(&marker, format!("{}\n", std::process::id()).as_bytes())?;
+        }
         if meta.session >= MAX_SESSION {
             return Err(Error::BadState {
                 path: root.join(META_FILE),
@@ -399,11 +410,14 @@ impl Store {
             }
         }
 
+        let intent_dir = root.join(INTENT_DIR);
+        crate::sys::durable::ensure_dir(&intent_dir, 0o700)?;
         let ctx = OpenCtx {
             root,
             settings: &settings,
             unclean: recovered_unclean,
             first_epoch,
+            session,
         };
         let mut volumes = BTreeMap::new();
         let mut lost = BTreeMap::new();
@@ -471,11 +485,23 @@ impl Store {
             .collect();
         meta.logical_sizes.retain(|id, _| longer.contains(id));
         if recovered_unclean {
+            let kept = volumes
+                .values()
+                .filter(|v| v.intent().is_some_and(|i| i.recovered().1 != 0))
+                .count();
             log::warn!(
-                "store {} was not closed cleanly last time; changed-snarf tracking is lost, the next backup of each volume reads it in full",
-                root.display()
+                "store {} was not closed cleanly last time; changed-snarf tracking of {kept} of {} volumes was recovered from their write-intent bitmaps (their next backups read the regions marked dirty), the others' next backups read them in full",
+                root.display(),
+                volumes.len()
             );
         }
+        // Bitmaps of volumes that are no more.
+        let known: std::collections::BTreeSet<String> = volumes
+            .values()
+            .chain(retired.values())
+            .map(|v| format!("{:016x}", v.id()))
+            .collect();
+        crate::sys::durable::remove_leftovers(&intent_dir, |name| !known.contains(name))?;
         // Spill files of stores before the durable pre-image store.
         let spill = root.join("spill");
         if spill.exists() {
@@ -492,7 +518,6 @@ impl Store {
         // write is served.
         let lineage = lineage::Lineage::start(root, session)?;
         save_meta(root, &meta)?;
-        files::write_atomic(&marker, format!("{}\n", std::process::id()).as_bytes())?;
 
         Ok(Store {
             root: root.to_path_buf(),
@@ -625,6 +650,17 @@ impl Store {
             .map_err(|e| Error::io(format!("creating volume \"{name}\""), e))
             .and_then(|_| Volume::new(id, self.snarf_size().trailing_zeros(), file, epoch, 0, None))
             .and_then(|vol| {
+                vol.attach_intent(intent::Intent::create(
+                    intent_path(&self.root, id),
+                    id,
+                    vol.snarf_shift(),
+                    self.session,
+                    epoch,
+                    0,
+                    &[],
+                    Vec::new(),
+                    0,
+                )?);
                 if size > 0 {
                     let mut st = vol.write_state();
                     vol.set_len(&mut st, size, epoch)?;
@@ -825,23 +861,72 @@ impl Store {
         Ok(())
     }
 
-    /// Whether `vol`'s stamps can say which snarfs changed since `epoch`.
+    /// Whether `vol`'s stamps (and, after an unclean stop, its recovered write-intent
+    /// bitmap) can say which snarfs changed since `epoch`.
     pub fn tracking(&self, vol: &Volume, epoch: u64) -> Tracking {
         if epoch >= vol.tracked_since() {
             return Tracking::Valid;
         }
-        let reason = if self.recovered_unclean && vol.tracked_since() == self.first_epoch() {
-            "the store was not closed cleanly, so changed-snarf tracking was lost".to_string()
-        } else if let Some(reason) = self
+        let reason = if let Some(reason) = self
             .lost
             .get(&vol.id())
             .filter(|_| vol.tracked_since() == self.first_epoch())
         {
             reason.clone()
+        } else if self.recovered_unclean && vol.tracked_since() == self.first_epoch() {
+            "the store was not closed cleanly, so changed-snarf tracking was lost".to_string()
+        } else if self.recovered_unclean
+            && vol
+                .intent()
+                .is_some_and(|i| i.recovered().1 == self.first_epoch())
+        {
+            "the store was not closed cleanly, and its write-intent bitmap covers only the changes since the volume's latest backup (not since this older one)".to_string()
         } else {
             "changed-snarf tracking for this volume starts after that checkpoint".to_string()
         };
         Tracking::Lost { reason }
+    }
+
+    /// A backup of `vol` as of `epoch` was committed: its write-intent bitmap's checkpoint
+    /// moves there (durably), then the regions nothing was written in since are cleared,
+    /// lazily. A failure only leaves more regions dirty.
+    pub fn backup_committed(&self, vol: &Volume, epoch: u64) {
+        let Some(i) = vol.intent() else { return };
+        match i.advance(epoch) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                log::warn!(
+                    "the write-intent bitmap's checkpoint could not be moved: {}",
+                    crate::chain::ErrorChain::chain(&e)
+                );
+                return;
+            }
+        }
+        // No write into a region is under way while it is looked at.
+        let st = vol.write_state();
+        let (recovered, at) = i.recovered();
+        let span = intent::REGION_SNARFS;
+        let cleared = i.clear_unless(|r| {
+            st.first_newer(r * span, epoch)
+                .is_some_and(|k| k < (r + 1) * span)
+                || (epoch < at && recovered.binary_search(&r).is_ok())
+        });
+        drop(st);
+        if cleared > 0 {
+            i.write_lazily();
+        }
+    }
+
+    /// Regions found dirty in the write-intent bitmaps at this open (after an unclean stop).
+    pub fn recovered_dirty_regions(&self) -> u64 {
+        let vols = self.volumes.read();
+        let retired = self.retired.lock();
+        vols.values()
+            .chain(retired.values())
+            .filter_map(|v| v.intent())
+            .map(|i| i.recovered().0.len() as u64)
+            .sum()
     }
 
     /// Flushes all volumes to stable storage.
@@ -886,6 +971,13 @@ impl Store {
             }
             vol.sync_data()?;
             files::write_atomic_with(&stamps_path(&self.root, vol.id()), |w| vol.write_stamps(w))?;
+            if let Some(i) = vol.intent() {
+                // The bits cleared since the last commit reach the disk (the stamps are
+                // what the next clean open trusts; this only keeps the bitmap tight).
+                if let Err(e) = i.flush() {
+                    log::warn!("{}", crate::chain::ErrorChain::chain(&e));
+                }
+            }
         }
         {
             let mut meta = self.meta.lock();
@@ -908,6 +1000,8 @@ struct OpenCtx<'a> {
     /// The last session did not close cleanly.
     unclean: bool,
     first_epoch: u64,
+    /// This session's number.
+    session: u64,
 }
 
 impl OpenCtx<'_> {
@@ -936,8 +1030,31 @@ impl OpenCtx<'_> {
             .map_err(|e| Error::io(format!("reading attributes of {}", path.display()), e))?
             .len();
         let max = volume::max_volume_size(shift);
-        let stamps = if self.unclean || file_len > max {
+        let intent_path = intent_path(self.root, id);
+        let expect = intent::Expect {
+            id,
+            snarf_shift: shift,
+            file_len,
+            last_session: self.session,
+        };
+        // After an unclean stop the stamps are gone; the write-intent bitmap says which
+        // regions may have changed since its checkpoint, if it can be trusted.
+        let mut recovered = None;
+        let stamps = if file_len > max {
             Err(None)
+        } else if self.unclean {
+            match intent::load(&intent_path, &expect) {
+                Ok(found) => {
+                    recovered = Some(found);
+                    Err(None)
+                }
+                Err(why) => {
+                    log::warn!(
+                        "the store was not closed cleanly and {why}; changed-snarf tracking of volume \"{name}\" starts now, its next backup reads it in full"
+                    );
+                    Err(Some(format!("the store was not closed cleanly and {why}, so changed-snarf tracking was lost")))
+                }
+            }
         } else {
             let count = file_len.div_ceil(self.settings.snarf_size);
             match load_stamps(&stamps_path, count, self.first_epoch) {
@@ -962,9 +1079,24 @@ impl OpenCtx<'_> {
                 }
             }
         };
-        let stamps = match stamps {
-            Ok(stamps) => Some(stamps),
-            Err(reason) => {
+        let (stamps, since) = match (stamps, &recovered) {
+            (Ok(stamps), _) => {
+                // A clean stop: the bitmap's checkpoint stands (its bits are derived from
+                // the stamps again below, exactly); without one, tracking starts where the
+                // stamps' does.
+                let since = intent::load(&intent_path, &expect)
+                    .map_or(*tracked_since, |l| l.since.max(*tracked_since));
+                (Some(stamps), since)
+            }
+            (Err(_), Some(found)) => {
+                // Stamps lost, tracking kept: every write since the bitmap's checkpoint is
+                // in its dirty regions (their snarfs count as changed), and the stamps from
+                // here on are lower bounds for what came before.
+                *tracked_since = (*tracked_since).max(found.since);
+                *uncertain_before = Some(uncertain_before.unwrap_or(0).max(self.first_epoch));
+                (None, found.since)
+            }
+            (Err(reason), None) => {
                 // Without trustworthy stamps nothing older than now can be answered, and
                 // the stamps from here on are only lower bounds for what came before.
                 *tracked_since = (*tracked_since).max(self.first_epoch);
@@ -972,9 +1104,27 @@ impl OpenCtx<'_> {
                 if let Some(reason) = reason {
                     lost.insert(id, reason);
                 }
-                None
+                (None, *tracked_since)
             }
         };
+        // The regions the bitmap starts with: those the stamps show written since its
+        // checkpoint, or those recovered.
+        let mut dirty = Vec::new();
+        if let Some(stamps) = &stamps {
+            let mut from = 0;
+            while let Some(k) = stamps.first_newer(from, since) {
+                let r = intent::region_of(k);
+                dirty.push(r);
+                from = (r + 1) << intent::REGION_SHIFT;
+            }
+        }
+        let (recovered, recovered_at) = match recovered {
+            Some(found) => (found.dirty, self.first_epoch),
+            None => (Vec::new(), 0),
+        };
+        dirty.extend_from_slice(&recovered);
+        dirty.sort_unstable();
+        dirty.dedup();
         let _ = std::fs::remove_file(&stamps_path);
         let vol = Volume::new(
             id,
@@ -984,6 +1134,17 @@ impl OpenCtx<'_> {
             uncertain_before.unwrap_or(0),
             stamps,
         )?;
+        vol.attach_intent(intent::Intent::create(
+            intent_path,
+            id,
+            shift,
+            self.session,
+            since,
+            file_len,
+            &dirty,
+            recovered,
+            recovered_at,
+        )?);
         if let Some(size) = logical {
             // Only ever shorter: a recorded size past the file would grow it.
             let mut st = vol.write_state();
@@ -998,6 +1159,10 @@ impl OpenCtx<'_> {
         }
         Ok(vol)
     }
+}
+
+fn intent_path(root: &Path, id: VolumeId) -> PathBuf {
+    root.join(INTENT_DIR).join(format!("{id:016x}"))
 }
 
 fn stamps_path(root: &Path, id: VolumeId) -> PathBuf {

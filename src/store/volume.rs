@@ -24,6 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::intent::{self, Intent, Ticket};
 use super::iostats::IoStats;
 use super::stamps::{NoMemory, Stamps};
 use super::{Error, Result};
@@ -75,6 +76,9 @@ pub struct Volume {
     sync_lock: Mutex<()>,
     /// Reads and writes served, for metrics.
     io: IoStats,
+    /// The write-intent bitmap, once the store attached it (a store opened without one
+    /// tracks nothing across an unclean stop).
+    intent: std::sync::OnceLock<Intent>,
 }
 
 /// An open file's place in its volume's error sequence (see the module notes).
@@ -185,7 +189,35 @@ impl Volume {
             errors: AtomicU64::new(0),
             sync_lock: Mutex::new(()),
             io: IoStats::default(),
+            intent: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Attaches the write-intent bitmap (once; a second is dropped).
+    pub(super) fn attach_intent(&self, intent: Intent) {
+        let _ = self.intent.set(intent);
+    }
+
+    /// The write-intent bitmap, if attached.
+    pub fn intent(&self) -> Option<&Intent> {
+        self.intent.get()
+    }
+
+    /// Marks the regions of snarfs `first..=last` dirty in the write-intent bitmap; the
+    /// write into them is issued only once [`Volume::wait_marked`] of the ticket returned.
+    pub fn mark_written(&self, first: u64, last: u64) -> Ticket {
+        match self.intent.get() {
+            Some(i) if first <= last => i.mark(intent::region_of(first), intent::region_of(last)),
+            _ => 0,
+        }
+    }
+
+    /// Waits until the marks of `ticket` are durable.
+    pub fn wait_marked(&self, ticket: Ticket) -> Result<()> {
+        match self.intent.get() {
+            Some(i) => i.wait(ticket),
+            None => Ok(()),
+        }
     }
 
     /// The volume's read and write counters.
@@ -470,6 +502,17 @@ impl Volume {
             });
         }
         let count = snarfs_for(len, self.snarf_shift);
+        // The bitmap knows the new length, and the regions of the snarfs that come into
+        // being (and the one holding the smaller end), before the file changes.
+        if let Some(i) = self.intent.get() {
+            let from = len.min(state.phys_len) >> self.snarf_shift;
+            let marked = if count > from {
+                i.mark(intent::region_of(from), intent::region_of(count - 1))
+            } else {
+                0
+            };
+            i.wait(i.note_len(len).max(marked))?;
+        }
         if !state.served() {
             // Nothing is known about the old snarfs: every one counts as written now.
             let stamps = new_stamps(count, epoch)?;
@@ -576,6 +619,9 @@ impl Drop for Volume {
             return;
         }
         if let Some(path) = self.retired.get_mut().take() {
+            if let Some(i) = self.intent.get() {
+                let _ = std::fs::remove_file(i.path());
+            }
             if let Err(e) = std::fs::remove_file(&path) {
                 log::warn!(
                     "could not remove deleted volume file {}: {e}",
