@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::table::{escape_text, rate, size, time, Table};
+use super::table::{rate, size, time, Table};
 use crate::jobs::JobState;
 use crate::pids::{Entry, ProcState, ProcType};
 
@@ -437,7 +437,7 @@ pub fn render_status(report: &StatusReport) -> String {
     if !report.schedule.is_empty() {
         let mut t = Table::new(&["SCHEDULE-PROBLEM"]);
         for p in &report.schedule {
-            t.push(vec![escape_text(p)]);
+            t.push(vec![p.clone()]);
         }
         out.push('\n');
         out.push_str(&t.render());

@@ -19,7 +19,7 @@
 use super::cron::{CronError, CronExpr};
 use super::file::ControlFile;
 use super::grammar::{self, Command, Rejection, MAX_COMMAND_BYTES};
-use super::table::{escape_field, escape_text, time, Table};
+use super::table::{time, Table};
 use super::words::{quote_word, split_words};
 use crate::jobs::BackupRequest;
 
@@ -253,27 +253,30 @@ pub struct ScheduleRow {
     pub text: String,
 }
 
-/// `control/schedule-status`: each line with its next run, last run and result, then the
-/// lines of the file on disk that do not run, with why.
+/// `control/schedule-status`: each line with its next run, last run and result; then each
+/// line's text (free text, so in a table of its own); then the lines of the file on disk
+/// that do not run, with why.
 pub fn render_schedule(rows: &[ScheduleRow], errors: &[LineError]) -> String {
-    let mut t = Table::new(&["LINE", "NEXT", "LAST", "RESULT", "JOB"]);
+    let mut t = Table::new(&["LINE", "NEXT", "LAST", "RESULT"]);
+    let mut jobs = Table::new(&["LINE", "JOB"]);
     for r in rows {
         t.push(vec![
             r.line.to_string(),
-            escape_field(&time(r.next)),
-            escape_field(&time(r.last)),
-            escape_field(if r.result.is_empty() { "-" } else { &r.result }),
-            escape_text(&r.text),
+            time(r.next),
+            time(r.last),
+            r.result.clone(),
         ]);
+        jobs.push(vec![r.line.to_string(), r.text.clone()]);
     }
     let mut out = t.render();
+    if !rows.is_empty() {
+        out.push('\n');
+        out.push_str(&jobs.render());
+    }
     if !errors.is_empty() {
         let mut e = Table::new(&["BAD-LINE", "ERROR"]);
         for err in errors {
-            e.push(vec![
-                err.line.to_string(),
-                escape_text(&err.problem.to_string()),
-            ]);
+            e.push(vec![err.line.to_string(), err.problem.to_string()]);
         }
         out.push('\n');
         out.push_str(&e.render());
@@ -453,7 +456,11 @@ mod tests {
         let row = lines.next().unwrap();
         assert!(row.starts_with("3 "), "{row}");
         assert!(row.contains("1970-01-02T00:00:00Z"), "{row}");
-        assert!(row.ends_with("@daily backup snapshot=auto"), "{row}");
+        assert!(row.ends_with(" -"), "no result yet: {row}");
+        assert!(
+            out.contains("\nLINE  JOB\n3     @daily backup snapshot=auto\n"),
+            "{out}"
+        );
         assert!(out.contains("BAD-LINE"), "{out}");
         let bad = out.lines().last().unwrap();
         assert!(

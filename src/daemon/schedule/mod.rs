@@ -293,7 +293,11 @@ impl Scheduler {
                 release(runner, snap);
             }
             log::info!("schedule: {text:?}: job {} {result}", run.job);
-            r.result = result;
+            r.result = if run.caught_up {
+                format!("{result} (caught up missed times)")
+            } else {
+                result
+            };
             r.running = None;
             changed = true;
         }
@@ -334,6 +338,7 @@ impl Scheduler {
         r.running = Some(Running {
             job: String::new(),
             snapshot: snapshot.clone(),
+            caught_up: missed,
         });
         r.last_run = Some(now);
         r.skipped = 0;

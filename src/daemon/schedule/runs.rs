@@ -26,6 +26,9 @@ pub struct Running {
     /// The snapshot taken for it, to release when it ends.
     #[serde(default)]
     pub snapshot: Option<String>,
+    /// Whether it runs for due times missed (the daemon was down at them).
+    #[serde(default)]
+    pub caught_up: bool,
 }
 
 /// What is remembered of one line.
@@ -133,6 +136,7 @@ mod tests {
                 running: Some(Running {
                     job: "1-1".into(),
                     snapshot: Some("cron-x".into()),
+                    caught_up: true,
                 }),
                 ..Default::default()
             },
@@ -149,6 +153,7 @@ mod tests {
             hostile.lines.values_mut().next().unwrap().running = Some(Running {
                 job: "1-1".into(),
                 snapshot: Some(name.into()),
+                caught_up: false,
             });
             hostile.save(&p).unwrap();
             let (r, _) = Runs::load(&p);

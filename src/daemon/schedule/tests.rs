@@ -210,11 +210,13 @@ fn missed_times_are_caught_up_once_after_downtime_and_restart() {
     assert_eq!(w.daemon.starts(), 2);
     assert!(w.row(1).result.contains("caught up"), "{}", w.row(1).result);
     assert_eq!(w.row(1).next, Some(DAY0 + 4 * DAY + 2 * HOUR));
+    w.daemon.end("job-1", "done: backup C");
+    w.at(DAY0 + 3 * DAY + 5 * HOUR + 8 * MIN);
+    assert_eq!(w.row(1).result, "done: backup C (caught up missed times)");
     w.at(DAY0 + 3 * DAY + 5 * HOUR + 30 * MIN);
     assert_eq!(w.daemon.starts(), 2);
-    // The runs of the hourly line that went with the old daemon are recorded as failed,
-    // and its snapshot-less job leaves nothing to release.
-    assert!(w.daemon.released.lock().is_empty());
+    // Only the catch-up's own snapshot was released; the hourly line takes none.
+    assert_eq!(*w.daemon.released.lock(), ["cron-20261203-0200-l1"]);
 }
 
 #[test]
