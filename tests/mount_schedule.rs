@@ -133,6 +133,15 @@ fn a_schedule_runs_cron_jobs_by_the_daemons_clock() {
         fs::read_to_string(m.store.join("schedule")).unwrap(),
         format!("# nightly\n{line}\n")
     );
+    // Several writes on one descriptor (a shell's echos) build one schedule.
+    mounted::sh(&format!(
+        "{{ echo '# nightly'; echo '{line}'; }} > {}/control/schedule",
+        mp
+    ));
+    assert_eq!(
+        fs::read_to_string(m.path("control/schedule")).unwrap(),
+        format!("# nightly\n{line}\n")
+    );
     let out = snarf_ok(&["schedule", &mp]);
     assert!(out.contains("2026-12-02T02:00:00Z"), "the next run: {out}");
     // The line is seen at 01:59; at 02:00 it is due.

@@ -136,6 +136,27 @@ mod tests {
     }
 
     #[test]
+    fn fake_clocks_show_what_they_are_set_to() {
+        let c = FakeClock::at(5);
+        assert_eq!(c.now_secs(), 5);
+        c.set(7);
+        assert_eq!(c.now_secs(), 7);
+        assert!(SystemClock.now_secs() > 1_700_000_000);
+    }
+
+    #[cfg(feature = "fault-injection")]
+    #[test]
+    fn a_file_clock_reads_its_file_or_the_system_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = FileClock(dir.path().join("clock"));
+        assert!(c.now_secs() > 1_700_000_000, "no file: the system clock");
+        std::fs::write(&c.0, "42\n").unwrap();
+        assert_eq!(c.now_secs(), 42);
+        std::fs::write(&c.0, "soon").unwrap();
+        assert!(c.now_secs() > 1_700_000_000);
+    }
+
+    #[test]
     fn absurd_times_and_days_stay_inside_the_calendar() {
         assert_eq!(utc(u64::MAX), utc(Timestamp::MAX.as_second() as u64));
         assert_eq!(utc(u64::MAX).year(), 9999);

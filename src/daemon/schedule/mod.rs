@@ -225,8 +225,9 @@ impl Scheduler {
         st.errors.clear();
         st.notes.retain(|n| !n.starts_with("schedule file"));
         let n = lines.len();
+        // Records of lines gone are dropped at the next tick, not here: a schedule written in
+        // several writes (a shell's echos) is whole again by then and keeps its history.
         st.lines = lines;
-        self.forget_gone(&mut st);
         drop(st);
         self.wake.notify_all();
         Ok(n)
