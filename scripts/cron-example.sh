@@ -6,6 +6,8 @@
 # It takes a snapshot, hands its backup to the mount as a `cron` job (so a user's backup
 # never stops it as idle) and waits for it, releases the snapshot, then prunes old backups.
 # Everything goes through the mount's control files, as any script of yours can.
+# The mount can also run backups itself from STORE/schedule (`snarf schedule --help`); this
+# script is for cron(8) or systemd timers (snarf-backup@.timer runs it), and it prunes too.
 set -eu
 mountpoint=${1:?usage: cron-example.sh MOUNTPOINT REPOSITORY}
 repo=${2:?usage: cron-example.sh MOUNTPOINT REPOSITORY}

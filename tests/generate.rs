@@ -67,6 +67,11 @@ fn every_man_page_renders_with_man_l() {
     }
     let mount = render(&dir.path().join("snarf-mount.1"));
     assert!(mount.contains("--preimage-mem") && mount.contains("--options"));
+    let schedule = render(&dir.path().join("snarf-schedule.1"));
+    assert!(
+        schedule.contains("--set") && schedule.contains("snapshot=auto"),
+        "{schedule}"
+    );
 
     // snarf(8) is made from the tables the mount parses: every option `snarf mount -o`
     // accepts and every control file is there, and an option it lists is one that works.
@@ -86,6 +91,9 @@ fn every_man_page_renders_with_man_l() {
         "control/status",
         "control/finishing",
         "control/pids.json",
+        "control/schedule",
+        "control/schedule-status",
+        "@hourly|@daily|@weekly|@monthly|@yearly",
         "create NAME",
         "cancel JOB-ID",
         "mode=full|incremental|auto",

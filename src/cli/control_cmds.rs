@@ -1,5 +1,5 @@
 //! Commands that are thin clients of a mount's control files: `snarf snapshot`,
-//! `snarf status`, `snarf jobs`, `snarf pids`. They write the same one-line commands and
+//! `snarf status`, `snarf jobs`, `snarf pids`, `snarf schedule`. They write the same one-line commands and
 //! read the same tables a script would, so the CLI and scripts share one contract.
 
 use std::fs::OpenOptions;
@@ -62,6 +62,28 @@ pub struct PidsArgs {
     json: bool,
 }
 
+/// Arguments of `snarf schedule`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+The schedule is STORE/schedule, also MOUNTPOINT/control/schedule: one job per line,
+crontab time fields in UTC, then a backup command of control/jobs, for example
+
+  # minute hour day-of-month month day-of-week  job
+  0 2 * * *  backup snapshot=auto repo=/srv/repo
+  @hourly    backup snapshot=auto volumes=db.img mode=incremental
+
+snapshot=auto takes a snapshot for each run and releases it when the job ends. Jobs run
+as type cron; a line whose last run is still going skips its time. Times missed while
+the mount was down are caught up once at the next mount, never more.")]
+pub struct ScheduleArgs {
+    /// Where the store is mounted.
+    mountpoint: PathBuf,
+    /// Replace the schedule with this file (`-` for standard input) first; a schedule with
+    /// a bad line is refused whole, naming the line, and the old one stays in force.
+    #[arg(long, value_name = "FILE")]
+    set: Option<PathBuf>,
+}
+
 /// The control folder of a mount, or an error that says what the path is instead.
 pub fn control_dir(mountpoint: &Path) -> Result<PathBuf, CliError> {
     let dir = mountpoint.join("control");
@@ -77,13 +99,19 @@ pub fn control_dir(mountpoint: &Path) -> Result<PathBuf, CliError> {
 /// Writes one command to a control file; returns the answer read back on the same
 /// descriptor, or the reason the command was refused.
 pub fn send(mountpoint: &Path, file: &str, command: &str) -> Result<String, CliError> {
+    send_text(mountpoint, file, format!("{command}\n").as_bytes())
+}
+
+/// Writes `text` to a control file in one write; the answer, or the reason it was refused.
+fn send_text(mountpoint: &Path, file: &str, text: &[u8]) -> Result<String, CliError> {
     let path = control_dir(mountpoint)?.join(file);
     let mut f = OpenOptions::new()
         .read(true)
         .write(true)
+        .truncate(true)
         .open(&path)
         .map_err(|e| CliError::new(format!("cannot open {}: {e}", path.display())))?;
-    let written = f.write_all(format!("{command}\n").as_bytes());
+    let written = f.write_all(text);
     let mut answer = String::new();
     let read = f.read_to_string(&mut answer);
     match written {
@@ -146,6 +174,25 @@ pub fn status(args: TableArgs) -> CliResult {
 pub fn jobs(args: TableArgs) -> CliResult {
     let file = if args.json { "jobs.json" } else { "jobs" };
     print!("{}", read_table(&args.mountpoint, file)?);
+    Ok(())
+}
+
+/// `snarf schedule`.
+pub fn schedule(args: ScheduleArgs) -> CliResult {
+    if let Some(file) = &args.set {
+        let text = if file.as_os_str() == "-" {
+            let mut t = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut t)
+                .map_err(|e| CliError::new(format!("reading the schedule from stdin: {e}")))?;
+            t
+        } else {
+            std::fs::read(file)
+                .map_err(|e| CliError::new(format!("reading {}: {e}", file.display())))?
+        };
+        print!("{}", send_text(&args.mountpoint, "schedule", &text)?);
+    }
+    print!("{}", read_table(&args.mountpoint, "schedule-status")?);
     Ok(())
 }
 

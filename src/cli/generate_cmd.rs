@@ -236,8 +236,12 @@ pub fn mount_page() -> String {
     );
     for f in ControlFile::ALL {
         let mut body = vec![roman(f.summary())];
-        if f.takes_commands() {
-            body.push(roman(" Commands:"));
+        if f.is_writable() {
+            body.push(roman(if f.takes_commands() {
+                " Commands:"
+            } else {
+                " Lines:"
+            }));
             for line in f.usage().lines() {
                 body.push(line_break());
                 body.push(bold(line.to_string()));

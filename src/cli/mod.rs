@@ -97,6 +97,9 @@ enum Command {
     Metrics(metrics_cmd::MetricsArgs),
     /// Show the snarf processes registered for a store (by mount point or store path).
     Pids(control_cmds::PidsArgs),
+    /// Show a mount's schedule: each line with its next run, last run and result (--set
+    /// replaces it).
+    Schedule(control_cmds::ScheduleArgs),
     /// Manage backup repositories (`snarf repo init REPO`).
     Repo(repo_cmds::RepoArgs),
     /// List the committed backups of a repository.
@@ -136,6 +139,7 @@ pub fn main() -> i32 {
         Command::Status(args) => control_cmds::status(args),
         Command::Jobs(args) => control_cmds::jobs(args),
         Command::Pids(args) => control_cmds::pids(args),
+        Command::Schedule(args) => control_cmds::schedule(args),
         Command::Metrics(args) => metrics_cmd::metrics(args),
         Command::Repo(args) => repo_cmds::repo(args),
         Command::Backups(args) => repo_cmds::backups(args),

@@ -315,6 +315,12 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
         let mut daemon = Daemon::new(engine.clone())
             .with_repository(repo)
             .with_live_io(args.live_io);
+        // Test builds only: the schedule's clock set through a file (SNARF_FAKE_CLOCK).
+        #[cfg(feature = "fault-injection")]
+        if let Some(clock) = crate::sys::clock::FileClock::from_env() {
+            log::warn!("the schedule runs by the test clock {clock:?}");
+            daemon = daemon.with_clock(std::sync::Arc::new(clock));
+        }
         daemon.note_interrupted_jobs();
         let daemon = Arc::new(daemon);
         // Backup jobs (separate `snarf backup` processes) talk to the daemon on run/daemon.sock.
@@ -380,10 +386,13 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
     watch_signals(mountpoint.to_path_buf())?;
     report(ready, Ok(()));
     notify_systemd();
+    daemon.start_scheduler();
     let served = mounted.serve();
     if let Err(e) = &served {
         log::error!("the FUSE session ended with an error: {e}");
     }
+    // No scheduled job starts once the mount is gone.
+    daemon.stop_scheduler();
     // Jobs back up from the mount that just went; ask them to stop (nothing of theirs is
     // committed unless it had entered finishing, which completes at the next open).
     daemon.jobs().stop_all(Duration::from_secs(10));

@@ -26,16 +26,23 @@ pub enum ControlFile {
     StatusJson,
     /// `control/metrics`: the mount's figures in the Prometheus text format (read-only).
     Metrics,
+    /// `control/schedule`: the schedule file; a write replaces it whole.
+    Schedule,
+    /// `control/schedule-status`: each schedule line's next run, last run and result.
+    ScheduleStatus,
 }
 
 /// Usage of `control/snapshot`.
 const SNAPSHOT_USAGE: &str = "create NAME [volatile|persistent]\nrelease NAME";
 /// Usage of `control/jobs`.
+/// Usage of `control/schedule`.
+const SCHEDULE_USAGE: &str = "MINUTE HOUR DAY-OF-MONTH MONTH DAY-OF-WEEK backup snapshot=auto|SNAPSHOT [repo=/ABSOLUTE/PATH] [volumes=NAME,NAME...] [mode=full|incremental|auto]\n@hourly|@daily|@weekly|@monthly|@yearly backup ...\n# a comment (times are UTC; the whole file in one write replaces the schedule)";
+/// Usage of `control/jobs`.
 const JOBS_USAGE: &str = "backup SNAPSHOT [repo=/ABSOLUTE/PATH] [volumes=NAME,NAME...] [mode=full|incremental|auto] [type=user|cron]\ncancel JOB-ID";
 
 impl ControlFile {
     /// Every control file, in directory-listing order.
-    pub const ALL: [ControlFile; 10] = [
+    pub const ALL: [ControlFile; 12] = [
         ControlFile::Snapshot,
         ControlFile::Jobs,
         ControlFile::Pids,
@@ -46,6 +53,8 @@ impl ControlFile {
         ControlFile::FinishingJson,
         ControlFile::StatusJson,
         ControlFile::Metrics,
+        ControlFile::Schedule,
+        ControlFile::ScheduleStatus,
     ];
 
     /// The file name under `control/`.
@@ -61,6 +70,8 @@ impl ControlFile {
             ControlFile::FinishingJson => "finishing.json",
             ControlFile::StatusJson => "status.json",
             ControlFile::Metrics => "metrics",
+            ControlFile::Schedule => "schedule",
+            ControlFile::ScheduleStatus => "schedule-status",
         }
     }
 
@@ -72,6 +83,12 @@ impl ControlFile {
     /// Whether writes to this file carry commands (otherwise it is a read-only table).
     pub fn takes_commands(self) -> bool {
         matches!(self, ControlFile::Snapshot | ControlFile::Jobs)
+    }
+
+    /// Whether the file may be written: the command files, and the schedule, whose writes
+    /// replace it.
+    pub fn is_writable(self) -> bool {
+        self.takes_commands() || self == ControlFile::Schedule
     }
 
     /// Whether this is the JSON twin of a table.
@@ -91,6 +108,8 @@ impl ControlFile {
             ControlFile::PidsJson => "control/pids as JSON.",
             ControlFile::FinishingJson => "control/finishing as JSON.",
             ControlFile::StatusJson => "control/status as JSON.",
+            ControlFile::Schedule => "The schedule the daemon runs (STORE/schedule): crontab lines (UTC) each followed by a backup command. A write replaces the whole file atomically; a schedule with a bad line is refused (EINVAL, the line numbers read back) and the old one stays in force.",
+            ControlFile::ScheduleStatus => "Each schedule line with its next run, its last run and that run's result, then lines of STORE/schedule that do not run and why (snarf schedule MOUNT shows it).",
             ControlFile::Metrics => "Pre-image memory and disk against their budgets, throttling, broken snapshots, jobs, the last backup of each volume and live I/O per volume, in the Prometheus text format 0.0.4 (snarf metrics MOUNT --listen serves it over HTTP).",
         }
     }
@@ -100,6 +119,7 @@ impl ControlFile {
         match self {
             ControlFile::Snapshot => SNAPSHOT_USAGE,
             ControlFile::Jobs => JOBS_USAGE,
+            ControlFile::Schedule => SCHEDULE_USAGE,
             _ => "(none: this file is read-only; read it with cat, and write commands to control/snapshot or control/jobs)",
         }
     }
@@ -119,7 +139,7 @@ mod tests {
     fn names_round_trip_and_only_two_files_take_commands() {
         for f in ControlFile::ALL {
             assert_eq!(ControlFile::from_name(f.name()), Some(f));
-            assert_eq!(f.takes_commands(), !f.usage().contains("read-only"));
+            assert_eq!(f.is_writable(), !f.usage().contains("read-only"));
         }
         assert_eq!(ControlFile::from_name("nope"), None);
         let writable: Vec<_> = ControlFile::ALL
@@ -127,6 +147,18 @@ mod tests {
             .filter(|f| f.takes_commands())
             .collect();
         assert_eq!(writable, [ControlFile::Snapshot, ControlFile::Jobs]);
+        let writable: Vec<_> = ControlFile::ALL
+            .into_iter()
+            .filter(|f| f.is_writable())
+            .collect();
+        assert_eq!(
+            writable,
+            [
+                ControlFile::Snapshot,
+                ControlFile::Jobs,
+                ControlFile::Schedule
+            ]
+        );
         assert_eq!(ControlFile::PidsJson.to_string(), "control/pids.json");
         assert!(ControlFile::StatusJson.is_json() && !ControlFile::Status.is_json());
     }

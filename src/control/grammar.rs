@@ -165,7 +165,9 @@ impl Rejection {
     }
 }
 
-/// Parses one write to `file` (see the module comment for the grammar).
+/// Parses one write to `file` (see the module comment for the grammar). `control/schedule`
+/// takes no commands (a write replaces the schedule, see [`super::schedule`]), so it is
+/// refused here as the tables are.
 pub fn parse(file: ControlFile, input: &[u8]) -> Result<Command, Rejection> {
     let reject = |kind, reason: String| Err(Rejection::new(file, kind, reason));
     if !file.takes_commands() {
@@ -599,7 +601,7 @@ mod tests {
 
     #[test]
     fn read_only_tables_reject_every_write() {
-        for f in ControlFile::ALL.into_iter().filter(|f| !f.takes_commands()) {
+        for f in ControlFile::ALL.into_iter().filter(|f| !f.is_writable()) {
             for input in [&b"create x\n"[..], b"", b"\xff"] {
                 let r = rejected(f, input, RejectKind::ReadOnly, &["read-only", f.name()]);
                 assert!(r.message().contains("read-only"));

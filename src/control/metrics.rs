@@ -348,6 +348,7 @@ mod tests {
                 throttle_events: 2,
                 snapshots_broken: 3,
                 running_jobs: 0,
+                schedule: Vec::new(),
                 recovery: RecoveryStatus::default(),
             },
             throttle_seconds: 1.5,

@@ -15,10 +15,12 @@
 //! The job words themselves (a backup request, its mode, a job's state) are the jobs
 //! layer's ([`crate::jobs::vocab`]); this layer only parses and renders them.
 
+pub mod cron;
 pub mod file;
 pub mod grammar;
 pub mod metrics;
 pub mod rows;
+pub mod schedule;
 pub mod table;
 pub mod words;
 

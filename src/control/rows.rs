@@ -269,6 +269,10 @@ pub struct StatusReport {
     pub snapshots_broken: u64,
     /// Jobs running now.
     pub running_jobs: u64,
+    /// Schedule lines that do not run (edited on disk with a mistake) and other problems
+    /// of the schedule, each naming its line.
+    #[serde(default)]
+    pub schedule: Vec<String>,
     /// What this mount found when it started.
     #[serde(default)]
     pub recovery: RecoveryStatus,
@@ -430,6 +434,14 @@ pub fn render_status(report: &StatusReport) -> String {
         render_snapshots(&report.snapshots),
         resources.render()
     );
+    if !report.schedule.is_empty() {
+        let mut t = Table::new(&["SCHEDULE-PROBLEM"]);
+        for p in &report.schedule {
+            t.push(vec![p.clone()]);
+        }
+        out.push('\n');
+        out.push_str(&t.render());
+    }
     let r = &report.recovery;
     if *r != RecoveryStatus::default() {
         let mut t = Table::new(&["RECOVERY", "COUNT", "DETAIL"]);
@@ -607,6 +619,7 @@ mod tests {
             throttle_events: 5,
             snapshots_broken: 1,
             running_jobs: 2,
+            schedule: Vec::new(),
             recovery: RecoveryStatus::default(),
         }
     }

@@ -28,6 +28,9 @@ pub enum Error {
     /// From the repository a job would write to.
     #[error(transparent)]
     Repo(#[from] crate::repo::Error),
+    /// A schedule written to control/schedule that was not taken.
+    #[error(transparent)]
+    Schedule(#[from] super::schedule::ScheduleError),
     /// This daemon serves no mount, so a job has nothing to back up from.
     #[error("this daemon cannot start jobs (it is not serving a mount)")]
     NotServing,

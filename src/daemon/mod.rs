@@ -11,6 +11,7 @@ pub mod jobs;
 mod metrics;
 pub mod policy;
 pub mod record;
+pub mod schedule;
 
 pub use error::{Error, Result};
 
@@ -67,7 +68,16 @@ pub struct Daemon {
     interrupted: Vec<String>,
     /// How `live/` files go through the kernel.
     live_io: LiveIo,
+    /// The schedule it runs.
+    scheduler: Arc<schedule::Scheduler>,
+    /// The thread running the schedule, once started.
+    scheduler_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
+
+/// What a control file descriptor has written so far, for files whose writes build one
+/// text (`control/schedule`): the FUSE layer keeps one per open file and hands it back.
+#[derive(Debug, Default)]
+pub struct ControlDraft(Vec<u8>);
 
 /// How the kernel passes `live/` reads and writes to the daemon.
 ///
@@ -101,6 +111,11 @@ impl std::fmt::Debug for Daemon {
     }
 }
 
+/// The store folder of an engine.
+fn engine_root(engine: &Engine) -> &Path {
+    engine.store().root()
+}
+
 /// Seconds since the Unix epoch for a nanosecond timestamp.
 fn secs(ns: i64) -> u64 {
     (ns.max(0) / 1_000_000_000) as u64
@@ -117,7 +132,6 @@ impl Daemon {
             .as_ref()
             .map(PathBuf::from);
         Daemon {
-            engine,
             registry,
             notify: Mutex::new(None),
             repo_path,
@@ -128,6 +142,59 @@ impl Daemon {
             released: parking_lot::RwLock::new(None),
             interrupted: Vec::new(),
             live_io: LiveIo::default(),
+            scheduler: Arc::new(schedule::Scheduler::open(
+                engine_root(&engine),
+                Arc::new(crate::sys::clock::SystemClock),
+            )),
+            scheduler_thread: Mutex::new(None),
+            engine,
+        }
+    }
+
+    /// Runs the schedule by `clock` instead of the system's (tests inject a fake one).
+    pub fn with_clock(mut self, clock: Arc<dyn crate::sys::clock::Clock>) -> Daemon {
+        self.scheduler = Arc::new(schedule::Scheduler::open(engine_root(&self.engine), clock));
+        self
+    }
+
+    /// The scheduler.
+    pub fn scheduler(&self) -> &Arc<schedule::Scheduler> {
+        &self.scheduler
+    }
+
+    /// Starts the thread that runs the schedule (the mount calls this once it serves;
+    /// [`Daemon::stop_scheduler`] at unmount, before the jobs are stopped).
+    pub fn start_scheduler(self: &Arc<Self>) {
+        let mut slot = self.scheduler_thread.lock();
+        if slot.is_some() {
+            return;
+        }
+        let daemon = Arc::downgrade(self);
+        let scheduler = self.scheduler.clone();
+        let spawned = std::thread::Builder::new()
+            .name("schedule".into())
+            .spawn(move || loop {
+                match daemon.upgrade() {
+                    Some(d) => scheduler.tick(&*d),
+                    None => break,
+                }
+                if !scheduler.wait(schedule::TICK) {
+                    break;
+                }
+            });
+        match spawned {
+            Ok(handle) => *slot = Some(handle),
+            Err(e) => {
+                log::error!("cannot start the schedule's thread: {e}; the schedule does not run")
+            }
+        }
+    }
+
+    /// Stops the schedule's thread and waits for it.
+    pub fn stop_scheduler(&self) {
+        self.scheduler.stop();
+        if let Some(t) = self.scheduler_thread.lock().take() {
+            let _ = t.join();
         }
     }
 
@@ -348,6 +415,23 @@ impl Daemon {
     /// Carries out one write to a control file. `Ok` holds the answer read back on the same
     /// descriptor; `Err` why the write failed, whose [`Error::answer`] is read back instead.
     pub fn control_write(&self, file: ControlFile, input: &[u8]) -> Result<String> {
+        self.control_write_at(file, 0, input, &mut ControlDraft::default())
+    }
+
+    /// Carries out one write at `offset` of an open control file whose earlier writes are
+    /// in `draft`. A command file takes each write as one command; `control/schedule`
+    /// takes the text written from offset 0 on, and each write replaces the schedule with
+    /// all of it, so `cp`, `tee` and a shell's several `echo`s all work.
+    pub fn control_write_at(
+        &self,
+        file: ControlFile,
+        offset: u64,
+        input: &[u8],
+        draft: &mut ControlDraft,
+    ) -> Result<String> {
+        if file == ControlFile::Schedule {
+            return self.write_schedule(offset, input, draft);
+        }
         let command = control::parse(file, input)?;
         let refused = |why: Error| Error::refused(file, why);
         match command {
@@ -381,6 +465,33 @@ impl Daemon {
         }
     }
 
+    fn write_schedule(
+        &self,
+        offset: u64,
+        input: &[u8],
+        draft: &mut ControlDraft,
+    ) -> Result<String> {
+        let refused = |e: schedule::ScheduleError| Error::refused(ControlFile::Schedule, e);
+        if offset == 0 {
+            draft.0.clear();
+        } else if offset != draft.0.len() as u64 {
+            return Err(refused(schedule::ScheduleError::OutOfOrder {
+                offset,
+                have: draft.0.len(),
+            }));
+        }
+        if draft.0.len() + input.len() > control::schedule::MAX_SCHEDULE_BYTES {
+            return Err(refused(schedule::ScheduleError::TooLarge(
+                draft.0.len() + input.len(),
+            )));
+        }
+        let mut text = draft.0.clone();
+        text.extend_from_slice(input);
+        let n = self.scheduler.replace(&text).map_err(refused)?;
+        draft.0 = text;
+        Ok(format!("schedule replaced: {n} job line(s)\n"))
+    }
+
     /// The text (or JSON) a read of a control file shows.
     pub fn control_read(&self, file: ControlFile) -> String {
         match file {
@@ -403,6 +514,11 @@ impl Daemon {
                 } else {
                     render_pids(&rows)
                 }
+            }
+            ControlFile::Schedule => self.scheduler.text(),
+            ControlFile::ScheduleStatus => {
+                let (errors, _) = self.scheduler.problems();
+                control::schedule::render_schedule(&self.scheduler.rows(), &errors)
             }
             ControlFile::Finishing => render_finishing(&self.finishing_rows()),
             ControlFile::FinishingJson => render_finishing_json(&self.finishing_rows()),
@@ -497,6 +613,15 @@ impl Daemon {
                 .iter()
                 .filter(|r| r.state.is_active())
                 .count() as u64,
+            schedule: {
+                let (errors, notes) = self.scheduler.problems();
+                let file = engine.store().root().join(schedule::FILE);
+                errors
+                    .iter()
+                    .map(|e| format!("{} {e}", file.display()))
+                    .chain(notes)
+                    .collect()
+            },
             recovery: {
                 let r = engine.recovered();
                 control::RecoveryStatus {
@@ -514,6 +639,46 @@ impl Daemon {
                     interrupted_jobs: self.interrupted.clone(),
                 }
             },
+        }
+    }
+}
+
+impl schedule::Runner for Daemon {
+    fn take_snapshot(&self, name: &str) -> Result<()> {
+        self.engine
+            .take_with(name, self.engine.options().durability)?;
+        self.changed(Changed::Snapshot(name.to_string()));
+        Ok(())
+    }
+
+    fn release_snapshot(&self, name: &str) -> Result<()> {
+        match self.engine.release(name) {
+            // Released by hand meanwhile, or gone with a volatile snapshot's mount.
+            Err(crate::snapshot::Error::NoSuchSnapshot(_)) => return Ok(()),
+            other => other?,
+        }
+        self.changed(Changed::Snapshot(name.to_string()));
+        Ok(())
+    }
+
+    fn start(&self, request: &crate::jobs::BackupRequest) -> Result<String> {
+        let repo = request
+            .repo
+            .clone()
+            .or_else(|| self.repo_path.clone())
+            .ok_or(Error::NoRepository)?;
+        let id = self.jobs.start_backup(&self.engine, request, &repo)?;
+        self.note_repository(&repo);
+        Ok(id)
+    }
+
+    fn outcome(&self, job: &str) -> schedule::Outcome {
+        let rows = self.jobs.rows(&self.engine.store().run_dir());
+        match rows.iter().find(|r| r.id == job) {
+            None => schedule::Outcome::Unknown,
+            Some(r) if r.state.is_active() => schedule::Outcome::Active,
+            Some(r) if r.reason.is_empty() => schedule::Outcome::Ended(r.state.as_str().into()),
+            Some(r) => schedule::Outcome::Ended(format!("{}: {}", r.state.as_str(), r.reason)),
         }
     }
 }

@@ -188,6 +188,8 @@ struct ControlBuf {
     /// Set after a write: reads come from `answer_pos`, not the file offset.
     answered: bool,
     answer_pos: usize,
+    /// What this descriptor wrote so far, for files whose writes build one text.
+    draft: crate::daemon::ControlDraft,
 }
 
 /// The filesystem.
@@ -296,7 +298,7 @@ impl SnarfFs {
             }
             Node::SnapshotsDir => (self.dir_attr(ino, 0o755, self.mounted_at), Duration::ZERO),
             Node::Control(f) => {
-                let perm = if f.takes_commands() { 0o644 } else { 0o444 };
+                let perm = if f.is_writable() { 0o644 } else { 0o444 };
                 (
                     self.file_attr(ino, 0, 0, SystemTime::now(), SystemTime::now(), perm),
                     Duration::ZERO,
@@ -443,7 +445,7 @@ impl SnarfFs {
                 }
             }
             // `echo cmd > control/x` truncates first; there is nothing to truncate.
-            Node::Control(f) if set.size == Some(0) && set.mode.is_none() && f.takes_commands() => {
+            Node::Control(f) if set.size == Some(0) && set.mode.is_none() && f.is_writable() => {
                 self.owner.may_command(caller.uid, *f)?;
             }
             Node::SnapDir(_) | Node::SnapFile(..) => {
@@ -599,7 +601,7 @@ impl SnarfFs {
             }
             Node::Control(f) => {
                 if writing {
-                    if !f.takes_commands() {
+                    if !f.is_writable() {
                         return Err(FsError::new(libc::EACCES, format!("{f} is read-only")));
                     }
                     self.owner.may_command(caller.uid, f)?;
@@ -742,8 +744,10 @@ impl SnarfFs {
             Handle::Backup(..) => Err(FsError::read_only("backups are read-only")),
             Handle::Control(f, cbuf) => {
                 self.owner.may_command(caller.uid, *f)?;
-                let result = self.daemon.control_write(*f, data);
                 let mut cbuf = cbuf.lock();
+                let result = self
+                    .daemon
+                    .control_write_at(*f, offset, data, &mut cbuf.draft);
                 cbuf.answered = true;
                 cbuf.answer_pos = 0;
                 match result {

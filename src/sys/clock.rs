@@ -3,6 +3,11 @@
 //! ids, manifests, job and lock records, volume times) all come from here. A clock set before
 //! 1970 reads as the epoch; a time past what the calendar holds (the year 9999) is shown as
 //! its last second, so a damaged record never makes a date panic or overflow.
+//!
+//! What must be testable against time (the mount daemon's schedule) asks a [`Clock`]
+//! instead: [`SystemClock`] in use, [`FakeClock`] in unit tests, and with the
+//! `fault-injection` feature only, [`FileClock`], whose time a mount test sets through a
+//! file named by [`FAKE_CLOCK_ENV`] (a release build has no such hook).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +30,72 @@ pub fn now_secs() -> u64 {
 /// Nanoseconds since the Unix epoch now (saturating in the year 2262).
 pub fn now_ns() -> i64 {
     i64::try_from(now().as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// Where the time comes from, for code that tests drive with a clock of their own.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Whole seconds since the Unix epoch now.
+    fn now_secs(&self) -> u64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_secs(&self) -> u64 {
+        now_secs()
+    }
+}
+
+/// A clock that shows what it is set to, for tests.
+#[derive(Debug, Default)]
+pub struct FakeClock(std::sync::atomic::AtomicU64);
+
+impl FakeClock {
+    /// A clock showing `secs`.
+    pub fn at(secs: u64) -> FakeClock {
+        FakeClock(secs.into())
+    }
+
+    /// Sets the time shown.
+    pub fn set(&self, secs: u64) {
+        self.0.store(secs, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for FakeClock {
+    fn now_secs(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The environment variable naming a [`FileClock`]'s file (builds with `fault-injection`).
+#[cfg(feature = "fault-injection")]
+pub const FAKE_CLOCK_ENV: &str = "SNARF_FAKE_CLOCK";
+
+/// A clock whose time is the number in a file (a test writes Unix seconds there); the
+/// system clock while the file is missing or holds no number.
+#[cfg(feature = "fault-injection")]
+#[derive(Debug)]
+pub struct FileClock(std::path::PathBuf);
+
+#[cfg(feature = "fault-injection")]
+impl FileClock {
+    /// The clock [`FAKE_CLOCK_ENV`] names, if it is set.
+    pub fn from_env() -> Option<FileClock> {
+        std::env::var_os(FAKE_CLOCK_ENV).map(|p| FileClock(p.into()))
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Clock for FileClock {
+    fn now_secs(&self) -> u64 {
+        std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or_else(now_secs)
+    }
 }
 
 /// The UTC date and time of a Unix time in seconds (the calendar's last second past it).
@@ -62,6 +133,27 @@ mod tests {
         let a = now_secs();
         assert!(a > 1_700_000_000, "{a}");
         assert!(now_ns() / 1_000_000_000 >= a as i64);
+    }
+
+    #[test]
+    fn fake_clocks_show_what_they_are_set_to() {
+        let c = FakeClock::at(5);
+        assert_eq!(c.now_secs(), 5);
+        c.set(7);
+        assert_eq!(c.now_secs(), 7);
+        assert!(SystemClock.now_secs() > 1_700_000_000);
+    }
+
+    #[cfg(feature = "fault-injection")]
+    #[test]
+    fn a_file_clock_reads_its_file_or_the_system_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = FileClock(dir.path().join("clock"));
+        assert!(c.now_secs() > 1_700_000_000, "no file: the system clock");
+        std::fs::write(&c.0, "42\n").unwrap();
+        assert_eq!(c.now_secs(), 42);
+        std::fs::write(&c.0, "soon").unwrap();
+        assert!(c.now_secs() > 1_700_000_000);
     }
 
     #[test]
