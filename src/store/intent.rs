@@ -312,14 +312,12 @@ pub fn load(path: &Path, expect: &Expect) -> std::result::Result<Loaded, String>
         ));
     }
     let regions = regions_for(expect.file_len, expect.snarf_shift);
+    let needed = pages_for(regions).min(MAX_PAGES);
     let have = data.len() / PAGE - 1;
-    if have < pages_for(regions) {
+    if have < needed {
         return Err(bad(
             path,
-            format_args!(
-                "is truncated ({have} pages of bits, {} needed)",
-                pages_for(regions)
-            ),
+            format_args!("is truncated ({have} pages of bits, {needed} needed)"),
         ));
     }
     let mut dirty = Vec::new();
@@ -404,7 +402,11 @@ impl Intent {
         let image = {
             let mut c = intent.commit.lock();
             let mut image = header_bytes(id, snarf_shift, &c.header).to_vec();
-            let pages = pages_for(regions_for(file_len, snarf_shift)).max(intent.used_pages());
+            // A volume file made huge behind snarf's back is not served past MAX_SNARFS, so
+            // its bitmap never needs more than MAX_PAGES (an unclamped EiB file wanted GiBs).
+            let pages = pages_for(regions_for(file_len, snarf_shift))
+                .min(MAX_PAGES)
+                .max(intent.used_pages());
             for p in 0..pages {
                 image.extend_from_slice(&intent.page_image(p));
             }
