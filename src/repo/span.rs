@@ -39,3 +39,22 @@ where
     }
     Ok(done)
 }
+
+/// The first offset at or after `offset` in a hole (lseek SEEK_HOLE) of a volume of `size`
+/// bytes and `snarfs` snarfs of `snarf_size`, asking `is_zero` snarf by snarf; the volume
+/// size if no hole follows (the end counts as a hole, as in lseek).
+pub(crate) fn seek_hole(
+    size: u64,
+    snarf_size: u32,
+    snarfs: u64,
+    offset: u64,
+    mut is_zero: impl FnMut(u64) -> Result<bool>,
+) -> Result<u64> {
+    let ss = u64::from(snarf_size);
+    for s in offset / ss..snarfs {
+        if is_zero(s)? {
+            return Ok(offset.max(s * ss));
+        }
+    }
+    Ok(size.max(offset))
+}

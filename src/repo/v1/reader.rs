@@ -308,15 +308,13 @@ impl VolumeReader {
     /// The first offset at or after `offset` in a hole (lseek SEEK_HOLE), in whole snarfs;
     /// the volume size if no hole follows (the end counts as a hole, as in lseek).
     pub fn seek_hole(&self, offset: u64) -> Result<u64> {
-        let ss = self.volume.snarf_size as u64;
-        let mut s = offset / ss;
-        while s < self.table.count() {
-            if self.is_zero(s)? {
-                return Ok(offset.max(s * ss));
-            }
-            s += 1;
-        }
-        Ok(self.volume.size.max(offset))
+        crate::repo::span::seek_hole(
+            self.volume.size,
+            self.volume.snarf_size,
+            self.table.count(),
+            offset,
+            |s| self.is_zero(s),
+        )
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; returns the count (0 at end of volume).

@@ -270,15 +270,13 @@ impl VolumeReader {
     /// The first offset at or after `offset` in a hole (lseek SEEK_HOLE), in whole snarfs;
     /// the volume size if no hole follows (the end counts as a hole, as in lseek).
     pub fn seek_hole(&self, offset: u64) -> Result<u64> {
-        let ss = u64::from(self.volume.snarf_size);
-        let mut s = offset / ss;
-        while s < self.snarf_count() {
-            if self.entry(s)? == Entry::Zero {
-                return Ok(offset.max(s * ss));
-            }
-            s += 1;
-        }
-        Ok(self.volume.size.max(offset))
+        crate::repo::span::seek_hole(
+            self.volume.size,
+            self.volume.snarf_size,
+            self.snarf_count(),
+            offset,
+            |s| Ok(self.entry(s)? == Entry::Zero),
+        )
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; returns the count (0 at end of volume).
