@@ -84,6 +84,7 @@ fn every_man_page_renders_with_man_l() {
         "break_after=SECONDS",
         "repo=PATH",
         "live_io=direct|buffered",
+        "snapshot_io=direct|buffered",
         "foreground",
         "_netdev",
         "control/snapshot",

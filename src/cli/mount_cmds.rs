@@ -20,7 +20,7 @@ use super::{logging, mount_options, numbers, CliError, CliResult};
 use crate::chain::ErrorChain;
 use crate::daemon::jobs::JobLauncher;
 use crate::daemon::record::{self, Phase, RecordFile};
-use crate::daemon::{Daemon, LiveIo};
+use crate::daemon::{Daemon, FileIo};
 use crate::fuse::{self, MountOptions};
 use crate::mounts;
 use crate::snapshot::{Engine, EngineOptions};
@@ -70,8 +70,13 @@ pub struct MountArgs {
     /// How live/ files go through the kernel: `direct` (each write(2) of up to 1 MiB is
     /// entirely in or entirely out of a snapshot taken while it runs) or `buffered` (the
     /// kernel's page cache; a write may be split across a snapshot instant).
-    #[arg(long, value_enum, default_value_t = LiveIo::Direct)]
-    pub live_io: LiveIo,
+    #[arg(long, value_enum, default_value_t = FileIo::Direct)]
+    pub live_io: FileIo,
+    /// How snapshots/ files go through the kernel: `direct` (every read goes to
+    /// the daemon, which serves it from the store's own cached pages: steady speed whatever
+    /// the page cache holds, nothing cached twice) or `buffered` (the kernel's page cache).
+    #[arg(long, value_enum, default_value_t = FileIo::Direct)]
+    pub snapshot_io: FileIo,
     /// What `mkdir snapshots/NAME` takes: persistent (outlives the mount, crash-safe) or
     /// volatile (memory first, gone at unmount); overrides the store's setting.
     #[arg(long, value_parser = numbers::durability)]
@@ -216,6 +221,7 @@ fn daemon_argv(args: &MountArgs, store: &Path, mountpoint: &Path) -> Vec<std::ff
         argv.push(format!("--break-after={v}").into());
     }
     argv.push(format!("--live-io={}", args.live_io.name()).into());
+    argv.push(format!("--snapshot-io={}", args.snapshot_io.name()).into());
     if let Some(d) = args.snapshots {
         argv.push(format!("--snapshots={}", d.as_str()).into());
     }
@@ -314,7 +320,8 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
             .map(|r| r.canonicalize().unwrap_or_else(|_| r.clone()));
         let mut daemon = Daemon::new(engine.clone())
             .with_repository(repo)
-            .with_live_io(args.live_io);
+            .with_live_io(args.live_io)
+            .with_snapshot_io(args.snapshot_io);
         // Test builds only: the schedule's clock set through a file (SNARF_FAKE_CLOCK).
         #[cfg(feature = "fault-injection")]
         if let Some(clock) = crate::sys::clock::FileClock::from_env() {

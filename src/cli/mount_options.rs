@@ -9,7 +9,7 @@ use clap::ValueEnum;
 
 use super::mount_cmds::MountArgs;
 use super::numbers;
-use crate::daemon::LiveIo;
+use crate::daemon::FileIo;
 
 /// One snarf mount option.
 pub struct MountOption {
@@ -111,7 +111,18 @@ pub const OPTIONS: &[MountOption] = &[
         flag: "--live-io",
         help: "direct (default): each write(2) of up to 1 MiB is entirely in or out of a snapshot; buffered: through the page cache.",
         apply: |a, v| {
-            a.live_io = LiveIo::from_str(v, false)
+            a.live_io = FileIo::from_str(v, false)
+                .map_err(|_| format!("'{v}' is not direct or buffered"))?;
+            Ok(())
+        },
+    },
+    MountOption {
+        name: "snapshot_io",
+        value: Some("direct|buffered"),
+        flag: "--snapshot-io",
+        help: "direct (default): snapshot reads go to the daemon, not cached twice; buffered: through the page cache.",
+        apply: |a, v| {
+            a.snapshot_io = FileIo::from_str(v, false)
                 .map_err(|_| format!("'{v}' is not direct or buffered"))?;
             Ok(())
         },
@@ -230,14 +241,15 @@ mod tests {
 
     #[test]
     fn every_option_sets_what_its_flag_sets() {
-        let a = args("defaults,threads=3,allow_other,preimage_mem=64M,preimage_disk=1G,break_after=2.5,repo=/r x,live_io=buffered,snapshots=volatile,foreground,_netdev,x-systemd.automount,noatime").unwrap();
+        let a = args("defaults,threads=3,allow_other,preimage_mem=64M,preimage_disk=1G,break_after=2.5,repo=/r x,live_io=buffered,snapshot_io=buffered,snapshots=volatile,foreground,_netdev,x-systemd.automount,noatime").unwrap();
         assert_eq!(a.threads, 3);
         assert!(a.allow_other && a.foreground);
         assert_eq!(a.preimage_mem, Some(64 << 20));
         assert_eq!(a.preimage_disk, Some(1 << 30));
         assert_eq!(a.break_after, Some(2.5));
         assert_eq!(a.repo, Some(PathBuf::from("/r x")));
-        assert_eq!(a.live_io, LiveIo::Buffered);
+        assert_eq!(a.live_io, FileIo::Buffered);
+        assert_eq!(a.snapshot_io, FileIo::Buffered);
         assert_eq!(a.snapshots, Some(crate::store::Durability::Volatile));
     }
 
@@ -258,6 +270,7 @@ mod tests {
             "break_after=inf",
             "break_after=-1",
             "live_io=mmap",
+            "snapshot_io=",
             "snapshots=durable",
             "repo=",
         ] {

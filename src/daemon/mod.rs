@@ -67,7 +67,9 @@ pub struct Daemon {
     /// became of them.
     interrupted: Vec<String>,
     /// How `live/` files go through the kernel.
-    live_io: LiveIo,
+    live_io: FileIo,
+    /// How `snapshots/` files go through the kernel.
+    snapshot_io: FileIo,
     /// The schedule it runs.
     scheduler: Arc<schedule::Scheduler>,
     /// The thread running the schedule, once started.
@@ -79,28 +81,35 @@ pub struct Daemon {
 #[derive(Debug, Default)]
 pub struct ControlDraft(Vec<u8>);
 
-/// How the kernel passes `live/` reads and writes to the daemon.
+/// How the kernel passes reads and writes of one kind of file to the daemon.
 ///
-/// With `Direct` (FOPEN_DIRECT_IO) every write(2) of up to the mount's max_write (1 MiB)
-/// reaches the daemon as one request, so it is entirely before or entirely after a
-/// snapshot. With `Buffered` the kernel may cut a write that is not page-aligned into
-/// several requests, and a snapshot taken meanwhile can hold only a part of it; only writes
-/// that returned before the snapshot are then guaranteed whole.
+/// For `live/`: with `Direct` (FOPEN_DIRECT_IO) every write(2) of up to the mount's
+/// max_write (1 MiB) reaches the daemon as one request, so it is entirely before or
+/// entirely after a snapshot. With `Buffered` the kernel may cut a write that is not
+/// page-aligned into several requests, and a snapshot taken meanwhile can hold only a part
+/// of it; only writes that returned before the snapshot are then guaranteed whole.
+///
+/// For `snapshots/`: with `Direct` each read(2) goes to the daemon, which
+/// reads the store's own (cached) pages, so the same bytes are not cached a second time
+/// as FUSE pages and a read never waits for the kernel to reclaim room for them first;
+/// `Buffered` keeps them in the page cache (a second read of the same file is served by
+/// the kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum LiveIo {
-    /// Each write(2) of up to max_write bytes is atomic with respect to snapshots.
+pub enum FileIo {
+    /// Every request goes to the daemon (FOPEN_DIRECT_IO); mmap still works on kernels
+    /// with FUSE_DIRECT_IO_ALLOW_MMAP (6.6+).
     #[default]
     Direct,
-    /// Through the kernel's page cache: writes may be split across a snapshot instant.
+    /// Through the kernel's page cache.
     Buffered,
 }
 
-impl LiveIo {
+impl FileIo {
     /// The name used on the command line and in mount options.
     pub fn name(self) -> &'static str {
         match self {
-            LiveIo::Direct => "direct",
-            LiveIo::Buffered => "buffered",
+            FileIo::Direct => "direct",
+            FileIo::Buffered => "buffered",
         }
     }
 }
@@ -141,7 +150,8 @@ impl Daemon {
             job_server: Mutex::new(None),
             released: parking_lot::RwLock::new(None),
             interrupted: Vec::new(),
-            live_io: LiveIo::default(),
+            live_io: FileIo::default(),
+            snapshot_io: FileIo::default(),
             scheduler: Arc::new(schedule::Scheduler::open(
                 engine_root(&engine),
                 Arc::new(crate::sys::clock::SystemClock),
@@ -337,15 +347,26 @@ impl Daemon {
         self
     }
 
-    /// Sets how `live/` files go through the kernel (see [`LiveIo`]).
-    pub fn with_live_io(mut self, live_io: LiveIo) -> Daemon {
+    /// Sets how `live/` files go through the kernel (see [`FileIo`]).
+    pub fn with_live_io(mut self, live_io: FileIo) -> Daemon {
         self.live_io = live_io;
         self
     }
 
     /// How `live/` files go through the kernel.
-    pub fn live_io(&self) -> LiveIo {
+    pub fn live_io(&self) -> FileIo {
         self.live_io
+    }
+
+    /// Sets how `snapshots/` files go through the kernel (see [`FileIo`]).
+    pub fn with_snapshot_io(mut self, snapshot_io: FileIo) -> Daemon {
+        self.snapshot_io = snapshot_io;
+        self
+    }
+
+    /// How `snapshots/` files go through the kernel.
+    pub fn snapshot_io(&self) -> FileIo {
+        self.snapshot_io
     }
 
     /// The default repository's path, if one is configured.

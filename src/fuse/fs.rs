@@ -574,7 +574,7 @@ impl SnarfFs {
                     self.engine().resize(&v, 0)?;
                 }
                 let cursor = v.error_cursor();
-                let direct = self.daemon.live_io() == crate::daemon::LiveIo::Direct;
+                let direct = self.daemon.live_io() == crate::daemon::FileIo::Direct;
                 (Handle::Volume(v, cursor), false, direct)
             }
             Node::SnapFile(s, name) => {
@@ -587,7 +587,8 @@ impl SnarfFs {
                         format!("snapshot \"{}\" is broken: {reason}", s.name()),
                     ));
                 }
-                (Handle::Snap(s, name), true, false)
+                let direct = self.daemon.snapshot_io() == crate::daemon::FileIo::Direct;
+                (Handle::Snap(s, name), !direct, direct)
             }
             Node::BackupFile(m, name) => {
                 if writing {
@@ -597,6 +598,8 @@ impl SnarfFs {
                     .daemon
                     .open_backup_volume(m.id.as_str(), &name)?
                     .ok_or_else(|| FsError::not_found("no repository is configured"))?;
+                // Kept in the page cache: a backup's bytes are decompressed, not already
+                // cached as a store file's pages.
                 (Handle::Backup(Box::new(reader)), true, false)
             }
             Node::Control(f) => {
