@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mounted::{read, snarf_ok, Mounted};
-use snarf::jobs::proto::{self, AckItem, Msg};
+use snarf::jobs::proto::{self, AckItem, Msg, StoredChunk};
 use snarf::jobs::{Mode, PlanRequest};
 use snarf::repo::ChunkRef;
 
@@ -99,7 +99,14 @@ fn planned(m: &Mounted, snapshot: &str, repo: &Path) -> UnixStream {
 /// Sends one ack and expects the daemon to refuse it and end the connection.
 fn refused_ack(m: &Mounted, snapshot: &str, repo: &Path, item: AckItem, what: &str) {
     let mut s = planned(m, snapshot, repo);
-    send(&mut s, &Msg::Ack { count: 1 }, &proto::encode_acks(&[item]));
+    send(
+        &mut s,
+        &Msg::Ack {
+            count: 1,
+            format: item.chunk.format(),
+        },
+        &proto::encode_acks(&[item]),
+    );
     match answer(&mut s) {
         Some(Msg::Error { message }) => assert!(
             message.contains("refused"),
@@ -158,7 +165,7 @@ fn a_hostile_job_client_cannot_crash_the_mount_or_corrupt_a_snapshot() {
         AckItem {
             vol: 0,
             snarf: 5,
-            chunk: ChunkRef::zero(SNARF as u32),
+            chunk: StoredChunk::V1(ChunkRef::zero(SNARF as u32)),
         },
         "a zero chunk for a snarf never handed out",
     );
@@ -172,7 +179,7 @@ fn a_hostile_job_client_cannot_crash_the_mount_or_corrupt_a_snapshot() {
         AckItem {
             vol: 0,
             snarf: 1 << 61,
-            chunk: ChunkRef::zero(SNARF as u32),
+            chunk: StoredChunk::V1(ChunkRef::zero(SNARF as u32)),
         },
         "snarf 2^61",
     );
@@ -226,7 +233,7 @@ fn a_hostile_job_client_cannot_crash_the_mount_or_corrupt_a_snapshot() {
             AckItem {
                 vol: 0,
                 snarf,
-                chunk: forged,
+                chunk: StoredChunk::V1(forged),
             },
             "a cached chunk with the wrong length",
         );
