@@ -240,6 +240,28 @@ fn a_hostile_job_client_cannot_crash_the_mount_or_corrupt_a_snapshot() {
         assert_serving(&m, &snap, &orig, "an ack with a wrong chunk length");
     }
 
+    // An older job (protocol version 1, format 1 acks only) is welcomed in its own
+    // version; a version this mount does not know is refused by a message naming both.
+    for (version, welcomed) in [(1u32, true), (proto::VERSION, true), (99, false)] {
+        let mut s = connect(&m);
+        send(
+            &mut s,
+            &Msg::Hello {
+                version,
+                job: "other version".into(),
+                pid: std::process::id(),
+            },
+            &[],
+        );
+        match answer(&mut s) {
+            Some(Msg::Welcome { version: v, .. }) if welcomed => assert_eq!(v, version),
+            Some(Msg::Error { message }) if !welcomed => {
+                assert!(message.contains("versions 1 to 2"), "{message}")
+            }
+            other => panic!("a hello of version {version} was answered {other:?}"),
+        }
+    }
+
     // 4. Truncated frames and lying length prefixes end their connection only.
     let head = |hlen: u32, plen: u32| {
         let mut b = proto::MAGIC.to_vec();
