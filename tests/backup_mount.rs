@@ -801,3 +801,132 @@ fn a_format_2_backup_through_the_mount_under_a_writer_restores_the_snapshot_and_
     fs::remove_dir(m.path("snapshots/s1")).unwrap();
     fs::remove_dir(m.path("snapshots/s2")).unwrap();
 }
+
+/// The pre-image bytes the mount holds now (control/status.json).
+fn preimage_bytes(m: &Mounted) -> u64 {
+    let json = fs::read_to_string(m.path("control/status.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["preimage_memory"]["used"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no preimage_memory.used in {json}"))
+}
+
+#[test]
+fn a_format_2_backup_through_control_jobs_frees_preimages_while_it_runs() {
+    // Memory enough for every pre-image of the volume, so only acknowledgements free any.
+    let Some(mut m) = Mounted::new(&[], &["--preimage-mem", "64M"]) else {
+        return;
+    };
+    let repo = m.dir.path().join("repo");
+    snarf_ok(&[
+        "repo",
+        "init",
+        repo.to_str().unwrap(),
+        "--format",
+        "2",
+        "--pack-size",
+        "1M",
+    ]);
+    let vol = m.path("live/vm.img");
+    fs::write(&vol, contents(5, 24 << 20)).unwrap();
+    let writer = start_writer(&vol);
+    std::thread::sleep(Duration::from_millis(200));
+    fs::create_dir(m.path("snapshots/s1")).unwrap();
+    let snap = m.path("snapshots/s1/vm.img");
+    let expected = read(&snap);
+    // The writer goes on; wait until it has captured most of the volume's pre-images.
+    let start = Instant::now();
+    while preimage_bytes(&m) < 16 << 20 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the writer captured only {} pre-image bytes",
+            preimage_bytes(&m)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = preimage_bytes(&m);
+    let job = control(
+        &m,
+        "control/jobs",
+        &format!("backup s1 repo={}\n", repo.display()),
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let (mut lowest_running, mut samples) = (u64::MAX, 0u32);
+    let row = loop {
+        let used = preimage_bytes(&m);
+        let table = fs::read_to_string(m.path("control/jobs")).unwrap();
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&job))
+            .unwrap_or_else(|| panic!("job {job} not listed: {table}"))
+            .to_string();
+        if row.contains(" done ") || row.contains(" failed ") {
+            break row;
+        }
+        // Sampled before the row said done: the job was still running.
+        lowest_running = lowest_running.min(used);
+        samples += 1;
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the job never ended: {table}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(row.contains(" done "), "{row}");
+    let after = preimage_bytes(&m);
+    assert!(
+        lowest_running < before / 2,
+        "the held pre-images never fell while the job ran: {before} bytes before it, at least {lowest_running} in {samples} samples"
+    );
+    assert!(
+        after < before / 4,
+        "{after} pre-image bytes still held after the backup, {before} before it"
+    );
+    drop(writer);
+    let report = snarf::jobs::report::JobReport::read(&snarf::jobs::report::report_path(
+        &m.store.join("run"),
+        &job,
+    ))
+    .expect("report file");
+    let id = report.backup_id.expect("backup id in the report");
+    assert!(
+        restore(&repo, &id, &m.dir.path().join("out1"), "vm.img") == expected,
+        "restore differs from the snapshot"
+    );
+    // The freed snarfs are read back from the format 2 repository, and the daemon pinned
+    // their packs.
+    assert!(
+        read_uncached(&snap) == expected,
+        "snapshot reads differ after the backup freed its pre-images"
+    );
+    assert!(
+        fs::read_dir(repo.join("pins")).unwrap().count() > 0,
+        "no pin while the snapshot reads from the repository"
+    );
+    // A new daemon adopts the released-snarf table of the persistent snapshot and reads
+    // those snarfs from the repository too.
+    m.unmount();
+    m.mount(&["--preimage-mem", "64M"]);
+    assert!(
+        read_uncached(&snap) == expected,
+        "snapshot reads differ after a remount"
+    );
+    // Releasing the snapshot removes the pin.
+    fs::remove_dir(m.path("snapshots/s1")).unwrap();
+    let start = Instant::now();
+    while fs::read_dir(repo.join("pins"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+        > 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "pins left after release"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = snarf_ok(&["check", repo.to_str().unwrap(), "--read-data"]);
+    assert!(out.contains("no problems found"), "{out}");
+}

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mounted::{read, snarf_ok, Mounted};
-use snarf::jobs::proto::{self, AckItem, Msg};
+use snarf::jobs::proto::{self, AckItem, Msg, StoredChunk};
 use snarf::jobs::{Mode, PlanRequest};
 use snarf::repo::ChunkRef;
 
@@ -99,7 +99,14 @@ fn planned(m: &Mounted, snapshot: &str, repo: &Path) -> UnixStream {
 /// Sends one ack and expects the daemon to refuse it and end the connection.
 fn refused_ack(m: &Mounted, snapshot: &str, repo: &Path, item: AckItem, what: &str) {
     let mut s = planned(m, snapshot, repo);
-    send(&mut s, &Msg::Ack { count: 1 }, &proto::encode_acks(&[item]));
+    send(
+        &mut s,
+        &Msg::Ack {
+            count: 1,
+            format: item.chunk.format(),
+        },
+        &proto::encode_acks(&[item]),
+    );
     match answer(&mut s) {
         Some(Msg::Error { message }) => assert!(
             message.contains("refused"),
@@ -158,7 +165,7 @@ fn a_hostile_job_client_cannot_crash_the_mount_or_corrupt_a_snapshot() {
         AckItem {
             vol: 0,
             snarf: 5,
-            chunk: ChunkRef::zero(SNARF as u32),
+            chunk: StoredChunk::V1(ChunkRef::zero(SNARF as u32)),
         },
         "a zero chunk for a snarf never handed out",
     );
@@ -172,7 +179,7 @@ fn a_hostile_job_client_cannot_crash_the_mount_or_corrupt_a_snapshot() {
         AckItem {
             vol: 0,
             snarf: 1 << 61,
-            chunk: ChunkRef::zero(SNARF as u32),
+            chunk: StoredChunk::V1(ChunkRef::zero(SNARF as u32)),
         },
         "snarf 2^61",
     );
@@ -226,11 +233,33 @@ fn a_hostile_job_client_cannot_crash_the_mount_or_corrupt_a_snapshot() {
             AckItem {
                 vol: 0,
                 snarf,
-                chunk: forged,
+                chunk: StoredChunk::V1(forged),
             },
             "a cached chunk with the wrong length",
         );
         assert_serving(&m, &snap, &orig, "an ack with a wrong chunk length");
+    }
+
+    // An older job (protocol version 1, format 1 acks only) is welcomed in its own
+    // version; a version this mount does not know is refused by a message naming both.
+    for (version, welcomed) in [(1u32, true), (proto::VERSION, true), (99, false)] {
+        let mut s = connect(&m);
+        send(
+            &mut s,
+            &Msg::Hello {
+                version,
+                job: "other version".into(),
+                pid: std::process::id(),
+            },
+            &[],
+        );
+        match answer(&mut s) {
+            Some(Msg::Welcome { version: v, .. }) if welcomed => assert_eq!(v, version),
+            Some(Msg::Error { message }) if !welcomed => {
+                assert!(message.contains("versions 1 to 2"), "{message}")
+            }
+            other => panic!("a hello of version {version} was answered {other:?}"),
+        }
     }
 
     // 4. Truncated frames and lying length prefixes end their connection only.

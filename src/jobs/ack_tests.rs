@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 
 use super::plan::PlanRequest;
 use super::progress::NoProgress;
-use super::proto::AckItem;
+use super::proto::{AckItem, StoredChunk};
 use super::released::Released;
 use super::service::{JobService, Session};
 use super::vocab::Mode;
@@ -115,7 +115,7 @@ fn acks_are_verified_before_any_preimage_is_freed() {
         svc.ack(&[AckItem {
             vol: 0,
             snarf,
-            chunk,
+            chunk: StoredChunk::V1(chunk),
         }])
     };
     let good = chunk_of(2);
@@ -247,7 +247,7 @@ fn an_ack_whose_pack_was_deleted_is_refused_and_frees_nothing() {
         svc.ack(&[AckItem {
             vol: 0,
             snarf: 0,
-            chunk: good,
+            chunk: StoredChunk::V1(good),
         }]),
         "not sealed in the repository",
     );
@@ -327,7 +327,7 @@ fn reused_snarfs_must_be_acknowledged_with_the_base_backups_own_records() {
         svc.ack(&[AckItem {
             vol: 0,
             snarf,
-            chunk,
+            chunk: StoredChunk::V1(chunk),
         }])
     };
     // A reused snarf acknowledged with another snarf's record of the base.
@@ -340,65 +340,8 @@ fn reused_snarfs_must_be_acknowledged_with_the_base_backups_own_records() {
         .map(|snarf| AckItem {
             vol: 0,
             snarf,
-            chunk: rec(snarf),
+            chunk: StoredChunk::V1(rec(snarf)),
         })
         .collect();
     svc.ack(&run).unwrap();
-}
-
-#[test]
-fn acks_of_a_job_into_a_format_2_repository_free_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("store");
-    Store::init(
-        &root,
-        &InitOptions {
-            snarf_size: SNARF,
-            budgets: Budgets::default(),
-            repository: None,
-            snapshots: crate::store::Durability::Volatile,
-        },
-    )
-    .unwrap();
-    let store = Store::open(&root, "ack test").unwrap();
-    let opts = EngineOptions::from_store(&store);
-    let engine = Arc::new(Engine::new(store, opts).unwrap());
-    let repo_dir = dir.path().join("repo");
-    crate::repo::Handle::init(
-        &crate::repo::Location::local(&repo_dir),
-        &crate::repo::handle::InitOptions::default(),
-    )
-    .unwrap();
-    let orig = contents();
-    let vol = engine.create_volume("v", orig.len() as u64).unwrap();
-    engine.write(&vol, 0, &orig).unwrap();
-    let snap = engine.take("s").unwrap();
-    engine.write(&vol, 0, &vec![0xee; SNARF as usize]).unwrap();
-    let held = || engine.preimage_location(&snap, vol.id(), 0).is_some();
-    assert!(held());
-    let released = Arc::new(Released::open(&engine.store().run_dir(), "test", &engine).unwrap());
-    let svc = JobService::new(engine.clone(), Some(released));
-    svc.describe("s").unwrap();
-    svc.plan(
-        &PlanRequest {
-            snapshot: "s".into(),
-            volumes: None,
-            mode: Mode::Full,
-            bases: vec![],
-        },
-        &repo_dir,
-    )
-    .unwrap();
-    let handed = svc.next(64).unwrap().unwrap();
-    assert_eq!(handed.len(), SNARFS as usize);
-    // Whatever it claims, even a plausible zero marker, frees nothing.
-    refused(
-        svc.ack(&[AckItem {
-            vol: 0,
-            snarf: 0,
-            chunk: ChunkRef::zero(SNARF as u32),
-        }]),
-        "format 2",
-    );
-    assert!(held(), "a format 2 job's ack freed a pre-image");
 }

@@ -231,13 +231,17 @@ impl Session for Client {
     }
 
     fn ack(&self, items: &[AckItem]) -> Result<()> {
-        for part in items.chunks(proto::MAX_ACKS_PER_FRAME) {
-            self.send(
-                &Msg::Ack {
-                    count: part.len() as u32,
-                },
-                &proto::encode_acks(part),
-            )?;
+        // One frame names one format; a job writes one repository, so there is one run.
+        for run in items.chunk_by(|a, b| a.chunk.format() == b.chunk.format()) {
+            for part in run.chunks(proto::MAX_ACKS_PER_FRAME) {
+                self.send(
+                    &Msg::Ack {
+                        count: part.len() as u32,
+                        format: part[0].chunk.format(),
+                    },
+                    &proto::encode_acks(part),
+                )?;
+            }
         }
         Ok(())
     }

@@ -133,16 +133,19 @@ pub fn serve_stream(
         }
         let answer: Result<Option<Msg>> = match msg {
             Msg::Hello { version, job, pid } => {
-                if version != proto::VERSION {
+                if !(proto::OLDEST_VERSION..=proto::VERSION).contains(&version) {
                     Err(Error::Refused(format!(
-                        "this mount speaks job protocol version {}, the job {version}; use the same snarf version for both",
+                        "this mount speaks job protocol versions {} to {}, the job {version}; use the same snarf version for both",
+                        proto::OLDEST_VERSION,
                         proto::VERSION
                     )))
                 } else {
                     greeted = true;
                     events(Event::Hello { job: &job, pid });
+                    // The job's own version: an older job checks it is its own, and
+                    // speaks only what it knows (format 1 acks).
                     Ok(Some(Msg::Welcome {
-                        version: proto::VERSION,
+                        version,
                         pid: std::process::id(),
                         store_id: engine.store().store_id(),
                         store: engine.store().root().to_path_buf(),
@@ -189,7 +192,7 @@ pub fn serve_stream(
                     Some(Msg::Batch { items, done })
                 })
             }
-            Msg::Ack { count } => proto::decode_acks(count, &body)
+            Msg::Ack { count, format } => proto::decode_acks(count, format, &body)
                 .map_err(|e| Error::Protocol(e.to_string()))
                 .and_then(|acks| service.ack(&acks))
                 .map(|_| None),

@@ -54,4 +54,6 @@ pub use vocab::{BackupRequest, JobState, Mode};
 #[cfg(test)]
 mod ack_tests;
 #[cfg(test)]
+mod ack_v2_tests;
+#[cfg(test)]
 mod tests;

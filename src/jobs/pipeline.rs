@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use super::base::{find_bases, Source};
 use super::plan::{snarf_len, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
 use super::progress::{Progress, ProgressSink};
-use super::proto::AckItem;
+use super::proto::{AckItem, StoredChunk};
 use super::service::{Session, SnarfData};
 use super::vocab::Mode;
 use super::{Error, Result};
@@ -253,7 +253,7 @@ fn run_job(
         sink_acks.lock().push(AckItem {
             vol: d.slot.0 as u32,
             snarf: d.snarf,
-            chunk: d.chunk,
+            chunk: StoredChunk::V1(d.chunk),
         })
     }));
     let writer = repo.begin_backup(new)?;
@@ -348,8 +348,9 @@ fn summary(
 /// consecutive new ones itself, so snarfs go to it straight from the session. A volume
 /// with a base takes every snarf not sent from the base's tree (untouched leaves by
 /// reference), a full one records them as zeros, so nothing is reused snarf by snarf.
-/// Nothing is acknowledged before the commit: the mount keeps a snapshot's pre-images until
-/// the snapshot is released, as for a snapshot no backup has read.
+/// Each snarf put is acknowledged once its chunk is durable (its pack sealed, or found in
+/// the index), in batches like format 1's, so the mount frees its pre-image while the job
+/// runs; the snarfs of the last pack are acknowledged after the commit sealed it.
 fn run_v2(
     session: &dyn Session,
     handle: &Handle,
@@ -362,6 +363,7 @@ fn run_v2(
     let names = chosen_volumes(&desc, opts)?;
     let source = Source::new(&desc, &names);
     let mut new = v2::NewBackup::new(&opts.snapshot, source.to_json());
+    new.report_durable = true;
     new.lock_wait = opts.lock_wait;
     new.compression = opts.compression;
     new.command = format!(
@@ -398,14 +400,16 @@ fn run_v2(
     };
     session.committing();
     let stats = writer.stats();
-    let id = match writer.commit() {
-        Ok(id) => id,
+    let (id, last) = match writer.commit_reporting() {
+        Ok(done) => done,
         Err(e) => {
             session.abort(&e.chain().to_string());
             return Err(e.into());
         }
     };
-    if let Err(e) = session.done(id.as_str()) {
+    // The last pack was sealed by commit: acknowledge its snarfs too.
+    let last = acks_v2(&last);
+    if let Err(e) = session.ack(&last).and_then(|_| session.done(id.as_str())) {
         log::warn!(
             "backup {id} is committed, but telling the mount daemon failed: {}",
             e.chain()
@@ -414,6 +418,18 @@ fn run_v2(
     Ok(summary(
         id, opts, &plan, &read, &reused, bytes_read, zero_bytes, &stats, start,
     ))
+}
+
+/// Acknowledgements of durable format 2 snarfs (a slot is its volume's place in the plan).
+fn acks_v2(durable: &[v2::Durable]) -> Vec<AckItem> {
+    durable
+        .iter()
+        .map(|d| AckItem {
+            vol: d.slot.0 as u32,
+            snarf: d.snarf,
+            chunk: StoredChunk::V2(d.chunk),
+        })
+        .collect()
 }
 
 /// The transfer of a format 2 job, on the calling thread.
@@ -454,6 +470,8 @@ fn transfer_v2(
     let mut read = vec![0u64; plan.volumes.len()];
     let (mut bytes_read, mut zero_bytes, mut received) = (0u64, 0u64, 0u64);
     let mut last_progress = Instant::now();
+    let mut pending: Vec<AckItem> = Vec::new();
+    let mut last_ack = Instant::now();
     while let Some(batch) = session.next(opts.batch.max(1))? {
         for d in batch {
             let slot = *slots.get(d.vol as usize).ok_or_else(|| {
@@ -481,6 +499,14 @@ fn transfer_v2(
             prog.done_snarfs += 1;
             prog.done_bytes += u64::from(d.len);
         }
+        // Acknowledge what became durable: in batches, or whatever is pending after a pause.
+        pending.extend(acks_v2(&writer.take_durable()));
+        if pending.len() >= opts.ack_batch
+            || (!pending.is_empty() && last_ack.elapsed() >= Duration::from_millis(200))
+        {
+            session.ack(&std::mem::take(&mut pending))?;
+            last_ack = Instant::now();
+        }
         if last_progress.elapsed() >= Duration::from_millis(100) {
             last_progress = Instant::now();
             prog.elapsed = start.elapsed().as_secs_f64();
@@ -492,6 +518,8 @@ fn transfer_v2(
             "the plan promised {to_send} snarfs but {received} came"
         )));
     }
+    pending.extend(acks_v2(&writer.take_durable()));
+    session.ack(&pending)?;
     // What was not sent comes from the base's tree, or is a hole.
     let reused: Vec<u64> = plan
         .volumes

@@ -23,7 +23,7 @@
 //! describe {snapshot}               ->  snapshot {desc}             (volumes, ids, sizes, epoch)
 //! plan {request, repo}              ->  planned {volumes}           payload: the incremental volumes' snarf sets
 //! next {max}                        ->  batch {items, done}         payload: the non-zero snarfs' bytes
-//! ack {count}                       ->  (nothing)                   payload: count 76-byte records
+//! ack {count, format}               ->  (nothing)                   payload: count 76-byte records
 //! committing                        ->  (nothing)                   the job commits now
 //! done {backup}                     ->  bye
 //! abort {reason}                    ->  bye
@@ -34,7 +34,10 @@
 //! be sent, one bit per snarf, little-endian (the job reuses the others from the base).
 //! A batch item is `{vol, snarf, len, zero}`; a non-zero item's `len` bytes follow in the
 //! payload in item order. An ack record is `vol` u32 LE, `snarf` u64 LE, then the 64-byte
-//! chunk reference ([`ChunkRef::encode`]). `done: true` with no items means every planned
+//! chunk reference of the repository's format, which the ack names (`format`, 1 when
+//! absent): format 1's [`ChunkRef::encode`] (pack, offset, lengths) or format 2's
+//! [`v2::chunk::ChunkRef::encode`] (blob id, pack, frame offset and sealed length, offset
+//! in the frame, kind, length). `done: true` with no items means every planned
 //! snarf was sent. If either side sees the stream end, the job is over: the daemon drops the
 //! job's feed (the snapshot stays readable) and the job abandons its backup.
 //!
@@ -46,6 +49,14 @@
 //! [`MAX_ACKS_PER_FRAME`] records) ends the connection before anything is allocated, and
 //! what is read is allocated as it arrives, never as announced. What an ack claims is
 //! checked by the daemon before it frees anything (see [`super::service`]).
+//!
+//! # Versions
+//!
+//! Version 2 added format 2 acknowledgements (the `format` of `ack`). The daemon accepts a
+//! hello of version 1 or 2 and welcomes the job with the version it said: a version 1 job
+//! sends format 1 acks only (it acknowledges nothing into a format 2 repository), which a
+//! version 2 daemon reads as before. A job refuses a daemon of another version than its
+//! own, with a message saying to use the same snarf for both.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -54,10 +65,12 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::{PlanRequest, PlannedVolume, SnapshotDesc};
 use crate::repo::chunk::REF_LEN;
-use crate::repo::ChunkRef;
+use crate::repo::{v2, ChunkRef};
 
 /// Version of this protocol.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// Oldest version a daemon still serves.
+pub const OLDEST_VERSION: u32 = 1;
 /// Magic at the start of every frame.
 pub const MAGIC: &[u8; 4] = b"SNJ1";
 /// Largest header accepted.
@@ -98,9 +111,15 @@ fn any_payload(_: &Msg) -> usize {
     MAX_PAYLOAD
 }
 
+fn format_1() -> u32 {
+    1
+}
+
 fn job_payload(msg: &Msg) -> usize {
     match msg {
-        Msg::Ack { count } if (*count as usize) <= MAX_ACKS_PER_FRAME => *count as usize * ACK_LEN,
+        Msg::Ack { count, .. } if (*count as usize) <= MAX_ACKS_PER_FRAME => {
+            *count as usize * ACK_LEN
+        }
         _ => 0,
     }
 }
@@ -182,6 +201,10 @@ pub enum Msg {
     Ack {
         /// Number of records.
         count: u32,
+        /// The repository format of the records' chunk references (version 1 jobs send
+        /// none: format 1).
+        #[serde(default = "format_1")]
+        format: u32,
     },
     /// The job is committing its backup (for listings). No answer.
     Committing,
@@ -217,6 +240,75 @@ pub struct BatchItem {
     pub zero: bool,
 }
 
+/// Where a backup stored a snarf, in its repository's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoredChunk {
+    /// A format 1 chunk: pack, offset and lengths.
+    V1(ChunkRef),
+    /// A format 2 blob: id, pack, frame and place in the frame.
+    V2(v2::chunk::ChunkRef),
+}
+
+impl StoredChunk {
+    /// The repository format it belongs to.
+    pub fn format(&self) -> u32 {
+        match self {
+            StoredChunk::V1(_) => 1,
+            StoredChunk::V2(_) => 2,
+        }
+    }
+
+    /// The snarf's length.
+    pub fn raw_len(&self) -> u32 {
+        match self {
+            StoredChunk::V1(c) => c.raw_len,
+            StoredChunk::V2(c) => c.raw_len,
+        }
+    }
+
+    /// True for the all-zero marker (nothing stored).
+    pub fn is_zero(&self) -> bool {
+        match self {
+            StoredChunk::V1(c) => c.is_zero(),
+            StoredChunk::V2(c) => c.is_zero(),
+        }
+    }
+
+    /// The blob's id.
+    pub fn id(&self) -> crate::repo::ChunkId {
+        match self {
+            StoredChunk::V1(c) => c.id,
+            StoredChunk::V2(c) => c.id,
+        }
+    }
+
+    /// The pack holding it (all zero for the zero marker).
+    pub fn pack(&self) -> crate::repo::PackId {
+        match self {
+            StoredChunk::V1(c) => c.pack,
+            StoredChunk::V2(c) => c.pack,
+        }
+    }
+
+    /// The 64-byte reference of its format.
+    pub fn encode(&self) -> [u8; REF_LEN] {
+        match self {
+            StoredChunk::V1(c) => c.encode(),
+            StoredChunk::V2(c) => c.encode(),
+        }
+    }
+
+    /// Decodes a 64-byte reference of repository format `format`; `None` for a blank or
+    /// impossible record, or a format this build does not know.
+    pub fn decode(format: u32, rec: &[u8; REF_LEN]) -> Option<StoredChunk> {
+        match format {
+            1 => ChunkRef::decode(rec).map(StoredChunk::V1),
+            2 => v2::chunk::ChunkRef::decode(rec).map(StoredChunk::V2),
+            _ => None,
+        }
+    }
+}
+
 /// One stored snarf.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckItem {
@@ -225,10 +317,11 @@ pub struct AckItem {
     /// Snarf index.
     pub snarf: u64,
     /// Where the backup stored it.
-    pub chunk: ChunkRef,
+    pub chunk: StoredChunk,
 }
 
-/// Encodes acknowledgement records for an `ack` payload.
+/// Encodes acknowledgement records for an `ack` payload (all of one format, which the
+/// caller names in the message).
 pub fn encode_acks(items: &[AckItem]) -> Vec<u8> {
     let mut out = Vec::with_capacity(items.len() * ACK_LEN);
     for a in items {
@@ -239,8 +332,13 @@ pub fn encode_acks(items: &[AckItem]) -> Vec<u8> {
     out
 }
 
-/// Decodes an `ack` payload of `count` records.
-pub fn decode_acks(count: u32, payload: &[u8]) -> std::io::Result<Vec<AckItem>> {
+/// Decodes an `ack` payload of `count` records of repository format `format`.
+pub fn decode_acks(count: u32, format: u32, payload: &[u8]) -> std::io::Result<Vec<AckItem>> {
+    if !(1..=2).contains(&format) {
+        return Err(bad(format!(
+            "an ack of repository format {format}; this snarf knows formats 1 and 2"
+        )));
+    }
     if count as usize > MAX_ACKS_PER_FRAME {
         return Err(bad(format!(
             "an ack of {count} records; one frame carries at most {MAX_ACKS_PER_FRAME}"
@@ -261,8 +359,11 @@ pub fn decode_acks(count: u32, payload: &[u8]) -> std::io::Result<Vec<AckItem>> 
             s.copy_from_slice(&r[4..12]);
             let mut rec = [0u8; REF_LEN];
             rec.copy_from_slice(&r[12..]);
-            let chunk = ChunkRef::decode(&rec)
-                .ok_or_else(|| bad("an ack carries an empty chunk reference".into()))?;
+            let chunk = StoredChunk::decode(format, &rec).ok_or_else(|| {
+                bad(format!(
+                    "an ack carries an empty or impossible format {format} chunk reference"
+                ))
+            })?;
             Ok(AckItem {
                 vol,
                 snarf: u64::from_le_bytes(s),
@@ -521,15 +622,17 @@ mod tests {
         let acks = encode_acks(&[AckItem {
             vol: 0,
             snarf: 1,
-            chunk: ChunkRef::zero(4096),
+            chunk: StoredChunk::V1(ChunkRef::zero(4096)),
         }]);
+        // A version 1 job's ack names no format: format 1.
         let mut ok = head(br#"{"msg":"ack","count":1}"#, acks.len() as u32);
         ok.extend_from_slice(&acks);
-        assert!(
-            matches!(read(&ok).unwrap(), Incoming::Frame(Msg::Ack { count: 1 }, p) if p == acks)
-        );
+        assert!(matches!(
+            read(&ok).unwrap(),
+            Incoming::Frame(Msg::Ack { count: 1, format: 1 }, p) if p == acks
+        ));
         assert_eq!(read(&[]).unwrap(), Incoming::End);
-        assert!(decode_acks(MAX_ACKS_PER_FRAME as u32 + 1, &[]).is_err());
+        assert!(decode_acks(MAX_ACKS_PER_FRAME as u32 + 1, 1, &[]).is_err());
     }
 
     #[test]
@@ -538,22 +641,64 @@ mod tests {
             AckItem {
                 vol: 3,
                 snarf: 1 << 40,
-                chunk: ChunkRef {
+                chunk: StoredChunk::V1(ChunkRef {
                     id: ChunkId([7; 32]),
                     pack: PackId([9; 16]),
                     offset: 12345,
                     stored_len: 100,
                     raw_len: 65536,
-                },
+                }),
             },
             AckItem {
                 vol: 0,
                 snarf: 0,
-                chunk: ChunkRef::zero(4096),
+                chunk: StoredChunk::V1(ChunkRef::zero(4096)),
             },
         ];
         let p = encode_acks(&items);
-        assert_eq!(decode_acks(2, &p).unwrap(), items);
-        assert!(decode_acks(3, &p).is_err());
+        assert_eq!(decode_acks(2, 1, &p).unwrap(), items);
+        assert!(decode_acks(3, 1, &p).is_err());
+    }
+
+    #[test]
+    fn format_2_acks_round_trip_and_a_format_is_never_guessed() {
+        let blob = v2::chunk::ChunkRef {
+            id: ChunkId([7; 32]),
+            kind: v2::chunk::BlobKind::Data,
+            pack: PackId([9; 16]),
+            offset: 4096,
+            stored_len: 30_000,
+            within: 3 * 65536,
+            raw_len: 65536,
+        };
+        let items = vec![
+            AckItem {
+                vol: 1,
+                snarf: 99,
+                chunk: StoredChunk::V2(blob),
+            },
+            AckItem {
+                vol: 0,
+                snarf: 5,
+                chunk: StoredChunk::V2(v2::chunk::ChunkRef::zero(65536)),
+            },
+        ];
+        let p = encode_acks(&items);
+        assert_eq!(decode_acks(2, 2, &p).unwrap(), items);
+        // The same bytes read as format 1 are other references (or none), never these.
+        assert_ne!(decode_acks(2, 1, &p).ok(), Some(items));
+        let e = decode_acks(2, 3, &p).unwrap_err();
+        assert!(e.to_string().contains("format 3"), "{e}");
+        // The message carries its format, and one without it is format 1.
+        let m = Msg::Ack {
+            count: 2,
+            format: 2,
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &m, &p).unwrap();
+        assert_eq!(
+            read_frame_from(&mut &buf[..], &FROM_JOB).unwrap(),
+            Incoming::Frame(m, p)
+        );
     }
 }

@@ -6,9 +6,19 @@
 //! snapshot is released, even if the backup that stored them is abandoned.
 //!
 //! Memory stays bounded: the chunk references live in sparse files of fixed records under
-//! `STORE/run/released/EPOCH/` (one file per volume, record `i` at `72 * i`: the 64-byte
-//! [`ChunkRef`] encoding, the repository number u32 LE, 4 reserved bytes; an all-zero record
-//! means "not stored"), so their disk use follows the snarfs recorded. `meta.json` beside
+//! `STORE/run/released/EPOCH/` (one file per volume, record `i` at `72 * i`; an all-zero
+//! record means "not stored"), so their disk use follows the snarfs recorded:
+//!
+//! ```text
+//! 0..64   the chunk reference, in the encoding of the format below
+//! 64..68  the repository number (its place in meta.json's list), u32 LE
+//! 68      the reference's format: 0 format 1 (tables written before format 2 acks had a
+//!         zero there, and still read the same), 2 format 2; anything else is refused
+//! 69..72  reserved, zero
+//! ```
+//!
+//! A format 1 record whose repository was upgraded to format 2 since is read as the legacy
+//! blob the upgrade kept in place. `meta.json` beside
 //! them lists the pin name and the repositories, so a daemon that crashed is cleaned up at
 //! its next start; it is durable (with every folder above it up to run/) before the first
 //! pin, since it must outlive a power cut as long as its pin does.
@@ -27,10 +37,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::proto::StoredChunk;
 use super::{Error, Result};
 use crate::chain::ErrorChain;
 use crate::repo::chunk::REF_LEN;
-use crate::repo::{ChunkRef, PackId, Repo};
+use crate::repo::{v2, Handle, Location, PackId};
 use crate::snapshot::{Engine, SnapState, Snapshot, StoredSnarfs};
 use crate::store::files::sync_dir;
 use crate::store::VolumeId;
@@ -60,7 +71,7 @@ struct SnapTable {
 #[derive(Default)]
 struct TableInner {
     /// The repositories by number: open, or (adopted from an earlier daemon) not there now.
-    repos: Vec<Option<Repo>>,
+    repos: Vec<Option<Handle>>,
     /// Their paths, by the same number.
     paths: Vec<PathBuf>,
     pinned: Vec<HashSet<PackId>>,
@@ -74,7 +85,7 @@ pub struct Released {
     dir: PathBuf,
     store_id: String,
     tables: Mutex<HashMap<u64, Arc<SnapTable>>>,
-    cache: Mutex<VecDeque<(ChunkRef, Arc<Vec<u8>>)>>,
+    cache: Mutex<VecDeque<(StoredChunk, Arc<Vec<u8>>)>>,
 }
 
 impl std::fmt::Debug for Released {
@@ -156,7 +167,7 @@ impl Released {
                     )));
                 }
                 for path in &m.repos {
-                    let repo = Repo::open_quiet(path)
+                    let repo = open_repo(path)
                         .map_err(|e| {
                             log::warn!(
                                 "repository {} of snapshot \"{}\" cannot be opened now ({}); its snarfs are read from there once it is back",
@@ -233,7 +244,7 @@ impl Released {
 
     /// Pins `packs` of `repo` for `snap` (those not pinned yet), so no gc that starts from
     /// now on removes them while the snapshot may read from them.
-    pub fn pin(&self, snap: &Arc<Snapshot>, repo: &Repo, packs: &[PackId]) -> Result<()> {
+    pub fn pin(&self, snap: &Arc<Snapshot>, repo: &Handle, packs: &[PackId]) -> Result<()> {
         if packs.is_empty() {
             return Ok(());
         }
@@ -247,7 +258,10 @@ impl Released {
             .filter(|p| !inner.pinned[rn].contains(p) && seen.insert(*p))
             .collect();
         if !new.is_empty() {
-            repo.pin(&t.pin, &new)?;
+            match repo {
+                Handle::V1(r) => r.pin(&t.pin, &new)?,
+                Handle::V2(r) => r.pin(&t.pin, &new)?,
+            }
             inner.pinned[rn].extend(new);
         }
         Ok(())
@@ -258,16 +272,22 @@ impl Released {
         t: &SnapTable,
         inner: &mut TableInner,
         snap: &Snapshot,
-        repo: &Repo,
+        repo: &Handle,
     ) -> Result<usize> {
-        if let Some(n) = inner.paths.iter().position(|p| p == repo.path()) {
+        let path = repo.local_path().ok_or_else(|| {
+            Error::Protocol(format!(
+                "{} is not a local folder; the mount reads freed snarfs only from one",
+                repo.location()
+            ))
+        })?;
+        if let Some(n) = inner.paths.iter().position(|p| p == path) {
             if inner.repos[n].is_none() {
                 inner.repos[n] = Some(repo.clone());
             }
             return Ok(n);
         }
         inner.repos.push(Some(repo.clone()));
-        inner.paths.push(repo.path().to_path_buf());
+        inner.paths.push(path.to_path_buf());
         inner.pinned.push(HashSet::new());
         // Durable before the first pin, so a crash leaves enough to unpin (or to adopt).
         let meta = Meta {
@@ -295,8 +315,8 @@ impl Released {
     pub fn record(
         &self,
         snap: &Arc<Snapshot>,
-        repo: &Repo,
-        items: &[(VolumeId, u64, ChunkRef)],
+        repo: &Handle,
+        items: &[(VolumeId, u64, StoredChunk)],
     ) -> Result<()> {
         if items.is_empty() {
             return Ok(());
@@ -315,7 +335,7 @@ impl Released {
         let packs: Vec<PackId> = items
             .iter()
             .filter(|(_, _, c)| !c.is_zero())
-            .map(|(_, _, c)| c.pack)
+            .map(|(_, _, c)| c.pack())
             .collect();
         self.pin(snap, repo, &packs)?;
         let t = self.table(snap)?;
@@ -344,6 +364,10 @@ impl Released {
             let mut rec = [0u8; RECORD_LEN as usize];
             rec[..REF_LEN].copy_from_slice(&chunk.encode());
             rec[REF_LEN..REF_LEN + 4].copy_from_slice(&(rn as u32).to_le_bytes());
+            rec[REF_LEN + 4] = match chunk {
+                StoredChunk::V1(_) => 0,
+                StoredChunk::V2(_) => 2,
+            };
             let at = record_offset(*snarf)?;
             file.write_all_at(&rec, at)
                 .map_err(|e| Error::io(format!("writing {}", t.dir.display()), e))?;
@@ -371,7 +395,7 @@ impl Released {
         snap: &Snapshot,
         vol: VolumeId,
         snarf: u64,
-    ) -> Result<Option<(Repo, ChunkRef)>> {
+    ) -> Result<Option<(Handle, StoredChunk)>> {
         let Some(t) = self.tables.lock().get(&snap.epoch()).cloned() else {
             return Ok(None);
         };
@@ -387,7 +411,17 @@ impl Released {
         }
         let mut r = [0u8; REF_LEN];
         r.copy_from_slice(&rec[..REF_LEN]);
-        let Some(chunk) = ChunkRef::decode(&r) else {
+        let format = match rec[REF_LEN + 4] {
+            0 => 1,
+            2 => 2,
+            other => {
+                return Err(Error::Protocol(format!(
+                    "released-snarf table {} holds a record of format {other} for snarf {snarf}, which this snarf does not know",
+                    t.dir.display()
+                )))
+            }
+        };
+        let Some(chunk) = StoredChunk::decode(format, &r) else {
             return Ok(None);
         };
         let rn = u32::from_le_bytes([rec[64], rec[65], rec[66], rec[67]]) as usize;
@@ -402,7 +436,7 @@ impl Released {
         let repo = match &inner.repos[rn] {
             Some(repo) => repo.clone(),
             None => {
-                let repo = Repo::open_quiet(&path).map_err(|e| {
+                let repo = open_repo(&path).map_err(|e| {
                     Error::FreedSnarf(format!(
                         "snarf {snarf} of snapshot \"{}\" was freed after a backup stored it in the repository {}, which cannot be opened ({}); put it back at that path to read this snapshot again",
                         snap.name(),
@@ -443,12 +477,12 @@ impl Released {
         let range = usize::try_from(offset)
             .ok()
             .and_then(|start| Some(start..start.checked_add(buf.len())?))
-            .filter(|r| r.end <= chunk.raw_len as usize)
+            .filter(|r| r.end <= chunk.raw_len() as usize)
             .ok_or_else(|| {
                 Error::from(crate::snapshot::Error::Internal(format!(
                     "read of {} bytes at {offset} of a {}-byte snarf",
                     buf.len(),
-                    chunk.raw_len
+                    chunk.raw_len()
                 )))
             })?;
         if chunk.is_zero() {
@@ -466,11 +500,11 @@ impl Released {
         let data = match cached {
             Some(d) => d,
             None => {
-                let d = Arc::new(repo.read_chunk_at(&chunk).map_err(|e| {
+                let d = Arc::new(read_chunk(&repo, &chunk).map_err(|e| {
                     Error::FreedSnarf(format!(
                         "snarf {snarf} of \"{volume}\" in snapshot \"{}\" was freed after a backup stored it in the repository {}, and reading it back failed: {e}{}",
                         snap.name(),
-                        repo.path().display(),
+                        repo.location(),
                         if repo.is_present() {
                             ""
                         } else {
@@ -490,9 +524,9 @@ impl Released {
         let bytes = data.get(range).ok_or_else(|| {
             Error::from(crate::snapshot::Error::Internal(format!(
                 "chunk {} holds {} bytes, not the {} its record says",
-                chunk.id.short(),
+                chunk.id().short(),
                 data.len(),
-                chunk.raw_len
+                chunk.raw_len()
             )))
         })?;
         buf.copy_from_slice(bytes);
@@ -565,6 +599,42 @@ impl StoredSnarfs for Released {
     }
 }
 
+/// Opens the repository of a table (either format), completing nothing: the job writing
+/// it may be running.
+fn open_repo(path: &Path) -> crate::repo::Result<Handle> {
+    Handle::open_quiet(&Location::local(path))
+}
+
+/// Removes pin `name` from `repo`.
+fn unpin(repo: &Handle, name: &str) -> crate::repo::Result<()> {
+    match repo {
+        Handle::V1(r) => r.unpin(name),
+        Handle::V2(r) => r.unpin(name),
+    }
+}
+
+/// Reads and verifies the stored chunk `c` from `repo`. A format 1 chunk of a repository
+/// upgraded to format 2 since is the legacy blob the upgrade kept where it was.
+fn read_chunk(repo: &Handle, c: &StoredChunk) -> crate::repo::Result<Vec<u8>> {
+    match (repo, c) {
+        (Handle::V1(r), StoredChunk::V1(c)) => r.read_chunk_at(c),
+        (Handle::V2(r), StoredChunk::V2(c)) => r.read_blob(c),
+        (Handle::V2(r), StoredChunk::V1(c)) => r.read_blob(&v2::chunk::ChunkRef {
+            id: c.id,
+            kind: v2::chunk::BlobKind::Legacy,
+            pack: c.pack,
+            offset: c.offset,
+            stored_len: c.stored_len,
+            within: 0,
+            raw_len: c.raw_len,
+        }),
+        (Handle::V1(r), StoredChunk::V2(_)) => Err(crate::repo::Error::BadArgument(format!(
+            "{} is a format 1 repository, but a backup into it was recorded with a format 2 chunk",
+            r.path().display()
+        ))),
+    }
+}
+
 /// Where snarf `snarf`'s record is in a table file; an error rather than a wrapped offset
 /// for a snarf no volume can have.
 fn record_offset(snarf: u64) -> Result<u64> {
@@ -582,12 +652,12 @@ fn drop_table(t: &SnapTable) {
             unpin_all(&t.pin, std::slice::from_ref(path));
             continue;
         };
-        if let Err(e) = repo.unpin(&t.pin) {
+        if let Err(e) = unpin(repo, &t.pin) {
             log::warn!(
                 "could not remove pin {} from repository {}: {e}; remove {}/pins/{} by hand",
                 t.pin,
-                repo.path().display(),
-                repo.path().display(),
+                path.display(),
+                path.display(),
                 t.pin,
                 e = e.chain()
             );
@@ -600,7 +670,7 @@ fn drop_table(t: &SnapTable) {
 
 fn unpin_all(pin: &str, repos: &[PathBuf]) {
     for path in repos {
-        match Repo::open_quiet(path).and_then(|r| r.unpin(pin)) {
+        match open_repo(path).and_then(|r| unpin(&r, pin)) {
             Ok(()) => {}
             Err(e) => log::warn!(
                 "could not remove pin {pin} left in {} by an earlier mount: {e}",

@@ -10,17 +10,23 @@
 //! ack is refused (the job is told why and its connection ends; nothing is freed) unless:
 //!
 //! 1. it names a volume of the plan and a snarf inside the snapshot's frozen size, and the
-//!    chunk has exactly that snarf's length, with a well-formed reference (a zero chunk is
-//!    the zero marker, a stored one names a pack and 1..=raw_len stored bytes);
+//!    chunk has exactly that snarf's length, with a well-formed reference of the format of
+//!    the repository the plan named (format 1: a zero chunk is the zero marker, a stored
+//!    one names a pack and 1..=raw_len stored bytes; format 2: the zero marker or a data
+//!    blob, never a tree page);
 //! 2. the snarf was handed to this job, or the plan reuses it from the base (an unchanged
 //!    snarf of an incremental volume);
-//! 3. with a mount (an untrusted peer): a handed snarf's chunk id is the blake3 of the bytes
-//!    the snapshot holds there (all zeros for a zero chunk), read back from the pre-image or
-//!    the live file; a reused snarf's chunk is the very record the base backup holds;
+//! 3. with a mount (an untrusted peer): a handed snarf's chunk id is the id of the bytes
+//!    the snapshot holds there (blake3; the repository's keyed id for a format 2 blob; all
+//!    zeros for a zero chunk), read back from the pre-image or the live file; a reused
+//!    snarf's chunk is the very record the base backup holds;
 //! 4. the packs are pinned first, then the chunk is found in its sealed pack's hash-checked
-//!    trailer at that offset with those lengths, and only then, with the job's process
-//!    still alive (so it still holds the repository lock, and no gc that could delete the
-//!    pack can have started before the pin), is the snarf recorded and its pre-image freed.
+//!    trailer, exactly (format 1: at that offset with those lengths; format 2: the whole
+//!    blob reference, frame offset, sealed length, place in the frame and kind), in the
+//!    repository the plan named (a chunk of another repository is in no pack there), and
+//!    only then, with the job's process still alive (so it still holds the repository
+//!    lock, and no gc that could delete the pack can have started before the pin), is the
+//!    snarf recorded and its pre-image freed.
 //!
 //! A snarf a backup already stored for this snapshot is skipped: its first record stays.
 
@@ -32,10 +38,13 @@ use parking_lot::Mutex;
 
 use super::feed::{AckKind, Feed, Handed};
 use super::plan::{self, Plan, PlanRequest, SnapshotDesc};
-use super::proto::AckItem;
+use super::proto::{AckItem, StoredChunk};
 use super::released::Released;
 use super::{Error, Result};
-use crate::repo::{ChunkId, ChunkRef, Handle, Location, PackId, Repo, VolumeReader};
+use crate::repo::handle::VolumeReader;
+use crate::repo::v2::chunk::BlobKind;
+use crate::repo::v2::tree::Entry;
+use crate::repo::{v2, ChunkId, ChunkRef, Handle, Location, PackId};
 use crate::snapshot::{self, Engine, Snapshot};
 
 /// Whether the job's process is still alive; asked after pinning, before freeing.
@@ -43,9 +52,6 @@ pub type PeerAlive = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Sealed packs whose trailers were read lately, for checking acks (acks come in pack order).
 const TRAILERS_KEPT: usize = 4;
-
-/// A chunk as a trailer lists it: id, offset, stored and raw length.
-type Listed = (ChunkId, u64, u32, u32);
 
 /// One snarf's data as a job receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +91,8 @@ pub trait Session: Send + Sync {
 struct Active {
     snap: Arc<Snapshot>,
     feed: Feed,
-    repo: Option<Repo>,
+    /// With a mount: the repository the plan named, where acknowledged snarfs are read back.
+    repo: Option<Handle>,
     /// Per feed volume, its base backup's table, for checking reused snarfs (with a mount).
     bases: Vec<Option<VolumeReader>>,
 }
@@ -97,14 +104,14 @@ pub struct JobService {
     active: OnceLock<Active>,
     buf: Mutex<Vec<u8>>,
     peer_alive: Option<PeerAlive>,
-    trailers: Mutex<VecDeque<(PackId, HashSet<Listed>)>>,
+    trailers: Mutex<VecDeque<(PackId, HashSet<StoredChunk>)>>,
 }
 
 /// One acknowledgement that passed the checks that need no repository.
 struct Checked {
     vol: usize,
     snarf: u64,
-    chunk: ChunkRef,
+    chunk: StoredChunk,
     kind: AckKind,
 }
 
@@ -114,7 +121,32 @@ fn refused(why: String) -> Error {
 }
 
 /// Checks a chunk reference's shape for a snarf of `len` bytes.
-fn check_shape(c: &ChunkRef, len: u32) -> std::result::Result<(), String> {
+fn check_shape(c: &StoredChunk, len: u32) -> std::result::Result<(), String> {
+    match c {
+        StoredChunk::V1(c) => check_shape_v1(c, len),
+        StoredChunk::V2(c) => check_shape_v2(c, len),
+    }
+}
+
+/// A format 2 reference decodes only well-formed (see `v2::chunk`); what is left is the
+/// length and that it names a snarf's data, not a tree page.
+fn check_shape_v2(c: &v2::chunk::ChunkRef, len: u32) -> std::result::Result<(), String> {
+    if c.raw_len != len {
+        return Err(format!(
+            "it names a chunk of {} bytes for a snarf of {len}",
+            c.raw_len
+        ));
+    }
+    if !c.is_zero() && !c.kind.is_data() {
+        return Err(format!(
+            "blob {} is a tree page, not a snarf's data",
+            c.id.short()
+        ));
+    }
+    Ok(())
+}
+
+fn check_shape_v1(c: &ChunkRef, len: u32) -> std::result::Result<(), String> {
     if c.raw_len != len {
         return Err(format!(
             "it names a chunk of {} bytes for a snarf of {len}",
@@ -175,6 +207,16 @@ impl JobService {
                 it.snarf
             ))
         })?;
+        if let Some(repo) = &a.repo {
+            if repo.format() != it.chunk.format() {
+                return Err(refused(format!(
+                    "it carries a format {} chunk reference for a backup into {}, a format {} repository",
+                    it.chunk.format(),
+                    repo.location(),
+                    repo.format()
+                )));
+            }
+        }
         check_shape(&it.chunk, len).map_err(|why| {
             refused(format!(
                 "snarf {} of volume position {vol}: {why}",
@@ -211,7 +253,15 @@ impl JobService {
         let same = if c.chunk.is_zero() {
             !nonzero
         } else {
-            nonzero && ChunkId::of(&buf) == c.chunk.id
+            let id = match (&a.repo, &c.chunk) {
+                // Format 2 ids are the repository's (keyed when it is encrypted), except
+                // format 1 chunks an upgrade kept.
+                (Some(Handle::V2(repo)), StoredChunk::V2(r)) if r.kind != BlobKind::Legacy => {
+                    repo.seal().blob_id(&buf)
+                }
+                _ => ChunkId::of(&buf),
+            };
+            nonzero && id == c.chunk.id()
         };
         *self.buf.lock() = buf;
         if same {
@@ -222,11 +272,11 @@ impl JobService {
             "snapshot \"{}\": refused an ack for snarf {} of \"{name}\": chunk {} does not hold the snapshot's bytes",
             a.snap.name(),
             c.snarf,
-            c.chunk.id.short()
+            c.chunk.id().short()
         );
         Err(refused(format!(
             "chunk {} named for snarf {} of volume \"{name}\" does not hold the snapshot's bytes there",
-            c.chunk.id.short(),
+            c.chunk.id().short(),
             c.snarf
         )))
     }
@@ -251,7 +301,23 @@ impl JobService {
                     first.snarf
                 ))
             })?;
-            let refs = base.chunk_refs(first.snarf, n as u64)?;
+            let refs: Vec<StoredChunk> = match base {
+                VolumeReader::V1(r) => r
+                    .chunk_refs(first.snarf, n as u64)?
+                    .into_iter()
+                    .map(StoredChunk::V1)
+                    .collect(),
+                VolumeReader::V2(r) => (first.snarf..first.snarf + n as u64)
+                    .map(|s| {
+                        Ok(StoredChunk::V2(match r.entry(s)? {
+                            Entry::Zero => v2::chunk::ChunkRef::zero(
+                                crate::repo::v1::manifest::snarf_len(r.size(), r.snarf_size(), s),
+                            ),
+                            Entry::Chunk(c) => c,
+                        }))
+                    })
+                    .collect::<crate::repo::Result<_>>()?,
+            };
             for (k, c) in reused[i..i + n].iter().enumerate() {
                 if refs.get(k) != Some(&c.chunk) {
                     return Err(refused(format!(
@@ -266,8 +332,7 @@ impl JobService {
         Ok(())
     }
 
-    /// A stored chunk must be listed, exactly so, in the hash-checked trailer of its
-    /// sealed pack in `repo`.
+    /// The snapshot `name`, if it can still be read.
     fn snapshot(&self, name: &str) -> Result<Arc<Snapshot>> {
         let snap = self.engine.snapshot(name)?;
         match snap.state() {
@@ -330,47 +395,94 @@ impl JobService {
         })
     }
 
-    fn check_in_pack(&self, repo: &Repo, c: &ChunkRef) -> Result<()> {
-        let listed: Listed = (c.id, c.offset, c.stored_len, c.raw_len);
+    /// A stored chunk must be listed, exactly so, in the hash-checked trailer of its
+    /// sealed pack in `repo`.
+    fn check_in_pack(&self, repo: &Handle, c: &StoredChunk) -> Result<()> {
+        let pack = c.pack();
         let mut cache = self.trailers.lock();
-        if !cache.iter().any(|(p, _)| *p == c.pack) {
-            let path = repo.pack_path(&c.pack);
-            let file = std::fs::File::open(&path).map_err(|e| {
-                refused(format!(
-                    "the chunk's pack {} cannot be opened ({e}); it is not sealed in the repository",
-                    path.display()
-                ))
-            })?;
-            let entries =
-                crate::repo::pack::read_trailer(&file, &c.pack).map_err(|(at, why)| {
-                    refused(format!(
-                        "pack {} is not a sealed pack ({why} at {at})",
-                        path.display()
-                    ))
-                })?;
+        if !cache.iter().any(|(p, _)| *p == pack) {
+            let set = match (repo, c) {
+                (Handle::V1(repo), StoredChunk::V1(_)) => trailer_v1(repo, &pack)?,
+                (Handle::V2(repo), StoredChunk::V2(r)) => trailer_v2(repo, r)?,
+                _ => {
+                    return Err(refused(format!(
+                        "a format {} chunk for a format {} repository",
+                        c.format(),
+                        repo.format()
+                    )))
+                }
+            };
             if cache.len() >= TRAILERS_KEPT {
                 cache.pop_front();
             }
-            let set = entries
-                .iter()
-                .map(|e| (e.id, e.offset, e.stored_len, e.raw_len))
-                .collect();
-            cache.push_back((c.pack, set));
+            cache.push_back((pack, set));
         }
-        let listed_there = cache
-            .iter()
-            .any(|(p, set)| *p == c.pack && set.contains(&listed));
+        let listed_there = cache.iter().any(|(p, set)| *p == pack && set.contains(c));
         if listed_there {
             return Ok(());
         }
+        let at = match c {
+            StoredChunk::V1(r) => format!("at offset {} with those lengths", r.offset),
+            StoredChunk::V2(r) => format!(
+                "in the frame at offset {} with that place and those lengths",
+                r.offset
+            ),
+        };
         Err(refused(format!(
-            "pack {} of {} does not list chunk {} at offset {} with those lengths",
-            c.pack,
-            repo.path().display(),
-            c.id.short(),
-            c.offset
+            "pack {pack} of {} does not list chunk {} {at}",
+            repo.location(),
+            c.id().short(),
         )))
     }
+}
+
+/// The chunks format 1 pack `pack` of `repo` lists in its hash-checked trailer.
+fn trailer_v1(repo: &crate::repo::Repo, pack: &PackId) -> Result<HashSet<StoredChunk>> {
+    let path = repo.pack_path(pack);
+    let file = std::fs::File::open(&path).map_err(|e| {
+        refused(format!(
+            "the chunk's pack {} cannot be opened ({e}); it is not sealed in the repository",
+            path.display()
+        ))
+    })?;
+    let entries = crate::repo::pack::read_trailer(&file, pack).map_err(|(at, why)| {
+        refused(format!(
+            "pack {} is not a sealed pack ({why} at {at})",
+            path.display()
+        ))
+    })?;
+    Ok(entries
+        .iter()
+        .map(|e| {
+            StoredChunk::V1(ChunkRef {
+                id: e.id,
+                pack: *pack,
+                offset: e.offset,
+                stored_len: e.stored_len,
+                raw_len: e.raw_len,
+            })
+        })
+        .collect())
+}
+
+/// The blobs the format 2 pack holding `r` lists in its sealed, hash-checked trailer.
+fn trailer_v2(repo: &v2::Repository, r: &v2::chunk::ChunkRef) -> Result<HashSet<StoredChunk>> {
+    let key = v2::pack::pack_key(r);
+    let name = || format!("{}/{}", repo.location(), key.name());
+    let size = repo.backend().size(&key)?.ok_or_else(|| {
+        refused(format!(
+            "the chunk's pack {} does not exist; it is not sealed in the repository",
+            name()
+        ))
+    })?;
+    let entries = v2::pack::read_trailer(repo.backend().as_ref(), repo.seal(), &key, size)
+        .map_err(|(at, why)| {
+            refused(format!(
+                "pack {} is not a sealed pack ({why} at {at})",
+                name()
+            ))
+        })?;
+    Ok(entries.into_iter().map(StoredChunk::V2).collect())
 }
 
 impl Session for JobService {
@@ -387,12 +499,7 @@ impl Session for JobService {
         let (planned, volumes) = plan::plan(&self.engine, &snap, req)?;
         let repo = match &self.released {
             // The daemon reads acknowledged snarfs back from here; the job holds the lock.
-            Some(_) => match Handle::open_quiet(&Location::local(repo))? {
-                Handle::V1(r) => Some(r),
-                // A format 2 job acknowledges nothing (see `pipeline::run`), and any ack it
-                // sends is refused in `ack`: the snapshot keeps its pre-images.
-                Handle::V2(_) => None,
-            },
+            Some(_) => Some(Handle::open_quiet(&Location::local(repo))?),
             None => None,
         };
         // With a mount, reused snarfs are checked against the base backups' own tables.
@@ -405,7 +512,7 @@ impl Session for JobService {
                         .iter()
                         .find(|b| b.volume_id == pv.id && b.backup == backup)
                         .map_or(pv.name.as_str(), |b| b.name.as_str());
-                    Some(VolumeReader::open(repo, backup, name)?)
+                    Some(repo.volume_reader(backup, name)?)
                 }
                 _ => None,
             };
@@ -446,11 +553,6 @@ impl Session for JobService {
                 checked.push(c);
             }
         }
-        if self.released.is_some() && a.repo.is_none() && !checked.is_empty() {
-            return Err(refused(
-                "a backup into a format 2 repository acknowledges no snarfs through the mount yet, so nothing it says is freed; the snapshot keeps its pre-images until it is released".into(),
-            ));
-        }
         if let (Some(released), Some(repo)) = (&self.released, &a.repo) {
             // A peer: nothing it says is freed before it is verified.
             let mut keep = Vec::with_capacity(checked.len());
@@ -468,7 +570,7 @@ impl Session for JobService {
             let packs: Vec<PackId> = checked
                 .iter()
                 .filter(|c| !c.chunk.is_zero())
-                .map(|c| c.chunk.pack)
+                .map(|c| c.chunk.pack())
                 .collect();
             // Pinned before the packs are looked at: a gc that starts from here on keeps
             // them, and one that started earlier needed the lock the job holds.

@@ -23,7 +23,7 @@ use crate::repo::retention::{self, Decision, Policy};
 use crate::repo::v1::manifest::snarf_count;
 
 /// Largest pin object read.
-const MAX_PIN_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_PIN_BYTES: u64 = 16 << 20;
 
 /// What a gc did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -14,6 +14,7 @@ pub mod gc;
 pub mod index;
 pub mod keyslot;
 pub mod pack;
+pub mod pins;
 pub mod reader;
 pub mod repository;
 pub mod tree;
@@ -24,4 +25,4 @@ mod tests;
 
 pub use reader::VolumeReader;
 pub use repository::{InitOptions, Repository};
-pub use writer::{Kept, NewBackup, Slot, Writer};
+pub use writer::{Durable, Kept, NewBackup, Slot, Writer};

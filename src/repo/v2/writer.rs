@@ -50,6 +50,21 @@ pub struct NewBackup {
     /// What an upgrade keeps of a format 1 backup (its id, time and counts); `None` for a
     /// new backup.
     pub kept: Option<Kept>,
+    /// Keep a list of the snarfs put whose chunks became durable ([`Writer::take_durable`]),
+    /// for a job that acknowledges them to the mount daemon.
+    pub report_durable: bool,
+}
+
+/// A snarf put whose chunk is durable in the repository: in a pack this writer sealed, in
+/// a pack the index lists, or all zeros (recorded, never stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durable {
+    /// The volume.
+    pub slot: Slot,
+    /// The snarf.
+    pub snarf: u64,
+    /// Where its bytes are.
+    pub chunk: ChunkRef,
 }
 
 /// A format 1 backup's id, creation time and counts, kept by `snarf repo upgrade`.
@@ -74,6 +89,7 @@ impl NewBackup {
             command: format!("snarf backup {snapshot}"),
             compression: None,
             kept: None,
+            report_durable: false,
         }
     }
 }
@@ -118,6 +134,31 @@ struct State {
     pending: Option<Pending>,
     volumes: Vec<Volume>,
     stats: BackupStats,
+    /// With `report_durable`: snarfs put whose chunk is in a frame of the unsealed pack or
+    /// still pending, by chunk id.
+    waiting: HashMap<ChunkId, Vec<(usize, u64)>>,
+    /// With `report_durable`: snarfs whose chunks are durable, not taken yet.
+    durable: Vec<Durable>,
+}
+
+impl State {
+    /// Notes that snarf `snarf` of `slot` is `r`, a durable chunk.
+    fn durable(&mut self, report: bool, slot: usize, snarf: u64, r: ChunkRef) {
+        if report {
+            self.durable.push(Durable {
+                slot: Slot(slot),
+                snarf,
+                chunk: r,
+            });
+        }
+    }
+
+    /// Notes that snarf `snarf` of `slot` holds chunk `id`, durable once its pack is sealed.
+    fn waits(&mut self, report: bool, slot: usize, snarf: u64, id: ChunkId) {
+        if report {
+            self.waiting.entry(id).or_default().push((slot, snarf));
+        }
+    }
 }
 
 /// A backup being written; dropped without [`Writer::commit`], it leaves only packs that
@@ -172,6 +213,8 @@ impl Repository {
                 pending: None,
                 volumes: Vec::new(),
                 stats: BackupStats::default(),
+                waiting: HashMap::new(),
+                durable: Vec::new(),
             }),
         })
     }
@@ -279,15 +322,22 @@ impl Writer {
                 data.len()
             )));
         }
+        let report = self.new.report_durable;
         if is_all_zero(data) {
             st.volumes[slot.0].put.insert(snarf, Put::Zero);
             st.stats.zero_snarfs += 1;
+            st.durable(report, slot.0, snarf, ChunkRef::zero(want));
             return Ok(());
         }
         let id = self.repo.seal().blob_id(data);
         st.volumes[slot.0].put.insert(snarf, Put::Chunk(id));
-        if st.seen.contains_key(&id) {
+        if let Some(known) = st.seen.get(&id).copied() {
             st.stats.dedup_snarfs += 1;
+            let open_pack = st.pack.as_ref().map(PackWriter::id);
+            match known {
+                Some(r) if Some(r.pack) != open_pack => st.durable(report, slot.0, snarf, r),
+                _ => st.waits(report, slot.0, snarf, id),
+            }
             return Ok(());
         }
         if let Some(r) = st
@@ -298,9 +348,11 @@ impl Writer {
         {
             st.seen.insert(id, Some(r));
             st.stats.dedup_snarfs += 1;
+            st.durable(report, slot.0, snarf, r);
             return Ok(());
         }
         st.seen.insert(id, None);
+        st.waits(report, slot.0, snarf, id);
         st.stats.new_chunks += 1;
         st.stats.new_raw_bytes += data.len() as u64;
         let full = st.pending.as_ref().is_some_and(|p| {
@@ -394,6 +446,12 @@ impl Writer {
         if let Some(pack) = st.pack.take() {
             let id = pack.id();
             let (refs, _) = pack.finish(self.repo.seal())?;
+            // Sealed, so durable: the snarfs holding its chunks can be acknowledged.
+            for r in refs.iter().filter(|r| r.kind.is_data()) {
+                for (slot, snarf) in st.waiting.remove(&r.id).unwrap_or_default() {
+                    st.durable(true, slot, snarf, *r);
+                }
+            }
             st.new.extend(refs);
             st.packs.push(id);
             st.stats.packs += 1;
@@ -471,8 +529,20 @@ impl Writer {
         Ok((root, zeros))
     }
 
+    /// Takes the snarfs put whose chunks became durable since the last call (always empty
+    /// without [`NewBackup::report_durable`]).
+    pub fn take_durable(&self) -> Vec<Durable> {
+        std::mem::take(&mut self.state.lock().durable)
+    }
+
     /// Commits the backup (see the module documentation) and returns its id.
     pub fn commit(self) -> Result<BackupId> {
+        self.commit_reporting().map(|(id, _)| id)
+    }
+
+    /// Commits the backup like [`Writer::commit`], and also returns the snarfs whose chunks
+    /// became durable since the last [`Writer::take_durable`] (those of the last pack).
+    pub fn commit_reporting(self) -> Result<(BackupId, Vec<Durable>)> {
         let mut st = self.state.lock();
         self.flush_frame(&mut st)?;
         let volumes = std::mem::take(&mut st.volumes);
@@ -488,6 +558,7 @@ impl Writer {
             });
         }
         self.seal_pack(&mut st)?;
+        let durable = std::mem::take(&mut st.durable);
         if !st.new.is_empty() {
             let mut recs = std::mem::take(&mut st.new);
             recs.sort_by(|a, b| a.id.cmp(&b.id).then(a.pack.cmp(&b.pack)));
@@ -541,7 +612,7 @@ impl Writer {
                 );
             }
         }
-        Ok(self.id.clone())
+        Ok((self.id.clone(), durable))
     }
 }
 
