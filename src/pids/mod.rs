@@ -18,10 +18,12 @@
 //! made under an flock on `run/pids.lock`; the lock file is deleted with the registry.
 //!
 //! Modules: [`entry`] (the entry and the file format), [`procfs`] (reading /proc),
-//! [`registry`] (the locked file), [`registration`] (a process's own entry and signals),
+//! [`registry`] (the locked file), [`host`] (the host-wide registry of `sshpipe` jobs),
+//! [`registration`] (a process's own entry and signals),
 //! [`idle`] (whom a new user job stops, as a pure function), [`stop`] (carrying it out).
 
 pub mod entry;
+pub mod host;
 pub mod idle;
 pub mod procfs;
 pub mod registration;
@@ -48,6 +50,12 @@ pub enum Error {
     NoRunDir {
         /// The folder.
         path: PathBuf,
+    },
+    /// The host-wide registry (of `--host` jobs) has no usable folder.
+    #[error("the host-wide registry of `snarf backup --host` jobs (shown by `snarf pids`) cannot be used: {why}; run as root (it is /run/snarf/pids), or log in so XDG_RUNTIME_DIR names your own runtime folder")]
+    NoHostRunDir {
+        /// What is wrong.
+        why: String,
     },
     /// /proc could not tell who a process is.
     #[error("cannot identify processes, for which snarf needs /proc mounted (mount -t proc proc /proc): {context}")]
