@@ -282,20 +282,24 @@ mod tests {
         };
         let h = SshHost::parse("bk@vault:2222").unwrap();
         for (target, snapshot, repo, volume) in [
-            ("/mnt/a; touch /tmp/canary", "$(touch /tmp/canary)", "/srv/r`id`", "v'\"q"),
+            (
+                "/mnt/a; touch /tmp/canary",
+                "$(touch /tmp/canary)",
+                "/srv/r`id`",
+                "v'\"q",
+            ),
             ("-rf", "--help", "--repo=/etc", "--"),
             ("/m\nrm -rf /", "s\n;id", "/r e p o", "-v"),
             ("--", "-", "-", "--mode=full"),
         ] {
+            let (repo_opt, volume_opt) = (format!("--repo={repo}"), format!("--volume={volume}"));
             let args = parse(&[
                 "snarf",
                 "backup",
                 "--host",
                 "bk@vault:2222",
-                "--repo",
-                repo,
-                "--volume",
-                volume,
+                &repo_opt,
+                &volume_opt,
                 "--mode",
                 "incremental",
                 "--lock-wait",
@@ -314,7 +318,9 @@ mod tests {
             let argv = remote_argv(&h, &o, &words).unwrap();
             let dash = argv.iter().position(|a| a == "--").unwrap();
             assert_eq!(argv[dash + 1], "vault");
-            assert!(argv[..dash].windows(2).any(|w| w == ["-o", "BatchMode=yes"]));
+            assert!(argv[..dash]
+                .windows(2)
+                .any(|w| w == ["-o", "BatchMode=yes"]));
             let back = far_side(&argv);
             assert_eq!(back.target, PathBuf::from(target));
             assert_eq!(back.snapshot, snapshot);
@@ -336,7 +342,14 @@ mod tests {
         let far = far_args(&args, "here").unwrap();
         assert_eq!(
             far,
-            ["backup", "--remote-job=here", "--mode=auto", "--", "/mnt", "s"]
+            [
+                "backup",
+                "--remote-job=here",
+                "--mode=auto",
+                "--",
+                "/mnt",
+                "s"
+            ]
         );
         // A far command naming --host as well is refused there.
         assert!(Cli::try_parse_from([

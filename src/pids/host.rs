@@ -27,10 +27,7 @@ pub fn run_dir_for(euid: u32, xdg: Option<&OsStr>) -> Result<PathBuf> {
     match xdg.map(Path::new) {
         Some(dir) if dir.is_absolute() => Ok(dir.join(USER_SUBDIR)),
         Some(dir) if !dir.as_os_str().is_empty() => Err(Error::NoHostRunDir {
-            why: format!(
-                "XDG_RUNTIME_DIR={} is not an absolute path",
-                dir.display()
-            ),
+            why: format!("XDG_RUNTIME_DIR={} is not an absolute path", dir.display()),
         }),
         _ => Err(Error::NoHostRunDir {
             why: "XDG_RUNTIME_DIR is not set".into(),
@@ -123,7 +120,9 @@ mod tests {
             (Some(""), "XDG_RUNTIME_DIR is not set"),
             (Some("run/user/1000"), "is not an absolute path"),
         ] {
-            let e = run_dir_for(1000, xdg.map(OsStr::new)).unwrap_err().to_string();
+            let e = run_dir_for(1000, xdg.map(OsStr::new))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want) && e.contains("snarf pids"), "{e}");
         }
     }

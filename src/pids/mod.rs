@@ -13,8 +13,11 @@
 //! `start_time` is field 22 of /proc/PID/stat (clock ticks since boot), `boot_id` is
 //! /proc/sys/kernel/random/boot_id, `pid_ns` the inode of /proc/PID/ns/pid (a pid means
 //! another process in another PID namespace), `type` is user|cron|remote|sshpipe, `state` is
-//! idle|running|finishing, `registered` is seconds since the Unix epoch. Unknown fields are
-//! ignored and `job`, `repo`, `cmdline` may be missing, so the format can grow. Changes are
+//! idle|running|finishing, `registered` is seconds since the Unix epoch, `host` (only for jobs
+//! over ssh) the other host: who started a `remote` job, where an `sshpipe` job runs.
+//! Unknown fields are ignored and `job`, `repo`, `cmdline`, `host` may be missing, so the
+//! format can grow. Besides the stores' registries there is one host-wide registry
+//! ([`host`]) of the local ends of `snarf backup --host` jobs. Changes are
 //! made under an flock on `run/pids.lock`; the lock file is deleted with the registry.
 //!
 //! Modules: [`entry`] (the entry and the file format), [`procfs`] (reading /proc),

@@ -1002,7 +1002,10 @@ mod tests {
         );
         assert_eq!(h.spec(), "bk@vault.example:2222");
         let h = SshHost::parse("[::1]").unwrap();
-        assert_eq!((h.host.as_str(), h.port, h.spec()), ("::1", None, "[::1]".into()));
+        assert_eq!(
+            (h.host.as_str(), h.port, h.spec()),
+            ("::1", None, "[::1]".into())
+        );
         assert_eq!(SshHost::parse("vault").unwrap().spec(), "vault");
         for bad in [
             "-oProxyCommand=touch /tmp/x",
