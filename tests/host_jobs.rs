@@ -310,7 +310,11 @@ fn killing_either_end_stops_the_other_and_leaves_nothing_committed() {
     assert!(stderr.contains(&far.host()), "{stderr}");
     far_ended(&far, far_pid);
     assert!(sshpipe_of(local_pid).is_none());
-    assert_eq!(far.backups(), 0, "a partial backup was committed");
+    assert_eq!(
+        far.backups(),
+        0,
+        "a backup was committed after its job was cut off"
+    );
 
     // kill -9 of the local snarf: its entry is dead, pruned by the next command.
     let (mut local, far_pid) = started(&far);
@@ -322,7 +326,11 @@ fn killing_either_end_stops_the_other_and_leaves_nothing_committed() {
         sshpipe_of(local_pid).is_none(),
         "a dead sshpipe entry was listed"
     );
-    assert_eq!(far.backups(), 0, "a partial backup was committed");
+    assert_eq!(
+        far.backups(),
+        0,
+        "a backup was committed after its job was cut off"
+    );
     // Its ssh, orphaned, ends with the far job.
     wait_until("the orphaned ssh to end", Duration::from_secs(30), || {
         !std::fs::read_dir("/proc").unwrap().flatten().any(|d| {
@@ -330,6 +338,31 @@ fn killing_either_end_stops_the_other_and_leaves_nothing_committed() {
                 .is_ok_and(|c| c.starts_with("ssh\0") && c.contains(&far.sshd.port.to_string()))
         })
     });
+
+    // SIGHUP to the far job (sshd's hang-up of a session with a terminal): it stops too.
+    let (local, far_pid) = started(&far);
+    let st = Command::new("kill")
+        .args(["-HUP", &far_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    wait_until("the far job to stop", Duration::from_secs(30), || {
+        !alive(far_pid)
+    });
+    // It removed its own entry on the way out (as SIGTERM does), not left it to be pruned.
+    let raw = std::fs::read_to_string(far.m.store.join("run/pids")).unwrap_or_default();
+    assert!(
+        !raw.contains(&format!("\"pid\":{far_pid},")),
+        "the far job left its entry: {raw}"
+    );
+    let out = finish(local, Duration::from_secs(30));
+    assert!(!out.status.success());
+    far_ended(&far, far_pid);
+    assert_eq!(
+        far.backups(),
+        0,
+        "a backup was committed after its job was cut off"
+    );
 
     // kill -9 of the far job: the local end fails, naming the host.
     let (local, far_pid) = started(&far);
@@ -345,7 +378,11 @@ fn killing_either_end_stops_the_other_and_leaves_nothing_committed() {
     // The far entry is dead: the next command prunes it.
     assert!(far.store_entries("remote").is_empty());
     assert!(sshpipe_of(local_pid).is_none());
-    assert_eq!(far.backups(), 0, "a partial backup was committed");
+    assert_eq!(
+        far.backups(),
+        0,
+        "a backup was committed after its job was cut off"
+    );
 
     // The next backup is fine and complete.
     let out = far

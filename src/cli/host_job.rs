@@ -94,9 +94,34 @@ pub(super) fn far_origin(ssh_connection: Option<&str>, name: &str) -> String {
     }
 }
 
+/// Stops this job as SIGTERM does (through [`exit_on_signals`]), saying why.
+fn stop_self(why: &str) {
+    log::warn!("{why}; stopping this remote job");
+    if let Err(e) = crate::sys::proc::kill(std::process::id(), crate::sys::proc::Signal::TERM) {
+        log::error!("cannot stop this job with SIGTERM ({e}); exiting");
+        std::process::exit(SSH_FAILED);
+    }
+}
+
 /// The far end: stops this job (as SIGTERM does, through [`exit_on_signals`]) once its
-/// standard input ends, i.e. once the ssh connection that started it is gone.
+/// standard input ends, i.e. once the ssh connection that started it is gone, or when a
+/// SIGHUP says so (sshd's hang-up when the session had a terminal).
 pub(super) fn stop_when_connection_closes() {
+    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
+        Ok(mut hup) => {
+            let started = std::thread::Builder::new()
+                .name("snarf-remote-hup".into())
+                .spawn(move || {
+                    if hup.forever().next().is_some() {
+                        stop_self("the ssh session of this remote job hung up (SIGHUP)");
+                    }
+                });
+            if let Err(e) = started {
+                log::warn!("cannot watch for SIGHUP in this remote job: {e}");
+            }
+        }
+        Err(e) => log::warn!("cannot watch for SIGHUP in this remote job: {e}"),
+    }
     let started = std::thread::Builder::new()
         .name("snarf-remote-watch".into())
         .spawn(|| {
@@ -110,13 +135,7 @@ pub(super) fn stop_when_connection_closes() {
                     _ => break,
                 }
             }
-            log::warn!("the ssh connection that started this remote job closed; stopping it");
-            if let Err(e) =
-                crate::sys::proc::kill(std::process::id(), crate::sys::proc::Signal::TERM)
-            {
-                log::error!("cannot stop this job with SIGTERM ({e}); exiting");
-                std::process::exit(SSH_FAILED);
-            }
+            stop_self("the ssh connection that started this remote job closed");
         });
     if let Err(e) = started {
         log::warn!("cannot watch the ssh connection of this remote job: {e}");
