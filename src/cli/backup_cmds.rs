@@ -63,7 +63,15 @@ When the changed-snarf tracking was lost (the store was not closed cleanly) ever
 read and deduplication keeps the new data small; the summary says which happened.
 
 The job registers in STORE/run/pids as type `user` (or `cron` when SNARF_PROCESS_TYPE=cron)
-and, as a user job, first stops older idle user jobs on the same repository.")]
+and, as a user job, first stops older idle user jobs on the same repository.
+
+On another host: --host [USER@]HOST[:PORT] runs the same job on that host's store through
+the system ssh client (SNARF_RSH, BatchMode=yes; --remote-path names the far snarf).
+MOUNTPOINT, SNAPSHOT and --repo are paths on that host. The job registers there as
+`remote` (with this host's address) and here as `sshpipe` in the host-wide registry
+(/run/snarf/pids for root, $XDG_RUNTIME_DIR/snarf/pids otherwise; `snarf pids` shows it).
+Its progress and exit status come back; if this command, its ssh or the connection dies,
+the far job stops and leaves nothing half-committed.")]
 pub struct BackupArgs {
     /// A snarf mount point, or a store directory (see below).
     pub target: PathBuf,
@@ -100,6 +108,17 @@ pub struct BackupArgs {
     #[arg(long, value_name = "N",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=super::numbers::MAX_THREADS))]
     pub threads: Option<usize>,
+    /// Run the job on this host's store over ssh (the system ssh client, SNARF_RSH,
+    /// --remote-path): MOUNT, SNAPSHOT and --repo are the far host's. Progress and the exit
+    /// status come back; killing this command stops the far job.
+    #[arg(long, value_name = "[USER@]HOST[:PORT]",
+          conflicts_with_all = ["wait", "detach", "job_id", "remote_job"])]
+    pub host: Option<String>,
+    /// Internal: this job is the far end of `snarf backup --host` started from the named
+    /// host; it registers as `remote` and stops when its ssh connection closes.
+    #[arg(long = opt::REMOTE_JOB, hide = true, value_name = "FROM",
+          conflicts_with_all = ["wait", "detach", "job_id"])]
+    pub remote_job: Option<String>,
     /// Internal: the id of a job the mount daemon started through control/jobs; the job
     /// keeps STORE/run/jobs/ID.json up to date for it.
     #[arg(long = opt::JOB_ID, hide = true, value_name = "ID")]
@@ -316,6 +335,9 @@ fn job_error(e: crate::jobs::Error) -> CliError {
 
 /// `snarf backup`.
 pub fn backup(args: BackupArgs) -> CliResult {
+    if let Some(host) = &args.host {
+        return super::host_job::run(&args, host);
+    }
     if args.wait || args.detach {
         return submit(&args);
     }
@@ -363,11 +385,21 @@ pub fn backup(args: BackupArgs) -> CliResult {
     };
     // Absolute, since the mount daemon (elsewhere) reads snarfs back from it.
     let repo = Handle::open(&Location::of_arg(&repo_path)?.absolute())?;
-    let kind = process_type()?;
+    let (kind, origin) = match &args.remote_job {
+        Some(from) => (
+            ProcType::Remote,
+            super::host_job::far_origin(std::env::var("SSH_CONNECTION").ok().as_deref(), from),
+        ),
+        None => (process_type()?, String::new()),
+    };
     exit_on_signals()?;
+    if args.remote_job.is_some() {
+        super::host_job::stop_when_connection_closes();
+    }
     let registry = Registry::new(store.join("run"));
     let registration = registry.register(
         NewEntry::new(kind)
+            .host(origin)
             .repo(repo.location())
             .job(match &args.job_id {
                 Some(id) => format!("{id} {job}"),
@@ -388,7 +420,11 @@ pub fn backup(args: BackupArgs) -> CliResult {
     }
     let label = format!("backup {}", args.snapshot);
     let mut shown = Shown {
-        display: ProgressDisplay::new(&label, std::io::stderr().is_terminal()),
+        display: match args.remote_job {
+            // The local end of `--host` shows these lines as they come.
+            Some(_) => ProgressDisplay::new(&label, false).every(Duration::from_secs(1)),
+            None => ProgressDisplay::new(&label, std::io::stderr().is_terminal()),
+        },
         reporter: args
             .job_id
             .as_deref()

@@ -55,8 +55,10 @@ pub struct TableArgs {
 /// Arguments of `snarf pids`.
 #[derive(Debug, Args)]
 pub struct PidsArgs {
-    /// A mount point, or a store directory (works without a mount).
-    path: PathBuf,
+    /// A mount point, or a store directory (works without a mount). Without it: this
+    /// host's own registry of `snarf backup --host` jobs (type sshpipe), /run/snarf/pids
+    /// for root, $XDG_RUNTIME_DIR/snarf/pids otherwise.
+    path: Option<PathBuf>,
     /// Print JSON instead of the aligned table.
     #[arg(long)]
     json: bool,
@@ -198,13 +200,18 @@ pub fn schedule(args: ScheduleArgs) -> CliResult {
 
 /// `snarf pids`: from the mount's control file, or straight from a store's registry.
 pub fn pids(args: PidsArgs) -> CliResult {
-    if args.path.join("control").exists() {
-        let file = if args.json { "pids.json" } else { "pids" };
-        print!("{}", read_table(&args.path, file)?);
-        return Ok(());
-    }
-    crate::store::Settings::load(&args.path)?;
-    let entries = Registry::new(args.path.join("run")).list()?;
+    let entries = match &args.path {
+        Some(path) if path.join("control").exists() => {
+            let file = if args.json { "pids.json" } else { "pids" };
+            print!("{}", read_table(path, file)?);
+            return Ok(());
+        }
+        Some(path) => {
+            crate::store::Settings::load(path)?;
+            Registry::new(path.join("run")).list()?
+        }
+        None => crate::pids::host::registry()?.list()?,
+    };
     let rows: Vec<control::PidRow> = entries.iter().map(Into::into).collect();
     if args.json {
         print!("{}", control::render_pids_json(&rows));

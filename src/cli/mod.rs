@@ -5,6 +5,7 @@ mod backup_cmds;
 mod control_cmds;
 mod demo_cmd;
 mod generate_cmd;
+mod host_job;
 mod logging;
 mod metrics_cmd;
 mod mount_cmds;

@@ -2,6 +2,7 @@
 //! lines every few seconds otherwise (cron logs stay short), both on stderr. It is the
 //! command line's [`ProgressSink`]; the jobs layer only reports to it.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -18,6 +19,7 @@ pub struct ProgressDisplay {
     tty: bool,
     bar: Option<ProgressBar>,
     last_line: Option<Instant>,
+    every: Duration,
 }
 
 impl ProgressDisplay {
@@ -30,7 +32,14 @@ impl ProgressDisplay {
             tty,
             bar,
             last_line: None,
+            every: PLAIN_EVERY,
         }
+    }
+
+    /// The same, printing plain lines every `every` instead of [`PLAIN_EVERY`].
+    pub fn every(mut self, every: Duration) -> ProgressDisplay {
+        self.every = every;
+        self
     }
 }
 
@@ -55,11 +64,13 @@ impl ProgressSink for ProgressDisplay {
             b.set_position(p.done_bytes.min(p.total_bytes));
             return;
         }
-        if self.last_line.is_some_and(|t| t.elapsed() < PLAIN_EVERY) {
+        if self.last_line.is_some_and(|t| t.elapsed() < self.every) {
             return;
         }
         self.last_line = Some(Instant::now());
-        eprintln!("{}", plain_line(&self.label, p));
+        // A closed standard error (the ssh connection of a remote job gone) must not end
+        // the job with a panic; the job is stopped in order instead.
+        let _ = writeln!(std::io::stderr().lock(), "{}", plain_line(&self.label, p));
     }
 
     /// Clears the bar (the summary follows on stdout).

@@ -56,6 +56,10 @@ pub struct PidRow {
     pub job: String,
     /// Repository path; may be empty.
     pub repository: String,
+    /// The other host of a job over ssh: who started a `remote` job, where an `sshpipe`
+    /// job runs; empty for local jobs.
+    #[serde(default)]
+    pub host: String,
     /// Command line, one element per argument.
     pub cmdline: Vec<String>,
 }
@@ -69,6 +73,7 @@ impl From<&Entry> for PidRow {
             started: e.registered,
             job: e.job.clone(),
             repository: e.repo.clone(),
+            host: e.host.clone(),
             cmdline: e.cmdline.clone(),
         }
     }
@@ -334,6 +339,7 @@ pub fn render_pids(rows: &[PidRow]) -> String {
         "STARTED",
         "JOB",
         "REPOSITORY",
+        "HOST",
         "COMMAND",
     ]);
     for r in rows {
@@ -349,6 +355,7 @@ pub fn render_pids(rows: &[PidRow]) -> String {
             time(Some(r.started)),
             r.job.clone(),
             r.repository.clone(),
+            r.host.clone(),
             command.join(" "),
         ]);
     }
@@ -547,7 +554,10 @@ mod tests {
         cron.kind = ProcType::Cron;
         cron.state = ProcState::Running;
         cron.repository.clear();
-        vec![PidRow::from(&entry), cron]
+        let mut remote = PidRow::from(&entry);
+        remote.kind = ProcType::Remote;
+        remote.host = "192.0.2.7".into();
+        vec![PidRow::from(&entry), cron, remote]
     }
 
     fn finishing() -> Vec<FinishingRow> {
@@ -684,6 +694,7 @@ mod tests {
                 "STARTED",
                 "JOB",
                 "REPOSITORY",
+                "HOST",
                 "COMMAND"
             ]
         );
@@ -700,6 +711,8 @@ mod tests {
         );
         assert_eq!(f[2][1..3], ["cron", "running"]);
         assert_eq!(f[2][5], "-");
+        assert_eq!(f[1][6], "-");
+        assert_eq!((f[3][1], f[3][6]), ("remote", "192.0.2.7"));
         assert!(text
             .lines()
             .nth(1)

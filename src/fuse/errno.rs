@@ -124,6 +124,9 @@ fn pids_errno(e: &pids::Error) -> i32 {
         pids::Error::Proc { .. } | pids::Error::Signals { .. } => libc::EIO,
         // The store's run/ folder went away under the daemon: the store is unusable.
         pids::Error::NoRunDir { .. } => libc::EIO,
+        // The host-wide registry of `--host` jobs is the command line's, never the mount's;
+        // reaching here would mean a folder nobody can fix through the mount.
+        pids::Error::NoHostRunDir { .. } => libc::EACCES,
     }
 }
 

@@ -472,7 +472,11 @@ fn transfer_v2(
     let mut last_progress = Instant::now();
     let mut pending: Vec<AckItem> = Vec::new();
     let mut last_ack = Instant::now();
-    while let Some(batch) = session.next(opts.batch.max(1))? {
+    loop {
+        crate::repo::fault::slow_batch();
+        let Some(batch) = session.next(opts.batch.max(1))? else {
+            break;
+        };
         for d in batch {
             let slot = *slots.get(d.vol as usize).ok_or_else(|| {
                 Error::Protocol(format!(
@@ -631,6 +635,7 @@ fn transfer(
             .spawn_scoped(scope, move || {
                 let mut received = 0u64;
                 while !failure_r.stopped() {
+                    crate::repo::fault::slow_batch();
                     match session.next(opts.batch.max(1)) {
                         Ok(None) => break,
                         Ok(Some(batch)) => {

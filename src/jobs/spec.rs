@@ -27,6 +27,9 @@ pub mod opt {
     pub const MODE: &str = "mode";
     /// The id of a job started through `control/jobs`.
     pub const JOB_ID: &str = "job-id";
+    /// Runs the job as the far end of `snarf backup --host`; the value names the host that
+    /// asked (see `cli::host_job`).
+    pub const REMOTE_JOB: &str = "remote-job";
 }
 
 /// One job process the daemon starts for a `backup` command of `control/jobs`.

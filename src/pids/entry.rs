@@ -111,6 +111,10 @@ pub struct Entry {
     /// of older snarf versions, which are never stopped for that reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_ns: Option<u64>,
+    /// The other host of a job over ssh: who started a `remote` job (the ssh client's
+    /// address), or where an `sshpipe` job runs (`[user@]host[:port]`); empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
 }
 
 impl Entry {
@@ -186,6 +190,7 @@ pub(crate) mod tests {
             registered: 1_700_000_000,
             cmdline: vec!["snarf".into(), "backup".into(), "night ly".into()],
             pid_ns: Some(4026531836),
+            host: String::new(),
         }
     }
 

@@ -13,15 +13,20 @@
 //! `start_time` is field 22 of /proc/PID/stat (clock ticks since boot), `boot_id` is
 //! /proc/sys/kernel/random/boot_id, `pid_ns` the inode of /proc/PID/ns/pid (a pid means
 //! another process in another PID namespace), `type` is user|cron|remote|sshpipe, `state` is
-//! idle|running|finishing, `registered` is seconds since the Unix epoch. Unknown fields are
-//! ignored and `job`, `repo`, `cmdline` may be missing, so the format can grow. Changes are
+//! idle|running|finishing, `registered` is seconds since the Unix epoch, `host` (only for jobs
+//! over ssh) the other host: who started a `remote` job, where an `sshpipe` job runs.
+//! Unknown fields are ignored and `job`, `repo`, `cmdline`, `host` may be missing, so the
+//! format can grow. Besides the stores' registries there is one host-wide registry
+//! ([`host`]) of the local ends of `snarf backup --host` jobs. Changes are
 //! made under an flock on `run/pids.lock`; the lock file is deleted with the registry.
 //!
 //! Modules: [`entry`] (the entry and the file format), [`procfs`] (reading /proc),
-//! [`registry`] (the locked file), [`registration`] (a process's own entry and signals),
+//! [`registry`] (the locked file), [`host`] (the host-wide registry of `sshpipe` jobs),
+//! [`registration`] (a process's own entry and signals),
 //! [`idle`] (whom a new user job stops, as a pure function), [`stop`] (carrying it out).
 
 pub mod entry;
+pub mod host;
 pub mod idle;
 pub mod procfs;
 pub mod registration;
@@ -48,6 +53,12 @@ pub enum Error {
     NoRunDir {
         /// The folder.
         path: PathBuf,
+    },
+    /// The host-wide registry (of `--host` jobs) has no usable folder.
+    #[error("the host-wide registry of `snarf backup --host` jobs (shown by `snarf pids`) cannot be used: {why}; run as root (it is /run/snarf/pids), or log in so XDG_RUNTIME_DIR names your own runtime folder")]
+    NoHostRunDir {
+        /// What is wrong.
+        why: String,
     },
     /// /proc could not tell who a process is.
     #[error("cannot identify processes, for which snarf needs /proc mounted (mount -t proc proc /proc): {context}")]

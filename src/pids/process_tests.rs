@@ -257,6 +257,7 @@ fn planted_entry_with_live_pid_but_wrong_start_time_is_cleaned() {
         registered: 0,
         cmdline: vec![],
         pid_ns: procfs::self_pid_namespace(),
+        host: String::new(),
     };
     let wrong = Entry {
         start_time: start_time + 1,

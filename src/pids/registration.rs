@@ -23,6 +23,8 @@ pub struct NewEntry {
     pub job: String,
     /// Repository path; may be empty.
     pub repo: String,
+    /// The other host of a job over ssh (see [`Entry::host`]); may be empty.
+    pub host: String,
 }
 
 impl NewEntry {
@@ -33,7 +35,14 @@ impl NewEntry {
             state: ProcState::Idle,
             job: String::new(),
             repo: String::new(),
+            host: String::new(),
         }
+    }
+
+    /// The same, with `host` as the other end of its ssh connection.
+    pub fn host(mut self, host: impl Into<String>) -> NewEntry {
+        self.host = host.into();
+        self
     }
 
     /// The same, working on repository `repo`.
@@ -93,6 +102,7 @@ impl Registry {
             registered,
             cmdline: procfs::self_cmdline(),
             pid_ns: procfs::self_pid_namespace(),
+            host: new.host,
         };
         self.update(|entries| put(entries, &entry))?;
         let inner = Arc::new(Inner {

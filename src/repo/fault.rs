@@ -157,6 +157,32 @@ pub fn point(name: &'static str) {
     }
 }
 
+/// The environment variable that slows every backup job down (read only with
+/// `fault-injection`): milliseconds to sleep before each batch of snarfs the job asks for,
+/// so a test can watch, list and kill a job while it runs.
+#[cfg(feature = "fault-injection")]
+pub const SLOW_ENV: &str = "SNARF_FAULT_SLOW_MS";
+
+/// Sleeps as [`SLOW_ENV`] says before a job asks for its next batch of snarfs.
+#[cfg(feature = "fault-injection")]
+pub fn slow_batch() {
+    static MS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let ms = *MS.get_or_init(|| {
+        std::env::var(SLOW_ENV)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    });
+    if ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// Does nothing: release builds are never slowed.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn slow_batch() {}
+
 /// The environment variable naming a file to which every dynamic point reached is
 /// appended, one name a line: the census of a scenario run as its own process.
 #[cfg(feature = "fault-injection")]

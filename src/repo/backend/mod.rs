@@ -33,7 +33,7 @@ use std::time::Duration;
 
 pub use key::{FinishingName, Key, Kind, ObjectId, StateName};
 pub use local::LocalDir;
-pub use ssh::{SshBackend, SshOptions, SshTarget};
+pub use ssh::{SshBackend, SshHost, SshOptions, SshTarget};
 
 use super::error::Result;
 

@@ -68,9 +68,60 @@ impl SshTarget {
             .find('/')
             .ok_or_else(|| bad("it has no /path after the host"))?;
         let (auth, path) = rest.split_at(slash);
-        let (user, hostport) = match auth.rsplit_once('@') {
+        let h = SshHost::parse_with(auth, &bad)?;
+        if path.len() < 2 || path.contains('\0') {
+            return Err(bad("the path is empty or holds a NUL byte"));
+        }
+        Ok(SshTarget {
+            user: h.user,
+            host: h.host,
+            port: h.port,
+            path: path.to_string(),
+        })
+    }
+
+    /// The host part: `[user@]host[:port]`.
+    pub fn ssh_host(&self) -> SshHost {
+        SshHost {
+            user: self.user.clone(),
+            host: self.host.clone(),
+            port: self.port,
+        }
+    }
+
+    /// The URL, for messages.
+    pub fn url(&self) -> String {
+        format!("ssh://{}{}", self.ssh_host().spec(), self.path)
+    }
+}
+
+/// A host reached over ssh, `[user@]host[:port]`: where `snarf backup --host` runs a job,
+/// and the host part of an `ssh://` repository URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshHost {
+    /// The login name, if given.
+    pub user: Option<String>,
+    /// The host name or address.
+    pub host: String,
+    /// The port, if given.
+    pub port: Option<u16>,
+}
+
+impl SshHost {
+    /// Parses `[user@]host[:port]` (`[v6 address]` for IPv6); user and host may not start
+    /// with `-` (they are ssh arguments) and hold only the characters such names have.
+    pub fn parse(spec: &str) -> Result<SshHost> {
+        SshHost::parse_with(spec, &|why: &str| {
+            Error::BadArgument(format!(
+                "{spec:?} is not a host snarf reaches over ssh: {why}; write [user@]host[:port]"
+            ))
+        })
+    }
+
+    fn parse_with(spec: &str, bad: &dyn Fn(&str) -> Error) -> Result<SshHost> {
+        let (user, hostport) = match spec.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
-            None => (None, auth),
+            None => (None, spec),
         };
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
             let (h, after) = v6
@@ -117,19 +168,15 @@ impl SshTarget {
                 ));
             }
         }
-        if path.len() < 2 || path.contains('\0') {
-            return Err(bad("the path is empty or holds a NUL byte"));
-        }
-        Ok(SshTarget {
+        Ok(SshHost {
             user: user.map(str::to_string),
             host: host.to_string(),
             port,
-            path: path.to_string(),
         })
     }
 
-    /// The URL, for messages.
-    pub fn url(&self) -> String {
+    /// `[user@]host[:port]` as it is written (`[v6]` for IPv6), for messages and tables.
+    pub fn spec(&self) -> String {
         let user = self
             .user
             .as_ref()
@@ -141,7 +188,7 @@ impl SshTarget {
             self.host.clone()
         };
         let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
-        format!("ssh://{user}{host}{port}{}", self.path)
+        format!("{user}{host}{port}")
     }
 }
 
@@ -195,6 +242,15 @@ pub fn split_rsh(s: &str) -> Result<Vec<String>> {
 
 /// The argv that reaches `snarf serve` for `t`.
 pub fn command_line(t: &SshTarget, o: &SshOptions) -> Result<Vec<String>> {
+    let repo = format!("--repo={}", t.path);
+    remote_argv(&t.ssh_host(), o, &["serve", &repo])
+}
+
+/// The ssh argv that runs the far snarf on `h` with arguments `args`:
+/// `RSH… -o BatchMode=yes … [-p PORT] [-l USER] -- HOST 'REMOTE_PATH' 'ARG'…`. Every far
+/// word is shell-quoted, since ssh hands them to the far user's shell as one line; a word
+/// that cannot be quoted (a NUL byte) is refused.
+pub fn remote_argv(h: &SshHost, o: &SshOptions, args: &[&str]) -> Result<Vec<String>> {
     if o.rsh.is_empty() || o.remote_path.is_empty() {
         return Err(Error::BadArgument(
             "the ssh command and the remote snarf path may not be empty".into(),
@@ -209,18 +265,17 @@ pub fn command_line(t: &SshTarget, o: &SshOptions) -> Result<Vec<String>> {
         argv.push("-o".into());
         argv.push(opt.into());
     }
-    if let Some(p) = t.port {
+    if let Some(p) = h.port {
         argv.push("-p".into());
         argv.push(p.to_string());
     }
-    if let Some(u) = &t.user {
+    if let Some(u) = &h.user {
         argv.push("-l".into());
         argv.push(u.clone());
     }
     argv.push("--".into());
-    argv.push(t.host.clone());
-    let repo = format!("--repo={}", t.path);
-    for word in [o.remote_path.as_str(), "serve", repo.as_str()] {
+    argv.push(h.host.clone());
+    for word in std::iter::once(o.remote_path.as_str()).chain(args.iter().copied()) {
         let q = shlex::try_quote(word).map_err(|e| {
             Error::BadArgument(format!("{word:?} cannot be passed to the far side: {e}"))
         })?;
@@ -935,6 +990,40 @@ mod tests {
             "sftp://h/r",
         ] {
             assert!(SshTarget::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn host_specs_parse_and_hostile_ones_are_refused() {
+        let h = SshHost::parse("bk@vault.example:2222").unwrap();
+        assert_eq!(
+            (h.user.as_deref(), h.host.as_str(), h.port),
+            (Some("bk"), "vault.example", Some(2222))
+        );
+        assert_eq!(h.spec(), "bk@vault.example:2222");
+        let h = SshHost::parse("[::1]").unwrap();
+        assert_eq!(
+            (h.host.as_str(), h.port, h.spec()),
+            ("::1", None, "[::1]".into())
+        );
+        assert_eq!(SshHost::parse("vault").unwrap().spec(), "vault");
+        for bad in [
+            "-oProxyCommand=touch /tmp/x",
+            "-oProxyCommand=x@h",
+            "u@-h",
+            "h;touch x",
+            "h$(id)",
+            "h'q",
+            "h\ntouch",
+            "h:0",
+            "h:x",
+            "",
+            "u@",
+            "a b",
+            "h/path",
+        ] {
+            let e = SshHost::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("[user@]host[:port]"), "{bad:?}: {e}");
         }
     }
 
