@@ -207,6 +207,13 @@ fn a_mount_backs_up_into_and_reads_back_from_an_ssh_repository_and_survives_its_
         "{status}"
     );
 
+    // The live volume is overwritten; the snapshot keeps its bytes (a backup into an ssh
+    // repository frees no pre-image, so its reads never need the far host).
+    {
+        let f = fs::OpenOptions::new().write(true).open(&vol).unwrap();
+        f.write_all_at(&vec![0xee; 2 * MIB as usize], MIB).unwrap();
+    }
+
     // The host goes away (its sessions with it): reads fail with EIO at once, the file
     // already open too, and control/status says why.
     let open = fs::OpenOptions::new()
@@ -235,6 +242,10 @@ fn a_mount_backs_up_into_and_reads_back_from_an_ssh_repository_and_survives_its_
     assert!(
         row.contains("ssh") || row.contains("connect") || row.contains("connection"),
         "the reason names the connection: {row}"
+    );
+    assert!(
+        read(&m.path("snapshots/s1/vm.img")) == want,
+        "the snapshot reads other bytes while the repository's host is down"
     );
     assert!(
         wait_for(Duration::from_secs(15), || zombie_children(daemon)
