@@ -244,3 +244,44 @@ fn a_full_repository_disk_is_reported_and_nothing_is_committed() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("full (first backup"), "{out}");
 }
+
+/// `--keep-*` on a backup prunes the repository once the backup is committed, with the
+/// rules of `snarf prune` (what the packaged timer example does for a store not mounted);
+/// a policy that keeps nothing is refused before anything is backed up.
+#[test]
+fn a_backup_with_keep_options_prunes_after_its_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let repo = dir.path().join("repo");
+    let (code, _, err) = snarf(&["repo", "init", s(&repo), "--format", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = snarf(&["init", s(&store), "--repo", s(&repo)]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(store.join("volumes/a.img"), volume_data(3, 1 << 20)).unwrap();
+    let (code, out, err) = snarf(&["backup", s(&store), "one"]);
+    assert_eq!(code, 0, "{err}");
+    let first = backup_id(&out);
+
+    let (code, _, err) = snarf(&["backup", "--keep-last=0", s(&store), "none"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("keeps no backup"), "{err}");
+    let (_, listed, _) = snarf(&["backups", s(&repo)]);
+    assert_eq!(
+        listed.lines().count(),
+        2,
+        "the refused run backed up nothing: {listed}"
+    );
+
+    let (code, out, err) = snarf(&["backup", "--keep-last=1", "--", s(&store), "two"]);
+    assert_eq!(code, 0, "{err}");
+    let second = backup_id(&out);
+    assert!(
+        out.contains("pruned with keep-last=1: 1 backup(s) kept, 1 removed"),
+        "{out}"
+    );
+    let (_, listed, _) = snarf(&["backups", s(&repo)]);
+    assert!(
+        listed.contains(&second) && !listed.contains(&first),
+        "{listed}"
+    );
+}

@@ -642,15 +642,24 @@ fn backup_wait_follows_the_job_and_detach_plus_cancel_stops_one() {
         table.lines().skip(1).any(|l| l.contains(" done ")),
         "{table}"
     );
-    // The cron example hands its job over as type cron.
-    let out = std::process::Command::new(
-        env!("CARGO_MANIFEST_DIR").to_string() + "/scripts/cron-example.sh",
-    )
-    .args([mp, repo.to_str().unwrap()])
-    .env("SNARF_BIN", env!("CARGO_BIN_EXE_snarf"))
-    .output()
-    .unwrap();
+    // A job handed over by a cron(8) or timer script (SNARF_PROCESS_TYPE=cron) runs as
+    // type cron.
+    snarf_ok(&["snapshot", "create", mp, "by-cron"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snarf"))
+        .args([
+            "backup",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--wait",
+            "--",
+            mp,
+            "by-cron",
+        ])
+        .env("SNARF_PROCESS_TYPE", "cron")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
+    snarf_ok(&["snapshot", "release", mp, "by-cron"]);
     let table = fs::read_to_string(m.path("control/jobs")).unwrap();
     let types = mounted::sh(&format!(
         "awk 'NR > 1 {{ print $2, $3 }}' {}",

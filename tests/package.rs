@@ -25,7 +25,6 @@ const EXPECTED: &[&str] = &[
     "/lib/systemd/system/snarf-mount@.service",
     "/lib/systemd/system/snarf-backup@.service",
     "/lib/systemd/system/snarf-backup@.timer",
-    "/usr/share/snarf/cron-example.sh",
     "/usr/share/man/man1/snarf.1.gz",
     "/usr/share/man/man1/snarf-mount.1.gz",
     "/usr/share/man/man1/snarf-repo-init.1.gz",
@@ -216,6 +215,17 @@ fn the_deb_installs_mounts_through_fstab_and_purges_cleanly() {
     );
     let unit = fs::read_to_string("/lib/systemd/system/snarf-mount@.service").unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/snarf mount"), "{unit}");
+    // Every packaged unit runs a program the package installed (none under /usr/local).
+    for name in ["snarf-mount@.service", "snarf-backup@.service"] {
+        let unit = fs::read_to_string(format!("/lib/systemd/system/{name}")).unwrap();
+        for line in unit.lines().filter(|l| l.starts_with("ExecStart=")) {
+            let program = line["ExecStart=".len()..].split(' ').next().unwrap();
+            assert!(
+                Path::new(program).is_file() && !program.starts_with("/usr/local"),
+                "{name} runs {program}, which the package did not install"
+            );
+        }
+    }
     // man finds the installed pages by name.
     let page = ok(Command::new("man").args(["-w", "snarf"]));
     assert_eq!(page.trim(), "/usr/share/man/man1/snarf.1.gz");

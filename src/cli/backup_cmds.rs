@@ -24,9 +24,11 @@ use crate::jobs::spec::{opt, PROCESS_TYPE_ENV};
 use crate::jobs::{BackupRequest, JobService, JobState, Mode, Progress, ProgressSink, Session};
 use crate::mounts;
 use crate::pids::{exit_on_signals, NewEntry, ProcState, ProcType, Registry, StopOptions};
+use crate::repo::retention::Policy;
 use crate::repo::{Handle, Location};
 use crate::snapshot::{Engine, EngineOptions};
 use crate::store::{Settings, Store};
+use crate::units::Bytes;
 
 /// The backup modes as clap values: the jobs layer's own words and help, so the command
 /// line and `control/jobs` take the same modes.
@@ -119,10 +121,51 @@ pub struct BackupArgs {
     #[arg(long = opt::REMOTE_JOB, hide = true, value_name = "FROM",
           conflicts_with_all = ["wait", "detach", "job_id"])]
     pub remote_job: Option<String>,
+    /// Retention applied once the backup is committed, as `snarf prune` applies it.
+    #[command(flatten)]
+    pub keep: KeepArgs,
     /// Internal: the id of a job the mount daemon started through control/jobs; the job
     /// keeps STORE/run/jobs/ID.json up to date for it.
     #[arg(long = opt::JOB_ID, hide = true, value_name = "ID")]
     pub job_id: Option<String>,
+}
+
+/// The `--keep-*` options of `snarf backup`: after the backup is committed, the repository
+/// is pruned with them (the rules of `snarf prune`), while the job is still registered.
+#[derive(Debug, Args, Default)]
+pub struct KeepArgs {
+    /// After the commit, prune: keep the newest N backups.
+    #[arg(long = "keep-last", value_name = "N", value_parser = super::repo_cmds::keep_count())]
+    pub last: Option<u32>,
+    /// After the commit, prune: keep the newest backup of each of the last N days (UTC).
+    #[arg(long = "keep-daily", value_name = "N", value_parser = super::repo_cmds::keep_count())]
+    pub daily: Option<u32>,
+    /// After the commit, prune: keep the newest backup of each of the last N ISO weeks.
+    #[arg(long = "keep-weekly", value_name = "N", value_parser = super::repo_cmds::keep_count())]
+    pub weekly: Option<u32>,
+    /// After the commit, prune: keep the newest backup of each of the last N months.
+    #[arg(long = "keep-monthly", value_name = "N", value_parser = super::repo_cmds::keep_count())]
+    pub monthly: Option<u32>,
+}
+
+impl KeepArgs {
+    /// The policy, if any `--keep-*` was given (refused if it keeps nothing).
+    pub fn policy(&self) -> Result<Option<Policy>, CliError> {
+        if [self.last, self.daily, self.weekly, self.monthly]
+            .iter()
+            .all(Option::is_none)
+        {
+            return Ok(None);
+        }
+        let p = Policy {
+            keep_last: self.last.unwrap_or(0),
+            keep_daily: self.daily.unwrap_or(0),
+            keep_weekly: self.weekly.unwrap_or(0),
+            keep_monthly: self.monthly.unwrap_or(0),
+        };
+        p.validate()?;
+        Ok(Some(p))
+    }
 }
 
 /// How the job reaches the snapshot.
@@ -177,13 +220,18 @@ fn submit(args: &BackupArgs) -> CliResult {
     let mountpoint = mountpoint_of(&args.target)?;
     let request = BackupRequest {
         snapshot: args.snapshot.clone(),
-        repo: args
-            .repo
-            .as_ref()
-            .map(|repo| std::path::absolute(repo).unwrap_or_else(|_| repo.clone())),
+        // A local folder made absolute (the daemon runs elsewhere); a URL as written.
+        repo: match &args.repo {
+            Some(repo) => Some(match Location::of_arg(repo)? {
+                Location::Local(_) => std::path::absolute(repo).unwrap_or_else(|_| repo.clone()),
+                Location::Ssh(_) => repo.clone(),
+            }),
+            None => None,
+        },
         volumes: (!args.volumes.is_empty()).then(|| args.volumes.clone()),
         mode: args.mode,
         kind: process_type()?,
+        keep: args.keep.policy()?,
     };
     // The grammar's own rendering of the command, so it parses back to this request.
     let command = crate::control::Command::Backup(request).to_string();
@@ -392,6 +440,7 @@ pub fn backup(args: BackupArgs) -> CliResult {
         ),
         None => (process_type()?, String::new()),
     };
+    let keep = args.keep.policy()?;
     exit_on_signals()?;
     if args.remote_job.is_some() {
         super::host_job::stop_when_connection_closes();
@@ -474,6 +523,15 @@ pub fn backup(args: BackupArgs) -> CliResult {
     };
     // The job finished its display already; this covers one that failed before it began.
     shown.finish();
+    // Retention once the backup is committed, still registered as the running job (so a
+    // newer user job leaves a cron job's prune alone, as it leaves its backup).
+    let pruned = match (&result, keep) {
+        (Ok(_), Some(policy)) => {
+            log::info!("pruning {} with {policy}", repo.location());
+            Some((policy, repo.prune(&policy, false)))
+        }
+        _ => None,
+    };
     let mut reporter = shown.reporter.take();
     let _ = registration.set_state(ProcState::Idle);
     drop(registration);
@@ -487,8 +545,50 @@ pub fn backup(args: BackupArgs) -> CliResult {
             return Err(e);
         }
     };
-    let text = format_summary(&summary);
+    let mut text = format_summary(&summary);
+    let mut outcome = None;
+    match pruned {
+        None => {}
+        Some((policy, Ok(r))) => {
+            let removed = r.decisions.iter().filter(|d| !d.keep).count();
+            let line = format!(
+                "pruned with {policy}: {} backup(s) kept, {removed} removed, {} pack(s) and {} freed",
+                r.decisions.len() - removed,
+                r.packs_removed,
+                Bytes(r.freed_bytes)
+            );
+            text.push_str(&line);
+            text.push('\n');
+            for d in &r.damaged {
+                text.push_str(&format!("warning: {d}\n"));
+            }
+            outcome = Some(line);
+        }
+        Some((policy, Err(e))) => {
+            // The backup stands; the failure is the job's, so a schedule records it.
+            let message = format!(
+                "backup {} was committed, but pruning {} with {policy} failed: {}; run `snarf prune {} {}` once that is fixed",
+                summary.backup,
+                repo.location(),
+                e.chain(),
+                repo.location(),
+                policy.options().iter().map(|(k, n)| format!("--{k} {n}")).collect::<Vec<_>>().join(" ")
+            );
+            print!("{text}");
+            if let Some(r) = reporter.as_mut() {
+                r.write(
+                    JobState::Failed,
+                    None,
+                    Some(summary.backup.to_string()),
+                    Some(message.clone()),
+                    Some(text.clone()),
+                );
+            }
+            return Err(CliError::new(message));
+        }
+    }
     if let Some(r) = reporter.as_mut() {
+        r.pruned = outcome;
         r.write(
             JobState::Done,
             None,
@@ -525,6 +625,8 @@ impl ProgressSink for Shown {
 /// second while it runs).
 struct Reporter {
     path: PathBuf,
+    /// What the prune after the commit did, once it ran.
+    pruned: Option<String>,
     last: Option<std::time::Instant>,
     progress: Progress,
 }
@@ -536,6 +638,7 @@ impl Reporter {
         }
         Reporter {
             path,
+            pruned: None,
             last: None,
             progress: Default::default(),
         }
@@ -577,6 +680,7 @@ impl Reporter {
             backup_id,
             error,
             summary,
+            pruned: self.pruned.clone(),
         };
         if let Err(e) = r.write(&self.path) {
             log::warn!("cannot write the job report {}: {e}", self.path.display());
@@ -666,6 +770,7 @@ mod tests {
                 volumes: Some(vec![volume.into(), "plain".into()]),
                 mode: Mode::Incremental,
                 kind: ProcType::User,
+                keep: None,
             };
             let mut argv: Vec<std::ffi::OsString> = vec!["snarf".into()];
             argv.extend(

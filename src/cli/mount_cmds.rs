@@ -23,6 +23,7 @@ use crate::daemon::record::{self, Phase, RecordFile};
 use crate::daemon::{Daemon, FileIo};
 use crate::fuse::{self, MountOptions};
 use crate::mounts;
+use crate::repo::Location;
 use crate::snapshot::{Engine, EngineOptions};
 use crate::store::{Durability, Settings, Store};
 use crate::sys::lock;
@@ -81,8 +82,8 @@ pub struct MountArgs {
     /// volatile (memory first, gone at unmount); overrides the store's setting.
     #[arg(long, value_parser = numbers::durability)]
     pub snapshots: Option<Durability>,
-    /// Repository shown under backups/ and used by jobs started from control/jobs
-    /// (overrides the store's `repository` setting).
+    /// Repository shown under backups/ and used by jobs started from control/jobs: a
+    /// folder or ssh://[user@]host[:port]/path (overrides the store's `repository` setting).
     #[arg(long)]
     pub repo: Option<PathBuf>,
     /// mount(8)-style options, comma-separated (threads=N, preimage_mem=SIZE, ...; see
@@ -246,6 +247,10 @@ fn launch(args: &MountArgs, store: &Path, mountpoint: &Path) -> CliResult {
     let wr_fd = std::os::fd::AsRawFd::as_raw_fd(&wr);
     let mut cmd = Command::new(exe);
     cmd.args(daemon_argv(args, store, mountpoint));
+    // The daemon and its jobs reach an ssh:// repository through the same far snarf.
+    if let Some(p) = crate::repo::backend::ssh::remote_path() {
+        cmd.env("SNARF_REMOTE_PATH", p);
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -314,10 +319,14 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
             opts.durability = d;
         }
         let engine = Arc::new(Engine::new(st, opts)?);
-        let repo = args
-            .repo
-            .as_ref()
-            .map(|r| r.canonicalize().unwrap_or_else(|_| r.clone()));
+        // A local folder made absolute (jobs run elsewhere); an ssh:// URL as it is.
+        let repo = match &args.repo {
+            Some(r) => Some(match Location::of_arg(r)? {
+                Location::Local(p) => p.canonicalize().unwrap_or(p),
+                Location::Ssh(_) => r.clone(),
+            }),
+            None => None,
+        };
         let mut daemon = Daemon::new(engine.clone())
             .with_repository(repo)
             .with_live_io(args.live_io)

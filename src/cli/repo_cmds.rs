@@ -139,10 +139,10 @@ struct RepairIndexArgs {
     repo: PathBuf,
 }
 
-/// A retention count: 0 to a million (more backups than anyone keeps, and the counts' sum
-/// stays far from overflowing).
-fn keep_count() -> clap::builder::RangedU64ValueParser<u32> {
-    clap::builder::RangedU64ValueParser::<u32>::new().range(0..=1_000_000)
+/// A retention count: 0 to [`repo::retention::MAX_KEEP`].
+pub fn keep_count() -> clap::builder::RangedU64ValueParser<u32> {
+    clap::builder::RangedU64ValueParser::<u32>::new()
+        .range(0..=u64::from(repo::retention::MAX_KEEP))
 }
 
 /// Arguments of `snarf finishing`.

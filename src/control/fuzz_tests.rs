@@ -88,6 +88,7 @@ fn command() -> impl Strategy<Value = Command> {
                 volumes: volumes.map(|v| v.into_iter().collect()),
                 mode,
                 kind,
+                keep: None,
             })
         });
     prop_oneof![

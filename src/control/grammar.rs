@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! control/snapshot   create NAME [volatile | persistent] | release NAME
-//! control/jobs       backup SNAPSHOT [repo=/ABSOLUTE/PATH] [volumes=A,B] [mode=full|incremental|auto] [type=user|cron]
+//! control/jobs       backup SNAPSHOT [repo=/ABSOLUTE/PATH|ssh://[USER@]HOST[:PORT]/PATH] [volumes=A,B] [mode=full|incremental|auto] [type=user|cron]
+//!                    [keep-last=N] [keep-daily=N] [keep-weekly=N] [keep-monthly=N]
 //!                    cancel JOB-ID
 //! ```
 //!
@@ -20,6 +21,7 @@ use super::file::ControlFile;
 use super::words::{quote_word, split_words};
 use crate::jobs::{BackupRequest, Mode};
 use crate::pids::ProcType;
+use crate::repo::retention::{Policy, KEEP_OPTIONS, MAX_KEEP};
 use crate::store::validate_name;
 
 /// Longest command accepted, in bytes, newline included.
@@ -78,6 +80,9 @@ impl fmt::Display for Command {
                 }
                 if b.kind != ProcType::User {
                     write!(f, " type={}", b.kind.as_str())?;
+                }
+                if let Some(policy) = &b.keep {
+                    write!(f, " {policy}")?;
                 }
                 Ok(())
             }
@@ -395,16 +400,17 @@ impl Parser<'_> {
                 return Err(self.reject(
                     RejectKind::ExtraArgument,
                     format!(
-                        "\"{}\" follows the snapshot name but is not an option; options are written key=value (repo=, volumes=, mode=, type=), and a snapshot name with spaces is quoted",
+                        "\"{}\" follows the snapshot name but is not an option; options are written key=value (repo=, volumes=, mode=, type=, keep-last= and the other keep-*=), and a snapshot name with spaces is quoted",
                         shown(word)
                     ),
                 ));
             };
-            if !["repo", "volumes", "mode", "type"].contains(&key) {
+            let keep = KEEP_OPTIONS.contains(&key);
+            if !keep && !["repo", "volumes", "mode", "type"].contains(&key) {
                 return Err(self.reject(
                     RejectKind::UnknownKey,
                     format!(
-                        "backup has no option \"{}\"; it accepts repo=, volumes=, mode= and type=",
+                        "backup has no option \"{}\"; it accepts repo=, volumes=, mode=, type= and the retention of snarf prune, keep-last=, keep-daily=, keep-weekly=, keep-monthly=",
                         shown(key)
                     ),
                 ));
@@ -415,6 +421,11 @@ impl Parser<'_> {
                     format!("the option {key}= is given twice; give each option once"),
                 ));
             }
+            if keep {
+                let n = self.keep_count(key, value)?;
+                req.keep.get_or_insert_with(Policy::default).set(key, n);
+                continue;
+            }
             match key {
                 "repo" => req.repo = Some(self.repo(value)?),
                 "volumes" => req.volumes = Some(self.volumes(value)?),
@@ -422,7 +433,30 @@ impl Parser<'_> {
                 _ => req.mode = self.mode(value)?,
             }
         }
+        // The policy `snarf prune` would refuse (one that keeps nothing) is refused here.
+        if let Some(policy) = &req.keep {
+            if let Err(e) = policy.validate() {
+                return Err(self.reject(RejectKind::BadValue, e.to_string()));
+            }
+        }
         Ok(req)
+    }
+
+    /// The count of a `keep-*=` option: 0 to [`MAX_KEEP`], as `snarf prune` takes.
+    fn keep_count(&self, key: &str, value: &str) -> Result<u32, Rejection> {
+        value
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n <= MAX_KEEP && value.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| {
+                self.reject(
+                    RejectKind::BadValue,
+                    format!(
+                        "{key}=\"{}\" is not a count of backups to keep; give a whole number from 0 to {MAX_KEEP}, as in {key}=14",
+                        shown(value)
+                    ),
+                )
+            })
     }
 
     fn repo(&self, value: &str) -> Result<PathBuf, Rejection> {
@@ -432,6 +466,14 @@ impl Parser<'_> {
                 "repo= is empty; give the repository's absolute path, as in repo=/srv/backups"
                     .to_string(),
             ));
+        }
+        // A URL (`ssh://[user@]host[:port]/path`) is checked as every command checks one;
+        // it travels on as the job's `--repo` word, which reads it the same way.
+        if value.contains("://") {
+            return match crate::repo::Location::parse(value) {
+                Ok(_) => Ok(PathBuf::from(value)),
+                Err(e) => Err(self.reject(RejectKind::BadValue, e.to_string())),
+            };
         }
         let path = Path::new(value);
         if !path.is_absolute() {
@@ -528,6 +570,49 @@ mod tests {
             volumes: None,
             mode: Mode::Auto,
             kind: ProcType::User,
+            keep: None,
+        }
+    }
+
+    #[test]
+    fn backup_takes_retention_and_ssh_repositories() {
+        let Command::Backup(b) = ok(
+            Jobs,
+            "backup s repo=ssh://bk@vault:2222/srv/r keep-daily=14 keep-last=1",
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            b.repo.as_deref(),
+            Some(Path::new("ssh://bk@vault:2222/srv/r"))
+        );
+        let keep = b.keep.unwrap();
+        assert_eq!(
+            (keep.keep_last, keep.keep_daily, keep.keep_weekly),
+            (1, 14, 0)
+        );
+        // What the grammar writes parses back to the same request.
+        let c = Command::Backup(b);
+        assert_eq!(ok(Jobs, &c.to_string()), c);
+        use RejectKind::{BadValue, DuplicateKey, UnknownKey};
+        for (bad, kind, why) in [
+            ("backup s keep-daily=", BadValue, "whole number"),
+            ("backup s keep-daily=1e3", BadValue, "whole number"),
+            ("backup s keep-daily=+3", BadValue, "whole number"),
+            ("backup s keep-daily=99999999999", BadValue, "whole number"),
+            ("backup s keep-daily=1000001", BadValue, "whole number"),
+            (
+                "backup s keep-last=0 keep-daily=0",
+                BadValue,
+                "keeps no backup",
+            ),
+            ("backup s keep-daily=1 keep-daily=2", DuplicateKey, "twice"),
+            ("backup s keep-yearly=1", UnknownKey, "keep-monthly="),
+            ("backup s repo=ssh://-oProxyCommand=x/r", BadValue, "ssh://"),
+            ("backup s repo=ssh://h", BadValue, "path"),
+            ("backup s repo=ftp://h/r", BadValue, "ftp://"),
+        ] {
+            rejected(Jobs, bad.as_bytes(), kind, &[why]);
         }
     }
 

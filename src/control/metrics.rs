@@ -317,6 +317,7 @@ mod tests {
     fn report(names: &[&str]) -> MetricsReport {
         MetricsReport {
             status: StatusReport {
+                repository: None,
                 volumes: names
                     .iter()
                     .map(|n| VolumeStatus {

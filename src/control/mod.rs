@@ -33,6 +33,6 @@ pub use metrics::{render_metrics, BackupTimes, MetricsReport, VolumeIo, METRICS_
 pub use rows::{
     render_finishing, render_finishing_json, render_jobs, render_jobs_json, render_pids,
     render_pids_json, render_snapshots, render_status, render_status_json, FinishingRow,
-    FinishingState, JobRow, PidRow, RecoveryStatus, SnapshotState, SnapshotStatus, StatusReport,
-    Usage, VolumeStatus,
+    FinishingState, JobRow, PidRow, RecoveryStatus, RepositoryStatus, SnapshotState,
+    SnapshotStatus, StatusReport, Usage, VolumeStatus,
 };

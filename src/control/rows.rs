@@ -260,6 +260,9 @@ pub struct Usage {
 pub struct StatusReport {
     /// Live volumes.
     pub volumes: Vec<VolumeStatus>,
+    /// The mount's repository, if one is configured: whether it can be read now.
+    #[serde(default)]
+    pub repository: Option<RepositoryStatus>,
     /// Snapshots.
     pub snapshots: Vec<SnapshotStatus>,
     /// Pre-image memory.
@@ -281,6 +284,18 @@ pub struct StatusReport {
     /// What this mount found when it started.
     #[serde(default)]
     pub recovery: RecoveryStatus,
+}
+
+/// The mount's repository as `control/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RepositoryStatus {
+    /// Where it is (a path or an `ssh://` URL).
+    pub location: String,
+    /// `ok`, `unreachable` (its host or connection is down) or `unreadable` (it answers,
+    /// but cannot be opened: missing, damaged).
+    pub state: String,
+    /// Why not `ok`.
+    pub reason: String,
 }
 
 fn yes_no(b: bool) -> String {
@@ -441,6 +456,12 @@ pub fn render_status(report: &StatusReport) -> String {
         render_snapshots(&report.snapshots),
         resources.render()
     );
+    if let Some(r) = &report.repository {
+        let mut t = Table::new(&["REPOSITORY", "STATE", "REASON"]);
+        t.push(vec![r.location.clone(), r.state.clone(), r.reason.clone()]);
+        out.push('\n');
+        out.push_str(&t.render());
+    }
     if !report.schedule.is_empty() {
         let mut t = Table::new(&["SCHEDULE-PROBLEM"]);
         for p in &report.schedule {
@@ -587,6 +608,7 @@ mod tests {
 
     fn status() -> StatusReport {
         StatusReport {
+            repository: None,
             volumes: vec![
                 VolumeStatus {
                     name: "vm1.img".into(),

@@ -348,6 +348,30 @@ mod tests {
     }
 
     #[test]
+    fn retention_options_ride_on_a_line_and_a_bad_count_names_its_line() {
+        let s = parse_schedule(
+            b"0 2 * * * backup snapshot=auto repo=ssh://bk@vault/srv/repo keep-daily=14\n@weekly backup snapshot=auto keep-last=3 keep-monthly=6\n@daily backup snapshot=auto keep-daily=fourteen\n",
+        );
+        assert_eq!(s.lines.len(), 2, "{:?}", s.errors);
+        let first = &s.lines[0].job.request;
+        assert_eq!(
+            first.repo.as_deref(),
+            Some(std::path::Path::new("ssh://bk@vault/srv/repo"))
+        );
+        let keep = first.keep.expect("keep-daily=14 is the line's retention");
+        assert_eq!((keep.keep_daily, keep.keep_last), (14, 0));
+        let keep = s.lines[1].job.request.keep.unwrap();
+        assert_eq!((keep.keep_last, keep.keep_monthly), (3, 6));
+        assert_eq!(s.errors.len(), 1);
+        assert_eq!(s.errors[0].line, 3);
+        let shown = s.errors[0].to_string();
+        assert!(
+            shown.starts_with("line 3: ") && shown.contains("keep-daily="),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn every_kind_of_bad_line() {
         assert_eq!(problem("0 2 * *"), CronError::FieldCount(4).into());
         assert_eq!(problem("@daily"), LineProblem::NoJob);
@@ -374,10 +398,23 @@ mod tests {
             problem("0 2 * * * backup snapshot=auto repo=relative"),
             LineProblem::Job(_)
         ));
-        assert!(matches!(
-            problem("0 2 * * * backup snapshot=auto keep-daily=14"),
-            LineProblem::Job(_)
-        ));
+        // Retention is taken (see below); a bad count is a bad line.
+        for bad in [
+            "keep-daily=x",
+            "keep-daily=-1",
+            "keep-weekly=1000001",
+            "keep-last=0",
+            "keep-daily=1 keep-daily=2",
+            "keep-hourly=3",
+        ] {
+            assert!(
+                matches!(
+                    problem(&format!("0 2 * * * backup snapshot=auto {bad}")),
+                    LineProblem::Job(_)
+                ),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             problem("0 2 * * * backup ../x"),
             LineProblem::Job(_)

@@ -114,7 +114,9 @@ impl JobManager {
                 .into());
             }
         }
-        crate::repo::Handle::open_quiet(&crate::repo::Location::local(repository))?;
+        // Refused now, with the reason, if it cannot be opened (a missing folder, an ssh
+        // host that is down), rather than by a job that fails later.
+        crate::repo::Handle::open_quiet(&crate::repo::Location::of_arg(repository)?)?;
         let id = self.new_id();
         let dir = report::reports_dir(&launcher.run_dir);
         std::fs::create_dir_all(&dir)
@@ -139,6 +141,10 @@ impl JobManager {
         let mut cmd = Command::new(&launcher.exe);
         // The job registers in the process registry with the type its requester gave.
         cmd.args(spec.argv()).envs(spec.env());
+        // A job reaches an ssh:// repository through the far snarf this daemon was told of.
+        if let Some(p) = crate::repo::backend::ssh::remote_path() {
+            cmd.env("SNARF_REMOTE_PATH", p);
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2));
@@ -220,7 +226,10 @@ impl JobManager {
                 .and_then(|r| r.backup_id.clone());
             if let (true, Some(id)) = (status.success(), &committed) {
                 job.state = JobState::Done;
-                job.reason = format!("backup {id}");
+                job.reason = match report.as_ref().and_then(|r| r.pruned.as_deref()) {
+                    Some(pruned) => format!("backup {id}; {pruned}"),
+                    None => format!("backup {id}"),
+                };
             } else if status.success() {
                 job.state = JobState::Failed;
                 job.reason = format!(

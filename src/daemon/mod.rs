@@ -50,10 +50,15 @@ pub struct Daemon {
     engine: Arc<Engine>,
     registry: Registry,
     notify: Mutex<Option<Notify>>,
-    /// The default repository's path, if one is configured.
+    /// The default repository as configured (a local path or an `ssh://` URL, read by
+    /// [`Location::of_arg`]), if one is.
     repo_path: Option<PathBuf>,
-    /// The repository, once it could be opened.
+    /// The repository, once it could be opened: one handle, so every reader of
+    /// `backups/` shares one connection to a remote repository.
     repo: Mutex<Option<Handle>>,
+    /// The last failed attempt to open it (when, and the error shown), so readers of a
+    /// repository that is down fail at once instead of each waiting for a new connection.
+    repo_failure: Mutex<Option<(std::time::Instant, String)>>,
     /// Repositories jobs have used, for `control/finishing`.
     known_repos: Mutex<std::collections::BTreeSet<PathBuf>>,
     /// Jobs started through `control/jobs`.
@@ -145,6 +150,7 @@ impl Daemon {
             notify: Mutex::new(None),
             repo_path,
             repo: Mutex::new(None),
+            repo_failure: Mutex::new(None),
             known_repos: Mutex::new(Default::default()),
             jobs: jobs::JobManager::default(),
             job_server: Mutex::new(None),
@@ -375,15 +381,75 @@ impl Daemon {
     }
 
     /// The default repository, opened on first use (it may be created after the mount).
+    /// A handle whose connection dropped (an ssh repository whose host went away) is let
+    /// go and a new connection made; while that fails, callers get the last failure for
+    /// [`policy::REPO_RETRY`] without a new attempt.
     pub fn repository(&self) -> Result<Option<Handle>, repo::Error> {
         let Some(path) = &self.repo_path else {
             return Ok(None);
         };
         let mut slot = self.repo.lock();
-        if slot.is_none() {
-            *slot = Some(Handle::open(&Location::local(path))?);
+        if let Some(lost) = slot.as_ref().and_then(Handle::connection_lost) {
+            log::warn!("the repository's connection was lost: {}", lost.chain());
+            // Dropping it reaps its ssh (the reader thread already has, once the pipe ended).
+            *slot = None;
+            *self.repo_failure.lock() = Some((std::time::Instant::now(), lost.chain().to_string()));
+            return Err(lost);
         }
-        Ok(slot.clone())
+        if let Some(h) = slot.as_ref() {
+            return Ok(Some(h.clone()));
+        }
+        let location = Location::of_arg(path)?;
+        if let Some((when, why)) = self.repo_failure.lock().as_ref() {
+            if when.elapsed() < policy::REPO_RETRY {
+                return Err(repo::Error::Connection {
+                    repo: location.to_string(),
+                    why: format!(
+                        "unreachable at the last attempt, {} s ago: {why}",
+                        when.elapsed().as_secs()
+                    ),
+                    fix: format!(
+                        "snarf tries again after {} s; check the network and the far host",
+                        policy::REPO_RETRY.as_secs()
+                    ),
+                });
+            }
+        }
+        match Handle::open(&location) {
+            Ok(h) => {
+                if self.repo_failure.lock().take().is_some() {
+                    log::info!("the repository {location} is reachable again");
+                }
+                *slot = Some(h.clone());
+                Ok(Some(h))
+            }
+            Err(e) => {
+                if matches!(e, repo::Error::Connection { .. }) {
+                    *self.repo_failure.lock() =
+                        Some((std::time::Instant::now(), e.chain().to_string()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// What `control/status` says of the default repository: where it is, whether it can
+    /// be read now, and why not.
+    pub fn repository_status(&self) -> Option<control::RepositoryStatus> {
+        let path = self.repo_path.as_ref()?;
+        let location = Location::of_arg(path)
+            .map(|l| l.to_string())
+            .unwrap_or_else(|_| path.display().to_string());
+        let (state, reason) = match self.repository() {
+            Ok(_) => ("ok", String::new()),
+            Err(e @ repo::Error::Connection { .. }) => ("unreachable", e.chain().to_string()),
+            Err(e) => ("unreadable", e.chain().to_string()),
+        };
+        Some(control::RepositoryStatus {
+            location,
+            state: state.into(),
+            reason,
+        })
     }
 
     /// The committed backups of the default repository, oldest first. Any finishing a
@@ -566,8 +632,18 @@ impl Daemon {
             .iter()
             .map(|p| {
                 let shown = p.display().to_string();
-                // Opened without completing anything, so a cut-off finishing shows as it is.
-                match Handle::open_quiet(&Location::local(p)).and_then(|r| r.finishing_status()) {
+                // Opened without completing anything, so a cut-off finishing shows as it
+                // is; the default repository over ssh through its shared connection
+                // (format 2 completes nothing at open anyway).
+                let handle = Location::of_arg(p).and_then(|l| match l {
+                    Location::Ssh(_) if Some(p) == self.repo_path.as_ref() => {
+                        self.repository()?.ok_or_else(|| {
+                            repo::Error::BadArgument("no repository is configured".into())
+                        })
+                    }
+                    l => Handle::open_quiet(&l),
+                });
+                match handle.and_then(|r| r.finishing_status()) {
                     Ok(status) => control::FinishingRow::from_status(&shown, &status),
                     Err(e) => control::FinishingRow::unreadable(&shown, &e.chain().to_string()),
                 }
@@ -625,6 +701,7 @@ impl Daemon {
                 used: stats.cache.disk_used,
                 budget: stats.cache.disk_budget,
             },
+            repository: self.repository_status(),
             throttled_writers: stats.throttled_now,
             throttle_events: stats.throttle_events,
             snapshots_broken: stats.broken,

@@ -13,6 +13,12 @@ pub const VOLUME_PERM: u16 = 0o600;
 /// enough that many open files do not crowd the daemon's memory.
 pub const BACKUP_READ_CACHE: usize = 16 << 20;
 
+/// How long after a failed attempt to reach the mount's repository (an ssh host that is
+/// down) readers are answered with that failure before a new connection is tried: long
+/// enough that a `ls -R backups/` does not start an ssh per lookup, short enough that the
+/// mount recovers soon after the host is back.
+pub const REPO_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A request the mount's rules refuse, with the rule it breaks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {

@@ -18,6 +18,7 @@ fn report(state: JobState) -> JobReport {
         backup_id: None,
         error: None,
         summary: None,
+        pruned: None,
     }
 }
 

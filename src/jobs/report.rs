@@ -25,6 +25,9 @@ pub struct JobReport {
     pub error: Option<String>,
     /// The summary printed at the end.
     pub summary: Option<String>,
+    /// What the prune after the commit did (the job's `keep-*` options), if it ran.
+    #[serde(default)]
+    pub pruned: Option<String>,
 }
 
 /// Folder of the report files of a store.
@@ -77,6 +80,7 @@ mod tests {
             backup_id: None,
             error: None,
             summary: None,
+            pruned: None,
         };
         r.write(&path).unwrap();
         assert_eq!(JobReport::read(&path), Some(r));
@@ -99,6 +103,7 @@ mod tests {
             backup_id: Some("20240501-120000-abcd".into()),
             error: None,
             summary: Some("repo /srv/repo".into()),
+            pruned: None,
         };
         r.write(&path).unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");

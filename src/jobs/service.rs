@@ -499,7 +499,12 @@ impl Session for JobService {
         let (planned, volumes) = plan::plan(&self.engine, &snap, req)?;
         let repo = match &self.released {
             // The daemon reads acknowledged snarfs back from here; the job holds the lock.
-            Some(_) => Some(Handle::open_quiet(&Location::local(repo))?),
+            // A repository over ssh is none the mount reads freed snarfs back from (the
+            // released tables hold local folders): its acks free nothing (see `ack`).
+            Some(_) => match Location::of_arg(repo)? {
+                Location::Ssh(_) => None,
+                local => Some(Handle::open_quiet(&local)?),
+            },
             None => None,
         };
         // With a mount, reused snarfs are checked against the base backups' own tables.
@@ -552,6 +557,12 @@ impl Session for JobService {
             if let Some(c) = self.check_place(a, it)? {
                 checked.push(c);
             }
+        }
+        if self.released.is_some() && a.repo.is_none() {
+            // A backup into a repository the mount cannot read back from (ssh): the
+            // snapshot keeps its pre-images until it is released, so its reads never
+            // depend on a connection to another host.
+            return Ok(());
         }
         if let (Some(released), Some(repo)) = (&self.released, &a.repo) {
             // A peer: nothing it says is freed before it is verified.

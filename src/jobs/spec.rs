@@ -63,6 +63,10 @@ impl BackupSpec<'_> {
         for v in req.volumes.iter().flatten() {
             argv.push(option(opt::VOLUME, OsStr::new(v)));
         }
+        // Retention after the commit: `--keep-daily=14`, the names of `snarf prune`.
+        for (key, n) in req.keep.iter().flat_map(|p| p.options()) {
+            argv.push(option(key, OsStr::new(&n.to_string())));
+        }
         argv.push("--".into());
         argv.push(self.mountpoint.as_os_str().to_owned());
         argv.push(req.snapshot.clone().into());
@@ -88,6 +92,11 @@ mod tests {
         req.volumes = Some(vec!["-v".into()]);
         req.mode = Mode::Full;
         req.kind = ProcType::Cron;
+        req.keep = Some(crate::repo::retention::Policy {
+            keep_daily: 14,
+            keep_monthly: 2,
+            ..Default::default()
+        });
         let spec = BackupSpec {
             mountpoint: Path::new("/mnt/x"),
             request: &req,
@@ -107,6 +116,8 @@ mod tests {
                 "--job-id=7-1",
                 "--mode=full",
                 "--volume=-v",
+                "--keep-daily=14",
+                "--keep-monthly=2",
                 "--",
                 "/mnt/x",
                 "--help"

@@ -65,6 +65,9 @@ pub struct BackupRequest {
     pub mode: Mode,
     /// The process type the job registers as: `user` unless a cron runner says `cron`.
     pub kind: ProcType,
+    /// Retention applied to the repository once the backup is committed (`keep-*=N`
+    /// options); `None`: nothing is pruned.
+    pub keep: Option<crate::repo::retention::Policy>,
 }
 
 impl BackupRequest {
@@ -77,6 +80,7 @@ impl BackupRequest {
             volumes: None,
             mode: Mode::Auto,
             kind: ProcType::User,
+            keep: None,
         }
     }
 }

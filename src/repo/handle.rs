@@ -174,6 +174,16 @@ impl Handle {
         }
     }
 
+    /// Why the connection to the repository is gone, for one reached over a connection
+    /// (ssh) that dropped: every call on this handle fails from then on, and a long-lived
+    /// holder (the mount daemon) opens a new one.
+    pub fn connection_lost(&self) -> Option<Error> {
+        match self {
+            Handle::V1(_) => None,
+            Handle::V2(r) => r.backend().connection_lost(),
+        }
+    }
+
     /// Every committed backup, oldest first (damaged ones are skipped; `check` names them).
     pub fn list_backups(&self) -> Result<Vec<BackupInfo>> {
         Ok(match self {

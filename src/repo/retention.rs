@@ -23,7 +23,44 @@ pub struct Policy {
     pub keep_monthly: u32,
 }
 
+/// The largest count a `keep-*` option takes: more backups than anyone keeps, and the
+/// counts' sum stays far from overflowing.
+pub const MAX_KEEP: u32 = 1_000_000;
+
+/// The retention options by name, as `control/jobs` and the schedule write them
+/// (`snarf prune` and `snarf backup` take the same names as `--keep-…` flags).
+pub const KEEP_OPTIONS: [&str; 4] = ["keep-last", "keep-daily", "keep-weekly", "keep-monthly"];
+
 impl Policy {
+    /// Sets the count of the option `name` (one of [`KEEP_OPTIONS`]); `false` if there is
+    /// no such option.
+    pub fn set(&mut self, name: &str, n: u32) -> bool {
+        let slot = match name {
+            "keep-last" => &mut self.keep_last,
+            "keep-daily" => &mut self.keep_daily,
+            "keep-weekly" => &mut self.keep_weekly,
+            "keep-monthly" => &mut self.keep_monthly,
+            _ => return false,
+        };
+        *slot = n;
+        true
+    }
+
+    /// The options with a count, by name, in [`KEEP_OPTIONS`] order.
+    pub fn options(&self) -> Vec<(&'static str, u32)> {
+        let counts = [
+            self.keep_last,
+            self.keep_daily,
+            self.keep_weekly,
+            self.keep_monthly,
+        ];
+        KEEP_OPTIONS
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     /// Refuses a policy that would keep nothing.
     pub fn validate(&self) -> Result<()> {
         if self.keep_last + self.keep_daily + self.keep_weekly + self.keep_monthly == 0 {
@@ -32,6 +69,18 @@ impl Policy {
             ));
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Display for Policy {
+    /// The options as written in `control/jobs`: `keep-daily=14 keep-weekly=4`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let words: Vec<String> = self
+            .options()
+            .into_iter()
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        f.write_str(&words.join(" "))
     }
 }
 

@@ -65,7 +65,89 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Starts `sshd -D` with the config in `d` and waits until it listens on `port`.
+fn spawn(d: &Path, port: u16) -> Option<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(d.join("sshd.log"))
+        .unwrap();
+    let mut child = Command::new(SSHD)
+        .args(["-D", "-e", "-f"])
+        .arg(d.join("sshd_config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting sshd");
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(child);
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The processes descended from `pid` (children first found, then theirs), from /proc.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // The parent is the second field after the command, which ends at the last ')'.
+        let Some(after) = stat.rsplit_once(')').map(|(_, a)| a.to_string()) else {
+            continue;
+        };
+        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|f| f.parse().ok()) {
+            parents.push((p, ppid));
+        }
+    }
+    let mut out = vec![];
+    let mut frontier = vec![pid];
+    while let Some(q) = frontier.pop() {
+        for &(p, pp) in &parents {
+            if pp == q && !out.contains(&p) {
+                out.push(p);
+                frontier.push(p);
+            }
+        }
+    }
+    out
+}
+
 impl Sshd {
+    /// Takes the server down as a host that goes away does: every session it forked (and
+    /// what runs in them, the far `snarf serve`) is killed, then the listener. Only
+    /// processes descended from the sshd this harness started are signalled.
+    pub fn stop(&mut self) {
+        // Stopped first, so it forks no session while its sessions are found; they are
+        // found before it dies (then they would be init's children, beyond our reach).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGSTOP) };
+        for p in descendants(self.child.id()) {
+            unsafe { libc::kill(p as i32, libc::SIGKILL) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port, with the same keys (after [`Sshd::stop`]).
+    pub fn restart(&mut self) {
+        self.child = spawn(self.dir.path(), self.port).expect("sshd did not start again");
+    }
+
     /// Starts sshd; the restricted key may reach only repositories under `restrict_to`,
     /// through the snarf binary `snarf`.
     pub fn start(snarf: &Path, restrict_to: &Path) -> Sshd {
@@ -115,31 +197,7 @@ impl Sshd {
                 ),
             )
             .unwrap();
-            let log = std::fs::File::create(d.join("sshd.log")).unwrap();
-            let mut child = Command::new(SSHD)
-                .args(["-D", "-e", "-f"])
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("starting sshd");
-            let until = Instant::now() + Duration::from_secs(10);
-            let up = loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break false;
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    break true;
-                }
-                if Instant::now() > until {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break false;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            if up {
+            if let Some(child) = spawn(d, port) {
                 let pub_host = read(&host_key.with_extension("pub"));
                 std::fs::write(
                     d.join("known_hosts"),

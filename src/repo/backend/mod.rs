@@ -97,4 +97,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn local_root(&self) -> Option<&std::path::Path> {
         None
     }
+    /// Why the backend's connection is gone, for one that has a connection and lost it
+    /// (every call on it fails from then on; a long-lived holder opens a new one).
+    fn connection_lost(&self) -> Option<super::error::Error> {
+        None
+    }
 }

@@ -201,6 +201,12 @@ pub fn set_remote_path(path: &str) {
     let _ = REMOTE_PATH.set(path.to_string());
 }
 
+/// The far snarf [`set_remote_path`] named, if it did (passed on to the processes this one
+/// starts, which read `SNARF_REMOTE_PATH`).
+pub fn remote_path() -> Option<&'static str> {
+    REMOTE_PATH.get().map(String::as_str)
+}
+
 /// How to reach the far side: the ssh command and the far snarf.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshOptions {
@@ -257,8 +263,12 @@ pub fn remote_argv(h: &SshHost, o: &SshOptions, args: &[&str]) -> Result<Vec<Str
         ));
     }
     let mut argv = o.rsh.clone();
+    // No password prompt ever; a connect that hangs (a host gone from the network) and a
+    // connection that goes silent both end within bounded times, so a long-lived mount
+    // daemon reports the repository unreachable instead of hanging its readers.
     for opt in [
         "BatchMode=yes",
+        "ConnectTimeout=10",
         "ServerAliveInterval=15",
         "ServerAliveCountMax=4",
     ] {
@@ -302,6 +312,9 @@ struct Conn {
     next: AtomicU64,
     dead: Mutex<Option<String>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// The local ssh process, until it is reaped: by the reader once the pipe ends (so a
+    /// long-lived daemon whose connection dropped keeps no zombie), or by the drop.
+    child: Mutex<Option<Child>>,
 }
 
 impl Conn {
@@ -400,8 +413,22 @@ impl Conn {
         }
     }
 
-    /// Hands each answer to its caller until the pipe ends.
-    fn read_loop(&self, mut input: impl std::io::Read) {
+    /// Reaps the ssh process (killing it if it does not exit within [`EXIT_WAIT`] of its
+    /// pipe closing); a no-op once done.
+    fn reap(&self) {
+        let child = self.child.lock().take();
+        if let Some(mut child) = child {
+            let _ = wait_briefly(&mut child);
+        }
+    }
+
+    /// Hands each answer to its caller until the pipe ends, then reaps ssh.
+    fn read_loop(&self, input: impl std::io::Read) {
+        self.read_frames(input);
+        self.reap();
+    }
+
+    fn read_frames(&self, mut input: impl std::io::Read) {
         loop {
             let why = match wire::recv(&mut input) {
                 Ok(Some(Msg::Part { id, data })) => {
@@ -497,7 +524,8 @@ fn from_remote(url: &str, e: RemoteError) -> Error {
 /// A repository on another host, through `snarf serve` over ssh (see the module docs).
 pub struct SshBackend {
     conn: Arc<Conn>,
-    child: Mutex<Child>,
+    /// The ssh pid, kept for the registry and tests after the process is reaped.
+    pid: u32,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -612,17 +640,27 @@ impl SshBackend {
             next: AtomicU64::new(1),
             dead: Mutex::new(None),
             stderr: tail,
+            child: Mutex::new(None),
         });
+        let pid = child.id();
+        *conn.child.lock() = Some(child);
         let reader = {
             let conn = conn.clone();
             std::thread::Builder::new()
                 .name("snarf-ssh-reader".into())
                 .spawn(move || conn.read_loop(stdout))
-                .map_err(|e| Error::io("starting the ssh reader thread", e))?
+        };
+        let reader = match reader {
+            Ok(r) => r,
+            Err(e) => {
+                conn.out.lock().take();
+                conn.reap();
+                return Err(Error::io("starting the ssh reader thread", e));
+            }
         };
         let b = SshBackend {
             conn,
-            child: Mutex::new(child),
+            pid,
             reader: Some(reader),
         };
         let path = t.path.clone();
@@ -632,7 +670,7 @@ impl SshBackend {
 
     /// The pid of the local ssh process (for the process registry and for tests).
     pub fn ssh_pid(&self) -> u32 {
-        self.child.lock().id()
+        self.pid
     }
 
     /// Streams `data` as a PUT of `key` and waits for its answer.
@@ -736,7 +774,9 @@ impl Drop for SshBackend {
     fn drop(&mut self) {
         // Closing stdin ends `snarf serve` (releasing its lock), then ssh.
         self.conn.out.lock().take();
-        let _ = wait_briefly(&mut self.child.lock());
+        // The reader reaps ssh when its pipe ends; if ssh hangs (a dead network), this
+        // kills it after EXIT_WAIT, which ends the reader's read.
+        self.conn.reap();
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
@@ -954,6 +994,11 @@ impl Backend for SshBackend {
     fn sweep_leftovers(&self) -> Result<u64> {
         let (_, n, _) = self.conn.call(0, |id| Msg::Sweep { id })?;
         Ok(n)
+    }
+
+    fn connection_lost(&self) -> Option<Error> {
+        let why = self.conn.dead.lock().clone()?;
+        Some(self.conn.lost(&why))
     }
 }
 
