@@ -27,7 +27,17 @@ fn repo_init_creates_once_and_validates_its_options() {
         out.contains("created repository") && out.contains("zstd level 5"),
         "{out}"
     );
-    assert_eq!(Repo::open(&r).expect("open").config().pack_target, 1 << 20);
+    // Format 2 unless told otherwise.
+    assert!(out.contains("format 2"), "{out}");
+    match snarf::repo::Handle::open_path(&r).expect("open") {
+        snarf::repo::Handle::V2(repo) => assert_eq!(repo.config().pack_target, 1 << 20),
+        snarf::repo::Handle::V1(_) => panic!("`snarf repo init` made a format 1 repository"),
+    }
+    let v1 = dir.path().join("v1");
+    let (code, out, err) = snarf(&["repo", "init", s(&v1), "--format", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("format 1"), "{out}");
+    assert!(Repo::open(&v1).is_ok(), "--format 1 made no format 1 repository");
     let (code, _, err) = snarf(&["repo", "init", s(&r)]);
     assert_eq!(code, 1);
     assert!(err.contains("not empty"), "{err}");
@@ -76,6 +86,12 @@ fn backups_restore_check_prune_and_finishing_from_the_command_line() {
     let parsed: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(parsed[1]["id"], id2.as_str());
     assert_eq!(parsed[1]["source"]["seed"], 2);
+    // Each volume names its table file in the backup's folder.
+    let table = parsed[1]["volumes"][0]["table"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no table in {json}"));
+    assert!(r.join("backups").join(id2.as_str()).join(table).is_file(), "{table}");
+    assert!(parsed[1]["volumes"][0].get("root").is_none(), "{json}");
     let col = lines[0].find("SNAPSHOT").expect("column");
     assert_eq!(
         &lines[1][col..col + 4],
@@ -197,6 +213,12 @@ fn format_2_backups_restore_check_prune_and_finishing_from_the_command_line() {
     assert_eq!(parsed[1]["id"], id2.as_str());
     assert_eq!(parsed[1]["format"], 2);
     assert_eq!(parsed[1]["source"]["seed"], 2);
+    // Each volume names its tree's root (the hex of its 64-byte reference) instead.
+    let root = parsed[1]["volumes"][0]["root"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no root in {json}"));
+    assert_eq!(root.len(), 128, "{root}");
+    assert!(parsed[1]["volumes"][0].get("table").is_none(), "{json}");
 
     let dest = dir.path().join("out");
     let (code, out, err) = snarf(&["restore", s(&r), id1.as_str(), s(&dest)]);
