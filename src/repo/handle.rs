@@ -252,11 +252,11 @@ impl Handle {
     }
 
     /// The state of finishing. Format 2 has no finishing record (each step after its
-    /// commit is redone from what is stored), so it is always idle.
+    /// commit is redone from what is stored): it reports what a cut left instead.
     pub fn finishing_status(&self) -> Result<FinishingStatus> {
         match self {
             Handle::V1(r) => r.finishing_status(),
-            Handle::V2(_) => Ok(FinishingStatus::Idle(None)),
+            Handle::V2(r) => v2::gc::upkeep(r),
         }
     }
 
