@@ -173,10 +173,11 @@ fn direct_backup_errors_say_what_to_do() {
         );
     }
     // A locked repository names its holder.
-    let _lock = snarf::repo::Repo::open(&repo)
-        .expect("open repo")
-        .lock("snarf prune (test)", None)
-        .expect("lock");
+    let snarf::repo::Handle::V2(held) = snarf::repo::Handle::open_path(&repo).expect("open repo")
+    else {
+        panic!("`snarf repo init` made a format 1 repository");
+    };
+    let _lock = held.lock("snarf prune (test)", None).expect("lock");
     let (code, _, err) = snarf(&["backup", s(&store), "x", "--repo", s(&repo)]);
     assert_eq!(code, 1);
     assert!(
@@ -232,7 +233,7 @@ fn a_full_repository_disk_is_reported_and_nothing_is_committed() {
         "{err}"
     );
     // (Listed without settling: recovering the abandoned transfer needs room it lacks.)
-    let listed = snarf::repo::Repo::open_quiet(&repo)
+    let listed = snarf::repo::Handle::open_quiet(&snarf::repo::Location::local(&repo))
         .expect("open")
         .list_backups()
         .expect("list");

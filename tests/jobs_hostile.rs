@@ -141,7 +141,9 @@ fn a_hostile_job_client_cannot_crash_the_mount_or_corrupt_a_snapshot() {
         return;
     };
     let repo = m.dir.path().join("repo");
-    snarf_ok(&["repo", "init", repo.to_str().unwrap()]);
+    // Format 1: the forged acks below are format 1 chunk references (format 2's refusals
+    // are jobs::ack_v2_tests).
+    snarf_ok(&["repo", "init", repo.to_str().unwrap(), "--format", "1"]);
     let orig = contents(1);
     fs::write(m.path("live/v.img"), &orig).unwrap();
     fs::create_dir(m.path("snapshots/s")).unwrap();

@@ -27,7 +27,20 @@ fn repo_init_creates_once_and_validates_its_options() {
         out.contains("created repository") && out.contains("zstd level 5"),
         "{out}"
     );
-    assert_eq!(Repo::open(&r).expect("open").config().pack_target, 1 << 20);
+    // Format 2 unless told otherwise.
+    assert!(out.contains("format 2"), "{out}");
+    match snarf::repo::Handle::open_path(&r).expect("open") {
+        snarf::repo::Handle::V2(repo) => assert_eq!(repo.config().pack_target, 1 << 20),
+        snarf::repo::Handle::V1(_) => panic!("`snarf repo init` made a format 1 repository"),
+    }
+    let v1 = dir.path().join("v1");
+    let (code, out, err) = snarf(&["repo", "init", s(&v1), "--format", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("format 1"), "{out}");
+    assert!(
+        Repo::open(&v1).is_ok(),
+        "--format 1 made no format 1 repository"
+    );
     let (code, _, err) = snarf(&["repo", "init", s(&r)]);
     assert_eq!(code, 1);
     assert!(err.contains("not empty"), "{err}");
@@ -76,6 +89,15 @@ fn backups_restore_check_prune_and_finishing_from_the_command_line() {
     let parsed: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(parsed[1]["id"], id2.as_str());
     assert_eq!(parsed[1]["source"]["seed"], 2);
+    // Each volume names its table file in the backup's folder.
+    let table = parsed[1]["volumes"][0]["table"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no table in {json}"));
+    assert!(
+        r.join("backups").join(id2.as_str()).join(table).is_file(),
+        "{table}"
+    );
+    assert!(parsed[1]["volumes"][0].get("root").is_none(), "{json}");
     let col = lines[0].find("SNAPSHOT").expect("column");
     assert_eq!(
         &lines[1][col..col + 4],
@@ -197,6 +219,12 @@ fn format_2_backups_restore_check_prune_and_finishing_from_the_command_line() {
     assert_eq!(parsed[1]["id"], id2.as_str());
     assert_eq!(parsed[1]["format"], 2);
     assert_eq!(parsed[1]["source"]["seed"], 2);
+    // Each volume names its tree's root (the hex of its 64-byte reference) instead.
+    let root = parsed[1]["volumes"][0]["root"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no root in {json}"));
+    assert_eq!(root.len(), 128, "{root}");
+    assert!(parsed[1]["volumes"][0].get("table").is_none(), "{json}");
 
     let dest = dir.path().join("out");
     let (code, out, err) = snarf(&["restore", s(&r), id1.as_str(), s(&dest)]);
@@ -214,7 +242,9 @@ fn format_2_backups_restore_check_prune_and_finishing_from_the_command_line() {
     let (code, out, _) = snarf(&["finishing", s(&r)]);
     assert_eq!(code, 0);
     assert!(
-        out.lines().nth(1).is_some_and(|l| l.contains("idle")),
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("idle") && l.contains("nothing pending")),
         "{out}"
     );
     let (code, out, err) = snarf(&["repair", "index", s(&r)]);
@@ -264,6 +294,56 @@ fn format_2_backups_restore_check_prune_and_finishing_from_the_command_line() {
     assert!(err.contains("ftp://"), "{err}");
     let (code, _, err) = snarf(&["repo", "init", s(&dir.path().join("n")), "--format", "3"]);
     assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn finishing_of_a_format_2_repository_says_what_a_cut_left() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("r");
+    let (code, _, err) = snarf(&["repo", "init", s(&r), "--pack-size", "1M"]);
+    assert_eq!(code, 0, "{err}");
+    let snarf::repo::Handle::V2(repo) = snarf::repo::Handle::open_path(&r).expect("open") else {
+        panic!("`snarf repo init` made a format 1 repository");
+    };
+    write_backup_v2(&repo, 1, 400_000);
+    let (code, out, _) = snarf(&["finishing", s(&r)]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("idle") && out.contains("nothing pending"),
+        "{out}"
+    );
+    // What a cut leaves is said: the packs of a backup killed before its commit, and a
+    // gc cut short.
+    {
+        let mut new = snarf::repo::v2::NewBackup::new("killed", serde_json::json!({}));
+        new.lock_wait = Some(std::time::Duration::from_secs(60));
+        let w = repo.begin_backup(new).expect("begin");
+        let slot = w.add_volume("v", 4 << 20, 64 << 10, None).expect("volume");
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(99);
+        for i in 0..64 {
+            let mut data = vec![0u8; 64 << 10];
+            rand::RngCore::fill_bytes(&mut rng, &mut data);
+            w.put(slot, i, &data).expect("put");
+        }
+        // Dropped uncommitted, as by kill -9 after some packs were sealed.
+    }
+    std::fs::write(r.join("state/gc-pending"), b"").expect("marker");
+    let (code, out, _) = snarf(&["finishing", s(&r)]);
+    assert_eq!(code, 0);
+    let row = out.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.contains("interrupted")
+            && row.contains("gc was cut short")
+            && row.contains("not indexed yet"),
+        "{out}"
+    );
+    let (code, json, _) = snarf(&["finishing", s(&r), "--json"]);
+    assert_eq!(code, 0);
+    assert!(json.contains("pack(s) of interrupted backups"), "{json}");
+    // The next writer completes both.
+    write_backup_v2(&repo, 3, 400_000);
+    let (_, out, _) = snarf(&["finishing", s(&r)]);
+    assert!(out.contains("nothing pending"), "{out}");
 }
 
 /// Every file under `dir`, recursively.

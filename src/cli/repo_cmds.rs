@@ -50,9 +50,10 @@ struct RepoInitArgs {
     /// Size at which a pack file is sealed (e.g. 32M). Bigger packs mean fewer files.
     #[arg(long, default_value = "32M", value_parser = parse_size, value_name = "SIZE")]
     pack_size: u64,
-    /// Repository format: 2 (objects, tree manifests, frames of 16 snarfs compressed
-    /// together) or 1 (one table per volume, one compressed chunk per snarf).
-    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=2))]
+    /// Repository format: 2, the default (objects, tree manifests, frames of 16 snarfs
+    /// compressed together; local or ssh://), or 1 (one table per volume, one compressed
+    /// chunk per snarf; a local folder only), for hosts that still run an older snarf.
+    #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=2))]
     format: u32,
 }
 

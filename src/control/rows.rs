@@ -142,6 +142,25 @@ impl FinishingRow {
                 resumed: false,
                 note: String::new(),
             },
+            FinishingStatus::Upkeep {
+                gc_pending,
+                unadopted_packs,
+            } => FinishingRow {
+                repository: repository.to_string(),
+                // A cut-short gc is work a cut left, like an interrupted finishing; packs
+                // waiting to be adopted are not (gc or the next backup handles them).
+                state: if *gc_pending {
+                    FinishingState::Interrupted
+                } else {
+                    FinishingState::Idle
+                },
+                backup_id: String::new(),
+                step: None,
+                step_name: String::new(),
+                started: None,
+                resumed: false,
+                note: crate::repo::report::upkeep_note(*gc_pending, *unadopted_packs),
+            },
             FinishingStatus::Active {
                 kind,
                 backup,

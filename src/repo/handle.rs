@@ -262,11 +262,11 @@ impl Handle {
     }
 
     /// The state of finishing. Format 2 has no finishing record (each step after its
-    /// commit is redone from what is stored), so it is always idle.
+    /// commit is redone from what is stored): it reports what a cut left instead.
     pub fn finishing_status(&self) -> Result<FinishingStatus> {
         match self {
             Handle::V1(r) => r.finishing_status(),
-            Handle::V2(_) => Ok(FinishingStatus::Idle(None)),
+            Handle::V2(r) => v2::gc::upkeep(r),
         }
     }
 
@@ -322,6 +322,25 @@ pub struct VolumeInfo {
     pub snarf_size: u32,
     /// Snarfs that were all zeros (or holes).
     pub zero_snarfs: u64,
+    /// Where its snarf map is (`backups --json` prints `table` or `root`).
+    #[serde(flatten)]
+    pub map: VolumeMap,
+}
+
+/// Where a backup volume's snarf map is stored, by format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum VolumeMap {
+    /// Format 1: the table file in the backup's folder (`backups/ID/TABLE`).
+    Table {
+        /// Its file name, e.g. `v0000.tbl`.
+        table: String,
+    },
+    /// Format 2: the tree's root page.
+    Tree {
+        /// Hex of the root's 64-byte blob reference; `None` (null) for an all-zero volume.
+        root: Option<String>,
+    },
 }
 
 impl BackupInfo {
@@ -354,6 +373,7 @@ impl From<v1::Manifest> for BackupInfo {
                     size: v.size,
                     snarf_size: v.snarf_size,
                     zero_snarfs: v.zero_snarfs,
+                    map: VolumeMap::Table { table: v.table },
                 })
                 .collect(),
             stats: m.stats,
@@ -379,6 +399,7 @@ impl From<v2::backup::BackupObject> for BackupInfo {
                     size: v.size,
                     snarf_size: v.snarf_size,
                     zero_snarfs: v.zero_snarfs,
+                    map: VolumeMap::Tree { root: v.root },
                 })
                 .collect(),
             stats: b.stats,

@@ -16,7 +16,7 @@ pub mod report;
 pub mod retention;
 mod span;
 pub mod upgrade;
-pub use handle::{BackupInfo, Handle, VolumeInfo};
+pub use handle::{BackupInfo, Handle, VolumeInfo, VolumeMap};
 pub use location::Location;
 pub mod v1;
 pub mod v2;

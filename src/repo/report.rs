@@ -169,6 +169,16 @@ pub enum FinishingStatus {
         /// The process holding the lock now, if any.
         holder: Option<String>,
     },
+    /// Format 2, which has no finishing record (a backup commits by creating one object):
+    /// what a cut left for the next writer to complete.
+    Upkeep {
+        /// `state/gc-pending`: a prune's gc was cut short; the next backup or prune
+        /// completes it.
+        gc_pending: bool,
+        /// Sealed packs no index run lists: the uploads of interrupted backups, which the
+        /// next backup adopts (or gc collects past the grace period if nothing uses them).
+        unadopted_packs: u64,
+    },
 }
 
 impl FinishingStatus {
@@ -176,6 +186,10 @@ impl FinishingStatus {
     pub fn describe(&self) -> String {
         match self {
             FinishingStatus::Idle(_) => "idle".into(),
+            FinishingStatus::Upkeep {
+                gc_pending,
+                unadopted_packs,
+            } => upkeep_note(*gc_pending, *unadopted_packs),
             FinishingStatus::Active {
                 kind,
                 backup,
@@ -192,6 +206,23 @@ impl FinishingStatus {
             ),
         }
     }
+}
+
+/// What a format 2 repository has pending, for people.
+pub fn upkeep_note(gc_pending: bool, unadopted_packs: u64) -> String {
+    let mut parts = Vec::new();
+    if gc_pending {
+        parts.push("a gc was cut short; the next backup or prune completes it".to_string());
+    }
+    if unadopted_packs > 0 {
+        parts.push(format!(
+            "{unadopted_packs} pack(s) of interrupted backups not indexed yet; the next backup adopts them"
+        ));
+    }
+    if parts.is_empty() {
+        return "format 2: no finishing record (a backup commits by creating one object); nothing pending".into();
+    }
+    format!("format 2: {}", parts.join("; "))
 }
 
 /// What a backup added to the repository.

@@ -763,14 +763,14 @@ fn verify(
                 return Err(format!("run/pids has {} damaged lines", bad.len()));
             }
         }
-        if due_from >= 2 && !repo.join("repo.json").exists() {
+        if due_from >= 2 && !repo_made(&repo) {
             return Err("the repository is gone, though snarf repo init returned".into());
         }
         // A backup of what the store holds restores it byte-exact: after an unclean stop
         // an incremental one read only the regions the write-intent bitmap had marked, so
         // this is the proof that they were a superset of every change that reached the disk
         // since the last backup. Otherwise a volume is read in full and says why.
-        if repo.join("repo.json").exists() && !contents.is_empty() {
+        if repo_made(&repo) && !contents.is_empty() {
             let out = run_ok(&["backup", s(&store), "check", "--repo", s(&repo)])?;
             let lines: Vec<&str> = out
                 .lines()
@@ -862,6 +862,12 @@ fn pins_released(img: &Image, origin: &Path, dir: &Path) -> Result<(), String> {
     })();
     let _ = std::fs::remove_dir(origin);
     r
+}
+
+/// Whether `snarf repo init` got as far as the repository's own file: `config` for format 2
+/// (the default), `repo.json` for format 1.
+fn repo_made(repo: &Path) -> bool {
+    repo.join("config").exists() || repo.join("repo.json").exists()
 }
 
 /// How many pins the repository holds.

@@ -264,7 +264,8 @@ impl Repo {
                     Ok(s @ FinishingStatus::Active { .. }) => {
                         format!("the finishing of {}", s.describe())
                     }
-                    Ok(FinishingStatus::Idle(_)) => {
+                    // (Upkeep is format 2's; format 1 never reports it.)
+                    Ok(FinishingStatus::Idle(_) | FinishingStatus::Upkeep { .. }) => {
                         "the recovery of an abandoned backup transfer".to_string()
                     }
                     Err(_) => "the finishing named by an unreadable finishing record".to_string(),

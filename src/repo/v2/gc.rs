@@ -19,6 +19,7 @@ use super::tree::{self, Entry};
 use crate::repo::backend::{Key, Kind, LockGuard, StateName};
 use crate::repo::error::{Error, Fix, Result};
 use crate::repo::ids::{self, BackupId, PackId};
+use crate::repo::report::FinishingStatus;
 use crate::repo::retention::{self, Decision, Policy};
 use crate::repo::v1::manifest::snarf_count;
 
@@ -72,6 +73,26 @@ pub fn adopt(repo: &Repository) -> Result<u64> {
         adopted.len()
     );
     Ok(adopted.len() as u64)
+}
+
+/// What a cut left for the next writer (see [`FinishingStatus::Upkeep`]); reads only
+/// the listing, the index runs and the marker, and changes nothing.
+pub fn upkeep(repo: &Repository) -> Result<FinishingStatus> {
+    let backend = repo.backend();
+    let gc_pending = backend.size(&Key::State(StateName::GcPending))?.is_some();
+    let covered = Index::open(backend)?.packs()?;
+    let unadopted_packs = backend
+        .list(Kind::Pack)?
+        .into_iter()
+        .filter(|(k, _)| match k {
+            Key::Pack(id) | Key::LegacyPack(id) => !covered.contains(id),
+            _ => false,
+        })
+        .count() as u64;
+    Ok(FinishingStatus::Upkeep {
+        gc_pending,
+        unadopted_packs,
+    })
 }
 
 /// Replaces every index run by one without the records of `drop` packs.
