@@ -704,10 +704,13 @@ impl CowFile {
                 .set_len(keep)
                 .map_err(|e| self.io("shortening", e))?;
         }
-        s.filled = len.min(keep);
+        s.filled = len.min(keep).max(HEADERS);
         s.last_use = None;
         s.adopted = true;
         drop(s);
+        // Both copies, so each later header write overwrites written blocks: one into a
+        // hole would need room, which a full disk does not have.
+        self.write_header(false)?;
         self.write_header(false)?;
         self.file.sync_data().map_err(|e| self.io("syncing", e))
     }
