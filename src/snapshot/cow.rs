@@ -44,7 +44,7 @@
 //! * freed slots stay written: when nothing is held slots are taken from the first again,
 //!   and the bytes go back to the filesystem only when no pre-image was taken for
 //!   [`SHRINK_AFTER`] (down to the headers when nothing is held, else to what is held and
-//!   the reserve).
+//!   the reserve), or at a clean close ([`CowFile::seal`]: to what is held).
 //!
 //! A write into the file that fails (full disk, failing disk) makes it act as full for
 //! [`RETRY_AFTER`], so writers are throttled and, past the limit, a snapshot is broken with
@@ -1043,6 +1043,18 @@ impl CowFile {
             return Err(self.io("syncing", e));
         }
         self.release_quarantine(erased);
+        {
+            // A clean close gives back every byte not held: the reserve and freed slots.
+            let _busy = self.reserve.busy.lock();
+            let mut s = self.slots.lock();
+            let keep = self.layout.end_of(s.next);
+            if self.file_bytes() > keep {
+                self.file
+                    .set_len(keep)
+                    .map_err(|e| self.io("shortening", e))?;
+                s.filled = s.filled.min(keep);
+            }
+        }
         self.write_header(true)?;
         self.file.sync_data().map_err(|e| self.io("syncing", e))
     }
