@@ -319,8 +319,7 @@ impl Reserve {
     fn room_for(&self, bytes: u64) -> bool {
         match rustix::fs::fstatvfs(&self.file) {
             Ok(st) => {
-                st.f_bavail.saturating_mul(st.f_frsize)
-                    >= bytes.saturating_add(RESERVE_MARGIN)
+                st.f_bavail.saturating_mul(st.f_frsize) >= bytes.saturating_add(RESERVE_MARGIN)
             }
             Err(_) => false,
         }
@@ -1247,8 +1246,15 @@ mod tests {
         cow.adopt(&[]).unwrap();
         cow.prime();
         let end = cow.layout.end_of(256);
-        assert_eq!(cow.file_bytes(), end, "the reserve fills the budget, no more");
-        assert!(allocated(&cow) >= end - HEADERS, "the reserve is written, not holes");
+        assert_eq!(
+            cow.file_bytes(),
+            end,
+            "the reserve fills the budget, no more"
+        );
+        assert!(
+            allocated(&cow) >= end - HEADERS,
+            "the reserve is written, not holes"
+        );
         let mut tickets = Vec::new();
         for i in 0..3u64 {
             let slot = cow.alloc(true).unwrap();
@@ -1259,7 +1265,11 @@ mod tests {
             );
         }
         cow.wait(tickets[2]).unwrap();
-        assert_eq!(cow.file_bytes(), end, "the slots were taken inside the reserve");
+        assert_eq!(
+            cow.file_bytes(),
+            end,
+            "the slots were taken inside the reserve"
+        );
         drop(cow);
         // As after kill -9 (nothing sealed): the reserve's slots are empty slots.
         let (cow, found, report) = CowFile::open(dir.path(), 4096, 256 * 4096).unwrap();
@@ -1270,7 +1280,11 @@ mod tests {
         // A crash that cut the filling short (the file ends inside a piece of zeros).
         cow.adopt(&found.iter().map(|f| (f.slot, true)).collect::<Vec<_>>())
             .unwrap();
-        assert_eq!(cow.file_bytes(), cow.layout.end_of(3), "adopt keeps what is held");
+        assert_eq!(
+            cow.file_bytes(),
+            cow.layout.end_of(3),
+            "adopt keeps what is held"
+        );
         cow.prime();
         cow.file.set_len(cow.layout.end_of(100) + 12345).unwrap();
         drop(cow);
