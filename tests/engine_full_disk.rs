@@ -97,6 +97,74 @@ fn full_disk_breaks(durability: Durability) {
 }
 
 #[test]
+fn a_reserve_takes_first_writes_on_a_full_disk_then_the_snapshot_breaks_not_a_writer() {
+    if !disks::root_available() {
+        return;
+    }
+    // Room for the volume, the reserve of empty pre-image slots and the margin it leaves.
+    let fs = disks::Tmpfs::new("96M");
+    let root = fs.path.join("store");
+    let e = engine_on(
+        &root,
+        Budgets {
+            memory: SNARF as u64,
+            disk: 4 << 30,
+            break_after_secs: 1.0,
+        },
+    );
+    let reserve = (snarf::snapshot::cow::RESERVE_BYTES / SNARF as u64) as usize;
+    let n = 2 * reserve;
+    let v = e.create_volume("v", (n * SNARF) as u64).expect("create");
+    e.write(&v, 0, &vec![1u8; n * SNARF]).expect("first data");
+    e.take_with("keep", Durability::Persistent)
+        .expect("snapshot");
+    let file = root.join("cow").join(snarf::snapshot::cow::FILE);
+    let len = std::fs::metadata(&file).expect("pre-image store").len();
+    assert!(
+        len >= snarf::snapshot::cow::RESERVE_BYTES,
+        "the snapshot wrote its reserve first: {len} bytes"
+    );
+    fs.fill("filler");
+
+    // The reserve's slots are written already: pre-images go there though the disk is full.
+    let start = std::time::Instant::now();
+    let within = reserve - 8;
+    for i in 0..within {
+        e.write(&v, (i * SNARF) as u64, &vec![2u8; SNARF])
+            .unwrap_or_else(|err| panic!("write of snarf {i} failed: {err}"));
+    }
+    let snap = e.snapshot("keep").expect("listed");
+    assert_eq!(snap.state(), SnapState::Live, "the reserve held them");
+    assert_eq!(e.stats().cache.disk_used, (within * SNARF) as u64);
+    let mut buf = vec![0u8; SNARF];
+    e.read_snapshot(&snap, "v", ((within - 1) * SNARF) as u64, &mut buf)
+        .expect("read snapshot");
+    assert!(buf.iter().all(|&b| b == 1));
+    // Past it the disk is full: writers are throttled, then the snapshot breaks; no writer
+    // sees the error.
+    for i in within..n {
+        e.write(&v, (i * SNARF) as u64, &vec![2u8; SNARF])
+            .unwrap_or_else(|err| panic!("write of snarf {i} failed: {err}"));
+    }
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(900),
+        "writers were not throttled before the break"
+    );
+    match snap.state() {
+        SnapState::Broken(reason) => assert!(
+            reason.contains("could not be written to") && reason.contains("No space left"),
+            "{reason}"
+        ),
+        other => panic!("snapshot not broken: {other:?}"),
+    }
+    let mut all = vec![0u8; n * SNARF];
+    e.read(&v, 0, &mut all).expect("read");
+    assert!(all.iter().all(|&b| b == 2));
+    std::fs::remove_file(fs.path.join("filler")).expect("rm filler");
+    e.close().expect("close");
+}
+
+#[test]
 fn a_shrink_under_a_snapshot_on_a_full_disk_succeeds_and_fsync_reports_what_is_not_durable() {
     if !disks::root_available() {
         return;

@@ -30,10 +30,26 @@
 //! the last commits' records (a ticket past it) need their data checked against their hash
 //! at the next open. A clean close seals everything.
 //!
-//! Slots are taken lowest first, so the file stays as short as what is held; it shrinks to
-//! its headers whenever nothing is held. A write into the file that fails (full disk,
-//! failing disk) makes it act as full for [`RETRY_AFTER`], so writers are throttled and,
-//! past the limit, a snapshot is broken with the failure as its reason.
+//! Slots are taken lowest first, so the file stays about as long as what is held. What a
+//! commit costs is mostly whether its `fdatasync` has metadata to write: a sync of bytes
+//! that overwrite written blocks is a plain device write, one of bytes that extend the
+//! file (or fill a hole) is a journal commit, several times dearer. So the file is kept
+//! written ahead of what is in use:
+//!
+//! * a *reserve*: a thread of the file's own writes zeros past the highest slot in use, up
+//!   to [`RESERVE_BYTES`] ahead, and syncs them, off the write path (a persistent snapshot
+//!   being taken writes it first, [`CowFile::prime`]); zeros are no record, so after a
+//!   crash reserve slots are empty slots. It never takes the file past the slots the disk
+//!   budget allows, and is written only while the filesystem keeps 16 MiB free past it;
+//! * freed slots stay written: when nothing is held slots are taken from the first again,
+//!   and the bytes go back to the filesystem only when no pre-image was taken for
+//!   [`SHRINK_AFTER`] (down to the headers when nothing is held, else to what is held and
+//!   the reserve), or at a clean close ([`CowFile::seal`]: to what is held).
+//!
+//! A write into the file that fails (full disk, failing disk) makes it act as full for
+//! [`RETRY_AFTER`], so writers are throttled and, past the limit, a snapshot is broken with
+//! the failure as its reason; meanwhile every byte not held goes back to the filesystem
+//! (the reserve too), as it does at once when the last slot held is freed then.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
@@ -42,6 +58,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -54,6 +72,26 @@ use crate::store::VolumeId;
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// Name of the file in `STORE/cow/`.
 pub const FILE: &str = "preimages";
+/// Bytes of written, synced, empty slots kept ahead of the highest slot in use (see the
+/// module documentation), at most the budget.
+pub const RESERVE_BYTES: u64 = 16 << 20;
+/// Free space the filesystem must keep past a reserve being written, so the reserve never
+/// takes the room live writes need.
+const RESERVE_MARGIN: u64 = 16 << 20;
+/// Bytes of zeros written under the slot lock at a time while a reserve is filled.
+const FILL_PIECE: u64 = 1 << 20;
+/// How long the file must see no new pre-image before it gives back the bytes past what is
+/// held (all of them when nothing is).
+#[cfg(not(test))]
+pub const SHRINK_AFTER: Duration = Duration::from_secs(30);
+#[cfg(test)]
+pub const SHRINK_AFTER: Duration = Duration::from_secs(2);
+/// How often the filler looks whether the file can shrink.
+const TICK: Duration = if cfg!(test) {
+    Duration::from_millis(50)
+} else {
+    Duration::from_secs(5)
+};
 
 const MAGIC: &[u8; 8] = b"SNARFCOW";
 const VERSION: u32 = 1;
@@ -165,6 +203,14 @@ struct Slots {
     /// but maybe not durably yet: still counted as in use, handed out again only after
     /// the next sync, so no crash can pair their old record with new data.
     quarantine: Vec<(u32, bool)>,
+    /// Bytes from the start of the file that are written (no hole): slots there are
+    /// overwritten in place, and their sync needs no metadata. The reserve ends here.
+    filled: u64,
+    /// When a slot was last handed out (`None`: not since the open).
+    last_use: Option<Instant>,
+    /// Whether [`CowFile::adopt`] ran: before it, the file holds records not yet judged,
+    /// so it is neither grown nor shrunk.
+    adopted: bool,
 }
 
 impl Slots {
@@ -190,15 +236,220 @@ struct CommitState {
     counter: u64,
 }
 
+/// Where the slots and records are in the file.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    slot_size: u64,
+}
+
+impl Layout {
+    fn group_len(self) -> u64 {
+        PAGE + PER_GROUP * self.slot_size
+    }
+
+    fn record_at(self, slot: u32) -> u64 {
+        let g = slot as u64 / PER_GROUP;
+        HEADERS + g * self.group_len() + (slot as u64 % PER_GROUP) * RECORD as u64
+    }
+
+    fn data_at(self, slot: u32) -> u64 {
+        let g = slot as u64 / PER_GROUP;
+        HEADERS + g * self.group_len() + PAGE + (slot as u64 % PER_GROUP) * self.slot_size
+    }
+
+    /// Bytes a file holding slots `..n` needs: up to the end of slot `n - 1`'s data.
+    fn end_of(self, n: u32) -> u64 {
+        match n {
+            0 => HEADERS,
+            n => self.data_at(n - 1) + self.slot_size,
+        }
+    }
+}
+
+/// The reserve of written empty slots ahead of the highest slot in use, and the lazy
+/// shrinking of the file, done off the write path by a thread of their own (see the module
+/// documentation).
+#[derive(Debug)]
+struct Reserve {
+    layout: Layout,
+    /// The pre-image file (a second handle on it).
+    file: File,
+    path: PathBuf,
+    /// Most data slots the budget allows.
+    max_data: u32,
+    /// Slots the reserve holds when the budget allows.
+    slots_ahead: u32,
+    slots: Arc<Mutex<Slots>>,
+    ctl: Mutex<FillerCtl>,
+    wake: Condvar,
+    /// Held while the file is grown or shrunk (by the thread, or by [`CowFile::prime`]).
+    busy: Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct FillerCtl {
+    stop: bool,
+    kicked: bool,
+}
+
+impl Reserve {
+    /// The slot count the reserve reaches: `slots_ahead` past the highest in use, never
+    /// past what the budget allows (data slots, and the record-only slots in use).
+    fn target(&self, s: &Slots) -> u32 {
+        s.next
+            .saturating_add(self.slots_ahead)
+            .min(self.max_data.saturating_add(s.zero))
+    }
+
+    /// Whether less than half the reserve is left.
+    fn low(&self, s: &Slots) -> bool {
+        let half = s
+            .next
+            .saturating_add(self.slots_ahead / 2)
+            .min(self.target(s));
+        s.filled < self.layout.end_of(half)
+    }
+
+    fn kick(&self) {
+        self.ctl.lock().kicked = true;
+        self.wake.notify_one();
+    }
+
+    /// Whether the filesystem keeps [`RESERVE_MARGIN`] free past `bytes` more.
+    fn room_for(&self, bytes: u64) -> bool {
+        match rustix::fs::fstatvfs(&self.file) {
+            Ok(st) => {
+                st.f_bavail.saturating_mul(st.f_frsize) >= bytes.saturating_add(RESERVE_MARGIN)
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Writes zeros past the highest slot in use up to the reserve's end, a piece at a time
+    /// under the slot lock (so no slot is handed out inside a piece being written), then
+    /// syncs them. Zeros are no record, so a crash at any point leaves only empty slots.
+    /// A failure (a full disk) only ends the filling: slots past the reserve are still
+    /// written as they are taken, as without one.
+    fn fill(&self) {
+        let _busy = self.busy.lock();
+        let mut wrote = false;
+        loop {
+            let mut s = self.slots.lock();
+            if !s.adopted || s.closed() {
+                break;
+            }
+            let from = self.layout.end_of(s.next).max(s.filled);
+            let to = self.layout.end_of(self.target(&s));
+            if from >= to || (!wrote && !self.room_for(to - from)) {
+                break;
+            }
+            let len = (to - from).min(FILL_PIECE);
+            if let Err(e) = write_zeros(&self.file, from, len) {
+                // Nothing past `from` is in use: what of the piece was written goes back.
+                let _ = self.file.set_len(from);
+                log::warn!(
+                    "could not keep empty slots ready in the pre-image store {}: {}",
+                    self.path.display(),
+                    e.chain()
+                );
+                break;
+            }
+            s.filled = from + len;
+            wrote = true;
+        }
+        if wrote {
+            if let Err(e) = self.file.sync_data() {
+                log::warn!(
+                    "could not sync the empty slots of the pre-image store {}: {}",
+                    self.path.display(),
+                    e.chain()
+                );
+            }
+        }
+    }
+
+    /// Gives back the bytes past what is held once no pre-image was taken for
+    /// [`SHRINK_AFTER`] (the reserve stays while something is held), and every byte not
+    /// held while writes into the file fail.
+    fn trim(&self) {
+        let _busy = self.busy.lock();
+        let mut s = self.slots.lock();
+        if !s.adopted {
+            return;
+        }
+        let held = s.data + s.zero > 0;
+        let keep = if s.closed() {
+            self.layout.end_of(s.next)
+        } else if s.last_use.is_none_or(|t| t.elapsed() >= SHRINK_AFTER) {
+            if held {
+                self.layout.end_of(self.target(&s))
+            } else {
+                HEADERS
+            }
+        } else {
+            return;
+        };
+        let len = match self.file.metadata() {
+            Ok(m) => m.len(),
+            Err(_) => return,
+        };
+        if len > keep {
+            match self.file.set_len(keep) {
+                Ok(()) => s.filled = s.filled.min(keep),
+                Err(e) => log::warn!(
+                    "could not give back the unused space of the pre-image store {}: {}",
+                    self.path.display(),
+                    e.chain()
+                ),
+            }
+        }
+    }
+
+    /// The filler thread: fills when kicked, looks for room to give back every [`TICK`].
+    fn run(&self) {
+        let mut ctl = self.ctl.lock();
+        loop {
+            if !ctl.stop && !ctl.kicked {
+                self.wake.wait_for(&mut ctl, TICK);
+            }
+            if ctl.stop {
+                return;
+            }
+            let kicked = std::mem::take(&mut ctl.kicked);
+            drop(ctl);
+            if kicked {
+                self.fill();
+            }
+            self.trim();
+            ctl = self.ctl.lock();
+        }
+    }
+}
+
+/// Writes `len` zero bytes at `at`.
+fn write_zeros(file: &File, mut at: u64, len: u64) -> std::io::Result<()> {
+    let end = at + len;
+    while at < end {
+        let k = (end - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..k], at)?;
+        at += k as u64;
+    }
+    Ok(())
+}
+
 /// The pre-image file; see the module documentation.
 #[derive(Debug)]
 pub struct CowFile {
     file: File,
     path: PathBuf,
     slot_size: u64,
+    layout: Layout,
     /// Most data slots the disk budget allows.
     max_data: u32,
-    slots: Mutex<Slots>,
+    slots: Arc<Mutex<Slots>>,
+    reserve: Arc<Reserve>,
+    /// The thread that fills the reserve and shrinks the file.
+    filler: Option<JoinHandle<()>>,
     /// Whether a failure is recorded (checked first, so a good write takes no lock for it).
     failing: AtomicBool,
     commit: Mutex<CommitState>,
@@ -240,16 +491,38 @@ impl CowFile {
                 .map_err(|e| Error::io(format!("syncing {}", dir.display()), e))?;
         }
         let max_data = (budget / slot_size).min(MAX_SLOTS as u64) as u32;
+        let layout = Layout { slot_size };
+        // Nothing is handed out, grown or shrunk before `adopt`.
+        let slots = Arc::new(Mutex::new(Slots::default()));
+        let reserve = Arc::new(Reserve {
+            layout,
+            file: file.try_clone().map_err(|e| {
+                Error::io(format!("opening the pre-image store {}", path.display()), e)
+            })?,
+            path: path.clone(),
+            max_data,
+            slots_ahead: (RESERVE_BYTES / slot_size).clamp(1, MAX_SLOTS as u64) as u32,
+            slots: slots.clone(),
+            ctl: Mutex::new(FillerCtl::default()),
+            wake: Condvar::new(),
+            busy: Mutex::new(()),
+        });
+        let filler = {
+            let reserve = reserve.clone();
+            std::thread::Builder::new()
+                .name("snarf-cow-reserve".into())
+                .spawn(move || reserve.run())
+                .map_err(|e| Error::io("starting the pre-image store's filler thread", e))?
+        };
         let cow = CowFile {
             file,
             path,
             slot_size,
+            layout,
             max_data,
-            slots: Mutex::new(Slots {
-                // Nothing is handed out before `adopt`.
-                failed: None,
-                ..Slots::default()
-            }),
+            slots,
+            reserve,
+            filler: Some(filler),
             failing: AtomicBool::new(false),
             commit: Mutex::new(CommitState::default()),
             committed: Condvar::new(),
@@ -261,17 +534,15 @@ impl CowFile {
     }
 
     fn group_len(&self) -> u64 {
-        PAGE + PER_GROUP * self.slot_size
+        self.layout.group_len()
     }
 
     fn record_at(&self, slot: u32) -> u64 {
-        let g = slot as u64 / PER_GROUP;
-        HEADERS + g * self.group_len() + (slot as u64 % PER_GROUP) * RECORD as u64
+        self.layout.record_at(slot)
     }
 
     fn data_at(&self, slot: u32) -> u64 {
-        let g = slot as u64 / PER_GROUP;
-        HEADERS + g * self.group_len() + PAGE + (slot as u64 % PER_GROUP) * self.slot_size
+        self.layout.data_at(slot)
     }
 
     fn io(&self, what: &str, e: std::io::Error) -> Error {
@@ -422,20 +693,23 @@ impl CowFile {
         s.next = next;
         s.data = in_use.iter().filter(|(_, d)| *d).count() as u32;
         s.zero = in_use.len() as u32 - s.data;
-        // The file keeps what is held and no more; a fresh header says nothing is sealed
-        // past what was found (new tickets are past it anyway).
-        let keep = if next == 0 {
-            HEADERS
-        } else {
-            self.data_at(next - 1) + self.slot_size
-        };
+        // The file keeps what is held and no more (the reserve is written again as slots
+        // are taken); a fresh header says nothing is sealed past what was found (new
+        // tickets are past it anyway).
+        let keep = self.layout.end_of(next);
         let len = self.file.metadata().map(|m| m.len()).unwrap_or(0);
         if len > keep {
             self.file
                 .set_len(keep)
                 .map_err(|e| self.io("shortening", e))?;
         }
+        s.filled = len.min(keep).max(HEADERS);
+        s.last_use = None;
+        s.adopted = true;
         drop(s);
+        // Both copies, so each later header write overwrites written blocks: one into a
+        // hole would need room, which a full disk does not have.
+        self.write_header(false)?;
         self.write_header(false)?;
         self.file.sync_data().map_err(|e| self.io("syncing", e))
     }
@@ -467,6 +741,7 @@ impl CowFile {
                 s.next - 1
             }
         };
+        s.last_use = Some(Instant::now());
         if data {
             s.data += 1;
         } else {
@@ -475,8 +750,10 @@ impl CowFile {
         Some(slot)
     }
 
-    /// Gives a slot back. Its blocks stay allocated, because overwriting is cheaper than
-    /// allocating again; they go back to the filesystem when the last slot is freed.
+    /// Gives a slot back. Its blocks stay written, because overwriting is cheaper than
+    /// allocating again: when the last slot is freed, slots are taken from the first again,
+    /// and the filler gives the bytes back only once the file has been idle for
+    /// [`SHRINK_AFTER`] (at once while writes into the file fail).
     pub fn free(&self, slot: u32, data: bool) {
         let mut s = self.slots.lock();
         s.free.push(Reverse(slot));
@@ -488,9 +765,13 @@ impl CowFile {
         if s.data + s.zero == 0 {
             s.free.clear();
             s.next = 0;
+            if !self.failing.load(Ordering::Acquire) {
+                return;
+            }
             match self.file.set_len(HEADERS) {
                 // Its space is back: a failure for want of it may be over.
                 Ok(()) => {
+                    s.filled = s.filled.min(HEADERS);
                     s.failed = None;
                     self.failing.store(false, Ordering::Release);
                 }
@@ -535,6 +816,9 @@ impl CowFile {
         }
         s.failed = Some((Instant::now(), e.chain().to_string()));
         self.failing.store(true, Ordering::Release);
+        drop(s);
+        // The reserve's room goes back to the filesystem while the file fails.
+        self.reserve.kick();
     }
 
     fn record_success(&self) {
@@ -651,6 +935,9 @@ impl CowFile {
         match r {
             Ok(()) => {
                 self.record_success();
+                if self.reserve.low(&self.slots.lock()) {
+                    self.reserve.kick();
+                }
                 Ok(ticket)
             }
             Err(e) => {
@@ -658,6 +945,18 @@ impl CowFile {
                 Err(e)
             }
         }
+    }
+
+    /// Writes the reserve of empty slots now (see the module documentation), for a
+    /// persistent snapshot about to be taken, so its first writes find slots whose sync
+    /// needs no metadata. Never fails: without a reserve, slots are written as they are taken.
+    pub fn prime(&self) {
+        self.reserve.fill();
+    }
+
+    /// Bytes of the file on disk: slots in use, free ones and the reserve.
+    pub fn file_bytes(&self) -> u64 {
+        self.file.metadata().map(|m| m.len()).unwrap_or(0)
     }
 
     /// Whether `ticket` is durable already (no wait needed); takes no lock.
@@ -743,6 +1042,18 @@ impl CowFile {
             return Err(self.io("syncing", e));
         }
         self.release_quarantine(erased);
+        {
+            // A clean close gives back every byte not held: the reserve and freed slots.
+            let _busy = self.reserve.busy.lock();
+            let mut s = self.slots.lock();
+            let keep = self.layout.end_of(s.next);
+            if self.file_bytes() > keep {
+                self.file
+                    .set_len(keep)
+                    .map_err(|e| self.io("shortening", e))?;
+                s.filled = s.filled.min(keep);
+            }
+        }
         self.write_header(true)?;
         self.file.sync_data().map_err(|e| self.io("syncing", e))
     }
@@ -761,6 +1072,18 @@ impl CowFile {
     pub fn has_room(&self) -> bool {
         let s = self.slots.lock();
         !s.closed() && s.data < self.max_data
+    }
+}
+
+impl Drop for CowFile {
+    fn drop(&mut self) {
+        self.reserve.ctl.lock().stop = true;
+        self.reserve.wake.notify_one();
+        if let Some(t) = self.filler.take() {
+            if t.join().is_err() {
+                log::error!("the pre-image store's filler thread panicked");
+            }
+        }
     }
 }
 
@@ -905,6 +1228,133 @@ mod tests {
             found.iter().map(|f| f.record.snarf).collect::<Vec<_>>(),
             vec![2]
         );
+    }
+
+    /// Bytes of the file's blocks on disk (a hole has none).
+    fn allocated(cow: &CowFile) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        cow.file.metadata().unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn the_reserve_is_written_ahead_within_the_budget_and_is_no_record_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        // A budget of 256 slots of 4 KiB, smaller than the reserve: the reserve stops there.
+        let (cow, _, _) = CowFile::open(dir.path(), 4096, 256 * 4096).unwrap();
+        cow.prime();
+        assert_eq!(cow.file_bytes(), 0, "nothing is written before adopt");
+        cow.adopt(&[]).unwrap();
+        cow.prime();
+        let end = cow.layout.end_of(256);
+        assert_eq!(
+            cow.file_bytes(),
+            end,
+            "the reserve fills the budget, no more"
+        );
+        assert!(
+            allocated(&cow) >= end - HEADERS,
+            "the reserve is written, not holes"
+        );
+        let mut tickets = Vec::new();
+        for i in 0..3u64 {
+            let slot = cow.alloc(true).unwrap();
+            assert_eq!(slot, i as u32);
+            tickets.push(
+                cow.write_durable(slot, &rec(i, false), &[i as u8 + 1; 4096])
+                    .unwrap(),
+            );
+        }
+        cow.wait(tickets[2]).unwrap();
+        assert_eq!(
+            cow.file_bytes(),
+            end,
+            "the slots were taken inside the reserve"
+        );
+        drop(cow);
+        // As after kill -9 (nothing sealed): the reserve's slots are empty slots.
+        let (cow, found, report) = CowFile::open(dir.path(), 4096, 256 * 4096).unwrap();
+        assert_eq!(report.torn, 0);
+        let mut snarfs: Vec<u64> = found.iter().map(|f| f.record.snarf).collect();
+        snarfs.sort_unstable();
+        assert_eq!(snarfs, vec![0, 1, 2]);
+        // A crash that cut the filling short (the file ends inside a piece of zeros).
+        cow.adopt(&found.iter().map(|f| (f.slot, true)).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(
+            cow.file_bytes(),
+            cow.layout.end_of(3),
+            "adopt keeps what is held"
+        );
+        cow.prime();
+        cow.file.set_len(cow.layout.end_of(100) + 12345).unwrap();
+        drop(cow);
+        let (_, found, report) = CowFile::open(dir.path(), 4096, 256 * 4096).unwrap();
+        assert_eq!((found.len(), report.torn), (3, 0));
+
+        // A reserve larger than the budget is never written: a budget of 2 slots.
+        let dir = tempfile::tempdir().unwrap();
+        let (cow, _, _) = CowFile::open(dir.path(), 4096, 2 * 4096).unwrap();
+        cow.adopt(&[]).unwrap();
+        cow.prime();
+        assert_eq!(cow.file_bytes(), cow.layout.end_of(2));
+        // Record-only slots in use (no budget) move the reserve's end with them.
+        let z = cow.alloc(false).unwrap();
+        cow.write_durable(z, &rec(1, true), &[0; 4096]).unwrap();
+        cow.prime();
+        assert_eq!(cow.file_bytes(), cow.layout.end_of(3));
+    }
+
+    #[test]
+    fn the_reserve_follows_the_slots_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let slots_ahead = (RESERVE_BYTES / 4096) as u32;
+        let (cow, _, _) = CowFile::open(dir.path(), 4096, 1 << 30).unwrap();
+        cow.adopt(&[]).unwrap();
+        cow.prime();
+        assert_eq!(cow.file_bytes(), cow.layout.end_of(slots_ahead));
+        // Taking more than half the reserve has the filler write more, off the write path.
+        for i in 0..slots_ahead / 2 + 1 {
+            let slot = cow.alloc(true).unwrap();
+            cow.write_durable(slot, &rec(i as u64, false), &[7; 4096])
+                .unwrap();
+        }
+        let want = cow.layout.end_of(slots_ahead / 2 + 1 + slots_ahead);
+        let start = Instant::now();
+        while cow.file_bytes() < want && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(cow.file_bytes(), want);
+    }
+
+    #[test]
+    fn freed_slots_stay_written_until_the_file_is_idle_and_go_back_at_once_when_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cow, _, _) = CowFile::open(dir.path(), 4096, 4 * 4096).unwrap();
+        cow.adopt(&[]).unwrap();
+        let a = cow.alloc(true).unwrap();
+        let t = cow.write_durable(a, &rec(1, false), &[1; 4096]).unwrap();
+        cow.wait(t).unwrap();
+        cow.free(a, true);
+        let kept = cow.file_bytes();
+        assert!(kept >= cow.layout.end_of(1), "not given back at once");
+        // Taken again from the first slot, an overwrite.
+        assert_eq!(cow.alloc(true), Some(0));
+        cow.free(0, true);
+        let start = Instant::now();
+        while cow.file_bytes() > HEADERS && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(cow.file_bytes(), HEADERS, "given back once idle");
+        assert!(start.elapsed() >= SHRINK_AFTER / 2);
+
+        // While writes into the file fail, room goes back as soon as nothing is held.
+        cow.prime();
+        let a = cow.alloc(true).unwrap();
+        cow.write_durable(a, &rec(2, false), &[2; 4096]).unwrap();
+        cow.record_failure(&Error::Internal("disk full".into()));
+        cow.free(a, true);
+        assert_eq!(cow.file_bytes(), HEADERS);
+        assert!(cow.failure().is_none(), "its room is back");
     }
 
     #[test]

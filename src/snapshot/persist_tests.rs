@@ -305,3 +305,49 @@ fn a_volume_changed_behind_snarfs_back_breaks_its_persistent_snapshots() {
     assert_eq!(e.recovered().broken_now.len(), 1);
     assert_eq!(e.stats().cache.disk_used, 0);
 }
+
+#[test]
+fn a_pre_image_of_a_write_whose_region_was_never_marked_is_dropped_after_a_death() {
+    // A capture's pre-image commit and its region's write-intent mark run side by side, and
+    // the write waits for both: a death between them leaves a durable record of a write
+    // that never happened, which must not count the snarf as written since the backup.
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_store(dir.path(), 1 << 20);
+    let e = engine(&root);
+    let v = e.create_volume("v", 64 * SNARF).unwrap();
+    let frozen = pattern(1, 64 * SNARF as usize);
+    e.write(&v, 0, &frozen).unwrap();
+    let base = e.take("base").unwrap();
+    let since = base.epoch();
+    e.backup_committed(&base);
+    v.intent().unwrap().flush().unwrap();
+    drop(base);
+    e.release("base").unwrap();
+    let s = e.take("s").unwrap();
+    // What a capture for a write into snarf 5 writes, the write and its mark never issued.
+    let w = v.read_state().stamp(5);
+    let mut old = vec![0u8; SNARF as usize];
+    e.read(&v, 5 * SNARF, &mut old).unwrap();
+    let file = e.cache.file();
+    let slot = file.alloc(true).unwrap();
+    let record = cow::Record {
+        vol: v.id(),
+        snarf: 5,
+        first: w,
+        last: s.epoch(),
+        zero: false,
+    };
+    let t = file.write_durable(slot, &record, &old).unwrap();
+    file.wait(t).unwrap();
+    drop((s, v));
+    drop(e);
+    let e = engine(&root);
+    assert_eq!(e.recovered().torn, 1, "the record is dropped");
+    assert_eq!(e.recovered().preimages, 0);
+    assert_eq!(read_all(&e, "s", "v"), frozen);
+    let now = e.take("now").unwrap();
+    match e.changed_snarfs(&now, "v", since).unwrap() {
+        Changed::Snarfs(set) => assert_eq!(set.count(), 0, "nothing was written since the backup"),
+        Changed::Lost { reason } => panic!("tracking lost: {reason}"),
+    }
+}

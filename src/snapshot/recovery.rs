@@ -165,6 +165,10 @@ impl Engine {
                 report.discarded += 1;
                 continue;
             };
+            if never_issued(vol, &r) {
+                report.torn += 1;
+                continue;
+            }
             let overlaps = self
                 .cache
                 .ranges(r.vol, r.snarf)
@@ -236,4 +240,21 @@ impl Engine {
         }
         Ok(report)
     }
+}
+
+/// Whether the write a durable pre-image protects was never issued, as the volume's
+/// write-intent bitmap recovered at an unclean open says: a write past the bitmap's
+/// checkpoint (its epoch is `last + 1`) is issued only once its region is marked durably,
+/// and the pre-image's commit and the mark's run side by side, so a crash between the two
+/// leaves a record of a write that never happened. The snarf still reads what the record
+/// holds; keeping it would count the snarf as written since the checkpoint.
+fn never_issued(vol: &Volume, r: &super::cow::Record) -> bool {
+    let Some(intent) = vol.intent() else {
+        return false;
+    };
+    let (dirty, at) = intent.recovered();
+    at > 0
+        && !intent.given_up()
+        && r.last >= intent.since()
+        && !dirty.contains(&crate::store::intent::region_of(r.snarf))
 }
