@@ -9,8 +9,7 @@
 
 mod mounted;
 
-use std::fs::{self, OpenOptions};
-use std::io::{Read, Write};
+use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -23,23 +22,6 @@ fn set_clock(file: &Path, secs: u64) {
     fs::write(file, format!("{secs}\n")).unwrap();
     // Past the scheduler's one-second tick, so it has looked at the new time.
     std::thread::sleep(Duration::from_millis(1500));
-}
-
-/// Writes `text` in one write on a fresh descriptor; (errno or 0, what is read back).
-fn write_schedule(m: &Mounted, text: &str) -> (i32, String) {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .truncate(true)
-        .open(m.path("control/schedule"))
-        .unwrap();
-    let errno = match f.write(text.as_bytes()) {
-        Ok(_) => 0,
-        Err(e) => e.raw_os_error().unwrap_or(-1),
-    };
-    let mut back = String::new();
-    f.read_to_string(&mut back).unwrap();
-    (errno, back)
 }
 
 /// The rows of control/jobs of type cron: (id, state).
@@ -107,8 +89,8 @@ fn a_schedule_runs_cron_jobs_by_the_daemons_clock() {
 
     // A schedule with bad lines is refused whole, naming them; nothing changes.
     let line = format!("0 2 * * * backup snapshot=auto repo={}", repo.display());
-    let (errno, answer) = write_schedule(
-        &m,
+    let (errno, answer) = m.write_control(
+        "schedule",
         &format!("{line}\n0 2 * * * backup snapshot=auto repo=relative\n# fine\n*/0 * * * * backup snapshot=auto\n"),
     );
     assert_eq!(errno, libc::EINVAL, "{answer}");
@@ -120,7 +102,7 @@ fn a_schedule_runs_cron_jobs_by_the_daemons_clock() {
     assert!(answer.contains("the old one stays in force"), "{answer}");
     assert_eq!(fs::read_to_string(m.path("control/schedule")).unwrap(), "");
 
-    let (errno, answer) = write_schedule(&m, &format!("# nightly\n{line}\n"));
+    let (errno, answer) = m.write_control("schedule", &format!("# nightly\n{line}\n"));
     assert_eq!(
         (errno, answer.as_str()),
         (0, "schedule replaced: 1 job line(s)\n")

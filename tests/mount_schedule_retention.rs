@@ -5,31 +5,13 @@
 
 mod mounted;
 
-use std::fs::{self, OpenOptions};
-use std::io::{Read, Write};
+use std::fs;
 use std::time::{Duration, Instant};
 
 use mounted::{snarf_ok, Mounted};
 
 /// 2026-12-02T01:59:00Z.
 const T0: u64 = 1_796_169_600 + 3600 + 59 * 60;
-
-/// Writes `text` in one write on a fresh descriptor; (errno or 0, what is read back).
-fn write_schedule(m: &Mounted, text: &str) -> (i32, String) {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .truncate(true)
-        .open(m.path("control/schedule"))
-        .unwrap();
-    let errno = match f.write(text.as_bytes()) {
-        Ok(_) => 0,
-        Err(e) => e.raw_os_error().unwrap_or(-1),
-    };
-    let mut back = String::new();
-    f.read_to_string(&mut back).unwrap();
-    (errno, back)
-}
 
 /// Waits until a job row of `kind` has ended; that row.
 fn ended_job(m: &Mounted, kind: &str) -> String {
@@ -73,15 +55,15 @@ fn a_scheduled_backup_prunes_with_its_lines_retention() {
     let first = snarf_ok(&["backups", r]);
 
     // A bad keep value is refused like any bad line: EINVAL and its line number.
-    let (errno, answer) = write_schedule(
-        &m,
+    let (errno, answer) = m.write_control(
+        "schedule",
         &format!("# retention\n0 2 * * * backup snapshot=auto repo={r} keep-last=many\n"),
     );
     assert_eq!(errno, libc::EINVAL, "{answer}");
     assert!(answer.contains("line 2: keep-last=\"many\""), "{answer}");
 
     let line = format!("0 2 * * * backup snapshot=auto repo={r} keep-last=1");
-    let (errno, answer) = write_schedule(&m, &format!("{line}\n"));
+    let (errno, answer) = m.write_control("schedule", &format!("{line}\n"));
     assert_eq!(errno, 0, "{answer}");
     fs::write(&clock, format!("{}\n", T0 + 90)).unwrap();
     let row = ended_job(&m, "cron");

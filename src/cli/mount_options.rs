@@ -111,8 +111,7 @@ pub const OPTIONS: &[MountOption] = &[
         flag: "--live-io",
         help: "direct (default): each write(2) of up to 1 MiB is entirely in or out of a snapshot; buffered: through the page cache.",
         apply: |a, v| {
-            a.live_io = FileIo::from_str(v, false)
-                .map_err(|_| format!("'{v}' is not direct or buffered"))?;
+            a.live_io = file_io(v)?;
             Ok(())
         },
     },
@@ -122,8 +121,7 @@ pub const OPTIONS: &[MountOption] = &[
         flag: "--snapshot-io",
         help: "direct (default): snapshot reads go to the daemon, not cached twice; buffered: through the page cache.",
         apply: |a, v| {
-            a.snapshot_io = FileIo::from_str(v, false)
-                .map_err(|_| format!("'{v}' is not direct or buffered"))?;
+            a.snapshot_io = file_io(v)?;
             Ok(())
         },
     },
@@ -222,6 +220,11 @@ pub fn apply(args: &mut MountArgs, lists: &[String]) -> Result<(), String> {
         (option.apply)(args, value).map_err(|e| format!("mount option {word}: {e}"))?;
     }
     Ok(())
+}
+
+/// An I/O mode of `live_io=` or `snapshot_io=`.
+fn file_io(v: &str) -> Result<FileIo, String> {
+    FileIo::from_str(v, false).map_err(|_| format!("'{v}' is not direct or buffered"))
 }
 
 #[cfg(test)]

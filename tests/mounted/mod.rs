@@ -141,6 +141,26 @@ impl Mounted {
     }
 
     /// Whether the mount point is still mounted.
+    /// Writes `text` to `control/NAME` in one write on a fresh descriptor and reads the
+    /// answer back on it: (errno of the write or 0, what was read back).
+    pub fn write_control(&self, name: &str, text: &str) -> (i32, String) {
+        use std::io::{Read, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(self.path(&format!("control/{name}")))
+            .expect("opening a control file");
+        let errno = match f.write(text.as_bytes()) {
+            Ok(_) => 0,
+            Err(e) => e.raw_os_error().unwrap_or(-1),
+        };
+        let mut back = String::new();
+        f.read_to_string(&mut back)
+            .expect("reading a control file back");
+        (errno, back)
+    }
+
     pub fn is_mounted(&self) -> bool {
         std::fs::read_to_string("/proc/self/mountinfo")
             .map(|t| t.lines().any(|l| l.split(' ').nth(4) == self.mnt.to_str()))
