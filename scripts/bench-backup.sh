@@ -9,7 +9,11 @@
 #     `cat` of the backed-up volume through each tool's FUSE mount; repository size (du -sb)
 #     after each backup; peak memory (/usr/bin/time -v, and VmHWM of long-running daemons);
 #   * every restore and every mount read is checked against the source's checksum: a wrong
-#     byte fails the run.
+#     byte fails the run;
+#   * the ssh row: the same full and incremental backups again, into a repository on the far
+#     side of an sshd this script starts on loopback (its own host key, user key, config and
+#     port; killed by its pid at the end): snarf to ssh:// (snarf serve), restic's sftp
+#     backend, borg over ssh (borg serve). The snarf ssh:// backups are restored and checked.
 #
 # snarf backs up a snapshot of a live volume on a snarf mount (its real use); restic and borg
 # back up the same bytes from a plain file on local disk. Page cache warm for all of them.
@@ -17,7 +21,7 @@
 # non-zero only on an error or a verification failure, never on a missed target.
 #
 # Needs root (FUSE mounts). Installs restic, borgbackup (+python3-llfuse for borg mount), b3sum,
-# zstd, time, fuse3 and python3 from Debian when missing.
+# zstd, time, fuse3, python3 and openssh-server/-client from Debian when missing.
 #   SNARF_BENCH_SIZE  volume size (default 2G; 128M is enough while developing)
 #   SNARF_BENCH_SEED  data seed (default 1)
 #   SNARF_BENCH_DIR   where to work (default: a new directory under /var/tmp, on disk, not
@@ -48,6 +52,8 @@ command -v zstd >/dev/null 2>&1 || need+=(zstd)
 [ -x /usr/bin/time ] || need+=(time)
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 # borg mount needs llfuse (or pyfuse3) in the Python borg runs with.
 if ! command -v borg >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import llfuse' >/dev/null 2>&1; then
   /usr/bin/python3 -c 'import pyfuse3' >/dev/null 2>&1 || need+=(python3-llfuse)
@@ -93,7 +99,12 @@ brepo=$work/repo-borg
 rmnt=$work/mnt-restic
 bmnt=$work/mnt-borg
 logs=$work/logs
-mkdir -p "$data" "$mnt" "$rmnt" "$bmnt" "$logs" "$work/cache"
+sshdir=$work/sshd        # the loopback sshd's keys, config and log
+far=$work/far            # where the ssh repositories live ("the far host", same disk)
+srepo_ssh=$far/repo-snarf
+rrepo_ssh=$far/repo-restic
+brepo_ssh=$far/repo-borg
+mkdir -p "$data" "$mnt" "$rmnt" "$bmnt" "$logs" "$work/cache" "$sshdir" "$far"
 
 export RESTIC_PASSWORD=snarf-bench
 export RESTIC_CACHE_DIR=$work/cache/restic
@@ -106,6 +117,7 @@ export BORG_DELETE_I_KNOW_WHAT_I_AM_DOING=NO
 restic_mount_pid=
 borg_mount_pid=
 daemon=
+sshd_pid=
 
 is_mounted() { grep -qF " $1 " /proc/self/mountinfo 2>/dev/null; }
 
@@ -141,6 +153,10 @@ cleanup() {
   set +e
   [ -n "$restic_mount_pid" ] && stop_fuse "$rmnt" "$restic_mount_pid"
   [ -n "$borg_mount_pid" ] && stop_fuse "$bmnt" "$borg_mount_pid"
+  if [ -n "$sshd_pid" ]; then
+    kill "$sshd_pid" 2>/dev/null
+    wait "$sshd_pid" 2>/dev/null
+  fi
   if is_mounted "$mnt"; then
     "$snarf" umount -- "$mnt" >/dev/null 2>&1 || "$snarf" umount --lazy -- "$mnt" >/dev/null 2>&1 || umount -l -- "$mnt"
   fi
@@ -283,6 +299,75 @@ dd if="$src" of="$vol" bs=1M status=none conv=fsync
 restic -r "$rrepo" init --repository-version 2 >"$logs/restic-init.out" 2>&1
 borg init --encryption=none "$brepo" >"$logs/borg-init.out" 2>&1
 
+
+# ---------- a loopback sshd of our own, for the ssh row ----------
+# Its own host key, user key, config and port on 127.0.0.1; started here, killed by its pid in
+# cleanup. The sftp subsystem is for restic; borg runs `borg serve` and snarf `snarf serve`.
+say "starting an sshd on loopback (own keys, config and port) for the ssh row"
+mkdir -p /run/sshd
+ssh-keygen -q -t ed25519 -N '' -C snarf-bench -f "$sshdir/host_key" </dev/null
+ssh-keygen -q -t ed25519 -N '' -C snarf-bench -f "$sshdir/user_key" </dev/null
+cp "$sshdir/user_key.pub" "$sshdir/authorized_keys"
+for try in 1 2 3 4 5; do
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  cat >"$sshdir/sshd_config" <<CONF
+Port $port
+ListenAddress 127.0.0.1
+HostKey $sshdir/host_key
+PidFile $sshdir/sshd.pid
+AuthorizedKeysFile $sshdir/authorized_keys
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+Subsystem sftp internal-sftp
+LogLevel ERROR
+MaxStartups 50
+MaxSessions 50
+CONF
+  /usr/sbin/sshd -D -e -f "$sshdir/sshd_config" </dev/null >/dev/null 2>>"$sshdir/sshd.log" &
+  sshd_pid=$!
+  up=
+  for i in $(seq 50); do
+    kill -0 "$sshd_pid" 2>/dev/null || break
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then up=1; break; fi
+    sleep 0.1
+  done
+  [ -n "$up" ] && break
+  kill "$sshd_pid" 2>/dev/null; wait "$sshd_pid" 2>/dev/null || true
+  sshd_pid=
+done
+[ -n "$sshd_pid" ] || die "sshd did not start: $(cat "$sshdir/sshd.log")"
+echo "[127.0.0.1]:$port $(cat "$sshdir/host_key.pub")" >"$sshdir/known_hosts"
+# One ssh command line for all three tools: the same key, cipher defaults and host checking.
+cat >"$sshdir/ssh_config" <<CONF
+Host bench
+  HostName 127.0.0.1
+  Port $port
+  User root
+Host *
+  IdentityFile $sshdir/user_key
+  IdentitiesOnly yes
+  UserKnownHostsFile $sshdir/known_hosts
+  GlobalKnownHostsFile /dev/null
+  StrictHostKeyChecking yes
+  BatchMode yes
+  LogLevel ERROR
+CONF
+ssh_cmd="ssh -F $sshdir/ssh_config"
+ssh -F "$sshdir/ssh_config" bench true || die "ssh to the loopback sshd failed: $(cat "$sshdir/sshd.log")"
+export SNARF_RSH=$ssh_cmd SNARF_REMOTE_PATH=$snarf
+export BORG_RSH=$ssh_cmd
+surl=ssh://root@127.0.0.1:$port$srepo_ssh
+rurl=sftp:bench:$rrepo_ssh
+restic_ssh=(restic -r "$rurl" -o "sftp.command=ssh -F $sshdir/ssh_config bench -s sftp")
+burl=ssh://root@127.0.0.1:$port$brepo_ssh
+"$snarf" repo init --compression 3 -- "$surl" >"$logs/snarf-ssh-init.out" 2>&1 || die "snarf repo init $surl: $(cat "$logs/snarf-ssh-init.out")"
+"${restic_ssh[@]}" init --repository-version 2 >"$logs/restic-ssh-init.out" 2>&1 || die "restic sftp init: $(cat "$logs/restic-ssh-init.out")"
+borg init --encryption=none "$burl" >"$logs/borg-ssh-init.out" 2>&1 || die "borg ssh init: $(cat "$logs/borg-ssh-init.out")"
+
 # ---------- full backups ----------
 sync
 say "snarf: snapshot 'full', read once through the mount (warm cache, checks the copy)"
@@ -298,6 +383,13 @@ C[snarf_full]=$(plus "${C[snarf_full]}" "${C[snarf_full_daemon]}")
 id_full=$(awk '/^backup .* of snapshot/ { print $2; exit }' "$logs/snarf_full.out")
 [ -n "$id_full" ] || die "no backup id in snarf's output: $(cat "$logs/snarf_full.out")"
 SZ[snarf_full]=$(dirsize "$srepo")
+dcpu=$(cpu_s "$daemon")
+say "snarf: full backup into the ssh:// repository"
+synced snarf_sshfull "$snarf" backup "--repo=$surl" -- "$mnt" full
+C[snarf_sshfull]=$(plus "${C[snarf_sshfull]}" "$(plus "$(cpu_s "$daemon")" 0 "$dcpu")")
+SZ[snarf_sshfull]=$(dirsize "$srepo_ssh")
+sid_full=$(awk '/^backup .* of snapshot/ { print $2; exit }' "$logs/snarf_sshfull.out")
+[ -n "$sid_full" ] || die "no backup id in snarf's ssh output: $(cat "$logs/snarf_sshfull.out")"
 # The same snapshot again at zstd -1 into a second repository: the speed/size trade-off of
 # the compression level (the incremental and restores below use the zstd -3 repository).
 "$snarf" repo init --compression 1 -- "$srepo1" >"$logs/snarf-init-zstd1.out"
@@ -315,9 +407,17 @@ say "restic: full backup"
 synced restic_full restic -r "$rrepo" backup --host bench vol.img
 SZ[restic_full]=$(dirsize "$rrepo")
 cat vol.img >/dev/null
+say "restic: full backup over sftp"
+synced restic_sshfull "${restic_ssh[@]}" backup --host bench vol.img
+SZ[restic_sshfull]=$(dirsize "$rrepo_ssh")
+cat vol.img >/dev/null
 say "borg: full backup (lz4)"
 synced borg_full borg create --compression lz4 "$brepo::full" vol.img
 SZ[borg_full]=$(dirsize "$brepo")
+cat vol.img >/dev/null
+say "borg: full backup over ssh (lz4)"
+synced borg_sshfull borg create --compression lz4 "$burl::full" vol.img
+SZ[borg_sshfull]=$(dirsize "$brepo_ssh")
 cd "$repo_root"
 
 # ---------- 1% rewrite, incremental backups ----------
@@ -342,6 +442,15 @@ if ! grep -q 'incremental from' "$logs/snarf_incr.out"; then
   NOTE[incr]="snarf's second backup was not incremental: $(grep 'volume vol.img' "$logs/snarf_incr.out" || true)"
 fi
 snarf_incr_read=$(grep -o 'read [0-9]* of [0-9]* snarfs' "$logs/snarf_incr.out" || true)
+dcpu=$(cpu_s "$daemon")
+say "snarf: incremental backup into the ssh:// repository"
+synced snarf_sshincr "$snarf" backup "--repo=$surl" -- "$mnt" incr
+C[snarf_sshincr]=$(plus "${C[snarf_sshincr]}" "$(plus "$(cpu_s "$daemon")" 0 "$dcpu")")
+sid_incr=$(awk '/^backup .* of snapshot/ { print $2; exit }' "$logs/snarf_sshincr.out")
+[ -n "$sid_incr" ] || die "no backup id in snarf's ssh output: $(cat "$logs/snarf_sshincr.out")"
+if ! grep -q 'incremental from' "$logs/snarf_sshincr.out"; then
+  NOTE[sshincr]="snarf's second ssh:// backup was not incremental: $(grep 'volume vol.img' "$logs/snarf_sshincr.out" || true)"
+fi
 rmdir "$mnt/snapshots/incr"
 SZ[snarf_incr]=$(dirsize "$srepo")
 
@@ -351,9 +460,15 @@ say "restic: incremental backup (rescans the whole file)"
 synced restic_incr restic -r "$rrepo" backup --host bench vol.img
 SZ[restic_incr]=$(dirsize "$rrepo")
 cat vol.img >/dev/null
+say "restic: incremental backup over sftp"
+synced restic_sshincr "${restic_ssh[@]}" backup --host bench vol.img
+cat vol.img >/dev/null
 say "borg: incremental backup (rescans the whole file)"
 synced borg_incr borg create --compression lz4 "$brepo::incr" vol.img
 SZ[borg_incr]=$(dirsize "$brepo")
+cat vol.img >/dev/null
+say "borg: incremental backup over ssh"
+synced borg_sshincr borg create --compression lz4 "$burl::incr" vol.img
 cd "$repo_root"
 
 # ---------- restores of the incremental backups ----------
@@ -375,6 +490,12 @@ mkdir "$work/restore-borg"
 synced borg_restore env -C "$work/restore-borg" borg extract --sparse "$brepo::incr"
 verify "borg restore" "$work/restore-borg/vol.img" "$sum_incr"
 rm -rf "$work/restore-borg"
+sync
+
+say "snarf: restore of the ssh:// incremental (checks the far repository)"
+synced snarf_sshrestore "$snarf" restore -- "$surl" "$sid_incr" "$work/restore-snarf-ssh"
+verify "snarf restore from ssh://" "$work/restore-snarf-ssh/vol.img" "$sum_incr"
+rm -rf "$work/restore-snarf-ssh"
 sync
 
 # ---------- reading the backed-up volume through each tool's mount ----------
@@ -478,6 +599,9 @@ echo "setup: snarf $("$snarf" --version | awk '{ print $2 }') backs up a snapsho
 echo "       zstd -3, not encrypted); $(restic version | awk '{ print $1, $2 }') (repository v2, compression auto, always encrypted)"
 echo "       and borg $(borg --version | awk '{ print $2 }') (--encryption=none, --compression lz4) back up the same bytes from a plain file on"
 echo "       a local disk ($fstype); page cache warm for every tool (source read once before each backup)"
+echo "ssh row: a loopback sshd started by this run (same disk); snarf to ssh://root@127.0.0.1 (snarf serve),"
+echo "       restic's sftp backend (-o sftp.command=ssh ... -s sftp), borg over ssh (BORG_RSH, borg serve),"
+echo "       all three with the same ssh command line and key; local repositories are the rows above"
 echo "timing: each backup and restore until its data is on disk: the command, then sync (snarf fsyncs"
 echo "       itself; earlier dirty data is flushed before, untimed); restores of the incremental go to a fresh"
 echo "       directory on the same disk (snarf and borg --sparse leave zeros as holes, restic 0.14 cannot);"
@@ -502,6 +626,14 @@ srow "repository growth by incremental" grow
 srow "repository after incremental" incr
 mrow "incremental, peak RSS of the job" incr
 irow "incremental, machine CPU left idle" incr
+trow "full backup over ssh (loopback)" sshfull
+crow "full backup over ssh, CPU time (user+sys)" sshfull
+srow "ssh repository after full backup" sshfull
+trow "incremental over ssh (loopback)" sshincr
+crow "incremental over ssh, CPU time (user+sys)" sshincr
+ratio_of() { awk -v a="${T[$1]:-}" -v b="${T[$2]:-}" 'BEGIN { if (a == "" || b == "" || b <= 0) print "n/a"; else printf "%.2f", a / b }'; }
+row "full backup, ssh time / local time" "$(ratio_of snarf_sshfull snarf_full)" "$(ratio_of restic_sshfull restic_full)" "$(ratio_of borg_sshfull borg_full)" "" ""
+row "incremental, ssh time / local time" "$(ratio_of snarf_sshincr snarf_incr)" "$(ratio_of restic_sshincr restic_incr)" "$(ratio_of borg_sshincr borg_incr)" "" ""
 trow "restore of the incremental" restore
 crow "restore, CPU time (user+sys)" restore
 mrow "restore, peak RSS" restore
@@ -560,6 +692,20 @@ target "incremental repository growth <= 1/3 of restic's (restic's/snarf's >= 3)
 target "full repository no larger than restic's (restic's/snarf's >= 1)" "$(advn "${SZ[snarf_full]}" "${SZ[restic_full]}")" 1
 target "restore >= 1.5x restic's" "$(advn "${T[snarf_restore]}" "${T[restic_restore]}")" 1.5
 target "backups/ID/VOL read through the mount >= 2x restic's mount" "$(advn "${T[snarf_mount]:-}" "${T[restic_mount]}")" 2
+le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a != "n/a" && a + 0 <= b + 0) }'; }
+target_le() { # description value threshold: PASS when value <= threshold
+  local verdict
+  if [ "$2" = "n/a" ] || [ -z "$2" ]; then verdict="n/a"
+  elif le "$2" "$3"; then verdict=PASS
+  else verdict=MISS; fi
+  printf '%-4s  %-74s %s\n' "$verdict" "$1" "$2"
+}
+target_le "full backup to ssh:// <= 1.2x snarf's local-repository time (ssh/local)" "$(ratio_of snarf_sshfull snarf_full)" 1.2
+target_le "incremental to ssh:// <= 1.2x snarf's local-repository time (ssh/local)" "$(ratio_of snarf_sshincr snarf_incr)" 1.2
+target "full backup to ssh:// ahead of restic's sftp backend (restic/snarf >= 1)" "$(advn "${T[snarf_sshfull]}" "${T[restic_sshfull]}")" 1
+target "full backup to ssh:// ahead of borg over ssh (borg/snarf >= 1)" "$(advn "${T[snarf_sshfull]}" "${T[borg_sshfull]}")" 1
+target "incremental to ssh:// ahead of restic's sftp backend (restic/snarf >= 1)" "$(advn "${T[snarf_sshincr]}" "${T[restic_sshincr]}")" 1
+target "incremental to ssh:// ahead of borg over ssh (borg/snarf >= 1)" "$(advn "${T[snarf_sshincr]}" "${T[borg_sshincr]}")" 1
 if [ "$snarf_peak" -lt $((256 * 1024)) ]; then verdict=PASS; else verdict=MISS; fi
 printf '%-4s  %-74s %s\n' "$verdict" "snarf's peak memory < 256 MiB (largest: ${snarf_peak_what#snarf_})" "$(fmt_kib "$snarf_peak")"
 for k in "${!NOTE[@]}"; do echo "note: ${NOTE[$k]}"; done
