@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::plan::PlanRequest;
 use super::proto::{AckItem, StoredChunk};
 use super::released::{Released, RECORD_LEN};
-use super::service::{JobService, Session, SnarfData};
+use super::service::{JobService, Session, SnarfData, IDS_KEPT};
 use super::vocab::Mode;
 use super::Error;
 use crate::repo::backend::{Backend, LocalDir};
@@ -118,6 +118,11 @@ struct Job {
 /// A snapshot `s` of volume `v` with snarfs 2 and [`ZERO_SNARF`] overwritten after it
 /// (their pre-images held), and a job planned into `repo` that was handed every snarf.
 fn job(engine: Arc<Engine>, repo: &Path) -> Job {
+    job_keeping(engine, repo, IDS_KEPT)
+}
+
+/// [`job`], with the daemon keeping the content ids of at most `kept` handed snarfs.
+fn job_keeping(engine: Arc<Engine>, repo: &Path, kept: usize) -> Job {
     let orig = contents();
     let vol = engine.create_volume("v", orig.len() as u64).unwrap();
     engine.write(&vol, 0, &orig).unwrap();
@@ -131,7 +136,8 @@ fn job(engine: Arc<Engine>, repo: &Path) -> Job {
     let alive = Arc::new(AtomicBool::new(true));
     let a2 = alive.clone();
     let svc = JobService::new(engine.clone(), Some(released.clone()))
-        .with_peer(Arc::new(move || a2.load(Ordering::SeqCst)));
+        .with_peer(Arc::new(move || a2.load(Ordering::SeqCst)))
+        .with_ids_kept(kept);
     svc.describe("s").unwrap();
     svc.plan(
         &PlanRequest {
@@ -145,6 +151,7 @@ fn job(engine: Arc<Engine>, repo: &Path) -> Job {
     .unwrap();
     let handed = svc.next(64).unwrap().unwrap();
     assert_eq!(handed.len(), SNARFS as usize);
+    assert_eq!(svc.snarfs_read(), SNARFS, "each handed snarf is read once");
     Job {
         engine,
         snap,
@@ -192,11 +199,22 @@ fn chunk_of(durable: &[v2::Durable], snarf: u64) -> ChunkRef {
 
 #[test]
 fn format_2_acks_are_verified_before_any_preimage_is_freed() {
+    verified_before_freed(IDS_KEPT);
+}
+
+#[test]
+fn format_2_acks_past_the_kept_ids_are_verified_by_reading_back() {
+    verified_before_freed(0);
+}
+
+/// Every check refuses what it must, with the daemon keeping the ids of `kept` handed
+/// snarfs (0: each ack reads its snarf back).
+fn verified_before_freed(kept: usize) {
     let dir = tempfile::tempdir().unwrap();
     let engine = new_engine(&dir.path().join("store"), Durability::Volatile);
     let repo_dir = dir.path().join("repo");
     let repo = small_packs(&repo_dir);
-    let j = job(engine, &repo_dir);
+    let j = job_keeping(engine, &repo_dir, kept);
     let (writer, durable) = store(&repo, &j.handed);
     // Each frame sealed its pack when the next was written: all but the last snarf is
     // durable, and the last one is not reported before its pack is sealed.
@@ -307,6 +325,9 @@ fn format_2_acks_are_verified_before_any_preimage_is_freed() {
         j.reads_back() == contents(),
         "the snapshot reads other bytes after the ack"
     );
+    if kept == 0 {
+        assert!(j.svc.snarfs_read() > SNARFS, "no ack read its snarf back");
+    }
     let pins: Vec<_> = std::fs::read_dir(repo_dir.join("pins"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -323,6 +344,60 @@ fn format_2_acks_are_verified_before_any_preimage_is_freed() {
     assert_eq!(j.released.sweep(), 1);
     assert_eq!(std::fs::read_dir(repo_dir.join("pins")).unwrap().count(), 0);
     drop(writer);
+}
+
+#[test]
+fn the_daemon_checks_format_2_acks_without_reading_the_snarfs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = new_engine(&dir.path().join("store"), Durability::Volatile);
+    let repo_dir = dir.path().join("repo");
+    let repo = small_packs(&repo_dir);
+    let j = job(engine, &repo_dir);
+    let (writer, durable) = store(&repo, &j.handed);
+    let served = j.svc.snarfs_read();
+    // A wrong ack is still refused from the id kept when the snarf was served.
+    refused(
+        j.ack(2, StoredChunk::V2(chunk_of(&durable, 3))),
+        "does not hold the snapshot's bytes",
+    );
+    refused(
+        j.ack(3, StoredChunk::V2(ChunkRef::zero(SNARF as u32))),
+        "does not hold",
+    );
+    assert!(j.held(2));
+    // Every durable snarf acknowledged at once (the zero one by its marker): all verified,
+    // all freed, none read again.
+    let acks: Vec<AckItem> = durable
+        .iter()
+        .map(|d| AckItem {
+            vol: 0,
+            snarf: d.snarf,
+            chunk: StoredChunk::V2(d.chunk),
+        })
+        .collect();
+    assert_eq!(acks.len(), SNARFS as usize - 1);
+    j.svc.ack(&acks).unwrap();
+    assert_eq!(
+        j.svc.snarfs_read(),
+        served,
+        "the daemon read snarfs again to check their acks"
+    );
+    assert!(!j.held(2) && !j.held(ZERO_SNARF));
+    assert!(j.reads_back() == contents());
+    // The last snarf, durable once the commit seals its pack, is checked the same way.
+    let (_, last) = writer.commit_reporting().unwrap();
+    let last: Vec<AckItem> = last
+        .iter()
+        .map(|d| AckItem {
+            vol: 0,
+            snarf: d.snarf,
+            chunk: StoredChunk::V2(d.chunk),
+        })
+        .collect();
+    assert!(last.iter().any(|a| a.snarf == SNARFS - 1), "{last:?}");
+    j.svc.ack(&last).unwrap();
+    assert_eq!(j.svc.snarfs_read(), served);
+    assert!(j.reads_back() == contents());
 }
 
 #[test]

@@ -18,8 +18,12 @@
 //!    snarf of an incremental volume);
 //! 3. with a mount (an untrusted peer): a handed snarf's chunk id is the id of the bytes
 //!    the snapshot holds there (blake3; the repository's keyed id for a format 2 blob; all
-//!    zeros for a zero chunk), read back from the pre-image or the live file; a reused
-//!    snarf's chunk is the very record the base backup holds;
+//!    zeros for a zero chunk); a reused snarf's chunk is the very record the base backup
+//!    holds. The id is computed once, when the snarf is handed out: the snapshot's bytes
+//!    are frozen, so the id of what was served is the id of what the snapshot holds, and
+//!    the ack is checked against it without reading the snarf again (past [`IDS_KEPT`]
+//!    snarfs handed and not yet acknowledged, an ack reads the snarf back instead, so a
+//!    job that never acknowledges cannot make the daemon grow);
 //! 4. the packs are pinned first, then the chunk is found in its sealed pack's hash-checked
 //!    trailer, exactly (format 1: at that offset with those lengths; format 2: the whole
 //!    blob reference, frame offset, sealed length, place in the frame and kind), in the
@@ -30,8 +34,9 @@
 //!
 //! A snarf a backup already stored for this snapshot is skipped: its first record stays.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -52,6 +57,10 @@ pub type PeerAlive = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Sealed packs whose trailers were read lately, for checking acks (acks come in pack order).
 const TRAILERS_KEPT: usize = 4;
+
+/// Handed snarfs, not acknowledged yet, whose content id the daemon keeps for checking
+/// their acks (about 4 MiB at most; a job acknowledges a pack's worth at a time).
+pub const IDS_KEPT: usize = 1 << 16;
 
 /// One snarf's data as a job receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +114,13 @@ pub struct JobService {
     buf: Mutex<Vec<u8>>,
     peer_alive: Option<PeerAlive>,
     trailers: Mutex<VecDeque<(PackId, HashSet<StoredChunk>)>>,
+    /// With a mount: the content id of each handed snarf not acknowledged yet (`None`: all
+    /// zeros), computed as it was served.
+    ids: Mutex<HashMap<Handed, Option<ChunkId>>>,
+    /// Most entries `ids` holds.
+    ids_kept: usize,
+    /// Snarfs read from the snapshot, to hand out or to check an ack.
+    reads: AtomicU64,
 }
 
 /// One acknowledgement that passed the checks that need no repository.
@@ -186,7 +202,29 @@ impl JobService {
             buf: Mutex::new(Vec::new()),
             peer_alive: None,
             trailers: Mutex::new(VecDeque::new()),
+            ids: Mutex::new(HashMap::new()),
+            ids_kept: IDS_KEPT,
+            reads: AtomicU64::new(0),
         }
+    }
+
+    /// The same, keeping the content ids of at most `n` handed snarfs (tests use 0 to check
+    /// every ack by reading the snarf back).
+    #[cfg(test)]
+    pub(crate) fn with_ids_kept(mut self, n: usize) -> JobService {
+        self.ids_kept = n;
+        self
+    }
+
+    /// Snarfs read from the snapshot so far, to hand them out or to check an ack.
+    pub fn snarfs_read(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Reads a handed snarf as the snapshot froze it, counting the read.
+    fn read_snarf(&self, a: &Active, h: Handed, buf: &mut Vec<u8>) -> snapshot::Result<bool> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        a.feed.read(h, buf)
     }
 
     /// The same, asking `alive` whether the job's process still runs before it frees
@@ -234,36 +272,49 @@ impl JobService {
         }))
     }
 
-    /// A handed snarf's chunk must hold exactly the bytes the snapshot has there. `false`
-    /// when another job's backup stored the snarf meanwhile (nothing left to do).
-    fn check_content(&self, a: &Active, c: &Checked) -> Result<bool> {
+    /// The content id of a handed snarf, as kept when it was served, or read back (past
+    /// [`IDS_KEPT`]): `Some(None)` for all zeros, `None` when another job's backup stored
+    /// the snarf meanwhile (nothing left to do).
+    fn content_of(&self, a: &Active, repo: &Handle, h: Handed) -> Result<Option<Option<ChunkId>>> {
+        if let Some(kept) = self.ids.lock().get(&h) {
+            return Ok(Some(*kept));
+        }
         let mut buf = std::mem::take(&mut *self.buf.lock());
-        let read = a.feed.read(
-            Handed {
-                vol: c.vol,
-                snarf: c.snarf,
-            },
-            &mut buf,
-        );
-        let nonzero = match read {
+        let nonzero = match self.read_snarf(a, h, &mut buf) {
             Ok(nz) => nz,
-            Err(snapshot::Error::StoredInBackup { .. }) => return Ok(false),
+            Err(snapshot::Error::StoredInBackup { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let same = if c.chunk.is_zero() {
-            !nonzero
-        } else {
-            let id = match (&a.repo, &c.chunk) {
-                // Format 2 ids are the repository's (keyed when it is encrypted), except
-                // format 1 chunks an upgrade kept.
-                (Some(Handle::V2(repo)), StoredChunk::V2(r)) if r.kind != BlobKind::Legacy => {
-                    repo.seal().blob_id(&buf)
-                }
-                _ => ChunkId::of(&buf),
-            };
-            nonzero && id == c.chunk.id()
-        };
+        let id = nonzero.then(|| content_id(repo, &buf));
         *self.buf.lock() = buf;
+        Ok(Some(id))
+    }
+
+    /// A handed snarf's chunk must hold exactly the bytes the snapshot has there. `false`
+    /// when another job's backup stored the snarf meanwhile (nothing left to do).
+    fn check_content(&self, a: &Active, repo: &Handle, c: &Checked) -> Result<bool> {
+        if let (Handle::V2(repo), StoredChunk::V2(r)) = (repo, &c.chunk) {
+            // Kept ids are the repository's; a format 1 chunk (plain blake3) exists only
+            // in a plain repository, where the two are the same.
+            if r.kind == BlobKind::Legacy && !repo.seal().is_plain() {
+                return Err(refused(format!(
+                    "snarf {} names format 1 chunk {}, which cannot be part of an encrypted repository",
+                    c.snarf,
+                    r.id.short()
+                )));
+            }
+        }
+        let h = Handed {
+            vol: c.vol,
+            snarf: c.snarf,
+        };
+        let Some(held) = self.content_of(a, repo, h)? else {
+            return Ok(false);
+        };
+        let same = match held {
+            None => c.chunk.is_zero(),
+            Some(id) => !c.chunk.is_zero() && id == c.chunk.id(),
+        };
         if same {
             return Ok(true);
         }
@@ -364,7 +415,7 @@ impl JobService {
     /// already stored it and its pre-image is gone.
     fn read(&self, a: &Active, h: Handed) -> Result<SnarfData> {
         let mut buf = std::mem::take(&mut *self.buf.lock());
-        let result = a.feed.read(h, &mut buf);
+        let result = self.read_snarf(a, h, &mut buf);
         let nonzero = match result {
             Ok(nz) => nz,
             Err(snapshot::Error::StoredInBackup {
@@ -380,6 +431,14 @@ impl JobService {
             }
             Err(e) => return Err(e.into()),
         };
+        if let (Some(_), Some(repo)) = (&self.released, &a.repo) {
+            // Hashed now, while the bytes are at hand, for checking the ack (see the
+            // module documentation).
+            let mut ids = self.ids.lock();
+            if ids.len() < self.ids_kept {
+                ids.insert(h, nonzero.then(|| content_id(repo, &buf)));
+            }
+        }
         let len = buf.len() as u32;
         let data = if nonzero {
             Some(buf)
@@ -433,6 +492,15 @@ impl JobService {
             repo.location(),
             c.id().short(),
         )))
+    }
+}
+
+/// The id `repo` gives a chunk of `bytes`: the repository's own (keyed when encrypted) in
+/// format 2, plain blake3 in format 1.
+fn content_id(repo: &Handle, bytes: &[u8]) -> ChunkId {
+    match repo {
+        Handle::V2(r) => r.seal().blob_id(bytes),
+        Handle::V1(_) => ChunkId::of(bytes),
     }
 }
 
@@ -568,7 +636,7 @@ impl Session for JobService {
             // A peer: nothing it says is freed before it is verified.
             let mut keep = Vec::with_capacity(checked.len());
             for c in &checked {
-                keep.push(c.kind == AckKind::Reused || self.check_content(a, c)?);
+                keep.push(c.kind == AckKind::Reused || self.check_content(a, repo, c)?);
             }
             let mut keep = keep.into_iter();
             checked.retain(|_| keep.next().unwrap_or(false));
@@ -609,6 +677,13 @@ impl Session for JobService {
             }
             // Recorded before the pre-images go: a reader who misses one finds the chunk.
             released.record(&a.snap, repo, &ids)?;
+            let mut kept = self.ids.lock();
+            for c in &checked {
+                kept.remove(&Handed {
+                    vol: c.vol,
+                    snarf: c.snarf,
+                });
+            }
         }
         if self.released.is_none() && a.snap.is_persistent() {
             // Nothing here records where the snarfs went: a persistent snapshot, readable
