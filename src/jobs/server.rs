@@ -138,6 +138,8 @@ impl Shared {
         }
     }
 
+    /// Records a job's end: `phase` unless its events already ended it (a job that
+    /// committed is `Done` whatever its connection did afterwards), and logs the phase kept.
     fn end(&self, conn: u64, phase: JobPhase) {
         let mut jobs = self.jobs.lock();
         if let Some(t) = jobs.get_mut(&conn) {
@@ -145,6 +147,7 @@ impl Shared {
                 t.status.phase = phase;
             }
             t.ended_at = Some(Instant::now());
+            log::info!("backup job connection {conn} ended: {:?}", t.status.phase);
         }
         let mut ended: Vec<u64> = jobs
             .iter()
@@ -557,6 +560,5 @@ fn serve(shared: &Shared, conn: u64, stream: UnixStream) {
         ),
         Err(e) => JobPhase::Failed(format!("its connection failed: {e}")),
     };
-    log::info!("backup job connection {conn} ended: {phase:?}");
     shared.end(conn, phase);
 }
