@@ -36,7 +36,7 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
-use super::feed::{AckKind, Feed, Handed};
+use super::feed::{AckKind, Feed, Handed, Tier};
 use super::plan::{self, Plan, PlanRequest, SnapshotDesc};
 use super::proto::{AckItem, StoredChunk};
 use super::released::Released;
@@ -64,6 +64,8 @@ pub struct SnarfData {
     pub len: u32,
     /// The bytes; `None` when all zeros.
     pub data: Option<Vec<u8>>,
+    /// The tier of the feed's order it was handed out from.
+    pub tier: Tier,
 }
 
 /// What a backup job asks of the engine side, wherever that runs.
@@ -242,6 +244,7 @@ impl JobService {
             Handed {
                 vol: c.vol,
                 snarf: c.snarf,
+                tier: Tier::Cold,
             },
             &mut buf,
         );
@@ -392,6 +395,7 @@ impl JobService {
             snarf: h.snarf,
             len,
             data,
+            tier: h.tier,
         })
     }
 
