@@ -220,6 +220,7 @@ impl Session for Client {
                 snarf: it.snarf,
                 len: it.len,
                 data,
+                tier: it.tier,
             });
         }
         if at != payload.len() {

@@ -183,6 +183,7 @@ pub fn serve_stream(
                             snarf: d.snarf,
                             len: d.len,
                             zero: d.data.is_none(),
+                            tier: d.tier,
                         });
                         if let Some(bytes) = d.data {
                             payload.extend_from_slice(&bytes);

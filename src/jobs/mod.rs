@@ -4,8 +4,9 @@
 //! A job runs as its own `snarf backup` process, so a failing or killed job never hurts the
 //! mount. Its pieces, one job each:
 //!
-//! * [`feed`]: which snarf comes next (held pre-images first, urgent captures to the
-//!   front, each snarf once) and acknowledgements that free pre-images.
+//! * [`feed`]: which snarf comes next (urgent captures to the front, held pre-images, then
+//!   what the page cache holds, then disk order; each snarf once) and acknowledgements that
+//!   free pre-images.
 //! * [`plan`]: full or incremental per volume, and why.
 //! * [`service`]: the engine side of a job ([`JobService`]) and the [`Session`] a job
 //!   talks to, in the daemon or in-process (direct mode).
@@ -42,8 +43,8 @@ pub mod spec;
 pub mod vocab;
 
 pub use error::{Error, Result};
-pub use feed::{AckKind, Feed, FeedStats, FeedVolume, Handed};
-pub use pipeline::{BackupOptions, Summary, VolumeSummary};
+pub use feed::{AckKind, Feed, FeedStats, FeedVolume, Handed, PageCache, Residency, Tier};
+pub use pipeline::{BackupOptions, SentByTier, Summary, VolumeSummary};
 pub use plan::{FullReason, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
 pub use progress::{NoProgress, Progress, ProgressSink};
 pub use released::Released;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::base::{find_bases, Source};
+use super::feed::Tier;
 use super::plan::{snarf_len, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
 use super::progress::{Progress, ProgressSink};
 use super::proto::{AckItem, StoredChunk};
@@ -90,6 +91,74 @@ pub struct VolumeSummary {
     pub reused: u64,
 }
 
+/// Snarfs the engine side sent, by the tier of the feed's order they came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SentByTier {
+    /// Their pre-image was captured by a live write while the job ran.
+    pub urgent: u64,
+    /// Their pre-image was held when the job started.
+    pub held: u64,
+    /// They were in the page cache of the volume file (the live workload had read or
+    /// written them), so sending them cost no disk read.
+    pub cached: u64,
+    /// Read in disk order.
+    pub cold: u64,
+}
+
+impl SentByTier {
+    /// Snarfs sent in all.
+    pub fn total(&self) -> u64 {
+        self.urgent + self.held + self.cached + self.cold
+    }
+
+    fn count(&mut self, tier: Tier) {
+        match tier {
+            Tier::Urgent => self.urgent += 1,
+            Tier::Held => self.held += 1,
+            Tier::Cached => self.cached += 1,
+            Tier::Cold => self.cold += 1,
+        }
+    }
+}
+
+/// A session that counts the snarfs it hands over by tier, for the summary.
+struct Counting<'a> {
+    inner: &'a dyn Session,
+    sent: Mutex<SentByTier>,
+}
+
+impl Session for Counting<'_> {
+    fn describe(&self, snapshot: &str) -> Result<SnapshotDesc> {
+        self.inner.describe(snapshot)
+    }
+    fn plan(&self, req: &PlanRequest, repo: &std::path::Path) -> Result<Plan> {
+        self.inner.plan(req, repo)
+    }
+    fn next(&self, max: usize) -> Result<Option<Vec<SnarfData>>> {
+        let batch = self.inner.next(max)?;
+        let mut sent = self.sent.lock();
+        for d in batch.iter().flatten() {
+            sent.count(d.tier);
+        }
+        Ok(batch)
+    }
+    fn ack(&self, items: &[AckItem]) -> Result<()> {
+        self.inner.ack(items)
+    }
+    fn committing(&self) {
+        self.inner.committing()
+    }
+    fn done(&self, backup: &str) -> Result<()> {
+        self.inner.done(backup)
+    }
+    fn abort(&self, reason: &str) {
+        self.inner.abort(reason)
+    }
+    fn daemon_pid(&self) -> Option<u32> {
+        self.inner.daemon_pid()
+    }
+}
+
 /// What a finished job did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
@@ -109,6 +178,8 @@ pub struct Summary {
     pub new_raw_bytes: u64,
     /// Bytes they take in packs.
     pub new_stored_bytes: u64,
+    /// The snarfs sent, by where the feed found them.
+    pub sent: SentByTier,
     /// Seconds the whole job took.
     pub seconds: f64,
 }
@@ -192,12 +263,21 @@ pub fn run(
     opts: &BackupOptions,
     progress: &mut dyn ProgressSink,
 ) -> Result<Summary> {
+    let counting = Counting {
+        inner: session,
+        sent: Mutex::default(),
+    };
     let result = match repo {
-        Handle::V1(r) => run_job(session, r, opts, progress),
-        Handle::V2(r) => run_v2(session, repo, r, opts, progress),
+        Handle::V1(r) => run_job(&counting, r, opts, progress),
+        Handle::V2(r) => run_v2(&counting, repo, r, opts, progress),
     };
     progress.finish();
-    result.map_err(|e| explain_missing_repo(e, repo))
+    result
+        .map(|mut s| {
+            s.sent = *counting.sent.lock();
+            s
+        })
+        .map_err(|e| explain_missing_repo(e, repo))
 }
 
 /// A failure whose cause is that the repository itself went away is reported as that,
@@ -340,6 +420,7 @@ fn summary(
         new_chunks: stats.new_chunks,
         new_raw_bytes: stats.new_raw_bytes,
         new_stored_bytes: stats.new_stored_bytes,
+        sent: SentByTier::default(),
         seconds: start.elapsed().as_secs_f64(),
     }
 }

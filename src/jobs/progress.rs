@@ -93,6 +93,19 @@ pub fn format_summary(s: &Summary) -> String {
         s.new_chunks,
         Bytes(s.new_raw_bytes)
     );
+    let t = &s.sent;
+    if t.total() > 0 {
+        let _ = writeln!(
+            out,
+            "sent {} snarfs: {} already in memory (page cache), {} held pre-images, {} captured \
+             during the backup, {} read from disk",
+            t.total(),
+            t.cached,
+            t.held,
+            t.urgent,
+            t.cold
+        );
+    }
     let _ = writeln!(
         out,
         "dedup ratio {} (non-zero bytes read per new byte), compression ratio {}",

@@ -63,6 +63,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::feed::Tier;
 use super::plan::{PlanRequest, PlannedVolume, SnapshotDesc};
 use crate::repo::chunk::REF_LEN;
 use crate::repo::{v2, ChunkRef};
@@ -238,6 +239,9 @@ pub struct BatchItem {
     pub len: u32,
     /// All zeros: no bytes in the payload.
     pub zero: bool,
+    /// The tier of the feed's order it came from (a daemon that does not say: cold).
+    #[serde(default)]
+    pub tier: Tier,
 }
 
 /// Where a backup stored a snarf, in its repository's format.
@@ -552,12 +556,14 @@ mod tests {
                     snarf: 7,
                     len: 3,
                     zero: false,
+                    tier: Tier::Cached,
                 },
                 BatchItem {
                     vol: 1,
                     snarf: 2,
                     len: 4096,
                     zero: true,
+                    tier: Tier::Cold,
                 },
             ],
             done: false,
@@ -576,6 +582,18 @@ mod tests {
         }
         let mut r = &b"GET / HTTP/1.1\r\n\r\n"[..];
         assert!(read_frame(&mut r).is_err());
+    }
+
+    #[test]
+    fn a_batch_item_without_a_tier_is_cold() {
+        // What a daemon from before the cached tier sends.
+        let it: BatchItem =
+            serde_json::from_str(r#"{"vol":0,"snarf":3,"len":5,"zero":false}"#).unwrap();
+        assert_eq!(it.tier, Tier::Cold);
+        let it: BatchItem =
+            serde_json::from_str(r#"{"vol":0,"snarf":3,"len":5,"zero":false,"tier":"cached"}"#)
+                .unwrap();
+        assert_eq!(it.tier, Tier::Cached);
     }
 
     /// A head for a frame of `header` bytes announcing `payload` bytes.

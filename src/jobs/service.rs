@@ -41,7 +41,7 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
-use super::feed::{AckKind, Feed, Handed};
+use super::feed::{AckKind, Feed, Handed, Tier};
 use super::plan::{self, Plan, PlanRequest, SnapshotDesc};
 use super::proto::{AckItem, StoredChunk};
 use super::released::Released;
@@ -73,6 +73,8 @@ pub struct SnarfData {
     pub len: u32,
     /// The bytes; `None` when all zeros.
     pub data: Option<Vec<u8>>,
+    /// The tier of the feed's order it was handed out from.
+    pub tier: Tier,
 }
 
 /// What a backup job asks of the engine side, wherever that runs.
@@ -115,8 +117,8 @@ pub struct JobService {
     peer_alive: Option<PeerAlive>,
     trailers: Mutex<VecDeque<(PackId, HashSet<StoredChunk>)>>,
     /// With a mount: the content id of each handed snarf not acknowledged yet (`None`: all
-    /// zeros), computed as it was served.
-    ids: Mutex<HashMap<Handed, Option<ChunkId>>>,
+    /// zeros), computed as it was served, by (volume, snarf): an ack names no tier.
+    ids: Mutex<HashMap<(usize, u64), Option<ChunkId>>>,
     /// Most entries `ids` holds.
     ids_kept: usize,
     /// Snarfs read from the snapshot, to hand out or to check an ack.
@@ -276,7 +278,7 @@ impl JobService {
     /// [`IDS_KEPT`]): `Some(None)` for all zeros, `None` when another job's backup stored
     /// the snarf meanwhile (nothing left to do).
     fn content_of(&self, a: &Active, repo: &Handle, h: Handed) -> Result<Option<Option<ChunkId>>> {
-        if let Some(kept) = self.ids.lock().get(&h) {
+        if let Some(kept) = self.ids.lock().get(&(h.vol, h.snarf)) {
             return Ok(Some(*kept));
         }
         let mut buf = std::mem::take(&mut *self.buf.lock());
@@ -307,6 +309,7 @@ impl JobService {
         let h = Handed {
             vol: c.vol,
             snarf: c.snarf,
+            tier: Tier::Cold,
         };
         let Some(held) = self.content_of(a, repo, h)? else {
             return Ok(false);
@@ -436,7 +439,7 @@ impl JobService {
             // module documentation).
             let mut ids = self.ids.lock();
             if ids.len() < self.ids_kept {
-                ids.insert(h, nonzero.then(|| content_id(repo, &buf)));
+                ids.insert((h.vol, h.snarf), nonzero.then(|| content_id(repo, &buf)));
             }
         }
         let len = buf.len() as u32;
@@ -451,6 +454,7 @@ impl JobService {
             snarf: h.snarf,
             len,
             data,
+            tier: h.tier,
         })
     }
 
@@ -679,10 +683,7 @@ impl Session for JobService {
             released.record(&a.snap, repo, &ids)?;
             let mut kept = self.ids.lock();
             for c in &checked {
-                kept.remove(&Handed {
-                    vol: c.vol,
-                    snarf: c.snarf,
-                });
+                kept.remove(&(c.vol, c.snarf));
             }
         }
         if self.released.is_none() && a.snap.is_persistent() {

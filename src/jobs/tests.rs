@@ -439,6 +439,16 @@ fn identical_volumes_are_stored_once() {
         text.contains("dedup ratio 2.00") && text.contains("first backup"),
         "{text}"
     );
+    // Every snarf read was sent from some tier of the feed, and the summary says which.
+    assert_eq!(sum.sent.total(), sum.snarfs_read(), "{sum:?}");
+    let line = format!(
+        "sent {} snarfs: {} already in memory (page cache), 0 held pre-images, 0 captured \
+         during the backup, {} read from disk",
+        sum.sent.total(),
+        sum.sent.cached,
+        sum.sent.cold
+    );
+    assert!(text.contains(&line), "{text}");
 }
 
 #[test]

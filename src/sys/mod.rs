@@ -1,7 +1,8 @@
 //! What snarf asks of the operating system, each done in one place: durable files
 //! ([`durable`]: write new, replace atomically, fsync folders, make and remove entries
 //! durably), file locks ([`lock`]: flock), the clock and the UTC calendar ([`clock`]), and
-//! processes ([`proc`]: signals by pid or pidfd, who we run as). Every layer above uses these
+//! processes ([`proc`]: signals by pid or pidfd, who we run as), and the page cache
+//! ([`pagecache`]: what of a file is in memory, dropping it). Every layer above uses these
 //! instead of its own copy, so a rule such as "fsync the folder after a rename" is written
 //! once and holds everywhere. It depends on no other layer of snarf; system calls go through
 //! rustix, so the few `unsafe` blocks left in snarf are where no safe call exists.
@@ -9,6 +10,7 @@
 pub mod clock;
 pub mod durable;
 pub mod lock;
+pub mod pagecache;
 pub mod proc;
 
 use std::path::Path;

@@ -249,3 +249,328 @@ fn a_dropped_feed_stops_watching() {
     )
     .is_err());
 }
+
+/// A page cache the test controls: which snarfs are resident, how many snarfs a window
+/// holds, whether asking fails, and every question asked.
+#[derive(Default)]
+struct FakeCache {
+    resident: Mutex<HashSet<(VolumeId, u64)>>,
+    window_snarfs: u64,
+    fail: std::sync::atomic::AtomicBool,
+    calls: Mutex<Vec<(VolumeId, Vec<u64>)>>,
+}
+
+impl FakeCache {
+    fn new(window_snarfs: u64) -> Arc<FakeCache> {
+        Arc::new(FakeCache {
+            window_snarfs,
+            ..FakeCache::default()
+        })
+    }
+
+    fn set(&self, e: &Engine, name: &str, snarfs: &[u64]) {
+        let id = e.volume(name).unwrap().id();
+        self.resident.lock().extend(snarfs.iter().map(|&s| (id, s)));
+    }
+}
+
+impl Residency for FakeCache {
+    fn window_bytes(&self) -> u64 {
+        self.window_snarfs * SNARF
+    }
+
+    fn resident(&self, volume: &crate::store::Volume, snarfs: &[u64]) -> std::io::Result<Vec<u64>> {
+        self.calls.lock().push((volume.id(), snarfs.to_vec()));
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSYS));
+        }
+        let r = self.resident.lock();
+        Ok(snarfs
+            .iter()
+            .copied()
+            .filter(|&s| r.contains(&(volume.id(), s)))
+            .collect())
+    }
+}
+
+fn whole(names: &[&str]) -> Vec<FeedVolume> {
+    names
+        .iter()
+        .map(|n| FeedVolume {
+            name: n.to_string(),
+            only: None,
+        })
+        .collect()
+}
+
+fn drain(feed: &Feed) -> Vec<(usize, u64, Tier)> {
+    let mut out = Vec::new();
+    loop {
+        let batch = feed.next(3);
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(batch.into_iter().map(|h| (h.vol, h.snarf, h.tier)));
+    }
+}
+
+#[test]
+fn cached_snarfs_go_after_held_ones_and_before_cold_ones_ascending() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), 64, 0);
+    e.create_volume("a", 16 * SNARF).unwrap();
+    e.create_volume("b", 8 * SNARF).unwrap();
+    fill(&e, "a", 16, 1);
+    fill(&e, "b", 8, 2);
+    let snap = e.take("s").unwrap();
+    poke(&e, "a", 5); // held
+    let cache = FakeCache::new(4);
+    cache.set(&e, "a", &[14, 3, 12, 7, 5]);
+    cache.set(&e, "b", &[6, 1]);
+    let feed =
+        Feed::with_residency(e.clone(), snap, whole(&["a", "b"]), Some(cache.clone())).unwrap();
+    let order = drain(&feed);
+    use Tier::*;
+    let mut want = vec![(0, 5, Held)];
+    want.extend([3, 7, 12, 14].map(|s| (0, s, Cached)));
+    want.extend([1, 6].map(|s| (1, s, Cached)));
+    want.extend([0, 1, 2, 4, 6, 8, 9, 10, 11, 13, 15].map(|s| (0, s, Cold)));
+    want.extend([0, 2, 3, 4, 5, 7].map(|s| (1, s, Cold)));
+    assert_eq!(order, want);
+    let st = feed.stats();
+    assert_eq!((st.held, st.cached, st.cold, st.urgent), (1, 6, 17, 0));
+    // Each question covers one aligned window, ascending, and never names a snarf
+    // already handed out (5 went out as held before any probe).
+    let calls = cache.calls.lock();
+    // The first pass asks about the 4 windows of a, then the 2 of b; later passes (after
+    // every 4 cold snarfs) only about what is still ahead of the sequential pass.
+    let first: Vec<u64> = calls[..6].iter().map(|(_, s)| s[0] / 4).collect();
+    assert_eq!(first, [0, 1, 2, 3, 0, 1], "{calls:?}");
+    for (_, snarfs) in calls.iter() {
+        assert!(snarfs.windows(2).all(|w| w[0] < w[1]), "{snarfs:?}");
+        assert_eq!(snarfs[0] / 4, snarfs[snarfs.len() - 1] / 4, "{snarfs:?}");
+    }
+    assert!(!calls[1].1.contains(&5), "{:?}", calls[1]);
+}
+
+#[test]
+fn the_cached_tier_looks_again_once_the_cold_tier_has_read_a_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), 64, 0);
+    e.create_volume("v", 64 * SNARF).unwrap();
+    fill(&e, "v", 64, 1);
+    let snap = e.take("s").unwrap();
+    let cache = FakeCache::new(4);
+    let feed = Feed::with_residency(e.clone(), snap, whole(&["v"]), Some(cache.clone())).unwrap();
+    // Nothing in memory: one pass over the 16 windows, then disk order.
+    let first = feed.next(1);
+    assert_eq!((first[0].snarf, first[0].tier), (0, Tier::Cold));
+    assert_eq!(cache.calls.lock().len(), 16);
+    // The workload reads 40, 41 and 0 (already out); the next pass waits until the cold
+    // tier has handed out a window's worth (4 snarfs).
+    cache.set(&e, "v", &[41, 40, 0]);
+    let some: Vec<_> = feed.next(3).iter().map(|h| (h.snarf, h.tier)).collect();
+    assert_eq!(some, [1, 2, 3].map(|s| (s, Tier::Cold)));
+    assert_eq!(cache.calls.lock().len(), 16, "no probe while resting");
+    let more: Vec<_> = feed.next(3).iter().map(|h| (h.snarf, h.tier)).collect();
+    assert_eq!(
+        more,
+        vec![(40, Tier::Cached), (41, Tier::Cached), (4, Tier::Cold)]
+    );
+    // The second pass started at the sequential pass's place: nothing behind it asked.
+    let calls = cache.calls.lock();
+    assert!(
+        calls[16..].iter().all(|(_, s)| s[0] >= 4),
+        "{:?}",
+        &calls[16..]
+    );
+    drop(calls);
+    let rest = drain(&feed);
+    assert_eq!(rest.len(), 64 - 7);
+    assert!(rest.iter().all(|&(_, s, _)| s != 40 && s != 41 && s > 4));
+}
+
+#[test]
+fn a_failing_residency_turns_the_cached_tier_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), 64, 0);
+    e.create_volume("v", 12 * SNARF).unwrap();
+    fill(&e, "v", 12, 1);
+    let snap = e.take("s").unwrap();
+    let cache = FakeCache::new(4);
+    cache.set(&e, "v", &[9]);
+    cache.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    let feed = Feed::with_residency(e.clone(), snap, whole(&["v"]), Some(cache.clone())).unwrap();
+    let order: Vec<u64> = drain(&feed).into_iter().map(|(_, s, _)| s).collect();
+    assert_eq!(order, (0..12).collect::<Vec<_>>());
+    assert_eq!(cache.calls.lock().len(), 1, "asked once, then off");
+    assert_eq!(feed.stats().cold, 12);
+}
+
+#[test]
+fn the_kernel_page_cache_finds_what_was_read_after_an_eviction() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path(), 64, 0);
+    e.create_volume("v", 32 * SNARF).unwrap();
+    fill(&e, "v", 32, 7);
+    let v = e.volume("v").unwrap();
+    v.sync_data().unwrap();
+    let pc = PageCache::default();
+    let all: Vec<u64> = (0..32).collect();
+    crate::sys::pagecache::evict(v.file(), 0, 32 * SNARF).unwrap();
+    let cold = pc.resident(&v, &all).unwrap();
+    if cold.len() == 32 {
+        // A file system that keeps every page in memory (tmpfs) cannot be evicted.
+        eprintln!("skipped: the test folder's file system does not drop pages");
+        return;
+    }
+    assert!(cold.is_empty(), "{cold:?}");
+    let mut buf = vec![0u8; SNARF as usize];
+    for s in [3, 17, 30] {
+        v.read_snarf(s, &mut buf).unwrap();
+    }
+    assert_eq!(pc.resident(&v, &all).unwrap(), vec![3, 17, 30]);
+    // mincore(2) answers the same as cachestat(2).
+    let pc = PageCache::mincore_only();
+    assert_eq!(pc.resident(&v, &all).unwrap(), vec![3, 17, 30]);
+}
+
+/// Random volumes, plans, held pre-images, captures, batch sizes and page-cache contents
+/// (changing or not, failing or not): every planned snarf goes out exactly once, nothing
+/// else does, a cached one was resident when asked, and with a still cache every cached
+/// snarf goes out before any cold one, each tier ascending.
+#[test]
+fn random_feeds_hand_out_every_planned_snarf_once_in_tier_order() {
+    use rand::{Rng, SeedableRng};
+    for seed in 0..80u64 {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let still = seed % 2 == 0;
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path(), rng.random_range(1..8), 64);
+        let nvols = rng.random_range(1..=3);
+        let mut names = Vec::new();
+        let mut counts = Vec::new();
+        for n in 0..nvols {
+            let name = format!("v{n}");
+            let count = rng.random_range(1..40u64);
+            e.create_volume(&name, count * SNARF).unwrap();
+            fill(&e, &name, rng.random_range(0..=count), n as u8 + 1);
+            names.push(name);
+            counts.push(count);
+        }
+        let snap = e.take("s").unwrap();
+        for _ in 0..rng.random_range(0..6) {
+            let n = rng.random_range(0..nvols);
+            poke(&e, &names[n], rng.random_range(0..counts[n]));
+        }
+        let cache = FakeCache::new(rng.random_range(1..9));
+        let mut planned = HashSet::new();
+        let mut volumes = Vec::new();
+        for n in 0..nvols {
+            let only = rng.random_bool(0.5).then(|| {
+                let mut set = SnarfSet::new(counts[n]);
+                for s in 0..counts[n] {
+                    if rng.random_bool(0.4) {
+                        set.insert(s);
+                    }
+                }
+                set
+            });
+            for s in 0..counts[n] {
+                if only.as_ref().is_none_or(|o| o.contains(s)) {
+                    planned.insert((n, s));
+                }
+                if rng.random_bool(0.3) {
+                    cache.set(&e, &names[n], &[s]);
+                }
+            }
+            volumes.push(FeedVolume {
+                name: names[n].clone(),
+                only,
+            });
+        }
+        let feed = Feed::with_residency(e.clone(), snap, volumes, Some(cache.clone())).unwrap();
+        assert_eq!(feed.stats().remaining, planned.len() as u64, "seed {seed}");
+        let ids: Vec<VolumeId> = names.iter().map(|n| e.volume(n).unwrap().id()).collect();
+        let mut ever: HashSet<(VolumeId, u64)> = cache.resident.lock().clone();
+        let mut out: Vec<Handed> = Vec::new();
+        loop {
+            let batch = feed.next(rng.random_range(1..7));
+            if batch.is_empty() {
+                break;
+            }
+            for h in &batch {
+                if h.tier == Tier::Cached {
+                    assert!(ever.contains(&(ids[h.vol], h.snarf)), "seed {seed}: {h:?}");
+                }
+            }
+            out.extend(batch);
+            if !still {
+                if rng.random_bool(0.3) {
+                    let n = rng.random_range(0..nvols);
+                    poke(&e, &names[n], rng.random_range(0..counts[n]));
+                }
+                if rng.random_bool(0.3) {
+                    let n = rng.random_range(0..nvols);
+                    let s = rng.random_range(0..counts[n]);
+                    cache.set(&e, &names[n], &[s]);
+                    ever.insert((ids[n], s));
+                }
+                if rng.random_bool(0.2) {
+                    cache.resident.lock().clear();
+                }
+                if rng.random_bool(0.05) {
+                    cache.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        let mut seen = HashSet::new();
+        for h in &out {
+            assert!(seen.insert((h.vol, h.snarf)), "seed {seed}: {h:?} twice");
+        }
+        assert_eq!(seen, planned, "seed {seed}");
+        let st = feed.stats();
+        assert_eq!(st.remaining, 0);
+        assert_eq!(
+            st.urgent + st.held + st.cached + st.cold,
+            planned.len() as u64,
+            "seed {seed}: {st:?}"
+        );
+        for (_, snarfs) in cache.calls.lock().iter() {
+            assert!(snarfs.windows(2).all(|w| w[0] < w[1]), "seed {seed}");
+            let w = cache.window_snarfs;
+            assert_eq!(snarfs[0] / w, snarfs[snarfs.len() - 1] / w, "seed {seed}");
+        }
+        if still {
+            let key = |h: &Handed| (h.vol, h.snarf);
+            let cached: Vec<_> = out.iter().filter(|h| h.tier == Tier::Cached).collect();
+            let cold: Vec<_> = out.iter().filter(|h| h.tier == Tier::Cold).collect();
+            assert!(
+                cached.windows(2).all(|w| key(w[0]) < key(w[1])),
+                "seed {seed}"
+            );
+            assert!(
+                cold.windows(2).all(|w| key(w[0]) < key(w[1])),
+                "seed {seed}"
+            );
+            let first_cold = out.iter().position(|h| h.tier == Tier::Cold);
+            let last_cached = out.iter().rposition(|h| h.tier == Tier::Cached);
+            if let (Some(c), Some(m)) = (first_cold, last_cached) {
+                assert!(
+                    m < c,
+                    "seed {seed}: a cold snarf went out before a cached one"
+                );
+            }
+            // Every resident planned snarf not held went out as cached.
+            let resident = cache.resident.lock();
+            for h in &out {
+                if h.tier == Tier::Cold {
+                    assert!(
+                        !resident.contains(&(ids[h.vol], h.snarf)),
+                        "seed {seed}: {h:?}"
+                    );
+                }
+            }
+        }
+    }
+}
