@@ -59,7 +59,9 @@ impl Backup {
 impl Source for Backup {
     fn fetch(&self, index: u64, buf: &mut [u8]) -> std::result::Result<(), FetchError> {
         if self.down.load(Ordering::SeqCst) {
-            return Err(Box::new(std::io::Error::other("the test repository is down")));
+            return Err(Box::new(std::io::Error::other(
+                "the test repository is down",
+            )));
         }
         self.fetches[index as usize].fetch_add(1, Ordering::SeqCst);
         let at = (index * SNARF) as usize;
@@ -252,7 +254,8 @@ fn a_snapshot_reads_the_backup_for_snarfs_not_restored_and_written_since() {
     let v = restoring(&e, &backup);
     let snap = e.take("before").unwrap();
     // Written whole after the snapshot, while not restored: the pre-image is the backup's.
-    e.write(&v, 3 * SNARF, &vec![0xeeu8; SNARF as usize]).unwrap();
+    e.write(&v, 3 * SNARF, &vec![0xeeu8; SNARF as usize])
+        .unwrap();
     e.write(&v, 4 * SNARF + 1, b"x").unwrap();
     let mut out = vec![0u8; backup.bytes.len()];
     e.read_snapshot(&snap, "vm.img", 0, &mut out).unwrap();
@@ -282,9 +285,15 @@ fn an_unreachable_repository_fails_reads_of_missing_snarfs_only_and_recovers() {
     e.read(&v, 0, &mut buf).unwrap();
     let err = e.read(&v, SNARF, &mut buf).unwrap_err();
     let why = err.chain().to_string();
-    assert!(why.contains("b-test") && why.contains("/nowhere/repo"), "{why}");
+    assert!(
+        why.contains("b-test") && why.contains("/nowhere/repo"),
+        "{why}"
+    );
     assert!(why.contains("the test repository is down"), "{why}");
-    assert!(matches!(err, Error::Store(store::Error::Fetch { snarf: 1, .. })));
+    assert!(matches!(
+        err,
+        Error::Store(store::Error::Fetch { snarf: 1, .. })
+    ));
     assert!(v.restore().unwrap().progress().failure.is_some());
     // Whole-snarf writes work; partial ones into a missing snarf cannot.
     e.write(&v, 2 * SNARF, &vec![1u8; SNARF as usize]).unwrap();
@@ -353,7 +362,10 @@ fn a_damaged_bitmap_is_refused_naming_its_file() {
     std::fs::write(&path, &bytes).unwrap();
     let err = Store::open(&root, "test").unwrap_err();
     let why = err.to_string();
-    assert!(why.contains(&path.display().to_string()) && why.contains("page 0"), "{why}");
+    assert!(
+        why.contains(&path.display().to_string()) && why.contains("page 0"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -364,7 +376,10 @@ fn a_volume_under_restore_refuses_to_shrink_and_may_grow() {
     let backup = Backup::new(8 * SNARF as usize, 8);
     let v = restoring(&e, &backup);
     let err = e.resize(&v, SNARF).unwrap_err();
-    assert!(matches!(err, Error::Store(store::Error::Restoring { .. })), "{err}");
+    assert!(
+        matches!(err, Error::Store(store::Error::Restoring { .. })),
+        "{err}"
+    );
     e.resize(&v, 10 * SNARF).unwrap();
     let all = read_all(&e, &v);
     assert_eq!(all[..8 * SNARF as usize], backup.bytes[..]);

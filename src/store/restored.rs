@@ -83,7 +83,7 @@ pub trait Source: Send + Sync {
 }
 
 /// What a live restore restores: written into the bitmap file's header.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     /// The repository, as the user wrote it (a folder or an `ssh://` URL).
     pub repository: String,
@@ -272,11 +272,17 @@ impl Restore {
         }
         let desc_len = le32(h, 32) as usize;
         if desc_len > PAGE - DESC_AT {
-            return Err(damaged(&path, "has a damaged header (description too long)"));
+            return Err(damaged(
+                &path,
+                "has a damaged header (description too long)",
+            ));
         }
         let desc = &h[DESC_AT..DESC_AT + desc_len];
         if header_hash(h, desc).as_bytes() != &h[40..72] {
-            return Err(damaged(&path, "has a damaged header (its hash does not match)"));
+            return Err(damaged(
+                &path,
+                "has a damaged header (its hash does not match)",
+            ));
         }
         if le32(h, 8) != VERSION {
             return Err(damaged(
@@ -296,10 +302,11 @@ impl Restore {
         let origin: Origin = serde_json::from_slice(desc)
             .map_err(|e| damaged(&path, format_args!("has a damaged description ({e})")))?;
         let count = le64(h, 24);
-        if count != origin.size.div_ceil(1u64 << snarf_shift)
-            || count > super::volume::MAX_SNARFS
-        {
-            return Err(damaged(&path, "has a snarf count that does not fit its size"));
+        if count != origin.size.div_ceil(1u64 << snarf_shift) || count > super::volume::MAX_SNARFS {
+            return Err(damaged(
+                &path,
+                "has a snarf count that does not fit its size",
+            ));
         }
         let have = data.len() / PAGE - 1;
         if have != pages_for(count) {
@@ -404,7 +411,8 @@ impl Restore {
     pub fn next_missing(&self, from: u64) -> Option<u64> {
         let mut i = from;
         while i < self.count {
-            let w = self.local[(i / 64) as usize].load(Ordering::Acquire) | ((1u64 << (i % 64)) - 1);
+            let w =
+                self.local[(i / 64) as usize].load(Ordering::Acquire) | ((1u64 << (i % 64)) - 1);
             if w == u64::MAX {
                 i = (i / 64 + 1) * 64;
                 continue;
@@ -445,7 +453,10 @@ impl Restore {
                 .file
                 .write_all_at(&page, (1 + p) * PAGE as u64)
                 .map_err(|e| {
-                    Error::io(format!("writing the restored bitmap {}", self.path.display()), e)
+                    Error::io(
+                        format!("writing the restored bitmap {}", self.path.display()),
+                        e,
+                    )
                 })?;
         }
         Ok(())
@@ -458,7 +469,10 @@ impl Restore {
             return Ok(());
         }
         self.pages.lock().file.sync_data().map_err(|e| {
-            Error::io(format!("syncing the restored bitmap {}", self.path.display()), e)
+            Error::io(
+                format!("syncing the restored bitmap {}", self.path.display()),
+                e,
+            )
         })
     }
 
@@ -470,7 +484,10 @@ impl Restore {
             repository: self.origin.repository.clone(),
             source: e,
         };
-        *self.failure.lock() = Some((Instant::now(), crate::chain::ErrorChain::chain(&err).to_string()));
+        *self.failure.lock() = Some((
+            Instant::now(),
+            crate::chain::ErrorChain::chain(&err).to_string(),
+        ));
         err
     }
 
@@ -572,7 +589,8 @@ impl Restore {
         for &k in &written {
             self.set_local(k);
         }
-        self.fetched.fetch_add(written.len() as u64, Ordering::Relaxed);
+        self.fetched
+            .fetch_add(written.len() as u64, Ordering::Relaxed);
         self.commit(&written)?;
         if outcome.is_ok() {
             *self.failure.lock() = None;
@@ -616,7 +634,10 @@ impl Restore {
             return vol.pwrite(data, offset);
         }
         {
-            let mut held: Vec<_> = fresh.iter().map(|&k| (k % STRIPES as u64) as usize).collect();
+            let mut held: Vec<_> = fresh
+                .iter()
+                .map(|&k| (k % STRIPES as u64) as usize)
+                .collect();
             held.sort_unstable();
             held.dedup();
             let _guards: Vec<_> = held.iter().map(|&s| self.stripes[s].lock()).collect();
@@ -663,7 +684,13 @@ impl Restore {
             return Ok(false);
         }
         let pages = self.pages.lock();
-        if pages.durable.iter().map(|w| w.count_ones() as u64).sum::<u64>() < self.count {
+        if pages
+            .durable
+            .iter()
+            .map(|w| w.count_ones() as u64)
+            .sum::<u64>()
+            < self.count
+        {
             return Ok(false);
         }
         durable::remove(&self.path)?;

@@ -490,13 +490,9 @@ impl Volume {
             (true, None, Some(m)) => Some(m),
             (true, found, _) => found,
             // Only the end is sure to be a hole while snarfs from here on are missing.
-            (false, Some(at), Some(_)) => Some(
-                self.file
-                    .metadata()
-                    .map(|m| m.len())
-                    .unwrap_or(at)
-                    .max(at),
-            ),
+            (false, Some(at), Some(_)) => {
+                Some(self.file.metadata().map(|m| m.len()).unwrap_or(at).max(at))
+            }
             (false, found, _) => found,
         })
     }
