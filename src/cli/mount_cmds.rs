@@ -403,6 +403,7 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
     report(ready, Ok(()));
     notify_systemd();
     daemon.start_scheduler();
+    daemon.resume_restores();
     let served = mounted.serve();
     if let Err(e) = &served {
         log::error!("the FUSE session ended with an error: {e}");
@@ -412,6 +413,7 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
     // Jobs back up from the mount that just went; ask them to stop (nothing of theirs is
     // committed unless it had entered finishing, which completes at the next open).
     daemon.jobs().stop_all(Duration::from_secs(10));
+    daemon.stop_restores();
     // Then the socket goes: any job still connected fails; pins kept for snapshot reads go.
     daemon.stop_job_server();
     let closed = engine.close();

@@ -79,12 +79,21 @@ pub struct RestoreArgs {
     repo: PathBuf,
     /// The backup id, as listed by `snarf backups`.
     backup: String,
-    /// Restore only this volume (default: all volumes of the backup).
-    #[arg(long, value_name = "NAME")]
+    /// Restore only this volume (default: all volumes of the backup; required with --live).
+    #[arg(long, value_name = "NAME", required_if_eq("live", "true"))]
     volume: Option<String>,
     /// Directory to write the volumes into, one sparse file per volume (created if
     /// missing; existing files are never overwritten).
-    dest: PathBuf,
+    #[arg(required_unless_present = "live", conflicts_with = "live")]
+    dest: Option<PathBuf>,
+    /// Live restore: the volume appears at once as MOUNT/live/NAME, readable and writable;
+    /// snarfs not yet copied are read from the backup on demand while the mount copies the
+    /// rest in the background (progress in MOUNT/control/jobs; resumed after a restart).
+    #[arg(long, value_name = "MOUNT", requires = "volume")]
+    live: Option<PathBuf>,
+    /// With --live: the new volume's name (default: the backup's name for it).
+    #[arg(long = "as", value_name = "NEWNAME", requires = "live")]
+    as_name: Option<String>,
 }
 
 /// Arguments of `snarf check`.
@@ -321,9 +330,17 @@ pub fn backups(args: BackupsArgs) -> CliResult {
 
 /// `snarf restore`.
 pub fn restore(args: RestoreArgs) -> CliResult {
+    if let Some(mount) = &args.live {
+        return restore_live(&args, mount);
+    }
+    let Some(dest) = &args.dest else {
+        return Err(CliError::new(
+            "snarf restore needs a destination folder, or --live MOUNT".to_string(),
+        ));
+    };
     let repo = open(&args.repo)?;
     let mut progress = Progress::new();
-    let result = repo.restore(&args.backup, args.volume.as_deref(), &args.dest, &mut |p| {
+    let result = repo.restore(&args.backup, args.volume.as_deref(), dest, &mut |p| {
         progress.update(&format!("restoring {}", p.volume), p.done, p.total, true)
     });
     progress.finish();
@@ -332,10 +349,44 @@ pub fn restore(args: RestoreArgs) -> CliResult {
         "restored {} volume(s) of backup {} into {}: {} ({} as holes) in {:.1} s",
         s.files.len(),
         args.backup,
-        args.dest.display(),
+        dest.display(),
         Bytes(s.bytes),
         Bytes(s.hole_bytes),
         s.seconds
+    );
+    Ok(())
+}
+
+/// `snarf restore --live MOUNT`: hands the restore to the mount through `control/jobs`.
+fn restore_live(args: &RestoreArgs, mount: &std::path::Path) -> CliResult {
+    let Some(volume) = args.volume.clone() else {
+        return Err(CliError::new(
+            "snarf restore --live needs --volume NAME".to_string(),
+        ));
+    };
+    // A local folder made absolute (the daemon runs elsewhere); a URL as written.
+    let repo = match crate::repo::Location::of_arg(&args.repo)? {
+        crate::repo::Location::Local(_) => {
+            std::path::absolute(&args.repo).unwrap_or_else(|_| args.repo.clone())
+        }
+        crate::repo::Location::Ssh(_) => args.repo.clone(),
+    };
+    let request = crate::control::RestoreRequest {
+        backup: args.backup.clone(),
+        volume,
+        name: args.as_name.clone(),
+        repo: Some(repo),
+    };
+    let name = request.new_name().to_string();
+    // The grammar's own rendering of the command, so it parses back to this request.
+    let command = crate::control::Command::Restore(request).to_string();
+    let id = super::control_cmds::send(mount, "jobs", &command)?
+        .trim()
+        .to_string();
+    println!(
+        "{}/live/{name} is served now; job {id} copies the rest (see {}/control/jobs)",
+        mount.display(),
+        mount.display()
     );
     Ok(())
 }

@@ -38,7 +38,7 @@ const SNAPSHOT_USAGE: &str = "create NAME [volatile|persistent]\nrelease NAME";
 /// Usage of `control/schedule`.
 const SCHEDULE_USAGE: &str = "MINUTE HOUR DAY-OF-MONTH MONTH DAY-OF-WEEK backup snapshot=auto|SNAPSHOT [repo=/ABSOLUTE/PATH|ssh://[USER@]HOST[:PORT]/PATH] [volumes=NAME,NAME...] [mode=full|incremental|auto] [keep-last=N] [keep-daily=N] [keep-weekly=N] [keep-monthly=N]\n@hourly|@daily|@weekly|@monthly|@yearly backup ...\n# a comment (times are UTC; the whole file in one write replaces the schedule)";
 /// Usage of `control/jobs`.
-const JOBS_USAGE: &str = "backup SNAPSHOT [repo=/ABSOLUTE/PATH|ssh://[USER@]HOST[:PORT]/PATH] [volumes=NAME,NAME...] [mode=full|incremental|auto] [type=user|cron] [keep-last=N] [keep-daily=N] [keep-weekly=N] [keep-monthly=N]\ncancel JOB-ID";
+const JOBS_USAGE: &str = "backup SNAPSHOT [repo=/ABSOLUTE/PATH|ssh://[USER@]HOST[:PORT]/PATH] [volumes=NAME,NAME...] [mode=full|incremental|auto] [type=user|cron] [keep-last=N] [keep-daily=N] [keep-weekly=N] [keep-monthly=N]\ncancel JOB-ID\nrestore BACKUP volume=NAME live [as=NEWNAME] [repo=/ABSOLUTE/PATH|ssh://[USER@]HOST[:PORT]/PATH]";
 
 impl ControlFile {
     /// Every control file, in directory-listing order.

@@ -8,6 +8,7 @@
 //! control/jobs       backup SNAPSHOT [repo=/ABSOLUTE/PATH|ssh://[USER@]HOST[:PORT]/PATH] [volumes=A,B] [mode=full|incremental|auto] [type=user|cron]
 //!                    [keep-last=N] [keep-daily=N] [keep-weekly=N] [keep-monthly=N]
 //!                    cancel JOB-ID
+//!                    restore BACKUP volume=NAME live [as=NEWNAME] [repo=...]
 //! ```
 //!
 //! Words are separated by spaces or tabs; a name with spaces is quoted (`create "my snap"`,
@@ -51,6 +52,29 @@ pub enum Command {
         /// Job id.
         job: String,
     },
+    /// `restore BACKUP volume=NAME live [as=NEWNAME] [repo=...]` on control/jobs.
+    Restore(RestoreRequest),
+}
+
+/// A live restore asked for: backup `backup`'s volume `volume` served at once as
+/// `live/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreRequest {
+    /// The backup's id.
+    pub backup: String,
+    /// The volume's name in the backup.
+    pub volume: String,
+    /// The new volume's name (default: the backup's name for it).
+    pub name: Option<String>,
+    /// The repository (default: the mount's).
+    pub repo: Option<PathBuf>,
+}
+
+impl RestoreRequest {
+    /// The name of the volume it creates.
+    pub fn new_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.volume)
+    }
 }
 
 impl fmt::Display for Command {
@@ -66,6 +90,17 @@ impl fmt::Display for Command {
             }
             Command::ReleaseSnapshot { name } => write!(f, "release {}", quote_word(name)),
             Command::Cancel { job } => write!(f, "cancel {}", quote_word(job)),
+            Command::Restore(r) => {
+                write!(f, "restore {}", quote_word(&r.backup))?;
+                write!(f, " {} live", quote_word(&format!("volume={}", r.volume)))?;
+                if let Some(name) = &r.name {
+                    write!(f, " {}", quote_word(&format!("as={name}")))?;
+                }
+                if let Some(repo) = &r.repo {
+                    write!(f, " {}", quote_word(&format!("repo={}", repo.display())))?;
+                }
+                Ok(())
+            }
             Command::Backup(b) => {
                 write!(f, "backup {}", quote_word(&b.snapshot))?;
                 if let Some(repo) = &b.repo {
@@ -259,6 +294,7 @@ pub fn parse(file: ControlFile, input: &[u8]) -> Result<Command, Rejection> {
         }),
         (ControlFile::Jobs, "backup") => p.backup().map(Command::Backup),
         (ControlFile::Jobs, "cancel") => Ok(Command::Cancel { job: p.job_id()? }),
+        (ControlFile::Jobs, "restore") => p.restore().map(Command::Restore),
         _ => Err(unknown_verb(file, verb)),
     }
 }
@@ -266,14 +302,14 @@ pub fn parse(file: ControlFile, input: &[u8]) -> Result<Command, Rejection> {
 fn unknown_verb(file: ControlFile, verb: &str) -> Rejection {
     let known: &[&str] = match file {
         ControlFile::Snapshot => &["create", "release"],
-        _ => &["backup", "cancel"],
+        _ => &["backup", "cancel", "restore"],
     };
     let lower = verb.to_lowercase();
     let hint = if known.contains(&lower.as_str()) {
         format!("; commands are lowercase: {lower}")
     } else if ["create", "release"].contains(&lower.as_str()) {
         "; snapshot commands go to control/snapshot".to_string()
-    } else if ["backup", "cancel"].contains(&lower.as_str()) {
+    } else if ["backup", "cancel", "restore"].contains(&lower.as_str()) {
         "; job commands go to control/jobs".to_string()
     } else {
         String::new()
@@ -442,6 +478,84 @@ impl Parser<'_> {
         Ok(req)
     }
 
+    /// `restore BACKUP volume=NAME live [as=NEWNAME] [repo=...]`.
+    fn restore(&self) -> Result<RestoreRequest, Rejection> {
+        const FORM: &str = "restore BACKUP volume=NAME live [as=NEWNAME] [repo=...]";
+        let Some((backup, options)) = self.args.split_first() else {
+            return Err(self.reject(
+                RejectKind::MissingArgument,
+                format!("restore needs a backup id, as snarf backups lists them: {FORM}"),
+            ));
+        };
+        if crate::repo::BackupId::parse(backup).is_none() {
+            return Err(self.reject(
+                RejectKind::BadValue,
+                format!(
+                    "\"{}\" is not a backup id: ids look like 20261201-170003-ab12, as snarf backups lists them",
+                    shown(backup)
+                ),
+            ));
+        }
+        let mut req = RestoreRequest {
+            backup: backup.clone(),
+            volume: String::new(),
+            name: None,
+            repo: None,
+        };
+        let mut live = false;
+        let mut seen = BTreeSet::new();
+        for word in options {
+            if word == "live" {
+                live = true;
+                continue;
+            }
+            let Some((key, value)) = word.split_once('=') else {
+                return Err(self.reject(
+                    RejectKind::ExtraArgument,
+                    format!(
+                        "\"{}\" is not an option of restore; write {FORM}",
+                        shown(word)
+                    ),
+                ));
+            };
+            if !["volume", "as", "repo"].contains(&key) {
+                return Err(self.reject(
+                    RejectKind::UnknownKey,
+                    format!(
+                        "restore has no option \"{}\"; it accepts volume=, as= and repo=",
+                        shown(key)
+                    ),
+                ));
+            }
+            if !seen.insert(key) {
+                return Err(self.reject(
+                    RejectKind::DuplicateKey,
+                    format!("the option {key}= is given twice; give each option once"),
+                ));
+            }
+            match key {
+                "volume" => req.volume = self.name("volume", value)?,
+                "as" => req.name = Some(self.name("volume", value)?),
+                _ => req.repo = Some(self.repo(value)?),
+            }
+        }
+        if req.volume.is_empty() {
+            return Err(self.reject(
+                RejectKind::MissingArgument,
+                format!("restore needs the volume to restore, volume=NAME: {FORM}"),
+            ));
+        }
+        if !live {
+            return Err(self.reject(
+                RejectKind::MissingArgument,
+                format!(
+                    "restore through the mount is a live restore and says so with the word live (a plain restore is snarf restore REPO BACKUP DEST): {FORM}"
+                ),
+            ));
+        }
+        Ok(req)
+    }
+
     /// The count of a `keep-*=` option: 0 to [`MAX_KEEP`], as `snarf prune` takes.
     fn keep_count(&self, key: &str, value: &str) -> Result<u32, Rejection> {
         value
@@ -544,6 +658,66 @@ impl Parser<'_> {
 mod tests {
     use super::*;
     use ControlFile::{Jobs, Snapshot};
+
+    #[test]
+    fn restore_parses_round_trips_and_refuses_what_is_not_a_live_restore() {
+        let c = ok(
+            Jobs,
+            "restore 20261201-170003-ab12 volume=vm1.img live as=\"new vm\" repo=/srv/r",
+        );
+        let Command::Restore(r) = &c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(r.backup, "20261201-170003-ab12");
+        assert_eq!(r.volume, "vm1.img");
+        assert_eq!(r.new_name(), "new vm");
+        assert_eq!(r.repo.as_deref(), Some(Path::new("/srv/r")));
+        assert_eq!(ok(Jobs, &c.to_string()), c);
+        let plain = ok(Jobs, "restore 20261201-170003-ab12 live volume=a");
+        assert_eq!(ok(Jobs, &plain.to_string()), plain);
+        rejected(
+            Jobs,
+            b"restore 20261201-170003-ab12 volume=a",
+            RejectKind::MissingArgument,
+            &["live"],
+        );
+        rejected(
+            Jobs,
+            b"restore 20261201-170003-ab12 live",
+            RejectKind::MissingArgument,
+            &["volume="],
+        );
+        rejected(
+            Jobs,
+            b"restore ../x volume=a live",
+            RejectKind::BadValue,
+            &["backup id"],
+        );
+        rejected(
+            Jobs,
+            b"restore 20261201-170003-ab12 volume=../a live",
+            RejectKind::BadName,
+            &[],
+        );
+        rejected(
+            Jobs,
+            b"restore 20261201-170003-ab12 volume=a live as=a/b",
+            RejectKind::BadName,
+            &[],
+        );
+        rejected(
+            Jobs,
+            b"restore 20261201-170003-ab12 volume=a live repo=rel",
+            RejectKind::RelativeRepo,
+            &[],
+        );
+        rejected(
+            Jobs,
+            b"restore 20261201-170003-ab12 volume=a live x=1",
+            RejectKind::UnknownKey,
+            &[],
+        );
+    }
 
     fn ok(file: ControlFile, input: &str) -> Command {
         parse(file, input.as_bytes()).unwrap_or_else(|r| panic!("{input:?}: {r}"))

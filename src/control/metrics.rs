@@ -350,6 +350,7 @@ mod tests {
                 snapshots_broken: 3,
                 running_jobs: 0,
                 schedule: Vec::new(),
+                live_restores: Vec::new(),
                 recovery: RecoveryStatus::default(),
             },
             throttle_seconds: 1.5,

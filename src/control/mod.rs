@@ -28,11 +28,11 @@ pub mod words;
 mod fuzz_tests;
 
 pub use file::ControlFile;
-pub use grammar::{parse, Command, RejectKind, Rejection, MAX_COMMAND_BYTES};
+pub use grammar::{parse, Command, RejectKind, Rejection, RestoreRequest, MAX_COMMAND_BYTES};
 pub use metrics::{render_metrics, BackupTimes, MetricsReport, VolumeIo, METRICS_CONTENT_TYPE};
 pub use rows::{
     render_finishing, render_finishing_json, render_jobs, render_jobs_json, render_pids,
     render_pids_json, render_snapshots, render_status, render_status_json, FinishingRow,
-    FinishingState, JobRow, PidRow, RecoveryStatus, RepositoryStatus, SnapshotState,
-    SnapshotStatus, StatusReport, Usage, VolumeStatus,
+    FinishingState, JobRow, LiveRestoreStatus, PidRow, RecoveryStatus, RepositoryStatus,
+    SnapshotState, SnapshotStatus, StatusReport, Usage, VolumeStatus,
 };

@@ -300,9 +300,29 @@ pub struct StatusReport {
     /// of the schedule, each naming its line.
     #[serde(default)]
     pub schedule: Vec<String>,
+    /// Volumes under live restore, with whether their repository answers.
+    #[serde(default)]
+    pub live_restores: Vec<LiveRestoreStatus>,
     /// What this mount found when it started.
     #[serde(default)]
     pub recovery: RecoveryStatus,
+}
+
+/// A volume under live restore as `control/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LiveRestoreStatus {
+    /// The volume's name.
+    pub volume: String,
+    /// The backup it is restored from.
+    pub backup: String,
+    /// Bytes local so far.
+    pub local_bytes: u64,
+    /// Bytes of the backup's volume.
+    pub total_bytes: u64,
+    /// `ok`, or `unreachable` while reads of missing snarfs fail.
+    pub state: String,
+    /// Why the repository did not answer, if it did not.
+    pub reason: String,
 }
 
 /// The mount's repository as `control/status` shows it.
@@ -478,6 +498,28 @@ pub fn render_status(report: &StatusReport) -> String {
     if let Some(r) = &report.repository {
         let mut t = Table::new(&["REPOSITORY", "STATE", "REASON"]);
         t.push(vec![r.location.clone(), r.state.clone(), r.reason.clone()]);
+        out.push('\n');
+        out.push_str(&t.render());
+    }
+    if !report.live_restores.is_empty() {
+        let mut t = Table::new(&[
+            "LIVE-RESTORE",
+            "BACKUP",
+            "LOCAL",
+            "TOTAL",
+            "STATE",
+            "REASON",
+        ]);
+        for r in &report.live_restores {
+            t.push(vec![
+                r.volume.clone(),
+                r.backup.clone(),
+                r.local_bytes.to_string(),
+                r.total_bytes.to_string(),
+                r.state.clone(),
+                r.reason.clone(),
+            ]);
+        }
         out.push('\n');
         out.push_str(&t.render());
     }
@@ -671,6 +713,7 @@ mod tests {
             snapshots_broken: 1,
             running_jobs: 2,
             schedule: Vec::new(),
+            live_restores: Vec::new(),
             recovery: RecoveryStatus::default(),
         }
     }

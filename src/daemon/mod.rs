@@ -11,6 +11,7 @@ pub mod jobs;
 mod metrics;
 pub mod policy;
 pub mod record;
+pub mod restore;
 pub mod schedule;
 
 pub use error::{Error, Result};
@@ -79,6 +80,8 @@ pub struct Daemon {
     scheduler: Arc<schedule::Scheduler>,
     /// The thread running the schedule, once started.
     scheduler_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Live restores this mount runs.
+    restores: restore::Restores,
 }
 
 /// What a control file descriptor has written so far, for files whose writes build one
@@ -163,6 +166,7 @@ impl Daemon {
                 Arc::new(crate::sys::clock::SystemClock),
             )),
             scheduler_thread: Mutex::new(None),
+            restores: restore::Restores::default(),
             engine,
         }
     }
@@ -305,6 +309,7 @@ impl Daemon {
     /// (`snarf backup MOUNTPOINT ...`) that are connected to the job socket now.
     pub fn job_rows(&self) -> Vec<control::JobRow> {
         let mut rows = self.jobs.rows(&self.engine.store().run_dir());
+        rows.extend(self.restores.rows());
         let connected = self
             .job_server
             .lock()
@@ -549,7 +554,47 @@ impl Daemon {
                 Ok(format!("{id}\n"))
             }
             Command::Cancel { job } => self.jobs.cancel(&job).map_err(refused),
+            Command::Restore(req) => {
+                let repo = match (&req.repo, &self.repo_path) {
+                    (Some(r), _) => r.clone(),
+                    (None, Some(r)) => r.clone(),
+                    (None, None) => return Err(refused(Error::NoRepository)),
+                };
+                let origin = self.restore_origin(&req, &repo).map_err(refused)?;
+                let id = self
+                    .restores
+                    .start(&self.engine, req.new_name(), origin)
+                    .map_err(refused)?;
+                Ok(format!("{id}\n"))
+            }
         }
+    }
+
+    /// What a live restore of `req` from `repo` restores: the backup's volume and its size.
+    fn restore_origin(
+        &self,
+        req: &control::RestoreRequest,
+        repo: &Path,
+    ) -> Result<crate::store::restored::Origin> {
+        let handle = Handle::open_quiet(&Location::of_arg(repo)?)?;
+        let reader = handle.volume_reader(&req.backup, &req.volume)?;
+        Ok(crate::store::restored::Origin {
+            repository: repo.display().to_string(),
+            backup: req.backup.clone(),
+            volume: req.volume.clone(),
+            size: reader.size(),
+        })
+    }
+
+    /// Resumes the live restores an earlier mount left unfinished (the mount calls this
+    /// once before it serves).
+    pub fn resume_restores(&self) {
+        self.restores.resume(&self.engine);
+    }
+
+    /// Stops the live restores' copies (at unmount; the next mount resumes them).
+    pub fn stop_restores(&self) {
+        self.restores.stop_all();
     }
 
     fn write_schedule(
@@ -720,6 +765,7 @@ impl Daemon {
                     .chain(notes)
                     .collect()
             },
+            live_restores: self.restores.status(),
             recovery: {
                 let r = engine.recovered();
                 control::RecoveryStatus {

@@ -77,6 +77,9 @@ fn store_errno(e: &store::Error) -> i32 {
         | store::Error::BadSnarfSize { .. }
         | store::Error::NotEmpty { .. } => libc::EIO,
         store::Error::Busy { .. } => libc::EBUSY,
+        // The backup's repository did not give a snarf not restored yet.
+        store::Error::Fetch { .. } | store::Error::RestoreDamaged { .. } => libc::EIO,
+        store::Error::Restoring { .. } => libc::EBUSY,
     }
 }
 

@@ -76,6 +76,9 @@ mod sparse_tests;
 #[cfg(test)]
 mod persist_tests;
 
+#[cfg(test)]
+mod restore_tests;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -341,6 +344,18 @@ impl Engine {
         Ok(self.store.create_volume(name, size, *gate)?)
     }
 
+    /// Creates volume `name` as the live restore of a backup's volume: served at once, its
+    /// snarfs fetched on demand through the source the caller plugs in
+    /// ([`store::restored::Restore::set_source`]).
+    pub fn create_restoring(
+        &self,
+        name: &str,
+        origin: store::restored::Origin,
+    ) -> Result<Arc<Volume>> {
+        let gate = self.gate.read();
+        Ok(self.store.create_restoring(name, origin, *gate)?)
+    }
+
     /// The live volume called `name`.
     pub fn volume(&self, name: &str) -> Result<Arc<Volume>> {
         Ok(self.store.volume(name)?)
@@ -379,6 +394,9 @@ impl Engine {
     /// logical size that could not be written earlier).
     pub fn fsync(&self, vol: &Volume) -> Result<()> {
         vol.sync_data()?;
+        if let Some(r) = vol.restore() {
+            r.sync()?;
+        }
         Ok(self.store.flush_meta()?)
     }
 

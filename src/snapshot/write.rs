@@ -35,6 +35,11 @@ impl Engine {
                 len: data.len() as u64,
                 max,
             })?;
+        if let Some(r) = vol.restore() {
+            // Snarfs the write covers in part come from the backup first, before any lock
+            // of the engine is taken (a fetch may wait for the repository).
+            r.prepare_write(vol, offset, data.len() as u64)?;
+        }
         let spilled_before = self.cache.stats().disk_used;
         self.until_done(|| self.write_once(vol, offset, end, data))?;
         vol.touch_data();
@@ -58,7 +63,7 @@ impl Engine {
                 return Ok(step);
             }
             if end <= st.size() {
-                vol.pwrite(data, offset)?;
+                vol.write_data(data, offset)?;
                 return Ok(Step::Done);
             }
         }
@@ -72,7 +77,7 @@ impl Engine {
         if step != Step::Done {
             return Ok(step);
         }
-        vol.pwrite(data, offset)?;
+        vol.write_data(data, offset)?;
         Ok(Step::Done)
     }
 
@@ -85,6 +90,15 @@ impl Engine {
                 max: vol.max_size(),
             }
             .into());
+        }
+        if let Some(r) = vol.restore() {
+            if new_size < r.origin().size {
+                return Err(store::Error::Restoring {
+                    volume: vol.id(),
+                    backup: r.origin().backup.clone(),
+                }
+                .into());
+            }
         }
         self.until_done(|| self.resize_once(vol, new_size))?;
         vol.touch_data();
@@ -253,6 +267,21 @@ impl Engine {
         if !self.live_need(id, index, w, epoch - 1) {
             st.set_stamp(index, epoch);
             return Step::Done;
+        }
+        if let Some(r) = vol.restore() {
+            // The old contents are the backup's while the snarf is not restored yet.
+            if let Err(e) = r.ensure_local(vol, index, index) {
+                return Step::Unkeepable {
+                    vol: id,
+                    snarf: index,
+                    first: w,
+                    last: epoch - 1,
+                    reason: format!(
+                        "the old contents of snarf {index} of a volume under live restore could not be fetched to keep them: {}",
+                        e.chain()
+                    ),
+                };
+            }
         }
         if self.persistent_need(id, index, w, epoch - 1) {
             return self.capture_durable(vol, st, index, w, epoch);

@@ -26,6 +26,7 @@ pub mod intent;
 pub mod iostats;
 pub mod lineage;
 pub mod name;
+pub mod restored;
 pub mod settings;
 pub mod stamps;
 pub mod volume;
@@ -137,6 +138,38 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong.
         why: String,
+    },
+    /// A snarf of a volume under live restore is not local yet and its backup could not
+    /// be read.
+    #[error("snarf {snarf} of volume {volume:016x} is not restored yet and could not be read from backup {backup} in {repository}; reads of it fail until the repository answers again (writes still work, and the restore goes on by itself)")]
+    Fetch {
+        /// The volume.
+        volume: VolumeId,
+        /// The snarf.
+        snarf: u64,
+        /// The backup restored from.
+        backup: String,
+        /// Its repository, as the user wrote it.
+        repository: String,
+        /// Why the repository did not give it.
+        #[source]
+        source: restored::FetchError,
+    },
+    /// A restored bitmap that cannot be trusted.
+    #[error("the restored bitmap {path} {why}; snarf cannot tell which snarfs of its volume were restored: delete the volume and restore it again, or move the file aside to serve the volume as it is")]
+    RestoreDamaged {
+        /// The bitmap file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// A change a volume under live restore cannot take yet.
+    #[error("volume {volume:016x} is being restored live from backup {backup}; it cannot shrink until the restore has finished (see control/jobs)")]
+    Restoring {
+        /// The volume.
+        volume: VolumeId,
+        /// The backup restored from.
+        backup: String,
     },
     /// An I/O error, with what was being done.
     #[error("{context}")]
@@ -275,6 +308,8 @@ const MAX_META_BYTES: u64 = 64 << 20;
 const OPEN_MARKER: &str = "run/open";
 /// Folder of the volumes' write-intent bitmaps.
 const INTENT_DIR: &str = "state/intent";
+/// Folder of the restored bitmaps of volumes under live restore.
+const RESTORE_DIR: &str = "state/restore";
 /// Folder of the durable pre-image store and the persistent snapshots' table.
 pub const COW_DIR: &str = "cow";
 const LOCK_FILE: &str = "run/store.lock";
@@ -412,6 +447,8 @@ impl Store {
 
         let intent_dir = root.join(INTENT_DIR);
         crate::sys::durable::ensure_dir(&intent_dir, 0o700)?;
+        let restore_dir = root.join(RESTORE_DIR);
+        crate::sys::durable::ensure_dir(&restore_dir, 0o700)?;
         let ctx = OpenCtx {
             root,
             settings: &settings,
@@ -502,6 +539,7 @@ impl Store {
             .map(|v| format!("{:016x}", v.id()))
             .collect();
         crate::sys::durable::remove_leftovers(&intent_dir, |name| !known.contains(name))?;
+        crate::sys::durable::remove_leftovers(&restore_dir, |name| !known.contains(name))?;
         // Spill files of stores before the durable pre-image store.
         let spill = root.join("spill");
         if spill.exists() {
@@ -688,6 +726,44 @@ impl Store {
             meta.volumes.retain(|r| r.id != id);
             map.remove(name);
             let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(vol)
+    }
+
+    /// Creates volume `name` as the live restore of `origin`: empty, its restored bitmap
+    /// (every snarf missing) durable, then grown to the backup's size, so a cut leaves an
+    /// empty volume or one whose reads fetch from the backup, never zeros for data.
+    pub fn create_restoring(
+        &self,
+        name: &str,
+        origin: restored::Origin,
+        epoch: u64,
+    ) -> Result<Arc<Volume>> {
+        let max = volume::max_volume_size(self.snarf_size().trailing_zeros());
+        if origin.size > max {
+            return Err(Error::TooLarge {
+                size: origin.size,
+                max,
+            });
+        }
+        let size = origin.size;
+        let vol = self.create_volume(name, 0, epoch)?;
+        let made = restored::Restore::create(
+            restore_path(&self.root, vol.id()),
+            vol.id(),
+            vol.snarf_shift(),
+            origin,
+        )
+        .and_then(|r| {
+            vol.attach_restore(r);
+            let mut st = vol.write_state();
+            vol.set_len(&mut st, size, epoch)?;
+            st.set_size(size);
+            Ok(())
+        });
+        if let Err(e) = made {
+            let _ = self.delete_volume(name);
             return Err(e);
         }
         Ok(vol)
@@ -933,6 +1009,9 @@ impl Store {
     pub fn sync_all(&self) -> Result<()> {
         for vol in self.volumes.read().values() {
             vol.sync_data()?;
+            if let Some(r) = vol.restore() {
+                r.sync()?;
+            }
         }
         Ok(())
     }
@@ -1145,6 +1224,11 @@ impl OpenCtx<'_> {
             recovered,
             recovered_at,
         )?);
+        let restore_path = restore_path(self.root, id);
+        if restore_path.exists() {
+            // A live restore cut short by a stop: it goes on where its bitmap says.
+            vol.attach_restore(restored::Restore::load(restore_path, id, shift)?);
+        }
         if let Some(size) = logical {
             // Only ever shorter: a recorded size past the file would grow it.
             let mut st = vol.write_state();
@@ -1163,6 +1247,10 @@ impl OpenCtx<'_> {
 
 fn intent_path(root: &Path, id: VolumeId) -> PathBuf {
     root.join(INTENT_DIR).join(format!("{id:016x}"))
+}
+
+fn restore_path(root: &Path, id: VolumeId) -> PathBuf {
+    root.join(RESTORE_DIR).join(format!("{id:016x}"))
 }
 
 fn stamps_path(root: &Path, id: VolumeId) -> PathBuf {

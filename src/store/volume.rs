@@ -26,6 +26,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::intent::{self, Intent, Ticket};
 use super::iostats::IoStats;
+use super::restored::Restore;
 use super::stamps::{NoMemory, Stamps};
 use super::{Error, Result};
 
@@ -79,6 +80,8 @@ pub struct Volume {
     /// The write-intent bitmap, once the store attached it (a store opened without one
     /// tracks nothing across an unclean stop).
     intent: std::sync::OnceLock<Intent>,
+    /// The live restore, while the volume is under one.
+    restore: std::sync::OnceLock<Restore>,
 }
 
 /// An open file's place in its volume's error sequence (see the module notes).
@@ -190,12 +193,32 @@ impl Volume {
             sync_lock: Mutex::new(()),
             io: IoStats::default(),
             intent: std::sync::OnceLock::new(),
+            restore: std::sync::OnceLock::new(),
         })
     }
 
     /// Attaches the write-intent bitmap (once; a second is dropped).
     pub(super) fn attach_intent(&self, intent: Intent) {
         let _ = self.intent.set(intent);
+    }
+
+    /// Attaches a live restore (once; a second is dropped).
+    pub(super) fn attach_restore(&self, restore: Restore) {
+        let _ = self.restore.set(restore);
+    }
+
+    /// The live restore, while one is under way (`None` once every snarf is local).
+    pub fn restore(&self) -> Option<&Restore> {
+        self.restore.get().filter(|r| !r.is_done())
+    }
+
+    /// Writes live bytes: through the live restore while one is under way (whole snarfs
+    /// not yet local are marked so no fetch overwrites them), else straight to the file.
+    pub fn write_data(&self, data: &[u8], offset: u64) -> Result<()> {
+        match self.restore() {
+            Some(r) => r.write(self, offset, data),
+            None => self.pwrite(data, offset),
+        }
     }
 
     /// The write-intent bitmap, if attached.
@@ -339,6 +362,12 @@ impl Volume {
     /// Reads raw bytes of the backing file at `offset`, up to the physical length; a read
     /// past it comes back short. Callers decide what is visible.
     pub fn pread(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        if let Some(r) = self.restore() {
+            if !buf.is_empty() {
+                let last = (offset + buf.len() as u64 - 1) >> self.snarf_shift;
+                r.ensure_local(self, offset >> self.snarf_shift, last)?;
+            }
+        }
         let mut done = 0;
         while done < buf.len() {
             match self.file.read_at(&mut buf[done..], offset + done as u64) {
@@ -374,6 +403,10 @@ impl Volume {
     /// Whether snarf `index` is entirely a hole in the backing file (reads as zeros
     /// without having been written).
     pub fn snarf_is_hole(&self, index: u64) -> bool {
+        if self.restore().is_some_and(|r| !r.is_local(index)) {
+            // Its bytes are in the backup, not here yet.
+            return false;
+        }
         let start = index << self.snarf_shift;
         match self.seek(start, true) {
             Ok(Some(next_data)) => next_data >= start + self.snarf_size(),
@@ -434,14 +467,34 @@ impl Volume {
             true => rustix::fs::SeekFrom::Data(offset),
             false => rustix::fs::SeekFrom::Hole(offset),
         };
-        match rustix::fs::seek(&self.file, from) {
-            Ok(at) => Ok(Some(at)),
-            Err(rustix::io::Errno::NXIO) => Ok(None),
-            Err(e) => Err(Error::io(
-                format!("seeking in volume {:016x}", self.id),
-                e.into(),
-            )),
-        }
+        let found = match rustix::fs::seek(&self.file, from) {
+            Ok(at) => Some(at),
+            Err(rustix::io::Errno::NXIO) => None,
+            Err(e) => {
+                return Err(Error::io(
+                    format!("seeking in volume {:016x}", self.id),
+                    e.into(),
+                ))
+            }
+        };
+        let Some(r) = self.restore() else {
+            return Ok(found);
+        };
+        // Snarfs not restored yet are holes in the file but data of the volume.
+        let missing = r
+            .next_missing(offset >> self.snarf_shift)
+            .map(|k| (k << self.snarf_shift).max(offset));
+        Ok(match (data, found, missing) {
+            (true, Some(at), Some(m)) => Some(at.min(m)),
+            // A missing snarf is inside the backup's size, which the file never shrinks below.
+            (true, None, Some(m)) => Some(m),
+            (true, found, _) => found,
+            // Only the end is sure to be a hole while snarfs from here on are missing.
+            (false, Some(at), Some(_)) => {
+                Some(self.file.metadata().map(|m| m.len()).unwrap_or(at).max(at))
+            }
+            (false, found, _) => found,
+        })
     }
 
     /// Zeroes `len` bytes at `offset` in the backing file, freeing whole blocks.
@@ -621,6 +674,9 @@ impl Drop for Volume {
         if let Some(path) = self.retired.get_mut().take() {
             if let Some(i) = self.intent.get() {
                 let _ = std::fs::remove_file(i.path());
+            }
+            if let Some(r) = self.restore.get() {
+                let _ = std::fs::remove_file(r.path());
             }
             if let Err(e) = std::fs::remove_file(&path) {
                 log::warn!(
