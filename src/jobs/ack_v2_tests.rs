@@ -497,3 +497,80 @@ fn a_persistent_snapshot_reads_its_format_2_snarfs_back_after_a_restart() {
         .unwrap_err();
     assert!(e.to_string().contains("format 9"), "{e}");
 }
+
+/// A direct-mode session that holds the job's first acknowledgement until the job has asked
+/// for another batch, which a job that asks only after storing the last one never does.
+struct Overlapping {
+    inner: JobService,
+    nexts: parking_lot::Mutex<usize>,
+    asked: parking_lot::Condvar,
+    acked: AtomicBool,
+    overlapped: AtomicBool,
+}
+
+impl Session for Overlapping {
+    fn describe(&self, snapshot: &str) -> super::Result<super::plan::SnapshotDesc> {
+        self.inner.describe(snapshot)
+    }
+    fn plan(&self, req: &PlanRequest, repo: &Path) -> super::Result<super::plan::Plan> {
+        self.inner.plan(req, repo)
+    }
+    fn next(&self, max: usize) -> super::Result<Option<Vec<SnarfData>>> {
+        *self.nexts.lock() += 1;
+        self.asked.notify_all();
+        self.inner.next(max)
+    }
+    fn ack(&self, items: &[AckItem]) -> super::Result<()> {
+        if !self.acked.swap(true, Ordering::SeqCst) {
+            let mut nexts = self.nexts.lock();
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while *nexts < 2 && !self.asked.wait_until(&mut nexts, until).timed_out() {}
+            self.overlapped.store(*nexts >= 2, Ordering::SeqCst);
+        }
+        self.inner.ack(items)
+    }
+    fn done(&self, backup: &str) -> super::Result<()> {
+        self.inner.done(backup)
+    }
+    fn abort(&self, reason: &str) {
+        self.inner.abort(reason)
+    }
+}
+
+#[test]
+fn a_format_2_job_asks_for_the_next_batch_while_it_stores_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = new_engine(&dir.path().join("store"), Durability::Volatile);
+    let repo_dir = dir.path().join("repo");
+    let repo = small_packs(&repo_dir);
+    // Snarf 0 is zeros, so it is durable as soon as it is put and acknowledged at once.
+    let mut orig = contents();
+    orig[..SNARF as usize].fill(0);
+    let vol = engine.create_volume("v", orig.len() as u64).unwrap();
+    engine.write(&vol, 0, &orig).unwrap();
+    engine.take("s").unwrap();
+    let session = Overlapping {
+        inner: JobService::new(engine.clone(), None),
+        nexts: parking_lot::Mutex::new(0),
+        asked: parking_lot::Condvar::new(),
+        acked: AtomicBool::new(false),
+        overlapped: AtomicBool::new(false),
+    };
+    let mut o = super::pipeline::BackupOptions::new("s");
+    o.batch = 1;
+    o.ack_batch = 1;
+    o.mode = Mode::Full;
+    let handle = crate::repo::Handle::V2(repo);
+    let sum =
+        super::pipeline::run(&session, &handle, &o, &mut super::progress::NoProgress).unwrap();
+    assert!(
+        session.overlapped.load(Ordering::SeqCst),
+        "the job asked for no batch while it stored the one before"
+    );
+    assert_eq!(sum.snarfs_read(), SNARFS);
+    let dest = tempfile::tempdir().unwrap();
+    handle
+        .restore(sum.backup.as_str(), Some("v"), dest.path(), &mut |_| {})
+        .unwrap();
+    assert!(std::fs::read(dest.path().join("v")).unwrap() == orig);
+}

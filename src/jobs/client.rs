@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use super::plan::{Plan, PlanRequest, SnapshotDesc};
 use super::proto::{self, AckItem, Msg};
-use super::service::{Session, SnarfData};
+use super::service::{Batch, Session, SnarfData};
 use super::{Error, Result};
 
 /// What the daemon said about itself in `welcome`.
@@ -189,6 +189,10 @@ impl Session for Client {
     }
 
     fn next(&self, max: usize) -> Result<Option<Vec<SnarfData>>> {
+        Ok(self.next_batch(max)?.map(Batch::into_snarfs))
+    }
+
+    fn next_batch(&self, max: usize) -> Result<Option<Batch>> {
         let (msg, payload) = self.call(&Msg::Next { max: max as u32 }, &[])?;
         let Msg::Batch { items, done } = msg else {
             return Err(unexpected(&msg));
@@ -202,33 +206,7 @@ impl Session for Client {
                 ))
             };
         }
-        let mut at = 0usize;
-        let mut out = Vec::with_capacity(items.len());
-        for it in items {
-            let data = if it.zero {
-                None
-            } else {
-                let end = at + it.len as usize;
-                let bytes = payload.get(at..end).ok_or_else(|| {
-                    Error::Protocol("a batch's payload is shorter than its items".into())
-                })?;
-                at = end;
-                Some(bytes.to_vec())
-            };
-            out.push(SnarfData {
-                vol: it.vol,
-                snarf: it.snarf,
-                len: it.len,
-                data,
-                tier: it.tier,
-            });
-        }
-        if at != payload.len() {
-            return Err(Error::Protocol(
-                "a batch's payload is longer than its items".into(),
-            ));
-        }
-        Ok(Some(out))
+        Batch::joined(items, payload).map(Some)
     }
 
     fn ack(&self, items: &[AckItem]) -> Result<()> {

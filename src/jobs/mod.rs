@@ -49,7 +49,7 @@ pub use plan::{FullReason, Plan, PlanRequest, PlannedVolume, SnapshotDesc, Volum
 pub use progress::{NoProgress, Progress, ProgressSink};
 pub use released::Released;
 pub use server::{JobPhase, JobServer, JobStatus};
-pub use service::{JobService, Session, SnarfData};
+pub use service::{Batch, JobService, Session, SnarfData, SnarfRef};
 pub use vocab::{BackupRequest, JobState, Mode};
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use super::feed::Tier;
 use super::plan::{snarf_len, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
 use super::progress::{Progress, ProgressSink};
 use super::proto::{AckItem, StoredChunk};
-use super::service::{Session, SnarfData};
+use super::service::{Batch, Session, SnarfData};
 use super::vocab::Mode;
 use super::{Error, Result};
 use crate::chain::ErrorChain;
@@ -142,6 +142,16 @@ impl Session for Counting<'_> {
         }
         Ok(batch)
     }
+    fn next_batch(&self, max: usize) -> Result<Option<Batch>> {
+        let batch = self.inner.next_batch(max)?;
+        if let Some(b) = &batch {
+            let mut sent = self.sent.lock();
+            for d in b.snarfs() {
+                sent.count(d.tier);
+            }
+        }
+        Ok(batch)
+    }
     fn ack(&self, items: &[AckItem]) -> Result<()> {
         self.inner.ack(items)
     }
@@ -236,6 +246,9 @@ impl Failure {
         self.stop.load(Ordering::Acquire)
     }
 }
+
+/// Batches a format 2 job has asked for ahead of the one it is storing.
+const PREFETCH: usize = 2;
 
 /// Unchanged snarfs reused per turn of the write loop when nothing new is ready.
 const REUSE_WINDOW: u64 = 1024;
@@ -553,51 +566,92 @@ fn transfer_v2(
     let mut last_progress = Instant::now();
     let mut pending: Vec<AckItem> = Vec::new();
     let mut last_ack = Instant::now();
-    loop {
-        crate::repo::fault::slow_batch();
-        let Some(batch) = session.next(opts.batch.max(1))? else {
-            break;
+    // The next batches are asked for while this thread stores the last one, so the engine
+    // side reads (and, with a mount, hashes) snarfs while the writer hashes and compresses:
+    // the mount daemon and the job work at once instead of taking turns.
+    let stop = AtomicBool::new(false);
+    let (reader_result, put_result) = std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel::<Batch>(PREFETCH);
+        let stop_r = &stop;
+        let reader = std::thread::Builder::new()
+            .name("snarf-backup-read".into())
+            .spawn_scoped(scope, move || -> Result<()> {
+                while !stop_r.load(Ordering::Acquire) {
+                    crate::repo::fault::slow_batch();
+                    match session.next_batch(opts.batch.max(1))? {
+                        None => break,
+                        Some(b) => {
+                            if tx.send(b).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| Error::io("starting the backup reader thread", e));
+        let reader = match reader {
+            Ok(r) => r,
+            Err(e) => return (Ok(()), Err(e)),
         };
-        for d in batch {
-            let slot = *slots.get(d.vol as usize).ok_or_else(|| {
-                Error::Protocol(format!(
-                    "a snarf of volume {} of the plan, which has fewer",
-                    d.vol
-                ))
-            })?;
-            let bytes: &[u8] = match &d.data {
-                Some(b) => b,
-                None => zeros.get(..d.len as usize).ok_or_else(|| {
-                    Error::Protocol(format!(
-                        "a zero snarf of {} bytes, longer than any snarf of the plan",
-                        d.len
-                    ))
-                })?,
-            };
-            writer.put(slot, d.snarf, bytes)?;
-            received += 1;
-            bytes_read += u64::from(d.len);
-            if d.data.is_none() {
-                zero_bytes += u64::from(d.len);
+        let put = (|| -> Result<()> {
+            for batch in rx {
+                for d in batch.snarfs() {
+                    let slot = *slots.get(d.vol as usize).ok_or_else(|| {
+                        Error::Protocol(format!(
+                            "a snarf of volume {} of the plan, which has fewer",
+                            d.vol
+                        ))
+                    })?;
+                    let bytes: &[u8] = match d.data {
+                        Some(b) => b,
+                        None => zeros.get(..d.len as usize).ok_or_else(|| {
+                            Error::Protocol(format!(
+                                "a zero snarf of {} bytes, longer than any snarf of the plan",
+                                d.len
+                            ))
+                        })?,
+                    };
+                    writer.put(slot, d.snarf, bytes)?;
+                    received += 1;
+                    bytes_read += u64::from(d.len);
+                    if d.data.is_none() {
+                        zero_bytes += u64::from(d.len);
+                    }
+                    read[d.vol as usize] += 1;
+                    prog.done_snarfs += 1;
+                    prog.done_bytes += u64::from(d.len);
+                }
+                // Acknowledge what became durable: in batches, or whatever is pending
+                // after a pause.
+                pending.extend(acks_v2(&writer.take_durable()));
+                if pending.len() >= opts.ack_batch
+                    || (!pending.is_empty() && last_ack.elapsed() >= Duration::from_millis(200))
+                {
+                    session.ack(&std::mem::take(&mut pending))?;
+                    last_ack = Instant::now();
+                }
+                if last_progress.elapsed() >= Duration::from_millis(100) {
+                    last_progress = Instant::now();
+                    prog.elapsed = start.elapsed().as_secs_f64();
+                    progress.report(&prog);
+                }
             }
-            read[d.vol as usize] += 1;
-            prog.done_snarfs += 1;
-            prog.done_bytes += u64::from(d.len);
-        }
-        // Acknowledge what became durable: in batches, or whatever is pending after a pause.
-        pending.extend(acks_v2(&writer.take_durable()));
-        if pending.len() >= opts.ack_batch
-            || (!pending.is_empty() && last_ack.elapsed() >= Duration::from_millis(200))
-        {
-            session.ack(&std::mem::take(&mut pending))?;
-            last_ack = Instant::now();
-        }
-        if last_progress.elapsed() >= Duration::from_millis(100) {
-            last_progress = Instant::now();
-            prog.elapsed = start.elapsed().as_secs_f64();
-            progress.report(&prog);
-        }
-    }
+            Ok(())
+        })();
+        // On a failure here the reader stops at its next batch (its send fails once the
+        // receiver is gone, and it looks at `stop` before asking again).
+        stop.store(true, Ordering::Release);
+        // A panic of the reader is the job's, as if this thread had asked for the batch.
+        let reader_result = reader
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (reader_result, put)
+    });
+    // A failure to store is reported first; the reader's failure (the engine side's
+    // answer) ended the batches, so it comes before the count of snarfs below.
+    put_result?;
+    reader_result?;
     if received != to_send {
         return Err(Error::Protocol(format!(
             "the plan promised {to_send} snarfs but {received} came"

@@ -43,7 +43,7 @@ use parking_lot::Mutex;
 
 use super::feed::{AckKind, Feed, Handed, Tier};
 use super::plan::{self, Plan, PlanRequest, SnapshotDesc};
-use super::proto::{AckItem, StoredChunk};
+use super::proto::{AckItem, BatchItem, StoredChunk};
 use super::released::Released;
 use super::{Error, Result};
 use crate::repo::handle::VolumeReader;
@@ -77,6 +77,111 @@ pub struct SnarfData {
     pub tier: Tier,
 }
 
+/// A batch of snarfs as a job receives it: each in its own buffer, or (from a socket) the
+/// frame's payload as it was read, the bytes of the non-zero snarfs laid end to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Batch {
+    /// Each snarf with its own bytes.
+    Each(Vec<SnarfData>),
+    /// The items in order and their bytes, checked to add up ([`Batch::joined`]).
+    Joined {
+        /// The snarfs, in order.
+        items: Vec<BatchItem>,
+        /// The bytes of the non-zero ones, end to end.
+        payload: Vec<u8>,
+    },
+}
+
+/// One snarf of a [`Batch`], borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnarfRef<'a> {
+    /// Volume position in the plan.
+    pub vol: u32,
+    /// Snarf index.
+    pub snarf: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// The bytes; `None` when all zeros.
+    pub data: Option<&'a [u8]>,
+    /// The tier of the feed's order it was handed out from.
+    pub tier: Tier,
+}
+
+impl Batch {
+    /// A batch over a frame's items and payload; the error says how they do not match.
+    pub fn joined(items: Vec<BatchItem>, payload: Vec<u8>) -> Result<Batch> {
+        let mut at = 0usize;
+        for it in items.iter().filter(|it| !it.zero) {
+            at = at
+                .checked_add(it.len as usize)
+                .filter(|&end| end <= payload.len())
+                .ok_or_else(|| {
+                    Error::Protocol("a batch's payload is shorter than its items".into())
+                })?;
+        }
+        if at != payload.len() {
+            return Err(Error::Protocol(
+                "a batch's payload is longer than its items".into(),
+            ));
+        }
+        Ok(Batch::Joined { items, payload })
+    }
+
+    /// The snarfs, in order.
+    pub fn snarfs(&self) -> Vec<SnarfRef<'_>> {
+        match self {
+            Batch::Each(list) => list
+                .iter()
+                .map(|d| SnarfRef {
+                    vol: d.vol,
+                    snarf: d.snarf,
+                    len: d.len,
+                    data: d.data.as_deref(),
+                    tier: d.tier,
+                })
+                .collect(),
+            Batch::Joined { items, payload } => {
+                let mut at = 0usize;
+                items
+                    .iter()
+                    .map(|it| {
+                        let data = (!it.zero).then(|| {
+                            let bytes = &payload[at..at + it.len as usize];
+                            at += it.len as usize;
+                            bytes
+                        });
+                        SnarfRef {
+                            vol: it.vol,
+                            snarf: it.snarf,
+                            len: it.len,
+                            data,
+                            tier: it.tier,
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The snarfs, each with its own bytes.
+    pub fn into_snarfs(self) -> Vec<SnarfData> {
+        match self {
+            Batch::Each(list) => list,
+            joined => joined
+                .snarfs()
+                .into_iter()
+                .map(|r| SnarfData {
+                    vol: r.vol,
+                    snarf: r.snarf,
+                    len: r.len,
+                    data: r.data.map(<[u8]>::to_vec),
+                    tier: r.tier,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// What a backup job asks of the engine side, wherever that runs.
 pub trait Session: Send + Sync {
     /// What the snapshot holds.
@@ -85,6 +190,11 @@ pub trait Session: Send + Sync {
     fn plan(&self, req: &PlanRequest, repo: &Path) -> Result<Plan>;
     /// Up to `max` more snarfs; `None` once every planned snarf was handed out.
     fn next(&self, max: usize) -> Result<Option<Vec<SnarfData>>>;
+    /// [`Session::next`] as a [`Batch`], which a client over a socket gives without
+    /// copying each snarf out of the frame it read.
+    fn next_batch(&self, max: usize) -> Result<Option<Batch>> {
+        Ok(self.next(max)?.map(Batch::Each))
+    }
     /// The backup stored these snarfs (durably).
     fn ack(&self, items: &[AckItem]) -> Result<()>;
     /// The job is about to commit (for listings); nothing to answer.

@@ -93,17 +93,38 @@ impl PackWriter {
         let mut raw = Vec::with_capacity(blobs.iter().map(|b| b.2.len()).sum());
         let mut places = Vec::with_capacity(blobs.len());
         for (id, kind, data) in blobs {
-            let len = u32::try_from(data.len())
+            places.push((*id, *kind, data.len()));
+            raw.extend_from_slice(data);
+        }
+        self.append_joined(seal, level, &places, &raw)
+    }
+
+    /// [`PackWriter::append_frame`] for blobs already laid end to end in `raw` (each: id,
+    /// kind, length; in frame order), so a writer that gathers a frame copies it once.
+    pub fn append_joined(
+        &mut self,
+        seal: &dyn Seal,
+        level: i32,
+        blobs: &[(ChunkId, BlobKind, usize)],
+        raw: &[u8],
+    ) -> Result<Vec<ChunkRef>> {
+        let mut places = Vec::with_capacity(blobs.len());
+        let mut at = 0usize;
+        for &(id, kind, n) in blobs {
+            let len = u32::try_from(n)
                 .ok()
                 .filter(|&n| n > 0 && n <= MAX_BLOB)
                 .ok_or_else(|| {
-                    Error::BadArgument(format!(
-                        "a blob must be 1 byte to 8 MiB, not {}",
-                        data.len()
-                    ))
+                    Error::BadArgument(format!("a blob must be 1 byte to 8 MiB, not {n}"))
                 })?;
-            places.push((*id, *kind, raw.len() as u32, len));
-            raw.extend_from_slice(data);
+            places.push((id, kind, at as u32, len));
+            at += n;
+        }
+        if at != raw.len() {
+            return Err(Error::BadArgument(format!(
+                "a frame's blobs add up to {at} bytes, not its {}",
+                raw.len()
+            )));
         }
         if raw.len() > frame::MAX_FRAME_RAW {
             return Err(Error::BadArgument(format!(
@@ -123,7 +144,7 @@ impl PackWriter {
             &self.id.0,
             offset,
             &ad(&self.id, "frame"),
-            frame::encode(&raw, level),
+            frame::encode(raw, level),
         )?;
         let frame_len = u32::try_from(sealed.len())
             .map_err(|_| Error::BadArgument("a sealed frame of more than 4 GiB".into()))?;

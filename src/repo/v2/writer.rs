@@ -116,11 +116,12 @@ struct Volume {
     put: BTreeMap<u64, Put>,
 }
 
-/// Chunks of one volume waiting to be compressed together.
+/// Chunks of one volume waiting to be compressed together, laid end to end as the frame's
+/// raw bytes (one copy of each snarf, not one per chunk and another for the frame).
 struct Pending {
     slot: usize,
-    bytes: usize,
-    blobs: Vec<(ChunkId, Vec<u8>)>,
+    raw: Vec<u8>,
+    blobs: Vec<(ChunkId, BlobKind, usize)>,
 }
 
 struct State {
@@ -355,19 +356,21 @@ impl Writer {
         st.waits(report, slot.0, snarf, id);
         st.stats.new_chunks += 1;
         st.stats.new_raw_bytes += data.len() as u64;
-        let full = st.pending.as_ref().is_some_and(|p| {
-            p.slot != slot.0 || p.bytes + data.len() > self.repo.config().frame_bytes as usize
-        });
+        let frame_bytes = self.repo.config().frame_bytes as usize;
+        let full = st
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.slot != slot.0 || p.raw.len() + data.len() > frame_bytes);
         if full {
             self.flush_frame(&mut st)?;
         }
         let p = st.pending.get_or_insert_with(|| Pending {
             slot: slot.0,
-            bytes: 0,
+            raw: Vec::with_capacity(frame_bytes.max(data.len())),
             blobs: Vec::new(),
         });
-        p.bytes += data.len();
-        p.blobs.push((id, data.to_vec()));
+        p.raw.extend_from_slice(data);
+        p.blobs.push((id, BlobKind::Data, data.len()));
         Ok(())
     }
 
@@ -398,25 +401,24 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes blobs as one frame into the current pack, sealing the pack when full.
+    /// Writes blobs laid end to end in `raw` as one frame into the current pack, sealing
+    /// the pack when full.
     fn write_frame(
         &self,
         st: &mut State,
-        kind: BlobKind,
-        blobs: &[(ChunkId, &[u8])],
+        blobs: &[(ChunkId, BlobKind, usize)],
+        raw: &[u8],
     ) -> Result<Vec<ChunkRef>> {
         let mut pack = match st.pack.take() {
             Some(p) => p,
             None => PackWriter::create(self.repo.backend().as_ref(), PackId::generate())?,
         };
-        let list: Vec<(ChunkId, BlobKind, &[u8])> =
-            blobs.iter().map(|(id, d)| (*id, kind, *d)).collect();
         let before = pack.len();
         let level = self
             .new
             .compression
             .unwrap_or(self.repo.config().compression);
-        let refs = pack.append_frame(self.repo.seal(), level, &list)?;
+        let refs = pack.append_joined(self.repo.seal(), level, blobs, raw)?;
         st.stats.new_stored_bytes += pack.len() - before;
         for r in &refs {
             st.seen.insert(r.id, Some(*r));
@@ -436,9 +438,7 @@ impl Writer {
         let Some(p) = st.pending.take() else {
             return Ok(());
         };
-        let blobs: Vec<(ChunkId, &[u8])> =
-            p.blobs.iter().map(|(id, d)| (*id, d.as_slice())).collect();
-        self.write_frame(st, BlobKind::Data, &blobs)?;
+        self.write_frame(st, &p.blobs, &p.raw)?;
         Ok(())
     }
 
@@ -641,7 +641,9 @@ impl PageStore for WriterPages<'_> {
             st.seen.insert(id, Some(r));
             return Ok(r);
         }
-        let refs = self.w.write_frame(&mut st, BlobKind::Page, &[(id, raw)])?;
+        let refs = self
+            .w
+            .write_frame(&mut st, &[(id, BlobKind::Page, raw.len())], raw)?;
         refs.into_iter()
             .next()
             .ok_or_else(|| Error::BadArgument("a frame of one page gave no reference".into()))
