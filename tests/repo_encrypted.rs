@@ -84,12 +84,22 @@ fn an_encrypted_repository_backs_up_restores_checks_and_prunes_and_holds_no_plai
     let dir = tempfile::tempdir().expect("tempdir");
     let (repo, store) = (dir.path().join("repo"), dir.path().join("store"));
     let (code, out, err) = snarf_env(
-        &["repo", "init", s(&repo), "--encryption", "--kdf-memory", "8M"],
+        &[
+            "repo",
+            "init",
+            s(&repo),
+            "--encryption",
+            "--kdf-memory",
+            "8M",
+        ],
         PW,
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("created encrypted repository"), "{out}");
-    assert_eq!(snarf_env(&["init", s(&store), "--repo", s(&repo)], &[]).0, 0);
+    assert_eq!(
+        snarf_env(&["init", s(&store), "--repo", s(&repo)], &[]).0,
+        0
+    );
     const TEXT: &[u8] = b"THE KNOWN TEXT OF A SECRET VOLUME, 4f1c";
     let a = volume_with_text(TEXT);
     std::fs::write(store.join("volumes/secret-volume.img"), &a).expect("write");
@@ -132,14 +142,23 @@ fn an_encrypted_repository_backs_up_restores_checks_and_prunes_and_holds_no_plai
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("incremental from"), "{out}");
     let id2 = backup_id(&out);
-    let (code, out, err) = snarf_env(&["backups", s(&repo)], &[("SNARF_PASSWORD_FILE", s(&pwfile))]);
+    let (code, out, err) = snarf_env(
+        &["backups", s(&repo)],
+        &[("SNARF_PASSWORD_FILE", s(&pwfile))],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&id1) && out.contains(&id2), "{out}");
     let dest = dir.path().join("out");
     let (code, _, err) = snarf_env(&["restore", s(&repo), &id2, s(&dest)], PW);
     assert_eq!(code, 0, "{err}");
-    assert!(std::fs::read(dest.join("secret-volume.img")).expect("a") == a, "a differs");
-    assert!(std::fs::read(dest.join("b.img")).expect("b") == b, "b differs");
+    assert!(
+        std::fs::read(dest.join("secret-volume.img")).expect("a") == a,
+        "a differs"
+    );
+    assert!(
+        std::fs::read(dest.join("b.img")).expect("b") == b,
+        "b differs"
+    );
     let (code, out, err) = snarf_env(&["check", s(&repo), "--read-data"], PW);
     assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = snarf_env(&["prune", s(&repo), "--keep-last", "1"], PW);
@@ -173,14 +192,20 @@ fn encrypted_init_is_refused_without_a_passphrase_or_on_format_1() {
         PW,
     );
     assert_eq!(code, 1);
-    assert!(err.contains("format 1 repository cannot be encrypted"), "{err}");
+    assert!(
+        err.contains("format 1 repository cannot be encrypted"),
+        "{err}"
+    );
     let (code, _, err) = snarf_env(
         &["repo", "init", s(&r), "--encryption", "--kdf-memory", "1M"],
         PW,
     );
     assert_eq!(code, 1);
     assert!(err.contains("--kdf-memory"), "{err}");
-    let (code, _, err) = snarf_env(&["repo", "init", s(&r), "--encryption"], &[("SNARF_PASSWORD", "")]);
+    let (code, _, err) = snarf_env(
+        &["repo", "init", s(&r), "--encryption"],
+        &[("SNARF_PASSWORD", "")],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("empty"), "{err}");
 }
@@ -190,7 +215,16 @@ fn key_slots_are_added_listed_and_removed_from_the_command_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let r = dir.path().join("r");
     let (code, _, err) = snarf_env(
-        &["repo", "init", s(&r), "--encryption", "--kdf-memory", "8M", "--label", "admin"],
+        &[
+            "repo",
+            "init",
+            s(&r),
+            "--encryption",
+            "--kdf-memory",
+            "8M",
+            "--label",
+            "admin",
+        ],
         PW,
     );
     assert_eq!(code, 0, "{err}");
@@ -198,7 +232,12 @@ fn key_slots_are_added_listed_and_removed_from_the_command_line() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 2, "{out}");
     assert!(out.contains("admin"), "{out}");
-    let first = out.lines().nth(1).and_then(|l| l.split_whitespace().next()).expect("id").to_string();
+    let first = out
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("id")
+        .to_string();
     let (code, _, err) = snarf_env(&["repo", "key", "remove", s(&r), &first], PW);
     assert_eq!(code, 1);
     assert!(err.contains("last"), "{err}");
@@ -207,22 +246,47 @@ fn key_slots_are_added_listed_and_removed_from_the_command_line() {
     assert_eq!(code, 1);
     assert!(err.contains("no passphrase to add"), "{err}");
     let (code, out, err) = snarf_env(
-        &["repo", "key", "add", s(&r), "--kdf-memory", "8M", "--label", "backup-host"],
+        &[
+            "repo",
+            "key",
+            "add",
+            s(&r),
+            "--kdf-memory",
+            "8M",
+            "--label",
+            "backup-host",
+        ],
         &[PW[0], ("SNARF_NEW_PASSWORD", "second passphrase")],
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("added key slot"), "{out}");
-    let (code, out, _) = snarf_env(&["repo", "key", "list", s(&r), "--json"], &[("SNARF_PASSWORD", "second passphrase")]);
+    let (code, out, _) = snarf_env(
+        &["repo", "key", "list", s(&r), "--json"],
+        &[("SNARF_PASSWORD", "second passphrase")],
+    );
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v.as_array().map(Vec::len), Some(2), "{out}");
-    let (code, _, err) = snarf_env(&["repo", "key", "remove", s(&r), &first], &[("SNARF_PASSWORD", "second passphrase")]);
+    let (code, _, err) = snarf_env(
+        &["repo", "key", "remove", s(&r), &first],
+        &[("SNARF_PASSWORD", "second passphrase")],
+    );
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = snarf_env(&["backups", s(&r)], PW);
     assert_eq!(code, 1);
     assert!(err.contains("does not open"), "{err}");
-    assert_eq!(snarf_env(&["backups", s(&r)], &[("SNARF_PASSWORD", "second passphrase")]).0, 0);
-    let (code, _, err) = snarf_env(&["repo", "key", "remove", s(&r), "nonsense"], &[("SNARF_PASSWORD", "second passphrase")]);
+    assert_eq!(
+        snarf_env(
+            &["backups", s(&r)],
+            &[("SNARF_PASSWORD", "second passphrase")]
+        )
+        .0,
+        0
+    );
+    let (code, _, err) = snarf_env(
+        &["repo", "key", "remove", s(&r), "nonsense"],
+        &[("SNARF_PASSWORD", "second passphrase")],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("not a key slot id"), "{err}");
     // A plain repository has no keys.

@@ -106,10 +106,8 @@ pub fn for_new(repo: &str) -> Result<Passphrase> {
     if let Some(p) = configured(ENV)? {
         return Ok(p);
     }
-    prompt(&format!("new passphrase for {repo}: "), true)?.ok_or_else(|| {
-        Error::PassphraseNeeded {
-            repo: repo.to_string(),
-        }
+    prompt(&format!("new passphrase for {repo}: "), true)?.ok_or_else(|| Error::PassphraseNeeded {
+        repo: repo.to_string(),
     })
 }
 

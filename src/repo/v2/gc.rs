@@ -66,7 +66,12 @@ pub fn adopt(repo: &Repository) -> Result<u64> {
         return Ok(0);
     }
     recs.sort_by(|a, b| a.id.cmp(&b.id).then(a.pack.cmp(&b.pack)));
-    index::write_run(backend.as_ref(), repo.seal(), recs.into_iter().map(Ok), &adopted)?;
+    index::write_run(
+        backend.as_ref(),
+        repo.seal(),
+        recs.into_iter().map(Ok),
+        &adopted,
+    )?;
     log::info!(
         "{}: adopted {} pack(s) of an interrupted backup into the index",
         repo.location(),

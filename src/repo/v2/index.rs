@@ -121,7 +121,12 @@ pub struct Run {
 impl Run {
     /// Opens run `key` of `size` bytes and validates (in an encrypted repository, opens)
     /// its footer.
-    pub fn open(backend: Arc<dyn Backend>, seal: Arc<dyn Seal>, key: Key, size: u64) -> Result<Run> {
+    pub fn open(
+        backend: Arc<dyn Backend>,
+        seal: Arc<dyn Seal>,
+        key: Key,
+        size: u64,
+    ) -> Result<Run> {
         let damaged = |why: String| Error::Damaged {
             repo: backend.location().into(),
             path: key.name().into(),
@@ -194,9 +199,9 @@ impl Run {
             return Ok(Vec::new());
         }
         let at = self.layout.records_len(self.count).unwrap_or(u64::MAX);
-        let raw = self
-            .backend
-            .read_range(&self.key, at, self.packs * PACK_LEN + self.layout.tag)?;
+        let raw =
+            self.backend
+                .read_range(&self.key, at, self.packs * PACK_LEN + self.layout.tag)?;
         let raw = self.open_part(PACKS_TEXT, "packs", raw)?;
         if raw.len() as u64 != self.packs * PACK_LEN {
             return Err(self.damaged("its pack table has the wrong size".into()));
@@ -241,7 +246,12 @@ impl Run {
             return Ok(stored);
         }
         self.seal
-            .open(&run_object(&self.key), counter, &ad(&self.key, what), stored)
+            .open(
+                &run_object(&self.key),
+                counter,
+                &ad(&self.key, what),
+                stored,
+            )
             .map_err(|why| self.damaged(format!("its {what} fail authentication ({why})")))
     }
 
@@ -595,7 +605,8 @@ mod tests {
         let (_d, b) = backend();
         let recs = sorted(0..40_000);
         let p1 = [PackId([3; 16]), PackId([1; 16])];
-        let (k1, n) = write_run(b.as_ref(), seal.as_ref(), recs.iter().map(|r| Ok(*r)), &p1).unwrap();
+        let (k1, n) =
+            write_run(b.as_ref(), seal.as_ref(), recs.iter().map(|r| Ok(*r)), &p1).unwrap();
         assert_eq!(n, 40_000);
         write_run(
             b.as_ref(),
@@ -643,11 +654,17 @@ mod tests {
         let path = LocalDir::new(std::path::Path::new(&b.location())).path_of(&key);
         let good = std::fs::read(&path).unwrap();
         // 3 blocks (16 + 16 + 8 records), the pack table and the footer, each with a tag.
-        assert_eq!(good.len() as u64, 40 * 64 + 3 * 16 + 16 + 16 + FOOTER_LEN + 16);
+        assert_eq!(
+            good.len() as u64,
+            40 * 64 + 3 * 16 + 16 + 16 + FOOTER_LEN + 16
+        );
         for r in &recs {
             assert!(!good.windows(32).any(|w| w == r.id.0), "a blob id in clear");
         }
-        assert!(!good.windows(16).any(|w| w == [5; 16]), "a pack id in clear");
+        assert!(
+            !good.windows(16).any(|w| w == [5; 16]),
+            "a pack id in clear"
+        );
         // A plain reader does not mistake it for a plain run.
         assert!(Index::open(&b, &plain()).is_err());
         for i in 0..good.len() {

@@ -241,7 +241,10 @@ mod tests {
         assert!(back.unwrap_key(b"correct horse", "s2").unwrap().is_none());
         let mut relabelled = back.clone();
         relabelled.label = "other".into();
-        assert!(relabelled.unwrap_key(b"correct horse", "s1").unwrap().is_none());
+        assert!(relabelled
+            .unwrap_key(b"correct horse", "s1")
+            .unwrap()
+            .is_none());
         assert!(KeySlot::wrap(&master, b"", "s3", FAST, "x").is_err());
     }
 

@@ -149,7 +149,9 @@ fn full_and_incremental_backups_read_and_restore_byte_exact_and_holes_stay_holes
     assert!(frames.len() * 3 < refs.len(), "{} frames", frames.len());
     assert!(refs.iter().all(|r| r.kind == BlobKind::Data));
 
-    let records_before = super::index::Index::open(repo.backend(), repo.shared_seal()).unwrap().records();
+    let records_before = super::index::Index::open(repo.backend(), repo.shared_seal())
+        .unwrap()
+        .records();
     let b2 = backup(&repo, 2, Some(&b1));
     assert_eq!(read_all(&repo, &b2), volume(2));
     assert_eq!(restored(&repo, &b2, &dir.path().join("out2")), volume(2));
@@ -159,7 +161,9 @@ fn full_and_incremental_backups_read_and_restore_byte_exact_and_holes_stay_holes
         .filter(|s| s.is_multiple_of(70) && !s.is_multiple_of(77) && snarf(2, *s).is_some())
         .count() as u64;
     assert_eq!(b2.stats.new_chunks, changed);
-    let records = super::index::Index::open(repo.backend(), repo.shared_seal()).unwrap().records();
+    let records = super::index::Index::open(repo.backend(), repo.shared_seal())
+        .unwrap()
+        .records();
     // Changed leaves (all three here) plus the root.
     assert!(
         records - records_before <= changed + 4,
