@@ -102,9 +102,7 @@ fn encrypted_backups_restore_check_and_prune_byte_exact_and_a_wrong_passphrase_i
     assert!(report.unreferenced_packs.is_empty());
 
     for wrong in ["correct horsf", "", "correct horse "] {
-        let e = reopen(&repo, wrong)
-            .err()
-            .expect("a wrong passphrase opened it");
+        let e = reopen(&repo, wrong).expect_err("a wrong passphrase opened it");
         assert!(matches!(e, Error::WrongPassphrase { .. }), "{e}");
         let msg = e.to_string();
         assert!(
@@ -194,7 +192,7 @@ fn nothing_of_a_volume_or_its_names_is_in_clear_in_any_file() {
     let plain = Repository::init(local(&dir.path().join("plain")), &opts()).unwrap();
     run(&plain);
     let hits = found(&dir.path().join("plain"));
-    for n in [&names[0], &names[3], "KNOWN PLAINTEXT"] {
+    for n in [names[0], names[3], "KNOWN PLAINTEXT"] {
         assert!(
             hits.iter().any(|h| h.contains(n)),
             "{n} not in the plain repo: {hits:?}"
