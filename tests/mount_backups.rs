@@ -93,3 +93,80 @@ fn committed_backups_read_back_through_the_mount() {
     let second = common::write_backup(&repo, 8, 1 << 20, None).to_string();
     assert!(m.path(&format!("backups/{second}/own.img")).exists());
 }
+
+#[test]
+fn an_encrypted_repository_reads_back_through_the_mount_with_its_password_file() {
+    use snarf::repo::passphrase::Passphrase;
+    use snarf::repo::v2::{keyslot::Cost, InitOptions, NewKey, Repository};
+    let Some(mut m) = Mounted::new(&[], &[]) else {
+        return;
+    };
+    let repo_dir = m.dir.path().join("repo");
+    let backend = snarf::repo::Location::local(&repo_dir)
+        .backend_for_init()
+        .unwrap();
+    let repo = Repository::init(
+        backend,
+        &InitOptions {
+            encryption: Some(NewKey {
+                passphrase: std::sync::Arc::new(Passphrase::new(b"mount secret")),
+                cost: Cost {
+                    m_cost_kib: 8 << 10,
+                    t_cost: 1,
+                    p_cost: 1,
+                },
+                label: String::new(),
+            }),
+            ..InitOptions::default()
+        },
+    )
+    .unwrap();
+    let id = common::write_backup_v2(&repo, 9, 2 << 20).to_string();
+    let pw = m.dir.path().join("pw");
+    fs::write(&pw, "mount secret\n").unwrap();
+    let repo_arg = repo_dir.to_str().unwrap();
+
+    // Without the passphrase backups/ cannot be read, and says why (EACCES), not EIO.
+    m.unmount();
+    m.mount(&["--repo", repo_arg]);
+    let e = fs::read_dir(m.path("backups")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    assert_eq!(
+        e.err().and_then(|e| e.raw_os_error()),
+        Some(libc::EACCES),
+        "backups/ of an encrypted repository without a passphrase"
+    );
+    m.unmount();
+    let opt = format!("password_file={}", pw.display());
+    m.mount(&["--repo", repo_arg, "-o", &opt]);
+    for (name, data) in common::volumes_for(9, 2 << 20) {
+        let through_mount = m.path(&format!("backups/{id}/{name}"));
+        assert!(read(&through_mount) == data, "backups/{id}/{name} differs");
+    }
+    // The passphrase is not written into the store.
+    let secret = b"mount secret";
+    for f in walk(&m.store) {
+        let bytes = fs::read(&f).unwrap_or_default();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret),
+            "{} holds the passphrase",
+            f.display()
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -31,6 +31,7 @@ fn opts() -> InitOptions {
         pack_target: 256 << 10,
         frame_bytes: 4 * u64::from(SNARF),
         gc_grace_secs: 0,
+        encryption: None,
     }
 }
 

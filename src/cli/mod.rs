@@ -6,6 +6,7 @@ mod control_cmds;
 mod demo_cmd;
 mod generate_cmd;
 mod host_job;
+mod key_cmds;
 mod logging;
 mod metrics_cmd;
 mod mount_cmds;
@@ -73,6 +74,10 @@ pub struct Cli {
     /// PATH; also SNARF_REMOTE_PATH).
     #[arg(long, global = true, value_name = "PATH")]
     remote_path: Option<String>,
+    /// File holding the passphrase of encrypted repositories (also SNARF_PASSWORD_FILE;
+    /// else SNARF_PASSWORD, else a prompt on a terminal).
+    #[arg(long, global = true, value_name = "FILE")]
+    password_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +131,9 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     if let Some(p) = &cli.remote_path {
         crate::repo::backend::ssh::set_remote_path(p);
+    }
+    if let Some(p) = &cli.password_file {
+        crate::repo::passphrase::set_password_file(p);
     }
     if !matches!(cli.command, Command::Mount(_) | Command::Umount(_)) {
         logging::to_stderr();

@@ -251,6 +251,10 @@ fn launch(args: &MountArgs, store: &Path, mountpoint: &Path) -> CliResult {
     if let Some(p) = crate::repo::backend::ssh::remote_path() {
         cmd.env("SNARF_REMOTE_PATH", p);
     }
+    // So do they an encrypted repository's passphrase file (SNARF_PASSWORD is inherited).
+    if let Some(p) = crate::repo::passphrase::password_file() {
+        cmd.env(crate::repo::passphrase::ENV_FILE, p);
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

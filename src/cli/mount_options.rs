@@ -106,6 +106,19 @@ pub const OPTIONS: &[MountOption] = &[
         },
     },
     MountOption {
+        name: "password_file",
+        value: Some("FILE"),
+        flag: "--password-file",
+        help: "File holding the passphrase of an encrypted repository, for backups/ and the jobs (or SNARF_PASSWORD in the mount's environment); never copied into the store.",
+        apply: |_, v| {
+            if v.is_empty() {
+                return Err("password_file= needs a file".to_string());
+            }
+            crate::repo::passphrase::set_password_file(std::path::Path::new(v));
+            Ok(())
+        },
+    },
+    MountOption {
         name: "live_io",
         value: Some("direct|buffered"),
         flag: "--live-io",

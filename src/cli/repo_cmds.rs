@@ -1,5 +1,5 @@
 //! Commands on a backup repository: create one, list its backups, restore, check, prune,
-//! repair its index, and show finishing state. `snarf backup` itself lives with the job
+//! repair its index, and show finishing state (its keys: `key_cmds`). `snarf backup` itself lives with the job
 //! commands.
 
 use std::io::{IsTerminal, Write};
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 
+use super::key_cmds::{self, KeyArgs, SlotOptions};
 use super::{CliError, CliResult};
 use crate::chain::ErrorChain;
 use crate::control;
@@ -29,6 +30,8 @@ enum RepoCommand {
     /// Migrate a format 1 repository to format 2 in place (packs stay; safe to interrupt
     /// and run again).
     Upgrade(RepoUpgradeArgs),
+    /// List, add or remove the passphrases of an encrypted repository.
+    Key(KeyArgs),
 }
 
 /// Arguments of `snarf repo upgrade`.
@@ -55,6 +58,13 @@ struct RepoInitArgs {
     /// chunk per snarf; a local folder only), for hosts that still run an older snarf.
     #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=2))]
     format: u32,
+    /// Encrypt and authenticate everything stored (AES-256-GCM; format 2 only). The
+    /// passphrase comes from --password-file FILE, SNARF_PASSWORD or a prompt; without it
+    /// nothing can be read back, so keep it (or add a second with `snarf repo key add`).
+    #[arg(long)]
+    encryption: bool,
+    #[command(flatten)]
+    slot: SlotOptions,
 }
 
 /// Opens the repository named on the command line, in whichever format it is.
@@ -253,14 +263,27 @@ impl Progress {
 pub fn repo(args: RepoArgs) -> CliResult {
     match args.command {
         RepoCommand::Init(a) => {
+            let location = Location::of_arg(&a.repo)?;
+            if a.encryption && a.format == 1 {
+                return Err(CliError::new(format!(
+                    "{}: a format 1 repository cannot be encrypted; leave out --format 1 (format 2 is the default)",
+                    a.repo.display()
+                )));
+            }
             let opts = InitOptions {
                 format: a.format,
                 compression: a.compression,
                 pack_target: a.pack_size,
+                encryption: if a.encryption {
+                    Some(key_cmds::first_key(&a.repo, &a.slot)?)
+                } else {
+                    None
+                },
             };
-            Handle::init(&Location::of_arg(&a.repo)?, &opts)?;
+            Handle::init(&location, &opts)?;
             println!(
-                "created repository {} (format {}, zstd level {}, packs of {})",
+                "created {}repository {} (format {}, zstd level {}, packs of {})",
+                if a.encryption { "encrypted " } else { "" },
                 a.repo.display(),
                 opts.format,
                 opts.compression,
@@ -269,6 +292,7 @@ pub fn repo(args: RepoArgs) -> CliResult {
             Ok(())
         }
         RepoCommand::Upgrade(a) => upgrade(a),
+        RepoCommand::Key(a) => key_cmds::key(a),
     }
 }
 

@@ -203,6 +203,8 @@ fn repo_errno(e: &repo::Error) -> i32 {
         repo::Error::Connection { .. } => libc::EIO,
         // The far side refuses that repository to this key.
         repo::Error::Refused { .. } => libc::EACCES,
+        // An encrypted repository the mount was given no (or the wrong) passphrase for.
+        repo::Error::PassphraseNeeded { .. } | repo::Error::WrongPassphrase { .. } => libc::EACCES,
         // Only writers meet these; a reader that does is out of its depth.
         repo::Error::NotEmpty { .. }
         | repo::Error::BadArgument(_)

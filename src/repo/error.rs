@@ -173,6 +173,20 @@ pub enum Error {
         /// What to do about it.
         fix: String,
     },
+    /// The repository is encrypted and no passphrase was given.
+    #[error("repository {repo} is encrypted and no passphrase was given: set SNARF_PASSWORD, give --password-file FILE (password-file= on a mount), or run on a terminal to be asked")]
+    PassphraseNeeded {
+        /// The repository.
+        repo: String,
+    },
+    /// No key slot of the repository opens with the passphrase given.
+    #[error("the passphrase given does not open repository {repo}: none of its key slots ({slots}) accepts it; check the passphrase (a damaged slot is refused the same way)")]
+    WrongPassphrase {
+        /// The repository.
+        repo: String,
+        /// The key slots tried, by file.
+        slots: String,
+    },
     /// An I/O error, with what was being done.
     #[error("{context}")]
     Io {

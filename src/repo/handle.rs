@@ -40,6 +40,8 @@ pub struct InitOptions {
     pub compression: i32,
     /// Pack size at which a pack is sealed.
     pub pack_target: u64,
+    /// Encrypt (format 2 only), with this first key slot.
+    pub encryption: Option<v2::NewKey>,
 }
 
 impl Default for InitOptions {
@@ -48,6 +50,7 @@ impl Default for InitOptions {
             format: 2,
             compression: v1::DEFAULT_COMPRESSION,
             pack_target: v1::DEFAULT_PACK_TARGET,
+            encryption: None,
         }
     }
 }
@@ -65,6 +68,9 @@ impl Handle {
     /// Creates a repository of `opts.format` at `location`, which must be missing or empty.
     pub fn init(location: &Location, opts: &InitOptions) -> Result<Handle> {
         match opts.format {
+            1 if opts.encryption.is_some() => Err(Error::BadArgument(format!(
+                "{location}: a format 1 repository cannot be encrypted; leave out --format 1 (format 2 is the default)"
+            ))),
             1 => {
                 let path = location.local_path().ok_or_else(|| {
                     Error::BadArgument(format!(
@@ -81,6 +87,7 @@ impl Handle {
                 let o = v2::InitOptions {
                     compression: opts.compression,
                     pack_target: opts.pack_target,
+                    encryption: opts.encryption.clone(),
                     ..v2::InitOptions::default()
                 };
                 if let Some(path) = location.local_path() {

@@ -12,6 +12,7 @@ pub mod handle;
 pub mod ids;
 pub mod location;
 pub mod lock;
+pub mod passphrase;
 pub mod report;
 pub mod retention;
 mod span;

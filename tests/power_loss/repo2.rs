@@ -63,6 +63,7 @@ pub fn base_image(dir: &Path) -> (Image, Found) {
             format: 2,
             compression: 3,
             pack_target: 96 << 10,
+            encryption: None,
         };
         let Handle::V2(repo) =
             Handle::init(&Location::local(&mnt.join(REPO)), &opts).expect("init")

@@ -60,11 +60,17 @@ impl Repository {
                 )),
             }
         }
-        match Index::open(backend) {
+        match Index::open(backend, self.shared_seal()) {
             Err(e) => report
                 .problems
                 .push(problem(None, None, e.chain().to_string())),
             Ok(index) => {
+                // The pack tables say which packs are indexed (adoption trusts them).
+                if let Err(e) = index.packs() {
+                    report
+                        .problems
+                        .push(problem(None, None, e.chain().to_string()));
+                }
                 for r in index.merged() {
                     match r {
                         Err(e) => {
@@ -89,6 +95,14 @@ impl Repository {
                         }
                     }
                 }
+            }
+        }
+        // A pin that fails authentication would make gc refuse to run: say so here.
+        for (key, _) in backend.list(Kind::Pin)? {
+            if let Err(e) = self.read_pin(&key) {
+                report
+                    .problems
+                    .push(problem(None, None, e.chain().to_string()));
             }
         }
         let mut referenced: HashSet<PackId> = HashSet::new();

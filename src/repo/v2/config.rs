@@ -1,7 +1,11 @@
 //! `config`, the format 2 repository's format file: plain JSON (it must be readable before
 //! any key is known) with the format, compression level, pack and frame sizes, the gc grace
-//! period and the encryption slot. It is created last by `init` (create-only, so two inits
+//! period and the encryption. It is created last by `init` (create-only, so two inits
 //! of one place cannot both win), so a place without it is not a repository.
+//!
+//! An encrypted repository's `config` carries `auth`, a keyed blake3 MAC (key derived from
+//! the master key) of its other fields, checked once the repository is unlocked: a changed
+//! setting (a gc grace of 0, a frame size) is refused as damage rather than obeyed.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +27,10 @@ pub const DEFAULT_GC_GRACE_SECS: u64 = 86_400;
 pub enum Encryption {
     /// Plain: blobs are compressed, not encrypted.
     None,
+    /// AES-256-GCM with per-object subkeys and keyed blob ids (`crypto`); the master key is
+    /// in the key slots (`keys/`).
+    #[serde(rename = "aes-256-gcm")]
+    Aes256Gcm,
 }
 
 /// The contents of `config`.
@@ -42,6 +50,9 @@ pub struct Config {
     pub created: u64,
     /// Encryption of the objects.
     pub encryption: Encryption,
+    /// An encrypted repository's MAC of the fields above (hex), see the module docs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
 }
 
 impl Config {
@@ -51,6 +62,15 @@ impl Config {
             return Err(format!("it is of format {}, not {FORMAT}", self.format));
         }
         crate::repo::v1::config::check_settings(self.compression, self.pack_target)?;
+        match (&self.encryption, &self.auth) {
+            (Encryption::None, Some(_)) => {
+                return Err("it carries a MAC yet says it is not encrypted".into())
+            }
+            (Encryption::Aes256Gcm, None) => {
+                return Err("it says it is encrypted yet carries no MAC".into())
+            }
+            _ => {}
+        }
         if !(4096..=MAX_FRAME_RAW as u64).contains(&self.frame_bytes) {
             return Err(format!(
                 "frame size {} is not allowed: use 4 KiB to {} MiB (default {} MiB)",
@@ -60,6 +80,17 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The MAC of the settings under `mac_key` (hex): `auth` itself is left out.
+    pub fn mac(&self, mac_key: &[u8; 32]) -> String {
+        let bare = Config {
+            auth: None,
+            ..self.clone()
+        };
+        // Serialising a struct is deterministic (field order), so this is canonical.
+        let bytes = serde_json::to_vec(&bare).unwrap_or_default();
+        blake3::keyed_hash(mac_key, &bytes).to_hex().to_string()
     }
 }
 

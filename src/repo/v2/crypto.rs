@@ -35,6 +35,8 @@ pub const KEY_LEN: usize = 32;
 
 const SUBKEY_CONTEXT: &str = "snarf 2026-12 repository object subkey";
 const ID_CONTEXT: &str = "snarf 2026-12 repository blob id key";
+const CONFIG_CONTEXT: &str = "snarf 2026-12 repository config mac key";
+const NAME_CONTEXT: &str = "snarf 2026-12 repository object name key";
 
 /// A repository's master key, wiped from memory when dropped.
 #[derive(Clone)]
@@ -56,6 +58,19 @@ impl MasterKey {
     /// The raw bytes (to be wrapped in a key slot).
     pub fn bytes(&self) -> &[u8; KEY_LEN] {
         &self.0
+    }
+
+    /// The name under which an object the user names (a pin) is stored: 32 hex digits of
+    /// a keyed hash, so names reveal nothing but stay stable.
+    pub fn hidden_name(&self, name: &str) -> String {
+        let key = Zeroizing::new(blake3::derive_key(NAME_CONTEXT, &self.0[..]));
+        let h = blake3::keyed_hash(&key, name.as_bytes()).to_hex();
+        h[..32].to_string()
+    }
+
+    /// The key of the `config` MAC (see `config`).
+    pub fn config_mac_key(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key(CONFIG_CONTEXT, &self.0[..]))
     }
 }
 

@@ -41,7 +41,7 @@ pub struct GcReport {
 /// trailers; a pack whose trailer cannot be read is left for check to report.
 pub fn adopt(repo: &Repository) -> Result<u64> {
     let backend = repo.backend();
-    let covered = Index::open(backend)?.packs()?;
+    let covered = Index::open(backend, repo.shared_seal())?.packs()?;
     let mut recs = Vec::new();
     let mut adopted = Vec::new();
     for (key, size) in backend.list(Kind::Pack)? {
@@ -66,7 +66,12 @@ pub fn adopt(repo: &Repository) -> Result<u64> {
         return Ok(0);
     }
     recs.sort_by(|a, b| a.id.cmp(&b.id).then(a.pack.cmp(&b.pack)));
-    index::write_run(backend.as_ref(), recs.into_iter().map(Ok), &adopted)?;
+    index::write_run(
+        backend.as_ref(),
+        repo.seal(),
+        recs.into_iter().map(Ok),
+        &adopted,
+    )?;
     log::info!(
         "{}: adopted {} pack(s) of an interrupted backup into the index",
         repo.location(),
@@ -80,7 +85,7 @@ pub fn adopt(repo: &Repository) -> Result<u64> {
 pub fn upkeep(repo: &Repository) -> Result<FinishingStatus> {
     let backend = repo.backend();
     let gc_pending = backend.size(&Key::State(StateName::GcPending))?.is_some();
-    let covered = Index::open(backend)?.packs()?;
+    let covered = Index::open(backend, repo.shared_seal())?.packs()?;
     let unadopted_packs = backend
         .list(Kind::Pack)?
         .into_iter()
@@ -98,7 +103,7 @@ pub fn upkeep(repo: &Repository) -> Result<FinishingStatus> {
 /// Replaces every index run by one without the records of `drop` packs.
 pub fn merge_index(repo: &Repository, drop: &[PackId]) -> Result<()> {
     let backend = repo.backend();
-    let index = Index::open(backend)?;
+    let index = Index::open(backend, repo.shared_seal())?;
     let drop: HashSet<PackId> = drop.iter().copied().collect();
     let packs: Vec<PackId> = index
         .packs()?
@@ -109,7 +114,7 @@ pub fn merge_index(repo: &Repository, drop: &[PackId]) -> Result<()> {
     let records = index
         .merged()
         .filter(|r| r.as_ref().map_or(true, |r| !drop.contains(&r.pack)));
-    index::write_run(backend.as_ref(), records, &packs)?;
+    index::write_run(backend.as_ref(), repo.seal(), records, &packs)?;
     for k in old {
         backend.delete(&k)?;
     }
@@ -141,15 +146,7 @@ pub fn referenced(repo: &Repository) -> Result<HashSet<PackId>> {
         }
     }
     for (key, _) in repo.backend().list(Kind::Pin)? {
-        let data = repo
-            .backend()
-            .read(&key, MAX_PIN_BYTES)?
-            .unwrap_or_default();
-        packs.extend(
-            String::from_utf8_lossy(&data)
-                .lines()
-                .filter_map(PackId::parse),
-        );
+        packs.extend(repo.read_pin(&key)?);
     }
     Ok(packs)
 }

@@ -13,12 +13,20 @@
 //! footer     256 u64 LE (entry b = number of records whose id's first byte <= b),
 //!            record count u64 LE, pack count u64 LE, magic "SNARFIX2"   (2072 bytes)
 //! ```
+//!
+//! In an encrypted repository the same three parts are sealed (subkey of the run's random
+//! id, associated data the run's name and the part): the records in blocks of 16 (text
+//! number = block number; 1 KiB per tag, so a lookup's probes read about what a plain run's
+//! do), the pack table as text `u64::MAX - 1`, the footer as text `u64::MAX`. A tampered or
+//! moved byte fails authentication and is reported as damage of the run, never read as a
+//! record.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use super::chunk::{ChunkRef, REF_LEN};
+use super::frame::Seal;
 use crate::repo::backend::{Backend, Key, Kind, ObjectId};
 use crate::repo::error::{Error, Fix, Result};
 use crate::repo::ids::{ChunkId, PackId};
@@ -29,10 +37,81 @@ const FOOTER_LEN: u64 = 256 * 8 + 8 + 8 + 8;
 const PACK_LEN: u64 = 16;
 /// Records read per range read when a run is streamed.
 const STREAM_RECORDS: u64 = 16 * 1024;
+/// Records per sealed block of an encrypted repository's run.
+const BLOCK_RECORDS: u64 = 16;
+/// Text number of a sealed run's pack table (its blocks are 0, 1, ...).
+const PACKS_TEXT: u64 = u64::MAX - 1;
+/// Text number of a sealed run's footer.
+const FOOTER_TEXT: u64 = u64::MAX;
+
+/// Where the parts of a run are, plain or sealed.
+#[derive(Clone, Copy)]
+struct Layout {
+    /// Bytes a sealed text is longer than its plain text (0 for a plain run).
+    tag: u64,
+}
+
+impl Layout {
+    fn of(seal: &dyn Seal) -> Layout {
+        Layout {
+            tag: if seal.is_plain() {
+                0
+            } else {
+                seal.overhead() as u64
+            },
+        }
+    }
+
+    fn sealed(&self) -> bool {
+        self.tag > 0
+    }
+
+    /// Stored bytes of the first `n` records.
+    fn records_len(&self, n: u64) -> Option<u64> {
+        let blocks = if self.sealed() {
+            n.div_ceil(BLOCK_RECORDS)
+        } else {
+            0
+        };
+        n.checked_mul(REF_LEN as u64)?
+            .checked_add(blocks.checked_mul(self.tag)?)
+    }
+
+    /// Stored bytes of the footer.
+    fn footer_len(&self) -> u64 {
+        FOOTER_LEN + self.tag
+    }
+
+    /// Stored bytes of a run of `count` records and `packs` packs.
+    fn size(&self, count: u64, packs: u64) -> Option<u64> {
+        self.records_len(count)?
+            .checked_add(packs.checked_mul(PACK_LEN)?)?
+            .checked_add(self.tag)?
+            .checked_add(self.footer_len())
+    }
+}
+
+/// The associated data of part `what` of run `key`.
+fn ad(key: &Key, what: &str) -> Vec<u8> {
+    let mut a = key.name().into_bytes();
+    a.push(0);
+    a.extend_from_slice(what.as_bytes());
+    a
+}
+
+/// The random id of run `key` (its subkey's object).
+fn run_object(key: &Key) -> [u8; 16] {
+    match key {
+        Key::Index(id) => id.0,
+        _ => [0; 16],
+    }
+}
 
 /// One run, opened for lookups.
 pub struct Run {
     backend: Arc<dyn Backend>,
+    seal: Arc<dyn Seal>,
+    layout: Layout,
     key: Key,
     count: u64,
     packs: u64,
@@ -40,20 +119,37 @@ pub struct Run {
 }
 
 impl Run {
-    /// Opens run `key` of `size` bytes and validates its footer.
-    pub fn open(backend: Arc<dyn Backend>, key: Key, size: u64) -> Result<Run> {
+    /// Opens run `key` of `size` bytes and validates (in an encrypted repository, opens)
+    /// its footer.
+    pub fn open(
+        backend: Arc<dyn Backend>,
+        seal: Arc<dyn Seal>,
+        key: Key,
+        size: u64,
+    ) -> Result<Run> {
         let damaged = |why: String| Error::Damaged {
             repo: backend.location().into(),
             path: key.name().into(),
             why,
             fix: Fix::RepairIndex,
         };
-        if size < FOOTER_LEN {
+        let layout = Layout::of(seal.as_ref());
+        let foot_len = layout.footer_len();
+        if size < foot_len {
             return Err(damaged(format!(
                 "its size {size} is not that of an index run"
             )));
         }
-        let foot = backend.read_range(&key, size - FOOTER_LEN, FOOTER_LEN)?;
+        let foot = backend.read_range(&key, size - foot_len, foot_len)?;
+        let foot = if layout.sealed() {
+            seal.open(&run_object(&key), FOOTER_TEXT, &ad(&key, "footer"), foot)
+                .map_err(|why| damaged(format!("its footer is not authentic ({why})")))?
+        } else {
+            foot
+        };
+        if foot.len() as u64 != FOOTER_LEN {
+            return Err(damaged("its footer has the wrong size".into()));
+        }
         if &foot[FOOTER_LEN as usize - 8..] != MAGIC {
             return Err(damaged("it is not a format 2 index run".into()));
         }
@@ -73,16 +169,23 @@ impl Run {
             }
             last = *end;
         }
-        let body = count
-            .checked_mul(REF_LEN as u64)
-            .and_then(|r| packs.checked_mul(PACK_LEN).and_then(|p| r.checked_add(p)));
-        if body != Some(size - FOOTER_LEN) || ends[255] != count {
+        let body = if layout.sealed() {
+            layout.size(count, packs)
+        } else {
+            count
+                .checked_mul(REF_LEN as u64)
+                .and_then(|r| packs.checked_mul(PACK_LEN).and_then(|p| r.checked_add(p)))
+                .and_then(|b| b.checked_add(FOOTER_LEN))
+        };
+        if body != Some(size) || ends[255] != count {
             return Err(damaged(format!(
                 "its footer's {count} records and {packs} packs do not match its size {size}"
             )));
         }
         Ok(Run {
             backend,
+            seal,
+            layout,
             key,
             count,
             packs,
@@ -95,11 +198,14 @@ impl Run {
         if self.packs == 0 {
             return Ok(Vec::new());
         }
-        let raw = self.backend.read_range(
-            &self.key,
-            self.count * REF_LEN as u64,
-            self.packs * PACK_LEN,
-        )?;
+        let at = self.layout.records_len(self.count).unwrap_or(u64::MAX);
+        let raw =
+            self.backend
+                .read_range(&self.key, at, self.packs * PACK_LEN + self.layout.tag)?;
+        let raw = self.open_part(PACKS_TEXT, "packs", raw)?;
+        if raw.len() as u64 != self.packs * PACK_LEN {
+            return Err(self.damaged("its pack table has the wrong size".into()));
+        }
         Ok(raw
             .chunks_exact(PACK_LEN as usize)
             .map(|c| {
@@ -125,10 +231,65 @@ impl Run {
         &self.key
     }
 
+    fn damaged(&self, why: String) -> Error {
+        Error::Damaged {
+            repo: self.backend.location().into(),
+            path: self.key.name().into(),
+            why,
+            fix: Fix::RepairIndex,
+        }
+    }
+
+    /// Part `what` (text `counter`) of the run as stored, opened if the run is sealed.
+    fn open_part(&self, counter: u64, what: &str, stored: Vec<u8>) -> Result<Vec<u8>> {
+        if !self.layout.sealed() {
+            return Ok(stored);
+        }
+        self.seal
+            .open(
+                &run_object(&self.key),
+                counter,
+                &ad(&self.key, what),
+                stored,
+            )
+            .map_err(|why| self.damaged(format!("its {what} fail authentication ({why})")))
+    }
+
+    /// The plain bytes of records `first..first + n` (within the run).
+    fn record_bytes(&self, first: u64, n: u64) -> Result<Vec<u8>> {
+        if !self.layout.sealed() || n == 0 {
+            return self
+                .backend
+                .read_range(&self.key, first * REF_LEN as u64, n * REF_LEN as u64);
+        }
+        let (b0, b1) = (first / BLOCK_RECORDS, (first + n - 1) / BLOCK_RECORDS);
+        let block_len = BLOCK_RECORDS * REF_LEN as u64 + self.layout.tag;
+        let start = b0 * block_len;
+        let end = self
+            .layout
+            .records_len(((b1 + 1) * BLOCK_RECORDS).min(self.count))
+            .unwrap_or(u64::MAX);
+        let stored = self.backend.read_range(&self.key, start, end - start)?;
+        let mut plain = Vec::with_capacity(((b1 - b0 + 1) * BLOCK_RECORDS) as usize * REF_LEN);
+        let mut at = 0usize;
+        for b in b0..=b1 {
+            let recs = BLOCK_RECORDS.min(self.count - b * BLOCK_RECORDS);
+            let len = (recs * REF_LEN as u64 + self.layout.tag) as usize;
+            let part = stored
+                .get(at..at + len)
+                .ok_or_else(|| self.damaged("it is shorter than its records".into()))?;
+            at += len;
+            plain.extend_from_slice(&self.open_part(b, "records", part.to_vec())?);
+        }
+        let skip = ((first - b0 * BLOCK_RECORDS) as usize) * REF_LEN;
+        plain
+            .get(skip..skip + n as usize * REF_LEN)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| self.damaged("a block holds too few records".into()))
+    }
+
     fn records(&self, first: u64, n: u64) -> Result<Vec<ChunkRef>> {
-        let raw = self
-            .backend
-            .read_range(&self.key, first * REF_LEN as u64, n * REF_LEN as u64)?;
+        let raw = self.record_bytes(first, n)?;
         raw.chunks_exact(REF_LEN)
             .map(|rec| {
                 let mut b = [0u8; REF_LEN];
@@ -219,11 +380,23 @@ impl Iterator for RunIter<'_> {
 /// `packs` as the packs it covers; returns its key and record count.
 pub fn write_run(
     backend: &dyn Backend,
+    seal: &dyn Seal,
     records: impl Iterator<Item = Result<ChunkRef>>,
     packs: &[PackId],
 ) -> Result<(Key, u64)> {
     let key = Key::Index(ObjectId::generate());
+    let sealed = Layout::of(seal).sealed();
+    let object = run_object(&key);
+    let seal_part = |counter: u64, what: &str, plain: Vec<u8>| -> Result<Vec<u8>> {
+        if sealed {
+            seal.seal(&object, counter, &ad(&key, what), plain)
+        } else {
+            Ok(plain)
+        }
+    };
     let mut out = backend.upload(&key)?;
+    let mut block = Vec::with_capacity(BLOCK_RECORDS as usize * REF_LEN);
+    let mut blocks = 0u64;
     let mut ends = [0u64; 256];
     let mut count = 0u64;
     let mut last: Option<ChunkRef> = None;
@@ -243,7 +416,15 @@ pub fn write_run(
             }
         }
         last = Some(r);
-        buf.extend_from_slice(&r.encode());
+        if sealed {
+            block.extend_from_slice(&r.encode());
+            if block.len() == BLOCK_RECORDS as usize * REF_LEN {
+                buf.extend_from_slice(&seal_part(blocks, "records", std::mem::take(&mut block))?);
+                blocks += 1;
+            }
+        } else {
+            buf.extend_from_slice(&r.encode());
+        }
         if buf.len() >= 1 << 20 {
             out.write(&buf)?;
             buf.clear();
@@ -251,20 +432,29 @@ pub fn write_run(
         ends[r.id.0[0] as usize] += 1;
         count += 1;
     }
+    if !block.is_empty() {
+        buf.extend_from_slice(&seal_part(blocks, "records", block)?);
+    }
     let mut packs = packs.to_vec();
     packs.sort();
     packs.dedup();
+    let mut table = Vec::with_capacity(packs.len() * PACK_LEN as usize);
     for p in &packs {
-        buf.extend_from_slice(&p.0);
+        table.extend_from_slice(&p.0);
     }
+    if sealed || !table.is_empty() {
+        buf.extend_from_slice(&seal_part(PACKS_TEXT, "packs", table)?);
+    }
+    let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
     let mut total = 0;
     for n in ends {
         total += n;
-        buf.extend_from_slice(&total.to_le_bytes());
+        footer.extend_from_slice(&total.to_le_bytes());
     }
-    buf.extend_from_slice(&count.to_le_bytes());
-    buf.extend_from_slice(&(packs.len() as u64).to_le_bytes());
-    buf.extend_from_slice(MAGIC);
+    footer.extend_from_slice(&count.to_le_bytes());
+    footer.extend_from_slice(&(packs.len() as u64).to_le_bytes());
+    footer.extend_from_slice(MAGIC);
+    buf.extend_from_slice(&seal_part(FOOTER_TEXT, "footer", footer)?);
     out.write(&buf)?;
     out.finish()?;
     Ok((key, count))
@@ -277,12 +467,12 @@ pub struct Index {
 
 impl Index {
     /// Opens every run the backend lists.
-    pub fn open(backend: &Arc<dyn Backend>) -> Result<Index> {
+    pub fn open(backend: &Arc<dyn Backend>, seal: &Arc<dyn Seal>) -> Result<Index> {
         let mut listed = backend.list(Kind::Index)?;
         listed.sort();
         let runs = listed
             .into_iter()
-            .map(|(k, size)| Run::open(backend.clone(), k, size))
+            .map(|(k, size)| Run::open(backend.clone(), seal.clone(), k, size))
             .collect::<Result<Vec<_>>>()?;
         Ok(Index { runs })
     }
@@ -395,21 +585,38 @@ mod tests {
         (dir, Arc::new(b))
     }
 
+    fn plain() -> Arc<dyn Seal> {
+        Arc::new(crate::repo::v2::frame::Plain)
+    }
+
+    fn aead() -> Arc<dyn Seal> {
+        use crate::repo::v2::crypto::{Aead, MasterKey};
+        Arc::new(Aead::new(MasterKey::from_bytes([9; 32])))
+    }
+
     #[test]
     fn runs_find_every_record_merge_in_order_and_damage_is_named() {
+        for seal in [plain(), aead()] {
+            runs_work_under(seal);
+        }
+    }
+
+    fn runs_work_under(seal: Arc<dyn Seal>) {
         let (_d, b) = backend();
         let recs = sorted(0..40_000);
         let p1 = [PackId([3; 16]), PackId([1; 16])];
-        let (k1, n) = write_run(b.as_ref(), recs.iter().map(|r| Ok(*r)), &p1).unwrap();
+        let (k1, n) =
+            write_run(b.as_ref(), seal.as_ref(), recs.iter().map(|r| Ok(*r)), &p1).unwrap();
         assert_eq!(n, 40_000);
         write_run(
             b.as_ref(),
+            seal.as_ref(),
             sorted(39_000..41_000).into_iter().map(Ok),
             &[PackId([2; 16])],
         )
         .unwrap();
-        write_run(b.as_ref(), std::iter::empty(), &[]).unwrap();
-        let idx = Index::open(&b).unwrap();
+        write_run(b.as_ref(), seal.as_ref(), std::iter::empty(), &[]).unwrap();
+        let idx = Index::open(&b, &seal).unwrap();
         assert_eq!(idx.runs().len(), 3);
         let packs = idx.packs().unwrap();
         assert_eq!(packs.len(), 3);
@@ -425,10 +632,59 @@ mod tests {
         // Unsorted input is refused; a damaged run says it is and names the fix.
         let mut rev = sorted(0..10);
         rev.reverse();
-        assert!(write_run(b.as_ref(), rev.into_iter().map(Ok), &[]).is_err());
+        assert!(write_run(b.as_ref(), seal.as_ref(), rev.into_iter().map(Ok), &[]).is_err());
         let lb = LocalDir::new(std::path::Path::new(&b.location()));
         std::fs::write(lb.path_of(&k1), b"garbage of no use").unwrap();
-        let msg = Index::open(&b).err().unwrap().to_string();
+        let msg = Index::open(&b, &seal).err().unwrap().to_string();
         assert!(msg.contains("snarf repair index"), "{msg}");
+    }
+
+    #[test]
+    fn sealed_runs_hide_their_records_and_any_flipped_byte_is_damage_of_the_run() {
+        let (_d, b) = backend();
+        let seal = aead();
+        let recs = sorted(0..40);
+        let (key, _) = write_run(
+            b.as_ref(),
+            seal.as_ref(),
+            recs.iter().map(|r| Ok(*r)),
+            &[PackId([5; 16])],
+        )
+        .unwrap();
+        let path = LocalDir::new(std::path::Path::new(&b.location())).path_of(&key);
+        let good = std::fs::read(&path).unwrap();
+        // 3 blocks (16 + 16 + 8 records), the pack table and the footer, each with a tag.
+        assert_eq!(
+            good.len() as u64,
+            40 * 64 + 3 * 16 + 16 + 16 + FOOTER_LEN + 16
+        );
+        for r in &recs {
+            assert!(!good.windows(32).any(|w| w == r.id.0), "a blob id in clear");
+        }
+        assert!(
+            !good.windows(16).any(|w| w == [5; 16]),
+            "a pack id in clear"
+        );
+        // A plain reader does not mistake it for a plain run.
+        assert!(Index::open(&b, &plain()).is_err());
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x01;
+            std::fs::write(&path, &bad).unwrap();
+            let got = Index::open(&b, &seal).and_then(|idx| {
+                idx.packs()?;
+                idx.merged().collect::<Result<Vec<_>>>()
+            });
+            match got {
+                Ok(v) => panic!("byte {i} flipped and {} records read", v.len()),
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(&key.name()), "byte {i}: {msg}");
+                }
+            }
+        }
+        std::fs::write(&path, &good).unwrap();
+        let idx = Index::open(&b, &seal).unwrap();
+        assert_eq!(idx.merged().collect::<Result<Vec<_>>>().unwrap(), recs);
     }
 }

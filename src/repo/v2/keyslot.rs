@@ -1,7 +1,8 @@
 //! Key slots (`keys/<id>`): an encrypted repository's master key wrapped by one passphrase.
 //! The passphrase is stretched with argon2id (RustCrypto `argon2`) into a key-encryption
-//! key, which seals the master key with AES-256-GCM; the slot's id is bound in as associated
-//! data, so a slot copied under another name does not open. Several slots may wrap the same
+//! key, which seals the master key with AES-256-GCM; the slot's id and its descriptive
+//! fields (time, host, label) are bound in as associated data, so a slot copied under
+//! another name, or with any field changed, does not open. Several slots may wrap the same
 //! master key (`snarf repo key add|remove|list`); any one of them opens the repository.
 //!
 //! ```json
@@ -85,6 +86,17 @@ pub struct KeySlot {
     pub label: String,
 }
 
+/// The associated data of a slot's wrapped key: its id and descriptive fields.
+fn slot_ad(slot_id: &str, created: u64, host: &str, label: &str) -> Vec<u8> {
+    let mut a = slot_id.as_bytes().to_vec();
+    a.push(0);
+    a.extend_from_slice(&created.to_le_bytes());
+    a.extend_from_slice(host.as_bytes());
+    a.push(0);
+    a.extend_from_slice(label.as_bytes());
+    a
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -131,12 +143,15 @@ impl KeySlot {
         let mut nonce = [0u8; 12];
         random(&mut nonce)?;
         let k = kek(passphrase, &salt, &cost)?;
+        let created = crate::repo::ids::now_secs();
+        let host = crate::repo::lock::hostname();
+        let label: String = label.chars().filter(|c| !c.is_control()).collect();
         let wrapped = Aes256Gcm::new((&*k).into())
             .encrypt(
                 Nonce::from_slice(&nonce),
                 Payload {
                     msg: &master.bytes()[..],
-                    aad: slot_id.as_bytes(),
+                    aad: &slot_ad(slot_id, created, &host, &label),
                 },
             )
             .map_err(|_| Error::BadArgument("wrapping the master key failed".into()))?;
@@ -147,9 +162,9 @@ impl KeySlot {
             salt: hex(&salt),
             nonce: hex(&nonce),
             wrapped: hex(&wrapped),
-            created: crate::repo::ids::now_secs(),
-            host: crate::repo::lock::hostname(),
-            label: label.chars().filter(|c| !c.is_control()).collect(),
+            created,
+            host,
+            label,
         })
     }
 
@@ -174,7 +189,7 @@ impl KeySlot {
             Nonce::from_slice(&nonce),
             Payload {
                 msg: &wrapped,
-                aad: slot_id.as_bytes(),
+                aad: &slot_ad(slot_id, self.created, &self.host, &self.label),
             },
         ) {
             Ok(key) => {
@@ -222,8 +237,14 @@ mod tests {
         let got = back.unwrap_key(b"correct horse", "s1").unwrap().unwrap();
         assert_eq!(got.bytes(), master.bytes());
         assert!(back.unwrap_key(b"wrong horse", "s1").unwrap().is_none());
-        // A slot copied under another id does not open.
+        // A slot copied under another id, or relabelled, does not open.
         assert!(back.unwrap_key(b"correct horse", "s2").unwrap().is_none());
+        let mut relabelled = back.clone();
+        relabelled.label = "other".into();
+        assert!(relabelled
+            .unwrap_key(b"correct horse", "s1")
+            .unwrap()
+            .is_none());
         assert!(KeySlot::wrap(&master, b"", "s3", FAST, "x").is_err());
     }
 

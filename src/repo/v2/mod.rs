@@ -18,11 +18,14 @@ pub mod pins;
 pub mod reader;
 pub mod repository;
 pub mod tree;
+pub mod unlock;
 pub mod writer;
 
+#[cfg(test)]
+mod encrypted_tests;
 #[cfg(test)]
 mod tests;
 
 pub use reader::VolumeReader;
-pub use repository::{InitOptions, Repository};
+pub use repository::{InitOptions, NewKey, Repository};
 pub use writer::{Durable, Kept, NewBackup, Slot, Writer};

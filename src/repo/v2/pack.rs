@@ -8,7 +8,8 @@
 //! 8..24    pack id
 //! 24..32   creation time, Unix seconds u64 LE (gc keeps young unreferenced packs)
 //! 32..     frames, back to back, each sealed as text number = its offset
-//! trailer  sealed as text number u64::MAX: one 64-byte blob record per blob
+//! trailer  sealed as text number u64::MAX: one 64-byte blob record per blob (its
+//!          associated data includes the header, so the header is authenticated too)
 //! footer   48 bytes: sealed trailer length u64 LE, blake3(pack id ‖ sealed trailer),
 //!          magic "SNARFEN2"
 //! ```
@@ -42,9 +43,18 @@ fn ad(pack: &PackId, what: &str) -> Vec<u8> {
     a
 }
 
+/// The associated data of a pack's trailer: it binds the header as well.
+fn trailer_ad(pack: &PackId, header: &[u8]) -> Vec<u8> {
+    let mut a = ad(pack, "trailer");
+    a.push(0);
+    a.extend_from_slice(header);
+    a
+}
+
 /// A pack being uploaded.
 pub struct PackWriter {
     id: PackId,
+    header: [u8; HEADER_LEN as usize],
     out: Box<dyn Upload>,
     len: u64,
     blobs: Vec<ChunkRef>,
@@ -61,6 +71,7 @@ impl PackWriter {
         out.write(&header)?;
         Ok(PackWriter {
             id,
+            header,
             out,
             len: HEADER_LEN,
             blobs: Vec::new(),
@@ -173,7 +184,12 @@ impl PackWriter {
         for b in &self.blobs {
             trailer.extend_from_slice(&b.encode());
         }
-        let sealed = seal.seal(&self.id.0, TRAILER_TEXT, &ad(&self.id, "trailer"), trailer)?;
+        let sealed = seal.seal(
+            &self.id.0,
+            TRAILER_TEXT,
+            &trailer_ad(&self.id, &self.header),
+            trailer,
+        )?;
         let mut hasher = blake3::Hasher::new();
         hasher.update(&self.id.0);
         hasher.update(&sealed);
@@ -263,7 +279,7 @@ pub fn read_trailer(
         return Err((trailer_at, "its trailer fails its hash check".into()));
     }
     let plain = seal
-        .open(&id.0, TRAILER_TEXT, &ad(id, "trailer"), sealed)
+        .open(&id.0, TRAILER_TEXT, &trailer_ad(id, &header), sealed)
         .map_err(|why| (trailer_at, format!("its trailer is not authentic ({why})")))?;
     if plain.len() % REF_LEN != 0 {
         return Err((

@@ -3,31 +3,56 @@
 //! The mount daemon pins the packs holding the snarfs whose pre-images it freed on a job's
 //! acknowledgement, so a snapshot still being read keeps its data even if that backup is
 //! abandoned; gc (`gc::referenced`) reads every pin before it deletes anything.
+//!
+//! In an encrypted repository a pin is sealed (bound to its object name) and stored under a
+//! keyed hash of its name, so neither the pack ids nor the snapshot names are in clear.
 
 use std::collections::HashSet;
 
+use super::crypto;
 use super::gc::MAX_PIN_BYTES;
 use super::repository::Repository;
 use crate::repo::backend::Key;
-use crate::repo::error::{Error, Result};
+use crate::repo::error::{Error, Fix, Result};
 use crate::repo::ids::PackId;
 
 impl Repository {
     fn pin_key(&self, name: &str) -> Result<Key> {
-        Key::pin(name).ok_or_else(|| {
+        let bad = || {
             Error::BadArgument(format!(
                 "{name:?} is not a pin name (one path component, not hidden)"
             ))
-        })
+        };
+        let key = Key::pin(name).ok_or_else(bad)?;
+        match self.master_key() {
+            None => Ok(key),
+            Some(k) => Key::pin(&k.hidden_name(name)).ok_or_else(bad),
+        }
     }
 
     /// The packs pin `name` holds (none if there is no such pin).
     pub fn pinned(&self, name: &str) -> Result<HashSet<PackId>> {
-        let key = self.pin_key(name)?;
-        let data = self
-            .backend()
-            .read(&key, MAX_PIN_BYTES)?
-            .unwrap_or_default();
+        self.read_pin(&self.pin_key(name)?)
+    }
+
+    /// The packs of the pin stored as `key` (none if there is none); a sealed pin that
+    /// fails authentication is an error naming it.
+    pub(crate) fn read_pin(&self, key: &Key) -> Result<HashSet<PackId>> {
+        let Some(data) = self.backend().read(key, MAX_PIN_BYTES)? else {
+            return Ok(HashSet::new());
+        };
+        let data = if self.seal().is_plain() {
+            data
+        } else {
+            crypto::open_object(self.seal(), &key.name(), "pin", data).map_err(|why| {
+                Error::Damaged {
+                    repo: self.location().into(),
+                    path: key.name().into(),
+                    why,
+                    fix: Fix::Check,
+                }
+            })?
+        };
         Ok(String::from_utf8_lossy(&data)
             .lines()
             .filter_map(PackId::parse)
@@ -59,7 +84,12 @@ impl Repository {
                 all.len()
             )));
         }
-        self.backend().write(&key, text.as_bytes())
+        let data = if self.seal().is_plain() {
+            text.into_bytes()
+        } else {
+            crypto::seal_object(self.seal(), &key.name(), "pin", text.into_bytes())?
+        };
+        self.backend().write(&key, &data)
     }
 
     /// Removes pin `name`; its packs go at a later gc if nothing else uses them.

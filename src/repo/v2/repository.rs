@@ -8,6 +8,11 @@
 //! the commit is the create-only write of `backups/<id>`, and every step after it (index
 //! merge, retention, gc) is safe to redo from what is on the backend; a `state/gc-pending`
 //! marker says a gc was cut short, and the next writer runs it first.
+//!
+//! An encrypted repository is unlocked at open: the passphrase (`repo::passphrase`) opens
+//! one of its key slots (`unlock`), the master key authenticates `config` and becomes the
+//! [`Aead`] seal that every object passes through. All of it happens here, on the client: a
+//! far `snarf serve` stores sealed bytes and never needs the passphrase.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,13 +22,17 @@ use parking_lot::Mutex;
 use super::backup::{BackupObject, MAX_BYTES as MAX_BACKUP_BYTES};
 use super::chunk::{BlobKind, ChunkRef};
 use super::config::{self, Config, Encryption};
+use super::crypto::{Aead, MasterKey};
 use super::frame::{Plain, Seal};
+use super::keyslot::Cost;
 use super::pack;
 use super::tree::PageStore;
+use super::unlock;
 use crate::chain::ErrorChain;
 use crate::repo::backend::{Backend, Key, Kind, LockGuard, StateName};
-use crate::repo::error::{Error, Result};
+use crate::repo::error::{Error, Fix, Result};
 use crate::repo::ids::{self, BackupId, PackId};
+use crate::repo::passphrase::Passphrase;
 
 /// Decoded frames kept for readers (a frame is at most 16 MiB raw, usually 1 MiB).
 const KEPT_FRAMES: usize = 8;
@@ -39,6 +48,19 @@ pub struct InitOptions {
     pub frame_bytes: u64,
     /// Seconds an unreferenced pack is kept before gc deletes it.
     pub gc_grace_secs: u64,
+    /// Encrypt, with this first key slot; `None` for a plain repository.
+    pub encryption: Option<NewKey>,
+}
+
+/// A key slot to make: its passphrase, argon2id's costs and a label.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// The passphrase.
+    pub passphrase: std::sync::Arc<Passphrase>,
+    /// argon2id's costs.
+    pub cost: Cost,
+    /// A label for `snarf repo key list`.
+    pub label: String,
 }
 
 impl Default for InitOptions {
@@ -48,6 +70,7 @@ impl Default for InitOptions {
             pack_target: crate::repo::v1::DEFAULT_PACK_TARGET,
             frame_bytes: super::frame::DEFAULT_FRAME_BYTES as u64,
             gc_grace_secs: config::DEFAULT_GC_GRACE_SECS,
+            encryption: None,
         }
     }
 }
@@ -65,6 +88,7 @@ struct Inner {
     backend: Arc<dyn Backend>,
     config: Config,
     seal: Arc<dyn Seal>,
+    master: Option<MasterKey>,
     frames: FrameCache,
 }
 
@@ -75,10 +99,10 @@ impl std::fmt::Debug for Repository {
 }
 
 impl Repository {
-    /// Creates a new repository on `backend`, which must hold no repository yet; the format
-    /// file is created last.
+    /// Creates a new repository on `backend`, which must hold no repository yet: the key
+    /// slot first (if encrypted), the format file last.
     pub fn init(backend: Arc<dyn Backend>, opts: &InitOptions) -> Result<Repository> {
-        let config = Config {
+        let mut config = Config {
             format: config::FORMAT,
             compression: opts.compression,
             pack_target: opts.pack_target,
@@ -86,32 +110,145 @@ impl Repository {
             gc_grace_secs: opts.gc_grace_secs,
             created: ids::now_secs(),
             encryption: Encryption::None,
+            auth: None,
         };
         config.validate().map_err(Error::BadArgument)?;
-        if backend.size(&Key::Config)?.is_some() {
+        if backend.size(&Key::Config)?.is_some() || unlock::any(backend.as_ref())? {
             return Err(Error::NotEmpty {
                 path: backend.location().into(),
             });
         }
+        let master = match &opts.encryption {
+            None => None,
+            Some(k) => {
+                let master = MasterKey::generate()?;
+                unlock::add(
+                    backend.as_ref(),
+                    &master,
+                    k.passphrase.as_bytes(),
+                    k.cost,
+                    &k.label,
+                )?;
+                config.encryption = Encryption::Aes256Gcm;
+                config.auth = Some(config.mac(&master.config_mac_key()));
+                Some(master)
+            }
+        };
         config::create(backend.as_ref(), &config)?;
-        Repository::open(backend)
+        Ok(Repository::assemble(backend, config, master))
     }
 
-    /// Opens the repository on `backend`.
+    /// Opens the repository on `backend`; an encrypted one takes its passphrase from
+    /// `repo::passphrase` (file, environment or terminal).
     pub fn open(backend: Arc<dyn Backend>) -> Result<Repository> {
+        let location = backend.location();
+        Repository::open_with(backend, &|| crate::repo::passphrase::existing(&location))
+    }
+
+    /// Opens the repository on `backend` with `passphrase` if it is encrypted.
+    pub fn open_with_passphrase(
+        backend: Arc<dyn Backend>,
+        passphrase: &Passphrase,
+    ) -> Result<Repository> {
+        Repository::open_with(backend, &|| Ok(Passphrase::new(passphrase.as_bytes())))
+    }
+
+    fn open_with(
+        backend: Arc<dyn Backend>,
+        passphrase: &dyn Fn() -> Result<Passphrase>,
+    ) -> Result<Repository> {
         let config = config::read(backend.as_ref())?.ok_or_else(|| Error::NotARepo {
             path: backend.location().into(),
         })?;
-        let seal: Arc<dyn Seal> = match config.encryption {
-            Encryption::None => Arc::new(Plain),
+        let damaged = |why: &str| Error::Damaged {
+            repo: backend.location().into(),
+            path: Key::Config.name().into(),
+            why: why.into(),
+            fix: Fix::Copy,
         };
-        Ok(Repository {
+        let master = match config.encryption {
+            // A plain `config` beside key slots was changed to make snarf write in clear.
+            Encryption::None if unlock::any(backend.as_ref())? => {
+                return Err(damaged(
+                    "it says the repository is not encrypted, yet it has key slots (keys/): it was changed, and snarf will not write in clear into an encrypted repository",
+                ))
+            }
+            Encryption::None => None,
+            Encryption::Aes256Gcm => {
+                let pass = passphrase()?;
+                let master = unlock::unlock(backend.as_ref(), pass.as_bytes())?;
+                if config.auth.as_deref() != Some(config.mac(&master.config_mac_key()).as_str())
+                {
+                    return Err(damaged("its settings fail authentication"));
+                }
+                Some(master)
+            }
+        };
+        Ok(Repository::assemble(backend, config, master))
+    }
+
+    fn assemble(
+        backend: Arc<dyn Backend>,
+        config: Config,
+        master: Option<MasterKey>,
+    ) -> Repository {
+        let seal: Arc<dyn Seal> = match &master {
+            None => Arc::new(Plain),
+            Some(k) => Arc::new(Aead::new(k.clone())),
+        };
+        Repository {
             inner: Arc::new(Inner {
                 backend,
                 config,
                 seal,
+                master,
                 frames: Mutex::new(VecDeque::new()),
             }),
+        }
+    }
+
+    /// The master key of an encrypted repository.
+    pub(crate) fn master_key(&self) -> Option<&MasterKey> {
+        self.inner.master.as_ref()
+    }
+
+    /// Whether the repository is encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.inner.master.is_some()
+    }
+
+    /// The key slots, for `snarf repo key list`.
+    pub fn key_slots(&self) -> Result<Vec<unlock::SlotInfo>> {
+        self.require_encrypted()?;
+        unlock::list(self.backend().as_ref())
+    }
+
+    /// Adds a key slot (`snarf repo key add`); returns its id.
+    pub fn add_key(&self, key: &NewKey) -> Result<String> {
+        let master = self.require_encrypted()?;
+        unlock::add(
+            self.backend().as_ref(),
+            master,
+            key.passphrase.as_bytes(),
+            key.cost,
+            &key.label,
+        )
+        .map(|id| id.to_string())
+    }
+
+    /// Removes key slot `id` under the lock (`snarf repo key remove`); never the last.
+    pub fn remove_key(&self, id: &str, wait: Option<std::time::Duration>) -> Result<()> {
+        self.require_encrypted()?;
+        let _lock = self.lock("snarf repo key remove", wait)?;
+        unlock::remove(self.backend().as_ref(), id)
+    }
+
+    fn require_encrypted(&self) -> Result<&MasterKey> {
+        self.inner.master.as_ref().ok_or_else(|| {
+            Error::BadArgument(format!(
+                "repository {} is not encrypted, so it has no keys; encryption is chosen at `snarf repo init --encryption`",
+                self.location()
+            ))
         })
     }
 
@@ -138,6 +275,11 @@ impl Repository {
     /// The seal of its objects (identity for a plain repository).
     pub fn seal(&self) -> &dyn Seal {
         self.inner.seal.as_ref()
+    }
+
+    /// The seal, shared (for the index runs, which keep it).
+    pub(crate) fn shared_seal(&self) -> &Arc<dyn Seal> {
+        &self.inner.seal
     }
 
     /// Takes the lock for `holder`, then finishes what a crashed writer left: leftovers

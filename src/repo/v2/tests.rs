@@ -19,16 +19,17 @@ const SNARF: u32 = 4096;
 /// 3000 snarfs: three leaves, so the tree has an interior root.
 const SNARFS: u64 = 3000;
 
-fn opts() -> InitOptions {
+pub(super) fn opts() -> InitOptions {
     InitOptions {
         compression: 3,
         pack_target: 64 << 10,
         frame_bytes: 4 * u64::from(SNARF),
         gc_grace_secs: 0,
+        encryption: None,
     }
 }
 
-fn local(dir: &Path) -> Arc<dyn Backend> {
+pub(super) fn local(dir: &Path) -> Arc<dyn Backend> {
     let b = LocalDir::new(dir);
     b.create_layout().unwrap();
     Arc::new(b)
@@ -57,7 +58,7 @@ fn snarf(g: u64, s: u64) -> Option<Vec<u8>> {
     Some(d)
 }
 
-fn volume(g: u64) -> Vec<u8> {
+pub(super) fn volume(g: u64) -> Vec<u8> {
     let mut v = vec![0u8; (SNARFS * u64::from(SNARF)) as usize];
     for s in 0..SNARFS {
         if let Some(d) = snarf(g, s) {
@@ -70,7 +71,7 @@ fn volume(g: u64) -> Vec<u8> {
 
 /// Backs up generation `g`: all of it when `base` is `None`, else only the snarfs that
 /// changed since generation `g - 1` (an incremental over `base`).
-fn backup(repo: &Repository, g: u64, base: Option<&BackupObject>) -> BackupObject {
+pub(super) fn backup(repo: &Repository, g: u64, base: Option<&BackupObject>) -> BackupObject {
     let w = repo
         .begin_backup(NewBackup::new(
             &format!("gen{g}"),
@@ -96,7 +97,7 @@ fn backup(repo: &Repository, g: u64, base: Option<&BackupObject>) -> BackupObjec
     repo.backup(id.as_str()).unwrap()
 }
 
-fn read_all(repo: &Repository, b: &BackupObject) -> Vec<u8> {
+pub(super) fn read_all(repo: &Repository, b: &BackupObject) -> Vec<u8> {
     let r = repo.volume_reader(b.id.as_str(), "vm1").unwrap();
     let mut out = vec![0u8; r.size() as usize];
     let mut at = 0;
@@ -107,7 +108,7 @@ fn read_all(repo: &Repository, b: &BackupObject) -> Vec<u8> {
     out
 }
 
-fn restored(repo: &Repository, b: &BackupObject, dest: &Path) -> Vec<u8> {
+pub(super) fn restored(repo: &Repository, b: &BackupObject, dest: &Path) -> Vec<u8> {
     repo.restore(b.id.as_str(), None, dest, &mut |_| {})
         .unwrap();
     std::fs::read(dest.join("vm1")).unwrap()
@@ -148,7 +149,9 @@ fn full_and_incremental_backups_read_and_restore_byte_exact_and_holes_stay_holes
     assert!(frames.len() * 3 < refs.len(), "{} frames", frames.len());
     assert!(refs.iter().all(|r| r.kind == BlobKind::Data));
 
-    let records_before = super::index::Index::open(repo.backend()).unwrap().records();
+    let records_before = super::index::Index::open(repo.backend(), repo.shared_seal())
+        .unwrap()
+        .records();
     let b2 = backup(&repo, 2, Some(&b1));
     assert_eq!(read_all(&repo, &b2), volume(2));
     assert_eq!(restored(&repo, &b2, &dir.path().join("out2")), volume(2));
@@ -158,7 +161,9 @@ fn full_and_incremental_backups_read_and_restore_byte_exact_and_holes_stay_holes
         .filter(|s| s.is_multiple_of(70) && !s.is_multiple_of(77) && snarf(2, *s).is_some())
         .count() as u64;
     assert_eq!(b2.stats.new_chunks, changed);
-    let records = super::index::Index::open(repo.backend()).unwrap().records();
+    let records = super::index::Index::open(repo.backend(), repo.shared_seal())
+        .unwrap()
+        .records();
     // Changed leaves (all three here) plus the root.
     assert!(
         records - records_before <= changed + 4,

@@ -190,7 +190,7 @@ impl Repository {
             )));
         }
         super::gc::adopt(self)?;
-        let index = Index::open(self.backend())?;
+        let index = Index::open(self.backend(), self.shared_seal())?;
         let id = match &new.kept {
             Some(k) => k.id.clone(),
             None => {
@@ -564,6 +564,7 @@ impl Writer {
             recs.sort_by(|a, b| a.id.cmp(&b.id).then(a.pack.cmp(&b.pack)));
             index::write_run(
                 self.repo.backend().as_ref(),
+                self.repo.seal(),
                 recs.into_iter().map(Ok),
                 &st.packs,
             )?;
