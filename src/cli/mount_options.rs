@@ -302,7 +302,9 @@ mod tests {
 
     #[test]
     fn every_option_names_a_real_mount_flag() {
-        let cmd = Cli::command();
+        let mut cmd = Cli::command();
+        // Built, so the global flags (--remote-path, --password-file) are the mount's too.
+        cmd.build();
         let mount = cmd.find_subcommand("mount").unwrap();
         for o in OPTIONS {
             let long = o.flag.trim_start_matches("--");
