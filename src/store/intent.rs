@@ -67,14 +67,10 @@ use crate::sys::durable;
 pub const REGION_SHIFT: u32 = 10;
 /// Snarfs per region.
 pub const REGION_SNARFS: u64 = 1 << REGION_SHIFT;
-/// Bytes per page of the file.
-pub const PAGE: usize = 4096;
-/// Where the bits start in a bitmap page.
-const BITS_AT: usize = 64;
+pub use super::bitpage::PAGE;
+use super::bitpage::{le32, le64, page_bytes, page_ok, BITS_AT, WORDS};
 /// Regions one bitmap page holds.
 pub const REGIONS_PER_PAGE: u64 = ((PAGE - BITS_AT) * 8) as u64;
-/// 64-bit words of bits per page.
-const WORDS: usize = (PAGE - BITS_AT) / 8;
 /// Most bitmap pages a volume needs (2^28 snarfs).
 pub const MAX_PAGES: usize =
     ((super::volume::MAX_SNARFS >> REGION_SHIFT).div_ceil(REGIONS_PER_PAGE)) as usize;
@@ -194,18 +190,6 @@ fn bad(path: &Path, why: impl std::fmt::Display) -> String {
     format!("its write-intent bitmap {} {why}", path.display())
 }
 
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(w)
-}
-
 fn header_bytes(id: u64, snarf_shift: u32, h: &Header) -> [u8; PAGE] {
     let mut b = [0u8; PAGE];
     b[0..8].copy_from_slice(MAGIC);
@@ -219,26 +203,6 @@ fn header_bytes(id: u64, snarf_shift: u32, h: &Header) -> [u8; PAGE] {
     b[56..64].copy_from_slice(&h.prev_len.to_le_bytes());
     let hash = blake3::hash(&b[0..64]);
     b[64..96].copy_from_slice(hash.as_bytes());
-    b
-}
-
-fn page_hash(id: u64, p: u64, bits: &[u8]) -> blake3::Hash {
-    let mut h = blake3::Hasher::new();
-    h.update(&id.to_le_bytes());
-    h.update(&p.to_le_bytes());
-    h.update(bits);
-    h.finalize()
-}
-
-/// A bitmap page from its words of bits.
-fn page_bytes(id: u64, p: u64, words: &[u64; WORDS]) -> [u8; PAGE] {
-    let mut b = [0u8; PAGE];
-    for (k, w) in words.iter().enumerate() {
-        b[BITS_AT + k * 8..BITS_AT + k * 8 + 8].copy_from_slice(&w.to_le_bytes());
-    }
-    b[0..8].copy_from_slice(&p.to_le_bytes());
-    let hash = page_hash(id, p, &b[BITS_AT..]);
-    b[8..40].copy_from_slice(hash.as_bytes());
     b
 }
 
@@ -323,9 +287,7 @@ pub fn load(path: &Path, expect: &Expect) -> std::result::Result<Loaded, String>
     let mut dirty = Vec::new();
     for p in 0..have {
         let b = &data[(1 + p) * PAGE..(2 + p) * PAGE];
-        if le64(b, 0) != p as u64
-            || page_hash(expect.id, p as u64, &b[BITS_AT..]).as_bytes() != &b[8..40]
-        {
+        if !page_ok(expect.id, p as u64, b) {
             return Err(bad(
                 path,
                 format_args!("has a damaged page {} (torn or overwritten)", p + 1),

@@ -21,6 +21,7 @@
 //! `S << 32` and up, so an epoch from an earlier session (say, recorded in a backup) is
 //! always older than any epoch of this one.
 
+pub mod bitpage;
 pub mod files;
 pub mod intent;
 pub mod iostats;

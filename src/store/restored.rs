@@ -57,12 +57,8 @@ use super::volume::Volume;
 use super::{Error, Result};
 use crate::sys::durable;
 
-/// Bytes per page of the file.
-pub const PAGE: usize = 4096;
-/// Where the bits start in a page.
-const BITS_AT: usize = 64;
-/// 64-bit words of bits per page.
-const WORDS: usize = (PAGE - BITS_AT) / 8;
+pub use super::bitpage::PAGE;
+use super::bitpage::{le32, le64, page_bytes, page_ok, BITS_AT, WORDS};
 /// Snarfs one page holds.
 pub const SNARFS_PER_PAGE: u64 = (WORDS * 64) as u64;
 /// Where the description starts in the header.
@@ -149,14 +145,6 @@ impl std::fmt::Debug for Restore {
     }
 }
 
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]))
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or([0; 4]))
-}
-
 fn header_hash(b: &[u8], desc: &[u8]) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
     h.update(&b[0..40]);
@@ -175,25 +163,6 @@ fn header_bytes(id: u64, snarf_shift: u32, count: u64, desc: &[u8]) -> [u8; PAGE
     let hash = header_hash(&b, desc);
     b[40..72].copy_from_slice(hash.as_bytes());
     b[DESC_AT..DESC_AT + desc.len()].copy_from_slice(desc);
-    b
-}
-
-fn page_hash(id: u64, p: u64, bits: &[u8]) -> blake3::Hash {
-    let mut h = blake3::Hasher::new();
-    h.update(&id.to_le_bytes());
-    h.update(&p.to_le_bytes());
-    h.update(bits);
-    h.finalize()
-}
-
-fn page_bytes(id: u64, p: u64, words: &[u64]) -> [u8; PAGE] {
-    let mut b = [0u8; PAGE];
-    for (k, w) in words.iter().enumerate() {
-        b[BITS_AT + k * 8..BITS_AT + k * 8 + 8].copy_from_slice(&w.to_le_bytes());
-    }
-    b[0..8].copy_from_slice(&p.to_le_bytes());
-    let hash = page_hash(id, p, &b[BITS_AT..]);
-    b[8..40].copy_from_slice(hash.as_bytes());
     b
 }
 
@@ -318,9 +287,7 @@ impl Restore {
         let mut bits = words(count)?;
         for p in 0..have {
             let b = &data[(1 + p) * PAGE..(2 + p) * PAGE];
-            if le64(b, 0) != p as u64
-                || page_hash(id, p as u64, &b[BITS_AT..]).as_bytes() != &b[8..40]
-            {
+            if !page_ok(id, p as u64, b) {
                 return Err(damaged(
                     &path,
                     format_args!("has a damaged page {p} (its hash does not match)"),
