@@ -517,3 +517,41 @@ fn the_server_vanishing_mid_backup_commits_nothing_and_the_next_backup_is_fine()
     let report = repo.check(true, &mut |_| {}).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
 }
+
+#[test]
+fn a_server_without_conditional_writes_is_refused_before_anything_is_committed() {
+    if !s3server::available() {
+        return;
+    }
+    let server = S3Server::start();
+    server.create_bucket("nocond");
+    let proxy = Proxy::without_conditional_writes(server.port);
+    let b = backend(proxy.port, "s3://nocond/r");
+    let k = Key::State(StateName::GcPending);
+    for e in [
+        b.create(&k, b"x").unwrap_err(),
+        b.lock("snarf test", None).unwrap_err(),
+        Repository::init(b.clone(), &opts()).unwrap_err(),
+    ] {
+        let msg = e.to_string();
+        assert!(
+            matches!(e, Error::NoConditionalWrites { .. })
+                && msg.contains("If-None-Match")
+                && msg.contains("s3://nocond/r"),
+            "{msg}"
+        );
+    }
+    assert_eq!(b.size(&k).unwrap(), None, "nothing was created");
+    assert_eq!(
+        b.size(&Key::Config).unwrap(),
+        None,
+        "no repository was made"
+    );
+    // The same server reached directly has them.
+    assert_eq!(
+        backend(server.port, "s3://nocond/r")
+            .create(&k, b"x")
+            .unwrap(),
+        Created::Created
+    );
+}

@@ -184,6 +184,16 @@ impl Proxy {
 
     /// A relay on `port` (again, after a cut).
     pub fn on(port: u16, upstream: u16) -> Proxy {
+        Proxy::relay(port, upstream, false)
+    }
+
+    /// A relay that renames the `If-None-Match` header of every request on its way, so
+    /// the server behind it looks like one without conditional writes.
+    pub fn without_conditional_writes(upstream: u16) -> Proxy {
+        Proxy::relay(free_port(), upstream, true)
+    }
+
+    fn relay(port: u16, upstream: u16, strip: bool) -> Proxy {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the proxy");
         listener.set_nonblocking(true).expect("nonblocking");
         let cut = Arc::new(AtomicBool::new(false));
@@ -198,11 +208,22 @@ impl Proxy {
                             continue;
                         };
                         let mut list = cs.lock().unwrap();
-                        for (from, to) in [(&down, &up), (&up, &down)] {
+                        for (from, to, rewrite) in [(&down, &up, strip), (&up, &down, false)] {
                             let (mut from, mut to) =
                                 (from.try_clone().unwrap(), to.try_clone().unwrap());
                             std::thread::spawn(move || {
-                                let _ = std::io::copy(&mut from, &mut to);
+                                let mut buf = vec![0u8; 1 << 16];
+                                while let Ok(n) = from.read(&mut buf) {
+                                    if n == 0 {
+                                        break;
+                                    }
+                                    if rewrite {
+                                        rename_header(&mut buf[..n]);
+                                    }
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
                                 let _ = to.shutdown(Shutdown::Write);
                             });
                         }
@@ -237,5 +258,21 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.cut();
+    }
+}
+
+/// Renames every `if-none-match` header in `buf` to a header of the same length that
+/// servers ignore.
+fn rename_header(buf: &mut [u8]) {
+    const FROM: &[u8] = b"if-none-match";
+    const TO: &[u8] = b"x-ignored-hdr";
+    let mut i = 0;
+    while i + FROM.len() <= buf.len() {
+        if buf[i..i + FROM.len()].eq_ignore_ascii_case(FROM) {
+            buf[i..i + FROM.len()].copy_from_slice(TO);
+            i += FROM.len();
+        } else {
+            i += 1;
+        }
     }
 }
