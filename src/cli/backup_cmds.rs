@@ -224,7 +224,7 @@ fn submit(args: &BackupArgs) -> CliResult {
         repo: match &args.repo {
             Some(repo) => Some(match Location::of_arg(repo)? {
                 Location::Local(_) => std::path::absolute(repo).unwrap_or_else(|_| repo.clone()),
-                Location::Ssh(_) => repo.clone(),
+                Location::Ssh(_) | Location::S3(_) => repo.clone(),
             }),
             None => None,
         },

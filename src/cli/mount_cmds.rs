@@ -83,7 +83,8 @@ pub struct MountArgs {
     #[arg(long, value_parser = numbers::durability)]
     pub snapshots: Option<Durability>,
     /// Repository shown under backups/ and used by jobs started from control/jobs: a
-    /// folder or ssh://[user@]host[:port]/path (overrides the store's `repository` setting).
+    /// folder, ssh://[user@]host[:port]/path or s3://bucket/prefix (overrides the store's
+    /// `repository` setting).
     #[arg(long)]
     pub repo: Option<PathBuf>,
     /// mount(8)-style options, comma-separated (threads=N, preimage_mem=SIZE, ...; see
@@ -327,7 +328,7 @@ fn serve(args: &MountArgs, store: &Path, mountpoint: &Path, ready: Option<File>)
         let repo = match &args.repo {
             Some(r) => Some(match Location::of_arg(r)? {
                 Location::Local(p) => p.canonicalize().unwrap_or(p),
-                Location::Ssh(_) => r.clone(),
+                Location::Ssh(_) | Location::S3(_) => r.clone(),
             }),
             None => None,
         };

@@ -54,7 +54,7 @@ struct RepoInitArgs {
     #[arg(long, default_value = "32M", value_parser = parse_size, value_name = "SIZE")]
     pack_size: u64,
     /// Repository format: 2, the default (objects, tree manifests, frames of 16 snarfs
-    /// compressed together; local or ssh://), or 1 (one table per volume, one compressed
+    /// compressed together; local, ssh:// or s3://), or 1 (one table per volume, one compressed
     /// chunk per snarf; a local folder only), for hosts that still run an older snarf.
     #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=2))]
     format: u32,
@@ -393,7 +393,7 @@ fn restore_live(args: &RestoreArgs, mount: &std::path::Path) -> CliResult {
         crate::repo::Location::Local(_) => {
             std::path::absolute(&args.repo).unwrap_or_else(|_| args.repo.clone())
         }
-        crate::repo::Location::Ssh(_) => args.repo.clone(),
+        crate::repo::Location::Ssh(_) | crate::repo::Location::S3(_) => args.repo.clone(),
     };
     let request = crate::control::RestoreRequest {
         backup: args.backup.clone(),

@@ -681,7 +681,7 @@ impl Daemon {
                 // is; the default repository over ssh through its shared connection
                 // (format 2 completes nothing at open anyway).
                 let handle = Location::of_arg(p).and_then(|l| match l {
-                    Location::Ssh(_) if Some(p) == self.repo_path.as_ref() => {
+                    Location::Ssh(_) | Location::S3(_) if Some(p) == self.repo_path.as_ref() => {
                         self.repository()?.ok_or_else(|| {
                             repo::Error::BadArgument("no repository is configured".into())
                         })

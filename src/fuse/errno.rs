@@ -200,7 +200,10 @@ fn repo_errno(e: &repo::Error) -> i32 {
         | repo::Error::NotARepo { .. }
         | repo::Error::UnknownFormat { .. } => libc::EIO,
         // A remote repository that cannot be reached is a failing disk to a reader too.
-        repo::Error::Connection { .. } => libc::EIO,
+        repo::Error::Connection { .. }
+        | repo::Error::S3 { .. }
+        | repo::Error::NoConditionalWrites { .. }
+        | repo::Error::LeaseLost { .. } => libc::EIO,
         // The far side refuses that repository to this key.
         repo::Error::Refused { .. } => libc::EACCES,
         // An encrypted repository the mount was given no (or the wrong) passphrase for.

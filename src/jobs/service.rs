@@ -684,7 +684,7 @@ impl Session for JobService {
             // A repository over ssh is none the mount reads freed snarfs back from (the
             // released tables hold local folders): its acks free nothing (see `ack`).
             Some(_) => match Location::of_arg(repo)? {
-                Location::Ssh(_) => None,
+                Location::Ssh(_) | Location::S3(_) => None,
                 local => Some(Handle::open_quiet(&local)?),
             },
             None => None,

@@ -187,6 +187,37 @@ pub enum Error {
         /// The key slots tried, by file.
         slots: String,
     },
+    /// A request to an S3 repository failed (after the client's own retries).
+    #[error("{repo}: {op} {key} failed; {fix}")]
+    S3 {
+        /// The repository (its s3:// URL).
+        repo: String,
+        /// What was being done, e.g. "reading".
+        op: &'static str,
+        /// The object's key in the bucket.
+        key: String,
+        /// What the administrator can do about it.
+        fix: S3Fix,
+        /// The client's error.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// The S3 server accepted a conditional write it should have refused, so it cannot hold
+    /// a repository safely.
+    #[error("{repo}: the S3 server ignores conditional writes (a PutObject with If-None-Match: * replaced an existing object); snarf needs conditional PutObject (If-None-Match and If-Match, as AWS S3 has since 2024) for its commit points and lock: use a server that supports it")]
+    NoConditionalWrites {
+        /// The repository (its s3:// URL).
+        repo: String,
+    },
+    /// This process's lease on an S3 repository's lock was lost (another process took the
+    /// lock over), so it writes nothing more.
+    #[error("repository {repo}: this process lost its lock lease ({why}), so it writes nothing more to the repository; nothing committed is affected, run the command again")]
+    LeaseLost {
+        /// The repository (its s3:// URL).
+        repo: String,
+        /// How it was lost.
+        why: &'static str,
+    },
     /// An I/O error, with what was being done.
     #[error("{context}")]
     Io {
@@ -244,6 +275,30 @@ impl Fix {
                 "restore the file from a copy if you have one; read-only commands (`snarf backups {repo}`, `snarf restore`, `snarf check {repo}`) still work"
             ),
         }
+    }
+}
+
+/// What to do about a failed S3 request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Fix {
+    /// The server refused the credentials or the request.
+    Credentials,
+    /// The bucket does not exist.
+    Bucket,
+    /// The server could not be reached or answered with an error.
+    Endpoint,
+    /// The server lacks a feature snarf needs.
+    Feature,
+}
+
+impl std::fmt::Display for S3Fix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            S3Fix::Credentials => "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the profile in ~/.aws/credentials) and that the bucket's policy lets them read, write, list and delete",
+            S3Fix::Bucket => "the bucket does not exist: create it first (for example `aws s3 mb s3://BUCKET`), or check the bucket name and AWS_ENDPOINT_URL",
+            S3Fix::Endpoint => "check that AWS_ENDPOINT_URL (or the region's AWS endpoint) reaches the S3 server and that it is up; the request was retried before giving up",
+            S3Fix::Feature => "the S3 server lacks a feature snarf needs (conditional PutObject with If-None-Match and If-Match, ranged GET, multipart upload): use a server that has them",
+        })
     }
 }
 

@@ -132,12 +132,10 @@ impl Handle {
                 v2::Repository::open(location.backend()?).map(Handle::V2)
             }
             Location::Local(path) => v1_open(path).map(Handle::V1),
-            // Only format 2 is on the backend trait, so only it is served over ssh.
-            Location::Ssh(t) => match v2::Repository::open(location.backend()?) {
+            // Only format 2 is on the backend trait, so only it is served over ssh or S3.
+            Location::Ssh(_) | Location::S3(_) => match v2::Repository::open(location.backend()?) {
                 Err(Error::NotARepo { .. }) => Err(Error::BadArgument(format!(
-                    "{} holds no format 2 repository: create one with `snarf repo init {}`; a format 1 repository can be used only as a local folder on its own host",
-                    t.url(),
-                    t.url()
+                    "{location} holds no format 2 repository: create one with `snarf repo init {location}`; a format 1 repository can be used only as a local folder on its own host"
                 ))),
                 r => r.map(Handle::V2),
             },

@@ -1,13 +1,13 @@
 //! Where a repository is, as the user writes it (`--repo`, `snarf repo init LOCATION`), and
 //! the one place a location becomes a storage [`Backend`]: a local folder, or
 //! `ssh://[user@]host[:port]/path` for a format 2 repository another host serves with
-//! `snarf serve` ([`SshBackend`]); S3 is to be one more arm, so every command reaches every
-//! kind of repository the same way.
+//! `snarf serve` ([`SshBackend`]), or `s3://bucket/prefix` for one in an S3 bucket
+//! ([`S3Backend`]), so every command reaches every kind of repository the same way.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::backend::{Backend, LocalDir, SshBackend, SshOptions, SshTarget};
+use super::backend::{Backend, LocalDir, S3Backend, S3Url, SshBackend, SshOptions, SshTarget};
 use super::error::{Error, Result};
 
 /// A parsed repository location.
@@ -17,6 +17,8 @@ pub enum Location {
     Local(PathBuf),
     /// A folder on another host, through `snarf serve` over ssh.
     Ssh(SshTarget),
+    /// A prefix of an S3 bucket.
+    S3(S3Url),
 }
 
 impl Location {
@@ -32,6 +34,9 @@ impl Location {
         if text.starts_with("ssh://") {
             return SshTarget::parse(text).map(Location::Ssh);
         }
+        if text.starts_with("s3://") {
+            return S3Url::parse(text).map(Location::S3);
+        }
         if let Some((scheme, _)) = text.split_once("://") {
             if !scheme.is_empty()
                 && scheme
@@ -39,7 +44,7 @@ impl Location {
                     .all(|c| c.is_ascii_alphanumeric() || c == '+')
             {
                 return Err(Error::BadArgument(format!(
-                    "repository location {text:?}: this snarf knows no {scheme}:// repositories; give a local folder or ssh://[user@]host[:port]/path"
+                    "repository location {text:?}: this snarf knows no {scheme}:// repositories; give a local folder, ssh://[user@]host[:port]/path or s3://bucket/prefix"
                 )));
             }
         }
@@ -64,7 +69,7 @@ impl Location {
     pub fn local_path(&self) -> Option<&Path> {
         match self {
             Location::Local(p) => Some(p),
-            Location::Ssh(_) => None,
+            Location::Ssh(_) | Location::S3(_) => None,
         }
     }
 
@@ -105,6 +110,8 @@ impl Location {
                 &SshOptions::from_env(None)?,
                 create,
             )?),
+            // A bucket has no folders to make: keys are created as they are written.
+            Location::S3(u) => Arc::new(S3Backend::from_env(u)?),
         })
     }
 
@@ -116,6 +123,7 @@ impl Location {
                 Location::Local(std::path::absolute(p).unwrap_or_else(|_| p.clone()))
             }
             Location::Ssh(t) => Location::Ssh(t.clone()),
+            Location::S3(u) => Location::S3(u.clone()),
         }
     }
 }
@@ -125,6 +133,7 @@ impl std::fmt::Display for Location {
         match self {
             Location::Local(p) => write!(f, "{}", p.display()),
             Location::Ssh(t) => write!(f, "{}", t.url()),
+            Location::S3(u) => write!(f, "{}", u.url()),
         }
     }
 }
@@ -153,5 +162,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Location::parse("ssh://-oProxyCommand=x/r").is_err());
+        match Location::parse("s3://bkt/hosts/a").unwrap() {
+            Location::S3(u) => assert_eq!(u.url(), "s3://bkt/hosts/a"),
+            other => panic!("{other:?}"),
+        }
+        assert!(Location::parse("s3://bkt/../x").is_err());
     }
 }

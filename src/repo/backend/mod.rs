@@ -1,8 +1,8 @@
 //! Where a repository's objects live: one [`Backend`] trait with object-store semantics, so
 //! an S3 bucket fits it natively and a local folder ([`LocalDir`]) is just one
 //! implementation, [`SshBackend`] (a client of `snarf serve`, whose far side is `serve` over
-//! the `wire` protocol) another, and S3 is to come; the repository logic above runs
-//! unchanged over all of them.
+//! the `wire` protocol) another, [`S3Backend`] (`s3://bucket/prefix`, an S3 bucket through
+//! `object_store`) a third; the repository logic above runs unchanged over all of them.
 //!
 //! The operations and what each guarantees when it returns:
 //! - [`Backend::read`], [`Backend::read_range`], [`Backend::size`]: whole objects, byte ranges
@@ -13,7 +13,7 @@
 //! - [`Backend::upload`]: a streaming writer for packs, visible only once finished;
 //! - [`Backend::list`], [`Backend::delete`]: listings of one folder (every name validated into
 //!   a [`Key`]) and durable deletion;
-//! - [`Backend::lock`]: the repository lock (a flock for a folder).
+//! - [`Backend::lock`]: the repository lock (a flock for a folder, a lease object on S3).
 //!
 //! Keys are typed ([`Key`]): a name from a listing becomes a key only if it is a name snarf
 //! makes, so nothing read back becomes a path unchecked. Decorators wrap the trait as
@@ -25,6 +25,8 @@
 pub mod faulty;
 pub mod key;
 pub mod local;
+pub mod s3;
+pub mod s3conf;
 pub mod serve;
 pub mod ssh;
 pub mod wire;
@@ -33,6 +35,8 @@ use std::time::Duration;
 
 pub use key::{FinishingName, Key, Kind, ObjectId, StateName};
 pub use local::LocalDir;
+pub use s3::{S3Backend, S3Url};
+pub use s3conf::S3Settings;
 pub use ssh::{SshBackend, SshHost, SshOptions, SshTarget};
 
 use super::error::Result;
