@@ -18,6 +18,11 @@ pub const REF_LEN: usize = 64;
 
 /// Bytes of a chunk sampled to decide cheaply whether compressing it is worth it.
 const SAMPLE: usize = 8 << 10;
+/// Spacing of the extra samples of an input longer than this (a format 2 frame of many
+/// snarfs): one sample per 64 KiB, so a compressible snarf between random ones is seen.
+/// Three samples alone stored 2.1% of the bench volume raw that zstd shrinks (frames whose
+/// start, middle and end were random but which held text or logs elsewhere).
+const SAMPLE_EVERY: usize = 64 << 10;
 
 /// Where a chunk is stored, or that a snarf is all zeros.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,8 +139,9 @@ pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
         // data cheaply. One sample is not enough: a snarf often straddles a random region
         // and a compressible one, and a lone sample in the random half would store the
         // compressible half raw.
-        let starts = [0, data.len() / 2 - SAMPLE / 2, data.len() - SAMPLE];
-        let compressible = starts.iter().any(|&start| {
+        let ends = [0, data.len() / 2 - SAMPLE / 2, data.len() - SAMPLE];
+        let spread = (SAMPLE_EVERY / 2..data.len() - SAMPLE).step_by(SAMPLE_EVERY);
+        let compressible = ends.into_iter().chain(spread).any(|start| {
             let sample = &data[start..start + SAMPLE];
             matches!(zstd_compress(sample, 1), Some(c) if c.len() * 100 < sample.len() * 97)
         });
@@ -252,5 +258,50 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 0xff;
         assert!(decode(&bad, &r).is_err());
+    }
+
+    #[test]
+    fn a_frame_random_at_its_ends_and_middle_still_compresses_the_text_between() {
+        // 16 snarfs of 64 KiB: random except the 4th, 5th and 12th, which hold text.
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let mut frame: Vec<u8> = (0..16 << 16)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let text: Vec<u8> = b"log line 17: snarf ok\n"
+            .iter()
+            .cycle()
+            .take(1 << 16)
+            .copied()
+            .collect();
+        for k in [3usize, 4, 11] {
+            frame[k << 16..(k + 1) << 16].copy_from_slice(&text);
+        }
+        let c = compress(&frame, 3).expect("the text snarfs make the frame compressible");
+        assert!(
+            c.len() < frame.len() - (3 << 16) + 4096,
+            "{} bytes",
+            c.len()
+        );
+        // All random again but for snarf 11 (still text): still compressed.
+        let rnd = {
+            let mut y = 7u64;
+            (0..2 << 16)
+                .map(|_| {
+                    y ^= y << 13;
+                    y ^= y >> 7;
+                    y ^= y << 17;
+                    y as u8
+                })
+                .collect::<Vec<u8>>()
+        };
+        frame[3 << 16..5 << 16].copy_from_slice(&rnd);
+        assert!(compress(&frame, 3).is_some());
+        frame[11 << 16..12 << 16].copy_from_slice(&rnd[..1 << 16]);
+        assert!(compress(&frame, 3).is_none(), "all random: stored raw");
     }
 }
