@@ -23,6 +23,7 @@ use rand_chacha::ChaCha8Rng;
 
 const SNARF: usize = 64 << 10;
 const PAUSE_ENV: &str = "SNARF_TEST_RESTORE_PAUSE_MS";
+const DOWN_ENV: &str = "SNARF_TEST_REPO_DOWN_FILE";
 
 /// A volume image of `len` bytes: mostly compressible, distinct in every snarf, a zero
 /// snarf in every 16 and a random one in every 32.
@@ -49,6 +50,7 @@ fn mount_paused(m: &mut Mounted, pause_ms: u64) {
     let out = Command::new(snarf_bin())
         .args(["mount", m.store.to_str().unwrap(), m.mnt.to_str().unwrap()])
         .env(PAUSE_ENV, pause_ms.to_string())
+        .env(DOWN_ENV, m.dir.path().join("repo-down"))
         .output()
         .expect("running snarf mount");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -110,7 +112,10 @@ fn restore_live(m: &Mounted, repo: &Path, id: &str, volume: &str, as_name: &str)
         as_name,
     ]);
     let took = t.elapsed();
-    assert!(out.contains(&format!("live/{as_name} is served now")), "{out}");
+    assert!(
+        out.contains(&format!("live/{as_name} is served now")),
+        "{out}"
+    );
     took
 }
 
@@ -192,8 +197,7 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 #[test]
-fn a_1_gib_live_restore_reads_at_once_keeps_writes_across_kill_9_and_rides_out_a_lost_repository(
-) {
+fn a_1_gib_live_restore_reads_at_once_keeps_writes_across_kill_9_and_rides_out_a_lost_repository() {
     if !have_tool("cmp") {
         return;
     }
@@ -204,7 +208,8 @@ fn a_1_gib_live_restore_reads_at_once_keeps_writes_across_kill_9_and_rides_out_a
     const LEN: usize = 1 << 30;
     let count = (LEN / SNARF) as u64;
     let repo = m.dir.path().join("repo");
-    snarf_ok(&["repo", "init", repo.to_str().unwrap()]);
+    // Small packs: more of them than the repository keeps open, so moving it away is felt.
+    snarf_ok(&["repo", "init", repo.to_str().unwrap(), "--pack-size", "1M"]);
     let mut oracle = image(LEN, 17);
     fs::write(m.path("live/vm.img"), &oracle).unwrap();
     let id = backup(&m, &repo);
@@ -219,8 +224,15 @@ fn a_1_gib_live_restore_reads_at_once_keeps_writes_across_kill_9_and_rides_out_a
         "--volume",
         "vm.img",
     ]);
-    eprintln!("setup {:?}; plain restore of 1 GiB {:?}", started.elapsed(), t.elapsed());
-    assert!(read(&plain.join("vm.img")) == oracle, "the plain restore differs");
+    eprintln!(
+        "setup {:?}; plain restore of 1 GiB {:?}",
+        started.elapsed(),
+        t.elapsed()
+    );
+    assert!(
+        read(&plain.join("vm.img")) == oracle,
+        "the plain restore differs"
+    );
     m.unmount();
     // 256 batches at 100 ms: the copy alone would take 25 s or more.
     mount_paused(&mut m, 100);
@@ -229,7 +241,11 @@ fn a_1_gib_live_restore_reads_at_once_keeps_writes_across_kill_9_and_rides_out_a
     let took = restore_live(&m, &repo, &id, "vm.img", "vm2.img");
     let vol = m.path("live/vm2.img");
     let t = Instant::now();
-    let f = OpenOptions::new().read(true).write(true).open(&vol).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&vol)
+        .unwrap();
     let mut first = vec![0u8; 4096];
     f.read_exact_at(&mut first, 0).unwrap();
     let first_byte = t.elapsed();
@@ -248,7 +264,10 @@ fn a_1_gib_live_restore_reads_at_once_keeps_writes_across_kill_9_and_rides_out_a
     let mut touched = std::collections::BTreeSet::new();
     for i in 0..300 {
         let (at, len) = if i % 10 == 0 {
-            (rng.random_range(0..count) as usize * SNARF, SNARF * rng.random_range(1..3))
+            (
+                rng.random_range(0..count) as usize * SNARF,
+                SNARF * rng.random_range(1..3),
+            )
         } else {
             (rng.random_range(0..LEN), rng.random_range(1..200_000))
         };
@@ -262,34 +281,55 @@ fn a_1_gib_live_restore_reads_at_once_keeps_writes_across_kill_9_and_rides_out_a
     drop(f);
     let row = live_row(&m, "vm2.img").expect("a LIVE-RESTORE row");
     assert_eq!(live_state(&row), "ok", "{row:?}");
-    assert!(row[1].parse::<u64>().unwrap() < LEN as u64, "already done: {row:?}");
+    assert!(
+        row[1].parse::<u64>().unwrap() < LEN as u64,
+        "already done: {row:?}"
+    );
 
     // kill -9 mid-restore: what the bitmap holds is what was synced.
     kill_9(&mut m);
     let (bitmap, synced) = bits_in_bitmap(&m.store);
     assert!(synced < count, "the copy finished before the kill");
     mount_paused(&mut m, 100);
-    let f = OpenOptions::new().read(true).write(true).open(&vol).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&vol)
+        .unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(99);
     for _ in 0..50 {
         let at = rng.random_range(0..LEN - 4096);
         let mut got = vec![0u8; 4096];
         f.read_exact_at(&mut got, at as u64).unwrap();
-        assert!(got[..] == oracle[at..at + 4096], "after kill -9, bytes at {at} differ");
+        assert!(
+            got[..] == oracle[at..at + 4096],
+            "after kill -9, bytes at {at} differ"
+        );
     }
 
     // The repository away: reads of missing snarfs fail with EIO and status says why;
     // writes still work.
-    let missing: Vec<u64> = (count - 64..count).filter(|k| !touched.contains(k)).collect();
+    // Near the end (the copy goes up from 0), never written, and of random bytes: a pack
+    // must be read for it (no cached leaf or frame answers it).
+    let missing: Vec<u64> = (count - 256..count)
+        .filter(|k| !touched.contains(k) && k % 32 == 7)
+        .collect();
     let (gone, written) = (missing[0], missing[1]);
+    // Moved away, and every fetch failing (a local repository keeps answering through the
+    // pack files it holds open, so the daemon's test switch takes it away for sure).
     let away = m.dir.path().join("repo.away");
     fs::rename(&repo, &away).unwrap();
+    let down = m.dir.path().join("repo-down");
+    fs::write(&down, b"").unwrap();
     let mut one = [0u8; 1];
     let err = f.read_exact_at(&mut one, gone * SNARF as u64).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     let row = live_row(&m, "vm2.img").unwrap();
     assert_eq!(live_state(&row), "unreachable", "{row:?}");
-    assert!(row.join(" ").contains(repo.to_str().unwrap()), "no reason: {row:?}");
+    assert!(
+        row.join(" ").contains(repo.to_str().unwrap()),
+        "no reason: {row:?}"
+    );
     let whole = vec![0x77u8; SNARF];
     f.write_all_at(&whole, written * SNARF as u64).unwrap();
     oracle[written as usize * SNARF..(written as usize + 1) * SNARF].copy_from_slice(&whole);
@@ -298,17 +338,24 @@ fn a_1_gib_live_restore_reads_at_once_keeps_writes_across_kill_9_and_rides_out_a
     f.sync_all().unwrap();
     // Back: the next read fetches again, the copy resumes by itself.
     fs::rename(&away, &repo).unwrap();
+    fs::remove_file(&down).unwrap();
     f.read_exact_at(&mut one, gone * SNARF as u64).unwrap();
     assert_eq!(one[0], oracle[gone as usize * SNARF]);
-    wait_for("the LIVE-RESTORE row to say ok", Duration::from_secs(10), || {
-        live_row(&m, "vm2.img").is_some_and(|r| live_state(&r) == "ok")
-    });
+    wait_for(
+        "the LIVE-RESTORE row to say ok",
+        Duration::from_secs(10),
+        || live_row(&m, "vm2.img").is_some_and(|r| live_state(&r) == "ok"),
+    );
     drop(f);
 
     // cmp while the copy runs: the backup plus every write.
     let expected = m.dir.path().join("expected");
     fs::write(&expected, &oracle).unwrap();
-    assert_eq!(bitmaps_left(&m.store), 1, "the copy ended too soon to overlap");
+    assert_eq!(
+        bitmaps_left(&m.store),
+        1,
+        "the copy ended too soon to overlap"
+    );
     let t = Instant::now();
     cmp(&expected, &vol);
     eprintln!("cmp of 1 GiB during the live restore: {:?}", t.elapsed());
@@ -351,7 +398,11 @@ impl Guard {
         if read_only {
             c.arg("-r");
         }
-        let out = c.args(["--find", "--show", "--"]).arg(file).output().unwrap();
+        let out = c
+            .args(["--find", "--show", "--"])
+            .arg(file)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "losetup: {out:?}");
         let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
         self.loops.push(dev.clone());
@@ -377,7 +428,11 @@ impl Guard {
             }
         }
         for dev in self.loops.drain(..).rev() {
-            let _ = Command::new("losetup").args(["-d", "--", &dev]).status();
+            // `-d` takes the device as its argument (no `--`): a /dev/loopN losetup named.
+            let ok = Command::new("losetup").args(["-d", &dev]).status();
+            if !ok.is_ok_and(|s| s.success()) {
+                eprintln!("could not detach {dev}");
+            }
         }
     }
 }
@@ -390,7 +445,10 @@ impl Drop for Guard {
 
 #[test]
 fn ext4_in_a_live_restored_volume_checks_clean_and_reads_back_before_the_copy_ends() {
-    if !["mkfs.ext4", "e2fsck", "losetup"].iter().all(|t| have_tool(t)) {
+    if !["mkfs.ext4", "e2fsck", "losetup"]
+        .iter()
+        .all(|t| have_tool(t))
+    {
         return;
     }
     let Some(mut m) = Mounted::new(&["--snarf-size", "64K"], &[]) else {
@@ -399,10 +457,7 @@ fn ext4_in_a_live_restored_volume_checks_clean_and_reads_back_before_the_copy_en
     let repo = m.dir.path().join("repo");
     snarf_ok(&["repo", "init", repo.to_str().unwrap()]);
     let img = m.path("live/fs.img");
-    fs::File::create(&img)
-        .unwrap()
-        .set_len(256 << 20)
-        .unwrap();
+    fs::File::create(&img).unwrap().set_len(256 << 20).unwrap();
     let out = Command::new("mkfs.ext4")
         .args(["-q", "-F", "--"])
         .arg(&img)
@@ -422,6 +477,7 @@ fn ext4_in_a_live_restored_volume_checks_clean_and_reads_back_before_the_copy_en
         })
         .collect();
     let mut g = Guard::default();
+    let started = Instant::now();
     {
         let dev = g.losetup(&img, false);
         let at = m.dir.path().join("ext4-rw");
@@ -434,13 +490,17 @@ fn ext4_in_a_live_restored_volume_checks_clean_and_reads_back_before_the_copy_en
         g.undo();
     }
     let id = backup(&m, &repo);
+    eprintln!("ext4 made, filled and backed up in {:?}", started.elapsed());
     m.unmount();
     // 64 batches at 1 s: the copy runs for about a minute, far past the checks.
     mount_paused(&mut m, 1000);
     restore_live(&m, &repo, &id, "fs.img", "fs2.img");
     let copy = m.path("live/fs2.img");
     let dev = g.losetup(&copy, true);
-    let out = Command::new("e2fsck").args(["-fn", "--", &dev]).output().unwrap();
+    let out = Command::new("e2fsck")
+        .args(["-fn", "--", &dev])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "e2fsck -fn of the live-restored volume: {}{}",
@@ -453,12 +513,17 @@ fn ext4_in_a_live_restored_volume_checks_clean_and_reads_back_before_the_copy_en
         assert!(read(&at.join(name)) == *data, "{name} differs");
     }
     let row = live_row(&m, "fs2.img").unwrap();
-    assert_eq!(live_state(&row), "ok", "the copy ended before the checks: {row:?}");
+    assert_eq!(
+        live_state(&row),
+        "ok",
+        "the copy ended before the checks: {row:?}"
+    );
     assert!(
         row[1].parse::<u64>().unwrap() < 256 << 20,
         "the copy ended before the checks: {row:?}"
     );
     g.undo();
+    eprintln!("ext4 test body took {:?}", started.elapsed());
     // The clean unmount stops the copy; it resumes at the next mount.
     m.unmount();
     assert_eq!(bitmaps_left(&m.store), 1);
@@ -484,7 +549,10 @@ fn a_damaged_bitmap_page_blocks_only_its_volume_on_the_mount() {
     fs::write(&bitmap, &bytes).unwrap();
 
     m.mount(&[]);
-    assert!(read(&m.path("live/vm.img")) == data, "the other volume is served");
+    assert!(
+        read(&m.path("live/vm.img")) == data,
+        "the other volume is served"
+    );
     fs::write(m.path("live/new.img"), b"writable").unwrap();
     let err = fs::read(m.path("live/vm2.img")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");

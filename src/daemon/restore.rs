@@ -29,6 +29,12 @@ pub const RETRY: Duration = Duration::from_secs(2);
 #[cfg(feature = "fault-injection")]
 pub const PAUSE_ENV: &str = "SNARF_TEST_RESTORE_PAUSE_MS";
 
+/// With `fault-injection` only: a path; while a file is there, every fetch fails as if the
+/// repository were unreachable. A local repository moved away keeps answering through the
+/// pack files it holds open, so a mount test needs this to take it away for sure.
+#[cfg(feature = "fault-injection")]
+pub const DOWN_ENV: &str = "SNARF_TEST_REPO_DOWN_FILE";
+
 /// The pause after each batch of the copy ([`PAUSE_ENV`]; none outside test builds).
 fn batch_pause() -> Duration {
     #[cfg(feature = "fault-injection")]
@@ -72,6 +78,16 @@ impl RepoSource {
 
 impl Source for RepoSource {
     fn fetch(&self, index: u64, buf: &mut [u8]) -> Result<(), FetchError> {
+        #[cfg(feature = "fault-injection")]
+        if std::env::var_os(DOWN_ENV).is_some_and(|p| std::path::Path::new(&p).exists()) {
+            return Err(Box::new(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!(
+                    "repository {} is unreachable ({DOWN_ENV} is set)",
+                    self.origin.repository
+                ),
+            )));
+        }
         let reader = self.reader()?;
         let at = index * buf.len() as u64;
         let mut done = 0;

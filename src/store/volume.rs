@@ -220,12 +220,10 @@ impl Volume {
 
     /// Why the volume serves nothing, if it is blocked (see [`Volume::block`]).
     pub fn blocked(&self) -> Option<Error> {
-        self.blocked
-            .get()
-            .map(|(path, why)| Error::RestoreDamaged {
-                path: path.clone(),
-                why: why.clone(),
-            })
+        self.blocked.get().map(|(path, why)| Error::RestoreDamaged {
+            path: path.clone(),
+            why: why.clone(),
+        })
     }
 
     /// The live restore, while one is under way (`None` once every snarf is local).
