@@ -319,7 +319,12 @@ pub struct LiveRestoreStatus {
     pub local_bytes: u64,
     /// Bytes of the backup's volume.
     pub total_bytes: u64,
-    /// `ok`, or `unreachable` while reads of missing snarfs fail.
+    /// Snarfs this mount fetched from the repository (on demand, ahead of readers and by
+    /// the copy); a snarf restored before a restart is never fetched again.
+    #[serde(default)]
+    pub fetched: u64,
+    /// `ok`; `unreachable` while reads of missing snarfs fail; `done` once every snarf is
+    /// local; `damaged` when its bitmap cannot be trusted (the volume is not served).
     pub state: String,
     /// Why the repository did not answer, if it did not.
     pub reason: String,
@@ -507,6 +512,7 @@ pub fn render_status(report: &StatusReport) -> String {
             "BACKUP",
             "LOCAL",
             "TOTAL",
+            "FETCHED",
             "STATE",
             "REASON",
         ]);
@@ -516,6 +522,7 @@ pub fn render_status(report: &StatusReport) -> String {
                 r.backup.clone(),
                 r.local_bytes.to_string(),
                 r.total_bytes.to_string(),
+                r.fetched.to_string(),
                 r.state.clone(),
                 r.reason.clone(),
             ]);

@@ -765,7 +765,7 @@ impl Daemon {
                     .chain(notes)
                     .collect()
             },
-            live_restores: self.restores.status(),
+            live_restores: self.restores.status(engine),
             recovery: {
                 let r = engine.recovered();
                 control::RecoveryStatus {

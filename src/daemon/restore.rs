@@ -24,6 +24,28 @@ use crate::store::Volume;
 const BATCH: usize = 64;
 /// How long the copy waits before it tries a repository that failed again.
 pub const RETRY: Duration = Duration::from_secs(2);
+/// With `fault-injection` only: milliseconds the copy pauses after each batch, so a mount
+/// test can act while a copy is under way (a release build never reads it).
+#[cfg(feature = "fault-injection")]
+pub const PAUSE_ENV: &str = "SNARF_TEST_RESTORE_PAUSE_MS";
+
+/// With `fault-injection` only: a path; while a file is there, every fetch fails as if the
+/// repository were unreachable. A local repository moved away keeps answering through the
+/// pack files it holds open, so a mount test needs this to take it away for sure.
+#[cfg(feature = "fault-injection")]
+pub const DOWN_ENV: &str = "SNARF_TEST_REPO_DOWN_FILE";
+
+/// The pause after each batch of the copy ([`PAUSE_ENV`]; none outside test builds).
+fn batch_pause() -> Duration {
+    #[cfg(feature = "fault-injection")]
+    if let Some(ms) = std::env::var(PAUSE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    Duration::ZERO
+}
 
 /// A backup's volume read from its repository, opened on first use and again after a
 /// failure (a repository that went away and came back).
@@ -56,6 +78,16 @@ impl RepoSource {
 
 impl Source for RepoSource {
     fn fetch(&self, index: u64, buf: &mut [u8]) -> Result<(), FetchError> {
+        #[cfg(feature = "fault-injection")]
+        if std::env::var_os(DOWN_ENV).is_some_and(|p| std::path::Path::new(&p).exists()) {
+            return Err(Box::new(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!(
+                    "repository {} is unreachable ({DOWN_ENV} is set)",
+                    self.origin.repository
+                ),
+            )));
+        }
         let reader = self.reader()?;
         let at = index * buf.len() as u64;
         let mut done = 0;
@@ -83,6 +115,9 @@ struct Running {
     origin: Origin,
     volume: Arc<Volume>,
     started: u64,
+    /// When it started or resumed, and the snarfs local then (for the rate).
+    since: std::time::Instant,
+    local_then: u64,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -145,6 +180,7 @@ impl Restores {
             .restore()
             .map(|r| r.origin().clone())
             .unwrap_or_default();
+        let local_then = vol.restore().map_or(0, |r| r.progress().local);
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (vol, stop) = (vol.clone(), stop.clone());
@@ -165,6 +201,8 @@ impl Restores {
             origin,
             volume: vol,
             started: crate::sys::clock::now_ns().max(0) as u64 / 1_000_000_000,
+            since: std::time::Instant::now(),
+            local_then,
             stop,
             thread,
         });
@@ -207,6 +245,10 @@ impl Restores {
                     }
                 };
                 let origin = r.origin.clone();
+                let secs = r.since.elapsed().as_secs_f64();
+                let rate = (state == JobState::Running && secs >= 1.0)
+                    .then(|| (done.saturating_sub(r.local_then) * snarf) as f64 / secs)
+                    .map(|b| b as u64);
                 JobRow {
                     id: r.id.clone(),
                     kind: "restore".into(),
@@ -215,7 +257,7 @@ impl Restores {
                     reason,
                     done_bytes: done * snarf,
                     total_bytes: Some(total * snarf),
-                    rate_bytes_per_sec: None,
+                    rate_bytes_per_sec: rate,
                     started: Some(r.started),
                     snapshot: origin.backup,
                     repository: origin.repository,
@@ -224,41 +266,65 @@ impl Restores {
             .collect()
     }
 
-    /// The volumes under live restore, for `control/status`.
-    pub fn status(&self) -> Vec<LiveRestoreStatus> {
-        self.running
+    /// The volumes under live restore (and those this mount finished), for
+    /// `control/status`, and the volumes not served because their restore's bitmap is
+    /// damaged.
+    pub fn status(&self, engine: &Engine) -> Vec<LiveRestoreStatus> {
+        let mut rows: Vec<LiveRestoreStatus> = self
+            .running
             .lock()
             .iter()
             .filter_map(|r| {
-                let p = r.volume.restore()?.progress();
+                let live = r.volume.live_restore()?;
+                let p = live.progress();
                 let snarf = r.volume.snarf_size();
+                let state = if live.is_done() {
+                    "done"
+                } else if p.failure.is_some() {
+                    "unreachable"
+                } else {
+                    "ok"
+                };
                 Some(LiveRestoreStatus {
                     volume: r.name.clone(),
                     backup: p.origin.backup,
                     local_bytes: p.local * snarf,
                     total_bytes: p.total * snarf,
-                    state: if p.failure.is_some() {
-                        "unreachable"
-                    } else {
-                        "ok"
-                    }
-                    .into(),
+                    fetched: p.fetched,
+                    state: state.into(),
                     reason: p.failure.unwrap_or_default(),
                 })
             })
-            .collect()
+            .collect();
+        for (name, vol) in engine.store().volumes() {
+            if let Some(why) = vol.blocked() {
+                rows.push(LiveRestoreStatus {
+                    volume: name,
+                    state: "damaged".into(),
+                    reason: why.chain().to_string(),
+                    ..LiveRestoreStatus::default()
+                });
+            }
+        }
+        rows
     }
 }
 
 /// The background copy of one volume: every missing snarf in ascending order, waiting and
 /// trying again while the repository does not answer, until all are local.
 fn copy(vol: &Volume, stop: &AtomicBool) {
+    let pause = batch_pause();
     let mut at = Some(0);
     while !stop.load(Ordering::Acquire) && !vol.is_deleted() {
         let Some(r) = vol.restore() else { return };
         match at {
             Some(from) => match r.copy_next(vol, from, BATCH) {
-                Ok(next) => at = next,
+                Ok(next) => {
+                    at = next;
+                    if !pause.is_zero() {
+                        wait(stop, pause);
+                    }
+                }
                 Err(e) => {
                     log::warn!(
                         "live restore of volume {:016x}: {}; trying again in {} s",

@@ -106,7 +106,20 @@ impl Engine {
         }
         let mut gate = self.gate.write();
         let epoch = *gate;
-        let all = self.store.volumes();
+        let mut all = self.store.volumes();
+        // A volume whose live restore's bitmap is damaged has no bytes anyone can read: it
+        // is left out (and said so), so it does not stop the snapshots and backups of
+        // every other volume.
+        all.retain(|vname, volume| match volume.blocked() {
+            Some(why) => {
+                log::warn!(
+                    "snapshot {name} leaves out volume \"{vname}\": {}",
+                    crate::chain::ErrorChain::chain(&why)
+                );
+                false
+            }
+            None => true,
+        });
         for (vname, volume) in &all {
             if let Some(why) = volume.unserved() {
                 return Err(Error::Unserved {

@@ -346,13 +346,16 @@ fn a_reopen_after_a_crash_resumes_keeps_writes_and_fetches_nothing_twice() {
 }
 
 #[test]
-fn a_damaged_bitmap_is_refused_naming_its_file() {
+fn a_damaged_bitmap_page_blocks_only_its_volume_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let root = new_store(dir.path());
     let backup = Backup::new(8 * SNARF as usize, 7);
+    let other = vec![0x42u8; 3 * SNARF as usize];
     let path = {
         let e = engine(&root);
         let v = restoring(&e, &backup);
+        let o = e.create_volume("other.img", 0).unwrap();
+        e.write(&o, 0, &other).unwrap();
         let path = v.restore().unwrap().path().to_path_buf();
         e.close().unwrap();
         path
@@ -360,12 +363,44 @@ fn a_damaged_bitmap_is_refused_naming_its_file() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[crate::store::restored::PAGE + 100] ^= 1;
     std::fs::write(&path, &bytes).unwrap();
-    let err = Store::open(&root, "test").unwrap_err();
-    let why = err.to_string();
-    assert!(
-        why.contains(&path.display().to_string()) && why.contains("page 0"),
-        "{why}"
-    );
+
+    // The store opens; the other volume is served, read and written as usual.
+    let e = engine(&root);
+    let o = e.volume("other.img").unwrap();
+    assert_eq!(read_all(&e, &o), other);
+    e.write(&o, 0, b"still writable").unwrap();
+    // The damaged one fails every read, write and truncate, naming the file and page.
+    let v = e.volume("vm.img").unwrap();
+    let named = |err: &Error| {
+        let why = err.chain().to_string();
+        assert!(
+            why.contains(&path.display().to_string()) && why.contains("page 0"),
+            "{why}"
+        );
+    };
+    let mut buf = [0u8; 16];
+    named(&e.read(&v, 0, &mut buf).unwrap_err());
+    named(&e.write(&v, 0, &[1u8; SNARF as usize]).unwrap_err());
+    named(&e.write(&v, SNARF + 3, b"partial").unwrap_err());
+    named(&e.resize(&v, 0).unwrap_err());
+    assert!(v.restore().is_none() && v.blocked().is_some());
+    // A snapshot leaves it out and takes the others.
+    let snap = e.take("s").unwrap();
+    assert!(snap.volume("vm.img").is_none());
+    let mut out = vec![0u8; other.len()];
+    e.read_snapshot(&snap, "other.img", 0, &mut out).unwrap();
+    assert_eq!(&out[..14], b"still writable");
+    drop(snap);
+    // Nothing was written over the file: the damage is still there for the user to see.
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    // Deleting the volume is the way out: its bitmap goes with it.
+    drop(v);
+    e.delete_volume("vm.img").unwrap();
+    e.close().unwrap();
+    drop(e);
+    assert!(!path.exists(), "the deleted volume's bitmap is left behind");
+    let e = engine(&root);
+    assert_eq!(e.store().volume_names(), vec!["other.img".to_string()]);
 }
 
 #[test]
@@ -384,4 +419,102 @@ fn a_volume_under_restore_refuses_to_shrink_and_may_grow() {
     let all = read_all(&e, &v);
     assert_eq!(all[..8 * SNARF as usize], backup.bytes[..]);
     assert!(all[8 * SNARF as usize..].iter().all(|&b| b == 0));
+}
+
+/// Reads `len` bytes at `at` and returns whether the read fetched anything.
+fn read_counting(e: &Engine, v: &Volume, backup: &Backup, at: u64, len: usize) -> bool {
+    let before = backup.fetched();
+    let mut buf = vec![0u8; len];
+    assert_eq!(e.read(v, at, &mut buf).unwrap(), len);
+    assert!(
+        buf[..] == backup.bytes[at as usize..at as usize + len],
+        "read at {at} differs from the backup"
+    );
+    backup.fetched() > before
+}
+
+#[test]
+fn a_sequential_reader_gets_bounded_readahead_and_fetches_in_few_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_store(dir.path());
+    let e = engine(&root);
+    let count = 4096u64;
+    let backup = Backup::new((count * SNARF) as usize, 11);
+    let v = restoring(&e, &backup);
+    let r = v.restore().unwrap();
+    let ahead = crate::store::restored::READAHEAD_BYTES / SNARF;
+    let step = 2 * SNARF as usize;
+    let mut batches = 0;
+    let mut at = 0u64;
+    while at < count * SNARF {
+        if read_counting(&e, &v, &backup, at, step) {
+            batches += 1;
+        }
+        let last = (at + step as u64 - 1) / SNARF;
+        // Never more than the window past the reader.
+        let bound = last + 1 + ahead;
+        if bound < count {
+            assert_eq!(
+                r.next_missing(bound),
+                Some(bound),
+                "snarf {bound} was fetched more than {ahead} snarfs ahead of a reader at {last}"
+            );
+        }
+        at += step as u64;
+    }
+    // 2048 reads; without readahead each would fetch.
+    assert!(batches <= 24, "{batches} reads fetched");
+    assert_eq!(backup.fetched() as u64, count, "each snarf fetched once");
+    assert_eq!(backup.max_fetches(), 1);
+    assert!(r.progress().read_ahead > count / 2, "{:?}", r.progress());
+    assert_eq!(read_all(&e, &v), backup.bytes);
+}
+
+#[test]
+fn random_and_repeated_reads_fetch_only_what_they_ask_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_store(dir.path());
+    let e = engine(&root);
+    let count = 1024u64;
+    let backup = Backup::new((count * SNARF) as usize, 12);
+    let v = restoring(&e, &backup);
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut asked = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        // Never the snarf after one read before: a read that follows another is sequential.
+        let k = 3 * rng.random_range(0..count / 3);
+        let off = rng.random_range(0..SNARF - 16);
+        read_counting(&e, &v, &backup, k * SNARF + off, 16);
+        asked.insert(k);
+    }
+    // One snarf read over and over, in small pieces, never grows a window.
+    for i in 0..64 {
+        read_counting(&e, &v, &backup, 3 * SNARF + i * 16, 16);
+    }
+    asked.insert(3);
+    assert_eq!(backup.fetched() as usize, asked.len());
+    assert_eq!(v.restore().unwrap().progress().read_ahead, 0);
+}
+
+#[test]
+fn interleaved_sequential_readers_each_keep_their_readahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = new_store(dir.path());
+    let e = engine(&root);
+    let count = 2048u64;
+    let backup = Backup::new((count * SNARF) as usize, 13);
+    let v = restoring(&e, &backup);
+    let half = count / 2 * SNARF;
+    let mut batches = 0;
+    let mut at = 0u64;
+    while at < half {
+        for base in [0, half] {
+            if read_counting(&e, &v, &backup, base + at, SNARF as usize) {
+                batches += 1;
+            }
+        }
+        at += SNARF;
+    }
+    assert!(batches <= 40, "{batches} of {count} reads fetched");
+    assert_eq!(backup.fetched() as u64, count);
 }

@@ -84,6 +84,10 @@ impl Engine {
     /// Sets a volume's size (truncate). Growing fills with zeros; shrinking keeps whatever
     /// a snapshot still needs on disk until it is released.
     pub fn resize(&self, vol: &Volume, new_size: u64) -> Result<()> {
+        if let Some(why) = vol.blocked() {
+            // A truncate must not make a blocked volume look served.
+            return Err(why.into());
+        }
         if new_size > vol.max_size() {
             return Err(store::Error::TooLarge {
                 size: new_size,

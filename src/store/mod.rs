@@ -1228,7 +1228,29 @@ impl OpenCtx<'_> {
         let restore_path = restore_path(self.root, id);
         if restore_path.exists() {
             // A live restore cut short by a stop: it goes on where its bitmap says.
-            vol.attach_restore(restored::Restore::load(restore_path, id, shift)?);
+            match restored::Restore::load(restore_path.clone(), id, shift) {
+                Ok(r) => vol.attach_restore(r),
+                // Only this volume is refused: the others are served as usual.
+                Err(e) => {
+                    let (path, why) = match e {
+                        Error::RestoreDamaged { path, why } => (path, why),
+                        other => (
+                            restore_path,
+                            format!(
+                                "could not be loaded ({})",
+                                crate::chain::ErrorChain::chain(&other)
+                            ),
+                        ),
+                    };
+                    vol.block(path, why);
+                    if let Some(e) = vol.blocked() {
+                        log::error!(
+                            "volume \"{name}\" is not served: {}",
+                            crate::chain::ErrorChain::chain(&e)
+                        );
+                    }
+                }
+            }
         }
         if let Some(size) = logical {
             // Only ever shorter: a recorded size past the file would grow it.

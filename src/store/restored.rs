@@ -67,6 +67,25 @@ const MAGIC: &[u8; 8] = b"SNRESTR1";
 const VERSION: u32 = 1;
 /// Hashed stripes that order a fetch's write against a first write into the same snarf.
 const STRIPES: usize = 64;
+/// How far ahead of a sequential reader missing snarfs are fetched, at most.
+pub const READAHEAD_BYTES: u64 = 8 << 20;
+/// Sequential readers told apart (interleaved `cat`s each keep their readahead).
+const STREAMS: usize = 4;
+/// Snarfs the first readahead of a stream fetches; each sequential step doubles it.
+const FIRST_WINDOW: u64 = 4;
+
+/// One sequential reader as the readahead sees it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Stream {
+    /// The last snarf it read.
+    last: u64,
+    /// Snarfs it fetches ahead now (0: not sequential yet).
+    window: u64,
+    /// When it last read, in reads of the volume (the least recent is replaced).
+    tick: u64,
+    /// Whether this slot holds a stream.
+    used: bool,
+}
 
 /// What a failed fetch says: the repository's own error, kept as the cause.
 pub type FetchError = Box<dyn std::error::Error + Send + Sync>;
@@ -102,6 +121,8 @@ pub struct Progress {
     pub local: u64,
     /// Snarfs fetched from the repository by this process.
     pub fetched: u64,
+    /// Of those, snarfs fetched ahead of a sequential reader.
+    pub read_ahead: u64,
     /// Why the last fetch failed, if the repository has not answered since.
     pub failure: Option<String>,
 }
@@ -131,6 +152,10 @@ pub struct Restore {
     stripes: [Mutex<()>; STRIPES],
     source: parking_lot::RwLock<Option<std::sync::Arc<dyn Source>>>,
     failure: Mutex<Option<(Instant, String)>>,
+    /// Sequential readers, for readahead ([`Restore::ensure_read`]).
+    streams: Mutex<(u64, [Stream; STREAMS])>,
+    /// Snarfs fetched ahead of a reader that asked for none of them.
+    read_ahead: AtomicU64,
     /// Set once every snarf is local and the file is gone.
     done: AtomicBool,
 }
@@ -328,6 +353,8 @@ impl Restore {
             stripes: std::array::from_fn(|_| Mutex::new(())),
             source: parking_lot::RwLock::new(None),
             failure: Mutex::new(None),
+            streams: Mutex::new((0, [Stream::default(); STREAMS])),
+            read_ahead: AtomicU64::new(0),
             done: AtomicBool::new(false),
         })
     }
@@ -364,6 +391,7 @@ impl Restore {
             total: self.count,
             local: self.count - self.missing(),
             fetched: self.fetched.load(Ordering::Relaxed),
+            read_ahead: self.read_ahead.load(Ordering::Relaxed),
             failure: self.failure.lock().as_ref().map(|(_, why)| why.clone()),
         }
     }
@@ -472,6 +500,86 @@ impl Restore {
             i = k + 1;
         }
         Ok(())
+    }
+
+    /// [`Restore::ensure_local`] for a read of snarfs `first..=last`, with readahead: a
+    /// reader whose reads come in ascending order gets the missing snarfs after them
+    /// fetched in the same batch (one sync for all), in a window that doubles with each
+    /// sequential read up to [`READAHEAD_BYTES`]. A batch is fetched only when a missing
+    /// snarf lies within half a window of the read, so a reader pays one fetch for every
+    /// half window it moves, not one per read. Readahead that fails costs the reader
+    /// nothing: only the snarfs it asked for decide the answer.
+    pub fn ensure_read(&self, vol: &Volume, first: u64, last: u64) -> Result<()> {
+        if self.is_done() || first > last || first >= self.count {
+            return Ok(());
+        }
+        let max = (READAHEAD_BYTES >> vol.snarf_shift()).max(1);
+        let window = self.sequential(first, last, max);
+        if window > 0 {
+            let near = last.saturating_add(window / 2).min(self.count - 1);
+            if self.next_missing(first).is_some_and(|k| k <= near) {
+                let end = last.saturating_add(window).min(self.count - 1);
+                let mut batch = Vec::new();
+                let mut i = first;
+                while let Some(k) = self.next_missing(i).filter(|&k| k <= end) {
+                    batch.push(k);
+                    i = k + 1;
+                }
+                let asked = batch.iter().filter(|&&k| k <= last).count() as u64;
+                match self.bring_in(vol, &batch) {
+                    Ok(n) => {
+                        self.read_ahead
+                            .fetch_add((n as u64).saturating_sub(asked), Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if (first..=last.min(self.count - 1)).any(|k| !self.is_local(k)) {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        // Whatever the batch skipped (being fetched by someone else) is waited for here.
+        self.ensure_local(vol, first, last)
+    }
+
+    /// Records a read of `first..=last` and returns the readahead window of its stream
+    /// (0 for a read that does not follow one it knows).
+    fn sequential(&self, first: u64, last: u64, max: u64) -> u64 {
+        let mut guard = self.streams.lock();
+        let (tick, streams) = &mut *guard;
+        *tick += 1;
+        let now = *tick;
+        // A read that continues a stream starts in the snarf it last read or the next.
+        if let Some(s) = streams
+            .iter_mut()
+            .find(|s| s.used && (first == s.last || first == s.last + 1) && last >= s.last)
+        {
+            s.tick = now;
+            if last == s.last {
+                // Still inside the snarf it read last: no step forward, the window stays
+                // (a reader going over one snarf again and again never grows one).
+                return s.window;
+            }
+            s.window = if s.window == 0 {
+                FIRST_WINDOW.min(max)
+            } else {
+                (s.window * 2).min(max)
+            };
+            s.last = last;
+            return s.window;
+        }
+        let slot = streams
+            .iter_mut()
+            .min_by_key(|s| (s.used, s.tick))
+            .expect("STREAMS > 0");
+        *slot = Stream {
+            last,
+            window: 0,
+            tick: now,
+            used: true,
+        };
+        0
     }
 
     /// Fetches `snarfs` (ascending) that are still missing, or waits for whoever fetches

@@ -82,6 +82,9 @@ pub struct Volume {
     intent: std::sync::OnceLock<Intent>,
     /// The live restore, while the volume is under one.
     restore: std::sync::OnceLock<Restore>,
+    /// A live restore whose bitmap could not be loaded (the file, and why): the volume's
+    /// bytes cannot be told from the backup's, so it serves nothing until it is deleted.
+    blocked: std::sync::OnceLock<(PathBuf, String)>,
 }
 
 /// An open file's place in its volume's error sequence (see the module notes).
@@ -194,6 +197,7 @@ impl Volume {
             io: IoStats::default(),
             intent: std::sync::OnceLock::new(),
             restore: std::sync::OnceLock::new(),
+            blocked: std::sync::OnceLock::new(),
         })
     }
 
@@ -207,14 +211,37 @@ impl Volume {
         let _ = self.restore.set(restore);
     }
 
+    /// Blocks the volume: its live restore's bitmap `path` cannot be trusted (`why`), so
+    /// reads, writes and snapshots of it fail naming the file, while every other volume
+    /// is served as usual.
+    pub(super) fn block(&self, path: PathBuf, why: String) {
+        let _ = self.blocked.set((path, why));
+    }
+
+    /// Why the volume serves nothing, if it is blocked (see [`Volume::block`]).
+    pub fn blocked(&self) -> Option<Error> {
+        self.blocked.get().map(|(path, why)| Error::RestoreDamaged {
+            path: path.clone(),
+            why: why.clone(),
+        })
+    }
+
     /// The live restore, while one is under way (`None` once every snarf is local).
     pub fn restore(&self) -> Option<&Restore> {
         self.restore.get().filter(|r| !r.is_done())
     }
 
+    /// The live restore, under way or ended in this process (for what it did).
+    pub fn live_restore(&self) -> Option<&Restore> {
+        self.restore.get()
+    }
+
     /// Writes live bytes: through the live restore while one is under way (whole snarfs
     /// not yet local are marked so no fetch overwrites them), else straight to the file.
     pub fn write_data(&self, data: &[u8], offset: u64) -> Result<()> {
+        if let Some(why) = self.blocked() {
+            return Err(why);
+        }
         match self.restore() {
             Some(r) => r.write(self, offset, data),
             None => self.pwrite(data, offset),
@@ -262,6 +289,9 @@ impl Volume {
 
     /// [`Volume::unserved`] for a caller that holds the volume's state.
     pub fn unserved_in(&self, st: &VolumeState) -> Option<Error> {
+        if let Some(why) = self.blocked() {
+            return Some(why);
+        }
         if st.served() {
             return None;
         }
@@ -362,10 +392,14 @@ impl Volume {
     /// Reads raw bytes of the backing file at `offset`, up to the physical length; a read
     /// past it comes back short. Callers decide what is visible.
     pub fn pread(&self, buf: &mut [u8], offset: u64) -> Result<usize> {
+        if let Some(why) = self.blocked() {
+            // Its holes may be snarfs still in the backup: zeros would be wrong bytes.
+            return Err(why);
+        }
         if let Some(r) = self.restore() {
             if !buf.is_empty() {
                 let last = (offset + buf.len() as u64 - 1) >> self.snarf_shift;
-                r.ensure_local(self, offset >> self.snarf_shift, last)?;
+                r.ensure_read(self, offset >> self.snarf_shift, last)?;
             }
         }
         let mut done = 0;
@@ -677,6 +711,9 @@ impl Drop for Volume {
             }
             if let Some(r) = self.restore.get() {
                 let _ = std::fs::remove_file(r.path());
+            }
+            if let Some((bitmap, _)) = self.blocked.get() {
+                let _ = std::fs::remove_file(bitmap);
             }
             if let Err(e) = std::fs::remove_file(&path) {
                 log::warn!(
