@@ -417,7 +417,9 @@ pub(crate) mod gated {
 
     use parking_lot::{Condvar, Mutex};
 
-    use crate::repo::backend::{Backend, Created, Finishing, Key, Kind, LocalDir, LockGuard, Upload};
+    use crate::repo::backend::{
+        Backend, Created, Finishing, Key, Kind, LocalDir, LockGuard, Upload,
+    };
     use crate::repo::error::{Error, Result};
 
     /// Open or shut; passing a shut gate waits until it opens.
@@ -481,7 +483,7 @@ pub(crate) mod gated {
         }
 
         /// Waits up to 10 s for `f` to hold.
-        pub fn eventually(what: &str, f: impl Fn() -> bool) {
+        pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
             let until = std::time::Instant::now() + Duration::from_secs(10);
             while !f() {
                 assert!(std::time::Instant::now() < until, "never: {what}");
@@ -619,7 +621,10 @@ mod tests {
             g.requested.load(Ordering::SeqCst) == 2
         });
         assert_eq!(g.written.load(Ordering::SeqCst), 100_010);
-        assert!(!fa.ready() && !fb.ready(), "ready before the backend finished");
+        assert!(
+            !fa.ready() && !fb.ready(),
+            "ready before the backend finished"
+        );
         assert_eq!(p.size(&a).unwrap(), None, "visible before its finish");
         g.finish.set(true);
         assert!(fa.ready() && fb.ready());
@@ -655,7 +660,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(2));
         }
         let e = err.expect("the failure never reached the writer");
-        assert!(e.chain().to_string().contains("the far disk is on fire"), "{}", e.chain());
+        assert!(
+            e.chain().to_string().contains("the far disk is on fire"),
+            "{}",
+            e.chain()
+        );
         assert!(u.finish_later().is_err(), "a failed upload finished");
         assert_eq!(p.size(&k).unwrap(), None);
         // The failure stays with its upload: the next one works.
@@ -666,7 +675,11 @@ mod tests {
         u2.finish().unwrap();
         assert_eq!(p.read(&k2, 10).unwrap().unwrap(), b"ok");
         drop(p);
-        assert_eq!(g.inner.sweep_leftovers().unwrap(), 0, "a part file was left");
+        assert_eq!(
+            g.inner.sweep_leftovers().unwrap(),
+            0,
+            "a part file was left"
+        );
     }
 
     #[test]
@@ -682,7 +695,11 @@ mod tests {
             Ok(f) => f.wait().unwrap_err(),
             Err(e) => e,
         };
-        assert!(e.chain().to_string().contains("the far disk is on fire"), "{}", e.chain());
+        assert!(
+            e.chain().to_string().contains("the far disk is on fire"),
+            "{}",
+            e.chain()
+        );
         assert_eq!(p.size(&k).unwrap(), None);
     }
 
@@ -717,8 +734,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dropped_unfinished_upload_leaves_nothing_and_dropping_the_backend_waits_for_its_thread()
-    {
+    fn a_dropped_unfinished_upload_leaves_nothing_and_dropping_the_backend_waits_for_its_thread() {
         let dir = tempfile::tempdir().unwrap();
         let g = Arc::new(Gated::new(dir.path()));
         let p = Pipelined::new(g.clone()).unwrap();

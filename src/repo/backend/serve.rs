@@ -618,8 +618,15 @@ mod tests {
             .iter()
             .rposition(|m| matches!(m, Msg::Ok { id, .. } if (10..16).contains(id)))
             .unwrap();
-        assert!(last_finish < first_size, "a SIZE was answered before a FINISH");
-        for (i, m) in got.iter().filter(|m| matches!(m, Msg::Ok { id, .. } if *id >= 100)).enumerate() {
+        assert!(
+            last_finish < first_size,
+            "a SIZE was answered before a FINISH"
+        );
+        for (i, m) in got
+            .iter()
+            .filter(|m| matches!(m, Msg::Ok { id, .. } if *id >= 100))
+            .enumerate()
+        {
             assert_eq!(
                 m,
                 &Msg::Ok {
@@ -631,7 +638,10 @@ mod tests {
         }
         let b = LocalDir::new(&dir.path().join("r"));
         for (i, k) in keys.iter().enumerate() {
-            assert_eq!(b.read(k, 1 << 20).unwrap().unwrap(), vec![i as u8; 1000 * (i + 1)]);
+            assert_eq!(
+                b.read(k, 1 << 20).unwrap().unwrap(),
+                vec![i as u8; 1000 * (i + 1)]
+            );
         }
     }
 

@@ -670,12 +670,7 @@ const PIECE_HEAD: usize = 1 + 8 + 4;
 
 /// Writes a DATA frame (or a PART frame, if `part`) of `data` for request `id` from where
 /// the bytes lie, without building the frame in a buffer of its own.
-pub fn send_piece(
-    out: &mut impl Write,
-    part: bool,
-    id: u64,
-    data: &[u8],
-) -> Result<(), WireError> {
+pub fn send_piece(out: &mut impl Write, part: bool, id: u64, data: &[u8]) -> Result<(), WireError> {
     let mut head = [0u8; 4 + PIECE_HEAD];
     let body = u32::try_from(PIECE_HEAD + data.len())
         .ok()

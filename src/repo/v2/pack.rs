@@ -258,8 +258,12 @@ impl Sealing {
     /// never reported durable.
     pub fn settle(&mut self, keep: usize) -> Result<Vec<(PackId, Vec<ChunkRef>)>> {
         let mut done = Vec::new();
-        while let Some(front) = self.packs.front_mut() {
-            if self.packs.len() <= keep && !front.finishing.ready() {
+        loop {
+            let over = self.packs.len() > keep;
+            let Some(front) = self.packs.front_mut() else {
+                break;
+            };
+            if !over && !front.finishing.ready() {
                 break;
             }
             let Some(p) = self.packs.pop_front() else {

@@ -61,11 +61,16 @@ fn snarfs_are_acknowledged_only_once_their_pack_is_durable_and_few_packs_wait_fo
     let repo = Repository::init(g.clone(), &opts()).unwrap();
     let (w, slot) = writer(&repo);
     g.finish.set(false);
+    // Four snarfs a frame, four frames a pack: the first pack is sealed when the 17th
+    // snarf is put, the second not before the 33rd.
     let mut s = 0;
-    while g.requested.load(Ordering::SeqCst) < 1 {
+    while s < 24 {
         w.put(slot, s, &data(s)).unwrap();
         s += 1;
     }
+    Gated::eventually("the first pack is sealed and its finish requested", || {
+        g.requested.load(Ordering::SeqCst) == 1
+    });
     // Sealed and handed over, not yet durable: nothing of it is acknowledged.
     assert!(w.take_durable().unwrap().is_empty());
     g.finish.set(true);
@@ -77,32 +82,37 @@ fn snarfs_are_acknowledged_only_once_their_pack_is_durable_and_few_packs_wait_fo
     all_durable(&g, &acked);
     assert!(acked.iter().all(|d| d.snarf < s));
 
-    // With the far side stalled the writer goes on until IN_FLIGHT packs wait, then waits.
+    // With the far side stalled the writer goes on while IN_FLIGHT packs wait, and waits
+    // when one more is sealed.
     g.finish.set(false);
-    let before = g.requested.load(Ordering::SeqCst);
     let put = AtomicU64::new(s);
-    std::thread::scope(|scope| {
+    let waiting = || g.requested.load(Ordering::SeqCst) - g.finished.lock().len() as u64;
+    let (stalled_at, waited, went_on) = std::thread::scope(|scope| {
         let rest = scope.spawn(|| {
             for s in s..SNARFS {
                 w.put(slot, s, &data(s)).unwrap();
                 put.store(s + 1, Ordering::SeqCst);
             }
         });
-        Gated::eventually("the writer stops at the bound", || {
-            g.requested.load(Ordering::SeqCst) == before + IN_FLIGHT as u64 + 1
-        });
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while waiting() < IN_FLIGHT as u64 + 1 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let at = put.load(Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(put.load(Ordering::SeqCst), at, "the writer went on");
-        assert_eq!(
-            g.requested.load(Ordering::SeqCst),
-            before + IN_FLIGHT as u64 + 1,
-            "more packs sealed while the far side had none durable"
-        );
-        assert!(at < SNARFS, "the bound was never reached");
+        let result = (at, waiting(), put.load(Ordering::SeqCst) != at);
+        // Opened before any assertion, so a failure cannot leave the writer waiting.
         g.finish.set(true);
         rest.join().unwrap();
+        result
     });
+    assert_eq!(
+        waited,
+        IN_FLIGHT as u64 + 1,
+        "sealed packs not durable while the writer waits"
+    );
+    assert!(!went_on, "the writer went on past the bound");
+    assert!(stalled_at < SNARFS, "the bound was never reached");
     let (id, last) = w.commit_reporting().unwrap();
     acked.extend(last);
     all_durable(&g, &acked);
