@@ -33,6 +33,8 @@ pub fn serve(args: ServeArgs) -> CliResult {
     };
     let input = fd(std::io::stdin().as_fd().try_clone_to_owned())?;
     let output = fd(std::io::stdout().as_fd().try_clone_to_owned())?;
+    wire::widen_pipe(&input);
+    wire::widen_pipe(&output);
     let mut input = BufReader::with_capacity(wire::MAX_FRAME, input);
     let mut output = BufWriter::with_capacity(wire::MAX_FRAME, output);
     let opts = serve::ServeOptions {

@@ -101,7 +101,7 @@ fn store(repo: &v2::Repository, handed: &[SnarfData]) -> (v2::Writer, Vec<v2::Du
         let bytes = d.data.clone().unwrap_or_else(|| vec![0; d.len as usize]);
         writer.put(slot, d.snarf, &bytes).unwrap();
     }
-    let durable = writer.take_durable();
+    let durable = writer.wait_durable().unwrap();
     (writer, durable)
 }
 

@@ -624,7 +624,7 @@ fn transfer_v2(
                 }
                 // Acknowledge what became durable: in batches, or whatever is pending
                 // after a pause.
-                pending.extend(acks_v2(&writer.take_durable()));
+                pending.extend(acks_v2(&writer.take_durable()?));
                 if pending.len() >= opts.ack_batch
                     || (!pending.is_empty() && last_ack.elapsed() >= Duration::from_millis(200))
                 {
@@ -657,7 +657,7 @@ fn transfer_v2(
             "the plan promised {to_send} snarfs but {received} came"
         )));
     }
-    pending.extend(acks_v2(&writer.take_durable()));
+    pending.extend(acks_v2(&writer.take_durable()?));
     session.ack(&pending)?;
     // What was not sent comes from the base's tree, or is a hole.
     let reused: Vec<u64> = plan

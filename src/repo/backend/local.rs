@@ -18,7 +18,7 @@ use super::super::error::{Error, Fix, IoContext, Result};
 use super::super::fault::FilePoints;
 use super::super::fsx;
 use super::super::lock::RepoLock;
-use super::{Backend, Created, Key, Kind, LockGuard, Upload};
+use super::{Backend, Created, Finishing, Key, Kind, LockGuard, Upload};
 use crate::sys::durable;
 
 /// Open files of immutable objects (packs, index runs) kept for range reads.
@@ -362,6 +362,42 @@ impl Upload for LocalUpload {
             .map_err(|e| e.into_error())
             .ctx(|| format!("writing {}", part.display()))?;
         Ok(durable::install(file, &part, &self.path)?)
+    }
+
+    fn finish_later(self: Box<Self>) -> Result<Box<dyn Finishing>> {
+        // The fsync and rename on a thread of their own, so the caller streams the next
+        // pack meanwhile (dropped unfinished if the thread cannot start: nothing visible).
+        let t = std::thread::Builder::new()
+            .name("snarf-fsync".into())
+            .spawn(move || self.finish())
+            .map_err(|e| Error::io("starting a thread to finish an upload", e))?;
+        Ok(Box::new(Installing(Some(t))))
+    }
+}
+
+/// A [`LocalUpload`] being fsynced and renamed into place by a thread of its own.
+struct Installing(Option<std::thread::JoinHandle<Result<()>>>);
+
+impl Finishing for Installing {
+    fn ready(&mut self) -> bool {
+        self.0.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    fn wait(mut self: Box<Self>) -> Result<()> {
+        match self.0.take() {
+            Some(t) => t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Installing {
+    fn drop(&mut self) {
+        // Unwaited, the install still completes (an unreferenced pack is harmless); it is
+        // joined so no fsync outlives its owner unseen.
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -10,7 +10,8 @@
 //! - [`Backend::write`]: atomic whole-object replace, durable;
 //! - [`Backend::create`]: create-only, durable, [`Created::AlreadyExists`] if the key is taken
 //!   (a filesystem's link(2), S3's `If-None-Match: *`): the commit points use it;
-//! - [`Backend::upload`]: a streaming writer for packs, visible only once finished;
+//! - [`Backend::upload`]: a streaming writer for packs, visible only once finished (or
+//!   [`Upload::finish_later`]: the finish requested, its wait left to the caller);
 //! - [`Backend::list`], [`Backend::delete`]: listings of one folder (every name validated into
 //!   a [`Key`]) and durable deletion;
 //! - [`Backend::lock`]: the repository lock (a flock for a folder, a lease object on S3).
@@ -18,13 +19,16 @@
 //! Keys are typed ([`Key`]): a name from a listing becomes a key only if it is a name snarf
 //! makes, so nothing read back becomes a path unchecked. Decorators wrap the trait as
 //! rustic's backend decorators do: `faulty` (with the `fault-injection` feature) makes
-//! every durable operation a numbered fault point for the crash suites; a local cache of
+//! every durable operation a numbered fault point for the crash suites; [`Pipelined`] streams
+//! uploads from a thread of its own, so a backup's compression never waits for a pipe or a
+//! far fsync; a local cache of
 //! metadata objects and retries for remote backends are to come with them.
 
 #[cfg(feature = "fault-injection")]
 pub mod faulty;
 pub mod key;
 pub mod local;
+pub mod pipelined;
 pub mod s3;
 pub mod s3conf;
 pub mod serve;
@@ -35,6 +39,7 @@ use std::time::Duration;
 
 pub use key::{FinishingName, Key, Kind, ObjectId, StateName};
 pub use local::LocalDir;
+pub use pipelined::Pipelined;
 pub use s3::{S3Backend, S3Url};
 pub use s3conf::S3Settings;
 pub use ssh::{SshBackend, SshHost, SshOptions, SshTarget};
@@ -55,6 +60,11 @@ pub enum Created {
 pub trait Upload: Send {
     /// Appends bytes.
     fn write(&mut self, data: &[u8]) -> Result<()>;
+    /// Appends bytes the caller gives away (a sealed frame), so an upload that hands them
+    /// on to another thread needs no copy.
+    fn write_owned(&mut self, data: Vec<u8>) -> Result<()> {
+        self.write(&data)
+    }
     /// Bytes written so far.
     fn len(&self) -> u64;
     /// True when nothing was written yet.
@@ -63,6 +73,34 @@ pub trait Upload: Send {
     }
     /// Makes the object durable and visible under its key.
     fn finish(self: Box<Self>) -> Result<()>;
+    /// Starts making the object durable and visible, and returns what waits for it, so the
+    /// caller can go on (stream the next object) while the far side fsyncs. By default it
+    /// finishes at once; a backend with a round trip to make (ssh) only sends the request.
+    fn finish_later(self: Box<Self>) -> Result<Box<dyn Finishing>> {
+        self.finish()?;
+        Ok(Box::new(Finished))
+    }
+}
+
+/// An upload being made durable ([`Upload::finish_later`]); dropped unwaited, the object
+/// may or may not become visible (an unreferenced pack, adopted or collected later).
+pub trait Finishing: Send {
+    /// True once [`Finishing::wait`] would return without waiting.
+    fn ready(&mut self) -> bool;
+    /// Waits until the object is durable and visible under its key, or its upload failed.
+    fn wait(self: Box<Self>) -> Result<()>;
+}
+
+/// A [`Finishing`] that is done already.
+pub struct Finished;
+
+impl Finishing for Finished {
+    fn ready(&mut self) -> bool {
+        true
+    }
+    fn wait(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A held repository lock; released when dropped.

@@ -6,7 +6,10 @@
 //! serve process holds the flock, so a dropped connection, a killed ssh, EOF or SIGHUP
 //! releases it with the process), and an unfinished upload is aborted with it (its part file
 //! is removed, or swept by the next lock holder if the process was killed). Requests are
-//! executed in the order they arrive; the client pipelines them.
+//! executed in the order they arrive; the client pipelines them. The one exception is an
+//! upload's FINISH: its fsync and rename run on a thread of their own (answered from there)
+//! while the next upload's frames are read, and every request that is not part of an upload
+//! waits for the finishes before it, so it sees them done.
 //!
 //! `--restrict-to DIR` (repeatable) refuses every repository path that is not inside one of
 //! the folders after canonicalisation (symlinks resolved, `..` refused below a folder that
@@ -14,10 +17,13 @@
 //! `authorized_keys` with `command="snarf serve --restrict-to /srv/repos"` reaches only those
 //! repositories whatever the client asks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::thread::ScopedJoinHandle;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use super::wire::{self, Code, Msg, PutMode, RemoteError, WireError};
 use super::{Backend, Created, Key, LocalDir, LockGuard, Upload};
@@ -73,9 +79,9 @@ struct Session {
 }
 
 /// Serves one connection on `input`/`output` until the client closes it.
-pub fn serve(
+pub fn serve<W: Write + Send>(
     input: &mut impl Read,
-    output: &mut impl Write,
+    output: &mut W,
     opts: &ServeOptions,
 ) -> Result<(), ServeError> {
     wire::send(
@@ -109,20 +115,72 @@ pub fn serve(
         buffered: 0,
         locks: HashMap::new(),
     };
-    loop {
-        let msg = match wire::recv(input) {
-            Ok(Some(m)) => m,
-            // The client is gone: locks and unfinished uploads go with this session.
-            Ok(None) => return Ok(()),
-            Err(WireError::Io(e)) => return Err(WireError::Io(e).into()),
-            Err(e) => return fatal(output, e.to_string()),
-        };
-        match s.handle(msg, output) {
-            Ok(()) => {}
-            Err(Step::Fatal(message)) => return fatal(output, message),
-            Err(Step::Wire(e)) => return Err(e.into()),
+    let out = Mutex::new(output);
+    let ended = std::thread::scope(|scope| {
+        // Uploads being finished (fsynced, renamed) by threads of their own, oldest first,
+        // while the next pack's frames are read.
+        let mut finishing: VecDeque<ScopedJoinHandle<'_, Result<(), Step>>> = VecDeque::new();
+        loop {
+            let msg = match wire::recv(input) {
+                Ok(Some(m)) => m,
+                // The client is gone: locks and unfinished uploads go with this session
+                // (finishes it asked for complete first).
+                Ok(None) => return join_all(&mut finishing),
+                Err(WireError::Io(e)) => return Err(Step::Wire(WireError::Io(e))),
+                Err(e) => return Err(Step::Fatal(e.to_string())),
+            };
+            if let Msg::Finish { id } = &msg {
+                if let Some(Put::Upload(_)) = s.puts.get(id) {
+                    if let Some(Put::Upload(u)) = s.puts.remove(id) {
+                        if finishing.len() >= MAX_FINISHING {
+                            join_one(finishing.pop_front())?;
+                        }
+                        let (id, out) = (*id, &out);
+                        finishing.push_back(scope.spawn(move || {
+                            let a = u.finish().map(|()| (true, 0));
+                            reply(&mut **out.lock(), id, a)
+                        }));
+                    }
+                    continue;
+                }
+            }
+            let upload_frame = match &msg {
+                Msg::Data { .. } | Msg::Abort { .. } => true,
+                Msg::Put { mode, .. } => *mode == PutMode::Upload,
+                _ => false,
+            };
+            if !upload_frame {
+                // Every other request sees the uploads finished that came before it.
+                join_all(&mut finishing)?;
+            }
+            s.handle(msg, &mut **out.lock())?;
         }
+    });
+    let output = out.into_inner();
+    match ended {
+        Ok(()) => Ok(()),
+        Err(Step::Fatal(message)) => fatal(output, message),
+        Err(Step::Wire(e)) => Err(e.into()),
     }
+}
+
+/// Uploads one connection finishes at once, at most (each holds a thread during its fsync).
+const MAX_FINISHING: usize = 4;
+
+/// Waits for one finishing thread (its answer was sent by it).
+fn join_one(t: Option<ScopedJoinHandle<'_, Result<(), Step>>>) -> Result<(), Step> {
+    match t {
+        Some(t) => t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        None => Ok(()),
+    }
+}
+
+/// Waits for every finishing thread, oldest first.
+fn join_all(ts: &mut VecDeque<ScopedJoinHandle<'_, Result<(), Step>>>) -> Result<(), Step> {
+    while let Some(t) = ts.pop_front() {
+        join_one(Some(t))?;
+    }
+    Ok(())
 }
 
 /// Tells the client why the connection ends, and ends it.
@@ -408,13 +466,7 @@ pub fn resolve(path: &str, restrict: &[PathBuf]) -> Result<PathBuf, String> {
 /// Sends `data` as PART frames.
 fn parts(out: &mut impl Write, id: u64, data: &[u8]) -> Result<(), Step> {
     for piece in data.chunks(wire::PIECE) {
-        wire::send(
-            out,
-            &Msg::Part {
-                id,
-                data: piece.to_vec(),
-            },
-        )?;
+        wire::send_piece(out, true, id, piece)?;
     }
     Ok(())
 }
@@ -499,6 +551,99 @@ pub fn to_remote(e: &Error) -> RemoteError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repo::ids::PackId;
+
+    /// Runs a session on `requests` (then EOF) and returns the frames it answered.
+    fn session(requests: &[Msg]) -> Vec<Msg> {
+        let mut input = Vec::new();
+        for m in requests {
+            wire::send(&mut input, m).unwrap();
+        }
+        let mut output = Vec::new();
+        serve(&mut &input[..], &mut output, &ServeOptions::default()).unwrap();
+        let mut r = &output[..];
+        let mut got = Vec::new();
+        while let Some(m) = wire::recv(&mut r).unwrap() {
+            got.push(m);
+        }
+        got
+    }
+
+    #[test]
+    fn uploads_finish_beside_the_next_and_later_requests_see_them_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r").to_str().unwrap().to_string();
+        let keys: Vec<Key> = (0..6).map(|_| Key::Pack(PackId::generate())).collect();
+        let mut reqs = vec![Msg::Open {
+            id: 1,
+            path,
+            create: true,
+        }];
+        for (i, k) in keys.iter().enumerate() {
+            let id = 10 + i as u64;
+            reqs.push(Msg::Put {
+                id,
+                key: k.clone(),
+                mode: PutMode::Upload,
+            });
+            reqs.push(Msg::Data {
+                id,
+                data: vec![i as u8; 1000 * (i + 1)],
+            });
+            reqs.push(Msg::Finish { id });
+        }
+        // Asked right after the last FINISH: it must see every upload done.
+        for (i, k) in keys.iter().enumerate() {
+            reqs.push(Msg::Size {
+                id: 100 + i as u64,
+                key: k.clone(),
+            });
+        }
+        let got = session(&reqs);
+        let oks: Vec<u64> = got
+            .iter()
+            .filter_map(|m| match m {
+                Msg::Ok { id, .. } if (10..16).contains(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        let mut sorted = oks.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (10..16).collect::<Vec<_>>(), "{got:?}");
+        let first_size = got
+            .iter()
+            .position(|m| matches!(m, Msg::Ok { id, .. } if *id >= 100))
+            .unwrap();
+        let last_finish = got
+            .iter()
+            .rposition(|m| matches!(m, Msg::Ok { id, .. } if (10..16).contains(id)))
+            .unwrap();
+        assert!(
+            last_finish < first_size,
+            "a SIZE was answered before a FINISH"
+        );
+        for (i, m) in got
+            .iter()
+            .filter(|m| matches!(m, Msg::Ok { id, .. } if *id >= 100))
+            .enumerate()
+        {
+            assert_eq!(
+                m,
+                &Msg::Ok {
+                    id: 100 + i as u64,
+                    flag: true,
+                    n: 1000 * (i as u64 + 1)
+                }
+            );
+        }
+        let b = LocalDir::new(&dir.path().join("r"));
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(
+                b.read(k, 1 << 20).unwrap().unwrap(),
+                vec![i as u8; 1000 * (i + 1)]
+            );
+        }
+    }
 
     #[test]
     fn restrict_to_resolves_symlinks_and_dotdot_before_deciding() {

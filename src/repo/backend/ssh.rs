@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::wire::{self, Code, Msg, PutMode, RemoteError, WireError};
-use super::{Backend, Created, Key, Kind, LockGuard, Upload};
+use super::{Backend, Created, Finishing, Key, Kind, LockGuard, Upload};
 use crate::repo::error::{Error, Fix, Result};
 
 /// Largest listing accepted from the far side.
@@ -360,6 +360,28 @@ impl Conn {
             None => Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
         };
         drop(out);
+        self.sent(res)
+    }
+
+    /// Writes `data` as DATA frames of upload `id`, from where the bytes lie.
+    fn send_data(&self, id: u64, data: &[u8]) -> Result<()> {
+        let mut out = self.out.lock();
+        let res = match out.as_mut() {
+            Some(o) => data
+                .chunks(wire::PIECE)
+                .try_for_each(|piece| wire::send_piece(o, false, id, piece))
+                .map_err(|e| match e {
+                    WireError::Io(e) => e,
+                    other => std::io::Error::other(other),
+                }),
+            None => Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
+        };
+        drop(out);
+        self.sent(res)
+    }
+
+    /// The error of a failed write to ssh.
+    fn sent(&self, res: std::io::Result<()>) -> Result<()> {
         res.map_err(|e| {
             let why = self
                 .dead
@@ -564,6 +586,8 @@ impl SshBackend {
                 fix: "report this as a bug".into(),
             });
         };
+        wire::widen_pipe(&stdin);
+        wire::widen_pipe(&stdout);
         let tail = Arc::new(Mutex::new(Vec::new()));
         let err_thread = {
             let tail = tail.clone();
@@ -683,12 +707,7 @@ impl SshBackend {
                 key: key.clone(),
                 mode,
             })?;
-            for piece in data.chunks(wire::PIECE) {
-                c.send(&Msg::Data {
-                    id,
-                    data: piece.to_vec(),
-                })?;
-            }
+            c.send_data(id, data)?;
             c.send(&Msg::Finish { id })
         })();
         if let Err(e) = sent {
@@ -844,14 +863,24 @@ impl SshUpload {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let data = std::mem::take(&mut self.buf);
-        self.conn.send(&Msg::Data { id: self.id, data })
+        let res = self.conn.send_data(self.id, &self.buf);
+        self.buf.clear();
+        res
     }
 }
+
+/// Writes of at least this many bytes go into the pipe as they are, not through the
+/// upload's buffer (which gathers small ones into pieces).
+const DIRECT: usize = 64 << 10;
 
 impl Upload for SshUpload {
     fn write(&mut self, mut data: &[u8]) -> Result<()> {
         self.early_answer()?;
+        if data.len() >= DIRECT {
+            self.flush_piece()?;
+            self.len += data.len() as u64;
+            return self.conn.send_data(self.id, data);
+        }
         while !data.is_empty() {
             let room = wire::PIECE - self.buf.len();
             let n = room.min(data.len());
@@ -869,15 +898,65 @@ impl Upload for SshUpload {
         self.len
     }
 
-    fn finish(mut self: Box<Self>) -> Result<()> {
+    fn finish(self: Box<Self>) -> Result<()> {
+        self.finish_later()?.wait()
+    }
+
+    fn finish_later(mut self: Box<Self>) -> Result<Box<dyn Finishing>> {
         self.early_answer()?;
         self.flush_piece()?;
         self.done = true;
         self.conn.send(&Msg::Finish { id: self.id })?;
-        let Some(rx) = self.rx.take() else {
-            return Ok(());
+        Ok(Box::new(SshFinishing {
+            conn: self.conn.clone(),
+            rx: self.rx.take(),
+            got: None,
+        }))
+    }
+}
+
+/// The far side's answer to an upload's FINISH, awaited: it comes once the object is
+/// fsynced and renamed there.
+struct SshFinishing {
+    conn: Arc<Conn>,
+    rx: Option<Receiver<Reply>>,
+    /// The answer, once [`Finishing::ready`] saw it.
+    got: Option<Reply>,
+}
+
+impl Finishing for SshFinishing {
+    fn ready(&mut self) -> bool {
+        if self.got.is_some() {
+            return true;
+        }
+        let Some(rx) = self.rx.as_ref() else {
+            return true;
         };
-        self.conn.wait(rx).map(|_| ())
+        match rx.try_recv() {
+            Ok(r) => self.got = Some(r),
+            Err(std::sync::mpsc::TryRecvError::Empty) => return false,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                self.got = Some(Err(self.conn.lost(
+                    self.conn
+                        .dead
+                        .lock()
+                        .as_deref()
+                        .unwrap_or("the connection ended"),
+                )))
+            }
+        }
+        self.rx = None;
+        true
+    }
+
+    fn wait(mut self: Box<Self>) -> Result<()> {
+        if let Some(r) = self.got.take() {
+            return r.map(|_| ());
+        }
+        match self.rx.take() {
+            Some(rx) => self.conn.wait(rx).map(|_| ()),
+            None => Ok(()),
+        }
     }
 }
 

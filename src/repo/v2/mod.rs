@@ -25,6 +25,8 @@ pub mod writer;
 mod encrypted_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upload_tests;
 
 pub use reader::VolumeReader;
 pub use repository::{InitOptions, NewKey, Repository};

@@ -21,7 +21,9 @@
 use super::chunk::{BlobKind, ChunkRef, MAX_BLOB, PACK_HEADER_LEN as HEADER_LEN, REF_LEN};
 use super::frame::{self, Seal};
 use crate::chain::ErrorChain;
-use crate::repo::backend::{Backend, Key, Upload};
+use std::collections::VecDeque;
+
+use crate::repo::backend::{Backend, Finishing, Key, Upload};
 use crate::repo::error::{Error, Result};
 use crate::repo::ids::{ChunkId, PackId};
 
@@ -159,8 +161,8 @@ impl PackWriter {
         )?;
         let frame_len = u32::try_from(sealed.len())
             .map_err(|_| Error::BadArgument("a sealed frame of more than 4 GiB".into()))?;
-        self.out.write(&sealed)?;
         self.len += sealed.len() as u64;
+        self.out.write_owned(sealed)?;
         let refs: Vec<ChunkRef> = places
             .into_iter()
             .map(|(id, kind, within, raw_len)| ChunkRef {
@@ -179,7 +181,16 @@ impl PackWriter {
 
     /// Writes the sealed trailer and footer and finishes the upload: from here on the pack
     /// is durable and visible. Returns its blobs and size.
-    pub fn finish(mut self, seal: &dyn Seal) -> Result<(Vec<ChunkRef>, u64)> {
+    pub fn finish(self, seal: &dyn Seal) -> Result<(Vec<ChunkRef>, u64)> {
+        let sealed = self.finish_later(seal)?;
+        sealed.finishing.wait()?;
+        Ok((sealed.refs, sealed.size))
+    }
+
+    /// Writes the sealed trailer and footer and requests the upload's finish without
+    /// waiting for it ([`Upload::finish_later`]): the pack is durable once the returned
+    /// [`SealedPack`] says so, not before.
+    pub fn finish_later(mut self, seal: &dyn Seal) -> Result<SealedPack> {
         let mut trailer = Vec::with_capacity(self.blobs.len() * REF_LEN);
         for b in &self.blobs {
             trailer.extend_from_slice(&b.encode());
@@ -197,11 +208,84 @@ impl PackWriter {
         footer[..8].copy_from_slice(&(sealed.len() as u64).to_le_bytes());
         footer[8..40].copy_from_slice(hasher.finalize().as_bytes());
         footer[40..].copy_from_slice(END_MAGIC);
-        self.out.write(&sealed)?;
-        self.out.write(&footer)?;
         let size = self.len + sealed.len() as u64 + FOOTER_LEN;
-        self.out.finish()?;
-        Ok((self.blobs, size))
+        let mut tail = sealed;
+        tail.extend_from_slice(&footer);
+        self.out.write_owned(tail)?;
+        Ok(SealedPack {
+            id: self.id,
+            refs: self.blobs,
+            size,
+            finishing: self.out.finish_later()?,
+        })
+    }
+}
+
+/// A pack written whole whose upload is finishing: its blobs are durable only once
+/// [`Sealing::settle`] returns it.
+pub struct SealedPack {
+    id: PackId,
+    refs: Vec<ChunkRef>,
+    size: u64,
+    finishing: Box<dyn Finishing>,
+}
+
+/// Packs a backup writer sealed are finishing (on ssh: the far side fsyncs them) while it
+/// compresses the next: at most this many, so what is not yet durable stays bounded.
+pub const IN_FLIGHT: usize = 2;
+
+/// Sealed packs whose uploads are finishing, oldest first.
+#[derive(Default)]
+pub struct Sealing {
+    packs: VecDeque<SealedPack>,
+}
+
+impl Sealing {
+    /// True if pack `id` is sealed but not yet durable.
+    pub fn holds(&self, id: &PackId) -> bool {
+        self.packs.iter().any(|p| p.id == *id)
+    }
+
+    /// Adds a pack that is finishing.
+    pub fn push(&mut self, p: SealedPack) {
+        self.packs.push_back(p);
+    }
+
+    /// The packs that are durable now, oldest first, with their blobs: those finished
+    /// already, and the oldest waited for while more than `keep` are finishing. Packs
+    /// become durable in the order they were sealed (a later one is not returned before an
+    /// earlier one). The first failure is returned, and its pack and those after it are
+    /// never reported durable.
+    pub fn settle(&mut self, keep: usize) -> Result<Vec<(PackId, Vec<ChunkRef>)>> {
+        let mut done = Vec::new();
+        loop {
+            let over = self.packs.len() > keep;
+            let Some(front) = self.packs.front_mut() else {
+                break;
+            };
+            if !over && !front.finishing.ready() {
+                break;
+            }
+            let Some(p) = self.packs.pop_front() else {
+                break;
+            };
+            if let Err(e) = p.finishing.wait() {
+                self.packs.clear();
+                return Err(e);
+            }
+            done.push((p.id, p.refs));
+        }
+        Ok(done)
+    }
+
+    /// How many packs are finishing.
+    pub fn len(&self) -> usize {
+        self.packs.len()
+    }
+
+    /// True when no pack is finishing.
+    pub fn is_empty(&self) -> bool {
+        self.packs.is_empty()
     }
 }
 

@@ -19,11 +19,11 @@ use parking_lot::Mutex;
 use super::backup::{BackupObject, VolumeRoot, FORMAT};
 use super::chunk::{is_all_zero, BlobKind, ChunkId, ChunkRef};
 use super::index::{self, Index};
-use super::pack::PackWriter;
+use super::pack::{PackWriter, Sealing, IN_FLIGHT};
 use super::repository::Repository;
 use super::tree::{self, Builder, Entry, PageStore, TreeError, LEAF_SNARFS};
 use crate::chain::ErrorChain;
-use crate::repo::backend::{Created, LockGuard};
+use crate::repo::backend::{Created, LockGuard, Pipelined};
 use crate::repo::error::{Error, Result};
 use crate::repo::ids::{self, BackupId, PackId};
 use crate::repo::report::BackupStats;
@@ -132,6 +132,8 @@ struct State {
     /// Blobs this backup stored, for its index run.
     new: Vec<ChunkRef>,
     packs: Vec<PackId>,
+    /// Sealed packs whose uploads are finishing (not yet durable).
+    sealing: Sealing,
     pending: Option<Pending>,
     volumes: Vec<Volume>,
     stats: BackupStats,
@@ -166,6 +168,9 @@ impl State {
 /// the next writer adopts (or gc deletes past its grace period).
 pub struct Writer {
     repo: Repository,
+    /// Packs stream through it from a thread of their own; declared before the lock, so
+    /// its thread is done before the lock is released.
+    uploads: Pipelined,
     _lock: Box<dyn LockGuard>,
     id: BackupId,
     new: NewBackup,
@@ -201,6 +206,7 @@ impl Repository {
         let host = new.host.clone().unwrap_or_else(crate::repo::lock::hostname);
         Ok(Writer {
             repo: self.clone(),
+            uploads: Pipelined::new(self.backend().clone())?,
             _lock: lock,
             id,
             new,
@@ -211,6 +217,7 @@ impl Repository {
                 seen: HashMap::new(),
                 new: Vec::new(),
                 packs: Vec::new(),
+                sealing: Sealing::default(),
                 pending: None,
                 volumes: Vec::new(),
                 stats: BackupStats::default(),
@@ -336,7 +343,9 @@ impl Writer {
             st.stats.dedup_snarfs += 1;
             let open_pack = st.pack.as_ref().map(PackWriter::id);
             match known {
-                Some(r) if Some(r.pack) != open_pack => st.durable(report, slot.0, snarf, r),
+                Some(r) if Some(r.pack) != open_pack && !st.sealing.holds(&r.pack) => {
+                    st.durable(report, slot.0, snarf, r)
+                }
                 _ => st.waits(report, slot.0, snarf, id),
             }
             return Ok(());
@@ -411,7 +420,7 @@ impl Writer {
     ) -> Result<Vec<ChunkRef>> {
         let mut pack = match st.pack.take() {
             Some(p) => p,
-            None => PackWriter::create(self.repo.backend().as_ref(), PackId::generate())?,
+            None => PackWriter::create(&self.uploads, PackId::generate())?,
         };
         let before = pack.len();
         let level = self
@@ -442,11 +451,18 @@ impl Writer {
         Ok(())
     }
 
+    /// Seals the open pack; its upload finishes while the next is written.
     fn seal_pack(&self, st: &mut State) -> Result<()> {
         if let Some(pack) = st.pack.take() {
-            let id = pack.id();
-            let (refs, _) = pack.finish(self.repo.seal())?;
-            // Sealed, so durable: the snarfs holding its chunks can be acknowledged.
+            st.sealing.push(pack.finish_later(self.repo.seal())?);
+        }
+        self.landed(st, IN_FLIGHT)
+    }
+
+    /// Takes the sealed packs that are durable now, waiting while more than `keep` are
+    /// finishing: the snarfs holding their chunks can be acknowledged.
+    fn landed(&self, st: &mut State, keep: usize) -> Result<()> {
+        for (id, refs) in st.sealing.settle(keep)? {
             for r in refs.iter().filter(|r| r.kind.is_data()) {
                 for (slot, snarf) in st.waiting.remove(&r.id).unwrap_or_default() {
                     st.durable(true, slot, snarf, *r);
@@ -530,9 +546,18 @@ impl Writer {
     }
 
     /// Takes the snarfs put whose chunks became durable since the last call (always empty
-    /// without [`NewBackup::report_durable`]).
-    pub fn take_durable(&self) -> Vec<Durable> {
-        std::mem::take(&mut self.state.lock().durable)
+    /// without [`NewBackup::report_durable`]); fails if a pack's upload failed.
+    pub fn take_durable(&self) -> Result<Vec<Durable>> {
+        let mut st = self.state.lock();
+        self.landed(&mut st, IN_FLIGHT)?;
+        Ok(std::mem::take(&mut st.durable))
+    }
+
+    /// [`Writer::take_durable`] after waiting for every sealed pack to finish its upload.
+    pub fn wait_durable(&self) -> Result<Vec<Durable>> {
+        let mut st = self.state.lock();
+        self.landed(&mut st, 0)?;
+        Ok(std::mem::take(&mut st.durable))
     }
 
     /// Commits the backup (see the module documentation) and returns its id.
@@ -558,6 +583,8 @@ impl Writer {
             });
         }
         self.seal_pack(&mut st)?;
+        // Every pack durable before the index run and the backup that name them.
+        self.landed(&mut st, 0)?;
         let durable = std::mem::take(&mut st.durable);
         if !st.new.is_empty() {
             let mut recs = std::mem::take(&mut st.new);
