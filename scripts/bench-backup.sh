@@ -685,7 +685,7 @@ echo "targets (value: snarf's ratio, or the figure named)"
 target "full backup >= 3x restic's throughput" "$(advn "${T[snarf_full]}" "${T[restic_full]}")" 3
 target "full backup at zstd -1 >= 3x restic's throughput" "$(advn "${T[snarf_full1]}" "${T[restic_full]}")" 3
 target "full backup >= 1.3x borg's (lz4) throughput" "$(advn "${T[snarf_full]}" "${T[borg_full]}")" 1.3
-target "full backup >= 0.8x the zstd -3 -T2 limit (snarf rate / zstd rate)" "$zstd_frac" 0.8
+target "full backup >= 0.9x the zstd -3 -T2 limit (snarf rate / zstd rate)" "$zstd_frac" 0.9
 target "incremental >= 20x faster than restic's" "$(advn "${T[snarf_incr]}" "${T[restic_incr]}")" 20
 target "incremental >= 15x faster than borg's" "$(advn "${T[snarf_incr]}" "${T[borg_incr]}")" 15
 target "incremental repository growth <= 1/3 of restic's (restic's/snarf's >= 3)" "$(advn "${SZ[snarf_grow]}" "${SZ[restic_grow]}")" 3
