@@ -7,7 +7,7 @@
 //! read back before the copy ends. A damaged bitmap page blocks only its volume.
 //!
 //! The copy is slowed with `SNARF_TEST_RESTORE_PAUSE_MS` (a `fault-injection` build's
-//! pause after each batch of 64 snarfs), so each step happens while it runs.
+//! pause after each batch of 256 snarfs), so each step happens while it runs.
 
 mod mounted;
 
@@ -234,8 +234,8 @@ fn a_1_gib_live_restore_reads_at_once_keeps_writes_across_kill_9_and_rides_out_a
         "the plain restore differs"
     );
     m.unmount();
-    // 256 batches at 100 ms: the copy alone would take 25 s or more.
-    mount_paused(&mut m, 100);
+    // 64 batches at 400 ms: the copy alone would take 25 s or more.
+    mount_paused(&mut m, 400);
 
     // At once: the command returns and the first byte reads within a second.
     let took = restore_live(&m, &repo, &id, "vm.img", "vm2.img");
@@ -290,7 +290,7 @@ fn a_1_gib_live_restore_reads_at_once_keeps_writes_across_kill_9_and_rides_out_a
     kill_9(&mut m);
     let (bitmap, synced) = bits_in_bitmap(&m.store);
     assert!(synced < count, "the copy finished before the kill");
-    mount_paused(&mut m, 100);
+    mount_paused(&mut m, 400);
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -492,8 +492,8 @@ fn ext4_in_a_live_restored_volume_checks_clean_and_reads_back_before_the_copy_en
     let id = backup(&m, &repo);
     eprintln!("ext4 made, filled and backed up in {:?}", started.elapsed());
     m.unmount();
-    // 64 batches at 1 s: the copy runs for about a minute, far past the checks.
-    mount_paused(&mut m, 1000);
+    // 16 batches at 4 s: the copy runs for about a minute, far past the checks.
+    mount_paused(&mut m, 4000);
     restore_live(&m, &repo, &id, "fs.img", "fs2.img");
     let copy = m.path("live/fs2.img");
     let dev = g.losetup(&copy, true);
