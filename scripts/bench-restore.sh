@@ -203,12 +203,12 @@ t0=$(now)
 cat "$mnt/live/vol1.img" >/dev/null
 T[live1_cat]=$(since "$t0")
 state=$(live_state vol1.img)
+wait_done vol1.img
+T[live1_total]=$(since "$t_live")
 got=$(sum "$mnt/live/vol1.img")
 [ "$got" = "$sum_src" ] || die "VERIFICATION FAILED: cat of live/vol1.img during the live restore: sha256 $got"
 say "verified cat during the live restore (the copy was ${state:-gone} when it ended)"
 [ "$state" != done ] || NOTE_CAT="(the copy had ended before the cat did: the cat overlapped it only in part)"
-wait_done vol1.img
-T[live1_total]=$(since "$t_live")
 t0=$(now)
 first_byte "$mnt/live/vol1.img"
 T[after_first]=$(since "$t0")
