@@ -6,19 +6,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{snarf, volume_data};
+use common::{backup_id, snarf, volume_data};
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
-}
-
-/// The backup id from `snarf backup`'s summary.
-fn backup_id(out: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix("backup "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no backup id in {out:?}"))
-        .to_string()
 }
 
 #[test]

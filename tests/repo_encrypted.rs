@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::volume_data;
+use common::{backup_id, volume_data};
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
@@ -32,14 +32,6 @@ fn snarf_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 }
 
 const PW: &[(&str, &str)] = &[("SNARF_PASSWORD", "correct horse battery")];
-
-fn backup_id(out: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix("backup "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no backup id in {out:?}"))
-        .to_string()
-}
 
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::snarf_env;
 use s3server::{Proxy, S3Server};
 use snarf::repo::backend::{Backend, Created, Key, Kind, S3Backend, S3Url, StateName};
 use snarf::repo::ids::PackId;
@@ -211,31 +212,6 @@ fn the_backend_keeps_object_semantics_on_a_real_s3_server() {
     );
 }
 
-/// Runs snarf with `env` and returns (code, out, err).
-fn snarf_cli(args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_snarf"));
-    cmd.args(args)
-        .env_remove("SNARF_PASSWORD")
-        .env_remove("SNARF_PASSWORD_FILE");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run snarf");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn backup_id(out: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix("backup "))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no backup id in {out:?}"))
-        .to_string()
-}
-
 #[test]
 fn plain_and_encrypted_s3_repositories_back_up_restore_check_and_prune_from_the_cli() {
     if !s3server::available() {
@@ -258,25 +234,25 @@ fn plain_and_encrypted_s3_repositories_back_up_restore_check_and_prune_from_the_
         if encrypted {
             init.extend(["--encryption", "--kdf-memory", "8M"]);
         }
-        let (code, out, err) = snarf_cli(&init, &env);
+        let (code, out, err) = snarf_env(&init, &env);
         assert_eq!(code, 0, "{out}{err}");
         // A second init of the same prefix is refused.
-        let (code, _, err) = snarf_cli(&init, &env);
+        let (code, _, err) = snarf_env(&init, &env);
         assert_ne!(code, 0);
         assert!(err.contains(repo), "{err}");
-        assert_eq!(snarf_cli(&["init", store_s, "--repo", repo], &env).0, 0);
+        assert_eq!(snarf_env(&["init", store_s, "--repo", repo], &env).0, 0);
         let a = common::volume_data(31, 3 << 20);
         std::fs::write(store.join("volumes/a.img"), &a).unwrap();
-        let (code, out, err) = snarf_cli(&["backup", store_s, "first"], &env);
+        let (code, out, err) = snarf_env(&["backup", store_s, "first"], &env);
         assert_eq!(code, 0, "{out}{err}");
-        let id1 = backup_id(&out);
+        let id1 = common::backup_id(&out);
         let b = common::volume_data(32, 1 << 20);
         std::fs::write(store.join("volumes/b.img"), &b).unwrap();
-        let (code, out, err) = snarf_cli(&["backup", store_s, "second"], &env);
+        let (code, out, err) = snarf_env(&["backup", store_s, "second"], &env);
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains("incremental from"), "{out}");
-        let id2 = backup_id(&out);
-        let (code, out, err) = snarf_cli(&["backups", repo], &env);
+        let id2 = common::backup_id(&out);
+        let (code, out, err) = snarf_env(&["backups", repo], &env);
         assert_eq!(code, 0, "{err}");
         assert!(out.contains(&id1) && out.contains(&id2), "{out}");
         for (id, want) in [
@@ -284,7 +260,7 @@ fn plain_and_encrypted_s3_repositories_back_up_restore_check_and_prune_from_the_
             (&id2, vec![("a.img", &a), ("b.img", &b)]),
         ] {
             let dest = dir.path().join(format!("out-{id}"));
-            let (code, _, err) = snarf_cli(&["restore", repo, id, dest.to_str().unwrap()], &env);
+            let (code, _, err) = snarf_env(&["restore", repo, id, dest.to_str().unwrap()], &env);
             assert_eq!(code, 0, "{err}");
             for (name, data) in want {
                 assert!(
@@ -293,18 +269,18 @@ fn plain_and_encrypted_s3_repositories_back_up_restore_check_and_prune_from_the_
                 );
             }
         }
-        let (code, out, err) = snarf_cli(&["check", repo, "--read-data"], &env);
+        let (code, out, err) = snarf_env(&["check", repo, "--read-data"], &env);
         assert_eq!(code, 0, "{out}{err}");
-        let (code, out, err) = snarf_cli(&["prune", repo, "--keep-last", "1"], &env);
+        let (code, out, err) = snarf_env(&["prune", repo, "--keep-last", "1"], &env);
         assert_eq!(code, 0, "{out}{err}");
-        let (_, out, _) = snarf_cli(&["backups", repo], &env);
+        let (_, out, _) = snarf_env(&["backups", repo], &env);
         assert!(!out.contains(&id1) && out.contains(&id2), "{out}");
-        let (code, out, err) = snarf_cli(&["check", repo, "--read-data"], &env);
+        let (code, out, err) = snarf_env(&["check", repo, "--read-data"], &env);
         assert_eq!(code, 0, "{out}{err}");
         if encrypted {
             let mut wrong = server.env();
             wrong.push(("SNARF_PASSWORD", "wrong".into()));
-            let (code, _, err) = snarf_cli(&["backups", repo], &wrong);
+            let (code, _, err) = snarf_env(&["backups", repo], &wrong);
             assert_ne!(code, 0);
             assert!(err.contains("passphrase") && err.contains(repo), "{err}");
         }
@@ -313,7 +289,7 @@ fn plain_and_encrypted_s3_repositories_back_up_restore_check_and_prune_from_the_
     let mut far = server.env();
     far.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
     far.push(("AWS_ENDPOINT_URL", "http://192.0.2.1:9000".into()));
-    let (code, _, err) = snarf_cli(&["backups", "s3://snarf-cli/plain"], &far);
+    let (code, _, err) = snarf_env(&["backups", "s3://snarf-cli/plain"], &far);
     assert_ne!(code, 0);
     assert!(
         err.contains("AWS_ENDPOINT_URL") && err.contains("https://"),

@@ -119,10 +119,22 @@ pub fn copy_tree(from: &Path, to: &Path) {
 
 /// Runs the snarf binary and returns (exit code, stdout, stderr).
 pub fn snarf(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snarf"))
-        .args(args)
-        .output()
-        .expect("run snarf");
+    snarf_env(args, &[] as &[(&str, &str)])
+}
+
+/// [`snarf`] with `env` set, and no passphrase inherited from the test's own environment.
+pub fn snarf_env<V: AsRef<std::ffi::OsStr>>(
+    args: &[&str],
+    env: &[(&str, V)],
+) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_snarf"));
+    cmd.args(args)
+        .env_remove("SNARF_PASSWORD")
+        .env_remove("SNARF_PASSWORD_FILE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run snarf");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -156,4 +168,13 @@ pub fn write_backup_v2(repo: &snarf::repo::v2::Repository, seed: u64, own_size: 
         w.put(slot, i, &data[s..e]).expect("put");
     }
     w.commit().expect("commit")
+}
+
+/// The backup id from `snarf backup`'s summary.
+pub fn backup_id(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("backup "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no backup id in {out:?}"))
+        .to_string()
 }
