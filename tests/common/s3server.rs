@@ -65,6 +65,19 @@ pub struct S3Server {
 impl S3Server {
     /// Starts a server and waits until it answers.
     pub fn start() -> S3Server {
+        // Another test of this binary may take the free port between its pick and moto's
+        // bind; moto then exits, and a new port is tried.
+        for _ in 0..3 {
+            if let Some(server) = S3Server::try_start() {
+                return server;
+            }
+        }
+        panic!("the S3 test server exited three times before answering (see its log above)");
+    }
+
+    /// One start on a fresh free port: the server once it answers HTTP, or None if it
+    /// exited first.
+    fn try_start() -> Option<S3Server> {
         let bin = server_bin().expect("the S3 test server is installed");
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
@@ -76,17 +89,29 @@ impl S3Server {
             .stderr(log)
             .spawn()
             .expect("start the S3 test server");
-        let server = S3Server { child, port, dir };
+        let mut server = S3Server { child, port, dir };
+        // A listening port is not a serving server: under load CI saw a connection accepted
+        // and closed without a reply ("HTTP 0" on the first request), so wait for an HTTP
+        // answer from our own child.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                eprintln!(
+                    "the S3 test server on port {port} exited ({status}): {}",
+                    server.log()
+                );
+                return None;
+            }
+            if http(port, "GET", "/") != 0 {
+                return Some(server);
+            }
             assert!(
                 Instant::now() < deadline,
-                "the S3 test server did not listen on port {port}: {}",
+                "the S3 test server did not answer HTTP on port {port}: {}",
                 server.log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        server
     }
 
     /// The server's log so far.
@@ -101,7 +126,14 @@ impl S3Server {
 
     /// Creates bucket `name` (moto takes unsigned requests).
     pub fn create_bucket(&self, name: &str) {
-        let status = http(self.port, "PUT", &format!("/{name}"));
+        let mut status = 0;
+        for _ in 0..5 {
+            status = http(self.port, "PUT", &format!("/{name}"));
+            if status != 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         assert!(status == 200, "creating bucket {name}: HTTP {status}");
     }
 
@@ -149,14 +181,20 @@ impl Drop for S3Server {
     }
 }
 
-/// One bodiless HTTP/1.1 request to 127.0.0.1:`port`; its status code.
+/// One bodiless HTTP/1.1 request to 127.0.0.1:`port`; its status code, or 0 if there was
+/// no answer.
 fn http(port: u16, method: &str, path: &str) -> u16 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    if write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
-    .expect("send");
+    .is_err()
+    {
+        return 0;
+    }
     let mut reply = String::new();
     let _ = s.read_to_string(&mut reply);
     reply

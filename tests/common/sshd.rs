@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -85,7 +86,9 @@ fn spawn(d: &Path, port: u16) -> Option<Child> {
         if let Ok(Some(_)) = child.try_wait() {
             return None;
         }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        // A listening port is not yet a serving sshd: wait for its banner, as the S3 server
+        // helper waits for an HTTP answer.
+        if answers_with_banner(port) {
             return Some(child);
         }
         if Instant::now() > until {
@@ -95,6 +98,18 @@ fn spawn(d: &Path, port: u16) -> Option<Child> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether something on 127.0.0.1:`port` greets a new connection with an SSH banner.
+fn answers_with_banner(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    if s.set_read_timeout(Some(Duration::from_secs(2))).is_err() {
+        return false;
+    }
+    let mut banner = [0u8; 4];
+    s.read_exact(&mut banner).is_ok() && &banner == b"SSH-"
 }
 
 /// The processes descended from `pid` (children first found, then theirs), from /proc.
