@@ -1,6 +1,7 @@
 //! Writing a format 2 backup. Snarfs are put in any order; new chunks of one volume that
 //! arrive together are compressed as one *frame* (up to `frame_bytes` raw), frames fill
-//! packs, and a pack is uploaded whole when it reaches the pack size. Dedup stays per
+//! packs, and a pack is uploaded whole when it reaches the pack size. Frames are compressed
+//! by a pool of threads (`squeeze`) and appended in the order they were gathered. Dedup stays per
 //! snarf: a chunk already in the repository (index) or in this backup is only referenced.
 //!
 //! A volume's tree is built at commit: a leaf with no snarf put is taken from the base
@@ -579,6 +580,12 @@ impl Writer {
         }
         let root = b.finish(&pages).map_err(tree_err)?;
         Ok((root, zeros))
+    }
+
+    /// Waits for the frames being compressed and appends them to the pack (sealing it when
+    /// full), so [`Writer::take_durable`] then reports every snarf of a sealed pack.
+    pub fn flush_frames(&self) -> Result<()> {
+        self.drain_frames(&mut self.state.lock())
     }
 
     /// Takes the snarfs put whose chunks became durable since the last call (always empty
