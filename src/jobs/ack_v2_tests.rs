@@ -101,6 +101,8 @@ fn store(repo: &v2::Repository, handed: &[SnarfData]) -> (v2::Writer, Vec<v2::Du
         let bytes = d.data.clone().unwrap_or_else(|| vec![0; d.len as usize]);
         writer.put(slot, d.snarf, &bytes).unwrap();
     }
+    // Frames are compressed on other threads: wait for them, as a job's next batches do.
+    writer.flush_frames().unwrap();
     let durable = writer.wait_durable().unwrap();
     (writer, durable)
 }

@@ -17,6 +17,7 @@ pub mod pack;
 pub mod pins;
 pub mod reader;
 pub mod repository;
+pub mod squeeze;
 pub mod tree;
 pub mod unlock;
 pub mod writer;

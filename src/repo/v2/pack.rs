@@ -121,6 +121,19 @@ impl PackWriter {
         blobs: &[(ChunkId, BlobKind, usize)],
         raw: &[u8],
     ) -> Result<Vec<ChunkRef>> {
+        self.append_encoded(seal, blobs, raw.len(), frame::encode(raw, level))
+    }
+
+    /// [`PackWriter::append_joined`] for a frame of `raw_len` raw bytes already encoded
+    /// ([`frame::encode`], by the writer's compression threads); it is sealed here, where
+    /// its offset is known.
+    pub fn append_encoded(
+        &mut self,
+        seal: &dyn Seal,
+        blobs: &[(ChunkId, BlobKind, usize)],
+        raw_len: usize,
+        encoded: Vec<u8>,
+    ) -> Result<Vec<ChunkRef>> {
         let mut places = Vec::with_capacity(blobs.len());
         let mut at = 0usize;
         for &(id, kind, n) in blobs {
@@ -133,16 +146,14 @@ impl PackWriter {
             places.push((id, kind, at as u32, len));
             at += n;
         }
-        if at != raw.len() {
+        if at != raw_len {
             return Err(Error::BadArgument(format!(
-                "a frame's blobs add up to {at} bytes, not its {}",
-                raw.len()
+                "a frame's blobs add up to {at} bytes, not its {raw_len}"
             )));
         }
-        if raw.len() > frame::MAX_FRAME_RAW {
+        if raw_len > frame::MAX_FRAME_RAW {
             return Err(Error::BadArgument(format!(
-                "a frame of {} raw bytes is larger than {} bytes",
-                raw.len(),
+                "a frame of {raw_len} raw bytes is larger than {} bytes",
                 frame::MAX_FRAME_RAW
             )));
         }
@@ -153,12 +164,7 @@ impl PackWriter {
                 self.id
             )));
         }
-        let sealed = seal.seal(
-            &self.id.0,
-            offset,
-            &ad(&self.id, "frame"),
-            frame::encode(raw, level),
-        )?;
+        let sealed = seal.seal(&self.id.0, offset, &ad(&self.id, "frame"), encoded)?;
         let frame_len = u32::try_from(sealed.len())
             .map_err(|_| Error::BadArgument("a sealed frame of more than 4 GiB".into()))?;
         self.len += sealed.len() as u64;

@@ -651,3 +651,48 @@ mod crash {
         }
     }
 }
+
+#[test]
+fn a_writer_dropped_mid_backup_reported_durable_only_chunks_of_sealed_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::init(local(dir.path()), &opts()).unwrap();
+    let mut new = NewBackup::new("mid", serde_json::json!({}));
+    new.report_durable = true;
+    let w = repo.begin_backup(new).unwrap();
+    let slot = w
+        .add_volume("v", SNARFS * u64::from(SNARF), SNARF, None)
+        .unwrap();
+    let (mut acked, mut put) = (Vec::new(), 0);
+    for s in 0..SNARFS {
+        if let Some(d) = snarf(0, s) {
+            w.put(slot, s, &d).unwrap();
+            put += 1;
+            acked.extend(w.take_durable().unwrap());
+        }
+    }
+    // The job fails here: frames still being compressed and the open pack are lost.
+    drop(w);
+    let data: Vec<_> = acked.iter().filter(|d| !d.chunk.is_zero()).collect();
+    assert!(!data.is_empty(), "packs were sealed while the backup ran");
+    assert!(
+        acked.len() < put,
+        "the open pack's snarfs were not reported"
+    );
+    let packs: HashSet<Key> = repo
+        .backend()
+        .list(Kind::Pack)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    for d in data {
+        assert!(
+            packs.contains(&Key::Pack(d.chunk.pack)),
+            "snarf {}",
+            d.snarf
+        );
+        let raw = pack::read_frame(repo.backend().as_ref(), repo.seal(), &d.chunk).unwrap();
+        let got = pack::blob_of(repo.seal(), &raw, &d.chunk, "r").unwrap();
+        assert_eq!(Some(got), snarf(0, d.snarf), "snarf {}", d.snarf);
+    }
+}

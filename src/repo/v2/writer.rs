@@ -1,6 +1,7 @@
 //! Writing a format 2 backup. Snarfs are put in any order; new chunks of one volume that
 //! arrive together are compressed as one *frame* (up to `frame_bytes` raw), frames fill
-//! packs, and a pack is uploaded whole when it reaches the pack size. Dedup stays per
+//! packs, and a pack is uploaded whole when it reaches the pack size. Frames are compressed
+//! by a pool of threads (`squeeze`) and appended in the order they were gathered. Dedup stays per
 //! snarf: a chunk already in the repository (index) or in this backup is only referenced.
 //!
 //! A volume's tree is built at commit: a leaf with no snarf put is taken from the base
@@ -21,6 +22,7 @@ use super::chunk::{is_all_zero, BlobKind, ChunkId, ChunkRef};
 use super::index::{self, Index};
 use super::pack::{PackWriter, Sealing, IN_FLIGHT};
 use super::repository::Repository;
+use super::squeeze::{self, Pool};
 use super::tree::{self, Builder, Entry, PageStore, TreeError, LEAF_SNARFS};
 use crate::chain::ErrorChain;
 use crate::repo::backend::{Created, LockGuard, Pipelined};
@@ -135,6 +137,9 @@ struct State {
     /// Sealed packs whose uploads are finishing (not yet durable).
     sealing: Sealing,
     pending: Option<Pending>,
+    /// Frames being compressed by other threads (started at the first frame); appended to
+    /// the pack in the order they were gathered. Their chunks are in `seen` as `None`.
+    pool: Option<Pool<Vec<(ChunkId, BlobKind, usize)>>>,
     volumes: Vec<Volume>,
     stats: BackupStats,
     /// With `report_durable`: snarfs put whose chunk is in a frame of the unsealed pack or
@@ -219,6 +224,7 @@ impl Repository {
                 packs: Vec::new(),
                 sealing: Sealing::default(),
                 pending: None,
+                pool: None,
                 volumes: Vec::new(),
                 stats: BackupStats::default(),
                 waiting: HashMap::new(),
@@ -418,16 +424,35 @@ impl Writer {
         blobs: &[(ChunkId, BlobKind, usize)],
         raw: &[u8],
     ) -> Result<Vec<ChunkRef>> {
+        self.append_encoded(
+            st,
+            blobs,
+            raw.len(),
+            super::frame::encode(raw, self.level()),
+        )
+    }
+
+    /// The zstd level of this backup's frames.
+    fn level(&self) -> i32 {
+        self.new
+            .compression
+            .unwrap_or(self.repo.config().compression)
+    }
+
+    /// Appends a frame encoded already (see [`Writer::write_frame`]) to the current pack.
+    fn append_encoded(
+        &self,
+        st: &mut State,
+        blobs: &[(ChunkId, BlobKind, usize)],
+        raw_len: usize,
+        encoded: Vec<u8>,
+    ) -> Result<Vec<ChunkRef>> {
         let mut pack = match st.pack.take() {
             Some(p) => p,
             None => PackWriter::create(&self.uploads, PackId::generate())?,
         };
         let before = pack.len();
-        let level = self
-            .new
-            .compression
-            .unwrap_or(self.repo.config().compression);
-        let refs = pack.append_joined(self.repo.seal(), level, blobs, raw)?;
+        let refs = pack.append_encoded(self.repo.seal(), blobs, raw_len, encoded)?;
         st.stats.new_stored_bytes += pack.len() - before;
         for r in &refs {
             st.seen.insert(r.id, Some(*r));
@@ -447,7 +472,35 @@ impl Writer {
         let Some(p) = st.pending.take() else {
             return Ok(());
         };
-        self.write_frame(st, &p.blobs, &p.raw)?;
+        if st.pool.is_none() {
+            let level = self.level();
+            let threads = squeeze::default_threads();
+            st.pool = Some(Pool::new(
+                threads,
+                2 * threads,
+                Arc::new(move |raw: &[u8]| Ok(super::frame::encode(raw, level))),
+            )?);
+        }
+        let done = match st.pool.as_mut() {
+            Some(pool) => pool.submit(p.blobs, p.raw)?,
+            None => Vec::new(),
+        };
+        for d in done {
+            self.append_encoded(st, &d.tag, d.raw.len(), d.out)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the frames being compressed and appends them, so every chunk put is in
+    /// the pack (before the trees are built, whose pages are written on this thread).
+    fn drain_frames(&self, st: &mut State) -> Result<()> {
+        let done = match st.pool.as_mut() {
+            Some(pool) => pool.drain()?,
+            None => Vec::new(),
+        };
+        for d in done {
+            self.append_encoded(st, &d.tag, d.raw.len(), d.out)?;
+        }
         Ok(())
     }
 
@@ -545,6 +598,12 @@ impl Writer {
         Ok((root, zeros))
     }
 
+    /// Waits for the frames being compressed and appends them to the pack (sealing it when
+    /// full), so [`Writer::take_durable`] then reports every snarf of a sealed pack.
+    pub fn flush_frames(&self) -> Result<()> {
+        self.drain_frames(&mut self.state.lock())
+    }
+
     /// Takes the snarfs put whose chunks became durable since the last call (always empty
     /// without [`NewBackup::report_durable`]); fails if a pack's upload failed.
     pub fn take_durable(&self) -> Result<Vec<Durable>> {
@@ -570,6 +629,7 @@ impl Writer {
     pub fn commit_reporting(self) -> Result<(BackupId, Vec<Durable>)> {
         let mut st = self.state.lock();
         self.flush_frame(&mut st)?;
+        self.drain_frames(&mut st)?;
         let volumes = std::mem::take(&mut st.volumes);
         let mut roots = Vec::with_capacity(volumes.len());
         for v in &volumes {
