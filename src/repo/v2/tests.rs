@@ -284,7 +284,7 @@ fn a_failed_index_merge_after_the_commit_does_not_fail_the_committed_backup() {
 
 /// A folder that counts range reads.
 #[derive(Debug)]
-struct Counting(LocalDir, std::sync::atomic::AtomicU64);
+pub(super) struct Counting(pub(super) LocalDir, pub(super) std::sync::atomic::AtomicU64);
 
 impl Backend for Counting {
     fn location(&self) -> String {
