@@ -14,6 +14,12 @@
 #     side of an sshd this script starts on loopback (its own host key, user key, config and
 #     port; killed by its pid at the end): snarf to ssh:// (snarf serve), restic's sftp
 #     backend, borg over ssh (borg serve). The snarf ssh:// backups are restored and checked.
+#   * the encrypted row: the same full backup into an encrypted snarf repository (restic's
+#     local repository, always encrypted, is its peer), against snarf's plain one;
+#   * the S3 row: the same full and incremental backups into an S3 bucket on a loopback S3
+#     server this script starts (moto, installed by scripts/install-moto.sh; killed by its
+#     pid at the end), snarf's s3:// against restic's S3 backend on the same server. The
+#     snarf S3 incremental is restored and checked.
 #
 # snarf backs up a snapshot of a live volume on a snarf mount (its real use); restic and borg
 # back up the same bytes from a plain file on local disk. Page cache warm for all of them.
@@ -54,6 +60,7 @@ command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 # borg mount needs llfuse (or pyfuse3) in the Python borg runs with.
 if ! command -v borg >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import llfuse' >/dev/null 2>&1; then
   /usr/bin/python3 -c 'import pyfuse3' >/dev/null 2>&1 || need+=(python3-llfuse)
@@ -104,7 +111,9 @@ far=$work/far            # where the ssh repositories live ("the far host", same
 srepo_ssh=$far/repo-snarf
 rrepo_ssh=$far/repo-restic
 brepo_ssh=$far/repo-borg
-mkdir -p "$data" "$mnt" "$rmnt" "$bmnt" "$logs" "$work/cache" "$sshdir" "$far"
+srepo_enc=$work/repo-snarf-enc
+s3dir=$work/s3           # the loopback S3 server's log
+mkdir -p "$data" "$mnt" "$rmnt" "$bmnt" "$logs" "$work/cache" "$sshdir" "$far" "$s3dir"
 
 export RESTIC_PASSWORD=snarf-bench
 export RESTIC_CACHE_DIR=$work/cache/restic
@@ -118,6 +127,7 @@ restic_mount_pid=
 borg_mount_pid=
 daemon=
 sshd_pid=
+s3_pid=
 
 is_mounted() { grep -qF " $1 " /proc/self/mountinfo 2>/dev/null; }
 
@@ -156,6 +166,10 @@ cleanup() {
   if [ -n "$sshd_pid" ]; then
     kill "$sshd_pid" 2>/dev/null
     wait "$sshd_pid" 2>/dev/null
+  fi
+  if [ -n "$s3_pid" ]; then
+    kill "$s3_pid" 2>/dev/null
+    wait "$s3_pid" 2>/dev/null
   fi
   if is_mounted "$mnt"; then
     "$snarf" umount -- "$mnt" >/dev/null 2>&1 || "$snarf" umount --lazy -- "$mnt" >/dev/null 2>&1 || umount -l -- "$mnt"
@@ -368,6 +382,39 @@ surl=ssh://root@127.0.0.1:$port$srepo_ssh
 rurl=sftp:bench:$rrepo_ssh
 restic_ssh=(restic -r "$rurl" -o "sftp.command=ssh -F $sshdir/ssh_config bench -s sftp")
 burl=ssh://root@127.0.0.1:$port$brepo_ssh
+
+# ---------- a loopback S3 server of our own, for the S3 row ----------
+# moto's server (in memory), on a free port of 127.0.0.1, started here and killed by its pid
+# in cleanup; one bucket, a prefix per tool.
+say "starting an S3 server on loopback (moto) for the S3 row"
+moto=$(bash scripts/install-moto.sh) || die "could not install the S3 test server (scripts/install-moto.sh)"
+s3_http() { curl -s -o /dev/null -w '%{http_code}' -X "$1" "http://127.0.0.1:$s3port$2" 2>/dev/null || true; }
+for try in 1 2 3 4 5; do
+  s3port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$moto" -H 127.0.0.1 -p "$s3port" </dev/null >>"$s3dir/server.log" 2>&1 &
+  s3_pid=$!
+  up=
+  for i in $(seq 300); do
+    kill -0 "$s3_pid" 2>/dev/null || break
+    # An HTTP status from our own child, not just a listening port.
+    code=$(s3_http GET /)
+    if [ -n "$code" ] && [ "$code" != 000 ]; then up=1; break; fi
+    sleep 0.1
+  done
+  [ -n "$up" ] && break
+  kill "$s3_pid" 2>/dev/null; wait "$s3_pid" 2>/dev/null || true
+  s3_pid=
+done
+[ -n "$s3_pid" ] || die "the S3 server did not start: $(tail -n 20 "$s3dir/server.log")"
+code=$(s3_http PUT /bench)
+[ "$code" = 200 ] || die "creating the S3 bucket failed (HTTP $code): $(tail -n 20 "$s3dir/server.log")"
+s3env=(env AWS_ENDPOINT_URL="http://127.0.0.1:$s3port" AWS_ACCESS_KEY_ID=snarf-bench AWS_SECRET_ACCESS_KEY=snarf-bench-secret AWS_REGION=us-east-1)
+s3url=s3://bench/snarf
+restic_s3=("${s3env[@]}" restic -r "s3:http://127.0.0.1:$s3port/bench/restic")
+"${s3env[@]}" "$snarf" repo init --compression 3 -- "$s3url" >"$logs/snarf-s3-init.out" 2>&1 || die "snarf repo init $s3url: $(cat "$logs/snarf-s3-init.out")"
+"${restic_s3[@]}" init --repository-version 2 >"$logs/restic-s3-init.out" 2>&1 || die "restic init on S3: $(cat "$logs/restic-s3-init.out")"
+encenv=(env SNARF_PASSWORD=snarf-bench)
+"${encenv[@]}" "$snarf" repo init --encryption --compression 3 -- "$srepo_enc" >"$logs/snarf-enc-init.out" 2>&1 || die "snarf repo init --encryption: $(cat "$logs/snarf-enc-init.out")"
 "$snarf" repo init --compression 3 -- "$surl" >"$logs/snarf-ssh-init.out" 2>&1 || die "snarf repo init $surl: $(cat "$logs/snarf-ssh-init.out")"
 "${restic_ssh[@]}" init --repository-version 2 >"$logs/restic-ssh-init.out" 2>&1 || die "restic sftp init: $(cat "$logs/restic-ssh-init.out")"
 borg init --encryption=none "$burl" >"$logs/borg-ssh-init.out" 2>&1 || die "borg ssh init: $(cat "$logs/borg-ssh-init.out")"
@@ -403,6 +450,16 @@ synced snarf_full1 "$snarf" backup "--repo=$srepo1" -- "$mnt" full
 C[snarf_full1]=$(plus "${C[snarf_full1]}" "$(plus "$(cpu_s "$daemon")" 0 "$dcpu")")
 SZ[snarf_full1]=$(dirsize "$srepo1")
 rm -rf "$srepo1"
+dcpu=$(cpu_s "$daemon")
+say "snarf: full backup into an encrypted repository"
+synced snarf_encfull "${encenv[@]}" "$snarf" backup "--repo=$srepo_enc" -- "$mnt" full
+C[snarf_encfull]=$(plus "${C[snarf_encfull]}" "$(plus "$(cpu_s "$daemon")" 0 "$dcpu")")
+SZ[snarf_encfull]=$(dirsize "$srepo_enc")
+rm -rf "$srepo_enc"
+dcpu=$(cpu_s "$daemon")
+say "snarf: full backup into the S3 repository"
+synced snarf_s3full "${s3env[@]}" "$snarf" backup "--repo=$s3url" -- "$mnt" full
+C[snarf_s3full]=$(plus "${C[snarf_s3full]}" "$(plus "$(cpu_s "$daemon")" 0 "$dcpu")")
 rmdir "$mnt/snapshots/full"
 
 cd "$data"
@@ -414,6 +471,9 @@ cat vol.img >/dev/null
 say "restic: full backup over sftp"
 synced restic_sshfull "${restic_ssh[@]}" backup --host bench vol.img
 SZ[restic_sshfull]=$(dirsize "$rrepo_ssh")
+cat vol.img >/dev/null
+say "restic: full backup to S3"
+synced restic_s3full "${restic_s3[@]}" backup --host bench vol.img
 cat vol.img >/dev/null
 say "borg: full backup (lz4)"
 synced borg_full borg create --compression lz4 "$brepo::full" vol.img
@@ -455,6 +515,15 @@ sid_incr=$(awk '/^backup .* of snapshot/ { print $2; exit }' "$logs/snarf_sshinc
 if ! grep -q 'incremental from' "$logs/snarf_sshincr.out"; then
   NOTE[sshincr]="snarf's second ssh:// backup was not incremental: $(grep 'volume vol.img' "$logs/snarf_sshincr.out" || true)"
 fi
+dcpu=$(cpu_s "$daemon")
+say "snarf: incremental backup into the S3 repository"
+synced snarf_s3incr "${s3env[@]}" "$snarf" backup "--repo=$s3url" -- "$mnt" incr
+C[snarf_s3incr]=$(plus "${C[snarf_s3incr]}" "$(plus "$(cpu_s "$daemon")" 0 "$dcpu")")
+s3id_incr=$(awk '/^backup .* of snapshot/ { print $2; exit }' "$logs/snarf_s3incr.out")
+[ -n "$s3id_incr" ] || die "no backup id in snarf's S3 output: $(cat "$logs/snarf_s3incr.out")"
+if ! grep -q 'incremental from' "$logs/snarf_s3incr.out"; then
+  NOTE[s3incr]="snarf's second S3 backup was not incremental: $(grep 'volume vol.img' "$logs/snarf_s3incr.out" || true)"
+fi
 rmdir "$mnt/snapshots/incr"
 SZ[snarf_incr]=$(dirsize "$srepo")
 
@@ -466,6 +535,9 @@ SZ[restic_incr]=$(dirsize "$rrepo")
 cat vol.img >/dev/null
 say "restic: incremental backup over sftp"
 synced restic_sshincr "${restic_ssh[@]}" backup --host bench vol.img
+cat vol.img >/dev/null
+say "restic: incremental backup to S3"
+synced restic_s3incr "${restic_s3[@]}" backup --host bench vol.img
 cat vol.img >/dev/null
 say "borg: incremental backup (rescans the whole file)"
 synced borg_incr borg create --compression lz4 "$brepo::incr" vol.img
@@ -500,6 +572,11 @@ say "snarf: restore of the ssh:// incremental (checks the far repository)"
 synced snarf_sshrestore "$snarf" restore -- "$surl" "$sid_incr" "$work/restore-snarf-ssh"
 verify "snarf restore from ssh://" "$work/restore-snarf-ssh/vol.img" "$sum_incr"
 rm -rf "$work/restore-snarf-ssh"
+sync
+say "snarf: restore of the S3 incremental (checks the S3 repository)"
+synced snarf_s3restore "${s3env[@]}" "$snarf" restore -- "$s3url" "$s3id_incr" "$work/restore-snarf-s3"
+verify "snarf restore from S3" "$work/restore-snarf-s3/vol.img" "$sum_incr"
+rm -rf "$work/restore-snarf-s3"
 sync
 
 # ---------- reading the backed-up volume through each tool's mount ----------
@@ -606,6 +683,10 @@ echo "       a local disk ($fstype); page cache warm for every tool (source read
 echo "ssh row: a loopback sshd started by this run (same disk); snarf to ssh://root@127.0.0.1 (snarf serve),"
 echo "       restic's sftp backend (-o sftp.command=ssh ... -s sftp), borg over ssh (BORG_RSH, borg serve),"
 echo "       all three with the same ssh command line and key; local repositories are the rows above"
+echo "encrypted row: snarf repo init --encryption (AES-256-GCM, keyed blake3 ids) against restic's local"
+echo "       repository (always encrypted) and snarf's plain one"
+echo "S3 row: a loopback S3 server started by this run (moto $(cat target/s3-test-server/version 2>/dev/null), in memory);"
+echo "       snarf to s3://bench/snarf, restic's S3 backend to s3:.../bench/restic"
 echo "timing: each backup and restore until its data is on disk: the command, then sync (snarf fsyncs"
 echo "       itself; earlier dirty data is flushed before, untimed); restores of the incremental go to a fresh"
 echo "       directory on the same disk (snarf and borg --sparse leave zeros as holes, restic 0.14 cannot);"
@@ -638,6 +719,15 @@ crow "incremental over ssh, CPU time (user+sys)" sshincr
 ratio_of() { awk -v a="${T[$1]:-}" -v b="${T[$2]:-}" 'BEGIN { if (a == "" || b == "" || b <= 0) print "n/a"; else printf "%.2f", a / b }'; }
 row "full backup, ssh time / local time" "$(ratio_of snarf_sshfull snarf_full)" "$(ratio_of restic_sshfull restic_full)" "$(ratio_of borg_sshfull borg_full)" "" ""
 row "incremental, ssh time / local time" "$(ratio_of snarf_sshincr snarf_incr)" "$(ratio_of restic_sshincr restic_incr)" "$(ratio_of borg_sshincr borg_incr)" "" ""
+row "full backup, encrypted repository, time" "$(cell_t snarf_encfull)" "$(cell_t restic_full)" "" "$(adv "${T[snarf_encfull]:-}" "${T[restic_full]:-}")" ""
+row "full backup, encrypted, CPU time (user+sys)" "$(cell_c snarf_encfull)" "$(cell_c restic_full)" "" "$(adv "${C[snarf_encfull]:-}" "${C[restic_full]:-}")" ""
+row "encrypted repository after full backup" "$(fmt_mib "${SZ[snarf_encfull]}")" "$(fmt_mib "${SZ[restic_full]}")" "" "$(adv "${SZ[snarf_encfull]}" "${SZ[restic_full]}")" ""
+row "full backup, encrypted time / plain time" "$(ratio_of snarf_encfull snarf_full)" "" "" "" ""
+row "full backup to S3 (loopback), time" "$(cell_t snarf_s3full)" "$(cell_t restic_s3full)" "" "$(adv "${T[snarf_s3full]:-}" "${T[restic_s3full]:-}")" ""
+row "full backup to S3, CPU time (user+sys)" "$(cell_c snarf_s3full)" "$(cell_c restic_s3full)" "" "$(adv "${C[snarf_s3full]:-}" "${C[restic_s3full]:-}")" ""
+row "incremental to S3 (loopback), time" "$(cell_t snarf_s3incr)" "$(cell_t restic_s3incr)" "" "$(adv "${T[snarf_s3incr]:-}" "${T[restic_s3incr]:-}")" ""
+row "full backup, S3 time / local time" "$(ratio_of snarf_s3full snarf_full)" "$(ratio_of restic_s3full restic_full)" "" "" ""
+row "incremental, S3 time / local time" "$(ratio_of snarf_s3incr snarf_incr)" "$(ratio_of restic_s3incr restic_incr)" "" "" ""
 trow "restore of the incremental" restore
 crow "restore, CPU time (user+sys)" restore
 mrow "restore, peak RSS" restore
@@ -710,6 +800,11 @@ target "full backup to ssh:// ahead of restic's sftp backend (restic/snarf >= 1)
 target "full backup to ssh:// ahead of borg over ssh (borg/snarf >= 1)" "$(advn "${T[snarf_sshfull]}" "${T[borg_sshfull]}")" 1
 target "incremental to ssh:// ahead of restic's sftp backend (restic/snarf >= 1)" "$(advn "${T[snarf_sshincr]}" "${T[restic_sshincr]}")" 1
 target "incremental to ssh:// ahead of borg over ssh (borg/snarf >= 1)" "$(advn "${T[snarf_sshincr]}" "${T[borg_sshincr]}")" 1
+target_le "full backup to an encrypted repository <= 1.1x the plain one (encrypted/plain)" "$(ratio_of snarf_encfull snarf_full)" 1.1
+target "full backup to an encrypted repository ahead of restic's (restic/snarf >= 1)" "$(advn "${T[snarf_encfull]:-}" "${T[restic_full]:-}")" 1
+target_le "full backup to S3 on loopback <= 1.5x snarf's local-repository time (S3/local)" "$(ratio_of snarf_s3full snarf_full)" 1.5
+target "full backup to S3 ahead of restic's S3 backend (restic/snarf >= 1)" "$(advn "${T[snarf_s3full]:-}" "${T[restic_s3full]:-}")" 1
+target "incremental to S3 ahead of restic's S3 backend (restic/snarf >= 1)" "$(advn "${T[snarf_s3incr]:-}" "${T[restic_s3incr]:-}")" 1
 if [ "$snarf_peak" -lt $((256 * 1024)) ]; then verdict=PASS; else verdict=MISS; fi
 printf '%-4s  %-74s %s\n' "$verdict" "snarf's peak memory < 256 MiB (largest: ${snarf_peak_what#snarf_})" "$(fmt_kib "$snarf_peak")"
 for k in "${!NOTE[@]}"; do echo "note: ${NOTE[$k]}"; done

@@ -27,27 +27,9 @@ if [ "${#need[@]}" -gt 0 ]; then
   fi
 fi
 
-# The S3 repository tests (tests/repo_s3.rs) run moto's S3 server (PyPI moto[server]: it
-# implements conditional PutObject, ranged GETs and multipart uploads) on loopback. It is
-# installed once into target/s3-test-server; a later run finds it there and skips this.
-MOTO_VERSION=5.2.5
-moto_dir=target/s3-test-server
-if [ "$(cat "$moto_dir/version" 2>/dev/null)" != "$MOTO_VERSION" ] || [ ! -x "$moto_dir/venv/bin/moto_server" ]; then
-  echo "test.sh: installing the S3 test server (moto $MOTO_VERSION) into $moto_dir" >&2
-  rm -rf "$moto_dir"
-  mkdir -p "$moto_dir"
-  py=python3
-  if ! "$py" -m venv "$moto_dir/venv" >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
-    fi
-    rm -rf "$moto_dir/venv"
-    py=/usr/bin/python3
-    "$py" -m venv "$moto_dir/venv"
-  fi
-  "$moto_dir/venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
-  echo "$MOTO_VERSION" >"$moto_dir/version"
-fi
+# The S3 repository tests (tests/repo_s3.rs) run moto's S3 server on loopback, installed
+# once into target/s3-test-server (a later run finds it there and skips this).
+bash scripts/install-moto.sh >/dev/null
 # A missing S3 server is a failure here, never a silent skip.
 export SNARF_REQUIRE_S3=1
 

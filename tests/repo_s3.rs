@@ -4,7 +4,8 @@
 //! encrypted repositories from the command line (init, backup, incremental, restore
 //! byte-exact, check --read-data, prune); the lease lock refused while another process
 //! holds it and taken over when that process dies; a flipped byte detected; the server
-//! vanishing mid-backup (nothing committed, the next backup fine).
+//! vanishing mid-backup (nothing committed, the next backup fine); two hosts backing up to
+//! one repository at once (the second refused, or waiting its turn with --lock-wait).
 
 mod common;
 #[path = "common/s3server.rs"]
@@ -530,4 +531,137 @@ fn a_server_without_conditional_writes_is_refused_before_anything_is_committed()
             .unwrap(),
         Created::Created
     );
+}
+
+/// `snarf ARGS` as a process of another host: in a UTS namespace of its own whose host name
+/// is `host` (needs root), so its lease names that host and no pid of it can be checked here.
+fn snarf_on(host: &str, args: &[&str], env: &[(&str, String)]) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_snarf"));
+    cmd.args(args)
+        .env_remove("SNARF_PASSWORD")
+        .env_remove("SNARF_PASSWORD_FILE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let host = host.as_bytes().to_vec();
+    // SAFETY: between fork and exec only two system calls, on memory allocated before.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWUTS) != 0
+                || libc::sethostname(host.as_ptr().cast(), host.len()) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+#[test]
+fn two_hosts_backing_up_to_one_s3_repository_at_once_take_turns_and_lose_nothing() {
+    if !s3server::available() {
+        return;
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: a host per process needs a UTS namespace, which needs root");
+        return;
+    }
+    let server = S3Server::start();
+    server.create_bucket("shared");
+    let proxy = Proxy::start(server.port);
+    let repo = "s3://shared/hosts";
+    let direct = server.env();
+    // Host A reaches the server through the relay, so the test can stall it mid-backup.
+    let mut relayed = server.env();
+    relayed.retain(|(k, _)| *k != "AWS_ENDPOINT_URL");
+    relayed.push((
+        "AWS_ENDPOINT_URL",
+        format!("http://127.0.0.1:{}", proxy.port),
+    ));
+    let (code, out, err) = snarf_env(&["repo", "init", repo], &direct);
+    assert_eq!(code, 0, "{out}{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut stores = Vec::new();
+    for (host, seed) in [("host-a", 51u64), ("host-b", 52)] {
+        let store = dir.path().join(host);
+        let s = store.to_str().unwrap().to_string();
+        assert_eq!(snarf_env(&["init", &s, "--repo", repo], &direct).0, 0);
+        let data = common::volume_data(seed, 24 << 20);
+        std::fs::write(store.join(format!("volumes/{host}.img")), &data).unwrap();
+        stores.push((host, s, data));
+    }
+    let a = snarf_on("host-a", &["backup", &stores[0].1, "nightly"], &relayed)
+        .spawn()
+        .unwrap();
+    // Once A holds the lease, stall it there.
+    let (rt, raw_store) = raw(&server, "shared");
+    let lease = || {
+        use object_store::ObjectStore;
+        let path = object_store::path::Path::from("hosts/lock");
+        rt.block_on(async { raw_store.get(&path).await?.bytes().await })
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !lease().is_some_and(|l| l.contains("host-a")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "host A never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    proxy.pause(true);
+    // Host B, not waiting: refused, naming the host that holds the lock.
+    let refused = snarf_on("host-b", &["backup", &stores[1].1, "nightly"], &direct)
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "host B backed up beside host A");
+    assert!(msg.contains("locked") && msg.contains("host-a"), "{msg}");
+    // Host B, waiting for its turn: still waiting while A holds the lock.
+    let mut b = snarf_on(
+        "host-b",
+        &["backup", &stores[1].1, "nightly", "--lock-wait", "120"],
+        &direct,
+    )
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        b.try_wait().unwrap().is_none(),
+        "host B did not wait for host A's lock"
+    );
+    assert!(lease().is_some_and(|l| l.contains("host-a")));
+    proxy.pause(false);
+    let a = a.wait_with_output().unwrap();
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let b = b.wait_with_output().unwrap();
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+
+    // Both backups are committed, each restores byte-exact, and the repository checks clean.
+    let (code, listed, err) = snarf_env(&["backups", repo], &direct);
+    assert_eq!(code, 0, "{err}");
+    for (out, (host, _, data)) in [(&a, &stores[0]), (&b, &stores[1])] {
+        let id = common::backup_id(&String::from_utf8_lossy(&out.stdout));
+        assert!(listed.contains(&id), "{listed}");
+        let dest = dir.path().join(format!("restored-{host}"));
+        let (code, _, err) = snarf_env(&["restore", repo, &id, dest.to_str().unwrap()], &direct);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            std::fs::read(dest.join(format!("{host}.img"))).unwrap() == *data,
+            "{host}'s backup restores byte-exact"
+        );
+    }
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("nightly")).count(),
+        2,
+        "{listed}"
+    );
+    let (code, out, err) = snarf_env(&["check", repo, "--read-data"], &direct);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(lease().is_none(), "the lock was left behind");
 }

@@ -204,12 +204,14 @@ fn http(port: u16, method: &str, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// A loopback TCP relay to a server, cut on demand (connections reset, new ones refused).
+/// A loopback TCP relay to a server, cut on demand (connections reset, new ones refused) or
+/// paused (bytes held, connections kept: a client of it stalls mid-request).
 pub struct Proxy {
     /// The port it listens on.
     pub port: u16,
     upstream: u16,
     cut: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -235,8 +237,9 @@ impl Proxy {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the proxy");
         listener.set_nonblocking(true).expect("nonblocking");
         let cut = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(Mutex::new(Vec::new()));
-        let (c, cs) = (cut.clone(), conns.clone());
+        let (c, cs, ps) = (cut.clone(), conns.clone(), paused.clone());
         let thread = std::thread::spawn(move || {
             while !c.load(Ordering::SeqCst) {
                 match listener.accept() {
@@ -249,11 +252,15 @@ impl Proxy {
                         for (from, to, rewrite) in [(&down, &up, strip), (&up, &down, false)] {
                             let (mut from, mut to) =
                                 (from.try_clone().unwrap(), to.try_clone().unwrap());
+                            let paused = ps.clone();
                             std::thread::spawn(move || {
                                 let mut buf = vec![0u8; 1 << 16];
                                 while let Ok(n) = from.read(&mut buf) {
                                     if n == 0 {
                                         break;
+                                    }
+                                    while paused.load(Ordering::SeqCst) {
+                                        std::thread::sleep(Duration::from_millis(5));
                                     }
                                     if rewrite {
                                         rename_header(&mut buf[..n]);
@@ -276,9 +283,15 @@ impl Proxy {
             port,
             upstream,
             cut,
+            paused,
             conns,
             thread: Some(thread),
         }
+    }
+
+    /// Holds every byte relayed from now on (`true`) or lets them through again (`false`).
+    pub fn pause(&self, on: bool) {
+        self.paused.store(on, Ordering::SeqCst);
     }
 
     /// Cuts it: every connection is shut down and the port stops listening.

@@ -4,9 +4,13 @@
 //! - **take**: PutObject `lock` with `If-None-Match: *`, holding who holds it (the
 //!   holder's description, host and pid), a random token and an expiry ([`TTL`] ahead). One
 //!   taker wins; the others read the lease.
-//! - **stale**: a lease is stale when its expiry has passed, or when it names this host and a
-//!   pid that is not running (a crashed writer here, taken over at once). A stale lease is
-//!   taken over by replacing it with `If-Match: <its ETag>`, so of two takers only one wins.
+//! - **stale**: a lease is stale when its expiry has passed, or when its pid can be judged
+//!   here and the holder is gone: the lease names this host, this boot and this pid
+//!   namespace (a pid means nothing across namespaces or reboots, nor on another machine
+//!   that happens to share the host name), and that pid does not run, or it is this very
+//!   process and the lease is none it holds (a guard dropped while the server was
+//!   unreachable could not delete its lease). A stale lease is taken over by replacing it
+//!   with `If-Match: <its ETag>`, so of two takers only one wins.
 //! - **renew**: a thread of the holder replaces the lease every [`RENEW`] with a new expiry,
 //!   `If-Match` the ETag of its own last write. If that fails because the object changed
 //!   (someone took it over) or it could not be renewed before it expired, the lease is
@@ -17,9 +21,10 @@
 //! Expiry uses the hosts' clocks: hosts sharing a repository must keep them within a small
 //! fraction of [`TTL`] (NTP does).
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use object_store::{ObjectStore, PutMode};
@@ -49,6 +54,44 @@ struct Doc {
     token: String,
     /// Seconds since the epoch after which the lease is stale.
     expires: u64,
+    /// The holder's boot and pid namespace ([`pid_scope`]): its pid is judged only where
+    /// this matches. Absent in leases of older snarfs, which are then judged by expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+}
+
+/// Tokens of the leases this process holds (a lease naming this process with another token
+/// is one it dropped).
+fn held() -> &'static Mutex<HashSet<String>> {
+    static HELD: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    HELD.get_or_init(Default::default)
+}
+
+fn holds(token: &str) -> bool {
+    held().lock().map_or(true, |h| h.contains(token))
+}
+
+fn set_held(token: &str, on: bool) {
+    if let Ok(mut h) = held().lock() {
+        if on {
+            h.insert(token.to_string());
+        } else {
+            h.remove(token);
+        }
+    }
+}
+
+/// This process's boot id and pid namespace, e.g. `4f0c…/pid:[4026531836]`: where two
+/// leases share it, their pids are pids of one kernel's one namespace.
+fn pid_scope() -> Option<String> {
+    static SCOPE: OnceLock<Option<String>> = OnceLock::new();
+    SCOPE
+        .get_or_init(|| {
+            let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+            let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+            Some(format!("{}/{}", boot.trim(), ns.to_string_lossy()))
+        })
+        .clone()
 }
 
 impl Doc {
@@ -61,9 +104,20 @@ impl Doc {
         )
     }
 
-    /// Whether the lease may be taken over: expired, or held by a dead process of this host.
+    /// Whether the lease may be taken over: expired, or its holder is a process of this
+    /// host, boot and pid namespace that is gone (see the module doc).
     fn stale(&self, host: &str) -> bool {
-        now_secs() > self.expires || (self.host == host && !pid_running(self.pid))
+        if now_secs() > self.expires {
+            return true;
+        }
+        let judged_here = self.host == host && self.scope.is_some() && self.scope == pid_scope();
+        if !judged_here {
+            return false;
+        }
+        if self.pid == std::process::id() {
+            return !holds(&self.token);
+        }
+        !pid_running(self.pid)
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -117,14 +171,32 @@ impl LockGuard for Lease {}
 
 /// Takes the lease for `holder`, waiting up to `wait` for a live holder to release it.
 pub(super) fn take(inner: Arc<Inner>, holder: &str, wait: Option<Duration>) -> Result<Lease> {
+    // Held from before its lease is written, so another thread of this process that reads
+    // the lease meanwhile never takes it for a dropped one.
+    let token = ObjectId::generate().to_string();
+    set_held(&token, true);
+    let taken = take_as(inner, holder, wait, token.clone());
+    if taken.is_err() {
+        set_held(&token, false);
+    }
+    taken
+}
+
+fn take_as(
+    inner: Arc<Inner>,
+    holder: &str,
+    wait: Option<Duration>,
+    token: String,
+) -> Result<Lease> {
     let started = Instant::now();
     let path = inner.path(NAME);
     let mine = Doc {
         holder: holder.to_string(),
         host: host_name(),
         pid: std::process::id(),
-        token: ObjectId::generate().to_string(),
+        token,
         expires: 0,
+        scope: pid_scope(),
     };
     let fresh = || Doc {
         expires: now_secs() + TTL.as_secs(),
@@ -266,6 +338,7 @@ fn renew(inner: &Inner, mine: Doc, mut e_tag: Option<String>, stopped: &mpsc::Re
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        set_held(&self.token, false);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -305,13 +378,19 @@ mod tests {
     #[test]
     fn leases_are_stale_when_expired_or_their_process_is_gone() {
         let host = host_name();
+        set_held("t", true);
         let live = Doc {
             holder: "snarf backup".into(),
             host: host.clone(),
             pid: std::process::id(),
             token: "t".into(),
             expires: now_secs() + 60,
+            scope: pid_scope(),
         };
+        assert!(
+            live.scope.is_some(),
+            "/proc gives the boot id and pid namespace"
+        );
         assert!(!live.stale(&host));
         assert!(Doc {
             expires: now_secs() - 1,
@@ -324,14 +403,42 @@ mod tests {
             ..live.clone()
         }
         .stale(&host));
-        // Another host's live lease is not ours to judge by pid.
-        assert!(!Doc {
-            pid: 1 << 30,
-            host: "elsewhere".into(),
+        // This process, but a lease it no longer holds (dropped while the server was away).
+        assert!(Doc {
+            token: "dropped".into(),
             ..live.clone()
         }
         .stale(&host));
+        // Another host's live lease is not ours to judge by pid, nor one of another pid
+        // namespace or boot of this host name (its pid numbers are not ours), nor one of a
+        // snarf that did not record its namespace.
+        for other in [
+            Doc {
+                host: "elsewhere".into(),
+                ..live.clone()
+            },
+            Doc {
+                scope: Some("another-boot/pid:[4026531836]".into()),
+                ..live.clone()
+            },
+            Doc {
+                scope: None,
+                ..live.clone()
+            },
+        ] {
+            assert!(!Doc {
+                pid: 1 << 30,
+                ..other.clone()
+            }
+            .stale(&host));
+            assert!(!Doc {
+                token: "dropped".into(),
+                ..other
+            }
+            .stale(&host));
+        }
         let d = live.describe();
         assert!(d.contains("snarf backup") && d.contains(&host), "{d}");
+        set_held("t", false);
     }
 }
