@@ -305,7 +305,9 @@ mount_args=()
 if "$snarf" mount --help 2>/dev/null | grep -q -- '--repo'; then
   mount_args=("--repo=$srepo")
 fi
-out=$("$snarf" mount "${mount_args[@]}" -- "$store" "$mnt")
+# The daemon reads freed snarfs back from the repository a backup writes to, the encrypted
+# one too: it takes that repository's passphrase from the environment the mount started in.
+out=$(SNARF_PASSWORD=snarf-bench "$snarf" mount "${mount_args[@]}" -- "$store" "$mnt")
 daemon=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' <<<"$out")
 [ -n "$daemon" ] || die "could not read the daemon pid from: $out"
 vol=$mnt/live/vol.img
