@@ -57,7 +57,7 @@ pub struct CopyProgress {
 }
 
 /// What copying one backup sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Copied {
     /// The backup.
     pub id: BackupId,
@@ -74,7 +74,7 @@ pub struct Copied {
 }
 
 /// What a copy did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CopyReport {
     /// The backups copied, oldest first.
     pub copied: Vec<Copied>,

@@ -122,14 +122,15 @@ impl Handle {
         Handle::open_with(location, v1::Repo::open_quiet)
     }
 
-    /// Opens like [`Handle::open`], unlocking an encrypted repository with `passphrase`
-    /// instead of the process's passphrase sources (`snarf copy` has two repositories).
-    pub fn open_with_passphrase(
+    /// Opens like [`Handle::open`], unlocking an encrypted repository with the passphrase
+    /// `ask` returns (called only then) instead of the process's passphrase sources:
+    /// `snarf copy` has two repositories.
+    pub fn open_asking(
         location: &Location,
-        passphrase: &Passphrase,
+        ask: &dyn Fn() -> Result<Passphrase>,
     ) -> Result<Handle> {
         Handle::open_v2_with(location, v1::Repo::open, &|b| {
-            v2::Repository::open_with_passphrase(b, passphrase)
+            v2::Repository::open_with(b, ask)
         })
     }
 
