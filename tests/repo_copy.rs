@@ -238,7 +238,10 @@ fn copies_between_plain_and_encrypted_repositories_and_refuse_a_wrong_source_pas
     let mut made = made;
     let mut vols = made[1].volumes.clone();
     vols.push(("t.img".into(), t));
-    made.push(Made { id: third, volumes: vols });
+    made.push(Made {
+        id: third,
+        volumes: vols,
+    });
 
     // plain → encrypted: DST's passphrase from SNARF_PASSWORD, SRC needs none.
     let r = copy(s(&plain), s(&enc_b), &[], &pw("bravo bravo"));
@@ -260,21 +263,30 @@ fn copies_between_plain_and_encrypted_repositories_and_refuse_a_wrong_source_pas
 
     // encrypted (bravo) → encrypted (alpha), another master key: ids differ, data is
     // hashed under DST's key. SRC's passphrase from SNARF_FROM_PASSWORD, never DST's.
-    let both = with(&pw("alpha alpha"), &[("SNARF_FROM_PASSWORD", "bravo bravo")]);
+    let both = with(
+        &pw("alpha alpha"),
+        &[("SNARF_FROM_PASSWORD", "bravo bravo")],
+    );
     let (code, _, err) = run(&["copy", s(&enc_b), s(&enc_a)], &pw("alpha alpha"));
     assert_eq!(code, 1);
     assert!(
         err.contains(s(&enc_b)) && err.contains("SNARF_FROM_PASSWORD"),
         "a missing source passphrase names SRC and how to give it: {err}"
     );
-    let wrong = with(&pw("alpha alpha"), &[("SNARF_FROM_PASSWORD", "bravo bravx")]);
+    let wrong = with(
+        &pw("alpha alpha"),
+        &[("SNARF_FROM_PASSWORD", "bravo bravx")],
+    );
     let (code, _, err) = run(&["copy", s(&enc_b), s(&enc_a)], &wrong);
     assert_eq!(code, 1);
     assert!(
         err.contains("does not open repository") && err.contains(s(&enc_b)),
         "{err}"
     );
-    let wrong_dst = with(&pw("alpha alphx"), &[("SNARF_FROM_PASSWORD", "bravo bravo")]);
+    let wrong_dst = with(
+        &pw("alpha alphx"),
+        &[("SNARF_FROM_PASSWORD", "bravo bravo")],
+    );
     let (code, _, err) = run(&["copy", s(&enc_b), s(&enc_a)], &wrong_dst);
     assert_eq!(code, 1);
     assert!(
@@ -283,7 +295,11 @@ fn copies_between_plain_and_encrypted_repositories_and_refuse_a_wrong_source_pas
     );
     assert_eq!(headers(s(&enc_a), &pw("alpha alpha")), Vec::<Value>::new());
     let r = copy(s(&enc_b), s(&enc_a), &[], &both);
-    assert_eq!((count(&r, "copied"), r["by_id"].clone()), (3, Value::Bool(false)), "{r}");
+    assert_eq!(
+        (count(&r, "copied"), r["by_id"].clone()),
+        (3, Value::Bool(false)),
+        "{r}"
+    );
     verify(s(&enc_a), &made, &pw("alpha alpha"));
     let r = copy(s(&enc_b), s(&enc_a), &[], &both);
     assert_eq!((count(&r, "copied"), sent_chunks(&r)), (0, 0), "{r}");
@@ -298,7 +314,11 @@ fn copies_between_plain_and_encrypted_repositories_and_refuse_a_wrong_source_pas
         &["--from-password-file", s(&file), "--backup", &made[0].id],
         &pw("alpha alpha"),
     );
-    assert_eq!((count(&r, "copied"), r["by_id"].clone()), (1, Value::Bool(false)), "{r}");
+    assert_eq!(
+        (count(&r, "copied"), r["by_id"].clone()),
+        (1, Value::Bool(false)),
+        "{r}"
+    );
     verify(s(&enc_c), &made[..1], &pw("alpha alpha"));
     // encrypted → plain.
     let back = dir.path().join("back");
@@ -380,7 +400,11 @@ fn a_copy_killed_half_way_sends_only_the_rest_when_run_again() {
             &with(&env, &[("SNARF_FAULT_POINT", "finish.packs#8")]),
         );
         assert_eq!(code, -1, "killed by its fault point: {out}{err}");
-        assert_eq!(headers(s(&dst), &env), Vec::<Value>::new(), "nothing committed");
+        assert_eq!(
+            headers(s(&dst), &env),
+            Vec::<Value>::new(),
+            "nothing committed"
+        );
         let left = pack_bytes(&dst);
         assert!(
             left >= 7 * PACK && left <= 9 * PACK,
@@ -422,7 +446,11 @@ fn copies_to_a_repository_over_ssh() {
     let dst = server.url(s(&far.path().join("repo")));
     init_repo(&dst, false, &[], &env);
     let r = copy(s(&src), &dst, &[], &env);
-    assert_eq!((count(&r, "copied"), r["by_id"].clone()), (2, Value::Bool(true)), "{r}");
+    assert_eq!(
+        (count(&r, "copied"), r["by_id"].clone()),
+        (2, Value::Bool(true)),
+        "{r}"
+    );
     verify(&dst, &made, &env);
     let r = copy(s(&src), &dst, &[], &env);
     assert_eq!((count(&r, "copied"), sent_chunks(&r)), (0, 0), "{r}");

@@ -68,7 +68,9 @@ pub fn copy(args: CopyArgs) -> CliResult {
     let dst = Handle::open(&dst_at)?;
     let opts = CopyOptions {
         backups: args.backups.clone(),
-        latest: args.latest.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        latest: args
+            .latest
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         lock_wait: args.lock_wait.map(Duration::from_secs),
         command: format!("snarf copy {} {}", src.location(), dst.location()),
     };

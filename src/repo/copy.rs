@@ -188,13 +188,20 @@ pub fn copy(
     let start = Instant::now();
     for b in &todo {
         at.backup = b.id.to_string();
-        let c = copy_one(src, to, b, opts, report.by_id, &mut |done_bytes, done_snarfs| {
-            let mut p = at.clone();
-            p.done_bytes += done_bytes;
-            p.done_snarfs += done_snarfs;
-            p.elapsed = start.elapsed().as_secs_f64();
-            progress(&p);
-        })?;
+        let c = copy_one(
+            src,
+            to,
+            b,
+            opts,
+            report.by_id,
+            &mut |done_bytes, done_snarfs| {
+                let mut p = at.clone();
+                p.done_bytes += done_bytes;
+                p.done_snarfs += done_snarfs;
+                p.elapsed = start.elapsed().as_secs_f64();
+                progress(&p);
+            },
+        )?;
         at.done_bytes += b.total_size();
         at.done_snarfs += b
             .volumes
@@ -280,7 +287,10 @@ fn copy_one(
                 read_snarfs += 1;
             }
             snarf += 1;
-            step(before_bytes + (snarf * ss).min(v.size), before_snarfs + snarf);
+            step(
+                before_bytes + (snarf * ss).min(v.size),
+                before_snarfs + snarf,
+            );
         }
         before_bytes += v.size;
         before_snarfs += count;
