@@ -407,7 +407,7 @@ fn a_copy_killed_half_way_sends_only_the_rest_when_run_again() {
         );
         let left = pack_bytes(&dst);
         assert!(
-            left >= 7 * PACK && left <= 9 * PACK,
+            (7 * PACK..=9 * PACK).contains(&left),
             "about half is in DST's packs: {left}"
         );
 
