@@ -166,9 +166,11 @@ fn a_copy_keeps_each_backup_whole_and_copying_again_sends_nothing() {
     assert_eq!(headers(s(&src), &env), headers(s(&dst), &env));
 
     // Again: every backup is there already, nothing is sent.
+    let before = pack_bytes(&dst);
     let r = copy(s(&src), s(&dst), &[], &env);
     assert_eq!((count(&r, "copied"), count(&r, "present")), (0, 2), "{r}");
     assert_eq!(sent_chunks(&r), 0, "{r}");
+    assert_eq!(pack_bytes(&dst), before, "no byte stored the second time");
     let plain = ok(&["copy", s(&src), s(&dst)], &env);
     assert!(plain.contains("copied 0 backup(s)"), "{plain}");
 
@@ -184,6 +186,11 @@ fn a_copy_keeps_each_backup_whole_and_copying_again_sends_nothing() {
     assert!(
         (1..=3).contains(&sent_chunks(&r)),
         "only the 2 changed 64 KiB snarfs (and their frame) are sent: {r}"
+    );
+    // DST's chunks are known by id: only the changed snarfs are read from SRC.
+    assert!(
+        (1..=3).contains(&r["copied"][0]["read_snarfs"].as_u64().expect("read_snarfs")),
+        "{r}"
     );
     made.push(Made {
         id: third,
