@@ -198,6 +198,30 @@ fn a_copy_keeps_each_backup_whole_and_copying_again_sends_nothing() {
     });
     verify(s(&dst), &made, &env);
 
+    // A different backup under a copied backup's id in DST is an error, not a silent skip.
+    let other = dir.path().join("other");
+    init_repo(s(&other), false, &[], &env);
+    {
+        let at = snarf::repo::Location::of_arg(&other).expect("location");
+        let repo = snarf::repo::v2::Repository::open(at.backend().expect("backend")).expect("open");
+        let mut new = snarf::repo::v2::NewBackup::new("elsewhere", serde_json::json!({}));
+        new.kept = Some(snarf::repo::v2::Kept {
+            id: snarf::repo::BackupId::parse(&made[0].id).expect("id"),
+            created: 1,
+            stats: Default::default(),
+        });
+        repo.begin_backup(new)
+            .expect("begin")
+            .commit()
+            .expect("commit");
+    }
+    let (code, _, err) = run(&["copy", s(&src), s(&other)], &env);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&made[0].id) && err.contains("elsewhere") && err.contains("--backup"),
+        "{err}"
+    );
+
     // An unknown --backup is refused naming it and SRC; a format 1 DST is refused.
     let (code, _, err) = run(&["copy", s(&src), s(&dst), "--backup", "nonesuch"], &env);
     assert_eq!(code, 1);

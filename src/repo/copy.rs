@@ -157,7 +157,7 @@ pub fn copy(
             let there = to.backup(b.id.as_str())?;
             if there.created != b.created || there.snapshot != b.snapshot {
                 return Err(Error::BadArgument(format!(
-                    "backup {} of {} (snapshot \"{}\", made {}) is not the backup {} of {} has under that id (snapshot \"{}\", made {}); leave it out with --backup",
+                    "backup {} of {} (snapshot \"{}\", made {}) is not the backup {} of {} has under that id (snapshot \"{}\", made {}): the two repositories were not filled from one source; copy the other backups by naming each with --backup ID",
                     b.id,
                     src.location(),
                     b.snapshot,
