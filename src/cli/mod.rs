@@ -3,6 +3,7 @@
 
 mod backup_cmds;
 mod control_cmds;
+mod copy_cmd;
 mod demo_cmd;
 mod generate_cmd;
 mod host_job;
@@ -116,6 +117,9 @@ enum Command {
     Check(repo_cmds::CheckArgs),
     /// Remove old backups by a retention policy and free the space only they used.
     Prune(repo_cmds::PruneArgs),
+    /// Copy backups with their chunks from repository SRC into DST (any two of local,
+    /// ssh://, s3://, encrypted or not), sending only what DST lacks; resumable.
+    Copy(copy_cmd::CopyArgs),
     /// Repair a damaged repository (`snarf repair index REPO` rebuilds its index).
     Repair(repo_cmds::RepairArgs),
     /// Show each repository's finishing state (the crash-safe commit of backups and prunes).
@@ -155,6 +159,7 @@ pub fn main() -> i32 {
         Command::Restore(args) => repo_cmds::restore(args),
         Command::Check(args) => repo_cmds::check(args),
         Command::Prune(args) => repo_cmds::prune(args),
+        Command::Copy(args) => copy_cmd::copy(args),
         Command::Repair(args) => repo_cmds::repair(args),
         Command::Finishing(args) => repo_cmds::finishing(args),
         Command::Generate(args) => generate_cmd::generate(args),

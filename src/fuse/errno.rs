@@ -207,7 +207,9 @@ fn repo_errno(e: &repo::Error) -> i32 {
         // The far side refuses that repository to this key.
         repo::Error::Refused { .. } => libc::EACCES,
         // An encrypted repository the mount was given no (or the wrong) passphrase for.
-        repo::Error::PassphraseNeeded { .. } | repo::Error::WrongPassphrase { .. } => libc::EACCES,
+        repo::Error::PassphraseNeeded { .. }
+        | repo::Error::SourcePassphraseNeeded { .. }
+        | repo::Error::WrongPassphrase { .. } => libc::EACCES,
         // Only writers meet these; a reader that does is out of its depth.
         repo::Error::NotEmpty { .. }
         | repo::Error::BadArgument(_)

@@ -179,6 +179,12 @@ pub enum Error {
         /// The repository.
         repo: String,
     },
+    /// `snarf copy`'s source repository is encrypted and no passphrase was given for it.
+    #[error("repository {repo}, the source of the copy, is encrypted and no passphrase was given for it: set SNARF_FROM_PASSWORD, give --from-password-file FILE (or SNARF_FROM_PASSWORD_FILE), or run on a terminal to be asked")]
+    SourcePassphraseNeeded {
+        /// The repository.
+        repo: String,
+    },
     /// No key slot of the repository opens with the passphrase given.
     #[error("the passphrase given does not open repository {repo}: none of its key slots ({slots}) accepts it; check the passphrase (a damaged slot is refused the same way)")]
     WrongPassphrase {

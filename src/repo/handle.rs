@@ -13,6 +13,7 @@ use super::backend::Key;
 use super::error::{Error, Result};
 use super::ids::BackupId;
 use super::location::Location;
+use super::passphrase::Passphrase;
 use super::report::{
     BackupStats, CheckProgress, CheckReport, FinishingStatus, RestoreProgress, RestoreSummary,
 };
@@ -121,7 +122,27 @@ impl Handle {
         Handle::open_with(location, v1::Repo::open_quiet)
     }
 
+    /// Opens like [`Handle::open`], unlocking an encrypted repository with the passphrase
+    /// `ask` returns (called only then) instead of the process's passphrase sources:
+    /// `snarf copy` has two repositories.
+    pub fn open_asking(
+        location: &Location,
+        ask: &dyn Fn() -> Result<Passphrase>,
+    ) -> Result<Handle> {
+        Handle::open_v2_with(location, v1::Repo::open, &|b| {
+            v2::Repository::open_with(b, ask)
+        })
+    }
+
     fn open_with(location: &Location, v1_open: fn(&Path) -> Result<v1::Repo>) -> Result<Handle> {
+        Handle::open_v2_with(location, v1_open, &v2::Repository::open)
+    }
+
+    fn open_v2_with(
+        location: &Location,
+        v1_open: fn(&Path) -> Result<v1::Repo>,
+        v2_open: &dyn Fn(std::sync::Arc<dyn super::backend::Backend>) -> Result<v2::Repository>,
+    ) -> Result<Handle> {
         match location {
             Location::Local(path) if super::upgrade::interrupted(path) => {
                 Err(Error::UpgradeInterrupted {
@@ -129,11 +150,11 @@ impl Handle {
                 })
             }
             Location::Local(path) if is_v2(path) => {
-                v2::Repository::open(location.backend()?).map(Handle::V2)
+                v2_open(location.backend()?).map(Handle::V2)
             }
             Location::Local(path) => v1_open(path).map(Handle::V1),
             // Only format 2 is on the backend trait, so only it is served over ssh or S3.
-            Location::Ssh(_) | Location::S3(_) => match v2::Repository::open(location.backend()?) {
+            Location::Ssh(_) | Location::S3(_) => match v2_open(location.backend()?) {
                 Err(Error::NotARepo { .. }) => Err(Error::BadArgument(format!(
                     "{location} holds no format 2 repository: create one with `snarf repo init {location}`; a format 1 repository can be used only as a local folder on its own host"
                 ))),

@@ -5,6 +5,7 @@
 //! backends, ids, errors, the lock, fault injection and file helpers.
 
 pub mod backend;
+pub mod copy;
 pub mod error;
 pub mod fault;
 pub mod fsx;

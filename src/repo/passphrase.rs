@@ -22,6 +22,10 @@ pub const ENV: &str = "SNARF_PASSWORD";
 pub const ENV_FILE: &str = "SNARF_PASSWORD_FILE";
 /// The environment variable holding the passphrase of a key slot being added.
 pub const ENV_NEW: &str = "SNARF_NEW_PASSWORD";
+/// The environment variable holding the passphrase of `snarf copy`'s source repository.
+pub const ENV_FROM: &str = "SNARF_FROM_PASSWORD";
+/// The environment variable naming a file with the passphrase of `snarf copy`'s source.
+pub const ENV_FROM_FILE: &str = "SNARF_FROM_PASSWORD_FILE";
 /// Largest passphrase file read.
 const MAX_FILE: u64 = 64 << 10;
 
@@ -98,6 +102,27 @@ pub fn existing(repo: &str) -> Result<Passphrase> {
     }
     prompt(&format!("passphrase for {repo}: "), false)?.ok_or_else(|| Error::PassphraseNeeded {
         repo: repo.to_string(),
+    })
+}
+
+/// The passphrase of `snarf copy`'s encrypted source repository `repo`: `file`
+/// (`--from-password-file`), else the file named by `SNARF_FROM_PASSWORD_FILE`, else
+/// `SNARF_FROM_PASSWORD`, else a prompt. Never the destination's sources: two repositories
+/// with one passphrase are given it twice, so a copy never unlocks a repository by accident.
+pub fn for_copy_source(repo: &str, file: Option<&Path>) -> Result<Passphrase> {
+    if let Some(f) = file {
+        return from_file(f);
+    }
+    if let Some(f) = std::env::var_os(ENV_FROM_FILE) {
+        return from_file(Path::new(&f));
+    }
+    if let Some(p) = std::env::var_os(ENV_FROM) {
+        return nonempty(p.as_encoded_bytes(), ENV_FROM);
+    }
+    prompt(&format!("passphrase for {repo} (the source): "), false)?.ok_or_else(|| {
+        Error::SourcePassphraseNeeded {
+            repo: repo.to_string(),
+        }
     })
 }
 

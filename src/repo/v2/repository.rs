@@ -153,7 +153,9 @@ impl Repository {
         Repository::open_with(backend, &|| Ok(Passphrase::new(passphrase.as_bytes())))
     }
 
-    fn open_with(
+    /// Opens the repository on `backend`, calling `passphrase` only if it is encrypted
+    /// (`snarf copy` asks for its source's passphrase from sources of its own).
+    pub fn open_with(
         backend: Arc<dyn Backend>,
         passphrase: &dyn Fn() -> Result<Passphrase>,
     ) -> Result<Repository> {

@@ -389,6 +389,55 @@ impl Writer {
         Ok(())
     }
 
+    /// Sets snarf `snarf` of a volume to chunk `id` without its data if this repository
+    /// has that chunk already (in its index or in this backup); returns false, changing
+    /// nothing, if it must be [`Writer::put`] with its data. `snarf copy` decides by id
+    /// this way when both repositories name chunks alike, and reads only what is missing.
+    pub fn put_known(&self, slot: Slot, snarf: u64, id: ChunkId) -> Result<bool> {
+        let mut st = self.state.lock();
+        let v = st
+            .volumes
+            .get(slot.0)
+            .ok_or_else(|| Error::BadArgument(format!("no volume slot {}", slot.0)))?;
+        let count = snarf_count(v.size, v.snarf_size);
+        if snarf >= count {
+            return Err(Error::BadArgument(format!(
+                "volume \"{}\" has {count} snarfs; there is no snarf {snarf}",
+                v.name
+            )));
+        }
+        let want = snarf_len(v.size, v.snarf_size, snarf);
+        let report = self.new.report_durable;
+        if let Some(known) = st.seen.get(&id).copied() {
+            st.volumes[slot.0].put.insert(snarf, Put::Chunk(id));
+            st.stats.dedup_snarfs += 1;
+            let open_pack = st.pack.as_ref().map(PackWriter::id);
+            match known {
+                Some(r) if Some(r.pack) != open_pack && !st.sealing.holds(&r.pack) => {
+                    st.durable(report, slot.0, snarf, r)
+                }
+                _ => st.waits(report, slot.0, snarf, id),
+            }
+            return Ok(true);
+        }
+        let Some(r) = st
+            .index
+            .lookup_all(&id)?
+            .into_iter()
+            .find(|r| r.kind.is_data())
+        else {
+            return Ok(false);
+        };
+        if r.raw_len != want {
+            return Ok(false);
+        }
+        st.volumes[slot.0].put.insert(snarf, Put::Chunk(id));
+        st.seen.insert(id, Some(r));
+        st.stats.dedup_snarfs += 1;
+        st.durable(report, slot.0, snarf, r);
+        Ok(true)
+    }
+
     /// Sets snarf `snarf` of a volume to a chunk already stored (`r`, a data blob of the
     /// snarf's length), without reading it: an upgrade's trees point at format 1 packs.
     pub fn put_ref(&self, slot: Slot, snarf: u64, r: ChunkRef) -> Result<()> {
@@ -627,6 +676,13 @@ impl Writer {
     /// Commits the backup like [`Writer::commit`], and also returns the snarfs whose chunks
     /// became durable since the last [`Writer::take_durable`] (those of the last pack).
     pub fn commit_reporting(self) -> Result<(BackupId, Vec<Durable>)> {
+        self.commit_counted().map(|(id, durable, _)| (id, durable))
+    }
+
+    /// Commits the backup like [`Writer::commit_reporting`], and also returns what this
+    /// writer stored (its trees' pages included), which differs from the counts a backup
+    /// with [`NewBackup::kept`] records: `snarf copy` reports what it sent.
+    pub fn commit_counted(self) -> Result<(BackupId, Vec<Durable>, BackupStats)> {
         let mut st = self.state.lock();
         self.flush_frame(&mut st)?;
         self.drain_frames(&mut st)?;
@@ -661,6 +717,7 @@ impl Writer {
             .kept
             .as_ref()
             .map_or_else(ids::now_secs, |k| k.created);
+        let written = st.stats.clone();
         if let Some(k) = &self.new.kept {
             st.stats = k.stats.clone();
         }
@@ -700,7 +757,7 @@ impl Writer {
                 );
             }
         }
-        Ok((self.id.clone(), durable))
+        Ok((self.id.clone(), durable, written))
     }
 }
 
