@@ -68,6 +68,9 @@ fn snarfs_are_acknowledged_only_once_their_pack_is_durable_and_few_packs_wait_fo
         w.put(slot, s, &data(s)).unwrap();
         s += 1;
     }
+    // Frames are compressed on other threads and appended at a later put: wait for them,
+    // as a job's next batches would (under load the fourth frame was still out).
+    w.flush_frames().unwrap();
     Gated::eventually("the first pack is sealed and its finish requested", || {
         g.requested.load(Ordering::SeqCst) == 1
     });
