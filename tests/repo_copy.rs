@@ -281,7 +281,7 @@ fn copies_between_plain_and_encrypted_repositories_and_refuse_a_wrong_source_pas
     verify(s(&enc_b), &made, &pw("bravo bravo"));
     let r = copy(s(&plain), s(&enc_b), &[], &pw("bravo bravo"));
     assert_eq!((count(&r, "copied"), sent_chunks(&r)), (0, 0), "{r}");
-    let holders: Vec<PathBuf> = walk(&enc_b)
+    let holders: Vec<PathBuf> = common::files_under(&enc_b)
         .into_iter()
         .filter(|f| {
             std::fs::read(f)
@@ -364,29 +364,13 @@ fn copies_between_plain_and_encrypted_repositories_and_refuse_a_wrong_source_pas
     verify(s(&back), &made[..1], &none);
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir") {
-            let p = e.expect("entry").path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 /// Bytes of the files under `dir/packs`.
 fn pack_bytes(dir: &Path) -> u64 {
     let packs = dir.join("packs");
     if !packs.exists() {
         return 0;
     }
-    walk(&packs)
+    common::files_under(&packs)
         .iter()
         .map(|p| std::fs::metadata(p).expect("stat").len())
         .sum()

@@ -33,22 +33,6 @@ fn snarf_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 
 const PW: &[(&str, &str)] = &[("SNARF_PASSWORD", "correct horse battery")];
 
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir") {
-            let p = e.expect("entry").path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 /// A volume that holds a known text among noise.
 fn volume_with_text(text: &[u8]) -> Vec<u8> {
     let mut v = volume_data(21, 3 << 20);
@@ -60,7 +44,7 @@ fn volume_with_text(text: &[u8]) -> Vec<u8> {
 
 /// Files of `repo` whose bytes hold `text`.
 fn holders(repo: &Path, text: &[u8]) -> Vec<PathBuf> {
-    files(repo)
+    common::files_under(repo)
         .into_iter()
         .filter(|f| {
             std::fs::read(f)

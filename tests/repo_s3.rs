@@ -537,15 +537,9 @@ fn a_server_without_conditional_writes_is_refused_before_anything_is_committed()
 /// is `host` (needs root), so its lease names that host and no pid of it can be checked here.
 fn snarf_on(host: &str, args: &[&str], env: &[(&str, String)]) -> std::process::Command {
     use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_snarf"));
-    cmd.args(args)
-        .env_remove("SNARF_PASSWORD")
-        .env_remove("SNARF_PASSWORD_FILE")
-        .stdout(std::process::Stdio::piped())
+    let mut cmd = common::snarf_cmd(args, env);
+    cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
     let host = host.as_bytes().to_vec();
     // SAFETY: between fork and exec only two system calls, on memory allocated before.
     unsafe {

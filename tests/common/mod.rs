@@ -117,16 +117,34 @@ pub fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// Every file under `dir`, recursively (folders left out).
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// Runs the snarf binary and returns (exit code, stdout, stderr).
 pub fn snarf(args: &[&str]) -> (i32, String, String) {
     snarf_env(args, &[] as &[(&str, &str)])
 }
 
-/// [`snarf`] with `env` set, and no passphrase inherited from the test's own environment.
-pub fn snarf_env<V: AsRef<std::ffi::OsStr>>(
+/// The snarf binary with `args` and `env` set, and no passphrase inherited from the test's
+/// own environment.
+pub fn snarf_cmd<V: AsRef<std::ffi::OsStr>>(
     args: &[&str],
     env: &[(&str, V)],
-) -> (i32, String, String) {
+) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_snarf"));
     cmd.args(args)
         .env_remove("SNARF_PASSWORD")
@@ -134,7 +152,15 @@ pub fn snarf_env<V: AsRef<std::ffi::OsStr>>(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run snarf");
+    cmd
+}
+
+/// [`snarf`] with `env` set, and no passphrase inherited from the test's own environment.
+pub fn snarf_env<V: AsRef<std::ffi::OsStr>>(
+    args: &[&str],
+    env: &[(&str, V)],
+) -> (i32, String, String) {
+    let out = snarf_cmd(args, env).output().expect("run snarf");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

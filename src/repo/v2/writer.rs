@@ -150,6 +150,23 @@ struct State {
 }
 
 impl State {
+    /// The volume of `slot` and the length of its snarf `snarf`, or why there is no such
+    /// snarf (what [`Writer::put`] and [`Writer::put_known`] check first).
+    fn snarf_of(&self, slot: Slot, snarf: u64) -> Result<(&Volume, u32)> {
+        let v = self
+            .volumes
+            .get(slot.0)
+            .ok_or_else(|| Error::BadArgument(format!("no volume slot {}", slot.0)))?;
+        let count = snarf_count(v.size, v.snarf_size);
+        if snarf >= count {
+            return Err(Error::BadArgument(format!(
+                "volume \"{}\" has {count} snarfs; there is no snarf {snarf}",
+                v.name
+            )));
+        }
+        Ok((v, snarf_len(v.size, v.snarf_size, snarf)))
+    }
+
     /// Notes that snarf `snarf` of `slot` is `r`, a durable chunk.
     fn durable(&mut self, report: bool, slot: usize, snarf: u64, r: ChunkRef) {
         if report {
@@ -317,18 +334,7 @@ impl Writer {
     /// Puts snarf `snarf` of a volume with its data (whose length must be the snarf's).
     pub fn put(&self, slot: Slot, snarf: u64, data: &[u8]) -> Result<()> {
         let mut st = self.state.lock();
-        let v = st
-            .volumes
-            .get(slot.0)
-            .ok_or_else(|| Error::BadArgument(format!("no volume slot {}", slot.0)))?;
-        let count = snarf_count(v.size, v.snarf_size);
-        if snarf >= count {
-            return Err(Error::BadArgument(format!(
-                "volume \"{}\" has {count} snarfs; there is no snarf {snarf}",
-                v.name
-            )));
-        }
-        let want = snarf_len(v.size, v.snarf_size, snarf);
+        let (v, want) = st.snarf_of(slot, snarf)?;
         if data.len() != want as usize {
             return Err(Error::BadArgument(format!(
                 "snarf {snarf} of volume \"{}\" is {want} bytes, not {}",
@@ -395,18 +401,7 @@ impl Writer {
     /// this way when both repositories name chunks alike, and reads only what is missing.
     pub fn put_known(&self, slot: Slot, snarf: u64, id: ChunkId) -> Result<bool> {
         let mut st = self.state.lock();
-        let v = st
-            .volumes
-            .get(slot.0)
-            .ok_or_else(|| Error::BadArgument(format!("no volume slot {}", slot.0)))?;
-        let count = snarf_count(v.size, v.snarf_size);
-        if snarf >= count {
-            return Err(Error::BadArgument(format!(
-                "volume \"{}\" has {count} snarfs; there is no snarf {snarf}",
-                v.name
-            )));
-        }
-        let want = snarf_len(v.size, v.snarf_size, snarf);
+        let want = st.snarf_of(slot, snarf)?.1;
         let report = self.new.report_durable;
         if let Some(known) = st.seen.get(&id).copied() {
             st.volumes[slot.0].put.insert(snarf, Put::Chunk(id));
