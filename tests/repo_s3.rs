@@ -659,3 +659,133 @@ fn two_hosts_backing_up_to_one_s3_repository_at_once_take_turns_and_lose_nothing
     assert_eq!(code, 0, "{out}{err}");
     assert!(lease().is_none(), "the lock was left behind");
 }
+
+/// The kill -9 census of the fault-injection suite, over S3 (issue 16: finishing stays
+/// crash-safe at every step without a filesystem). A child process runs two backups, a
+/// prune and a third backup through the fault decorator wrapping the S3 backend, and is
+/// killed after each durable S3 operation in turn (a pack's upload finished, a backup
+/// object created, a finishing record written or deleted...); then a new process takes
+/// over the dead holder's lease, completes what was cut short (mid-finishing: forward),
+/// checks clean with every byte read, restores every listed backup byte-exact, and backs up
+/// again.
+#[cfg(feature = "fault-injection")]
+mod census {
+    use super::*;
+    use snarf::repo::backend::faulty::Faulty;
+    use snarf::repo::Policy;
+    use std::os::unix::process::ExitStatusExt;
+
+    const PORT_ENV: &str = "SNARF_TEST_S3_CENSUS_PORT";
+    const URL_ENV: &str = "SNARF_TEST_S3_CENSUS_URL";
+
+    /// Packs of 1 MiB: a few per backup, so the census stays short enough to kill at each.
+    fn census_opts() -> InitOptions {
+        InitOptions {
+            pack_target: 1 << 20,
+            ..opts()
+        }
+    }
+
+    fn scenario(repo: &Repository) {
+        backup(repo, 1).unwrap();
+        backup(repo, 2).unwrap();
+        snarf::repo::v2::gc::prune(
+            repo,
+            &Policy {
+                keep_last: 1,
+                ..Policy::default()
+            },
+            false,
+        )
+        .unwrap();
+        backup(repo, 3).unwrap();
+    }
+
+    /// Not a test of its own: the child the census kills.
+    #[test]
+    fn s3_census_child() {
+        let (Ok(port), Ok(url)) = (std::env::var(PORT_ENV), std::env::var(URL_ENV)) else {
+            return;
+        };
+        let inner = S3Backend::connect(
+            &S3Url::parse(&url).unwrap(),
+            &S3Server::settings_at(port.parse().unwrap()),
+        )
+        .unwrap();
+        scenario(&Repository::open(Arc::new(Faulty::new(inner))).unwrap());
+    }
+
+    #[test]
+    fn every_durable_s3_operation_killed_leaves_a_repository_that_completes_forward() {
+        if !s3server::available() {
+            return;
+        }
+        let server = S3Server::start();
+        server.create_bucket("census");
+        Repository::init(backend(server.port, "s3://census/all"), &census_opts()).unwrap();
+        // Counted as the child counts: from its open on (each name's #N is per process).
+        let inner = S3Backend::connect(
+            &S3Url::parse("s3://census/all").unwrap(),
+            &S3Server::settings_at(server.port),
+        )
+        .unwrap();
+        let faulty = Arc::new(Faulty::with_census(inner));
+        scenario(&Repository::open(faulty.clone()).unwrap());
+        let census = faulty.census();
+        for kind in [
+            "finish.packs",
+            "create.backups",
+            "write.state",
+            "delete.state",
+        ] {
+            assert!(
+                census.iter().any(|p| p.starts_with(kind)),
+                "{kind} not in {census:?}"
+            );
+        }
+        let exe = std::env::current_exe().unwrap();
+        for (n, point) in census.iter().enumerate() {
+            let url = format!("s3://census/kill{n}");
+            Repository::init(backend(server.port, &url), &census_opts()).unwrap();
+            let status = std::process::Command::new(&exe)
+                .args(["--exact", "census::s3_census_child", "--test-threads=1"])
+                .env(PORT_ENV, server.port.to_string())
+                .env(URL_ENV, &url)
+                .env("SNARF_FAULT_POINT", point)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert_eq!(
+                status.signal(),
+                Some(libc::SIGKILL),
+                "point {point} was not reached ({status})"
+            );
+            let repo = Repository::open(backend(server.port, &url)).unwrap();
+            // Taking the lock over from the dead child completes its finishing.
+            drop(repo.lock("census", None).unwrap());
+            snarf::repo::v2::gc::adopt(&repo).unwrap();
+            let report = repo.check(true, &mut |_| {}).unwrap();
+            assert!(
+                report.is_ok(),
+                "after a kill at {point}: {:?}",
+                report.problems
+            );
+            for b in repo.list_backups().unwrap() {
+                let g = b.source["g"].as_u64().unwrap();
+                let dest = tempfile::tempdir().unwrap();
+                assert!(
+                    restored(&repo, &b.id.to_string(), dest.path()) == volume(g),
+                    "backup gen{g} after a kill at {point}"
+                );
+            }
+            let id = backup(&repo, 4).unwrap();
+            let dest = tempfile::tempdir().unwrap();
+            assert!(
+                restored(&repo, &id, dest.path()) == volume(4),
+                "the next backup after a kill at {point}"
+            );
+        }
+        eprintln!("S3 census: {} durable operations killed", census.len());
+    }
+}

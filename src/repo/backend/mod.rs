@@ -44,7 +44,7 @@ pub use s3::{S3Backend, S3Url};
 pub use s3conf::S3Settings;
 pub use ssh::{SshBackend, SshHost, SshOptions, SshTarget};
 
-use super::error::Result;
+use super::error::{Error, Result};
 
 /// What [`Backend::create`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +65,15 @@ pub trait Upload: Send {
     fn write_owned(&mut self, data: Vec<u8>) -> Result<()> {
         self.write(&data)
     }
+    /// Appends `len` bytes that `make` produces (a frame still to be sealed), so an upload
+    /// with a thread of its own runs `make` there, off the caller's thread, while the caller
+    /// already counts the bytes (a pack's next offset). By default `make` runs here. Bytes of
+    /// another length fail the upload: the caller's offsets would be wrong.
+    fn write_later(&mut self, len: usize, make: Deferred) -> Result<()> {
+        let data = make()?;
+        check_deferred_len(len, &data)?;
+        self.write_owned(data)
+    }
     /// Bytes written so far.
     fn len(&self) -> u64;
     /// True when nothing was written yet.
@@ -80,6 +89,20 @@ pub trait Upload: Send {
         self.finish()?;
         Ok(Box::new(Finished))
     }
+}
+
+/// Bytes an upload produces when it gets to them ([`Upload::write_later`]).
+pub type Deferred = Box<dyn FnOnce() -> Result<Vec<u8>> + Send>;
+
+/// The error for deferred bytes whose length is not the one announced.
+pub(crate) fn check_deferred_len(len: usize, data: &[u8]) -> Result<()> {
+    if data.len() == len {
+        return Ok(());
+    }
+    Err(Error::BadArgument(format!(
+        "deferred upload bytes came out {} bytes long, not the {len} announced (a bug)",
+        data.len()
+    )))
 }
 
 /// An upload being made durable ([`Upload::finish_later`]); dropped unwaited, the object

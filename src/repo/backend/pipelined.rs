@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{Backend, Created, Finishing, Key, Kind, LockGuard, Upload};
+use super::{
+    check_deferred_len, Backend, Created, Deferred, Finishing, Key, Kind, LockGuard, Upload,
+};
 use crate::repo::error::{Error, Result};
 
 /// Bytes of upload data that may wait for the thread before a write blocks.
@@ -27,9 +29,37 @@ pub const QUEUE_BYTES: usize = 16 << 20;
 /// What the thread is asked to do, in order.
 enum Item {
     Start(Arc<Slot>),
-    Data(u64, Vec<u8>),
+    Data(u64, Payload),
     Finish(u64),
     Abort(u64),
+}
+
+/// An upload's bytes: given, or made by the thread ([`Upload::write_later`]).
+enum Payload {
+    Ready(Vec<u8>),
+    Later(usize, Deferred),
+}
+
+impl Payload {
+    /// Bytes it stands for (what the queue's cap counts).
+    fn len(&self) -> usize {
+        match self {
+            Payload::Ready(d) => d.len(),
+            Payload::Later(n, _) => *n,
+        }
+    }
+
+    /// The bytes, made now if they were deferred.
+    fn into_bytes(self) -> Result<Vec<u8>> {
+        match self {
+            Payload::Ready(d) => Ok(d),
+            Payload::Later(n, make) => {
+                let d = make()?;
+                check_deferred_len(n, &d)?;
+                Ok(d)
+            }
+        }
+    }
 }
 
 /// The items waiting for the thread.
@@ -216,7 +246,7 @@ fn run(inner: &dyn Backend, queue: Arc<Queue>) {
             Item::Data(id, data) => {
                 // Data of an upload that failed already is dropped.
                 if let Some((_, u)) = open.get_mut(&id) {
-                    if let Err(e) = u.write_owned(data) {
+                    if let Err(e) = data.into_bytes().and_then(|d| u.write_owned(d)) {
                         if let Some((slot, u)) = open.remove(&id) {
                             // Dropped unfinished: nothing of it becomes visible.
                             drop(u);
@@ -264,12 +294,9 @@ struct PipelinedUpload {
     done: bool,
 }
 
-impl Upload for PipelinedUpload {
-    fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.write_owned(data.to_vec())
-    }
-
-    fn write_owned(&mut self, data: Vec<u8>) -> Result<()> {
+impl PipelinedUpload {
+    /// Queues bytes for the thread, unless the upload is finished or failed.
+    fn push_data(&mut self, data: Payload) -> Result<()> {
         if self.done {
             return Err(Error::BadArgument(format!(
                 "the upload of {} is finished",
@@ -281,6 +308,20 @@ impl Upload for PipelinedUpload {
         }
         self.len += data.len() as u64;
         self.queue.push(Item::Data(self.slot.id, data))
+    }
+}
+
+impl Upload for PipelinedUpload {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.write_owned(data.to_vec())
+    }
+
+    fn write_owned(&mut self, data: Vec<u8>) -> Result<()> {
+        self.push_data(Payload::Ready(data))
+    }
+
+    fn write_later(&mut self, len: usize, make: Deferred) -> Result<()> {
+        self.push_data(Payload::Later(len, make))
     }
 
     fn len(&self) -> u64 {
@@ -751,5 +792,51 @@ mod tests {
         assert_eq!(g.inner.size(&k).unwrap(), None);
         assert_eq!(g.inner.size(&k2).unwrap(), Some(5000));
         assert_eq!(g.inner.sweep_leftovers().unwrap(), 0);
+    }
+
+    #[test]
+    fn deferred_bytes_are_made_on_the_thread_in_order_and_a_wrong_length_fails_the_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Arc::new(Gated::new(dir.path()));
+        let p = Pipelined::new(g.clone()).unwrap();
+        let caller = std::thread::current().id();
+        let k = pack();
+        let mut u = p.upload(&k).unwrap();
+        u.write(b"head ").unwrap();
+        u.write_later(
+            6,
+            Box::new(move || {
+                assert_ne!(
+                    std::thread::current().id(),
+                    caller,
+                    "made on the caller's thread"
+                );
+                Ok(b"sealed".to_vec())
+            }),
+        )
+        .unwrap();
+        assert_eq!(u.len(), 11, "deferred bytes count at once");
+        u.write(b" tail").unwrap();
+        u.finish().unwrap();
+        assert_eq!(p.read(&k, 100).unwrap().unwrap(), b"head sealed tail");
+
+        let bad = pack();
+        let mut u = p.upload(&bad).unwrap();
+        u.write_later(4, Box::new(|| Ok(b"five!".to_vec())))
+            .unwrap();
+        let e = match u.finish_later() {
+            Ok(f) => f.wait().unwrap_err(),
+            Err(e) => e,
+        };
+        assert!(
+            e.chain().to_string().contains("not the 4 announced"),
+            "{}",
+            e.chain()
+        );
+        assert_eq!(
+            p.size(&bad).unwrap(),
+            None,
+            "a pack with wrong offsets became visible"
+        );
     }
 }

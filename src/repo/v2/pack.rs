@@ -22,6 +22,7 @@ use super::chunk::{BlobKind, ChunkRef, MAX_BLOB, PACK_HEADER_LEN as HEADER_LEN, 
 use super::frame::{self, Seal};
 use crate::chain::ErrorChain;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::repo::backend::{Backend, Finishing, Key, Upload};
 use crate::repo::error::{Error, Result};
@@ -99,7 +100,7 @@ impl PackWriter {
     /// compressed at `level` and sealed; returns where each blob is.
     pub fn append_frame(
         &mut self,
-        seal: &dyn Seal,
+        seal: &Arc<dyn Seal>,
         level: i32,
         blobs: &[(ChunkId, BlobKind, &[u8])],
     ) -> Result<Vec<ChunkRef>> {
@@ -116,7 +117,7 @@ impl PackWriter {
     /// kind, length; in frame order), so a writer that gathers a frame copies it once.
     pub fn append_joined(
         &mut self,
-        seal: &dyn Seal,
+        seal: &Arc<dyn Seal>,
         level: i32,
         blobs: &[(ChunkId, BlobKind, usize)],
         raw: &[u8],
@@ -125,11 +126,12 @@ impl PackWriter {
     }
 
     /// [`PackWriter::append_joined`] for a frame of `raw_len` raw bytes already encoded
-    /// ([`frame::encode`], by the writer's compression threads); it is sealed here, where
-    /// its offset is known.
+    /// ([`frame::encode`], by the writer's compression threads). Its offset, and so its
+    /// nonce, is known here; it is sealed by the upload ([`Upload::write_later`]: on the
+    /// upload thread of a pipelined one), so the cipher's time overlaps the caller's work.
     pub fn append_encoded(
         &mut self,
-        seal: &dyn Seal,
+        seal: &Arc<dyn Seal>,
         blobs: &[(ChunkId, BlobKind, usize)],
         raw_len: usize,
         encoded: Vec<u8>,
@@ -164,11 +166,19 @@ impl PackWriter {
                 self.id
             )));
         }
-        let sealed = seal.seal(&self.id.0, offset, &ad(&self.id, "frame"), encoded)?;
-        let frame_len = u32::try_from(sealed.len())
+        let sealed_len = encoded.len() + seal.overhead();
+        let frame_len = u32::try_from(sealed_len)
             .map_err(|_| Error::BadArgument("a sealed frame of more than 4 GiB".into()))?;
-        self.len += sealed.len() as u64;
-        self.out.write_owned(sealed)?;
+        if seal.is_plain() {
+            self.out.write_owned(encoded)?;
+        } else {
+            let (seal, pack) = (seal.clone(), self.id);
+            self.out.write_later(
+                sealed_len,
+                Box::new(move || seal.seal(&pack.0, offset, &ad(&pack, "frame"), encoded)),
+            )?;
+        }
+        self.len += sealed_len as u64;
         let refs: Vec<ChunkRef> = places
             .into_iter()
             .map(|(id, kind, within, raw_len)| ChunkRef {
@@ -515,10 +525,10 @@ mod tests {
             .iter()
             .map(|t| (ChunkId::of(t), BlobKind::Data, t.as_slice()))
             .collect();
-        let refs = w.append_frame(&Plain, 3, &blobs).unwrap();
+        let refs = w.append_frame(&plain(), 3, &blobs).unwrap();
         let page = b"a page".to_vec();
         let more = w
-            .append_frame(&Plain, 3, &[(ChunkId::of(&page), BlobKind::Page, &page)])
+            .append_frame(&plain(), 3, &[(ChunkId::of(&page), BlobKind::Page, &page)])
             .unwrap();
         assert!(b.list(crate::repo::backend::Kind::Pack).unwrap().is_empty());
         let (all, size) = w.finish(&Plain).unwrap();
@@ -555,21 +565,55 @@ mod tests {
 
     #[test]
     fn an_encrypted_pack_holds_no_plaintext_and_every_flipped_byte_is_detected() {
+        encrypted_pack_holds_no_plaintext_and_every_flipped_byte_is_detected(false);
+    }
+
+    #[test]
+    fn an_encrypted_pack_sealed_on_the_upload_thread_is_the_same_pack() {
+        encrypted_pack_holds_no_plaintext_and_every_flipped_byte_is_detected(true);
+    }
+
+    fn plain() -> Arc<dyn Seal> {
+        Arc::new(Plain)
+    }
+
+    /// With `pipelined`, the frames are sealed by the upload thread (`write_later`), several
+    /// of them waiting at once, and must read back as when sealed in place.
+    fn encrypted_pack_holds_no_plaintext_and_every_flipped_byte_is_detected(pipelined: bool) {
+        use crate::repo::backend::Pipelined;
         use crate::repo::v2::crypto::{Aead, MasterKey};
         let dir = tempfile::tempdir().unwrap();
         let b = LocalDir::new(dir.path());
         b.create_layout().unwrap();
-        let seal = Aead::new(MasterKey::generate().unwrap());
+        let seal: Arc<dyn Seal> = Arc::new(Aead::new(MasterKey::generate().unwrap()));
         let id = PackId::generate();
-        let mut w = PackWriter::create(&b, id).unwrap();
+        let through: Box<dyn Backend> = if pipelined {
+            Box::new(Pipelined::new(Arc::new(LocalDir::new(dir.path()))).unwrap())
+        } else {
+            Box::new(LocalDir::new(dir.path()))
+        };
+        let mut w = PackWriter::create(through.as_ref(), id).unwrap();
+        let mut earlier = Vec::new();
+        for n in 0..5u8 {
+            let text = vec![n; 3000 + usize::from(n)];
+            let r = w
+                .append_frame(&seal, 3, &[(seal.blob_id(&text), BlobKind::Data, &text)])
+                .unwrap();
+            earlier.push((r[0], text));
+        }
         let secret = b"TOP SECRET snarf volume text ".repeat(2000);
         let bid = seal.blob_id(&secret);
         let refs = w
             .append_frame(&seal, 3, &[(bid, BlobKind::Data, &secret)])
             .unwrap();
-        let (_, size) = w.finish(&seal).unwrap();
+        let (_, size) = w.finish(seal.as_ref()).unwrap();
+        drop(through);
         let path = b.path_of(&Key::Pack(id));
         let good = std::fs::read(&path).unwrap();
+        for (r, text) in &earlier {
+            let raw = read_frame(&b, seal.as_ref(), r).unwrap();
+            assert_eq!(&blob_of(seal.as_ref(), &raw, r, "r").unwrap(), text);
+        }
         assert!(
             !good.windows(10).any(|x| x == b"TOP SECRET"),
             "plaintext in the pack"
@@ -578,17 +622,20 @@ mod tests {
             !good.windows(32).any(|x| x == ChunkId::of(&secret).0),
             "a plain id in the pack"
         );
-        let raw = read_frame(&b, &seal, &refs[0]).unwrap();
-        assert_eq!(blob_of(&seal, &raw, &refs[0], "r").unwrap(), secret);
+        let raw = read_frame(&b, seal.as_ref(), &refs[0]).unwrap();
+        assert_eq!(blob_of(seal.as_ref(), &raw, &refs[0], "r").unwrap(), secret);
         for at in (HEADER_LEN as usize..good.len()).step_by(7) {
             let mut t = good.clone();
             t[at] ^= 0x01;
             std::fs::write(&path, &t).unwrap();
-            let trailer = read_trailer(&b, &seal, &Key::Pack(id), size);
-            let blob =
-                read_frame(&b, &seal, &refs[0]).and_then(|raw| blob_of(&seal, &raw, &refs[0], "r"));
+            let trailer = read_trailer(&b, seal.as_ref(), &Key::Pack(id), size);
+            let any_blob_refused = earlier.iter().map(|e| &e.0).chain(&refs).any(|r| {
+                read_frame(&b, seal.as_ref(), r)
+                    .and_then(|raw| blob_of(seal.as_ref(), &raw, r, "r"))
+                    .is_err()
+            });
             assert!(
-                trailer.is_err() || blob.is_err(),
+                trailer.is_err() || any_blob_refused,
                 "a flip at {at} went unnoticed"
             );
         }

@@ -496,7 +496,7 @@ impl Writer {
             None => PackWriter::create(&self.uploads, PackId::generate())?,
         };
         let before = pack.len();
-        let refs = pack.append_encoded(self.repo.seal(), blobs, raw_len, encoded)?;
+        let refs = pack.append_encoded(self.repo.shared_seal(), blobs, raw_len, encoded)?;
         st.stats.new_stored_bytes += pack.len() - before;
         for r in &refs {
             st.seen.insert(r.id, Some(*r));
