@@ -42,6 +42,7 @@
 //! holding any of them.
 
 mod backup;
+pub mod converge;
 pub mod bitset;
 pub mod cow;
 mod lifecycle;
@@ -78,6 +79,9 @@ mod persist_tests;
 
 #[cfg(test)]
 mod restore_tests;
+
+#[cfg(test)]
+mod converge_tests;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
