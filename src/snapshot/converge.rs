@@ -128,7 +128,13 @@ impl Engine {
             mark = self.mark_epoch();
             todo = dirty;
         }
-        self.copy_frozen(todo.keys().cloned().collect(), mark, freeze_name, sink, &mut report)?;
+        self.copy_frozen(
+            todo.keys().cloned().collect(),
+            mark,
+            freeze_name,
+            sink,
+            &mut report,
+        )?;
         Ok(report)
     }
 

@@ -89,8 +89,8 @@ fn run(seed: u64, pause: Duration, delay: Duration, policy: ConvergePolicy) -> C
             let mut seq = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 seq += 1;
-                let len = rng.gen_range(1..=3 * SNARF as usize);
-                let offset = rng.gen_range(0..SNARFS * SNARF - len as u64);
+                let len = rng.random_range(1..=3 * SNARF as usize);
+                let offset = rng.random_range(0..SNARFS * SNARF - len as u64);
                 let data: Vec<u8> = (0..len).map(|k| (seq as u8) ^ (k as u8)).collect();
                 engine.write(&vol, offset, &data).expect("write");
                 // A single writer: the stamp of the snarf it just wrote is its own epoch.
@@ -137,7 +137,10 @@ fn run(seed: u64, pause: Duration, delay: Duration, policy: ConvergePolicy) -> C
             after += 1;
         }
     }
-    assert!(before > 0 && after > 0, "writes on both sides of the freeze");
+    assert!(
+        before > 0 && after > 0,
+        "writes on both sides of the freeze"
+    );
     assert_eq!(report.sizes.get("v"), Some(&(SNARFS * SNARF)));
     if copy.image != oracle {
         let bad = (0..SNARFS)
@@ -176,7 +179,12 @@ fn converge_runs_several_passes_while_the_dirty_set_shrinks() {
         small_bytes: 0,
         small_ratio: 0.0,
     };
-    let report = run(7, Duration::from_millis(2), Duration::from_micros(100), policy);
+    let report = run(
+        7,
+        Duration::from_millis(2),
+        Duration::from_micros(100),
+        policy,
+    );
     assert!(report.passes >= 2, "{report:?}");
 }
 
@@ -190,5 +198,8 @@ fn converge_ends_at_the_cap_when_the_writer_outruns_it() {
     };
     let report = run(11, Duration::ZERO, Duration::from_micros(300), policy);
     assert!(report.passes <= 3, "{report:?}");
-    assert!(report.frozen_snarfs > 0, "the frozen pass had work: {report:?}");
+    assert!(
+        report.frozen_snarfs > 0,
+        "the frozen pass had work: {report:?}"
+    );
 }

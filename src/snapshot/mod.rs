@@ -42,8 +42,8 @@
 //! holding any of them.
 
 mod backup;
-pub mod converge;
 pub mod bitset;
+pub mod converge;
 pub mod cow;
 mod lifecycle;
 pub mod preimage;
