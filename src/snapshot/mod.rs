@@ -43,6 +43,7 @@
 
 mod backup;
 pub mod bitset;
+pub mod converge;
 pub mod cow;
 mod lifecycle;
 pub mod preimage;
@@ -78,6 +79,9 @@ mod persist_tests;
 
 #[cfg(test)]
 mod restore_tests;
+
+#[cfg(test)]
+mod converge_tests;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
