@@ -35,14 +35,17 @@ fn opts() -> InitOptions {
     }
 }
 
-fn backend(server_port: u16, url: &str) -> Arc<S3Backend> {
-    Arc::new(
-        S3Backend::connect(
-            &S3Url::parse(url).unwrap(),
-            &S3Server::settings_at(server_port),
-        )
-        .unwrap(),
+/// The S3 backend of `url` on the test server at `server_port`.
+fn connect(server_port: u16, url: &str) -> S3Backend {
+    S3Backend::connect(
+        &S3Url::parse(url).unwrap(),
+        &S3Server::settings_at(server_port),
     )
+    .unwrap()
+}
+
+fn backend(server_port: u16, url: &str) -> Arc<S3Backend> {
+    Arc::new(connect(server_port, url))
 }
 
 /// Snarf `s` of generation `g`: a third are holes, every 10th changes each generation.
@@ -707,11 +710,7 @@ mod census {
         let (Ok(port), Ok(url)) = (std::env::var(PORT_ENV), std::env::var(URL_ENV)) else {
             return;
         };
-        let inner = S3Backend::connect(
-            &S3Url::parse(&url).unwrap(),
-            &S3Server::settings_at(port.parse().unwrap()),
-        )
-        .unwrap();
+        let inner = connect(port.parse().unwrap(), &url);
         scenario(&Repository::open(Arc::new(Faulty::new(inner))).unwrap());
     }
 
@@ -724,12 +723,7 @@ mod census {
         server.create_bucket("census");
         Repository::init(backend(server.port, "s3://census/all"), &census_opts()).unwrap();
         // Counted as the child counts: from its open on (each name's #N is per process).
-        let inner = S3Backend::connect(
-            &S3Url::parse("s3://census/all").unwrap(),
-            &S3Server::settings_at(server.port),
-        )
-        .unwrap();
-        let faulty = Arc::new(Faulty::with_census(inner));
+        let faulty = Arc::new(Faulty::with_census(connect(server.port, "s3://census/all")));
         scenario(&Repository::open(faulty.clone()).unwrap());
         let census = faulty.census();
         for kind in [

@@ -643,6 +643,14 @@ mod tests {
         Key::Pack(PackId::generate())
     }
 
+    /// The error of an upload that must fail: from its finish request or its finishing.
+    fn finish_error(u: Box<dyn Upload>) -> Error {
+        match u.finish_later() {
+            Ok(f) => f.wait().unwrap_err(),
+            Err(e) => e,
+        }
+    }
+
     #[test]
     fn uploads_stream_on_and_finish_in_order_only_once_the_backend_has_them_durable() {
         let dir = tempfile::tempdir().unwrap();
@@ -732,10 +740,7 @@ mod tests {
         let k = pack();
         let mut u = p.upload(&k).unwrap();
         u.write(&[1; 11]).unwrap();
-        let e = match u.finish_later() {
-            Ok(f) => f.wait().unwrap_err(),
-            Err(e) => e,
-        };
+        let e = finish_error(u);
         assert!(
             e.chain().to_string().contains("the far disk is on fire"),
             "{}",
@@ -824,10 +829,7 @@ mod tests {
         let mut u = p.upload(&bad).unwrap();
         u.write_later(4, Box::new(|| Ok(b"five!".to_vec())))
             .unwrap();
-        let e = match u.finish_later() {
-            Ok(f) => f.wait().unwrap_err(),
-            Err(e) => e,
-        };
+        let e = finish_error(u);
         assert!(
             e.chain().to_string().contains("not the 4 announced"),
             "{}",
