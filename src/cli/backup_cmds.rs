@@ -21,7 +21,9 @@ use crate::jobs::progress::format_summary;
 use crate::jobs::report::{self, JobReport};
 use crate::jobs::server::SOCKET;
 use crate::jobs::spec::{opt, PROCESS_TYPE_ENV};
-use crate::jobs::{BackupRequest, JobService, JobState, Mode, Progress, ProgressSink, Session};
+use crate::jobs::{
+    BackupRequest, JobService, JobState, Mode, Progress, ProgressSink, Session, CONVERGE_LABEL,
+};
 use crate::mounts;
 use crate::pids::{exit_on_signals, NewEntry, ProcState, ProcType, Registry, StopOptions};
 use crate::repo::retention::Policy;
@@ -77,8 +79,15 @@ the far job stops and leaves nothing half-committed.")]
 pub struct BackupArgs {
     /// A snarf mount point, or a store directory (see below).
     pub target: PathBuf,
-    /// The snapshot to back up (in direct mode: the name of the snapshot taken now).
-    pub snapshot: String,
+    /// The snapshot to back up (in direct mode: the name of the snapshot taken now); none
+    /// with --converge.
+    #[arg(required_unless_present = "converge", conflicts_with = "converge")]
+    pub snapshot: Option<String>,
+    /// Back up the live volumes with no snapshot: copy them in passes until what was
+    /// written meanwhile is small, then freeze just that for an instant. The backup is the
+    /// volumes as they were at that freeze, and holds no old contents until it.
+    #[arg(long = opt::CONVERGE)]
+    pub converge: bool,
     /// The repository (default: the mount's `--repo`, else the store's configured
     /// repository, `snarf init --repo`).
     #[arg(long = opt::REPO, value_name = "REPO")]
@@ -128,6 +137,25 @@ pub struct BackupArgs {
     /// keeps STORE/run/jobs/ID.json up to date for it.
     #[arg(long = opt::JOB_ID, hide = true, value_name = "ID")]
     pub job_id: Option<String>,
+}
+
+impl BackupArgs {
+    /// The snapshot's name, or `converge` for a converge backup (which names none).
+    pub fn label(&self) -> String {
+        match &self.snapshot {
+            Some(s) if !self.converge => s.clone(),
+            _ => CONVERGE_LABEL.to_string(),
+        }
+    }
+
+    /// What the job is called in listings and progress: `backup SNAPSHOT` or `converge`.
+    pub fn job_label(&self) -> String {
+        if self.converge {
+            CONVERGE_LABEL.to_string()
+        } else {
+            format!("backup {}", self.label())
+        }
+    }
 }
 
 /// The `--keep-*` options of `snarf backup`: after the backup is committed, the repository
@@ -219,7 +247,8 @@ fn mountpoint_of(target: &Path) -> Result<PathBuf, CliError> {
 fn submit(args: &BackupArgs) -> CliResult {
     let mountpoint = mountpoint_of(&args.target)?;
     let request = BackupRequest {
-        snapshot: args.snapshot.clone(),
+        snapshot: args.label(),
+        converge: args.converge,
         // A local folder made absolute (the daemon runs elsewhere); a URL as written.
         repo: match &args.repo {
             Some(repo) => Some(match Location::of_arg(repo)? {
@@ -393,7 +422,7 @@ pub fn backup(args: BackupArgs) -> CliResult {
     let store = match &target {
         Target::Mounted { store, .. } | Target::Direct { store } => store.clone(),
     };
-    let job = format!("backup {}", args.snapshot);
+    let job = args.job_label();
     // With a mount: connect first (its default repository comes with the welcome).
     let client = match &target {
         Target::Mounted { socket, .. } => match Client::connect(socket, &job) {
@@ -457,7 +486,8 @@ pub fn backup(args: BackupArgs) -> CliResult {
             .state(ProcState::Running),
     )?;
 
-    let mut opts = BackupOptions::new(&args.snapshot);
+    let mut opts = BackupOptions::new(&args.label());
+    opts.converge = args.converge;
     if !args.volumes.is_empty() {
         opts.volumes = Some(args.volumes.clone());
     }
@@ -467,7 +497,7 @@ pub fn backup(args: BackupArgs) -> CliResult {
     if let Some(n) = args.threads {
         opts.workers = n.max(1);
     }
-    let label = format!("backup {}", args.snapshot);
+    let label = args.job_label();
     let mut shown = Shown {
         display: match args.remote_job {
             // The local end of `--host` shows these lines as they come.
@@ -710,6 +740,8 @@ fn direct(
         .ok()
         .filter(|s| s.is_persistent());
     let taken = match existing {
+        // Nothing else writes meanwhile: the converge copy takes one pass.
+        _ if opts.converge => Ok(()),
         Some(_) => Ok(()),
         None => engine
             .take_with(&opts.snapshot, crate::store::Durability::Volatile)
@@ -766,6 +798,7 @@ mod tests {
         ] {
             let req = BackupRequest {
                 snapshot: snapshot.into(),
+                converge: false,
                 repo: None,
                 volumes: Some(vec![volume.into(), "plain".into()]),
                 mode: Mode::Incremental,
@@ -787,12 +820,41 @@ mod tests {
             let Command::Backup(args) = cli.command else {
                 panic!("{argv:?} is not a backup command");
             };
-            assert_eq!(args.snapshot, snapshot, "{argv:?}");
+            assert_eq!(args.snapshot.as_deref(), Some(snapshot), "{argv:?}");
+            assert!(!args.converge);
             assert_eq!(args.target, PathBuf::from("/mnt/-m"));
             assert_eq!(args.volumes, vec![volume.to_string(), "plain".into()]);
             assert_eq!(args.repo, Some(PathBuf::from(repo)));
             assert_eq!(args.job_id.as_deref(), Some("17-3"));
             assert_eq!(args.mode, Mode::Incremental);
         }
+    }
+
+    /// A converge job's argv names no snapshot, and parses back as one.
+    #[test]
+    fn a_converge_job_argv_names_no_snapshot() {
+        let mut req = BackupRequest::converge();
+        req.volumes = Some(vec!["--help".into()]);
+        let mut argv: Vec<std::ffi::OsString> = vec!["snarf".into()];
+        argv.extend(
+            BackupSpec {
+                mountpoint: Path::new("/mnt/m"),
+                request: &req,
+                repository: Path::new("/srv/r"),
+                job_id: "4-1",
+            }
+            .argv(),
+        );
+        let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        let Command::Backup(args) = cli.command else {
+            panic!("{argv:?} is not a backup command");
+        };
+        assert!(args.converge);
+        assert_eq!(args.snapshot, None);
+        assert_eq!(args.volumes, vec!["--help".to_string()]);
+        assert_eq!(args.job_label(), "converge");
+        // A snapshot name and --converge together are refused.
+        assert!(Cli::try_parse_from(["snarf", "backup", "--converge", "/m", "s"]).is_err());
+        assert!(Cli::try_parse_from(["snarf", "backup", "/m"]).is_err());
     }
 }

@@ -65,9 +65,14 @@ pub(super) fn far_args(args: &BackupArgs, from: &str) -> Result<Vec<String>, Cli
     if let Some(t) = args.threads {
         words.push(format!("--threads={t}"));
     }
+    if args.converge {
+        words.push(format!("--{}", opt::CONVERGE));
+    }
     words.push("--".into());
     words.push(text("mount point or store", &args.target)?);
-    words.push(args.snapshot.clone());
+    if let Some(s) = args.snapshot.as_ref().filter(|_| !args.converge) {
+        words.push(s.clone());
+    }
     Ok(words)
 }
 
@@ -154,7 +159,7 @@ pub(super) fn run(args: &BackupArgs, host: &str) -> CliResult {
     let registry = crate::pids::host::registry()?;
     let registration = registry.register(
         NewEntry::new(ProcType::Sshpipe)
-            .job(format!("backup {}", args.snapshot))
+            .job(args.job_label())
             .repo(
                 args.repo
                     .as_ref()
@@ -342,7 +347,7 @@ mod tests {
                 .any(|w| w == ["-o", "BatchMode=yes"]));
             let back = far_side(&argv);
             assert_eq!(back.target, PathBuf::from(target));
-            assert_eq!(back.snapshot, snapshot);
+            assert_eq!(back.snapshot.as_deref(), Some(snapshot));
             assert_eq!(back.repo, Some(PathBuf::from(repo)));
             assert_eq!(back.volumes, vec![volume.to_string()]);
             assert_eq!(back.mode, Mode::Incremental);

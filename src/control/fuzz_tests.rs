@@ -80,10 +80,17 @@ fn command() -> impl Strategy<Value = Command> {
         )),
         proptest::sample::select(Mode::ALL.to_vec()),
         proptest::sample::select(crate::pids::ProcType::ALL.to_vec()),
+        proptest::bool::ANY,
     )
-        .prop_map(|(snapshot, repo, volumes, mode, kind)| {
+        .prop_map(|(snapshot, repo, volumes, mode, kind, converge)| {
             Command::Backup(BackupRequest {
-                snapshot,
+                // A converge backup names no snapshot; its label stands in.
+                snapshot: if converge {
+                    crate::jobs::CONVERGE_LABEL.to_string()
+                } else {
+                    snapshot
+                },
+                converge,
                 repo: repo.map(Into::into),
                 volumes: volumes.map(|v| v.into_iter().collect()),
                 mode,

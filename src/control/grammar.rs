@@ -7,6 +7,7 @@
 //! control/snapshot   create NAME [volatile | persistent] | release NAME
 //! control/jobs       backup SNAPSHOT [repo=/ABSOLUTE/PATH|ssh://[USER@]HOST[:PORT]/PATH] [volumes=A,B] [mode=full|incremental|auto] [type=user|cron]
 //!                    [keep-last=N] [keep-daily=N] [keep-weekly=N] [keep-monthly=N]
+//!                    converge [repo=...] [volumes=A,B] [mode=...] [type=...] [keep-*=N]
 //!                    cancel JOB-ID
 //!                    restore BACKUP volume=NAME live [as=NEWNAME] [repo=...]
 //! ```
@@ -102,7 +103,11 @@ impl fmt::Display for Command {
                 Ok(())
             }
             Command::Backup(b) => {
-                write!(f, "backup {}", quote_word(&b.snapshot))?;
+                if b.converge {
+                    write!(f, "converge")?;
+                } else {
+                    write!(f, "backup {}", quote_word(&b.snapshot))?;
+                }
                 if let Some(repo) = &b.repo {
                     let word = format!("repo={}", repo.display());
                     write!(f, " {}", quote_word(&word))?;
@@ -293,6 +298,7 @@ pub fn parse(file: ControlFile, input: &[u8]) -> Result<Command, Rejection> {
             name: p.only_name("release", "snapshot")?,
         }),
         (ControlFile::Jobs, "backup") => p.backup().map(Command::Backup),
+        (ControlFile::Jobs, "converge") => p.converge().map(Command::Backup),
         (ControlFile::Jobs, "cancel") => Ok(Command::Cancel { job: p.job_id()? }),
         (ControlFile::Jobs, "restore") => p.restore().map(Command::Restore),
         _ => Err(unknown_verb(file, verb)),
@@ -302,14 +308,14 @@ pub fn parse(file: ControlFile, input: &[u8]) -> Result<Command, Rejection> {
 fn unknown_verb(file: ControlFile, verb: &str) -> Rejection {
     let known: &[&str] = match file {
         ControlFile::Snapshot => &["create", "release"],
-        _ => &["backup", "cancel", "restore"],
+        _ => &["backup", "converge", "cancel", "restore"],
     };
     let lower = verb.to_lowercase();
     let hint = if known.contains(&lower.as_str()) {
         format!("; commands are lowercase: {lower}")
     } else if ["create", "release"].contains(&lower.as_str()) {
         "; snapshot commands go to control/snapshot".to_string()
-    } else if ["backup", "cancel", "restore"].contains(&lower.as_str()) {
+    } else if ["backup", "converge", "cancel", "restore"].contains(&lower.as_str()) {
         "; job commands go to control/jobs".to_string()
     } else {
         String::new()
@@ -429,14 +435,34 @@ impl Parser<'_> {
                     .to_string(),
             ));
         };
-        let mut req = BackupRequest::new(&self.name("snapshot", snapshot)?);
+        let req = BackupRequest::new(&self.name("snapshot", snapshot)?);
+        self.backup_options(req, options)
+    }
+
+    /// `converge [repo=...] [volumes=...] [mode=...]`: a backup of the live volumes.
+    fn converge(&self) -> Result<BackupRequest, Rejection> {
+        self.backup_options(BackupRequest::converge(), &self.args)
+    }
+
+    /// The options of `backup` and `converge`, onto `req`.
+    fn backup_options(
+        &self,
+        mut req: BackupRequest,
+        options: &[String],
+    ) -> Result<BackupRequest, Rejection> {
+        let verb = if req.converge { "converge" } else { "backup" };
         let mut seen = BTreeSet::new();
         for word in options {
             let Some((key, value)) = word.split_once('=') else {
+                let after = if req.converge {
+                    "is given to converge, which names no snapshot (it backs up the live volumes),"
+                } else {
+                    "follows the snapshot name but"
+                };
                 return Err(self.reject(
                     RejectKind::ExtraArgument,
                     format!(
-                        "\"{}\" follows the snapshot name but is not an option; options are written key=value (repo=, volumes=, mode=, type=, keep-last= and the other keep-*=), and a snapshot name with spaces is quoted",
+                        "\"{}\" {after} is not an option; options are written key=value (repo=, volumes=, mode=, type=, keep-last= and the other keep-*=), and a snapshot name with spaces is quoted",
                         shown(word)
                     ),
                 ));
@@ -446,7 +472,7 @@ impl Parser<'_> {
                 return Err(self.reject(
                     RejectKind::UnknownKey,
                     format!(
-                        "backup has no option \"{}\"; it accepts repo=, volumes=, mode=, type= and the retention of snarf prune, keep-last=, keep-daily=, keep-weekly=, keep-monthly=",
+                        "{verb} has no option \"{}\"; it accepts repo=, volumes=, mode=, type= and the retention of snarf prune, keep-last=, keep-daily=, keep-weekly=, keep-monthly=",
                         shown(key)
                     ),
                 ));
@@ -740,6 +766,7 @@ mod tests {
     fn backup(snapshot: &str) -> BackupRequest {
         BackupRequest {
             snapshot: snapshot.into(),
+            converge: false,
             repo: None,
             volumes: None,
             mode: Mode::Auto,
@@ -846,6 +873,43 @@ mod tests {
                 ..backup("s")
             })
         );
+    }
+
+    #[test]
+    fn converge_names_no_snapshot_and_takes_the_backup_options() {
+        assert_eq!(
+            ok(Jobs, "converge"),
+            Command::Backup(BackupRequest::converge())
+        );
+        let c = ok(
+            Jobs,
+            "converge volumes=vm1.img repo=/srv/r mode=full keep-last=3",
+        );
+        let Command::Backup(b) = &c else { panic!() };
+        assert!(b.converge);
+        assert_eq!(b.volumes, Some(vec!["vm1.img".to_string()]));
+        assert_eq!(b.mode, Mode::Full);
+        // Its rendering parses back to itself, and never as a backup of a snapshot.
+        assert_eq!(ok(Jobs, &c.to_string()), c);
+        assert!(c.to_string().starts_with("converge "));
+        rejected(
+            Jobs,
+            b"converge nightly",
+            RejectKind::ExtraArgument,
+            &["names no snapshot"],
+        );
+        rejected(
+            Jobs,
+            b"converge as=x",
+            RejectKind::UnknownKey,
+            &["converge has no option"],
+        );
+        rejected(Jobs, b"Converge", RejectKind::UnknownVerb, &["lowercase"]);
+        // A snapshot called converge is still backed up as one.
+        let Command::Backup(b) = ok(Jobs, "backup converge") else {
+            panic!()
+        };
+        assert!(!b.converge);
     }
 
     #[test]

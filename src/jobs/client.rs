@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::converge::ConvergeEnd;
 use super::plan::{Plan, PlanRequest, SnapshotDesc};
 use super::proto::{self, AckItem, Msg};
 use super::service::{Batch, Session, SnarfData};
@@ -168,6 +169,20 @@ impl Session for Client {
             .0
         {
             Msg::Snapshot { desc } => Ok(desc),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn begin_converge(&self) -> Result<SnapshotDesc> {
+        match self.call(&Msg::Converge, &[])?.0 {
+            Msg::Snapshot { desc } => Ok(desc),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn converged(&self) -> Result<ConvergeEnd> {
+        match self.call(&Msg::Converged, &[])?.0 {
+            Msg::ConvergeEnd { end } => Ok(end),
             other => Err(unexpected(&other)),
         }
     }

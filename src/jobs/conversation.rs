@@ -121,7 +121,7 @@ pub fn serve_stream(
         payload.clear();
         if matches!(
             msg,
-            Msg::Next { .. } | Msg::Plan { .. } | Msg::Describe { .. }
+            Msg::Next { .. } | Msg::Plan { .. } | Msg::Describe { .. } | Msg::Converge
         ) {
             if let Some(reason) = cancelled() {
                 let m = Msg::Error {
@@ -160,6 +160,15 @@ pub fn serve_stream(
                     .describe(&snapshot)
                     .map(|desc| Some(Msg::Snapshot { desc }))
             }
+            Msg::Converge => {
+                events(Event::Snapshot("(converge)"));
+                service
+                    .begin_converge()
+                    .map(|desc| Some(Msg::Snapshot { desc }))
+            }
+            Msg::Converged => service
+                .converged()
+                .map(|end| Some(Msg::ConvergeEnd { end })),
             Msg::Plan { request, repo } => service.plan(&request, &repo).map(|plan| {
                 events(Event::Planned {
                     repo: &repo,

@@ -8,6 +8,8 @@
 //!   what the page cache holds, then disk order; each snarf once) and acknowledgements that
 //!   free pre-images.
 //! * [`plan`]: full or incremental per volume, and why.
+//! * [`converge`]: the engine side of a converge backup (fed live in passes, then from a
+//!   freeze of what the last pass missed).
 //! * [`service`]: the engine side of a job ([`JobService`]) and the [`Session`] a job
 //!   talks to, in the daemon or in-process (direct mode).
 //! * [`proto`], [`client`], [`conversation`], [`server`]: framed messages over a stream;
@@ -28,6 +30,7 @@
 
 pub mod base;
 pub mod client;
+pub mod converge;
 pub mod conversation;
 pub mod error;
 pub mod feed;
@@ -50,7 +53,7 @@ pub use progress::{NoProgress, Progress, ProgressSink};
 pub use released::Released;
 pub use server::{JobPhase, JobServer, JobStatus};
 pub use service::{Batch, JobService, Session, SnarfData, SnarfRef};
-pub use vocab::{BackupRequest, JobState, Mode};
+pub use vocab::{BackupRequest, JobState, Mode, CONVERGE_LABEL};
 
 #[cfg(test)]
 mod ack_tests;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::base::{find_bases, Source};
+use super::converge::ConvergeEnd;
 use super::feed::Tier;
 use super::plan::{snarf_len, Plan, PlanRequest, PlannedVolume, SnapshotDesc, VolumeKind};
 use super::progress::{Progress, ProgressSink};
@@ -53,6 +54,9 @@ pub struct BackupOptions {
     pub batch: usize,
     /// Snarfs acknowledged per message (at most; a pause sends what is pending).
     pub ack_batch: usize,
+    /// A converge backup: copied live in passes, consistent as of a final freeze, instead
+    /// of a backup of the snapshot named above (which only labels it).
+    pub converge: bool,
 }
 
 impl BackupOptions {
@@ -69,6 +73,7 @@ impl BackupOptions {
             lock_wait: None,
             batch: 16,
             ack_batch: 256,
+            converge: false,
         }
     }
 }
@@ -134,6 +139,12 @@ impl Session for Counting<'_> {
     fn plan(&self, req: &PlanRequest, repo: &std::path::Path) -> Result<Plan> {
         self.inner.plan(req, repo)
     }
+    fn begin_converge(&self) -> Result<SnapshotDesc> {
+        self.inner.begin_converge()
+    }
+    fn converged(&self) -> Result<ConvergeEnd> {
+        self.inner.converged()
+    }
     fn next(&self, max: usize) -> Result<Option<Vec<SnarfData>>> {
         let batch = self.inner.next(max)?;
         let mut sent = self.sent.lock();
@@ -192,6 +203,8 @@ pub struct Summary {
     pub sent: SentByTier,
     /// Seconds the whole job took.
     pub seconds: f64,
+    /// For a converge backup: its passes, the bytes copied again and its freeze.
+    pub converge: Option<ConvergeEnd>,
 }
 
 impl Summary {
@@ -315,6 +328,13 @@ fn run_job(
     progress: &mut dyn ProgressSink,
 ) -> Result<Summary> {
     let start = Instant::now();
+    if opts.converge {
+        return Err(Error::Plan(format!(
+            "converge backups need a format 2 repository, and {} is format 1; run snarf repo upgrade {} first",
+            repo.path().display(),
+            repo.path().display()
+        )));
+    }
     let desc = session.describe(&opts.snapshot)?;
     let names = chosen_volumes(&desc, opts)?;
     let source = Source::new(&desc, &names);
@@ -435,6 +455,7 @@ fn summary(
         new_stored_bytes: stats.new_stored_bytes,
         sent: SentByTier::default(),
         seconds: start.elapsed().as_secs_f64(),
+        converge: None,
     }
 }
 
@@ -453,7 +474,11 @@ fn run_v2(
     progress: &mut dyn ProgressSink,
 ) -> Result<Summary> {
     let start = Instant::now();
-    let desc = session.describe(&opts.snapshot)?;
+    let desc = if opts.converge {
+        session.begin_converge()?
+    } else {
+        session.describe(&opts.snapshot)?
+    };
     let names = chosen_volumes(&desc, opts)?;
     let source = Source::new(&desc, &names);
     let mut new = v2::NewBackup::new(&opts.snapshot, source.to_json());
@@ -465,7 +490,7 @@ fn run_v2(
         opts.snapshot,
         std::process::id()
     );
-    let writer = repo.begin_backup(new)?;
+    let mut writer = repo.begin_backup(new)?;
     let bases = if opts.mode == Mode::Full {
         Vec::new()
     } else {
@@ -474,8 +499,8 @@ fn run_v2(
     let location = handle.location();
     let plan = session.plan(
         &PlanRequest {
-            snapshot: opts.snapshot.clone(),
-            volumes: Some(names),
+            snapshot: desc.name.clone(),
+            volumes: Some(names.clone()),
             mode: opts.mode,
             bases,
         },
@@ -484,7 +509,16 @@ fn run_v2(
             .unwrap_or_else(|| std::path::Path::new(&location)),
     )?;
     let result = transfer_v2(session, repo, &writer, &plan, opts, start, progress);
-    let (read, reused, bytes_read, zero_bytes) = match result {
+    // A converge backup is a copy of the volumes at its final freeze: that is its source.
+    let result = result.and_then(|counts| {
+        if !opts.converge {
+            return Ok((counts, None));
+        }
+        let end = session.converged()?;
+        writer.set_source(Source::new(&end.desc, &names).to_json());
+        Ok((counts, Some(end)))
+    });
+    let ((read, reused, bytes_read, zero_bytes), converged) = match result {
         Ok(r) => r,
         Err(e) => {
             session.abort(&e.chain().to_string());
@@ -509,9 +543,11 @@ fn run_v2(
             e.chain()
         );
     }
-    Ok(summary(
+    let mut done = summary(
         id, opts, &plan, &read, &reused, bytes_read, zero_bytes, &stats, start,
-    ))
+    );
+    done.converge = converged;
+    Ok(done)
 }
 
 /// Acknowledgements of durable format 2 snarfs (a slot is its volume's place in the plan).
@@ -673,13 +709,17 @@ fn transfer_v2(
 }
 
 fn chosen_volumes(desc: &SnapshotDesc, opts: &BackupOptions) -> Result<Vec<String>> {
+    let what = if opts.converge {
+        "the store".to_string()
+    } else {
+        format!("snapshot \"{}\"", desc.name)
+    };
     let names: Vec<String> = match &opts.volumes {
         Some(list) => {
             for n in list {
                 if !desc.volumes.iter().any(|v| &v.name == n) {
                     return Err(Error::Plan(format!(
-                        "snapshot \"{}\" has no volume named \"{n}\"; it has: {}",
-                        desc.name,
+                        "{what} has no volume named \"{n}\"; it has: {}",
                         desc.volumes
                             .iter()
                             .map(|v| v.name.as_str())
@@ -694,8 +734,7 @@ fn chosen_volumes(desc: &SnapshotDesc, opts: &BackupOptions) -> Result<Vec<Strin
     };
     if names.is_empty() {
         return Err(Error::Plan(format!(
-            "snapshot \"{}\" holds no volumes; there is nothing to back up",
-            desc.name
+            "{what} holds no volumes; there is nothing to back up"
         )));
     }
     Ok(names)

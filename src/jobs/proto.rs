@@ -63,6 +63,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::converge::ConvergeEnd;
 use super::feed::Tier;
 use super::plan::{PlanRequest, PlannedVolume, SnapshotDesc};
 use crate::repo::chunk::REF_LEN;
@@ -173,6 +174,15 @@ pub enum Msg {
     Snapshot {
         /// The snapshot.
         desc: SnapshotDesc,
+    },
+    /// Starts a converge backup; answered with `snapshot`, the planning instant's.
+    Converge,
+    /// Asks how a converge backup's copy ended, once every snarf was sent.
+    Converged,
+    /// Answer to `converged`.
+    ConvergeEnd {
+        /// The freeze and the passes.
+        end: ConvergeEnd,
     },
     /// Asks for a plan; starts the job's feed.
     Plan {
@@ -527,6 +537,9 @@ impl Msg {
             Msg::Welcome { .. } => "welcome",
             Msg::Describe { .. } => "describe",
             Msg::Snapshot { .. } => "snapshot",
+            Msg::Converge => "converge",
+            Msg::Converged => "converged",
+            Msg::ConvergeEnd { .. } => "converge_end",
             Msg::Plan { .. } => "plan",
             Msg::Planned { .. } => "planned",
             Msg::Next { .. } => "next",

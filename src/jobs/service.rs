@@ -41,6 +41,7 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
+use super::converge::{self, ConvergeEnd, ConvergeFeed};
 use super::feed::{AckKind, Feed, Handed, Tier};
 use super::plan::{self, Plan, PlanRequest, SnapshotDesc};
 use super::proto::{AckItem, BatchItem, StoredChunk};
@@ -197,6 +198,18 @@ pub trait Session: Send + Sync {
     }
     /// The backup stored these snarfs (durably).
     fn ack(&self, items: &[AckItem]) -> Result<()>;
+    /// Starts a converge backup: an instant's snapshot under a reserved name to plan on
+    /// (the plan releases it and feeds the job live; see [`super::converge`]).
+    fn begin_converge(&self) -> Result<SnapshotDesc> {
+        Err(Error::Refused(
+            "this end of the job cannot run converge backups".into(),
+        ))
+    }
+    /// How a converge backup's copy ended, once every snarf was sent: the freeze it is a
+    /// copy of, and its passes.
+    fn converged(&self) -> Result<ConvergeEnd> {
+        Err(Error::Protocol("no converge backup was started".into()))
+    }
     /// The job is about to commit (for listings); nothing to answer.
     fn committing(&self) {}
     /// The backup is committed.
@@ -218,11 +231,24 @@ struct Active {
     bases: Vec<Option<VolumeReader>>,
 }
 
+/// Where a converge job is, on the engine side.
+#[derive(Default)]
+enum Converging {
+    /// Not a converge job (or not yet).
+    #[default]
+    No,
+    /// Its planning snapshot is taken, under this reserved name.
+    Described(String),
+    /// Planned: fed live, then from the freeze.
+    Running(Box<ConvergeFeed>),
+}
+
 /// The engine side of one job; see the module documentation.
 pub struct JobService {
     engine: Arc<Engine>,
     released: Option<Arc<Released>>,
     active: OnceLock<Active>,
+    converging: Mutex<Converging>,
     buf: Mutex<Vec<u8>>,
     peer_alive: Option<PeerAlive>,
     trailers: Mutex<VecDeque<(PackId, HashSet<StoredChunk>)>>,
@@ -311,6 +337,7 @@ impl JobService {
             engine,
             released,
             active: OnceLock::new(),
+            converging: Mutex::new(Converging::No),
             buf: Mutex::new(Vec::new()),
             peer_alive: None,
             trailers: Mutex::new(VecDeque::new()),
@@ -667,15 +694,85 @@ fn trailer_v2(repo: &v2::Repository, r: &v2::chunk::ChunkRef) -> Result<HashSet<
     Ok(entries.into_iter().map(StoredChunk::V2).collect())
 }
 
+impl JobService {
+    /// The plan of a converge job (`None`: the request is not one): made on its planning
+    /// snapshot, which is released at once; the feed then reads live after its epoch.
+    fn plan_converge(&self, req: &PlanRequest) -> Result<Option<Plan>> {
+        let mut c = self.converging.lock();
+        let name = match &*c {
+            Converging::Described(name) if *name == req.snapshot => name.clone(),
+            Converging::No => return Ok(None),
+            _ => {
+                return Err(Error::Protocol(format!(
+                    "a converge job plans on its own snapshot, not \"{}\"",
+                    req.snapshot
+                )))
+            }
+        };
+        let snap = self.snapshot(&name)?;
+        let planned = plan::plan(&self.engine, &snap, req);
+        let released = self.engine.release(&name);
+        *c = Converging::No;
+        let (planned, volumes) = planned?;
+        released?;
+        let sets: Vec<_> = volumes.iter().map(|v| v.only.clone()).collect();
+        let feed = ConvergeFeed::start(
+            self.engine.clone(),
+            planned.clone(),
+            sets.clone(),
+            snap.epoch(),
+            &name,
+        )?;
+        *c = Converging::Running(Box::new(feed));
+        Ok(Some(Plan {
+            volumes: planned,
+            sets,
+        }))
+    }
+}
+
+impl Drop for JobService {
+    fn drop(&mut self) {
+        // A converge job that ended between its description and its plan leaves its
+        // planning snapshot behind otherwise (the feed releases its own freeze).
+        if let Converging::Described(name) = std::mem::take(&mut *self.converging.lock()) {
+            if let Err(e) = self.engine.release(&name) {
+                log::warn!("releasing the planning snapshot {name} of a converge job: {e}");
+            }
+        }
+    }
+}
+
 impl Session for JobService {
     fn describe(&self, snapshot: &str) -> Result<SnapshotDesc> {
         let snap = self.snapshot(snapshot)?;
         Ok(SnapshotDesc::of(&self.engine, &snap))
     }
 
+    fn begin_converge(&self) -> Result<SnapshotDesc> {
+        let mut c = self.converging.lock();
+        if !matches!(*c, Converging::No) || self.active.get().is_some() {
+            return Err(Error::Protocol("a job makes one plan".into()));
+        }
+        let name = converge::reserved_name();
+        let snap = self.engine.take_reserved(&name)?;
+        *c = Converging::Described(name);
+        Ok(SnapshotDesc::of(&self.engine, &snap))
+    }
+
+    fn converged(&self) -> Result<ConvergeEnd> {
+        match &*self.converging.lock() {
+            Converging::Running(feed) => feed.end(),
+            _ => Err(Error::Protocol("no converge backup was started".into())),
+        }
+    }
+
     fn plan(&self, req: &PlanRequest, repo: &Path) -> Result<Plan> {
         if self.active.get().is_some() {
             return Err(Error::Protocol("a job makes one plan".into()));
+        }
+        if let Some(plan) = self.plan_converge(req)? {
+            return Ok(plan);
         }
         let snap = self.snapshot(&req.snapshot)?;
         let (planned, volumes) = plan::plan(&self.engine, &snap, req)?;
@@ -720,6 +817,12 @@ impl Session for JobService {
     }
 
     fn next(&self, max: usize) -> Result<Option<Vec<SnarfData>>> {
+        if let Converging::Running(feed) = &mut *self.converging.lock() {
+            let batch = feed.next(max)?;
+            let n = batch.as_ref().map_or(0, Vec::len);
+            self.reads.fetch_add(n as u64, Ordering::Relaxed);
+            return Ok(batch);
+        }
         let a = self.active()?;
         let handed = a.feed.next(max);
         if handed.is_empty() {
@@ -733,6 +836,10 @@ impl Session for JobService {
     }
 
     fn ack(&self, items: &[AckItem]) -> Result<()> {
+        if matches!(*self.converging.lock(), Converging::Running(_)) {
+            // No snapshot holds pre-images for it: nothing to free (module documentation).
+            return Ok(());
+        }
         let a = self.active()?;
         let mut checked = Vec::with_capacity(items.len());
         for it in items {
@@ -810,6 +917,11 @@ impl Session for JobService {
         // Changed-snarf tracking's checkpoint moves to the snapshot just backed up.
         if let Some(a) = self.active.get() {
             self.engine.backup_committed(&a.snap);
+        }
+        if let Converging::Running(feed) = &*self.converging.lock() {
+            if let Some(freeze) = feed.freeze() {
+                self.engine.backup_committed(freeze);
+            }
         }
         Ok(())
     }

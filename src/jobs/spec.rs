@@ -25,6 +25,8 @@ pub mod opt {
     pub const VOLUME: &str = "volume";
     /// Full, incremental or auto.
     pub const MODE: &str = "mode";
+    /// A converge backup of the live volumes (no snapshot named).
+    pub const CONVERGE: &str = "converge";
     /// The id of a job started through `control/jobs`.
     pub const JOB_ID: &str = "job-id";
     /// Runs the job as the far end of `snarf backup --host`; the value names the host that
@@ -67,9 +69,14 @@ impl BackupSpec<'_> {
         for (key, n) in req.keep.iter().flat_map(|p| p.options()) {
             argv.push(option(key, OsStr::new(&n.to_string())));
         }
+        if req.converge {
+            argv.push(format!("--{}", opt::CONVERGE).into());
+        }
         argv.push("--".into());
         argv.push(self.mountpoint.as_os_str().to_owned());
-        argv.push(req.snapshot.clone().into());
+        if !req.converge {
+            argv.push(req.snapshot.clone().into());
+        }
         argv
     }
 

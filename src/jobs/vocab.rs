@@ -55,8 +55,10 @@ impl Mode {
 /// What a backup job is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupRequest {
-    /// The snapshot to back up.
+    /// The snapshot to back up (`converge` labels a converge backup, which names none).
     pub snapshot: String,
+    /// A converge backup of the live volumes instead of a snapshot's.
+    pub converge: bool,
     /// Repository (absolute path); `None` means the store's default repository.
     pub repo: Option<PathBuf>,
     /// Volumes to include; `None` means every volume of the snapshot.
@@ -71,11 +73,21 @@ pub struct BackupRequest {
 }
 
 impl BackupRequest {
+    /// A converge backup of every live volume, to the default repository, in auto mode,
+    /// as a `user` job.
+    pub fn converge() -> BackupRequest {
+        BackupRequest {
+            converge: true,
+            ..BackupRequest::new(CONVERGE_LABEL)
+        }
+    }
+
     /// A request for every volume of `snapshot`, to the default repository, in auto mode,
     /// as a `user` job.
     pub fn new(snapshot: &str) -> BackupRequest {
         BackupRequest {
             snapshot: snapshot.to_string(),
+            converge: false,
             repo: None,
             volumes: None,
             mode: Mode::Auto,
@@ -84,6 +96,10 @@ impl BackupRequest {
         }
     }
 }
+
+/// What a converge backup is called where a snapshot's name would stand (listings, the
+/// backup's recorded snapshot).
+pub const CONVERGE_LABEL: &str = "converge";
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

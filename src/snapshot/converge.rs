@@ -11,9 +11,11 @@
 //! as it did when it was copied; the final pass copies the dirty ones from the frozen view.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Engine, Error, Result, SnarfSet};
+use super::{Engine, Error, Result, Snapshot, SnarfSet};
+use crate::store::Volume;
 
 /// When a converge copy stops copying live and freezes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -63,6 +65,252 @@ pub struct ConvergeReport {
     pub sizes: BTreeMap<String, u64>,
 }
 
+/// One snarf a converge copy read into the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// The volume's position in the list the copy started with.
+    pub vol: usize,
+    /// The snarf's index.
+    pub index: u64,
+    /// Its length (short for the last snarf of a volume).
+    pub len: usize,
+    /// Read from the final freeze rather than from the live volume.
+    pub frozen: bool,
+}
+
+/// A converge copy in progress, pulled a snarf at a time ([`Converge::next`]), so a
+/// backup job can be fed from it as from a snapshot. Dropping it releases the freeze if
+/// it is still held.
+pub struct Converge {
+    engine: Arc<Engine>,
+    policy: ConvergePolicy,
+    freeze_name: String,
+    names: Vec<String>,
+    /// The current pass's snarfs, per volume position.
+    todo: Vec<SnarfSet>,
+    /// Where the current pass is: volume position, next index to look at.
+    at: (usize, u64),
+    /// The current pass's live volumes, resolved when it started.
+    live: Vec<Arc<Volume>>,
+    mark: u64,
+    pass_bytes: u64,
+    last_dirty: u64,
+    frozen: Option<(Arc<Snapshot>, Instant)>,
+    /// The freeze, once released: the copy is the volumes as of it.
+    froze: Option<Arc<Snapshot>>,
+    report: ConvergeReport,
+}
+
+impl std::fmt::Debug for Converge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Converge")
+            .field("freeze_name", &self.freeze_name)
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Converge {
+    /// Starts a copy of `first` (per volume, in order, the snarfs the backup needs) whose
+    /// first pass reads live after the epoch mark `mark` (from [`Engine::mark_epoch`], or
+    /// the epoch of a snapshot the sets were planned on, released since).
+    pub fn start(
+        engine: Arc<Engine>,
+        first: Vec<(String, SnarfSet)>,
+        policy: ConvergePolicy,
+        freeze_name: &str,
+        mark: u64,
+    ) -> Result<Converge> {
+        let (names, todo): (Vec<String>, Vec<SnarfSet>) = first.into_iter().unzip();
+        let live = names
+            .iter()
+            .map(|n| engine.volume(n))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Converge {
+            engine,
+            policy,
+            freeze_name: freeze_name.to_string(),
+            names,
+            todo,
+            at: (0, 0),
+            live,
+            mark,
+            pass_bytes: 0,
+            last_dirty: u64::MAX,
+            frozen: None,
+            froze: None,
+            report: ConvergeReport::default(),
+        })
+    }
+
+    /// What the copy did so far (complete once [`Converge::next`] gave `None`).
+    pub fn report(&self) -> &ConvergeReport {
+        &self.report
+    }
+
+    /// The final freeze, once the copy is complete and it is released.
+    pub fn freeze(&self) -> Option<&Arc<Snapshot>> {
+        self.froze.as_ref()
+    }
+
+    /// Reads the next snarf into `buf` (at least a snarf long); `None` once the copy is
+    /// complete: everything read, last copy winning, is the volumes at the freeze.
+    pub fn next(&mut self, buf: &mut [u8]) -> Result<Option<Piece>> {
+        let snarf = self.engine.store.snarf_size();
+        loop {
+            if self.froze.is_some() {
+                return Ok(None);
+            }
+            if let Some(index) = self.advance() {
+                let vol = self.at.0;
+                let piece = match &self.frozen {
+                    Some((snap, _)) => {
+                        let n = self.engine.read_snapshot(
+                            snap,
+                            &self.names[vol],
+                            index * snarf,
+                            &mut buf[..snarf as usize],
+                        )?;
+                        self.report.recopied_bytes += n as u64;
+                        self.report.frozen_snarfs += 1;
+                        Piece {
+                            vol,
+                            index,
+                            len: n,
+                            frozen: true,
+                        }
+                    }
+                    None => {
+                        let n = self.engine.read(
+                            &self.live[vol],
+                            index * snarf,
+                            &mut buf[..snarf as usize],
+                        )?;
+                        if n == 0 {
+                            // Past the live end now; the frozen pass sees the size at the freeze.
+                            continue;
+                        }
+                        self.pass_bytes += n as u64;
+                        Piece {
+                            vol,
+                            index,
+                            len: n,
+                            frozen: false,
+                        }
+                    }
+                };
+                return Ok(Some(piece));
+            }
+            if self.frozen.is_some() {
+                self.release_freeze()?;
+            } else {
+                self.end_live_pass()?;
+            }
+        }
+    }
+
+    /// The next index of the current pass, moving the cursor past it.
+    fn advance(&mut self) -> Option<u64> {
+        while self.at.0 < self.todo.len() {
+            let (vol, from) = self.at;
+            if let Some(i) = self.todo[vol].next_from(from) {
+                self.at = (vol, i + 1);
+                return Some(i);
+            }
+            self.at = (vol + 1, 0);
+        }
+        None
+    }
+
+    /// A live pass ended: either another pass over what was written meanwhile, or the freeze.
+    fn end_live_pass(&mut self) -> Result<()> {
+        let snarf = self.engine.store.snarf_size();
+        if self.report.passes == 0 {
+            self.report.first_bytes = self.pass_bytes;
+        } else {
+            self.report.recopied_bytes += self.pass_bytes;
+        }
+        self.pass_bytes = 0;
+        self.report.passes += 1;
+        let mut dirty = Vec::with_capacity(self.names.len());
+        let mut dirty_bytes = 0;
+        for name in &self.names {
+            let set = self.engine.live_written_since(name, self.mark)?;
+            dirty_bytes += set.count() * snarf;
+            dirty.push(set);
+        }
+        let p = self.policy;
+        let small = dirty_bytes <= p.small_bytes
+            || (dirty_bytes as f64) <= self.report.first_bytes as f64 * p.small_ratio;
+        let stuck = dirty_bytes >= self.last_dirty;
+        self.at = (0, 0);
+        if small || stuck || self.report.passes >= p.max_passes {
+            return self.take_freeze();
+        }
+        self.last_dirty = dirty_bytes;
+        self.mark = self.engine.mark_epoch();
+        self.live = self
+            .names
+            .iter()
+            .map(|n| self.engine.volume(n))
+            .collect::<Result<Vec<_>>>()?;
+        self.todo = dirty;
+        Ok(())
+    }
+
+    /// Freezes every volume and makes the frozen pass the snarfs written since the last mark.
+    fn take_freeze(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let snap = self.engine.take_reserved(&self.freeze_name)?;
+        self.report.freeze_epoch = snap.epoch();
+        let mut todo = Vec::with_capacity(self.names.len());
+        for name in &self.names {
+            let Some(sv) = snap.volume(name) else {
+                let _ = self.engine.release(&self.freeze_name);
+                return Err(Error::NoSuchVolume {
+                    snapshot: self.freeze_name.clone(),
+                    volume: name.clone(),
+                });
+            };
+            self.report.sizes.insert(name.clone(), sv.attr.size);
+            let count = sv.snarf_count();
+            let mut set = SnarfSet::new(count);
+            sv.volume.read_state().for_each_newer(self.mark, |i, _| {
+                if i < count {
+                    set.insert(i);
+                }
+            });
+            todo.push(set);
+        }
+        self.todo = todo;
+        self.frozen = Some((snap, started));
+        Ok(())
+    }
+
+    fn release_freeze(&mut self) -> Result<()> {
+        if let Some((snap, started)) = self.frozen.take() {
+            let released = self.engine.release(&self.freeze_name);
+            self.report.freeze = started.elapsed();
+            self.froze = Some(snap);
+            released?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Converge {
+    fn drop(&mut self) {
+        if self.frozen.take().is_some() {
+            if let Err(e) = self.engine.release(&self.freeze_name) {
+                log::warn!(
+                    "releasing the freeze {} of a converge copy: {e}",
+                    self.freeze_name
+                );
+            }
+        }
+    }
+}
+
 impl Engine {
     /// Starts a new epoch for every volume at once, with no snapshot: returns the epoch that
     /// ended, so every write from now on stamps its snarf newer than it.
@@ -92,121 +340,20 @@ impl Engine {
     /// `freeze_name`, copies the snarfs written since the last mark from it and releases it.
     /// Everything sent, last copy winning, is the volumes at the freeze.
     pub fn converge(
-        &self,
+        self: &Arc<Engine>,
         first: BTreeMap<String, SnarfSet>,
         policy: ConvergePolicy,
         freeze_name: &str,
         sink: &mut dyn ConvergeSink,
     ) -> Result<ConvergeReport> {
-        let snarf = self.store.snarf_size();
-        let mut report = ConvergeReport::default();
-        let mut mark = self.mark_epoch();
-        let mut todo = first;
-        let mut last_dirty = u64::MAX;
-        loop {
-            let bytes = self.copy_live(&todo, sink)?;
-            if report.passes == 0 {
-                report.first_bytes = bytes;
-            } else {
-                report.recopied_bytes += bytes;
-            }
-            report.passes += 1;
-            let mut dirty = BTreeMap::new();
-            let mut dirty_bytes = 0;
-            for name in todo.keys() {
-                let set = self.live_written_since(name, mark)?;
-                dirty_bytes += set.count() * snarf;
-                dirty.insert(name.clone(), set);
-            }
-            let small = dirty_bytes <= policy.small_bytes
-                || (dirty_bytes as f64) <= report.first_bytes as f64 * policy.small_ratio;
-            let stuck = dirty_bytes >= last_dirty;
-            if small || stuck || report.passes >= policy.max_passes {
-                break;
-            }
-            last_dirty = dirty_bytes;
-            mark = self.mark_epoch();
-            todo = dirty;
+        let mark = self.mark_epoch();
+        let first: Vec<(String, SnarfSet)> = first.into_iter().collect();
+        let names: Vec<String> = first.iter().map(|(n, _)| n.clone()).collect();
+        let mut run = Converge::start(self.clone(), first, policy, freeze_name, mark)?;
+        let mut buf = vec![0u8; self.store.snarf_size() as usize];
+        while let Some(p) = run.next(&mut buf)? {
+            sink.put(&names[p.vol], p.index, &buf[..p.len])?;
         }
-        self.copy_frozen(
-            todo.keys().cloned().collect(),
-            mark,
-            freeze_name,
-            sink,
-            &mut report,
-        )?;
-        Ok(report)
-    }
-
-    /// One live pass: reads each listed snarf from the live volume and sends it.
-    fn copy_live(
-        &self,
-        todo: &BTreeMap<String, SnarfSet>,
-        sink: &mut dyn ConvergeSink,
-    ) -> Result<u64> {
-        let snarf = self.store.snarf_size();
-        let mut buf = vec![0u8; snarf as usize];
-        let mut bytes = 0;
-        for (name, set) in todo {
-            let vol = self.volume(name)?;
-            for i in set.iter() {
-                let n = self.read(&vol, i * snarf, &mut buf)?;
-                if n == 0 {
-                    // Past the live end now; the frozen pass sees the size at the freeze.
-                    continue;
-                }
-                sink.put(name, i, &buf[..n])?;
-                bytes += n as u64;
-            }
-        }
-        Ok(bytes)
-    }
-
-    /// The final pass: freezes every volume, copies the snarfs written since `mark` from
-    /// the frozen view, and releases it whatever happened.
-    fn copy_frozen(
-        &self,
-        volumes: Vec<String>,
-        mark: u64,
-        freeze_name: &str,
-        sink: &mut dyn ConvergeSink,
-        report: &mut ConvergeReport,
-    ) -> Result<()> {
-        let started = Instant::now();
-        let snap = self.take_with(freeze_name, super::Durability::Volatile)?;
-        let copied = (|| -> Result<()> {
-            let snarf = self.store.snarf_size();
-            let mut buf = vec![0u8; snarf as usize];
-            for name in &volumes {
-                let sv = snap.volume(name).ok_or_else(|| Error::NoSuchVolume {
-                    snapshot: freeze_name.to_string(),
-                    volume: name.clone(),
-                })?;
-                report.sizes.insert(name.clone(), sv.attr.size);
-                let count = sv.snarf_count();
-                let vol = &sv.volume;
-                let mut dirty = Vec::new();
-                {
-                    let st = vol.read_state();
-                    st.for_each_newer(mark, |i, _| {
-                        if i < count {
-                            dirty.push(i);
-                        }
-                    });
-                }
-                for i in dirty {
-                    let n = self.read_snapshot(&snap, name, i * snarf, &mut buf)?;
-                    sink.put(name, i, &buf[..n])?;
-                    report.recopied_bytes += n as u64;
-                    report.frozen_snarfs += 1;
-                }
-            }
-            Ok(())
-        })();
-        report.freeze_epoch = snap.epoch();
-        let released = self.release(freeze_name);
-        report.freeze = started.elapsed();
-        copied?;
-        released
+        Ok(run.report().clone())
     }
 }

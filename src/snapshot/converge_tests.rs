@@ -118,7 +118,7 @@ fn run(seed: u64, pause: Duration, delay: Duration, policy: ConvergePolicy) -> C
     all.insert_range(0, SNARFS);
     let first = [("v".to_string(), all)].into_iter().collect();
     let report = engine
-        .converge(first, policy, "converge-test", &mut copy)
+        .converge(first, policy, ".snarf-converge-test", &mut copy)
         .expect("converge");
     // Writes go on after the freeze; they must not show in the copy.
     thread::sleep(Duration::from_millis(20));

@@ -95,6 +95,17 @@ impl Engine {
     /// snapshot table when this returns (if that cannot be written, no snapshot is taken).
     pub fn take_with(&self, name: &str, durability: Durability) -> Result<Arc<Snapshot>> {
         validate_name("snapshot", name)?;
+        self.take_named(name, durability)
+    }
+
+    /// The freeze of a converge backup: a volatile snapshot under a name no user can
+    /// give (`.snarf-…`), so it never clashes with theirs.
+    pub(crate) fn take_reserved(&self, name: &str) -> Result<Arc<Snapshot>> {
+        debug_assert!(name.starts_with(".snarf-"));
+        self.take_named(name, Durability::Volatile)
+    }
+
+    fn take_named(&self, name: &str, durability: Durability) -> Result<Arc<Snapshot>> {
         if durability == Durability::Persistent {
             // Empty slots written ahead, before any lock: its first writes' pre-image
             // commits then overwrite written blocks, a sync with no metadata.

@@ -663,6 +663,12 @@ impl Writer {
         Ok(std::mem::take(&mut st.durable))
     }
 
+    /// Replaces the caller data recorded in the backup object (a converge backup learns
+    /// what it is a copy of only at its end).
+    pub fn set_source(&mut self, source: serde_json::Value) {
+        self.new.source = source;
+    }
+
     /// Commits the backup (see the module documentation) and returns its id.
     pub fn commit(self) -> Result<BackupId> {
         self.commit_reporting().map(|(id, _)| id)
