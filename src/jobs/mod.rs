@@ -60,4 +60,6 @@ mod ack_tests;
 #[cfg(test)]
 mod ack_v2_tests;
 #[cfg(test)]
+mod converge_tests;
+#[cfg(test)]
 mod tests;

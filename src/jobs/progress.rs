@@ -58,7 +58,27 @@ fn ratio(r: Option<f64>) -> String {
 /// The summary printed when a job is done.
 pub fn format_summary(s: &Summary) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "backup {} of snapshot {}", s.backup, s.snapshot);
+    match &s.converge {
+        Some(c) => {
+            let _ = writeln!(
+                out,
+                "backup {} of the live volumes, as of its final freeze (converge)",
+                s.backup
+            );
+            let _ = writeln!(
+                out,
+                "converged in {} live passes: {} copied first, {} copied again; the final freeze held {} snarfs for {:.1} ms",
+                c.passes,
+                Bytes(c.first_bytes),
+                Bytes(c.recopied_bytes),
+                c.frozen_snarfs,
+                c.freeze_us as f64 / 1000.0
+            );
+        }
+        None => {
+            let _ = writeln!(out, "backup {} of snapshot {}", s.backup, s.snapshot);
+        }
+    }
     for v in &s.volumes {
         let how = match &v.kind {
             VolumeKind::Full { reason } if v.reused > 0 => format!(
@@ -94,7 +114,8 @@ pub fn format_summary(s: &Summary) -> String {
         Bytes(s.new_raw_bytes)
     );
     let t = &s.sent;
-    if t.total() > 0 {
+    // A converge backup reads live, then from its freeze: the feed's tiers say nothing.
+    if t.total() > 0 && s.converge.is_none() {
         let _ = writeln!(
             out,
             "sent {} snarfs: {} already in memory (page cache), {} held pre-images, {} captured \

@@ -1,0 +1,223 @@
+//! Converge backups end to end through the library: a job over the daemon's socket server
+//! backs up a volume under a writer thread, and the backup, restored, equals the volume at
+//! the job's final freeze (the oracle: the writer's log replayed up to the freeze's epoch).
+//! The next backup is an incremental from the freeze.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::base::Source;
+use super::client::Client;
+use super::pipeline::{self, BackupOptions};
+use super::plan::VolumeKind;
+use super::progress::{format_summary, NoProgress};
+use super::JobServer;
+use crate::repo::handle::InitOptions;
+use crate::repo::{Handle, Location};
+use crate::snapshot::{Engine, EngineOptions};
+use crate::store::{Budgets, Durability, InitOptions as StoreInit, Store};
+
+const SNARF: u64 = 16 << 10;
+const SNARFS: u64 = 192;
+
+/// One write the writer made and the epoch it landed in.
+struct Logged {
+    offset: u64,
+    data: Vec<u8>,
+    epoch: u64,
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    engine: Arc<Engine>,
+    repo: Handle,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("store");
+    Store::init(
+        &root,
+        &StoreInit {
+            snarf_size: SNARF,
+            budgets: Budgets {
+                memory: 64 << 20,
+                disk: 256 << 20,
+                break_after_secs: 60.0,
+            },
+            repository: None,
+            snapshots: Durability::Volatile,
+        },
+    )
+    .expect("store");
+    let store = Store::open(&root, "converge job test").expect("open");
+    let eo = EngineOptions::from_store(&store);
+    let engine = Arc::new(Engine::new(store, eo).expect("engine"));
+    let repo = Handle::init(
+        &Location::Local(dir.path().join("repo")),
+        &InitOptions::default(),
+    )
+    .expect("repo");
+    Setup {
+        _dir: dir,
+        engine,
+        repo,
+    }
+}
+
+fn restored(repo: &Handle, backup: &str, volume: &str, size: usize) -> Vec<u8> {
+    let r = repo.volume_reader(backup, volume).expect("reader");
+    let mut out = vec![0u8; size];
+    let mut at = 0;
+    while at < size {
+        let n = r.read_at(at as u64, &mut out[at..]).expect("read");
+        assert!(n > 0, "short restore at {at}");
+        at += n;
+    }
+    out
+}
+
+#[test]
+fn a_converge_backup_under_a_writer_restores_to_the_volume_at_its_final_freeze() {
+    let s = setup();
+    let size = (SNARFS * SNARF) as usize;
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut start = vec![0u8; size];
+    rng.fill(&mut start[..size / 2]);
+    let vol = s
+        .engine
+        .create_volume("vm.img", size as u64)
+        .expect("volume");
+    s.engine.write(&vol, 0, &start).expect("fill");
+    let server = JobServer::start(s.engine.clone(), &s.engine.store().run_dir()).expect("server");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (engine, vol, stop) = (s.engine.clone(), vol.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut rng = ChaCha8Rng::seed_from_u64(9);
+            let mut log = Vec::new();
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let len = rng.random_range(1..=2 * SNARF as usize);
+                let offset = rng.random_range(0..(size - len) as u64);
+                let data: Vec<u8> = (0..len).map(|k| (seq as u8) ^ (k as u8) | 1).collect();
+                engine.write(&vol, offset, &data).expect("write");
+                // One writer: the stamp of the snarf it just wrote is its write's epoch.
+                let epoch = vol.read_state().stamp(offset / SNARF);
+                log.push(Logged {
+                    offset,
+                    data,
+                    epoch,
+                });
+                thread::sleep(Duration::from_micros(300));
+            }
+            log
+        })
+    };
+    thread::sleep(Duration::from_millis(30));
+    let client = Client::connect(server.socket(), "converge job").expect("connect");
+    let mut o = BackupOptions::new(crate::jobs::CONVERGE_LABEL);
+    o.converge = true;
+    o.workers = 2;
+    // Small batches: the copy takes long enough for the writer to dirty snarfs behind it.
+    o.batch = 2;
+    let sum = pipeline::run(&client, &s.repo, &o, &mut NoProgress).expect("converge backup");
+    thread::sleep(Duration::from_millis(30));
+    stop.store(true, Ordering::Relaxed);
+    let log = writer.join().expect("writer");
+    drop(client);
+
+    let end = sum.converge.clone().expect("a converge summary");
+    assert!(end.passes >= 1, "{end:?}");
+    assert!(
+        end.recopied_bytes > 0,
+        "the writer's snarfs came again: {end:?}"
+    );
+    let text = format_summary(&sum);
+    assert!(text.contains("live passes"), "{text}");
+    // The backup records the freeze as its source: the next incremental's base point.
+    let info = s.repo.backup(sum.backup.as_str()).expect("backup");
+    let source = Source::parse(&info.source).expect("source");
+    assert_eq!(source.snapshot_epoch, end.desc.epoch);
+    assert_eq!(info.snapshot, "converge");
+    assert!(s.engine.list().is_empty(), "no snapshot is left behind");
+
+    let mut oracle = start;
+    let (mut before, mut after) = (0, 0);
+    for w in &log {
+        if w.epoch <= end.desc.epoch {
+            assert_eq!(after, 0, "the writes before the freeze form a prefix");
+            let at = w.offset as usize;
+            oracle[at..at + w.data.len()].copy_from_slice(&w.data);
+            before += 1;
+        } else {
+            after += 1;
+        }
+    }
+    assert!(
+        before > 0 && after > 0,
+        "writes on both sides of the freeze"
+    );
+    let got = restored(&s.repo, sum.backup.as_str(), "vm.img", size);
+    if got != oracle {
+        let bad = (0..SNARFS)
+            .find(|&i| {
+                let r = (i * SNARF) as usize..((i + 1) * SNARF) as usize;
+                got[r.clone()] != oracle[r]
+            })
+            .unwrap_or(SNARFS);
+        panic!("the backup differs from the volume at its freeze at snarf {bad} ({end:?})");
+    }
+
+    // The next backup reads only what changed since the freeze.
+    s.engine.write(&vol, 5 * SNARF, &[7u8; 10]).expect("write");
+    s.engine.take("after").expect("snapshot");
+    let client = Client::connect(server.socket(), "next job").expect("connect");
+    let mut o = BackupOptions::new("after");
+    o.workers = 2;
+    let next = pipeline::run(&client, &s.repo, &o, &mut NoProgress).expect("incremental");
+    let v = &next.volumes[0];
+    assert!(
+        matches!(&v.kind, VolumeKind::Incremental { base, .. } if base == sum.backup.as_str()),
+        "{:?}",
+        v.kind
+    );
+    // The writer's last writes after the freeze and this one.
+    let since: std::collections::BTreeSet<u64> = log
+        .iter()
+        .filter(|w| w.epoch > end.desc.epoch)
+        .flat_map(|w| w.offset / SNARF..=(w.offset + w.data.len() as u64 - 1) / SNARF)
+        .chain([5])
+        .collect();
+    assert_eq!(
+        v.read,
+        since.len() as u64,
+        "read only the snarfs written since the freeze"
+    );
+}
+
+#[test]
+fn a_converge_job_that_dies_before_its_plan_leaves_no_snapshot() {
+    let s = setup();
+    s.engine.create_volume("v", 4 * SNARF).expect("volume");
+    let server = JobServer::start(s.engine.clone(), &s.engine.store().run_dir()).expect("server");
+    let client = Client::connect(server.socket(), "dies").expect("connect");
+    let desc = crate::jobs::Session::begin_converge(&client).expect("begin");
+    assert!(desc.name.starts_with(".snarf-converge-"), "{}", desc.name);
+    assert_eq!(s.engine.list().len(), 1, "the planning instant is held");
+    drop(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !s.engine.list().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the planning snapshot outlived its job"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
