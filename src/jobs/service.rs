@@ -198,8 +198,9 @@ pub trait Session: Send + Sync {
     }
     /// The backup stored these snarfs (durably).
     fn ack(&self, items: &[AckItem]) -> Result<()>;
-    /// Starts a converge backup: an instant's snapshot under a reserved name to plan on
-    /// (the plan releases it and feeds the job live; see [`super::converge`]).
+    /// Starts a converge backup: describes the live volumes (the plan then takes an
+    /// instant's snapshot to plan on, releases it and feeds the job live; see
+    /// [`super::converge`]).
     fn begin_converge(&self) -> Result<SnapshotDesc> {
         Err(Error::Refused(
             "this end of the job cannot run converge backups".into(),
@@ -237,7 +238,8 @@ enum Converging {
     /// Not a converge job (or not yet).
     #[default]
     No,
-    /// Its planning snapshot is taken, under this reserved name.
+    /// Described (the live volumes, through an instant's snapshot under this reserved
+    /// name, released at once); the plan takes another instant under it.
     Described(String),
     /// Planned: fed live, then from the freeze.
     Running(Box<ConvergeFeed>),
@@ -709,7 +711,7 @@ impl JobService {
                 )))
             }
         };
-        let snap = self.snapshot(&name)?;
+        let snap = self.engine.take_reserved(&name)?;
         let planned = plan::plan(&self.engine, &snap, req);
         let released = self.engine.release(&name);
         *c = Converging::No;
@@ -731,18 +733,6 @@ impl JobService {
     }
 }
 
-impl Drop for JobService {
-    fn drop(&mut self) {
-        // A converge job that ended between its description and its plan leaves its
-        // planning snapshot behind otherwise (the feed releases its own freeze).
-        if let Converging::Described(name) = std::mem::take(&mut *self.converging.lock()) {
-            if let Err(e) = self.engine.release(&name) {
-                log::warn!("releasing the planning snapshot {name} of a converge job: {e}");
-            }
-        }
-    }
-}
-
 impl Session for JobService {
     fn describe(&self, snapshot: &str) -> Result<SnapshotDesc> {
         let snap = self.snapshot(snapshot)?;
@@ -754,10 +744,14 @@ impl Session for JobService {
         if !matches!(*c, Converging::No) || self.active.get().is_some() {
             return Err(Error::Protocol("a job makes one plan".into()));
         }
+        // An instant's snapshot, released at once: nothing is held while the job opens
+        // its repository and finds its bases; the plan takes another instant.
         let name = converge::reserved_name();
         let snap = self.engine.take_reserved(&name)?;
+        let desc = SnapshotDesc::of(&self.engine, &snap);
+        self.engine.release(&name)?;
         *c = Converging::Described(name);
-        Ok(SnapshotDesc::of(&self.engine, &snap))
+        Ok(desc)
     }
 
     fn converged(&self) -> Result<ConvergeEnd> {
