@@ -61,6 +61,16 @@ Where the snapshot comes from:
               releases it (nothing else can write meanwhile, so SNAPSHOT only names the
               backup).
 
+Converge backups (--converge, no SNAPSHOT; `converge` on control/jobs): the job copies the
+live volumes with no snapshot, then copies again, in passes, what was written meanwhile,
+until that is small (4 MiB or 1% of the first pass) or stops shrinking (at most 8 passes).
+It then freezes every volume for an instant, copies from the freeze only what the last pass
+missed, and commits: the backup is the volumes as they were at that freeze, not at its
+start, and holds no old contents of written snarfs until the freeze. The summary gives the
+passes, the bytes copied again and how long the freeze was held. The next incremental reads
+what changed since the freeze. A volume that changes size meanwhile fails the job (nothing
+is committed); a volume created meanwhile is not in it. Needs a format 2 repository.
+
 Incremental backups: a volume's next backup reads only the snarfs changed since its last
 backup in the repository (same store, same volume) and takes the rest from that backup.
 When the changed-snarf tracking was lost (the store was not closed cleanly) everything is

@@ -361,6 +361,41 @@ mod tests {
     }
 
     #[test]
+    fn a_converge_job_on_another_host_names_no_snapshot_there() {
+        let o = SshOptions {
+            rsh: vec!["ssh".into()],
+            remote_path: "/opt/snarf".into(),
+        };
+        let h = SshHost::parse("vault").unwrap();
+        let args = parse(&[
+            "snarf",
+            "backup",
+            "--host",
+            "vault",
+            "--converge",
+            "--",
+            "-m",
+        ]);
+        let far = far_args(&args, "here").unwrap();
+        assert_eq!(
+            far,
+            [
+                "backup",
+                "--remote-job=here",
+                "--mode=auto",
+                "--converge",
+                "--",
+                "-m"
+            ]
+        );
+        let words: Vec<&str> = far.iter().map(String::as_str).collect();
+        let back = far_side(&remote_argv(&h, &o, &words).unwrap());
+        assert!(back.converge);
+        assert_eq!(back.snapshot, None);
+        assert_eq!(back.target, PathBuf::from("-m"));
+    }
+
+    #[test]
     fn defaults_pass_no_repo_and_the_far_side_cannot_chain_hosts() {
         let args = parse(&["snarf", "backup", "--host", "h", "/mnt", "s"]);
         let far = far_args(&args, "here").unwrap();

@@ -31,6 +31,14 @@ pub enum Error {
     /// A schedule written to control/schedule that was not taken.
     #[error(transparent)]
     Schedule(#[from] super::schedule::ScheduleError),
+    /// A converge backup was asked into a format 1 repository.
+    #[error("converge backups need a format 2 repository, and {repo} is format {format}; run snarf repo upgrade {repo} first")]
+    ConvergeNeedsFormat2 {
+        /// The repository.
+        repo: String,
+        /// Its format.
+        format: u32,
+    },
     /// This daemon serves no mount, so a job has nothing to back up from.
     #[error("this daemon cannot start jobs (it is not serving a mount)")]
     NotServing,

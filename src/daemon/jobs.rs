@@ -104,19 +104,32 @@ impl JobManager {
         repository: &Path,
     ) -> Result<String> {
         let launcher = self.launcher.lock().clone().ok_or(Error::NotServing)?;
-        let snap = engine.snapshot(&req.snapshot)?;
-        for v in req.volumes.iter().flatten() {
-            if snap.volume(v).is_none() {
-                return Err(crate::snapshot::Error::NoSuchVolume {
-                    snapshot: req.snapshot.clone(),
-                    volume: v.clone(),
+        if req.converge {
+            // A converge backup copies the live volumes: they must exist now.
+            for v in req.volumes.iter().flatten() {
+                engine.volume(v)?;
+            }
+        } else {
+            let snap = engine.snapshot(&req.snapshot)?;
+            for v in req.volumes.iter().flatten() {
+                if snap.volume(v).is_none() {
+                    return Err(crate::snapshot::Error::NoSuchVolume {
+                        snapshot: req.snapshot.clone(),
+                        volume: v.clone(),
+                    }
+                    .into());
                 }
-                .into());
             }
         }
         // Refused now, with the reason, if it cannot be opened (a missing folder, an ssh
         // host that is down), rather than by a job that fails later.
-        crate::repo::Handle::open_quiet(&crate::repo::Location::of_arg(repository)?)?;
+        let repo = crate::repo::Handle::open_quiet(&crate::repo::Location::of_arg(repository)?)?;
+        if req.converge && repo.format() < 2 {
+            return Err(Error::ConvergeNeedsFormat2 {
+                repo: repo.location(),
+                format: repo.format(),
+            });
+        }
         let id = self.new_id();
         let dir = report::reports_dir(&launcher.run_dir);
         std::fs::create_dir_all(&dir)
