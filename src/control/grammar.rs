@@ -441,7 +441,7 @@ impl Parser<'_> {
 
     /// `converge [repo=...] [volumes=...] [mode=...]`: a backup of the live volumes.
     fn converge(&self) -> Result<BackupRequest, Rejection> {
-        self.backup_options(BackupRequest::converge(), &self.args)
+        self.backup_options(BackupRequest::converge(), self.args)
     }
 
     /// The options of `backup` and `converge`, onto `req`.

@@ -33,7 +33,7 @@ struct Logged {
 }
 
 struct Setup {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     engine: Arc<Engine>,
     repo: Handle,
 }
@@ -63,10 +63,12 @@ fn setup() -> Setup {
         &InitOptions::default(),
     )
     .expect("repo");
-    Setup {
-        _dir: dir,
-        engine,
-        repo,
+    Setup { dir, engine, repo }
+}
+
+impl Setup {
+    fn dir_path(&self) -> &std::path::Path {
+        self.dir.path()
     }
 }
 
@@ -217,4 +219,73 @@ fn a_converge_job_holds_no_snapshot_while_it_opens_its_repository() {
     );
     // A second start on the same connection is refused.
     assert!(crate::jobs::Session::begin_converge(&client).is_err());
+}
+
+/// A plan request for every volume of a converge job's description, in auto mode.
+fn plan_all(desc: &super::plan::SnapshotDesc) -> super::plan::PlanRequest {
+    super::plan::PlanRequest {
+        snapshot: desc.name.clone(),
+        volumes: None,
+        mode: super::vocab::Mode::Auto,
+        bases: Vec::new(),
+    }
+}
+
+#[test]
+fn a_converge_job_that_ends_during_its_freeze_releases_it() {
+    use super::feed::Tier;
+    use super::service::{JobService, Session};
+    let s = setup();
+    let vol = s.engine.create_volume("v", 8 * SNARF).expect("volume");
+    s.engine
+        .write(&vol, 0, &[1u8; 8 * SNARF as usize])
+        .expect("fill");
+    let svc = JobService::new(s.engine.clone(), None);
+    let desc = svc.begin_converge().expect("begin");
+    svc.plan(&plan_all(&desc), s.dir_path()).expect("plan");
+    // The first pass; then a write, so the freeze has something to copy.
+    let first = svc.next(8).expect("next").expect("the first pass");
+    assert_eq!(first.len(), 8);
+    assert!(first.iter().all(|d| d.tier == Tier::Cold));
+    s.engine.write(&vol, 3 * SNARF, b"late").expect("write");
+    let frozen = svc.next(1).expect("next").expect("the frozen pass");
+    assert_eq!(frozen[0].tier, Tier::Urgent, "read from the freeze");
+    assert_eq!(
+        s.engine.list().len(),
+        1,
+        "the freeze is held while it is read"
+    );
+    // The job goes away (killed, cancelled) mid-freeze.
+    drop(svc);
+    assert!(s.engine.list().is_empty(), "the freeze outlived its job");
+    assert_eq!(s.engine.stats().cache.held, 0, "its pre-images are freed");
+}
+
+#[test]
+fn a_volume_that_changes_size_during_a_converge_fails_it_by_name() {
+    use super::service::{JobService, Session};
+    let s = setup();
+    let vol = s.engine.create_volume("db", 8 * SNARF).expect("volume");
+    s.engine
+        .write(&vol, 0, &[2u8; 8 * SNARF as usize])
+        .expect("fill");
+    let svc = JobService::new(s.engine.clone(), None);
+    let desc = svc.begin_converge().expect("begin");
+    svc.plan(&plan_all(&desc), s.dir_path()).expect("plan");
+    assert!(
+        svc.converged().is_err(),
+        "no end before every snarf was sent"
+    );
+    svc.next(2).expect("next");
+    s.engine.resize(&vol, 12 * SNARF).expect("grow");
+    while svc.next(64).expect("next").is_some() {}
+    let e = svc.converged().expect_err("a grown volume");
+    let text = e.to_string();
+    assert!(
+        text.contains("\"db\"")
+            && text.contains("changed size")
+            && text.contains("nothing was committed"),
+        "{text}"
+    );
+    assert!(s.engine.list().is_empty());
 }

@@ -657,6 +657,8 @@ fn transfer_v2(
                     read[d.vol as usize] += 1;
                     prog.done_snarfs += 1;
                     prog.done_bytes += u64::from(d.len);
+                    // A converge copy's later passes add to what it sends.
+                    prog.total_bytes = prog.total_bytes.max(prog.done_bytes);
                 }
                 // Acknowledge what became durable: in batches, or whatever is pending
                 // after a pause.
