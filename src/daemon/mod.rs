@@ -716,6 +716,7 @@ impl Daemon {
         let snapshots = engine
             .list()
             .into_iter()
+            .filter(|info| !crate::snapshot::is_reserved(&info.name))
             .map(|info| {
                 let held = engine
                     .snapshot(&info.name)

@@ -379,6 +379,9 @@ impl SnarfFs {
                 self.looked_up(Node::Volume(vol))
             }
             Node::SnapshotsDir => {
+                if crate::snapshot::is_reserved(name) {
+                    return Err(missing());
+                }
                 let snap = self.engine().snapshot(name).map_err(|_| missing())?;
                 self.looked_up(Node::SnapDir(snap))
             }
@@ -507,6 +510,9 @@ impl SnarfFs {
             }
             Node::SnapshotsDir => {
                 for info in self.engine().list() {
+                    if crate::snapshot::is_reserved(&info.name) {
+                        continue;
+                    }
                     if let Ok(snap) = self.engine().snapshot(&info.name) {
                         out.push(DirEntry {
                             ino: self.inodes.peek(&Node::SnapDir(snap)),
@@ -827,6 +833,11 @@ impl SnarfFs {
                 let name = name
                     .to_str()
                     .ok_or_else(|| FsError::not_found("no such snapshot"))?;
+                if crate::snapshot::is_reserved(name) {
+                    return Err(FsError::not_permitted(
+                        "snapshots named .snarf-… are snarf's own (a converge backup's freeze); cancel the job in control/jobs instead",
+                    ));
+                }
                 Ok(self.engine().release(name)?)
             }
             Node::SnapDir(_) => Err(FsError::read_only("snapshots are read-only")),

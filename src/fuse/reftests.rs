@@ -662,3 +662,30 @@ fn reftest_a_snapshot_outlives_everything_done_to_its_volumes() {
     ];
     run(&ops).unwrap();
 }
+
+/// snarf's own short-lived snapshots (a converge backup's freeze) are neither listed in
+/// snapshots/ nor found there, and nobody can rmdir one from under its job.
+#[test]
+fn reserved_snapshots_are_not_listed_found_or_released_through_the_mount() {
+    let h = Harness::new();
+    let engine = h.fs.daemon().engine().clone();
+    engine
+        .take_reserved(".snarf-converge-1-1")
+        .expect("reserved");
+    engine.take("mine").expect("a user's");
+    let snaps = h.lookup(inode::ROOT, "snapshots").expect("snapshots/");
+    let names: Vec<String> = errno(h.fs.readdir(snaps, 0))
+        .expect("readdir")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(names.contains(&"mine".to_string()), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with(".snarf-")), "{names:?}");
+    assert_eq!(h.lookup(snaps, ".snarf-converge-1-1"), Err(libc::ENOENT));
+    assert_eq!(
+        errno(h.fs.rmdir(snaps, OsStr::new(".snarf-converge-1-1"))),
+        Err(libc::EPERM)
+    );
+    assert_eq!(engine.list().len(), 2, "the freeze is still there");
+    assert_eq!(errno(h.fs.rmdir(snaps, OsStr::new("mine"))), Ok(()));
+}

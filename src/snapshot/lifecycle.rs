@@ -101,7 +101,7 @@ impl Engine {
     /// The freeze of a converge backup: a volatile snapshot under a name no user can
     /// give (`.snarf-…`), so it never clashes with theirs.
     pub(crate) fn take_reserved(&self, name: &str) -> Result<Arc<Snapshot>> {
-        debug_assert!(name.starts_with(".snarf-"));
+        debug_assert!(super::is_reserved(name));
         self.take_named(name, Durability::Volatile)
     }
 

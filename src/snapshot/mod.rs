@@ -104,6 +104,13 @@ use stripes::Stripes;
 use throttle::ThrottleCounters;
 pub use view::{SnapState, SnapVolume, Snapshot};
 
+/// Whether a snapshot name is one snarf gives its own short-lived snapshots (a converge
+/// backup's instants and freeze): names no user can give, which the mount neither lists
+/// nor lets anyone release.
+pub fn is_reserved(name: &str) -> bool {
+    name.starts_with(".snarf-")
+}
+
 /// Errors of the snapshot layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
