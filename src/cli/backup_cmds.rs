@@ -862,7 +862,7 @@ mod tests {
         assert!(args.converge);
         assert_eq!(args.snapshot, None);
         assert_eq!(args.volumes, vec!["--help".to_string()]);
-        assert_eq!(args.job_label(), "converge");
+        assert_eq!(args.job_label(), crate::jobs::CONVERGE_LABEL);
         // A snapshot name and --converge together are refused.
         assert!(Cli::try_parse_from(["snarf", "backup", "--converge", "/m", "s"]).is_err());
         assert!(Cli::try_parse_from(["snarf", "backup", "/m"]).is_err());

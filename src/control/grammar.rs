@@ -454,15 +454,21 @@ impl Parser<'_> {
         let mut seen = BTreeSet::new();
         for word in options {
             let Some((key, value)) = word.split_once('=') else {
-                let after = if req.converge {
-                    "is given to converge, which names no snapshot (it backs up the live volumes),"
+                let (after, quoting) = if req.converge {
+                    (
+                        "is given to converge, which names no snapshot (it backs up the live volumes), and",
+                        "",
+                    )
                 } else {
-                    "follows the snapshot name but"
+                    (
+                        "follows the snapshot name but",
+                        ", and a snapshot name with spaces is quoted",
+                    )
                 };
                 return Err(self.reject(
                     RejectKind::ExtraArgument,
                     format!(
-                        "\"{}\" {after} is not an option; options are written key=value (repo=, volumes=, mode=, type=, keep-last= and the other keep-*=), and a snapshot name with spaces is quoted",
+                        "\"{}\" {after} is not an option; options are written key=value (repo=, volumes=, mode=, type=, keep-last= and the other keep-*=){quoting}",
                         shown(word)
                     ),
                 ));

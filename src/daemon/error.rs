@@ -32,7 +32,7 @@ pub enum Error {
     #[error(transparent)]
     Schedule(#[from] super::schedule::ScheduleError),
     /// A converge backup was asked into a format 1 repository.
-    #[error("converge backups need a format 2 repository, and {repo} is format {format}; run snarf repo upgrade {repo} first")]
+    #[error("converge backups need a format 2 repository, and {repo} is format {format}; upgrade it first with snarf repo upgrade, on the host where it is a local folder")]
     ConvergeNeedsFormat2 {
         /// The repository.
         repo: String,

@@ -95,6 +95,7 @@ fn snapshot_errno(e: &snapshot::Error) -> i32 {
         snapshot::Error::Store(inner) => store_errno(inner),
         snapshot::Error::NoSuchSnapshot(_) | snapshot::Error::NoSuchVolume { .. } => libc::ENOENT,
         snapshot::Error::SnapshotExists(_) => libc::EEXIST,
+        snapshot::Error::VolumeReplaced(_) => libc::ENOENT,
         // A broken snapshot can no longer give the data it promised: an I/O error,
         // as a failed disk would give, with the reason in the log and status.
         snapshot::Error::Broken { .. } => libc::EIO,

@@ -83,6 +83,12 @@ impl ConvergeFeed {
             freeze_name,
             mark,
         )?;
+        // The plan's instant is released: a name that means another volume since fails now.
+        for (v, &id) in planned.iter().zip(run.volume_ids()) {
+            if v.id != id {
+                return Err(crate::snapshot::Error::VolumeReplaced(v.name.clone()).into());
+            }
+        }
         let buf = vec![0u8; engine.store().snarf_size() as usize];
         Ok(ConvergeFeed {
             engine,
@@ -99,8 +105,15 @@ impl ConvergeFeed {
         while out.len() < max.max(1) {
             let Some(p) = self.run.next(&mut self.buf)? else {
                 self.done = true;
+                // A volume that shrank sent fewer snarfs than planned: said here, by name.
+                self.check_sizes()?;
                 break;
             };
+            let v = &self.planned[p.vol];
+            let want = super::plan::snarf_len(v.size, u64::from(v.snarf_size), p.index);
+            if p.index >= v.snarfs || p.len as u64 != want {
+                return Err(changed_size(&v.name, v.size));
+            }
             let bytes = &self.buf[..p.len];
             out.push(SnarfData {
                 vol: p.vol as u32,
@@ -121,16 +134,8 @@ impl ConvergeFeed {
                 "a converge backup's end was asked for before every snarf was sent".into(),
             ));
         };
+        self.check_sizes()?;
         let r = self.run.report();
-        for v in &self.planned {
-            let now = r.sizes.get(&v.name).copied().unwrap_or(v.size);
-            if now != v.size {
-                return Err(Error::Plan(format!(
-                    "volume \"{}\" changed size during the converge backup (from {} to {now} bytes); nothing was committed; run it again, or back up a snapshot instead",
-                    v.name, v.size
-                )));
-            }
-        }
         Ok(ConvergeEnd {
             desc: SnapshotDesc::of(&self.engine, freeze),
             passes: r.passes,
@@ -141,8 +146,27 @@ impl ConvergeFeed {
         })
     }
 
+    /// Every volume has its planned size at the freeze (the backup's tables were laid
+    /// out for it).
+    fn check_sizes(&self) -> Result<()> {
+        let sizes = &self.run.report().sizes;
+        for v in &self.planned {
+            if sizes.get(&v.name).is_some_and(|&now| now != v.size) {
+                return Err(changed_size(&v.name, v.size));
+            }
+        }
+        Ok(())
+    }
+
     /// The final freeze, once released: the snapshot the backup is a copy of.
     pub fn freeze(&self) -> Option<&Arc<crate::snapshot::Snapshot>> {
         self.run.freeze()
     }
+}
+
+/// The error of a volume whose size changed during the copy.
+fn changed_size(name: &str, planned: u64) -> Error {
+    Error::Plan(format!(
+        "volume \"{name}\" changed size during the converge backup (it was {planned} bytes); nothing was committed; run it again, or back up a snapshot instead"
+    ))
 }

@@ -330,8 +330,7 @@ fn run_job(
     let start = Instant::now();
     if opts.converge {
         return Err(Error::Plan(format!(
-            "converge backups need a format 2 repository, and {} is format 1; run snarf repo upgrade {} first",
-            repo.path().display(),
+            "converge backups need a format 2 repository, and {} is format 1; upgrade it first with snarf repo upgrade {0}",
             repo.path().display()
         )));
     }
@@ -598,6 +597,13 @@ fn transfer_v2(
     let to_send: u64 = plan.volumes.iter().map(|v| v.to_send).sum();
     let zeros = vec![0u8; plan.volumes.iter().map(|v| v.snarf_size).max().unwrap_or(0) as usize];
     let mut read = vec![0u64; plan.volumes.len()];
+    // A converge copy's snarfs sent so far, per volume (bits in proportion to the runs).
+    let mut converged: Option<Vec<SnarfSet>> = opts.converge.then(|| {
+        plan.volumes
+            .iter()
+            .map(|v| SnarfSet::new(v.snarfs))
+            .collect()
+    });
     let (mut bytes_read, mut zero_bytes, mut received) = (0u64, 0u64, 0u64);
     let mut last_progress = Instant::now();
     let mut pending: Vec<AckItem> = Vec::new();
@@ -654,7 +660,17 @@ fn transfer_v2(
                     if d.data.is_none() {
                         zero_bytes += u64::from(d.len);
                     }
-                    read[d.vol as usize] += 1;
+                    // A converge copy sends a snarf again each pass it was written in:
+                    // the summary counts it once.
+                    let again = converged.as_mut().is_some_and(|sets| {
+                        let set = &mut sets[d.vol as usize];
+                        let seen = set.contains(d.snarf);
+                        set.insert(d.snarf);
+                        seen
+                    });
+                    if !again {
+                        read[d.vol as usize] += 1;
+                    }
                     prog.done_snarfs += 1;
                     prog.done_bytes += u64::from(d.len);
                     // A converge copy's later passes add to what it sends.

@@ -696,6 +696,43 @@ fn trailer_v2(repo: &v2::Repository, r: &v2::chunk::ChunkRef) -> Result<HashSet<
     Ok(entries.into_iter().map(StoredChunk::V2).collect())
 }
 
+/// A converge job's planning instant: released when dropped, whatever happened (a failed
+/// or panicking plan included), since no user can release a reserved snapshot.
+struct PlanningInstant {
+    engine: Arc<Engine>,
+    name: String,
+    snap: Arc<Snapshot>,
+    held: bool,
+}
+
+impl PlanningInstant {
+    fn take(engine: &Arc<Engine>, name: &str) -> Result<PlanningInstant> {
+        Ok(PlanningInstant {
+            engine: engine.clone(),
+            name: name.to_string(),
+            snap: engine.take_reserved(name)?,
+            held: true,
+        })
+    }
+
+    /// Releases it; returns the snapshot (its epoch is the first pass's mark).
+    fn release(mut self) -> Result<Arc<Snapshot>> {
+        self.held = false;
+        self.engine.release(&self.name)?;
+        Ok(self.snap.clone())
+    }
+}
+
+impl Drop for PlanningInstant {
+    fn drop(&mut self) {
+        if self.held {
+            if let Err(e) = self.engine.release(&self.name) {
+                log::warn!("releasing {}: {e}", self.name);
+            }
+        }
+    }
+}
+
 impl JobService {
     /// The plan of a converge job (`None`: the request is not one): made on its planning
     /// snapshot, which is released at once; the feed then reads live after its epoch.
@@ -704,19 +741,17 @@ impl JobService {
         let name = match &*c {
             Converging::Described(name) if *name == req.snapshot => name.clone(),
             Converging::No => return Ok(None),
-            _ => {
-                return Err(Error::Protocol(format!(
-                    "a converge job plans on its own snapshot, not \"{}\"",
-                    req.snapshot
-                )))
+            Converging::Running(_) => return Err(Error::Protocol("a job makes one plan".into())),
+            Converging::Described(_) => {
+                return Err(Error::Protocol(
+                    "a converge job plans on the description its converge request got".into(),
+                ))
             }
         };
-        let snap = self.engine.take_reserved(&name)?;
-        let planned = plan::plan(&self.engine, &snap, req);
-        let released = self.engine.release(&name);
         *c = Converging::No;
-        let (planned, volumes) = planned?;
-        released?;
+        let instant = PlanningInstant::take(&self.engine, &name)?;
+        let (planned, volumes) = plan::plan(&self.engine, &instant.snap, req)?;
+        let snap = instant.release()?;
         let sets: Vec<_> = volumes.iter().map(|v| v.only.clone()).collect();
         let feed = ConvergeFeed::start(
             self.engine.clone(),
@@ -747,9 +782,9 @@ impl Session for JobService {
         // An instant's snapshot, released at once: nothing is held while the job opens
         // its repository and finds its bases; the plan takes another instant.
         let name = converge::reserved_name();
-        let snap = self.engine.take_reserved(&name)?;
-        let desc = SnapshotDesc::of(&self.engine, &snap);
-        self.engine.release(&name)?;
+        let instant = PlanningInstant::take(&self.engine, &name)?;
+        let desc = SnapshotDesc::of(&self.engine, &instant.snap);
+        instant.release()?;
         *c = Converging::Described(name);
         Ok(desc)
     }

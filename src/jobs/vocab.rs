@@ -98,8 +98,9 @@ impl BackupRequest {
 }
 
 /// What a converge backup is called where a snapshot's name would stand (listings, the
-/// backup's recorded snapshot).
-pub const CONVERGE_LABEL: &str = "converge";
+/// backup's recorded snapshot), in parentheses so that a user's snapshot called
+/// `converge` reads differently in a listing.
+pub const CONVERGE_LABEL: &str = "(converge)";
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

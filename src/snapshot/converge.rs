@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Engine, Error, Result, Snapshot, SnarfSet};
-use crate::store::Volume;
+use crate::store::{self, Volume};
 
 /// When a converge copy stops copying live and freezes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -86,6 +86,9 @@ pub struct Converge {
     policy: ConvergePolicy,
     freeze_name: String,
     names: Vec<String>,
+    /// Each volume's id when the copy started: a name that comes to mean another volume
+    /// (renamed over, deleted and made again) fails the copy.
+    ids: Vec<u64>,
     /// The current pass's snarfs, per volume position.
     todo: Vec<SnarfSet>,
     /// Where the current pass is: volume position, next index to look at.
@@ -126,11 +129,13 @@ impl Converge {
             .iter()
             .map(|n| engine.volume(n))
             .collect::<Result<Vec<_>>>()?;
+        let ids = live.iter().map(|v| v.id()).collect();
         Ok(Converge {
             engine,
             policy,
             freeze_name: freeze_name.to_string(),
             names,
+            ids,
             todo,
             at: (0, 0),
             live,
@@ -141,6 +146,26 @@ impl Converge {
             froze: None,
             report: ConvergeReport::default(),
         })
+    }
+
+    /// Each volume's id, as the copy started (in the order of the list it started with).
+    pub fn volume_ids(&self) -> &[u64] {
+        &self.ids
+    }
+
+    /// The live volumes by name, each checked to be the volume the copy started with.
+    fn resolve(&self) -> Result<Vec<Arc<Volume>>> {
+        self.names
+            .iter()
+            .zip(&self.ids)
+            .map(|(n, &id)| {
+                let v = self.engine.volume(n)?;
+                if v.id() != id {
+                    return Err(Error::VolumeReplaced(n.clone()));
+                }
+                Ok(v)
+            })
+            .collect()
     }
 
     /// What the copy did so far (complete once [`Converge::next`] gave `None`).
@@ -249,11 +274,7 @@ impl Converge {
         }
         self.last_dirty = dirty_bytes;
         self.mark = self.engine.mark_epoch();
-        self.live = self
-            .names
-            .iter()
-            .map(|n| self.engine.volume(n))
-            .collect::<Result<Vec<_>>>()?;
+        self.live = self.resolve()?;
         self.todo = dirty;
         Ok(())
     }
@@ -264,13 +285,16 @@ impl Converge {
         let snap = self.engine.take_reserved(&self.freeze_name)?;
         self.report.freeze_epoch = snap.epoch();
         let mut todo = Vec::with_capacity(self.names.len());
-        for name in &self.names {
-            let Some(sv) = snap.volume(name) else {
-                let _ = self.engine.release(&self.freeze_name);
-                return Err(Error::NoSuchVolume {
-                    snapshot: self.freeze_name.clone(),
-                    volume: name.clone(),
-                });
+        for (name, &id) in self.names.iter().zip(&self.ids) {
+            let sv = match snap.volume(name) {
+                Some(sv) if sv.volume.id() == id => sv,
+                other => {
+                    let _ = self.engine.release(&self.freeze_name);
+                    return Err(match other {
+                        Some(_) => Error::VolumeReplaced(name.clone()),
+                        None => store::Error::NoSuchVolume(name.clone()).into(),
+                    });
+                }
             };
             self.report.sizes.insert(name.clone(), sv.attr.size);
             let count = sv.snarf_count();

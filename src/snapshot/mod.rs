@@ -131,6 +131,9 @@ pub enum Error {
         /// The volume asked for.
         volume: String,
     },
+    /// A volume a converge copy was copying now names another volume.
+    #[error("volume \"{0}\" was replaced during a converge backup (another volume was renamed over it, or it was deleted and made again); nothing was committed; run the backup again")]
+    VolumeReplaced(String),
     /// The snapshot was broken to protect live writers.
     #[error("snapshot \"{name}\" is broken and can no longer be read: {reason}; release it and take a new one")]
     Broken {
