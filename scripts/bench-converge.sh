@@ -58,7 +58,7 @@ load_args=(--name=load --filename="$vol" --size="$size" --rw=randwrite --bsrange
   --rate="$load_rate" --ioengine=psync --time_based --output-format=terse --terse-version=3)
 load() { fio "${load_args[@]}" --runtime="$1" --output="$2" >/dev/null 2>&1; }
 # The write bandwidth in MiB/s of a terse fio report.
-mibs() { awk -F';' '{ printf "%.1f", $48 / 1024 }' "$1"; }
+mibs() { awk -F';' 'NF > 50 { v = $48 } END { printf "%.1f", v / 1024 }' "$1"; }
 
 # Held old contents in bytes (memory + disk tiers) now.
 held() {
@@ -69,14 +69,22 @@ print(s["preimage_memory"]["used"] + s["preimage_disk"]["used"])
 PY
 }
 
-# Runs one backup under the load: prints "seconds peak_bytes load_MiB/s", leaves its
-# output in $work/out.
+# Runs one backup under the load, 2 s after the load started: `under_load snapshot ARGS`
+# takes a snapshot then and backs it up, `under_load converge ARGS` runs a converge
+# backup. Prints "seconds peak_bytes load_MiB/s"; leaves the job's output in $work/out.
 under_load() {
-  local out=$work/load.out peak=0 h t0 t1 job
+  local kind=$1 out=$work/load.out peak=0 h t0 t1 job
+  shift
   fio "${load_args[@]}" --runtime=600 --output="$out" >/dev/null 2>&1 &
   fio_pid=$!
   sleep 2
   t0=$(now)
+  if [ "$kind" = snapshot ]; then
+    mkdir "$mnt/snapshots/s"
+    set -- "$mnt" s "$@"
+  else
+    set -- "$mnt" --converge "$@"
+  fi
   "$snarf" backup "$@" --repo "$repo" >"$work/out" 2>/dev/null &
   job=$!
   while kill -0 "$job" 2>/dev/null; do
@@ -85,6 +93,7 @@ under_load() {
   done
   wait "$job"
   t1=$(now)
+  if [ "$kind" = snapshot ]; then rmdir "$mnt/snapshots/s"; fi
   kill -INT "$fio_pid" 2>/dev/null || true
   wait "$fio_pid" 2>/dev/null || true
   fio_pid=
@@ -97,12 +106,10 @@ base_load=$(mibs "$work/alone.out")
 echo "load alone: $base_load MiB/s"
 
 # A first full backup, so both measured backups are incrementals of the same kind.
-"$snarf" backup "$mnt" --converge --repo "$repo" >/dev/null
-mkdir "$mnt/snapshots/s1"
-read -r snap_s snap_peak snap_load < <(under_load "$mnt" s1)
-rmdir "$mnt/snapshots/s1"
+"$snarf" backup "$mnt" --converge --repo "$repo" >/dev/null 2>&1
+read -r snap_s snap_peak snap_load < <(under_load snapshot)
 echo "snapshot backup under load: $snap_s s, old contents held at peak $((snap_peak >> 20)) MiB, load $snap_load MiB/s ($(ratio "$snap_load" "$base_load")x alone)"
-read -r conv_s conv_peak conv_load < <(under_load "$mnt" --converge)
+read -r conv_s conv_peak conv_load < <(under_load converge)
 echo "converge backup under load: $conv_s s, old contents held at peak $((conv_peak >> 20)) MiB, load $conv_load MiB/s ($(ratio "$conv_load" "$base_load")x alone)"
 sed -n 's/^converged/  converged/p' "$work/out"
 echo
@@ -110,10 +117,8 @@ echo "converge / snapshot time: $(ratio "$conv_s" "$snap_s")x"
 echo "converge / snapshot peak old contents held: $conv_peak / $snap_peak bytes"
 
 # A full backup of each kind too, where the copy is long.
-mkdir "$mnt/snapshots/s2"
-read -r fsnap_s fsnap_peak fsnap_load < <(under_load "$mnt" s2 --mode full)
-rmdir "$mnt/snapshots/s2"
-read -r fconv_s fconv_peak fconv_load < <(under_load "$mnt" --converge --mode full)
+read -r fsnap_s fsnap_peak fsnap_load < <(under_load snapshot --mode full)
+read -r fconv_s fconv_peak fconv_load < <(under_load converge --mode full)
 echo "full snapshot backup under load: $fsnap_s s, peak held $((fsnap_peak >> 20)) MiB, load $(ratio "$fsnap_load" "$base_load")x alone"
 echo "full converge backup under load: $fconv_s s, peak held $((fconv_peak >> 20)) MiB, load $(ratio "$fconv_load" "$base_load")x alone"
 sed -n 's/^converged/  converged/p' "$work/out"
