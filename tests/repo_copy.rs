@@ -1,8 +1,8 @@
 //! `snarf copy SRC DST` from the command line: backups copied local→local, plain→encrypted,
 //! encrypted→encrypted under another key, local→ssh (a real sshd) and local→S3→local (the S3
 //! test server), each restored byte-exact from DST and `check --read-data` clean; copying
-//! twice sends nothing the second time; a copy killed part way sends only the rest when run
-//! again; a wrong or missing source passphrase is refused naming the repository.
+//! twice sends nothing the second time; a copy killed part way (into a folder, S3 or over
+//! ssh) sends only the rest when run again; a wrong or missing source passphrase is refused naming the repository.
 
 mod common;
 #[path = "common/s3server.rs"]
@@ -376,69 +376,126 @@ fn pack_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-#[test]
-fn a_copy_killed_half_way_sends_only_the_rest_when_run_again() {
-    const PACK: u64 = 1 << 20;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src");
+/// A source repository holding one backup of 16 MiB that does not compress.
+fn big_source(dir: &Path) -> (PathBuf, Vec<Made>) {
+    let src = dir.join("src");
     let none = Env::new();
     init_repo(s(&src), false, &[], &none);
-    let store = dir.path().join("store");
+    let store = dir.join("store");
     ok(&["init", s(&store), "--repo", s(&src)], &none);
-    // 16 MiB that does not compress: 16 packs of 1 MiB in DST.
     let mut v = vec![0u8; 16 << 20];
     rand_chacha::ChaCha8Rng::seed_from_u64(46).fill_bytes(&mut v);
     std::fs::write(store.join("volumes/big.img"), &v).expect("write");
     let id = backup_id(&ok(&["backup", s(&store), "big"], &none));
-    let made = [Made {
+    let made = vec![Made {
         id,
         volumes: vec![("big.img".into(), v)],
     }];
+    (src, made)
+}
+
+const PACK: u64 = 1 << 20;
+
+/// Copies `src` into `whole` in one run, then into `dst` killed (SIGKILL) right after its
+/// 8th pack of about 16 is uploaded, then into `dst` again: the rerun sends only about
+/// the rest. `left` measures what the killed run left in DST's packs, where the test can
+/// see them (a local folder; the far folder of an ssh repository).
+fn killed_copy_resumes(
+    src: &Path,
+    made: &[Made],
+    (whole, dst): (&str, &str),
+    encrypted: bool,
+    env: &Env,
+    left: &dyn Fn() -> Option<u64>,
+) {
+    let pack_size = PACK.to_string();
+    init_repo(whole, encrypted, &["--pack-size", &pack_size], env);
+    let r = copy(s(src), whole, &[], env);
+    let all = sent_stored(&r);
+    assert!(all >= 16 << 20, "{r}");
+
+    init_repo(dst, encrypted, &["--pack-size", &pack_size], env);
+    let (code, out, err) = run(
+        &["copy", s(src), dst],
+        &with(env, &[("SNARF_FAULT_POINT", "finish.packs#8")]),
+    );
+    assert_eq!(code, -1, "killed by its fault point: {out}{err}");
+    assert_eq!(headers(dst, env), Vec::<Value>::new(), "nothing committed");
+    let left = left();
+    if let Some(left) = left {
+        assert!(
+            (7 * PACK..=9 * PACK).contains(&left),
+            "{dst}: about half is in DST's packs: {left}"
+        );
+    }
+    // Again: the packs left are adopted, only the rest is sent.
+    let r = copy(s(src), dst, &[], env);
+    let rest = sent_stored(&r);
+    assert_eq!(count(&r, "copied"), 1, "{r}");
+    assert!(
+        rest <= all * 6 / 10,
+        "{dst}: the rerun sent {rest} of {all}"
+    );
+    if let Some(left) = left {
+        assert!(
+            rest + left <= all + 2 * PACK,
+            "{dst}: at most about a pack's worth redone: sent {rest} + left {left} vs {all} in one run"
+        );
+    }
+    verify(dst, made, env);
+    eprintln!(
+        "{dst} (encrypted={encrypted}): one run sent {all} bytes; killed left {left:?}, the rerun sent {rest}"
+    );
+}
+
+#[test]
+fn a_copy_killed_half_way_sends_only_the_rest_when_run_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, made) = big_source(dir.path());
     for encrypted in [false, true] {
         let env = if encrypted {
             vec![("SNARF_PASSWORD", "delta delta".to_string())]
         } else {
-            none.clone()
+            Env::new()
         };
-        let pack_size = PACK.to_string();
         let whole = dir.path().join(format!("whole-{encrypted}"));
-        init_repo(s(&whole), encrypted, &["--pack-size", &pack_size], &env);
-        let r = copy(s(&src), s(&whole), &[], &env);
-        let all = sent_stored(&r);
-        assert!(all >= 16 << 20, "{r}");
-
-        // Killed (SIGKILL) right after its 8th pack of about 16 is uploaded.
         let dst = dir.path().join(format!("dst-{encrypted}"));
-        init_repo(s(&dst), encrypted, &["--pack-size", &pack_size], &env);
-        let (code, out, err) = run(
-            &["copy", s(&src), s(&dst)],
-            &with(&env, &[("SNARF_FAULT_POINT", "finish.packs#8")]),
-        );
-        assert_eq!(code, -1, "killed by its fault point: {out}{err}");
-        assert_eq!(
-            headers(s(&dst), &env),
-            Vec::<Value>::new(),
-            "nothing committed"
-        );
-        let left = pack_bytes(&dst);
-        assert!(
-            (7 * PACK..=9 * PACK).contains(&left),
-            "about half is in DST's packs: {left}"
-        );
+        let left = || Some(pack_bytes(&dst));
+        killed_copy_resumes(&src, &made, (s(&whole), s(&dst)), encrypted, &env, &left);
+    }
+}
 
-        // Again: the packs left are adopted, only the rest is sent.
-        let r = copy(s(&src), s(&dst), &[], &env);
-        let rest = sent_stored(&r);
-        assert_eq!(count(&r, "copied"), 1, "{r}");
-        assert!(
-            rest + left <= all + 2 * PACK,
-            "at most about a pack's worth redone: sent {rest} + left {left} vs {all} in one run"
-        );
-        assert!(rest <= all * 6 / 10, "sent {rest} of {all}");
-        eprintln!(
-            "encrypted={encrypted}: one run sent {all} bytes; killed left {left}, the rerun sent {rest}"
-        );
-        verify(s(&dst), &made, &env);
+#[test]
+fn a_copy_to_s3_or_over_ssh_killed_half_way_sends_only_the_rest_when_run_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, made) = big_source(dir.path());
+    if s3server::available() {
+        let server = s3server::S3Server::start();
+        server.create_bucket("resume");
+        for encrypted in [false, true] {
+            let mut env = server.env();
+            if encrypted {
+                env.push(("SNARF_PASSWORD", "kilo kilo".into()));
+            }
+            let (whole, dst) = (
+                format!("s3://resume/whole-{encrypted}"),
+                format!("s3://resume/dst-{encrypted}"),
+            );
+            killed_copy_resumes(&src, &made, (&whole, &dst), encrypted, &env, &|| None);
+        }
+    }
+    if sshd::available() {
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_snarf"));
+        let far = tempfile::tempdir().expect("tempdir");
+        let server = sshd::Sshd::start(&bin, far.path());
+        let env: Env = vec![
+            ("SNARF_RSH", server.rsh_string(&server.user_key)),
+            ("SNARF_REMOTE_PATH", bin.display().to_string()),
+        ];
+        let whole = server.url(s(&far.path().join("whole")));
+        let dst = server.url(s(&far.path().join("dst")));
+        let left = || Some(pack_bytes(&far.path().join("dst")));
+        killed_copy_resumes(&src, &made, (&whole, &dst), false, &env, &left);
     }
 }
 

@@ -94,24 +94,15 @@ impl Location {
                 if create {
                     b.create_layout()?;
                 }
-                #[cfg(feature = "fault-injection")]
-                {
-                    use super::fault;
-                    if std::env::var_os(fault::ENV).is_some()
-                        || std::env::var_os(fault::CENSUS_ENV).is_some()
-                    {
-                        return Ok(Arc::new(super::backend::faulty::Faulty::new(b)));
-                    }
-                }
-                Arc::new(b)
+                faulty(b)
             }
-            Location::Ssh(t) => Arc::new(SshBackend::connect(
+            Location::Ssh(t) => faulty(SshBackend::connect(
                 t,
                 &SshOptions::from_env(None)?,
                 create,
             )?),
             // A bucket has no folders to make: keys are created as they are written.
-            Location::S3(u) => Arc::new(S3Backend::from_env(u)?),
+            Location::S3(u) => faulty(S3Backend::from_env(u)?),
         })
     }
 
@@ -136,6 +127,19 @@ impl std::fmt::Display for Location {
             Location::S3(u) => write!(f, "{}", u.url()),
         }
     }
+}
+
+/// The backend, as a fault-point decorator when a fault point or census is armed (test
+/// builds only), so the crash suites kill at every durable step on every kind of backend.
+fn faulty<B: Backend + 'static>(b: B) -> Arc<dyn Backend> {
+    #[cfg(feature = "fault-injection")]
+    {
+        use super::fault;
+        if std::env::var_os(fault::ENV).is_some() || std::env::var_os(fault::CENSUS_ENV).is_some() {
+            return Arc::new(super::backend::faulty::Faulty::new(b));
+        }
+    }
+    Arc::new(b)
 }
 
 #[cfg(test)]
