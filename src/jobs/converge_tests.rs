@@ -157,6 +157,9 @@ fn a_converge_backup_under_a_writer_restores_to_the_volume_at_its_final_freeze()
     let source = Source::parse(&info.source).expect("source");
     assert_eq!(source.snapshot_epoch, end.desc.epoch);
     assert_eq!(info.snapshot, crate::jobs::CONVERGE_LABEL);
+    // The summary's counts are the committed backup's, its last pack included.
+    assert_eq!(sum.new_stored_bytes, info.stats.new_stored_bytes);
+    assert_eq!(sum.new_chunks, info.stats.new_chunks);
     assert!(s.engine.list().is_empty(), "no snapshot is left behind");
 
     let mut oracle = start;

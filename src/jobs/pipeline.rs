@@ -526,12 +526,19 @@ fn run_v2(
         }
     };
     session.committing();
-    let stats = writer.stats();
     let (id, last) = match writer.commit_reporting() {
         Ok(done) => done,
         Err(e) => {
             session.abort(&e.chain().to_string());
             return Err(e.into());
+        }
+    };
+    // What the commit recorded: its last frames and pack are counted only there.
+    let stats = match repo.backup(id.as_str()) {
+        Ok(b) => b.stats,
+        Err(e) => {
+            log::warn!("reading back committed backup {id}: {}", e.chain());
+            crate::repo::BackupStats::default()
         }
     };
     // The last pack was sealed by commit: acknowledge its snarfs too.

@@ -18,7 +18,7 @@
 //! A tampered byte anywhere makes opening fail; callers turn that into an error that names
 //! the object, never into wrong data.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use zeroize::{Zeroize, Zeroizing};
 

@@ -148,7 +148,7 @@ impl KeySlot {
         let label: String = label.chars().filter(|c| !c.is_control()).collect();
         let wrapped = Aes256Gcm::new((&*k).into())
             .encrypt(
-                Nonce::from_slice(&nonce),
+                &Nonce::from(nonce),
                 Payload {
                     msg: &master.bytes()[..],
                     aad: &slot_ad(slot_id, created, &host, &label),
@@ -185,8 +185,9 @@ impl KeySlot {
             .filter(|w| w.len() == KEY_LEN + 16)
             .ok_or_else(|| bad("wrapped key"))?;
         let k = kek(passphrase, &salt, &self.cost)?;
+        let nonce = Nonce::try_from(&nonce[..]).map_err(|_| bad("nonce"))?;
         match Aes256Gcm::new((&*k).into()).decrypt(
-            Nonce::from_slice(&nonce),
+            &nonce,
             Payload {
                 msg: &wrapped,
                 aad: &slot_ad(slot_id, self.created, &self.host, &self.label),
