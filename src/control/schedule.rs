@@ -319,6 +319,22 @@ mod tests {
         assert_eq!(parse_strict(b"# only a comment\n"), Ok(vec![]));
     }
 
+    #[test]
+    fn a_line_may_run_a_converge_backup() {
+        let s = parse_schedule(b"30 1 * * * converge volumes=vm.img repo=/srv/repo keep-daily=7\n");
+        assert_eq!(s.errors, []);
+        let r = &s.lines[0].job.request;
+        assert!(r.converge, "{r:?}");
+        assert_eq!(r.kind, ProcType::Cron);
+        assert_eq!(r.volumes, Some(vec!["vm.img".to_string()]));
+        assert!(!s.lines[0].job.auto_snapshot);
+        // It names no snapshot, so snapshot=auto has nothing to stand for.
+        assert!(matches!(
+            problem("0 2 * * * converge snapshot=auto"),
+            LineProblem::Job(_)
+        ));
+    }
+
     fn problem(text: &str) -> LineProblem {
         let s = parse_schedule(text.as_bytes());
         assert_eq!(s.lines, [], "{text}");
