@@ -270,45 +270,14 @@ fn a_converge_backup_under_a_writer_process_restores_a_prefix_of_its_writes() {
 
     // Through control/jobs, while the writer goes on: an incremental from the first.
     let before2 = writer.logged();
-    let answer = {
-        use std::io::{Read, Seek};
-        let mut f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(m.path("control/jobs"))
-            .unwrap();
-        f.write_all(format!("converge repo={}\n", repo.display()).as_bytes())
-            .unwrap();
-        f.rewind().unwrap();
-        let mut a = String::new();
-        f.read_to_string(&mut a).unwrap();
-        a
-    };
+    let (errno, answer) = m.write_control("jobs", &format!("converge repo={}\n", repo.display()));
+    assert_eq!(errno, 0, "{answer}");
     let job = answer.trim().to_string();
-    let row = loop {
-        let table = fs::read_to_string(m.path("control/jobs")).unwrap();
-        let row = table
-            .lines()
-            .find(|l| l.starts_with(&job))
-            .unwrap_or_else(|| panic!("job {job} not listed: {table}"))
-            .to_string();
-        if row.contains(" done ") || row.contains(" failed ") {
-            break row;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the job never ended: {table}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let row = m.wait_job(&job, Duration::from_secs(120));
     let after2 = writer.logged();
     let log = writer.finish();
     assert!(row.contains(" done ") && row.contains("converge"), "{row}");
-    let report = snarf::jobs::report::JobReport::read(&snarf::jobs::report::report_path(
-        &m.store.join("run"),
-        &job,
-    ))
-    .expect("report file");
+    let report = m.job_report(&job);
     let id2 = report.backup_id.expect("backup id in the report");
     let summary = report.summary.unwrap_or_default();
     assert!(

@@ -13,7 +13,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mounted::{read, snarf_ok, Mounted};
 use s3server::S3Server;
@@ -40,25 +40,8 @@ fn run_job(m: &Mounted, command: &str) -> (String, String, String) {
     let (errno, answer) = m.write_control("jobs", command);
     assert_eq!(errno, 0, "{command}: {answer}");
     let job = answer.trim().to_string();
-    let start = Instant::now();
-    let row = loop {
-        let table = fs::read_to_string(m.path("control/jobs")).unwrap();
-        if let Some(row) = table.lines().find(|l| l.starts_with(&job)) {
-            if row.contains(" done ") || row.contains(" failed ") {
-                break row.to_string();
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "job {job} never ended: {table}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let report = snarf::jobs::report::JobReport::read(&snarf::jobs::report::report_path(
-        &m.store.join("run"),
-        &job,
-    ))
-    .expect("report file");
+    let row = m.wait_job(&job, Duration::from_secs(120));
+    let report = m.job_report(&job);
     let summary = format!(
         "{}{}",
         report.summary.unwrap_or_default(),

@@ -19,18 +19,12 @@ use super::progress::{format_summary, NoProgress};
 use super::JobServer;
 use crate::repo::handle::InitOptions;
 use crate::repo::{Handle, Location};
+use crate::snapshot::converge_tests::{first_difference, replay_to, Logged};
 use crate::snapshot::{Engine, EngineOptions};
 use crate::store::{Budgets, Durability, InitOptions as StoreInit, Store};
 
 const SNARF: u64 = 16 << 10;
 const SNARFS: u64 = 192;
-
-/// One write the writer made and the epoch it landed in.
-struct Logged {
-    offset: u64,
-    data: Vec<u8>,
-    epoch: u64,
-}
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -162,30 +156,9 @@ fn a_converge_backup_under_a_writer_restores_to_the_volume_at_its_final_freeze()
     assert_eq!(sum.new_chunks, info.stats.new_chunks);
     assert!(s.engine.list().is_empty(), "no snapshot is left behind");
 
-    let mut oracle = start;
-    let (mut before, mut after) = (0, 0);
-    for w in &log {
-        if w.epoch <= end.desc.epoch {
-            assert_eq!(after, 0, "the writes before the freeze form a prefix");
-            let at = w.offset as usize;
-            oracle[at..at + w.data.len()].copy_from_slice(&w.data);
-            before += 1;
-        } else {
-            after += 1;
-        }
-    }
-    assert!(
-        before > 0 && after > 0,
-        "writes on both sides of the freeze"
-    );
+    let oracle = replay_to(start, &log, end.desc.epoch);
     let got = restored(&s.repo, sum.backup.as_str(), "vm.img", size);
-    if got != oracle {
-        let bad = (0..SNARFS)
-            .find(|&i| {
-                let r = (i * SNARF) as usize..((i + 1) * SNARF) as usize;
-                got[r.clone()] != oracle[r]
-            })
-            .unwrap_or(SNARFS);
+    if let Some(bad) = first_difference(&got, &oracle, SNARF as usize) {
         panic!("the backup differs from the volume at its freeze at snarf {bad} ({end:?})");
     }
 

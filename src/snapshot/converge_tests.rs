@@ -17,10 +17,41 @@ const SNARF: u64 = 4096;
 const SNARFS: u64 = 256;
 
 /// One write the writer made: where, what, and the epoch it landed in.
-struct Logged {
-    offset: u64,
-    data: Vec<u8>,
-    epoch: u64,
+pub(crate) struct Logged {
+    pub(crate) offset: u64,
+    pub(crate) data: Vec<u8>,
+    pub(crate) epoch: u64,
+}
+
+/// `start` with every logged write of an epoch at or before `freeze` replayed; asserts those
+/// writes form a prefix of the log and that writes landed on both sides of the freeze.
+pub(crate) fn replay_to(mut start: Vec<u8>, log: &[Logged], freeze: u64) -> Vec<u8> {
+    let (mut before, mut after) = (0, 0);
+    for w in log {
+        if w.epoch <= freeze {
+            assert_eq!(after, 0, "writes before the freeze form a prefix");
+            let at = w.offset as usize;
+            start[at..at + w.data.len()].copy_from_slice(&w.data);
+            before += 1;
+        } else {
+            after += 1;
+        }
+    }
+    assert!(
+        before > 0 && after > 0,
+        "writes on both sides of the freeze"
+    );
+    start
+}
+
+/// The first snarf of `snarf` bytes where `got` and `want` differ (`None`: equal).
+pub(crate) fn first_difference(got: &[u8], want: &[u8], snarf: usize) -> Option<usize> {
+    (got != want).then(|| {
+        got.chunks(snarf)
+            .zip(want.chunks(snarf))
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(want.len()) / snarf)
+    })
 }
 
 /// Keeps the last copy of each snarf, and checks no pre-image is held before the freeze.
@@ -124,31 +155,9 @@ fn run(seed: u64, pause: Duration, delay: Duration, policy: ConvergePolicy) -> C
     thread::sleep(Duration::from_millis(20));
     stop.store(true, Ordering::Relaxed);
     let log = writer.join().expect("writer");
-    let mut oracle = start;
-    let mut before = 0;
-    let mut after = 0;
-    for w in &log {
-        if w.epoch <= report.freeze_epoch {
-            assert_eq!(after, 0, "writes before the freeze form a prefix");
-            let at = w.offset as usize;
-            oracle[at..at + w.data.len()].copy_from_slice(&w.data);
-            before += 1;
-        } else {
-            after += 1;
-        }
-    }
-    assert!(
-        before > 0 && after > 0,
-        "writes on both sides of the freeze"
-    );
+    let oracle = replay_to(start, &log, report.freeze_epoch);
     assert_eq!(report.sizes.get("v"), Some(&(SNARFS * SNARF)));
-    if copy.image != oracle {
-        let bad = (0..SNARFS)
-            .find(|&i| {
-                let r = (i * SNARF) as usize..((i + 1) * SNARF) as usize;
-                copy.image[r.clone()] != oracle[r]
-            })
-            .unwrap_or(SNARFS);
+    if let Some(bad) = first_difference(&copy.image, &oracle, SNARF as usize) {
         panic!("seed {seed}: the copy differs from the freeze at snarf {bad} ({report:?})");
     }
     assert!(engine.list().is_empty(), "the freeze is released");

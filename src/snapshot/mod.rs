@@ -81,7 +81,7 @@ mod persist_tests;
 mod restore_tests;
 
 #[cfg(test)]
-mod converge_tests;
+pub(crate) mod converge_tests;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

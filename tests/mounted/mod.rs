@@ -161,6 +161,31 @@ impl Mounted {
         (errno, back)
     }
 
+    /// Waits (up to `limit`) for job `job`'s row in control/jobs to say done or failed;
+    /// returns the row.
+    pub fn wait_job(&self, job: &str, limit: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let table = std::fs::read_to_string(self.path("control/jobs")).expect("control/jobs");
+            if let Some(row) = table.lines().find(|l| l.starts_with(job)) {
+                if row.contains(" done ") || row.contains(" failed ") {
+                    return row.to_string();
+                }
+            }
+            assert!(start.elapsed() < limit, "job {job} never ended: {table}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The report file job `job` keeps in STORE/run/jobs.
+    pub fn job_report(&self, job: &str) -> snarf::jobs::report::JobReport {
+        snarf::jobs::report::JobReport::read(&snarf::jobs::report::report_path(
+            &self.store.join("run"),
+            job,
+        ))
+        .expect("the job's report file")
+    }
+
     pub fn is_mounted(&self) -> bool {
         std::fs::read_to_string("/proc/self/mountinfo")
             .map(|t| t.lines().any(|l| l.split(' ').nth(4) == self.mnt.to_str()))
